@@ -1,0 +1,20 @@
+//! Compiles CRIU's message definitions from `proto/criu` with protox, a
+//! protobuf compiler written in Rust, so building needs no `protoc`.
+
+use std::path::PathBuf;
+
+fn main() {
+    let root = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"))
+        .join("../../proto/criu");
+    let files = ["rpc.proto", "stats.proto", "inventory.proto"];
+    for f in files {
+        println!("cargo:rerun-if-changed={}", root.join(f).display());
+    }
+    let fds = match protox::compile(files, [&root]) {
+        Ok(fds) => fds,
+        Err(e) => panic!("compiling CRIU's .proto files in {}: {e}", root.display()),
+    };
+    if let Err(e) = prost_build::Config::new().compile_fds(fds) {
+        panic!("generating Rust from CRIU's .proto files: {e}");
+    }
+}

@@ -1,0 +1,221 @@
+//! Test fixtures for phaul's tests that run real CRIU.
+//!
+//! Real tests need root and CRIU >= 4. [`require_criu`] decides: when they
+//! are missing, a test is skipped with a message — except under `CI`, where
+//! a missing dependency is a failure, so CI never goes green by skipping.
+//!
+//! # Layout
+//! - [`require_criu`]: the gate.
+//! - [`Workload`]: a real process in its own PID namespace that holds memory
+//!   with a known pattern and keeps a counter, so a test can check that its
+//!   state survived a dump and restore.
+//! - [`process_state`], [`kill_tree`], [`wait_until`]: small /proc helpers.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The workload's source; run with `python3`.
+pub const WORKLOAD_PY: &str = include_str!("workload.py");
+
+/// Whether this process is root.
+pub fn is_root() -> bool {
+    nix::unistd::Uid::effective().is_root()
+}
+
+/// The `criu` real tests use: the first on `PATH` or `/usr/local/sbin/criu`.
+pub fn criu_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&path) {
+            let c = dir.join("criu");
+            if c.is_file() {
+                return c;
+            }
+        }
+    }
+    PathBuf::from("/usr/local/sbin/criu")
+}
+
+fn criu_major(binary: &Path) -> Option<u32> {
+    let out = Command::new(binary).arg("--version").output().ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let v = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Version:"))?
+        .trim();
+    v.split('.').next()?.parse().ok()
+}
+
+/// Returns the CRIU binary when real tests can run here. Otherwise: under
+/// `CI` it panics (a missing dependency must fail CI), elsewhere it prints
+/// why the test is skipped and returns `None`.
+pub fn require_criu(test: &str) -> Option<PathBuf> {
+    let why = if !is_root() {
+        Some("not running as root".to_string())
+    } else {
+        let bin = criu_binary();
+        match criu_major(&bin) {
+            Some(m) if m >= 4 => return Some(bin),
+            Some(m) => Some(format!(
+                "{} is CRIU {m}.x; 4 or newer is needed",
+                bin.display()
+            )),
+            None => Some(format!("no working CRIU at {}", bin.display())),
+        }
+    };
+    let why = why.unwrap_or_default();
+    if std::env::var_os("CI").is_some() {
+        panic!("{test}: CI requires root and CRIU >= 4 ({why}); run scripts/setup.sh as root");
+    }
+    #[allow(clippy::print_stderr)]
+    {
+        eprintln!("SKIPPED {test}: {why} (run scripts/setup.sh as root)");
+    }
+    None
+}
+
+/// Polls `f` every 20 ms until it returns `Some`, or `timeout` passes.
+pub fn wait_until<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let end = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() >= end {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The one-letter state of a process (`R`, `S`, `t` for a ptrace stop, …),
+/// or `None` when it does not exist (or is a zombie, `Z`, which is reported).
+pub fn process_state(pid: i32) -> Option<char> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces and parentheses: the state follows
+    // the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.trim_start().chars().next()
+}
+
+/// Whether `pid` exists and is not a zombie.
+pub fn alive(pid: i32) -> bool {
+    matches!(process_state(pid), Some(s) if s != 'Z' && s != 'X')
+}
+
+/// SIGKILLs `pid` (for the root of a PID namespace, the whole namespace).
+pub fn kill_tree(pid: i32) {
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+}
+
+/// A real workload: `python3` running [`WORKLOAD_PY`] as PID 1 of its own
+/// PID namespace (so it can be restored on the same host while its old PID
+/// is still taken), in its own session, with stdio on `/dev/null` (CRIU
+/// cannot dump a process holding our pipes).
+#[derive(Debug)]
+pub struct Workload {
+    dir: tempfile::TempDir,
+    unshare: Child,
+    /// The host PID of the workload (the PID namespace's init).
+    pub pid: i32,
+    /// PIDs to kill on drop (the original and any restored copies).
+    extra: Vec<i32>,
+}
+
+impl Workload {
+    /// Starts a workload holding `mib` MiB and waits until it is filled.
+    pub fn start(mib: u32) -> std::io::Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("phaul-workload-")
+            .tempdir()?;
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755))?;
+        let script = dir.path().join("workload.py");
+        fs::write(&script, WORKLOAD_PY)?;
+        let out = dir.path().join("out");
+        let mut unshare = Command::new("unshare")
+            .args(["--pid", "--fork", "setsid", "python3"])
+            .arg(&script)
+            .arg(&out)
+            .arg(mib.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let uid = i32::try_from(unshare.id()).unwrap_or(0);
+        let ready = out.with_extension("ready");
+        let wait = Duration::from_secs(30 + u64::from(mib) / 16);
+        let found = wait_until(wait, || {
+            if !ready.exists() {
+                return None;
+            }
+            let kids = fs::read_to_string(format!("/proc/{uid}/task/{uid}/children")).ok()?;
+            kids.split_whitespace().next()?.parse::<i32>().ok()
+        });
+        let Some(pid) = found else {
+            let _ = unshare.kill();
+            let _ = unshare.wait();
+            return Err(std::io::Error::other("workload did not become ready"));
+        };
+        Ok(Self {
+            dir,
+            unshare,
+            pid,
+            extra: Vec::new(),
+        })
+    }
+
+    /// The directory holding the workload's files.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The counter the workload last wrote.
+    pub fn counter(&self) -> Option<u64> {
+        let s = fs::read_to_string(self.dir.path().join("out")).ok()?;
+        s.split_whitespace().next()?.parse().ok()
+    }
+
+    /// Waits until the counter moves past `after`.
+    pub fn counter_passes(&self, after: u64, timeout: Duration) -> Option<u64> {
+        wait_until(timeout, || self.counter().filter(|c| *c > after))
+    }
+
+    /// Asks the process `pid` (the workload, or a restored copy) to check
+    /// its memory; returns `Some(true)` when the checksum is intact.
+    pub fn memory_intact(&self, pid: i32) -> Option<bool> {
+        let check = self.dir.path().join("out.check");
+        let _ = fs::remove_file(&check);
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGUSR1,
+        )
+        .ok()?;
+        let text = wait_until(Duration::from_secs(60), || fs::read_to_string(&check).ok())?;
+        Some(text.starts_with("ok "))
+    }
+
+    /// Also kill `pid` (a restored copy) when this is dropped.
+    pub fn adopt(&mut self, pid: i32) {
+        self.extra.push(pid);
+    }
+
+    /// Reaps the `unshare` parent if the workload has ended.
+    pub fn reap(&mut self) -> Option<std::process::ExitStatus> {
+        self.unshare.try_wait().ok().flatten()
+    }
+}
+
+impl Drop for Workload {
+    fn drop(&mut self) {
+        for pid in std::iter::once(self.pid).chain(self.extra.iter().copied()) {
+            kill_tree(pid);
+        }
+        let _ = self.unshare.kill();
+        let _ = self.unshare.wait();
+    }
+}

@@ -1,0 +1,32 @@
+# phaul test workload: holds MIB MiB of memory with a known pattern and
+# counts. Usage: workload.py OUT MIB
+#   OUT            rewritten every 0.1 s with "<counter> <pid-in-ns>"
+#   OUT.ready      written once the memory is filled
+#   SIGUSR1     -> OUT.check gets "ok <counter>" if the memory's checksum
+#                  is unchanged, "MISMATCH <counter>" otherwise
+import hashlib, os, signal, sys, time
+
+out = sys.argv[1]
+mib = int(sys.argv[2])
+block = bytes((i * 7 + 13) % 251 for i in range(1 << 20))
+buf = bytearray(block) * mib
+ref = hashlib.sha256(buf).hexdigest()
+counter = 0
+
+def check(sig, frame):
+    ok = hashlib.sha256(buf).hexdigest() == ref
+    tmp = out + ".check.tmp"
+    with open(tmp, "w") as f:
+        f.write("%s %d\n" % ("ok" if ok else "MISMATCH", counter))
+    os.rename(tmp, out + ".check")
+
+signal.signal(signal.SIGUSR1, check)
+with open(out + ".ready", "w") as f:
+    f.write("ready\n")
+while True:
+    counter += 1
+    tmp = out + ".tmp"
+    with open(tmp, "w") as f:
+        f.write("%d %d\n" % (counter, os.getpid()))
+    os.rename(tmp, out)
+    time.sleep(0.1)

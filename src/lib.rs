@@ -1,0 +1,18 @@
+//! phaul: live migration of Linux processes and containers, built on CRIU.
+//!
+//! This facade re-exports the workspace's library crates so an orchestrator
+//! can depend on one package; the top-level `examples/`, `benches/` and
+//! `tests/` belong to it.
+//!
+//! # Layout
+//! - [`criu_rpc`]: async client for CRIU's RPC and readers for CRIU images.
+//! - [`core`]: the migration engine (skeleton).
+//! - [`htypes`]: what is migrated (skeleton).
+//! - [`fs`]: file-system drivers (skeleton).
+//! - [`transport`]: the source/target link (skeleton).
+
+pub use criu_rpc;
+pub use phaul_core as core;
+pub use phaul_fs as fs;
+pub use phaul_htypes as htypes;
+pub use phaul_transport as transport;
