@@ -348,7 +348,7 @@ impl Session {
         };
         let prepared = Opts::new()
             .images_dir(scratch.path())
-            .prepare(self.conn.passed.clone())?;
+            .prepare(self.conn.passed.as_ref())?;
         let req = CriuReq {
             r#type: CriuReqType::FeatureCheck as i32,
             opts: Some(prepared.raw.clone()),
@@ -402,7 +402,7 @@ impl Session {
     }
 
     async fn keep_open_call(&mut self, ty: CriuReqType, opts: Opts) -> Result<CriuResp> {
-        let mut prepared = opts.prepare(self.conn.passed.clone())?;
+        let mut prepared = opts.prepare(self.conn.passed.as_ref())?;
         // A notifying page server would send `status-ready` after the
         // answer on this same socket and block until it is acknowledged,
         // which a kept-open session cannot do between requests.
@@ -421,7 +421,7 @@ impl Session {
         let scratch = Scratch::new()?;
         let prepared = Opts::new()
             .images_dir(scratch.path())
-            .prepare(self.conn.passed.clone())?;
+            .prepare(self.conn.passed.as_ref())?;
         let req = CriuReq {
             r#type: CriuReqType::Check as i32,
             opts: Some(prepared.raw.clone()),
@@ -646,7 +646,7 @@ impl<T: Outcome> Exchange<T> {
             raw,
             _fds,
             log_path,
-        } = opts.prepare(conn.passed.clone())?;
+        } = opts.prepare(conn.passed.as_ref())?;
         let msg = CriuReq {
             r#type: req as i32,
             opts: Some(raw),

@@ -51,9 +51,9 @@ pub const INVENTORY_FILE: &str = "inventory.img";
 pub mod magic {
     //! The magic numbers that open CRIU images.
     //!
-    //! Only the magics this crate reads or has to recognise are listed; a
-    //! wrong value here would make a valid image look corrupt, so nothing is
-    //! added that has not been checked against images CRIU wrote.
+    //! Only the magics this crate reads or has to recognise are listed, and
+    //! only values known for certain: a wrong one would make a valid image
+    //! look corrupt.
 
     /// First magic of a regular image; the type's magic follows.
     pub const IMG_COMMON: u32 = 0x5456_4319;

@@ -45,7 +45,7 @@
 //! - [`notify`]: [`Script`], the notification names.
 //! - [`image`]: CRIU image files: `stats-dump`, `stats-restore`, `inventory.img`.
 //! - [`log`]: [`LogExcerpt`], the end of CRIU's log for a failed request.
-//! - [`version`]: [`Version`].
+//! - [`version`]: CRIU's [`Version`], ordered by number.
 //! - [`error`]: [`Error`], this crate's one error type.
 //! - [`proto`]: the generated protobuf messages.
 

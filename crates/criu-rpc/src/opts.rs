@@ -368,7 +368,7 @@ impl Opts {
     /// Checks the options against the connection and opens the directories.
     /// `passed` is the range of fd numbers handed to a swrk CRIU, `None` on
     /// a service or pre-connected socket.
-    pub(crate) fn prepare(mut self, passed: Option<std::ops::Range<i32>>) -> Result<Prepared> {
+    pub(crate) fn prepare(mut self, passed: Option<&std::ops::Range<i32>>) -> Result<Prepared> {
         if let Some(name) = &self.raw.log_file {
             if name.is_empty() || name.contains('/') {
                 return Err(Error::InvalidOption {
@@ -388,7 +388,7 @@ impl Opts {
             .into_iter()
             .chain(self.raw.inherit_fd.iter().map(|i| ("inherit_fd", i.fd)))
             .collect();
-        match &passed {
+        match passed {
             None => {
                 if let Some((option, _)) = in_criu_fds.first() {
                     return Err(Error::SwrkOnly { option });
@@ -464,7 +464,7 @@ mod tests {
     fn log_file_with_a_slash_is_refused_before_criu_sees_it() {
         let err = Opts::new()
             .log_file("x/dump.log")
-            .prepare(Some(3..4))
+            .prepare(Some(&(3..4)))
             .unwrap_err();
         assert!(
             matches!(
@@ -492,7 +492,7 @@ mod tests {
         );
         let err = Opts::new()
             .inherit_fd("k", 9)
-            .prepare(Some(4..5))
+            .prepare(Some(&(4..5)))
             .unwrap_err();
         assert!(
             matches!(
@@ -514,7 +514,7 @@ mod tests {
             ),
             "{err}"
         );
-        assert!(Opts::new().page_server_fd(4).prepare(Some(4..5)).is_ok());
+        assert!(Opts::new().page_server_fd(4).prepare(Some(&(4..5))).is_ok());
     }
 
     #[test]
