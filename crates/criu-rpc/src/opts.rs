@@ -44,6 +44,8 @@ pub struct Opts {
     raw: CriuOpts,
     images_dir: Option<PathBuf>,
     work_dir: Option<PathBuf>,
+    images_fd: Option<OwnedFd>,
+    work_fd: Option<OwnedFd>,
     fds: Vec<OwnedFd>,
 }
 
@@ -91,6 +93,19 @@ impl Opts {
     /// writes images; CRIU also logs there unless a work dir is set.
     pub fn images_dir(mut self, dir: impl AsRef<Path>) -> Self {
         self.images_dir = Some(dir.as_ref().to_path_buf());
+        self
+    }
+
+    /// The images directory as an open directory fd (CRIU opens it through
+    /// `/proc/<this process>/fd/<n>`). Takes precedence over a path.
+    pub fn images_dir_fd(mut self, dir: OwnedFd) -> Self {
+        self.images_fd = Some(dir);
+        self
+    }
+
+    /// The work directory as an open directory fd.
+    pub fn work_dir_fd(mut self, dir: OwnedFd) -> Self {
+        self.work_fd = Some(dir);
         self
     }
 
@@ -414,13 +429,15 @@ impl Opts {
             }
         }
 
-        let images = match &self.images_dir {
-            Some(dir) => Some(open_dir("images_dir", dir)?),
-            None => None,
+        let images = match (self.images_fd.take(), &self.images_dir) {
+            (Some(fd), _) => Some(fd),
+            (None, Some(dir)) => Some(open_dir("images_dir", dir)?),
+            (None, None) => None,
         };
-        let work = match &self.work_dir {
-            Some(dir) => Some(open_dir("work_dir", dir)?),
-            None => None,
+        let work = match (self.work_fd.take(), &self.work_dir) {
+            (Some(fd), _) => Some(fd),
+            (None, Some(dir)) => Some(open_dir("work_dir", dir)?),
+            (None, None) => None,
         };
         self.raw.images_dir_fd = images.as_ref().map_or(-1, AsRawFd::as_raw_fd);
         self.raw.work_dir_fd = work.as_ref().map(AsRawFd::as_raw_fd);

@@ -85,6 +85,16 @@ async fn version_is_4_or_newer() {
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(text.contains(&format!("Version: {v}")), "{text} vs {v}");
 
+        // A demand for a newer CRIU than this one is a typed error.
+        let need = Version::new(v.major + 1, 0, 0);
+        match criu(&bin).ensure_version(&need).await {
+            Err(Error::TooOld { have, need: n }) => {
+                assert_eq!(have, v);
+                assert_eq!(n, need);
+            }
+            other => panic!("expected TooOld, got {other:?}"),
+        }
+
         // A session keeps going after keep-open requests.
         let mut s = criu(&bin).connect().await.unwrap();
         assert_eq!(s.version().await.unwrap(), v);
@@ -143,12 +153,14 @@ async fn dump_then_restore_keeps_memory_and_counter() {
         let mut w = Workload::start(64).unwrap();
         w.counter_passes(3, Duration::from_secs(10)).unwrap();
         let dir = imgdir();
+        // The images dir as an open fd rather than a path.
+        let dir_fd: std::os::fd::OwnedFd = std::fs::File::open(dir.path()).unwrap().into();
         c.connect()
             .await
             .unwrap()
             .dump(
                 Opts::new()
-                    .images_dir(dir.path())
+                    .images_dir_fd(dir_fd)
                     .pid(w.pid)
                     .log_file("dump.log")
                     .log_level(4),
