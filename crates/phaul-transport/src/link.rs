@@ -53,14 +53,21 @@ impl Endpoint {
         }
         if let Some(n) = s.strip_prefix("fd:") {
             let fd: i32 = n.parse().map_err(|_| Error::Address(s.to_string()))?;
-            if fd < 0 || nix::fcntl::fcntl(unsafe_borrow(fd), nix::fcntl::FcntlArg::F_GETFD).is_err() {
+            if fd < 0
+                || nix::fcntl::fcntl(unsafe_borrow(fd), nix::fcntl::FcntlArg::F_GETFD).is_err()
+            {
                 return Err(Error::Address(format!("{s}: not an open descriptor")));
             }
             // SAFETY: the caller names an fd it inherited for us and hands it
             // over by naming it; we checked it is open.
-            return Ok(Self::Fd(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) }));
+            return Ok(Self::Fd(unsafe {
+                <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd)
+            }));
         }
-        if s.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).is_none() {
+        if s.rsplit_once(':')
+            .and_then(|(_, p)| p.parse::<u16>().ok())
+            .is_none()
+        {
             return Err(Error::Address(s.to_string()));
         }
         Ok(Self::Tcp(s.to_string()))
@@ -118,7 +125,10 @@ impl Listener {
             Self::Tcp(l) => l.local_addr()?.to_string(),
             Self::Unix(l) => format!(
                 "unix:{}",
-                l.local_addr()?.as_pathname().map(|p| p.display().to_string()).unwrap_or_default()
+                l.local_addr()?
+                    .as_pathname()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default()
             ),
         })
     }
@@ -230,7 +240,9 @@ pub struct FrameReader {
 
 impl std::fmt::Debug for FrameReader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FrameReader").field("version", &self.version).finish_non_exhaustive()
+        f.debug_struct("FrameReader")
+            .field("version", &self.version)
+            .finish_non_exhaustive()
     }
 }
 
@@ -246,14 +258,22 @@ impl FrameReader {
                 return Err(if got == 0 {
                     Error::Closed
                 } else {
-                    FrameError::Truncated { got, needed: HEADER_LEN }.into()
+                    FrameError::Truncated {
+                        got,
+                        needed: HEADER_LEN,
+                    }
+                    .into()
                 });
             }
             got += n;
         }
         let h = Header::decode(&head, self.max_payload)?;
         if h.version != self.version {
-            return Err(FrameError::WrongVersion { got: h.version, expected: self.version }.into());
+            return Err(FrameError::WrongVersion {
+                got: h.version,
+                expected: self.version,
+            }
+            .into());
         }
         let len = h.length as usize;
         let mut payload = BytesMut::zeroed(len);
@@ -261,11 +281,19 @@ impl FrameReader {
         while got < len {
             let n = self.inner.read(&mut payload[got..]).await?;
             if n == 0 {
-                return Err(FrameError::Truncated { got: HEADER_LEN + got, needed: HEADER_LEN + len }.into());
+                return Err(FrameError::Truncated {
+                    got: HEADER_LEN + got,
+                    needed: HEADER_LEN + len,
+                }
+                .into());
             }
             got += n;
         }
-        Ok(Frame { version: h.version, kind: h.kind, payload: payload.freeze() })
+        Ok(Frame {
+            version: h.version,
+            kind: h.kind,
+            payload: payload.freeze(),
+        })
     }
 
     /// The next frame after the handshake: handshake frames are refused
@@ -274,9 +302,9 @@ impl FrameReader {
     pub async fn recv(&mut self) -> Result<Frame> {
         let f = self.read_frame().await?;
         match f.kind {
-            Kind::Hello | Kind::HelloReply | Kind::Auth | Kind::AuthOk => {
-                Err(Error::Protocol(format!("{:?} frame after the handshake", f.kind)))
-            }
+            Kind::Hello | Kind::HelloReply | Kind::Auth | Kind::AuthOk => Err(Error::Protocol(
+                format!("{:?} frame after the handshake", f.kind),
+            )),
             Kind::Error => Err(remote_error(&f)),
             _ => Ok(f),
         }
@@ -306,7 +334,10 @@ pub(crate) fn data_of(f: Frame, max: usize) -> Result<Option<Bytes>> {
 
 pub(crate) fn expect_msg<M: Message + Default>(f: &Frame, kind: Kind) -> Result<M> {
     if f.kind != kind {
-        return Err(Error::Protocol(format!("expected a {kind:?} frame, got {:?}", f.kind)));
+        return Err(Error::Protocol(format!(
+            "expected a {kind:?} frame, got {:?}",
+            f.kind
+        )));
     }
     M::decode(f.payload.as_ref()).map_err(|source| Error::Decode { kind, source })
 }
@@ -317,7 +348,10 @@ fn remote_error(f: &Frame) -> Error {
             code: ErrorCode::try_from(e.code).unwrap_or(ErrorCode::ErrorInvalid),
             message: e.message,
         },
-        Err(source) => Error::Decode { kind: Kind::Error, source },
+        Err(source) => Error::Decode {
+            kind: Kind::Error,
+            source,
+        },
     }
 }
 
@@ -331,7 +365,9 @@ pub struct FrameWriter {
 
 impl std::fmt::Debug for FrameWriter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FrameWriter").field("version", &self.version).finish_non_exhaustive()
+        f.debug_struct("FrameWriter")
+            .field("version", &self.version)
+            .finish_non_exhaustive()
     }
 }
 
@@ -341,9 +377,17 @@ impl FrameWriter {
         let length = u32::try_from(payload.len())
             .ok()
             .filter(|l| *l <= MAX_PAYLOAD)
-            .ok_or(FrameError::TooLarge { length: u32::MAX, max: MAX_PAYLOAD })?;
+            .ok_or(FrameError::TooLarge {
+                length: u32::MAX,
+                max: MAX_PAYLOAD,
+            })?;
         let mut head = BytesMut::with_capacity(HEADER_LEN);
-        Header { version: self.version, kind, length }.encode(&mut head);
+        Header {
+            version: self.version,
+            kind,
+            length,
+        }
+        .encode(&mut head);
         self.inner.write_all(&head).await?;
         self.inner.write_all(payload).await?;
         self.inner.flush().await?;
@@ -381,12 +425,22 @@ impl FrameWriter {
 
     /// Ends this direction of a byte stream.
     pub async fn send_end(&mut self) -> Result<()> {
-        self.send(Kind::StreamEnd, &crate::proto::StreamEnd {}).await
+        self.send(Kind::StreamEnd, &crate::proto::StreamEnd {})
+            .await
     }
 
     /// Sends an `Error` frame.
-    pub async fn send_error(&mut self, code: ErrorCode, message: &str, request_id: u64) -> Result<()> {
-        let e = crate::proto::Error { code: code as i32, message: message.to_string(), request_id };
+    pub async fn send_error(
+        &mut self,
+        code: ErrorCode,
+        message: &str,
+        request_id: u64,
+    ) -> Result<()> {
+        let e = crate::proto::Error {
+            code: code as i32,
+            message: message.to_string(),
+            request_id,
+        };
         self.send(Kind::Error, &e).await
     }
 
@@ -459,35 +513,43 @@ impl Link {
 
     /// Connects to a service and authenticates: a control channel when
     /// `session` is `None`, else `channel` joining that session.
-    pub async fn connect(
+    pub fn connect(
         endpoint: Endpoint,
         cfg: &LinkConfig,
         channel: Channel,
         session: Option<SessionId>,
-    ) -> Result<Self> {
-        let peer = format!("{endpoint:?}");
-        let fut = async {
-            let raw = open_stream(endpoint).await?;
-            client_handshake(raw, cfg, channel, session, peer.clone()).await
-        };
-        tokio::time::timeout(cfg.handshake_timeout, fut)
-            .await
-            .map_err(|_| Error::Timeout("connecting and authenticating"))?
+    ) -> impl Future<Output = Result<Self>> + Send + 'static {
+        // The configuration is cloned (it is a few Arcs) so the future
+        // borrows nothing and can be spawned.
+        let cfg = cfg.clone();
+        async move {
+            let peer = format!("{endpoint:?}");
+            let fut = async {
+                let raw = open_stream(endpoint).await?;
+                client_handshake(raw, &cfg, channel, session, peer.clone()).await
+            };
+            tokio::time::timeout(cfg.handshake_timeout, fut)
+                .await
+                .map_err(|_| Error::Timeout("connecting and authenticating"))?
+        }
     }
 
     /// Runs the client side over a stream the caller opened.
-    pub async fn connect_stream(
+    pub fn connect_stream(
         raw: BoxStream,
         cfg: &LinkConfig,
         channel: Channel,
         session: Option<SessionId>,
-    ) -> Result<Self> {
-        tokio::time::timeout(
-            cfg.handshake_timeout,
-            client_handshake(raw, cfg, channel, session, "stream".into()),
-        )
-        .await
-        .map_err(|_| Error::Timeout("authenticating"))?
+    ) -> impl Future<Output = Result<Self>> + Send + 'static {
+        let cfg = cfg.clone();
+        async move {
+            tokio::time::timeout(
+                cfg.handshake_timeout,
+                client_handshake(raw, &cfg, channel, session, "stream".into()),
+            )
+            .await
+            .map_err(|_| Error::Timeout("authenticating"))?
+        }
     }
 
     /// Runs the server side over an accepted stream. The peer has proved it
@@ -513,12 +575,19 @@ impl Link {
 fn halves(stream: BoxStream, version: u16, cfg: &LinkConfig) -> (FrameReader, FrameWriter) {
     let (r, w) = tokio::io::split(stream);
     (
-        FrameReader { inner: r, version, max_payload: cfg.max_payload },
+        FrameReader {
+            inner: r,
+            version,
+            max_payload: cfg.max_payload,
+        },
         FrameWriter {
             inner: w,
             version,
             compress: cfg.compress,
-            limiter: cfg.bandwidth.map(|rate| RateLimiter { rate, next: Instant::now() }),
+            limiter: cfg.bandwidth.map(|rate| RateLimiter {
+                rate,
+                next: Instant::now(),
+            }),
         },
     )
 }
@@ -532,9 +601,14 @@ async fn client_handshake(
 ) -> Result<Link> {
     let (stream, binding): (BoxStream, Vec<u8>) = if cfg.tls {
         let connector = tokio_rustls::TlsConnector::from(client_config(&cfg.pins)?);
-        let tls = connector.connect(server_name(), raw).await.map_err(|e| tls_error(e, "server"))?;
+        let tls = connector
+            .connect(server_name(), raw)
+            .await
+            .map_err(|e| tls_error(e, "server"))?;
         let mut b = vec![0u8; 32];
-        tls.get_ref().1.export_keying_material(&mut b[..], EXPORTER_LABEL, None)?;
+        tls.get_ref()
+            .1
+            .export_keying_material(&mut b[..], EXPORTER_LABEL, None)?;
         (Box::pin(tls), b)
     } else {
         (raw, Vec::new())
@@ -572,26 +646,45 @@ async fn client_handshake(
         .map_err(|_| Error::Protocol("the server's session id is not 16 bytes".into()))?;
     if let Some(s) = session {
         if s != sid {
-            return Err(Error::Protocol("the server answered for another session".into()));
+            return Err(Error::Protocol(
+                "the server answered for another session".into(),
+            ));
         }
     }
     let t = transcript(&[&hello_bytes, &f.payload, &binding]);
     rd.version = version;
     wr.version = version;
-    wr.send(Kind::Auth, &Auth { proof: cfg.key.prove(Role::Client, &t) }).await?;
+    wr.send(
+        Kind::Auth,
+        &Auth {
+            proof: cfg.key.prove(Role::Client, &t),
+        },
+    )
+    .await?;
     let f = rd.read_frame().await?;
     if f.kind == Kind::Error {
         return Err(match remote_error(&f) {
-            Error::Remote { code: ErrorCode::AuthFailed, message } => Error::AuthFailed(message),
+            Error::Remote {
+                code: ErrorCode::AuthFailed,
+                message,
+            } => Error::AuthFailed(message),
             other => other,
         });
     }
     let ok: AuthOk = expect_msg(&f, Kind::AuthOk)?;
     if !cfg.key.verify(Role::Server, &t, &ok.proof) {
-        return Err(Error::AuthFailed("the service could not prove it holds the key".into()));
+        return Err(Error::AuthFailed(
+            "the service could not prove it holds the key".into(),
+        ));
     }
     debug!(%peer, ?channel, version, "link authenticated");
-    Ok(Link { reader: rd, writer: wr, channel, session: sid, peer })
+    Ok(Link {
+        reader: rd,
+        writer: wr,
+        channel,
+        session: sid,
+        peer,
+    })
 }
 
 async fn server_handshake(
@@ -603,9 +696,14 @@ async fn server_handshake(
     let (stream, binding): (BoxStream, Vec<u8>) = match identity {
         Some(id) => {
             let acceptor = tokio_rustls::TlsAcceptor::from(id.server_config()?);
-            let tls = acceptor.accept(raw).await.map_err(|e| tls_error(e, "client"))?;
+            let tls = acceptor
+                .accept(raw)
+                .await
+                .map_err(|e| tls_error(e, "client"))?;
             let mut b = vec![0u8; 32];
-            tls.get_ref().1.export_keying_material(&mut b[..], EXPORTER_LABEL, None)?;
+            tls.get_ref()
+                .1
+                .export_keying_material(&mut b[..], EXPORTER_LABEL, None)?;
             (Box::pin(tls), b)
         }
         None => (raw, Vec::new()),
@@ -614,7 +712,13 @@ async fn server_handshake(
     match server_steps(&mut rd, &mut wr, cfg, &binding).await {
         Ok((channel, session)) => {
             debug!(%peer, ?channel, "peer authenticated");
-            Ok(Link { reader: rd, writer: wr, channel, session, peer })
+            Ok(Link {
+                reader: rd,
+                writer: wr,
+                channel,
+                session,
+                peer,
+            })
         }
         Err((code, e)) => {
             // Tell the peer why before dropping it; a failure to do so is
@@ -636,7 +740,10 @@ async fn server_steps(
     binding: &[u8],
 ) -> std::result::Result<(Channel, SessionId), (ErrorCode, Error)> {
     let proto = |m: String| (ErrorCode::Protocol, Error::Protocol(m));
-    let f = rd.read_frame().await.map_err(|e| (ErrorCode::Protocol, e))?;
+    let f = rd
+        .read_frame()
+        .await
+        .map_err(|e| (ErrorCode::Protocol, e))?;
     if f.kind != Kind::Hello {
         return Err(proto(format!("{:?} frame before the hello", f.kind)));
     }
@@ -674,31 +781,50 @@ async fn server_steps(
             .try_into()
             .map_err(|_| proto("a data channel without a 16-byte session".into()))?
     };
-    let reply = HelloReply { version: u32::from(version), nonce: random(32), session: session.to_vec() };
+    let reply = HelloReply {
+        version: u32::from(version),
+        nonce: random(32),
+        session: session.to_vec(),
+    };
     let reply_bytes = reply.encode_to_vec();
-    wr.write_frame(Kind::HelloReply, &reply_bytes).await.map_err(|e| (ErrorCode::Protocol, e))?;
+    wr.write_frame(Kind::HelloReply, &reply_bytes)
+        .await
+        .map_err(|e| (ErrorCode::Protocol, e))?;
     rd.version = version;
     wr.version = version;
 
     let t = transcript(&[&f.payload, &reply_bytes, binding]);
-    let f = rd.read_frame().await.map_err(|e| (ErrorCode::Protocol, e))?;
+    let f = rd
+        .read_frame()
+        .await
+        .map_err(|e| (ErrorCode::Protocol, e))?;
     if f.kind != Kind::Auth {
         return Err(proto(format!("{:?} frame before authentication", f.kind)));
     }
     let auth: Auth = expect_msg(&f, Kind::Auth).map_err(|e| (ErrorCode::Protocol, e))?;
     if !cfg.key.verify(Role::Client, &t, &auth.proof) {
-        return Err((ErrorCode::AuthFailed, Error::AuthFailed("the peer does not hold the key".into())));
+        return Err((
+            ErrorCode::AuthFailed,
+            Error::AuthFailed("the peer does not hold the key".into()),
+        ));
     }
-    wr.send(Kind::AuthOk, &AuthOk { proof: cfg.key.prove(Role::Server, &t) })
-        .await
-        .map_err(|e| (ErrorCode::Protocol, e))?;
+    wr.send(
+        Kind::AuthOk,
+        &AuthOk {
+            proof: cfg.key.prove(Role::Server, &t),
+        },
+    )
+    .await
+    .map_err(|e| (ErrorCode::Protocol, e))?;
     Ok((channel, session))
 }
 
 fn tls_error(e: std::io::Error, side: &str) -> Error {
     if let Some(inner) = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
         if matches!(inner, rustls::Error::InvalidCertificate(_)) {
-            return Error::AuthFailed(format!("the {side}'s TLS certificate is not the pinned one"));
+            return Error::AuthFailed(format!(
+                "the {side}'s TLS certificate is not the pinned one"
+            ));
         }
         return Error::Tls(inner.clone());
     }

@@ -1,0 +1,593 @@
+//! The link over real sockets: who gets in, who is refused, and what a
+//! malformed or out-of-order peer gets.
+
+use std::time::Duration;
+
+use bytes::{BufMut, BytesMut};
+use phaul_transport::frame::{HEADER_LEN, Header, Kind, MAGIC, MAX_PAYLOAD};
+use phaul_transport::proto::{self, Hello, Request, request, response};
+use phaul_transport::{
+    Channel, ControlClient, ControlServer, Endpoint, Error, ErrorCode, Identity, Link, LinkConfig,
+    Listener, SharedKey, relay,
+};
+use prost::Message;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const KEY: &[u8] = b"a shared secret of 32 bytes here";
+
+fn cfg() -> LinkConfig {
+    LinkConfig::new(SharedKey::new(KEY).unwrap()).handshake_timeout(Duration::from_secs(5))
+}
+
+/// Accepts one connection on `listener` and runs the server handshake.
+async fn serve_one(listener: &Listener, mut cfg: LinkConfig) -> Result<Link, Error> {
+    let (s, peer) = listener.accept().await?;
+    Link::accept(s, peer, &mut cfg).await
+}
+
+async fn ping(client: &mut ControlClient, server: &mut ControlServer) {
+    let c = client.call(request::Body::Ping(proto::Ping {
+        payload: b"hi".to_vec(),
+    }));
+    let s = async {
+        let (id, body) = server.next().await.unwrap().unwrap();
+        let request::Body::Ping(p) = body else {
+            panic!("not a ping")
+        };
+        server
+            .reply(id, response::Body::Pong(proto::Pong { payload: p.payload }))
+            .await
+            .unwrap();
+    };
+    let (r, ()) = tokio::join!(c, s);
+    match r.unwrap() {
+        response::Body::Pong(p) => assert_eq!(p.payload, b"hi"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn the_right_key_works_over_tcp_with_tls() {
+    let l = Listener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let (s, c) = tokio::join!(
+        serve_one(&l, cfg()),
+        Link::connect(Endpoint::Tcp(addr), &cfg(), Channel::Control, None)
+    );
+    let (s, c) = (s.unwrap(), c.unwrap());
+    assert_eq!(s.session(), c.session());
+    assert_eq!(s.channel(), Channel::Control);
+    assert_eq!(c.version(), 1);
+    ping(&mut ControlClient::new(c), &mut ControlServer::new(s)).await;
+}
+
+#[tokio::test]
+async fn the_right_key_works_over_a_unix_socket_and_data_channels_join_the_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("phaul.sock");
+    let l = Listener::bind(&format!("unix:{}", path.display()))
+        .await
+        .unwrap();
+    let (s, c) = tokio::join!(
+        serve_one(&l, cfg()),
+        Link::connect(Endpoint::Unix(path.clone()), &cfg(), Channel::Control, None)
+    );
+    let (s, c) = (s.unwrap(), c.unwrap());
+    let session = c.session();
+    let (ds, dc) = tokio::join!(
+        serve_one(&l, cfg()),
+        Link::connect(Endpoint::Unix(path), &cfg(), Channel::Pages, Some(session))
+    );
+    let (ds, dc) = (ds.unwrap(), dc.unwrap());
+    assert_eq!(ds.channel(), Channel::Pages);
+    assert_eq!(ds.session(), session);
+    assert_eq!(dc.session(), session);
+    ping(&mut ControlClient::new(c), &mut ControlServer::new(s)).await;
+}
+
+#[tokio::test]
+async fn the_right_key_works_over_preconnected_fds() {
+    let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+    let server = async {
+        let stream = phaul_transport::link::fd_stream(a.into()).unwrap();
+        Link::accept(stream, "fd".into(), &mut cfg()).await
+    };
+    let client = Link::connect(Endpoint::Fd(b.into()), &cfg(), Channel::Control, None);
+    let (s, c) = tokio::join!(server, client);
+    ping(
+        &mut ControlClient::new(c.unwrap()),
+        &mut ControlServer::new(s.unwrap()),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn plaintext_must_be_asked_for_on_both_ends_and_still_authenticates() {
+    let l = Listener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let (s, c) = tokio::join!(
+        serve_one(&l, cfg().plaintext()),
+        Link::connect(
+            Endpoint::Tcp(addr.clone()),
+            &cfg().plaintext(),
+            Channel::Control,
+            None
+        )
+    );
+    ping(
+        &mut ControlClient::new(c.unwrap()),
+        &mut ControlServer::new(s.unwrap()),
+    )
+    .await;
+
+    // A plaintext client against a TLS service is refused.
+    let (s, c) = tokio::join!(
+        serve_one(&l, cfg()),
+        Link::connect(
+            Endpoint::Tcp(addr.clone()),
+            &cfg().plaintext(),
+            Channel::Control,
+            None
+        )
+    );
+    assert!(s.is_err());
+    assert!(c.is_err());
+
+    // A plaintext client with the wrong key is refused all the same.
+    let wrong =
+        LinkConfig::new(SharedKey::new(b"another secret, 32 bytes long!!!").unwrap()).plaintext();
+    let (s, c) = tokio::join!(
+        serve_one(&l, cfg().plaintext()),
+        Link::connect(Endpoint::Tcp(addr), &wrong, Channel::Control, None)
+    );
+    assert!(matches!(s, Err(Error::AuthFailed(_))), "{s:?}");
+    assert!(matches!(c, Err(Error::AuthFailed(_))), "{c:?}");
+}
+
+#[tokio::test]
+async fn a_wrong_key_is_refused_on_both_sides() {
+    let l = Listener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let wrong = LinkConfig::new(SharedKey::new(b"another secret, 32 bytes long!!!").unwrap());
+    let (s, c) = tokio::join!(
+        serve_one(&l, cfg()),
+        Link::connect(Endpoint::Tcp(addr), &wrong, Channel::Control, None)
+    );
+    assert!(matches!(s, Err(Error::AuthFailed(_))), "{s:?}");
+    assert!(matches!(c, Err(Error::AuthFailed(_))), "{c:?}");
+}
+
+#[tokio::test]
+async fn a_pinned_certificate_is_required_when_pinned() {
+    let l = Listener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let id = Identity::self_signed().unwrap();
+    let other = Identity::self_signed().unwrap();
+
+    let (s, c) = tokio::join!(
+        serve_one(&l, cfg().with_identity(id.clone())),
+        Link::connect(
+            Endpoint::Tcp(addr.clone()),
+            &cfg().pin(id.fingerprint()),
+            Channel::Control,
+            None
+        )
+    );
+    assert!(s.is_ok() && c.is_ok());
+
+    let (s, c) = tokio::join!(
+        serve_one(&l, cfg().with_identity(id)),
+        Link::connect(
+            Endpoint::Tcp(addr),
+            &cfg().pin(other.fingerprint()),
+            Channel::Control,
+            None
+        )
+    );
+    assert!(s.is_err());
+    assert!(matches!(c, Err(Error::AuthFailed(_))), "{c:?}");
+}
+
+/// A raw (plaintext) client: what the server does with frames a real client
+/// would never send.
+async fn raw_exchange(bytes: Vec<u8>) -> (Result<Link, Error>, Vec<u8>) {
+    let l = Listener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let client = async move {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(&bytes).await.unwrap();
+        // Half-close: what was written is all there is.
+        s.shutdown().await.unwrap();
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut answer)).await;
+        answer
+    };
+    tokio::join!(serve_one(&l, cfg().plaintext()), client)
+}
+
+fn raw_frame(version: u16, kind: u16, payload: &[u8]) -> Vec<u8> {
+    let mut b = BytesMut::new();
+    b.put_u32_le(MAGIC);
+    b.put_u16_le(version);
+    b.put_u16_le(kind);
+    b.put_u32_le(payload.len() as u32);
+    b.extend_from_slice(payload);
+    b.to_vec()
+}
+
+fn hello(min: u32, max: u32) -> Vec<u8> {
+    Hello {
+        min_version: min,
+        max_version: max,
+        channel: Channel::Control as i32,
+        nonce: vec![7; 32],
+        session: vec![],
+        software: "test".into(),
+    }
+    .encode_to_vec()
+}
+
+/// The error code in the server's answer, if it sent an Error frame (after
+/// any HelloReply).
+fn error_code_in(answer: &[u8]) -> Option<ErrorCode> {
+    let mut rest = answer;
+    while rest.len() >= HEADER_LEN {
+        let h = Header::decode(rest[..HEADER_LEN].try_into().unwrap(), MAX_PAYLOAD).ok()?;
+        let end = HEADER_LEN + h.length as usize;
+        if h.kind == Kind::Error {
+            let e = proto::Error::decode(&rest[HEADER_LEN..end]).ok()?;
+            return ErrorCode::try_from(e.code).ok();
+        }
+        rest = &rest[end..];
+    }
+    None
+}
+
+#[tokio::test]
+async fn a_message_before_authentication_is_refused() {
+    // A request instead of a hello.
+    let req = Request {
+        id: 1,
+        body: Some(request::Body::Ping(proto::Ping::default())),
+    };
+    let (s, answer) = raw_exchange(raw_frame(1, Kind::Request as u16, &req.encode_to_vec())).await;
+    assert!(matches!(s, Err(Error::Protocol(_))), "{s:?}");
+    assert_eq!(error_code_in(&answer), Some(ErrorCode::Protocol));
+
+    // A hello, then a request instead of the proof.
+    let mut bytes = raw_frame(1, Kind::Hello as u16, &hello(1, 1));
+    bytes.extend(raw_frame(1, Kind::Request as u16, &req.encode_to_vec()));
+    let (s, answer) = raw_exchange(bytes).await;
+    assert!(matches!(s, Err(Error::Protocol(_))), "{s:?}");
+    assert_eq!(error_code_in(&answer), Some(ErrorCode::Protocol));
+
+    // Two hellos.
+    let mut bytes = raw_frame(1, Kind::Hello as u16, &hello(1, 1));
+    bytes.extend(raw_frame(1, Kind::Hello as u16, &hello(1, 1)));
+    let (s, answer) = raw_exchange(bytes).await;
+    assert!(matches!(s, Err(Error::Protocol(_))), "{s:?}");
+    assert_eq!(error_code_in(&answer), Some(ErrorCode::Protocol));
+}
+
+#[tokio::test]
+async fn an_unknown_version_is_refused() {
+    let (s, answer) = raw_exchange(raw_frame(1, Kind::Hello as u16, &hello(7, 9))).await;
+    assert!(
+        matches!(
+            s,
+            Err(Error::Version {
+                theirs_min: 7,
+                theirs_max: 9,
+                ..
+            })
+        ),
+        "{s:?}"
+    );
+    assert_eq!(error_code_in(&answer), Some(ErrorCode::Version));
+    // A header claiming version 0 is malformed on its face.
+    let (s, _) = raw_exchange(raw_frame(0, Kind::Hello as u16, &hello(1, 1))).await;
+    assert!(
+        matches!(
+            s,
+            Err(Error::Frame(phaul_transport::FrameError::BadVersion(0)))
+        ),
+        "{s:?}"
+    );
+}
+
+#[tokio::test]
+async fn garbage_unknown_kinds_oversize_and_truncated_frames_are_refused() {
+    let (s, _) = raw_exchange(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec()).await;
+    assert!(
+        matches!(
+            s,
+            Err(Error::Frame(phaul_transport::FrameError::BadMagic(_)))
+        ),
+        "{s:?}"
+    );
+
+    let (s, _) = raw_exchange(raw_frame(1, 0, b"")).await;
+    assert!(
+        matches!(
+            s,
+            Err(Error::Frame(phaul_transport::FrameError::UnknownKind(0)))
+        ),
+        "{s:?}"
+    );
+    let (s, _) = raw_exchange(raw_frame(1, 4242, b"")).await;
+    assert!(
+        matches!(
+            s,
+            Err(Error::Frame(phaul_transport::FrameError::UnknownKind(4242)))
+        ),
+        "{s:?}"
+    );
+
+    let mut huge = BytesMut::new();
+    Header {
+        version: 1,
+        kind: Kind::Hello,
+        length: MAX_PAYLOAD + 1,
+    }
+    .encode(&mut huge);
+    let (s, _) = raw_exchange(huge.to_vec()).await;
+    assert!(
+        matches!(
+            s,
+            Err(Error::Frame(phaul_transport::FrameError::TooLarge { .. }))
+        ),
+        "{s:?}"
+    );
+
+    let mut cut = raw_frame(1, Kind::Hello as u16, &hello(1, 1));
+    cut.truncate(cut.len() - 5);
+    let (s, _) = raw_exchange(cut).await;
+    assert!(
+        matches!(
+            s,
+            Err(Error::Frame(phaul_transport::FrameError::Truncated { .. }))
+        ),
+        "{s:?}"
+    );
+
+    // A hello whose payload is not a Hello message.
+    let (s, _) = raw_exchange(raw_frame(1, Kind::Hello as u16, &[0xff; 9])).await;
+    assert!(matches!(s, Err(Error::Decode { .. })), "{s:?}");
+
+    // Garbage instead of a TLS ClientHello.
+    let l = Listener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let client = async move {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let _ = s.write_all(&[0x55; 300]).await;
+    };
+    let (s, ()) = tokio::join!(serve_one(&l, cfg()), client);
+    assert!(s.is_err());
+}
+
+#[tokio::test]
+async fn a_silent_peer_is_dropped_after_the_handshake_timeout() {
+    let l = Listener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let t = std::time::Instant::now();
+    let s = serve_one(&l, cfg().handshake_timeout(Duration::from_millis(300))).await;
+    assert!(matches!(s, Err(Error::Timeout(_))), "{s:?}");
+    assert!(t.elapsed() < Duration::from_secs(3));
+}
+
+#[tokio::test]
+async fn a_second_hello_after_authentication_is_a_protocol_violation() {
+    let l = Listener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let (s, c) = tokio::join!(
+        serve_one(&l, cfg()),
+        Link::connect(Endpoint::Tcp(addr), &cfg(), Channel::Control, None)
+    );
+    let (mut s, mut c) = (s.unwrap(), c.unwrap());
+    c.writer
+        .write_frame(Kind::Hello, &hello(1, 1))
+        .await
+        .unwrap();
+    assert!(matches!(s.reader.recv().await, Err(Error::Protocol(_))));
+    // And a request out of order on the control channel.
+    let mut server = ControlServer::new(s);
+    let bad = Request {
+        id: 5,
+        body: Some(request::Body::Ping(proto::Ping::default())),
+    };
+    c.writer.send(Kind::Request, &bad).await.unwrap();
+    assert!(matches!(server.next().await, Err(Error::Protocol(_))));
+    assert!(matches!(
+        c.reader.recv().await,
+        Err(Error::Remote {
+            code: ErrorCode::Protocol,
+            ..
+        })
+    ));
+}
+
+#[tokio::test]
+async fn every_message_round_trips_through_a_link() {
+    let l = Listener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let (s, c) = tokio::join!(
+        serve_one(&l, cfg()),
+        Link::connect(Endpoint::Tcp(addr), &cfg(), Channel::Control, None)
+    );
+    let (mut s, mut c) = (s.unwrap(), c.unwrap());
+    let requests = vec![
+        request::Body::Ping(proto::Ping {
+            payload: vec![1, 2, 3],
+        }),
+        request::Body::Preflight(proto::Preflight {
+            criu_version: "4.1.1".into(),
+            mem_track: false,
+            lazy_pages: true,
+            cpuinfo: vec![9; 100],
+        }),
+        request::Body::Begin(proto::Begin {
+            htype: "pid".into(),
+            params: [("pid".to_string(), "42".to_string())].into(),
+            mode: "post-copy".into(),
+        }),
+        request::Body::StartPageServer(proto::StartPageServer {
+            iteration: 3,
+            has_parent: true,
+        }),
+        request::Body::Restore(proto::Restore {
+            iteration: 3,
+            lazy: true,
+        }),
+        request::Body::Commit(proto::Commit {}),
+        request::Body::Abort(proto::Abort {
+            reason: "cancelled".into(),
+        }),
+    ];
+    let responses = vec![
+        response::Body::Pong(proto::Pong { payload: vec![4] }),
+        response::Body::Preflight(proto::PreflightReply {
+            criu_version: "4.1.1".into(),
+            mem_track: false,
+            lazy_pages: true,
+            cpu_compatible: false,
+            cpu_error: "no".into(),
+        }),
+        response::Body::Begun(proto::Begun {
+            work_dir: "/x".into(),
+        }),
+        response::Body::PageServerReady(proto::PageServerReady { iteration: 3 }),
+        response::Body::Restored(proto::Restored {
+            pid: 7,
+            restore_time_us: 9,
+        }),
+        response::Body::Committed(proto::Committed {}),
+        response::Body::Aborted(proto::Aborted {}),
+    ];
+    for (i, (rq, rs)) in requests.into_iter().zip(responses).enumerate() {
+        let id = i as u64 + 1;
+        let sent = proto::Request { id, body: Some(rq) };
+        c.writer.send(Kind::Request, &sent).await.unwrap();
+        let got: proto::Request = s.reader.recv_msg(Kind::Request).await.unwrap();
+        assert_eq!(got, sent);
+        let sent = proto::Response { id, body: Some(rs) };
+        s.writer.send(Kind::Response, &sent).await.unwrap();
+        let got: proto::Response = c.reader.recv_msg(Kind::Response).await.unwrap();
+        assert_eq!(got, sent);
+    }
+    for (kind, bytes) in [
+        (
+            Kind::FileBegin,
+            proto::FileBegin {
+                name: "a.img".into(),
+                size: 3,
+                mode: 0o600,
+            }
+            .encode_to_vec(),
+        ),
+        (Kind::FileEnd, proto::FileEnd {}.encode_to_vec()),
+        (
+            Kind::BatchEnd,
+            proto::BatchEnd { files: 1, bytes: 3 }.encode_to_vec(),
+        ),
+        (
+            Kind::BatchAck,
+            proto::BatchAck { files: 1, bytes: 3 }.encode_to_vec(),
+        ),
+        (Kind::StreamEnd, proto::StreamEnd {}.encode_to_vec()),
+        (Kind::Data, b"raw bytes".to_vec()),
+    ] {
+        c.writer.write_frame(kind, &bytes).await.unwrap();
+        let f = s.reader.recv().await.unwrap();
+        assert_eq!((f.kind, f.payload.as_ref()), (kind, bytes.as_slice()));
+    }
+    s.writer
+        .send_error(ErrorCode::Failed, "restore failed", 9)
+        .await
+        .unwrap();
+    match c.reader.recv().await {
+        Err(Error::Remote {
+            code: ErrorCode::Failed,
+            message,
+        }) => assert_eq!(message, "restore failed"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn relay_carries_bytes_both_ways_with_half_closes_and_compression() {
+    for compress in [false, true] {
+        let l = Listener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let c_cfg = cfg().compress(compress);
+        let (s, c) = tokio::join!(
+            serve_one(&l, cfg().compress(compress)),
+            Link::connect(Endpoint::Tcp(addr), &c_cfg, Channel::Pages, Some([3; 16]))
+        );
+        let (s, c) = (s.unwrap(), c.unwrap());
+        // Each side's "CRIU" is one end of a local socket pair.
+        let (src_criu, src_relay) = tokio::io::duplex(1 << 16);
+        let (tgt_criu, tgt_relay) = tokio::io::duplex(1 << 16);
+        let r1 = tokio::spawn(relay(c, src_relay));
+        let r2 = tokio::spawn(relay(s, tgt_relay));
+        let up: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+        let down = b"page requests".to_vec();
+        let (mut sr, mut sw) = tokio::io::split(src_criu);
+        let (mut tr, mut tw) = tokio::io::split(tgt_criu);
+        let up2 = up.clone();
+        let down2 = down.clone();
+        let w1 = tokio::spawn(async move {
+            sw.write_all(&up2).await.unwrap();
+            sw.shutdown().await.unwrap();
+        });
+        let w2 = tokio::spawn(async move {
+            tw.write_all(&down2).await.unwrap();
+            tw.shutdown().await.unwrap();
+        });
+        let mut got_up = Vec::new();
+        tr.read_to_end(&mut got_up).await.unwrap();
+        let mut got_down = Vec::new();
+        sr.read_to_end(&mut got_down).await.unwrap();
+        w1.await.unwrap();
+        w2.await.unwrap();
+        assert_eq!(got_up, up);
+        assert_eq!(got_down, down);
+        let (a, b) = (r1.await.unwrap().unwrap(), r2.await.unwrap().unwrap());
+        assert_eq!((a.sent, a.received), (up.len() as u64, down.len() as u64));
+        assert_eq!((b.sent, b.received), (down.len() as u64, up.len() as u64));
+    }
+}
+
+#[tokio::test]
+async fn a_bandwidth_cap_paces_the_sender() {
+    let l = Listener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let capped = cfg().plaintext().bandwidth(Some(4 << 20));
+    let (s, c) = tokio::join!(
+        serve_one(&l, cfg().plaintext()),
+        Link::connect(Endpoint::Tcp(addr), &capped, Channel::Pages, Some([1; 16]))
+    );
+    let (mut s, mut c) = (s.unwrap(), c.unwrap());
+    let t = std::time::Instant::now();
+    let data = vec![0u8; 2 << 20];
+    let send = async {
+        c.writer.send_data(&data).await.unwrap();
+        c.writer.send_end().await.unwrap();
+    };
+    let recv = async {
+        let mut n = 0;
+        while let Some(b) = s.reader.recv_data().await.unwrap() {
+            n += b.len();
+        }
+        n
+    };
+    let ((), n) = tokio::join!(send, recv);
+    assert_eq!(n, 2 << 20);
+    // 2 MiB at 4 MiB/s: about half a second, not the milliseconds
+    // loopback would take.
+    assert!(
+        t.elapsed() >= Duration::from_millis(400),
+        "{:?}",
+        t.elapsed()
+    );
+}
