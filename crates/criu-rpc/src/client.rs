@@ -263,7 +263,7 @@ pub struct PageServer {
     /// Its PID (for `PAGE_SERVER_CHLD`, a child of the CRIU worker, which
     /// [`Session::wait_pid`] can reap).
     pub pid: i32,
-    /// The port it listens on.
+    /// The port it listens on (0 for one serving a passed socket).
     pub port: u16,
 }
 
@@ -484,10 +484,11 @@ fn page_server_of(ty: CriuReqType, resp: &CriuResp) -> Result<PageServer> {
         .ps
         .as_ref()
         .ok_or_else(|| unexpected(ty, "no page server in the answer"))?;
-    let port = ps
-        .port
-        .and_then(|p| u16::try_from(p).ok())
-        .ok_or_else(|| unexpected(ty, "no port"))?;
+    // A page server on a passed socket (`ps.fd`) listens on no port.
+    let port = match ps.port {
+        None => 0,
+        Some(p) => u16::try_from(p).map_err(|_| unexpected(ty, "a port out of range"))?,
+    };
     Ok(PageServer {
         pid: ps.pid.unwrap_or(0),
         port,

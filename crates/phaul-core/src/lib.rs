@@ -1,19 +1,50 @@
 //! The phaul migration engine.
 //!
-//! **Status: skeleton.** This crate will hold the engine that moves a
-//! process tree from a source host to a target host with CRIU: the modes
-//! (stop-and-copy through CRIU's page server, post-copy with lazy pages,
-//! iterative pre-copy when CRIU's feature check reports memory tracking,
-//! hybrid, and cold restart), an injected convergence policy (P.Haul's rules
-//! and a downtime budget), rollback that resumes the source on any failure
-//! before the target has restored, and statistics kept as a state machine and
-//! finalized into an immutable report. Nothing here is implemented yet; the
-//! CRIU side it will drive is [`criu-rpc`](../criu_rpc/index.html).
+//! It moves a process tree from a source host to a target host with CRIU,
+//! keeping its state, with the least downtime the two hosts allow, and never
+//! loses it: the source is ended only after the target runs the tree, and
+//! any failure before that resumes the source.
+//!
+//! The source side is a [`Migration`] built by an orchestrator (or the
+//! `phaul` example CLI); the target side is a [`Service`] that serves many
+//! migrations at once (the `phaul-service` example). They talk over
+//! `phaul-transport`'s authenticated link; CRIU sits behind the
+//! [`criu::SourceCriu`] / [`criu::TargetCriu`] seam, which [`criu::Criu`]
+//! implements for real and [`standin`] implements for tests of logic the
+//! kernel cannot exercise here (pre-copy needs soft-dirty tracking).
+//!
+//! Modes ([`Mode`]): `stop-copy` (the final dump streamed through CRIU's page
+//! server), `post-copy` (lazy pages: the target resumes at once, memory
+//! follows on demand), `pre-copy` (iterative pre-dumps while the tree runs,
+//! then a short final dump), `hybrid` (pre-copy, then post-copy if it does
+//! not converge), `restart` (cold; for kinds that have a restart handler),
+//! and `auto`, which picks the best mode both hosts' CRIU feature checks
+//! allow and says why. When pre-copy stops iterating is an injected
+//! [`policy::ConvergencePolicy`]: P.Haul's rules or a downtime budget.
 //!
 //! # Layout
-//! - [`Error`]: the crate's error type (no variants are produced yet).
+//! - [`source`]: [`Migration`], [`Progress`] events, [`CancelHandle`].
+//! - [`target`]: the target side, [`Service`].
+//! - [`criu`]: the CRIU seam and the real implementation.
+//! - [`standin`]: a scripted stand-in for CRIU, for tests.
+//! - [`mode`]: the modes and how `auto` chooses.
+//! - [`policy`]: convergence policies.
+//! - [`stats`]: statistics as a state machine, finalized into a [`Report`].
+//! - [`pagestream`]: relaying CRIU's page-server traffic.
+//! - [`error`]: the crate's [`Error`] type.
 
-/// Errors of the migration engine.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum Error {}
+pub mod criu;
+pub mod error;
+pub mod mode;
+pub mod pagestream;
+pub mod policy;
+pub mod source;
+pub mod standin;
+pub mod stats;
+pub mod target;
+
+pub use error::{Error, Result};
+pub use mode::{Mode, ModeChoice};
+pub use source::{CancelHandle, Migration, Progress, Timeouts};
+pub use stats::{Phase, Report};
+pub use target::Service;

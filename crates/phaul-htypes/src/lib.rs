@@ -1,16 +1,133 @@
 //! What phaul migrates ("htypes", after P.Haul's name for them).
 //!
-//! **Status: skeleton.** Each htype will be a trait object from a registry
-//! that says how to find, freeze, dump and restore one kind of thing: a
-//! process tree by PID, an LXC container, a Virtuozzo container (with its
-//! extra images and freezer cgroup), a runc container. Its trait methods will
-//! have default no-op bodies so a kind overrides only what it needs. Nothing
-//! here is implemented yet.
+//! An htype says how to find the process tree of one kind of thing, which
+//! CRIU options its dump and restore need, and how to validate what a
+//! request names before anything is touched. The engine holds htypes as
+//! trait objects made by the [`registry`]; each trait method has a default,
+//! so a kind overrides only what it needs.
+//!
+//! Kinds so far: [`pid::Pid`], a process tree by the PID of its root. LXC,
+//! Virtuozzo and runc containers come later.
 //!
 //! # Layout
-//! - [`Error`]: the crate's error type (no variants are produced yet).
+//! - [`Htype`]: the trait, and [`CriuOptions`], the CRIU options an htype asks for.
+//! - [`registry`]: making an htype from its name and parameters.
+//! - [`pid`]: the process-tree htype.
+//! - [`Error`]: the crate's error type.
 
-/// Errors of the htype drivers.
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+
+pub mod pid;
+pub mod registry;
+
+/// Errors of the htypes: what a request names is not acceptable.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub enum Error {}
+pub enum Error {
+    /// No htype of this name.
+    #[error("unknown kind {0:?} (known: {known})", known = registry::NAMES.join(", "))]
+    UnknownKind(String),
+
+    /// A parameter is missing or malformed.
+    #[error("bad {name} {value:?}: {reason}")]
+    BadParam {
+        /// The parameter.
+        name: &'static str,
+        /// Its value as given.
+        value: String,
+        /// Why it is refused.
+        reason: String,
+    },
+
+    /// The process does not exist.
+    #[error("no process with PID {0}")]
+    NoSuchProcess(i32),
+
+    /// The process exists but must not be migrated.
+    #[error("PID {pid} cannot be migrated: {reason}")]
+    Refused {
+        /// The PID.
+        pid: i32,
+        /// Why.
+        reason: String,
+    },
+
+    /// Reading the process's state failed.
+    #[error("reading {what}")]
+    Io {
+        /// What was read.
+        what: String,
+        /// Why it failed.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Shorthand for results of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The CRIU options an htype needs, in CRIU's own terms. The engine turns
+/// them into a request; the htype never talks to CRIU itself.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct CriuOptions {
+    /// The tree has a controlling terminal of a shell (`--shell-job`).
+    pub shell_job: bool,
+    /// Migrate established TCP connections (`--tcp-established`).
+    pub tcp_established: bool,
+    /// Allow Unix sockets connected outside the tree (`--ext-unix-sk`).
+    pub ext_unix_sk: bool,
+    /// Migrate file locks (`--file-locks`).
+    pub file_locks: bool,
+    /// Link unlinked open files back for restore (`--link-remap`).
+    pub link_remap: bool,
+    /// Allow devices replaced since they were opened (`--evasive-devices`).
+    pub evasive_devices: bool,
+    /// Freeze through this freezer cgroup instead of ptrace.
+    pub freeze_cgroup: Option<String>,
+    /// External resources (`--external`).
+    pub external: Vec<String>,
+    /// Restore into this root directory (`--root`).
+    pub root: Option<String>,
+    /// Largest deleted-but-open file copied into images, in bytes.
+    pub ghost_limit: Option<u32>,
+}
+
+/// One kind of thing phaul migrates.
+///
+/// The source side makes it from a user's request ([`registry::source`]),
+/// the target side from the name and parameters the source sent
+/// ([`registry::target`]); both validate what they are given.
+pub trait Htype: Send + Sync + Debug {
+    /// The kind's name on the wire and the command line (`"pid"`).
+    fn kind(&self) -> &'static str;
+
+    /// The parameters the target needs to make its side of this htype.
+    fn params(&self) -> BTreeMap<String, String> {
+        BTreeMap::new()
+    }
+
+    /// The PID of the tree's root on the source.
+    fn root_pid(&self) -> Result<i32>;
+
+    /// Whether iterative pre-dumps make sense for this kind.
+    fn can_pre_dump(&self) -> bool {
+        true
+    }
+
+    /// Options for CRIU's dumps (pre-dumps and the final dump).
+    fn dump_options(&self) -> CriuOptions {
+        CriuOptions::default()
+    }
+
+    /// Options for CRIU's restore on the target.
+    fn restore_options(&self) -> CriuOptions {
+        CriuOptions::default()
+    }
+
+    /// Checks, on the source, that the tree can still be migrated (it may
+    /// have exited since the htype was made).
+    fn check(&self) -> Result<()> {
+        self.root_pid().map(drop)
+    }
+}

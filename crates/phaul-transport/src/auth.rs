@@ -46,7 +46,10 @@ impl SharedKey {
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
         use std::os::unix::fs::PermissionsExt;
         let path = path.as_ref();
-        let err = |problem: String| Error::Key { path: path.to_path_buf(), problem };
+        let err = |problem: String| Error::Key {
+            path: path.to_path_buf(),
+            problem,
+        };
         let meta = std::fs::metadata(path).map_err(|e| err(e.to_string()))?;
         if meta.permissions().mode() & 0o077 != 0 {
             return Err(err(format!(
@@ -55,7 +58,10 @@ impl SharedKey {
             )));
         }
         let bytes = std::fs::read(path).map_err(|e| err(e.to_string()))?;
-        let end = bytes.iter().rposition(|b| !b.is_ascii_whitespace()).map_or(0, |i| i + 1);
+        let end = bytes
+            .iter()
+            .rposition(|b| !b.is_ascii_whitespace())
+            .map_or(0, |i| i + 1);
         Self::new(&bytes[..end]).map_err(|e| match e {
             Error::Key { problem, .. } => err(problem),
             other => other,
@@ -110,7 +116,9 @@ pub(crate) fn transcript(parts: &[&[u8]]) -> [u8; 32] {
 /// `n` random bytes from the system's generator.
 pub(crate) fn random(n: usize) -> Vec<u8> {
     let mut v = vec![0u8; n];
-    ring::rand::SystemRandom::new().fill(&mut v).expect("the system random generator failed");
+    ring::rand::SystemRandom::new()
+        .fill(&mut v)
+        .expect("the system random generator failed");
     v
 }
 
@@ -145,6 +153,9 @@ mod tests {
         SharedKey::from_file(&p).unwrap();
         std::fs::write(&p, "tooshort\n").unwrap();
         assert!(matches!(SharedKey::from_file(&p), Err(Error::Key { .. })));
-        assert!(matches!(SharedKey::from_file(dir.path().join("none")), Err(Error::Key { .. })));
+        assert!(matches!(
+            SharedKey::from_file(dir.path().join("none")),
+            Err(Error::Key { .. })
+        ));
     }
 }

@@ -28,15 +28,28 @@ impl ControlClient {
     pub async fn call(&mut self, body: request::Body) -> Result<response::Body> {
         let id = self.next_id;
         self.next_id += 1;
-        self.link.writer.send(Kind::Request, &Request { id, body: Some(body) }).await?;
+        self.link
+            .writer
+            .send(
+                Kind::Request,
+                &Request {
+                    id,
+                    body: Some(body),
+                },
+            )
+            .await?;
         let f = self.link.reader.read_frame().await?;
         match f.kind {
             Kind::Response => {
                 let r: Response = crate::link::expect_msg(&f, Kind::Response)?;
                 if r.id != id {
-                    return Err(Error::Protocol(format!("response to request {} while {id} was asked", r.id)));
+                    return Err(Error::Protocol(format!(
+                        "response to request {} while {id} was asked",
+                        r.id
+                    )));
                 }
-                r.body.ok_or_else(|| Error::Protocol(format!("empty response to request {id}")))
+                r.body
+                    .ok_or_else(|| Error::Protocol(format!("empty response to request {id}")))
             }
             Kind::Error => {
                 let e: crate::proto::Error = crate::link::expect_msg(&f, Kind::Error)?;
@@ -45,7 +58,9 @@ impl ControlClient {
                     message: e.message,
                 })
             }
-            other => Err(Error::Protocol(format!("{other:?} frame on the control channel"))),
+            other => Err(Error::Protocol(format!(
+                "{other:?} frame on the control channel"
+            ))),
         }
     }
 }
@@ -80,14 +95,19 @@ impl ControlServer {
         let r: Request = crate::link::expect_msg(&f, Kind::Request)?;
         if r.id != self.last_id + 1 {
             let msg = format!("request id {} after {}", r.id, self.last_id);
-            let _ = self.link.writer.send_error(ErrorCode::Protocol, &msg, r.id).await;
+            let _ = self
+                .link
+                .writer
+                .send_error(ErrorCode::Protocol, &msg, r.id)
+                .await;
             return Err(Error::Protocol(msg));
         }
         self.last_id = r.id;
         match r.body {
             Some(b) => Ok(Some((r.id, b))),
             None => {
-                self.error(r.id, ErrorCode::BadRequest, "empty request").await?;
+                self.error(r.id, ErrorCode::BadRequest, "empty request")
+                    .await?;
                 Err(Error::Protocol(format!("empty request {}", r.id)))
             }
         }
@@ -95,7 +115,16 @@ impl ControlServer {
 
     /// Answers request `id`.
     pub async fn reply(&mut self, id: u64, body: response::Body) -> Result<()> {
-        self.link.writer.send(Kind::Response, &Response { id, body: Some(body) }).await
+        self.link
+            .writer
+            .send(
+                Kind::Response,
+                &Response {
+                    id,
+                    body: Some(body),
+                },
+            )
+            .await
     }
 
     /// Answers request `id` with an error.

@@ -79,7 +79,9 @@ pub enum Error {
     Protocol(String),
 
     /// No protocol version in common with the peer.
-    #[error("no common protocol version: ours {ours_min}..={ours_max}, theirs {theirs_min}..={theirs_max}")]
+    #[error(
+        "no common protocol version: ours {ours_min}..={ours_max}, theirs {theirs_min}..={theirs_max}"
+    )]
     Version {
         /// Our lowest.
         ours_min: u16,

@@ -154,9 +154,16 @@ impl Header {
         let kind = Kind::from_u16(raw_kind).ok_or(FrameError::UnknownKind(raw_kind))?;
         let length = b.get_u32_le();
         if length > max_payload {
-            return Err(FrameError::TooLarge { length, max: max_payload });
+            return Err(FrameError::TooLarge {
+                length,
+                max: max_payload,
+            });
         }
-        Ok(Self { version, kind, length })
+        Ok(Self {
+            version,
+            kind,
+            length,
+        })
     }
 }
 
@@ -182,7 +189,12 @@ impl Frame {
                 max: MAX_PAYLOAD,
             }))?;
         let mut out = BytesMut::with_capacity(HEADER_LEN + self.payload.len());
-        Header { version: self.version, kind: self.kind, length }.encode(&mut out);
+        Header {
+            version: self.version,
+            kind: self.kind,
+            length,
+        }
+        .encode(&mut out);
         out.extend_from_slice(&self.payload);
         Ok(out)
     }
@@ -224,11 +236,16 @@ pub fn lz4_compress(data: &[u8]) -> Vec<u8> {
 /// Decompresses a [`Kind::DataLz4`] payload, refusing one that claims to
 /// expand beyond `max` bytes.
 pub fn lz4_decompress(payload: &[u8], max: usize) -> Result<Vec<u8>, FrameError> {
-    let Some(size) = payload.first_chunk::<4>().map(|b| u32::from_le_bytes(*b) as usize) else {
+    let Some(size) = payload
+        .first_chunk::<4>()
+        .map(|b| u32::from_le_bytes(*b) as usize)
+    else {
         return Err(FrameError::BadCompression("no size prefix".into()));
     };
     if size > max {
-        return Err(FrameError::BadCompression(format!("claims {size} bytes, limit {max}")));
+        return Err(FrameError::BadCompression(format!(
+            "claims {size} bytes, limit {max}"
+        )));
     }
     lz4_flex::block::decompress_size_prepended(payload)
         .map_err(|e| FrameError::BadCompression(e.to_string()))
@@ -239,7 +256,11 @@ mod tests {
     use super::*;
 
     fn frame(kind: Kind, payload: &[u8]) -> Frame {
-        Frame { version: 1, kind, payload: Bytes::copy_from_slice(payload) }
+        Frame {
+            version: 1,
+            kind,
+            payload: Bytes::copy_from_slice(payload),
+        }
     }
 
     #[test]
@@ -258,29 +279,56 @@ mod tests {
     fn zero_and_unknown_kinds_and_versions_are_refused() {
         let mut b = frame(Kind::Data, b"x").encode().unwrap();
         b[6..8].copy_from_slice(&0u16.to_le_bytes());
-        assert_eq!(Frame::parse(&b, MAX_PAYLOAD), Err(FrameError::UnknownKind(0)));
+        assert_eq!(
+            Frame::parse(&b, MAX_PAYLOAD),
+            Err(FrameError::UnknownKind(0))
+        );
         b[6..8].copy_from_slice(&999u16.to_le_bytes());
-        assert_eq!(Frame::parse(&b, MAX_PAYLOAD), Err(FrameError::UnknownKind(999)));
+        assert_eq!(
+            Frame::parse(&b, MAX_PAYLOAD),
+            Err(FrameError::UnknownKind(999))
+        );
         let mut b = frame(Kind::Data, b"x").encode().unwrap();
         b[4..6].copy_from_slice(&0u16.to_le_bytes());
-        assert_eq!(Frame::parse(&b, MAX_PAYLOAD), Err(FrameError::BadVersion(0)));
+        assert_eq!(
+            Frame::parse(&b, MAX_PAYLOAD),
+            Err(FrameError::BadVersion(0))
+        );
     }
 
     #[test]
     fn oversize_is_refused_from_the_header_alone() {
         let mut b = BytesMut::new();
-        Header { version: 1, kind: Kind::Data, length: MAX_PAYLOAD + 1 }.encode(&mut b);
-        assert!(matches!(Frame::parse(&b, MAX_PAYLOAD), Err(FrameError::TooLarge { .. })));
+        Header {
+            version: 1,
+            kind: Kind::Data,
+            length: MAX_PAYLOAD + 1,
+        }
+        .encode(&mut b);
+        assert!(matches!(
+            Frame::parse(&b, MAX_PAYLOAD),
+            Err(FrameError::TooLarge { .. })
+        ));
     }
 
     #[test]
     fn truncated_frames_ask_for_more_and_garbage_is_refused_early() {
         let b = frame(Kind::Request, b"abcdef").encode().unwrap();
         for cut in 0..b.len() {
-            assert_eq!(Frame::parse(&b[..cut], MAX_PAYLOAD), Ok(None), "cut at {cut}");
+            assert_eq!(
+                Frame::parse(&b[..cut], MAX_PAYLOAD),
+                Ok(None),
+                "cut at {cut}"
+            );
         }
-        assert!(matches!(Frame::parse(b"GET / HTTP/1.1\r\n", MAX_PAYLOAD), Err(FrameError::BadMagic(_))));
-        assert!(matches!(Frame::parse(b"G", MAX_PAYLOAD), Err(FrameError::BadMagic(_))));
+        assert!(matches!(
+            Frame::parse(b"GET / HTTP/1.1\r\n", MAX_PAYLOAD),
+            Err(FrameError::BadMagic(_))
+        ));
+        assert!(matches!(
+            Frame::parse(b"G", MAX_PAYLOAD),
+            Err(FrameError::BadMagic(_))
+        ));
     }
 
     #[test]

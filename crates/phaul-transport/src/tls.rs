@@ -65,7 +65,10 @@ impl Identity {
         let mut cfg = ServerConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .with_no_client_auth()
-            .with_single_cert(vec![self.cert.clone()], PrivateKeyDer::Pkcs8(self.key.clone_key()))?;
+            .with_single_cert(
+                vec![self.cert.clone()],
+                PrivateKeyDer::Pkcs8(self.key.clone_key()),
+            )?;
         cfg.alpn_protocols = vec![ALPN.to_vec()];
         Ok(Arc::new(cfg))
     }
@@ -73,7 +76,10 @@ impl Identity {
 
 pub(crate) fn client_config(pins: &[[u8; 32]]) -> Result<Arc<ClientConfig>> {
     let p = provider();
-    let verifier = Verifier { pins: pins.to_vec(), algs: p.signature_verification_algorithms };
+    let verifier = Verifier {
+        pins: pins.to_vec(),
+        algs: p.signature_verification_algorithms,
+    };
     let mut cfg = ClientConfig::builder_with_provider(p)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
@@ -132,7 +138,9 @@ impl ServerCertVerifier for Verifier {
         _now: UnixTime,
     ) -> std::result::Result<ServerCertVerified, rustls::Error> {
         if !self.pins.is_empty() && !self.pins.contains(&fingerprint(end_entity)) {
-            return Err(rustls::Error::InvalidCertificate(rustls::CertificateError::ApplicationVerificationFailure));
+            return Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::ApplicationVerificationFailure,
+            ));
         }
         Ok(ServerCertVerified::assertion())
     }
@@ -169,8 +177,15 @@ mod tests {
         let id = Identity::self_signed().unwrap();
         let hex = id.fingerprint_hex();
         assert_eq!(parse_fingerprint(&hex).unwrap(), id.fingerprint());
-        let colons: Vec<String> = hex.as_bytes().chunks(2).map(|c| String::from_utf8(c.to_vec()).unwrap()).collect();
-        assert_eq!(parse_fingerprint(&colons.join(":")).unwrap(), id.fingerprint());
+        let colons: Vec<String> = hex
+            .as_bytes()
+            .chunks(2)
+            .map(|c| String::from_utf8(c.to_vec()).unwrap())
+            .collect();
+        assert_eq!(
+            parse_fingerprint(&colons.join(":")).unwrap(),
+            id.fingerprint()
+        );
         assert!(parse_fingerprint("abc").is_err());
         assert!(parse_fingerprint(&"zz".repeat(32)).is_err());
     }

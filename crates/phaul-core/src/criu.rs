@@ -1,0 +1,679 @@
+//! CRIU behind a seam: the operations the engine needs on each host.
+//!
+//! [`SourceCriu`] and [`TargetCriu`] are small traits so the engine's logic
+//! (modes, iterations, convergence, rollback) can run against a stand-in
+//! ([`crate::standin`]) where the kernel lacks a feature, such as the
+//! soft-dirty tracking pre-copy needs. [`Criu`] implements both over
+//! `criu-rpc` for real.
+//!
+//! CRIU's "hold" points are modelled as values: [`HeldDump`] is a final dump
+//! stopped at `post-dump` (the tree frozen, its images written), and
+//! [`HeldRestore`] a restore stopped at `post-restore` (the tree restored but
+//! not yet running). Each must be decided: commit or roll back. Dropping one
+//! undecided rolls back, so a crashed or cancelled engine never leaves both
+//! copies running, nor neither.
+
+use std::future::Future;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use criu_rpc::image::{read_dump_stats, read_restore_stats};
+use criu_rpc::proto::{DumpStatsEntry, RestoreStatsEntry};
+use criu_rpc::{Event, FIRST_PASSED_FD, Opts, Script};
+use phaul_htypes::CriuOptions;
+use tokio::sync::oneshot;
+use tracing::{debug, warn};
+
+use crate::error::{Error, Result};
+use crate::mode::HostCaps;
+
+/// One dump (or pre-dump) to make.
+#[derive(Debug, Clone)]
+pub struct DumpSpec {
+    /// The root of the tree.
+    pub pid: i32,
+    /// Where the images go.
+    pub images_dir: PathBuf,
+    /// Where CRIU's log and `stats-dump` go.
+    pub work_dir: PathBuf,
+    /// The previous iteration, relative to `images_dir` (`"../2"`).
+    pub parent: Option<String>,
+    /// Track memory changes (pre-copy; needs soft-dirty).
+    pub track_mem: bool,
+    /// What the htype asks for.
+    pub options: CriuOptions,
+    /// The iteration number (for logs and stand-ins).
+    pub iteration: u32,
+}
+
+/// One restore to make.
+#[derive(Debug, Clone)]
+pub struct RestoreSpec {
+    /// The images.
+    pub images_dir: PathBuf,
+    /// CRIU's log, `stats-restore` and, for lazy restores, the
+    /// lazy-pages daemon's socket.
+    pub work_dir: PathBuf,
+    /// Restore with lazy pages (post-copy).
+    pub lazy: bool,
+    /// What the htype asks for.
+    pub options: CriuOptions,
+}
+
+/// A final dump held at `post-dump`: the tree is frozen, its images are
+/// written and its memory sent.
+#[derive(Debug)]
+pub struct HeldDump {
+    decide: oneshot::Sender<bool>,
+    done: oneshot::Receiver<Result<Option<DumpStatsEntry>>>,
+}
+
+impl HeldDump {
+    /// Makes a held dump from the two ends a CRIU driver keeps: it reads the
+    /// decision and sends the outcome (`Some(stats)` after a commit).
+    pub fn new(
+        decide: oneshot::Sender<bool>,
+        done: oneshot::Receiver<Result<Option<DumpStatsEntry>>>,
+    ) -> Self {
+        Self { decide, done }
+    }
+
+    /// The target has the tree: end the source's copy. Returns CRIU's
+    /// statistics of the dump (`frozen_time` includes the hold).
+    pub async fn commit(self) -> Result<Option<DumpStatsEntry>> {
+        let _ = self.decide.send(true);
+        self.done
+            .await
+            .map_err(|_| Error::Protocol("the dump driver vanished".into()))?
+    }
+
+    /// Give up: CRIU resumes the tree on the source.
+    pub async fn rollback(self) -> Result<()> {
+        let _ = self.decide.send(false);
+        match self.done.await {
+            // A refused post-dump makes CRIU fail the dump: that is the
+            // rollback working.
+            Ok(Ok(_)) | Ok(Err(Error::SourceCriu(_))) => Ok(()),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Ok(()),
+        }
+    }
+}
+
+/// A lazy (post-copy) dump serving pages: the tree is frozen, its images
+/// written but for the memory, which CRIU serves on `port`.
+#[derive(Debug)]
+pub struct LazyDump {
+    /// The port CRIU's page server listens on (on every interface of its
+    /// network namespace; the engine guards it).
+    pub port: u16,
+    done: oneshot::Receiver<Result<Option<DumpStatsEntry>>>,
+}
+
+impl LazyDump {
+    /// Makes one from the driver's outcome channel.
+    pub fn new(port: u16, done: oneshot::Receiver<Result<Option<DumpStatsEntry>>>) -> Self {
+        Self { port, done }
+    }
+
+    /// Waits for the dump to end: every page pulled (the tree is then ended
+    /// by CRIU), or the transfer failed (the tree resumed).
+    pub async fn wait(self) -> Result<Option<DumpStatsEntry>> {
+        self.done
+            .await
+            .map_err(|_| Error::Protocol("the dump driver vanished".into()))?
+    }
+}
+
+/// A page server receiving one iteration's pages.
+#[derive(Debug)]
+pub struct PageServing {
+    done: oneshot::Receiver<Result<()>>,
+}
+
+impl PageServing {
+    /// Makes one from the driver's outcome channel.
+    pub fn new(done: oneshot::Receiver<Result<()>>) -> Self {
+        Self { done }
+    }
+
+    /// Waits until it has served its one dump and exited.
+    pub async fn wait(self) -> Result<()> {
+        self.done
+            .await
+            .map_err(|_| Error::Protocol("the page server driver vanished".into()))?
+    }
+}
+
+/// A restore held at `post-restore`: the tree exists on the target, stopped.
+#[derive(Debug)]
+pub struct HeldRestore {
+    /// The restored root's PID on the target.
+    pub pid: i32,
+    decide: oneshot::Sender<bool>,
+    done: oneshot::Receiver<Result<Option<RestoreStatsEntry>>>,
+}
+
+impl HeldRestore {
+    /// Makes one from the driver's channels.
+    pub fn new(
+        pid: i32,
+        decide: oneshot::Sender<bool>,
+        done: oneshot::Receiver<Result<Option<RestoreStatsEntry>>>,
+    ) -> Self {
+        Self { pid, decide, done }
+    }
+
+    /// Let the tree run.
+    pub async fn commit(self) -> Result<Option<RestoreStatsEntry>> {
+        let _ = self.decide.send(true);
+        self.done
+            .await
+            .map_err(|_| Error::Protocol("the restore driver vanished".into()))?
+    }
+
+    /// Abort the restore: CRIU kills the restored tree.
+    pub async fn abort(self) {
+        let _ = self.decide.send(false);
+        let _ = self.done.await;
+    }
+}
+
+/// A lazy-pages daemon on the target (post-copy).
+#[derive(Debug)]
+pub struct LazyDaemon {
+    child: Option<tokio::process::Child>,
+}
+
+impl LazyDaemon {
+    /// A daemon that is not a process of ours (stand-ins).
+    pub fn none() -> Self {
+        Self { child: None }
+    }
+
+    /// Waits for the daemon to finish pulling every page.
+    pub async fn wait(mut self) -> Result<()> {
+        if let Some(c) = self.child.as_mut() {
+            let st = c.wait().await.map_err(|source| Error::Io {
+                what: "waiting for criu lazy-pages".into(),
+                source,
+            })?;
+            if !st.success() {
+                return Err(Error::Target(format!("criu lazy-pages exited with {st}")));
+            }
+        }
+        Ok(())
+    }
+
+    /// Ends the daemon (the restore it served has failed).
+    pub async fn kill(mut self) {
+        if let Some(c) = self.child.as_mut() {
+            let _ = c.kill().await;
+        }
+    }
+}
+
+/// What the engine needs of CRIU on the source.
+pub trait SourceCriu: Send + Sync + 'static {
+    /// CRIU's version, as text (`"4.1.1"`).
+    fn version(&self) -> impl Future<Output = Result<String>> + Send;
+    /// What the kernel and CRIU support here.
+    fn features(&self) -> impl Future<Output = Result<HostCaps>> + Send;
+    /// This CPU's description (`cpuinfo.img`), made in `scratch`; empty
+    /// where CRIU cannot describe CPUs.
+    fn cpuinfo(&self, scratch: &Path) -> impl Future<Output = Result<Vec<u8>>> + Send;
+    /// A pre-dump whose pages go out on `pages` (a connected stream socket).
+    fn pre_dump(
+        &self,
+        spec: DumpSpec,
+        pages: OwnedFd,
+    ) -> impl Future<Output = Result<DumpStatsEntry>> + Send;
+    /// A final dump whose pages go out on `pages`; returns once the tree is
+    /// frozen and everything is written, held at `post-dump`.
+    fn dump(&self, spec: DumpSpec, pages: OwnedFd)
+    -> impl Future<Output = Result<HeldDump>> + Send;
+    /// A lazy final dump serving pages on `port`; returns once it listens.
+    fn lazy_dump(&self, spec: DumpSpec, port: u16)
+    -> impl Future<Output = Result<LazyDump>> + Send;
+}
+
+/// What the engine needs of CRIU on the target.
+pub trait TargetCriu: Send + Sync + 'static {
+    /// CRIU's version, as text.
+    fn version(&self) -> impl Future<Output = Result<String>> + Send;
+    /// What the kernel and CRIU support here.
+    fn features(&self) -> impl Future<Output = Result<HostCaps>> + Send;
+    /// Checks the source's `cpuinfo.img` against this CPU; the error says
+    /// why they differ.
+    fn cpuinfo_check(
+        &self,
+        cpuinfo: Vec<u8>,
+        scratch: &Path,
+    ) -> impl Future<Output = Result<()>> + Send;
+    /// A page server writing into `images_dir`, reading from `pages`.
+    fn page_server(
+        &self,
+        images_dir: PathBuf,
+        parent: Option<String>,
+        pages: OwnedFd,
+    ) -> impl Future<Output = Result<PageServing>> + Send;
+    /// Starts CRIU's lazy-pages daemon for `dir`, fetching pages from
+    /// `127.0.0.1:port`; returns once it is ready for a restore.
+    fn lazy_pages(
+        &self,
+        dir: PathBuf,
+        port: u16,
+    ) -> impl Future<Output = Result<LazyDaemon>> + Send;
+    /// Restores, and holds the tree at `post-restore`.
+    fn restore(&self, spec: RestoreSpec) -> impl Future<Output = Result<HeldRestore>> + Send;
+}
+
+/// The real CRIU, through `criu-rpc`.
+#[derive(Debug, Clone)]
+pub struct Criu {
+    rpc: criu_rpc::Criu,
+    log_level: i32,
+}
+
+impl Criu {
+    /// CRIU reached through `rpc`, logging at level 4 (debug), which is
+    /// what one wants to read after a failed migration.
+    pub fn new(rpc: criu_rpc::Criu) -> Self {
+        Self { rpc, log_level: 4 }
+    }
+
+    fn base(&self, options: &CriuOptions) -> Opts {
+        let mut o = Opts::new()
+            .log_level(self.log_level)
+            .shell_job(options.shell_job)
+            .tcp_established(options.tcp_established)
+            .ext_unix_sk(options.ext_unix_sk)
+            .file_locks(options.file_locks)
+            .link_remap(options.link_remap)
+            .evasive_devices(options.evasive_devices);
+        if let Some(c) = &options.freeze_cgroup {
+            o = o.freeze_cgroup(c.clone());
+        }
+        for e in &options.external {
+            o = o.external(e.clone());
+        }
+        if let Some(r) = &options.root {
+            o = o.root(r.clone());
+        }
+        if let Some(g) = options.ghost_limit {
+            o = o.ghost_limit(g);
+        }
+        o
+    }
+
+    fn dump_opts(&self, spec: &DumpSpec, log: &str) -> Opts {
+        let mut o = self
+            .base(&spec.options)
+            .pid(spec.pid)
+            .images_dir(&spec.images_dir)
+            .work_dir(&spec.work_dir)
+            .log_file(log)
+            .track_mem(spec.track_mem);
+        if let Some(p) = &spec.parent {
+            o = o.parent_img(p.clone());
+        }
+        o
+    }
+}
+
+fn src(e: criu_rpc::Error) -> Error {
+    Error::SourceCriu(e)
+}
+
+fn tgt(e: criu_rpc::Error) -> Error {
+    Error::TargetCriu(e)
+}
+
+fn caps(f: criu_rpc::Features) -> HostCaps {
+    HostCaps {
+        mem_track: f.mem_track,
+        lazy_pages: f.lazy_pages,
+    }
+}
+
+/// Reads `stats-dump`, which CRIU writes after its answer; absent is `None`.
+fn dump_stats(work: &Path) -> Option<DumpStatsEntry> {
+    read_dump_stats(work)
+        .map_err(|e| warn!(dir = %work.display(), error = %e, "no dump statistics"))
+        .ok()
+}
+
+impl SourceCriu for Criu {
+    async fn version(&self) -> Result<String> {
+        self.rpc
+            .ensure_version(&criu_rpc::Version::MINIMUM)
+            .await
+            .map(|v| v.to_string())
+            .map_err(src)
+    }
+
+    async fn features(&self) -> Result<HostCaps> {
+        let mut s = self.rpc.connect().await.map_err(src)?;
+        s.feature_check().await.map(caps).map_err(src)
+    }
+
+    async fn cpuinfo(&self, scratch: &Path) -> Result<Vec<u8>> {
+        let mut s = self.rpc.connect().await.map_err(src)?;
+        match s
+            .cpuinfo_dump(Opts::new().images_dir(scratch).log_file("cpuinfo-dump.log"))
+            .await
+        {
+            Ok(()) => std::fs::read(scratch.join("cpuinfo.img")).map_err(|source| Error::Io {
+                what: "reading cpuinfo.img".into(),
+                source,
+            }),
+            Err(criu_rpc::Error::Criu {
+                errno: Some(nix::errno::Errno::ENOTSUP),
+                ..
+            }) => Ok(Vec::new()),
+            Err(e) => Err(src(e)),
+        }
+    }
+
+    async fn pre_dump(&self, spec: DumpSpec, pages: OwnedFd) -> Result<DumpStatsEntry> {
+        let s = self.rpc.connect_passing(vec![pages]).await.map_err(src)?;
+        let opts = self
+            .dump_opts(&spec, "pre-dump.log")
+            .page_server_fd(FIRST_PASSED_FD)
+            .track_mem(true);
+        s.single_pre_dump(opts)
+            .await
+            .map_err(src)?
+            .finish()
+            .await
+            .map_err(src)?;
+        read_dump_stats(&spec.work_dir).map_err(src)
+    }
+
+    async fn dump(&self, spec: DumpSpec, pages: OwnedFd) -> Result<HeldDump> {
+        let s = self.rpc.connect_passing(vec![pages]).await.map_err(src)?;
+        let opts = self
+            .dump_opts(&spec, "dump.log")
+            .page_server_fd(FIRST_PASSED_FD)
+            .notify_scripts(true);
+        let mut ex = s.dump(opts).await.map_err(src)?;
+        let (frozen_tx, frozen_rx) = oneshot::channel::<Result<()>>();
+        let (decide_tx, decide_rx) = oneshot::channel::<bool>();
+        let (done_tx, done_rx) = oneshot::channel();
+        let work = spec.work_dir.clone();
+        tokio::spawn(async move {
+            let mut frozen_tx = Some(frozen_tx);
+            let mut decide_rx = Some(decide_rx);
+            let mut committed = false;
+            let outcome = loop {
+                match ex.next().await {
+                    Ok(Event::Notify(n)) if *n.script() == Script::PostDump => {
+                        if let Some(tx) = frozen_tx.take() {
+                            let _ = tx.send(Ok(()));
+                        }
+                        // Hold: the tree stays frozen until the engine decides.
+                        let go = match decide_rx.take() {
+                            Some(rx) => rx.await.unwrap_or(false),
+                            None => false,
+                        };
+                        committed = go;
+                        debug!(commit = go, "answering post-dump");
+                        let r = if go { n.ack().await } else { n.nack().await };
+                        if let Err(e) = r {
+                            break Err(src(e));
+                        }
+                    }
+                    Ok(Event::Notify(n)) => {
+                        if let Err(e) = n.ack().await {
+                            break Err(src(e));
+                        }
+                    }
+                    Ok(Event::Done(_)) => break Ok(()),
+                    Err(e) => break Err(src(e)),
+                }
+            };
+            match (outcome, frozen_tx.take()) {
+                (Err(e), Some(tx)) => {
+                    let _ = tx.send(Err(e));
+                }
+                (Err(e), None) => {
+                    let _ = done_tx.send(Err(e));
+                }
+                (Ok(()), _) => {
+                    let _ = done_tx.send(Ok(if committed { dump_stats(&work) } else { None }));
+                }
+            }
+        });
+        frozen_rx
+            .await
+            .map_err(|_| Error::Protocol("the dump driver vanished".into()))??;
+        Ok(HeldDump::new(decide_tx, done_rx))
+    }
+
+    async fn lazy_dump(&self, spec: DumpSpec, port: u16) -> Result<LazyDump> {
+        let s = self.rpc.connect().await.map_err(src)?;
+        let opts = self
+            .dump_opts(&spec, "dump.log")
+            .lazy_pages(true)
+            .page_server_port(port)
+            .notify_scripts(true);
+        let mut ex = s.dump(opts).await.map_err(src)?;
+        let (ready_tx, ready_rx) = oneshot::channel::<Result<()>>();
+        let (done_tx, done_rx) = oneshot::channel();
+        let work = spec.work_dir.clone();
+        tokio::spawn(async move {
+            let mut ready_tx = Some(ready_tx);
+            let outcome = loop {
+                match ex.next().await {
+                    Ok(Event::Notify(n)) => {
+                        let ready = *n.script() == Script::StatusReady;
+                        // post-dump is answered at once: the page server only
+                        // starts after it. Rolling back from here on goes
+                        // through the page-server connection (see the engine).
+                        if let Err(e) = n.ack().await {
+                            break Err(src(e));
+                        }
+                        if ready {
+                            if let Some(tx) = ready_tx.take() {
+                                let _ = tx.send(Ok(()));
+                            }
+                        }
+                    }
+                    Ok(Event::Done(_)) => break Ok(()),
+                    Err(e) => break Err(src(e)),
+                }
+            };
+            match (outcome, ready_tx.take()) {
+                (Err(e), Some(tx)) => {
+                    let _ = tx.send(Err(e));
+                }
+                (Err(e), None) => {
+                    let _ = done_tx.send(Err(e));
+                }
+                (Ok(()), Some(tx)) => {
+                    let _ = tx.send(Err(Error::Protocol(
+                        "the lazy dump ended before serving pages".into(),
+                    )));
+                }
+                (Ok(()), None) => {
+                    let _ = done_tx.send(Ok(dump_stats(&work)));
+                }
+            }
+        });
+        ready_rx
+            .await
+            .map_err(|_| Error::Protocol("the dump driver vanished".into()))??;
+        Ok(LazyDump::new(port, done_rx))
+    }
+}
+
+impl TargetCriu for Criu {
+    async fn version(&self) -> Result<String> {
+        self.rpc
+            .ensure_version(&criu_rpc::Version::MINIMUM)
+            .await
+            .map(|v| v.to_string())
+            .map_err(tgt)
+    }
+
+    async fn features(&self) -> Result<HostCaps> {
+        let mut s = self.rpc.connect().await.map_err(tgt)?;
+        s.feature_check().await.map(caps).map_err(tgt)
+    }
+
+    async fn cpuinfo_check(&self, cpuinfo: Vec<u8>, scratch: &Path) -> Result<()> {
+        std::fs::write(scratch.join("cpuinfo.img"), cpuinfo).map_err(|source| Error::Io {
+            what: "writing cpuinfo.img".into(),
+            source,
+        })?;
+        let mut s = self.rpc.connect().await.map_err(tgt)?;
+        s.cpuinfo_check(
+            Opts::new()
+                .images_dir(scratch)
+                .log_file("cpuinfo-check.log"),
+        )
+        .await
+        .map_err(tgt)
+    }
+
+    async fn page_server(
+        &self,
+        images_dir: PathBuf,
+        parent: Option<String>,
+        pages: OwnedFd,
+    ) -> Result<PageServing> {
+        let mut s = self.rpc.connect_passing(vec![pages]).await.map_err(tgt)?;
+        let mut opts = Opts::new()
+            .images_dir(&images_dir)
+            .log_file("page-server.log")
+            .log_level(self.log_level)
+            .page_server_fd(FIRST_PASSED_FD);
+        if let Some(p) = parent {
+            opts = opts.parent_img(p);
+        }
+        let ps = s.page_server_chld(opts).await.map_err(tgt)?;
+        let (tx, rx) = oneshot::channel();
+        tokio::spawn(async move {
+            let r = s.wait_pid(ps.pid).await.map_err(tgt).and_then(|status| {
+                if status == 0 {
+                    Ok(())
+                } else {
+                    Err(Error::Target(format!(
+                        "the page server ended with wait status {status:#x}"
+                    )))
+                }
+            });
+            let _ = tx.send(r);
+        });
+        Ok(PageServing::new(rx))
+    }
+
+    async fn lazy_pages(&self, dir: PathBuf, port: u16) -> Result<LazyDaemon> {
+        let bin = self
+            .rpc
+            .binary()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(criu_rpc::default_binary);
+        let mut child = tokio::process::Command::new(&bin)
+            .arg("lazy-pages")
+            .arg("--page-server")
+            .args(["--address", "127.0.0.1", "--port"])
+            .arg(port.to_string())
+            .arg("-D")
+            .arg(&dir)
+            .arg("-W")
+            .arg(&dir)
+            .args(["-o", "lazy-pages.log", "-v4"])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|source| Error::Io {
+                what: format!("starting {} lazy-pages", bin.display()),
+                source,
+            })?;
+        let sock = dir.join("lazy-pages.socket");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !sock.exists() {
+            if let Ok(Some(st)) = child.try_wait() {
+                return Err(Error::Target(format!(
+                    "criu lazy-pages exited with {st} before it was ready"
+                )));
+            }
+            if tokio::time::Instant::now() > deadline {
+                let _ = child.kill().await;
+                return Err(Error::Timeout("criu lazy-pages did not get ready".into()));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Ok(LazyDaemon { child: Some(child) })
+    }
+
+    async fn restore(&self, spec: RestoreSpec) -> Result<HeldRestore> {
+        let s = self.rpc.connect().await.map_err(tgt)?;
+        let opts = self
+            .base(&spec.options)
+            .images_dir(&spec.images_dir)
+            .work_dir(&spec.work_dir)
+            .log_file("restore.log")
+            .lazy_pages(spec.lazy)
+            .notify_scripts(true);
+        let mut ex = s.restore(opts).await.map_err(tgt)?;
+        let (ready_tx, ready_rx) = oneshot::channel::<Result<i32>>();
+        let (decide_tx, decide_rx) = oneshot::channel::<bool>();
+        let (done_tx, done_rx) = oneshot::channel();
+        let work = spec.work_dir.clone();
+        tokio::spawn(async move {
+            let mut ready_tx = Some(ready_tx);
+            let mut decide_rx = Some(decide_rx);
+            let outcome = loop {
+                match ex.next().await {
+                    Ok(Event::Notify(n)) if *n.script() == Script::PostRestore => {
+                        let pid = n.pid().unwrap_or(0);
+                        if let Some(tx) = ready_tx.take() {
+                            let _ = tx.send(Ok(pid));
+                        }
+                        // Hold: restored but stopped until the engine decides.
+                        let go = match decide_rx.take() {
+                            Some(rx) => rx.await.unwrap_or(false),
+                            None => false,
+                        };
+                        let r = if go { n.ack().await } else { n.nack().await };
+                        if let Err(e) = r {
+                            break Err(tgt(e));
+                        }
+                    }
+                    Ok(Event::Notify(n)) => {
+                        if let Err(e) = n.ack().await {
+                            break Err(tgt(e));
+                        }
+                    }
+                    Ok(Event::Done(_)) => break Ok(()),
+                    Err(e) => break Err(tgt(e)),
+                }
+            };
+            match (outcome, ready_tx.take()) {
+                (Err(e), Some(tx)) => {
+                    let _ = tx.send(Err(e));
+                }
+                (Err(e), None) => {
+                    let _ = done_tx.send(Err(e));
+                }
+                (Ok(()), Some(tx)) => {
+                    let _ = tx.send(Err(Error::Protocol(
+                        "restore ended without post-restore".into(),
+                    )));
+                }
+                (Ok(()), None) => {
+                    let _ = done_tx.send(Ok(read_restore_stats(&work).ok()));
+                }
+            }
+        });
+        let pid = ready_rx
+            .await
+            .map_err(|_| Error::Protocol("the restore driver vanished".into()))??;
+        Ok(HeldRestore::new(pid, decide_tx, done_rx))
+    }
+}

@@ -1,0 +1,74 @@
+//! The crate's one error type.
+
+use crate::mode::Mode;
+
+/// Everything that can end a migration.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The mode asked for needs a feature one of the hosts lacks.
+    #[error("{mode} needs {missing}")]
+    UnsupportedMode {
+        /// The mode asked for.
+        mode: Mode,
+        /// What is missing, and where.
+        missing: String,
+    },
+
+    /// A name that is not a mode.
+    #[error("unknown mode {0:?} (auto, stop-copy, post-copy, pre-copy, hybrid, restart)")]
+    UnknownMode(String),
+
+    /// Stats were recorded out of order (a bug in the engine).
+    #[error("statistics: {0}")]
+    Stats(String),
+
+    /// The pre-flight checks refused this pair of hosts.
+    #[error("pre-flight: {0}")]
+    Preflight(String),
+
+    /// What to migrate is not acceptable (no such PID, PID 1, ...).
+    #[error(transparent)]
+    Htype(#[from] phaul_htypes::Error),
+
+    /// CRIU failed on the source.
+    #[error("CRIU on the source")]
+    SourceCriu(#[source] criu_rpc::Error),
+
+    /// CRIU failed on the target.
+    #[error("CRIU on the target")]
+    TargetCriu(#[source] criu_rpc::Error),
+
+    /// The target reported a failure.
+    #[error("the target: {0}")]
+    Target(String),
+
+    /// The link to the other host failed.
+    #[error("link to the other host")]
+    Link(#[from] phaul_transport::Error),
+
+    /// A local file or directory operation failed.
+    #[error("{what}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// The migration was cancelled.
+    #[error("cancelled")]
+    Cancelled,
+
+    /// A step did not finish in time.
+    #[error("timed out: {0}")]
+    Timeout(String),
+
+    /// The peer broke the migration protocol.
+    #[error("protocol: {0}")]
+    Protocol(String),
+}
+
+/// Shorthand for results of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

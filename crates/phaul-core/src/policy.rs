@@ -1,0 +1,650 @@
+//! When pre-copy stops iterating: the convergence policy, injected.
+//!
+//! Pre-copy sends memory while the process runs, then again only what was
+//! dirtied meanwhile, and so on; it pays off only if the rounds shrink, and
+//! someone has to decide when to stop and do the final (frozen) dump. That
+//! decision is policy, not mechanism, so the engine takes it as a
+//! [`ConvergencePolicy`] — as Cloud Hypervisor's memory loop takes its
+//! `is_converged` closure — and this module offers two: [`PhaulRules`], the
+//! original P.Haul's fixed page-count rules, kept exact so results can be
+//! compared with it, and [`DowntimeBudget`], QEMU's rule of switching over
+//! when the predicted downtime (dirty bytes / measured bandwidth) fits a
+//! limit. Both look only at the [`IterationSample`]s of the pre-dumps done
+//! so far, which makes them easy to test with synthetic histories.
+
+use std::time::Duration;
+
+/// The page size assumed when turning a page count into bytes where no
+/// page size is configured: 4 KiB, the size on x86-64 and most arm64
+/// kernels. Only predictions use it; decisions count pages.
+pub const PAGE_SIZE: u64 = 4096;
+
+/// One pre-dump's numbers: CRIU's `stats-dump` for it, plus the bytes we
+/// sent and the wall time it took.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+pub struct IterationSample {
+    /// The iteration index: 0 for the first pre-dump.
+    pub iteration: u32,
+    /// Pages CRIU looked at.
+    pub pages_scanned: u64,
+    /// Pages CRIU wrote (sent): those dirtied since the previous pre-dump,
+    /// or all of them on the first.
+    pub pages_written: u64,
+    /// Pages left out because the parent images already hold them.
+    pub pages_skipped_parent: u64,
+    /// Bytes sent to the target for this pre-dump.
+    pub bytes_sent: u64,
+    /// Wall time of the pre-dump, in microseconds.
+    pub duration_us: u64,
+    /// How long the process was frozen during the pre-dump, in
+    /// microseconds.
+    pub frozen_us: u64,
+}
+
+/// What to do after a pre-dump.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Decision {
+    /// Do another pre-dump.
+    Continue,
+    /// What is left is small enough: do the final dump now (stop-copy
+    /// style). The string says why, with the numbers.
+    Converged(String),
+    /// More pre-dumps are not helping. Pre-copy does its final dump anyway;
+    /// hybrid switches to post-copy for the final phase. The string says
+    /// why, with the numbers.
+    NotConverging(String),
+}
+
+impl Decision {
+    /// Whether iterating stops here (anything but [`Decision::Continue`]).
+    pub fn is_final(&self) -> bool {
+        !matches!(self, Decision::Continue)
+    }
+
+    /// The human reason of a final decision; `None` for
+    /// [`Decision::Continue`].
+    pub fn reason(&self) -> Option<&str> {
+        match self {
+            Decision::Continue => None,
+            Decision::Converged(r) | Decision::NotConverging(r) => Some(r),
+        }
+    }
+}
+
+/// Decides, after each pre-dump, whether pre-copy goes on.
+///
+/// The engine calls [`decide`](Self::decide) once after every pre-dump,
+/// with `history` holding every pre-dump so far, oldest first; it is never
+/// empty when the engine calls it, and `history.len() - 1` is the iteration
+/// index of the last sample. The answer means:
+///
+/// 1. [`Decision::Continue`]: do one more pre-dump. A policy must not
+///    answer this forever; both policies here bound the number of
+///    iterations.
+/// 2. [`Decision::Converged`]: the pages still to send are few enough that
+///    the final dump's downtime is acceptable; do it now. Every mode that
+///    iterates then does a stop-copy-style final dump.
+/// 3. [`Decision::NotConverging`]: another pre-dump is not expected to make
+///    the final dump smaller (the process dirties memory as fast as it is
+///    sent, or faster, or the iteration limit was reached). Pre-copy does
+///    its final dump anyway, with whatever is left; hybrid switches to
+///    post-copy so the downtime does not depend on what is left.
+///
+/// Implementations are plain data (`Send + Sync`), so one policy can be
+/// shared by concurrent migrations.
+pub trait ConvergencePolicy: Send + Sync + std::fmt::Debug {
+    /// What to do after the last pre-dump in `history` (see the trait's
+    /// documentation for what each answer means).
+    fn decide(&self, history: &[IterationSample]) -> Decision;
+
+    /// The downtime a final dump right after the last pre-dump in `history`
+    /// is expected to cause, if this policy can tell; it goes into the
+    /// report next to the measured downtime.
+    fn predicted_downtime(&self, history: &[IterationSample]) -> Option<Duration> {
+        let _ = history;
+        None
+    }
+}
+
+/// The effective bandwidth of the pre-dumps so far, in bytes per second.
+///
+/// It is the last pre-dump's `bytes_sent / duration`: the most recent
+/// figure, and the one closest to what the final dump will see. When the
+/// last pre-dump measured nothing (no time or no bytes), it falls back to
+/// the total bytes over the total time of the pre-dumps that did; `None`
+/// when none did. Since the duration covers CRIU reading the pages, the
+/// link and the target writing them, this is the smallest of those rates,
+/// which is what the downtime depends on.
+pub fn measured_bandwidth(history: &[IterationSample]) -> Option<f64> {
+    // An iteration that sent nothing, or took no measurable time, says
+    // nothing about the bandwidth.
+    let measured = |s: &&IterationSample| s.duration_us > 0 && s.bytes_sent > 0;
+    let rate = |bytes: u64, us: u64| bytes as f64 * 1_000_000.0 / us as f64;
+    if let Some(last) = history.last().filter(measured) {
+        return Some(rate(last.bytes_sent, last.duration_us));
+    }
+    let (bytes, us) = history
+        .iter()
+        .filter(measured)
+        .fold((0u64, 0u64), |(b, t), s| {
+            (
+                b.saturating_add(s.bytes_sent),
+                t.saturating_add(s.duration_us),
+            )
+        });
+    (us > 0).then(|| rate(bytes, us))
+}
+
+/// `pages * page_size` bytes sent at `bandwidth` bytes per second, or
+/// nothing to send; `None` when there are pages to send and no bandwidth
+/// was measured.
+fn transfer_time(history: &[IterationSample], page_size: u64) -> Option<Duration> {
+    let last = history.last()?;
+    if last.pages_written == 0 {
+        // The final dump will have next to nothing to send, whatever the
+        // bandwidth; no need to have measured it.
+        return Some(Duration::ZERO);
+    }
+    let bandwidth = measured_bandwidth(history)?;
+    let bytes = last.pages_written as f64 * page_size as f64;
+    // bandwidth > 0 (a measured rate), so the quotient is finite and not
+    // negative; only a quotient beyond Duration's range can fail.
+    Some(Duration::try_from_secs_f64(bytes / bandwidth).unwrap_or(Duration::MAX))
+}
+
+/// Milliseconds, for reasons.
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// Mebibytes per second, for reasons.
+fn mib_s(bandwidth: f64) -> f64 {
+    bandwidth / (1024.0 * 1024.0)
+}
+
+/// The original P.Haul's rules (`iters.py`), exactly.
+///
+/// After each pre-dump, in this order:
+/// 1. the last pre-dump wrote at most [`min_pages`](Self::min_pages) pages:
+///    [`Decision::Converged`] ("small dump");
+/// 2. it is not the first pre-dump and the pages written grew by more than
+///    [`max_growth_percent`](Self::max_growth_percent) over the previous
+///    one, the growth being the integer percent
+///    `(written - previous) * 100 / previous` rounded down (so 10.9 % is
+///    10): [`Decision::NotConverging`] ("iteration grows");
+/// 3. the iteration index of the last pre-dump (`history.len() - 1`) is at
+///    least [`max_iterations`](Self::max_iterations):
+///    [`Decision::NotConverging`] ("too many iterations"); with the default
+///    8 that is at most 9 pre-dumps before the final dump;
+/// 4. otherwise [`Decision::Continue`].
+///
+/// P.Haul has no time or bandwidth in its rules; the predicted downtime
+/// this policy reports (the last pre-dump's pages, of [`PAGE_SIZE`] bytes,
+/// over [`measured_bandwidth`]) is for the report only, and counts the
+/// transfer alone, like QEMU's `expected-downtime`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct PhaulRules {
+    /// A pre-dump writing at most this many pages ends iterating as
+    /// converged. P.Haul: 64.
+    pub min_pages: u64,
+    /// Growth of the pages written over the previous pre-dump, in integer
+    /// percent, beyond which iterating stops as not converging. P.Haul: 10.
+    pub max_growth_percent: u64,
+    /// The last iteration index: iterating stops once the index of the last
+    /// pre-dump reaches it. P.Haul: 8.
+    pub max_iterations: u32,
+}
+
+impl Default for PhaulRules {
+    /// P.Haul's constants: 64 pages, 10 %, 8 iterations.
+    fn default() -> Self {
+        Self {
+            min_pages: 64,
+            max_growth_percent: 10,
+            max_iterations: 8,
+        }
+    }
+}
+
+impl ConvergencePolicy for PhaulRules {
+    /// P.Haul's rules (see [`PhaulRules`]); an empty history (no pre-dump
+    /// yet) gives [`Decision::Continue`].
+    fn decide(&self, history: &[IterationSample]) -> Decision {
+        let Some((last, earlier)) = history.split_last() else {
+            return Decision::Continue;
+        };
+        if last.pages_written <= self.min_pages {
+            return Decision::Converged(format!(
+                "small dump: the last pre-dump wrote {} pages (at most {})",
+                last.pages_written, self.min_pages
+            ));
+        }
+        if let Some(prev) = earlier.last() {
+            if last.pages_written > prev.pages_written {
+                let growth = if prev.pages_written == 0 {
+                    // Any growth from nothing is unbounded (P.Haul would
+                    // divide by zero here; its own rule 1 keeps it from
+                    // getting this far).
+                    None
+                } else {
+                    // u128: the product cannot overflow.
+                    let diff = u128::from(last.pages_written - prev.pages_written);
+                    Some(diff * 100 / u128::from(prev.pages_written))
+                };
+                if growth.is_none_or(|g| g > u128::from(self.max_growth_percent)) {
+                    let growth = growth.map_or_else(|| "unbounded".to_owned(), |g| format!("{g}%"));
+                    return Decision::NotConverging(format!(
+                        "iteration grows: {} pages written after {}, {growth} more (over {}%)",
+                        last.pages_written, prev.pages_written, self.max_growth_percent
+                    ));
+                }
+            }
+        }
+        let index = earlier.len();
+        if index >= self.max_iterations as usize {
+            return Decision::NotConverging(format!(
+                "too many iterations: {} pre-dumps done (iteration index {index}, limit {}), \
+                 the last still wrote {} pages",
+                history.len(),
+                self.max_iterations,
+                last.pages_written
+            ));
+        }
+        Decision::Continue
+    }
+
+    fn predicted_downtime(&self, history: &[IterationSample]) -> Option<Duration> {
+        transfer_time(history, PAGE_SIZE)
+    }
+}
+
+/// QEMU's rule: switch over once the predicted downtime fits a budget.
+///
+/// The predicted downtime of a final dump right after the last pre-dump is
+/// `fixed + last.pages_written * page_size / bandwidth`, where the
+/// bandwidth is [`measured_bandwidth`] and the last pre-dump's page count
+/// stands for what will be dirty at the final dump (the same time passes
+/// between two dumps, at the same dirty rate). No bandwidth measured means
+/// no prediction, unless the last pre-dump wrote nothing, in which case the
+/// prediction is `fixed`.
+///
+/// After each pre-dump, in this order:
+/// 1. the predicted downtime is at most [`budget`](Self::budget):
+///    [`Decision::Converged`];
+/// 2. the iteration index of the last pre-dump (`history.len() - 1`) is at
+///    least [`max_iterations`](Self::max_iterations):
+///    [`Decision::NotConverging`];
+/// 3. the pages written did not shrink for two consecutive pre-dumps (each
+///    of the last two wrote at least as many as the one before): the
+///    process dirties memory at least as fast as it is sent, so the
+///    prediction will never fit: [`Decision::NotConverging`];
+/// 4. otherwise [`Decision::Continue`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct DowntimeBudget {
+    /// The downtime allowed. Default 300 ms.
+    pub budget: Duration,
+    /// The part of the downtime that does not depend on memory: freezing,
+    /// dumping the other state, restoring, resuming. Default 50 ms.
+    pub fixed: Duration,
+    /// Bytes per page. Default 4096 ([`PAGE_SIZE`]).
+    pub page_size: u64,
+    /// The last iteration index, as in [`PhaulRules::max_iterations`].
+    /// Default 8.
+    pub max_iterations: u32,
+}
+
+impl Default for DowntimeBudget {
+    /// 300 ms budget, 50 ms fixed costs, 4 KiB pages, 8 iterations.
+    fn default() -> Self {
+        Self {
+            budget: Duration::from_millis(300),
+            fixed: Duration::from_millis(50),
+            page_size: PAGE_SIZE,
+            max_iterations: 8,
+        }
+    }
+}
+
+impl ConvergencePolicy for DowntimeBudget {
+    /// The budget rules (see [`DowntimeBudget`]); an empty history (no
+    /// pre-dump yet) gives [`Decision::Continue`].
+    fn decide(&self, history: &[IterationSample]) -> Decision {
+        let Some(last) = history.last() else {
+            return Decision::Continue;
+        };
+        let predicted = self.predicted_downtime(history);
+        let bandwidth = match measured_bandwidth(history) {
+            Some(b) => format!("{:.1} MiB/s measured", mib_s(b)),
+            None => "no bandwidth measured".to_owned(),
+        };
+        if let Some(p) = predicted.filter(|&p| p <= self.budget) {
+            return Decision::Converged(format!(
+                "predicted downtime {:.1} ms fits the budget {:.1} ms ({} pages dirty, {bandwidth})",
+                ms(p),
+                ms(self.budget),
+                last.pages_written
+            ));
+        }
+        let predicted = match predicted {
+            Some(p) => format!("predicted downtime {:.1} ms", ms(p)),
+            None => "no downtime predicted".to_owned(),
+        };
+        let index = history.len() - 1;
+        if index >= self.max_iterations as usize {
+            return Decision::NotConverging(format!(
+                "{} pre-dumps done (iteration index {index}, limit {}) and {predicted} still \
+                 exceeds the budget {:.1} ms ({} pages dirty, {bandwidth})",
+                history.len(),
+                self.max_iterations,
+                ms(self.budget),
+                last.pages_written
+            ));
+        }
+        if let [.., a, b, c] = history {
+            if b.pages_written >= a.pages_written && c.pages_written >= b.pages_written {
+                return Decision::NotConverging(format!(
+                    "pages written did not shrink for 2 pre-dumps ({} -> {} -> {}): memory is \
+                     dirtied at least as fast as it is sent, so {predicted} will not come \
+                     within the budget {:.1} ms ({bandwidth})",
+                    a.pages_written,
+                    b.pages_written,
+                    c.pages_written,
+                    ms(self.budget)
+                ));
+            }
+        }
+        Decision::Continue
+    }
+
+    fn predicted_downtime(&self, history: &[IterationSample]) -> Option<Duration> {
+        transfer_time(history, self.page_size).map(|t| self.fixed.saturating_add(t))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A pre-dump of `pages` pages sent at `bandwidth` bytes per second
+    /// (0: not measured).
+    fn sample(iteration: usize, pages: u64, bandwidth: u64) -> IterationSample {
+        let bytes_sent = pages * PAGE_SIZE;
+        IterationSample {
+            iteration: iteration as u32,
+            pages_scanned: 65_536,
+            pages_written: pages,
+            pages_skipped_parent: 65_536 - pages.min(65_536),
+            bytes_sent,
+            // 0 bandwidth: not measured.
+            duration_us: (bytes_sent * 1_000_000).checked_div(bandwidth).unwrap_or(0),
+            frozen_us: 1_000,
+        }
+    }
+
+    fn history(pages: &[u64], bandwidth: u64) -> Vec<IterationSample> {
+        pages
+            .iter()
+            .enumerate()
+            .map(|(i, &p)| sample(i, p, bandwidth))
+            .collect()
+    }
+
+    /// The decision after each pre-dump of `pages`, checking that only the
+    /// last one stops, and returning it.
+    fn run(policy: &dyn ConvergencePolicy, pages: &[u64], bandwidth: u64) -> (usize, Decision) {
+        let h = history(pages, bandwidth);
+        for n in 1..=h.len() {
+            let d = policy.decide(&h[..n]);
+            if d.is_final() {
+                return (n, d);
+            }
+        }
+        (h.len(), Decision::Continue)
+    }
+
+    const MIB: u64 = 1024 * 1024;
+
+    #[test]
+    fn phaul_defaults_are_phauls_constants() {
+        let p = PhaulRules::default();
+        assert_eq!(
+            (p.min_pages, p.max_growth_percent, p.max_iterations),
+            (64, 10, 8)
+        );
+    }
+
+    #[test]
+    fn phaul_converges_on_a_shrinking_dirty_set() {
+        let (n, d) = run(&PhaulRules::default(), &[10_000, 2_000, 400, 50], MIB);
+        assert_eq!(n, 4);
+        assert!(
+            matches!(&d, Decision::Converged(r) if r.starts_with("small dump") && r.contains("50 pages")),
+            "{d:?}"
+        );
+    }
+
+    #[test]
+    fn phaul_flat_dirty_rate_stops_at_index_8() {
+        let (n, d) = run(&PhaulRules::default(), &[5_000; 10], MIB);
+        assert_eq!(n, 9, "at most 9 pre-dumps");
+        assert!(
+            matches!(&d, Decision::NotConverging(r) if r.starts_with("too many iterations") && r.contains("index 8")),
+            "{d:?}"
+        );
+    }
+
+    #[test]
+    fn phaul_growth_stops() {
+        let (n, d) = run(&PhaulRules::default(), &[1_000, 1_200], MIB);
+        assert_eq!(n, 2);
+        assert!(
+            matches!(&d, Decision::NotConverging(r) if r.starts_with("iteration grows") && r.contains("20%")),
+            "{d:?}"
+        );
+    }
+
+    #[test]
+    fn phaul_small_dump_boundary_is_64_pages() {
+        let p = PhaulRules::default();
+        assert!(matches!(
+            p.decide(&history(&[64], MIB)),
+            Decision::Converged(_)
+        ));
+        assert_eq!(p.decide(&history(&[65], MIB)), Decision::Continue);
+        assert!(matches!(
+            p.decide(&history(&[0], 0)),
+            Decision::Converged(_)
+        ));
+        // Small wins over growth, as in P.Haul.
+        assert!(matches!(
+            p.decide(&history(&[10, 60], MIB)),
+            Decision::Converged(_)
+        ));
+    }
+
+    #[test]
+    fn phaul_growth_boundary_is_integer_percent_over_10() {
+        let p = PhaulRules::default();
+        assert_eq!(p.decide(&history(&[1_000, 1_100], MIB)), Decision::Continue);
+        // 10.9 % rounds down to 10.
+        assert_eq!(p.decide(&history(&[1_000, 1_109], MIB)), Decision::Continue);
+        assert!(matches!(
+            p.decide(&history(&[1_000, 1_110], MIB)),
+            Decision::NotConverging(r) if r.contains("11%")
+        ));
+        // No growth test on the first iteration, whatever its size.
+        assert_eq!(p.decide(&history(&[1_000_000], MIB)), Decision::Continue);
+    }
+
+    #[test]
+    fn phaul_growth_from_zero_is_unbounded() {
+        let p = PhaulRules {
+            min_pages: 0,
+            ..PhaulRules::default()
+        };
+        assert!(matches!(
+            p.decide(&history(&[0, 1], MIB)),
+            Decision::NotConverging(r) if r.contains("unbounded")
+        ));
+    }
+
+    #[test]
+    fn phaul_iteration_boundary_is_index_8() {
+        let p = PhaulRules::default();
+        let shrinking: Vec<u64> = (0..10).map(|i| 10_000 - i * 100).collect();
+        assert_eq!(p.decide(&history(&shrinking[..8], MIB)), Decision::Continue);
+        assert!(matches!(
+            p.decide(&history(&shrinking[..9], MIB)),
+            Decision::NotConverging(r) if r.contains("9 pre-dumps")
+        ));
+    }
+
+    #[test]
+    fn phaul_empty_history_continues() {
+        assert_eq!(PhaulRules::default().decide(&[]), Decision::Continue);
+        assert_eq!(PhaulRules::default().predicted_downtime(&[]), None);
+    }
+
+    #[test]
+    fn phaul_predicts_the_transfer_of_the_last_dirty_set() {
+        let p = PhaulRules::default();
+        // 256 pages of 4 KiB = 1 MiB at 1 MiB/s.
+        let d = p.predicted_downtime(&history(&[10_000, 256], MIB));
+        assert_eq!(d, Some(Duration::from_secs(1)));
+        assert_eq!(p.predicted_downtime(&history(&[256], 0)), None);
+    }
+
+    #[test]
+    fn bandwidth_is_the_last_measured_rate() {
+        let mut h = history(&[1_000, 1_000], 2 * MIB);
+        h[0] = sample(0, 1_000, MIB);
+        assert_eq!(measured_bandwidth(&h), Some((2 * MIB) as f64));
+    }
+
+    #[test]
+    fn bandwidth_falls_back_to_the_aggregate_rate() {
+        let mut h = history(&[256, 512, 100], 0);
+        h[0] = sample(0, 256, MIB); // 1 MiB in 1 s
+        h[1] = sample(1, 512, 2 * MIB); // 2 MiB in 1 s
+        assert_eq!(measured_bandwidth(&h), Some(1.5 * MIB as f64));
+        assert_eq!(measured_bandwidth(&history(&[256, 512], 0)), None);
+        assert_eq!(measured_bandwidth(&[]), None);
+    }
+
+    #[test]
+    fn budget_converges_when_the_prediction_fits() {
+        let b = DowntimeBudget::default();
+        // At 1 MiB/s: 400 pages = 1.56 s, 50 pages = 0.195 s + 50 ms fixed.
+        let (n, d) = run(&b, &[10_000, 2_000, 400, 50], MIB);
+        assert_eq!(n, 4);
+        assert!(
+            matches!(&d, Decision::Converged(r) if r.starts_with("predicted downtime 245.3 ms fits the budget 300.0 ms")),
+            "{d:?}"
+        );
+    }
+
+    #[test]
+    fn budget_gives_up_on_a_flat_dirty_rate() {
+        let (n, d) = run(&DowntimeBudget::default(), &[5_000; 10], MIB);
+        assert_eq!(n, 3);
+        assert!(
+            matches!(&d, Decision::NotConverging(r) if r.contains("did not shrink for 2") && r.contains("5000 -> 5000 -> 5000")),
+            "{d:?}"
+        );
+    }
+
+    #[test]
+    fn budget_continues_after_one_growth() {
+        let b = DowntimeBudget::default();
+        assert_eq!(b.decide(&history(&[1_000, 1_200], MIB)), Decision::Continue);
+        assert!(matches!(
+            b.decide(&history(&[1_000, 1_200, 1_300], MIB)),
+            Decision::NotConverging(_)
+        ));
+    }
+
+    #[test]
+    fn budget_boundary_is_inclusive() {
+        // 100 ms budget, no fixed part: 25.6 pages per 100 ms at 1 MiB/s;
+        // use a page size that makes it exact: 1024-byte pages, 100 pages
+        // = 102400 bytes at 1024000 B/s = 100 ms.
+        let b = DowntimeBudget {
+            budget: Duration::from_millis(100),
+            fixed: Duration::ZERO,
+            page_size: 1024,
+            max_iterations: 8,
+        };
+        let at = |pages: u64| IterationSample {
+            pages_written: pages,
+            bytes_sent: 1_024_000,
+            duration_us: 1_000_000,
+            ..IterationSample::default()
+        };
+        assert!(matches!(b.decide(&[at(100)]), Decision::Converged(_)));
+        assert_eq!(b.decide(&[at(101)]), Decision::Continue);
+    }
+
+    #[test]
+    fn budget_that_never_fits_stops_at_index_8() {
+        let b = DowntimeBudget {
+            fixed: Duration::from_millis(400),
+            ..DowntimeBudget::default()
+        };
+        let shrinking: Vec<u64> = (0..10).map(|i| 10_000 - i * 100).collect();
+        let (n, d) = run(&b, &shrinking, 100 * MIB);
+        assert_eq!(n, 9);
+        assert!(
+            matches!(&d, Decision::NotConverging(r) if r.contains("iteration index 8") && r.contains("exceeds the budget 300.0 ms")),
+            "{d:?}"
+        );
+    }
+
+    #[test]
+    fn budget_without_bandwidth_predicts_nothing() {
+        let b = DowntimeBudget::default();
+        let h = history(&[100, 90], 0);
+        assert_eq!(b.predicted_downtime(&h), None);
+        assert_eq!(b.decide(&h), Decision::Continue);
+        let shrinking: Vec<u64> = (0..9).map(|i| 100 - i).collect();
+        assert!(matches!(
+            b.decide(&history(&shrinking, 0)),
+            Decision::NotConverging(r) if r.contains("no downtime predicted") && r.contains("no bandwidth measured")
+        ));
+    }
+
+    #[test]
+    fn budget_with_nothing_dirty_needs_no_bandwidth() {
+        let b = DowntimeBudget::default();
+        let h = history(&[100, 0], 0);
+        assert_eq!(b.predicted_downtime(&h), Some(b.fixed));
+        assert!(matches!(b.decide(&h), Decision::Converged(_)));
+    }
+
+    #[test]
+    fn budget_empty_history_continues() {
+        assert_eq!(DowntimeBudget::default().decide(&[]), Decision::Continue);
+    }
+
+    #[test]
+    fn policies_work_as_trait_objects() {
+        let policies: Vec<Box<dyn ConvergencePolicy>> = vec![
+            Box::new(PhaulRules::default()),
+            Box::new(DowntimeBudget::default()),
+        ];
+        for p in &policies {
+            assert!(p.decide(&history(&[10], MIB)).is_final());
+        }
+    }
+
+    #[test]
+    fn decision_reason_and_serde() {
+        let d = Decision::NotConverging("why".to_owned());
+        assert_eq!(d.reason(), Some("why"));
+        assert_eq!(Decision::Continue.reason(), None);
+        assert_eq!(
+            serde_json::to_string(&d).ok().as_deref(),
+            Some(r#"{"not-converging":"why"}"#)
+        );
+    }
+}

@@ -1,0 +1,920 @@
+//! The source side: a migration of one thing to one target.
+//!
+//! [`Migration`] is built with the target's address, the link's
+//! configuration and the htype, then [`Migration::run`] drives it to the end
+//! and always returns a [`Report`], successful or not.
+//!
+//! The source is never lost: until the target has the tree running, every
+//! failure — target error, lost connection, timeout, [`CancelHandle`] —
+//! resumes it. For a final dump that is CRIU's held `post-dump` answered
+//! "failure"; for a lazy (post-copy) dump, whose `post-dump` has to be
+//! answered before pages can be served, it is an invalid command written to
+//! CRIU's page-server connection (see [`crate::pagestream`]). The commit
+//! point is the target's answer to `Commit`: only then is the source's copy
+//! ended. If that answer is lost, the source resumes (two copies may then
+//! run, which is recoverable; none would not be).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criu_rpc::proto::DumpStatsEntry;
+use phaul_htypes::Htype;
+use phaul_transport::images::send_dir_over;
+use phaul_transport::proto::{self, request, response};
+use phaul_transport::{Channel, ControlClient, Endpoint, Link, LinkConfig, SessionId};
+use tokio::sync::{mpsc, watch};
+use tracing::{info, warn};
+
+use crate::criu::{DumpSpec, SourceCriu};
+use crate::error::{Error, Result};
+use crate::mode::{self, HostCaps, Mode, ModeChoice};
+use crate::pagestream::{PageRelay, reset_on_close, socketpair};
+use crate::policy::{ConvergencePolicy, Decision, IterationSample, PhaulRules};
+use crate::stats::{IterationReport, Ongoing, Phase, Report};
+
+/// What a running migration reports as it goes.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum Progress {
+    /// A new phase began.
+    Phase(Phase),
+    /// The mode was chosen, and why.
+    Mode(ModeChoice),
+    /// An iteration (pre-dump or final dump) ended.
+    Iteration(IterationReport),
+    /// Bytes sent to the target so far (memory and images).
+    Bytes(u64),
+    /// Pre-copy decided how to go on, and why.
+    Decision(Decision),
+    /// The source is frozen (the final dump started).
+    Frozen,
+    /// The target runs the tree; the downtime was this long.
+    Resumed(Duration),
+    /// Rolling back: the source is being resumed.
+    RollingBack(String),
+}
+
+/// Cancels a running [`Migration`] from elsewhere.
+#[derive(Debug, Clone)]
+pub struct CancelHandle(Arc<watch::Sender<bool>>);
+
+impl CancelHandle {
+    /// Asks the migration to stop; it rolls back unless it has already
+    /// committed.
+    pub fn cancel(&self) {
+        let _ = self.0.send(true);
+    }
+}
+
+/// Timeouts of a migration's steps.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// Connecting and one control request.
+    pub request: Duration,
+    /// A dump, an image transfer or a restore (these scale with memory).
+    pub transfer: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            request: Duration::from_secs(30),
+            transfer: Duration::from_secs(600),
+        }
+    }
+}
+
+/// A migration of one htype to one target.
+pub struct Migration<C: SourceCriu> {
+    criu: C,
+    target: String,
+    link: LinkConfig,
+    htype: Box<dyn Htype>,
+    mode: Mode,
+    fallback: bool,
+    policy: Box<dyn ConvergencePolicy>,
+    work_dir: PathBuf,
+    keep_images: bool,
+    skip_cpu_check: bool,
+    skip_version_check: bool,
+    timeouts: Timeouts,
+    progress: Option<mpsc::UnboundedSender<Progress>>,
+    cancel_tx: Arc<watch::Sender<bool>>,
+    cancel_rx: watch::Receiver<bool>,
+}
+
+impl<C: SourceCriu> std::fmt::Debug for Migration<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Migration")
+            .field("target", &self.target)
+            .field("htype", &self.htype)
+            .field("mode", &self.mode)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<C: SourceCriu> Migration<C> {
+    /// Migrates `htype` to the service at `target` (`HOST:PORT`,
+    /// `unix:PATH` or `fd:N`), mode `auto`, P.Haul's convergence rules.
+    pub fn new(
+        criu: C,
+        target: impl Into<String>,
+        link: LinkConfig,
+        htype: Box<dyn Htype>,
+    ) -> Self {
+        let (tx, rx) = watch::channel(false);
+        Self {
+            criu,
+            target: target.into(),
+            link,
+            htype,
+            mode: Mode::Auto,
+            fallback: false,
+            policy: Box::new(PhaulRules::default()),
+            work_dir: std::env::temp_dir().join("phaul"),
+            keep_images: false,
+            skip_cpu_check: false,
+            skip_version_check: false,
+            timeouts: Timeouts::default(),
+            progress: None,
+            cancel_tx: Arc::new(tx),
+            cancel_rx: rx,
+        }
+    }
+
+    /// The mode to use (`auto` picks the best both hosts support).
+    pub fn mode(mut self, mode: Mode) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    /// When the mode asked for is not possible here, use the best one that
+    /// is instead of failing.
+    pub fn fallback(mut self, on: bool) -> Self {
+        self.fallback = on;
+        self
+    }
+
+    /// When pre-copy stops iterating.
+    pub fn policy(mut self, policy: Box<dyn ConvergencePolicy>) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// Where the source keeps its images (a directory per migration is
+    /// made inside).
+    pub fn work_dir(mut self, dir: impl AsRef<Path>) -> Self {
+        self.work_dir = dir.as_ref().to_path_buf();
+        self
+    }
+
+    /// Keep the source's images afterwards.
+    pub fn keep_images(mut self, keep: bool) -> Self {
+        self.keep_images = keep;
+        self
+    }
+
+    /// Skip the CPU compatibility check.
+    pub fn skip_cpu_check(mut self, skip: bool) -> Self {
+        self.skip_cpu_check = skip;
+        self
+    }
+
+    /// Skip the CRIU version check (source not newer than target).
+    pub fn skip_version_check(mut self, skip: bool) -> Self {
+        self.skip_version_check = skip;
+        self
+    }
+
+    /// Step timeouts.
+    pub fn timeouts(mut self, t: Timeouts) -> Self {
+        self.timeouts = t;
+        self
+    }
+
+    /// Receive [`Progress`] events.
+    pub fn progress(mut self, tx: mpsc::UnboundedSender<Progress>) -> Self {
+        self.progress = Some(tx);
+        self
+    }
+
+    /// A handle that cancels this migration.
+    pub fn cancel_handle(&self) -> CancelHandle {
+        CancelHandle(self.cancel_tx.clone())
+    }
+
+    fn emit(&self, p: Progress) {
+        if let Some(tx) = &self.progress {
+            let _ = tx.send(p);
+        }
+    }
+
+    fn enter(&self, stats: &mut Ongoing, phase: Phase) {
+        if let Err(e) = stats.enter(phase) {
+            warn!(error = %e, "statistics");
+        }
+        self.emit(Progress::Phase(phase));
+    }
+
+    /// Runs `fut` unless the migration is cancelled first.
+    async fn step<T>(
+        &self,
+        limit: Duration,
+        what: &str,
+        fut: impl std::future::Future<Output = Result<T>>,
+    ) -> Result<T> {
+        let mut rx = self.cancel_rx.clone();
+        if *rx.borrow() {
+            return Err(Error::Cancelled);
+        }
+        tokio::select! {
+            r = tokio::time::timeout(limit, fut) => r.map_err(|_| Error::Timeout(what.to_string()))?,
+            _ = rx.wait_for(|c| *c) => Err(Error::Cancelled),
+        }
+    }
+
+    /// Runs the migration to its end.
+    pub async fn run(self) -> Report {
+        let provisional = ModeChoice {
+            mode: self.mode,
+            requested: self.mode,
+            reason: "not chosen yet".into(),
+        };
+        let mut stats = Ongoing::start(provisional);
+        if let Ok(pid) = self.htype.root_pid() {
+            stats.set_source_pid(pid);
+        }
+        let dir = self
+            .work_dir
+            .join(format!("{}-{}", std::process::id(), unique()));
+        let res = self.drive(&mut stats, &dir).await;
+        if !self.keep_images {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        let outcome = res.map_err(|e| crate::target::error_chain(&e));
+        if let Err(e) = &outcome {
+            warn!(error = %e, "migration failed");
+        }
+        stats.finalize(outcome)
+    }
+
+    async fn drive(&self, stats: &mut Ongoing, dir: &Path) -> Result<()> {
+        self.enter(stats, Phase::Preflight);
+        self.htype.check()?;
+        mkdir(dir)?;
+        let endpoint = Endpoint::parse(&self.target)?;
+        let link = self
+            .step(self.timeouts.request, "connecting to the target", async {
+                Link::connect(endpoint, &self.link, Channel::Control, None)
+                    .await
+                    .map_err(Error::Link)
+            })
+            .await?;
+        let sid = link.session();
+        let mut ctl = ControlClient::new(link);
+
+        // Pre-flight: CRIU versions, features, CPUs.
+        let version = self.criu.version().await?;
+        let caps = self.criu.features().await?;
+        let scratch = dir.join("cpuinfo");
+        mkdir(&scratch)?;
+        let cpuinfo = if self.skip_cpu_check {
+            Vec::new()
+        } else {
+            self.criu.cpuinfo(&scratch).await?
+        };
+        let reply = match self
+            .call(
+                &mut ctl,
+                request::Body::Preflight(proto::Preflight {
+                    criu_version: version.clone(),
+                    mem_track: caps.mem_track,
+                    lazy_pages: caps.lazy_pages,
+                    cpuinfo,
+                }),
+            )
+            .await?
+        {
+            response::Body::Preflight(r) => r,
+            other => return Err(unexpected("Preflight", &other)),
+        };
+        if !self.skip_version_check
+            && version_number(&version) > version_number(&reply.criu_version)
+        {
+            return Err(Error::Preflight(format!(
+                "CRIU {version} here is newer than CRIU {} on the target; images may not restore there",
+                reply.criu_version
+            )));
+        }
+        if !self.skip_cpu_check && !reply.cpu_compatible {
+            return Err(Error::Preflight(format!(
+                "the target's CPU cannot run this tree: {}",
+                reply.cpu_error
+            )));
+        }
+        let target_caps = HostCaps {
+            mem_track: reply.mem_track,
+            lazy_pages: reply.lazy_pages,
+        };
+        let mut choice = mode::choose(self.mode, caps, target_caps, self.fallback)?;
+        if !self.htype.can_pre_dump() && matches!(choice.mode, Mode::PreCopy | Mode::Hybrid) {
+            if !self.fallback {
+                return Err(Error::UnsupportedMode {
+                    mode: choice.mode,
+                    missing: format!(
+                        "pre-dumps, which the {} kind does not support",
+                        self.htype.kind()
+                    ),
+                });
+            }
+            choice = mode::choose(
+                Mode::Auto,
+                HostCaps {
+                    mem_track: false,
+                    ..caps
+                },
+                target_caps,
+                true,
+            )?;
+        }
+        info!(mode = %choice.mode, reason = %choice.reason, "mode chosen");
+        stats.set_mode(choice.clone());
+        self.emit(Progress::Mode(choice.clone()));
+
+        self.call(
+            &mut ctl,
+            request::Body::Begin(proto::Begin {
+                htype: self.htype.kind().to_string(),
+                params: self.htype.params().into_iter().collect(),
+                mode: choice.mode.to_string(),
+            }),
+        )
+        .await?;
+
+        let mut images = self
+            .step(self.timeouts.request, "opening the image channel", async {
+                Link::connect(
+                    Endpoint::parse(&self.target)?,
+                    &self.link,
+                    Channel::Images,
+                    Some(sid),
+                )
+                .await
+                .map_err(Error::Link)
+            })
+            .await?;
+        let pid = self.htype.root_pid()?;
+        let ctx = Ctx {
+            sid,
+            pid,
+            dir: dir.to_path_buf(),
+        };
+        match choice.mode {
+            Mode::StopCopy => {
+                self.final_stop_copy(stats, &mut ctl, &mut images, &ctx, 0, false)
+                    .await
+            }
+            Mode::PreCopy => {
+                let (n, _) = self.pre_copy(stats, &mut ctl, &ctx).await?;
+                self.final_stop_copy(stats, &mut ctl, &mut images, &ctx, n, true)
+                    .await
+            }
+            Mode::PostCopy => {
+                self.final_post_copy(stats, &mut ctl, &mut images, &ctx, 0, false)
+                    .await
+            }
+            Mode::Hybrid => {
+                let (n, decision) = self.pre_copy(stats, &mut ctl, &ctx).await?;
+                match decision {
+                    Decision::Converged(_) => {
+                        self.final_stop_copy(stats, &mut ctl, &mut images, &ctx, n, true)
+                            .await
+                    }
+                    _ => {
+                        self.final_post_copy(stats, &mut ctl, &mut images, &ctx, n, true)
+                            .await
+                    }
+                }
+            }
+            Mode::Restart => Err(Error::UnsupportedMode {
+                mode: Mode::Restart,
+                missing: format!(
+                    "a restart (cold) handler for the {} kind; only container kinds have one",
+                    self.htype.kind()
+                ),
+            }),
+            Mode::Auto => Err(Error::Protocol("auto was not resolved to a mode".into())),
+        }
+    }
+
+    async fn call(&self, ctl: &mut ControlClient, body: request::Body) -> Result<response::Body> {
+        let limit = match body {
+            request::Body::Restore(_) | request::Body::Images(_) | request::Body::Commit(_) => {
+                self.timeouts.transfer
+            }
+            _ => self.timeouts.request,
+        };
+        self.step(limit, "a request to the target", async {
+            ctl.call(body).await.map_err(remote)
+        })
+        .await
+    }
+
+    async fn pages_link(&self, sid: SessionId) -> Result<Link> {
+        self.step(self.timeouts.request, "opening a page channel", async {
+            Link::connect(
+                Endpoint::parse(&self.target)?,
+                &self.link,
+                Channel::Pages,
+                Some(sid),
+            )
+            .await
+            .map_err(Error::Link)
+        })
+        .await
+    }
+
+    fn spec(&self, ctx: &Ctx, i: u32, parent: bool, track_mem: bool) -> Result<DumpSpec> {
+        let images_dir = ctx.dir.join(i.to_string());
+        let work_dir = ctx.dir.join(format!("{i}.work"));
+        mkdir(&images_dir)?;
+        mkdir(&work_dir)?;
+        Ok(DumpSpec {
+            pid: ctx.pid,
+            images_dir,
+            work_dir,
+            parent: (parent && i > 0).then(|| format!("../{}", i - 1)),
+            track_mem,
+            options: self.htype.dump_options(),
+            iteration: i,
+        })
+    }
+
+    /// Pre-dumps until the policy says stop; returns the next iteration's
+    /// number and the last decision.
+    async fn pre_copy(
+        &self,
+        stats: &mut Ongoing,
+        ctl: &mut ControlClient,
+        ctx: &Ctx,
+    ) -> Result<(u32, Decision)> {
+        self.enter(stats, Phase::PreCopy);
+        let mut history: Vec<IterationSample> = Vec::new();
+        for i in 0u32.. {
+            let pages = self.pages_link(ctx.sid).await?;
+            self.call(
+                ctl,
+                request::Body::StartPageServer(proto::StartPageServer {
+                    iteration: i,
+                    has_parent: i > 0,
+                }),
+            )
+            .await?;
+            let (criu_end, ours) = socketpair()?;
+            let relay = PageRelay::spawn(pages, ours);
+            let spec = self.spec(ctx, i, true, true)?;
+            let t0 = Instant::now();
+            let st = self
+                .step(
+                    self.timeouts.transfer,
+                    "a pre-dump",
+                    self.criu.pre_dump(spec, criu_end),
+                )
+                .await;
+            let st = match st {
+                Ok(s) => s,
+                Err(e) => {
+                    relay.stop();
+                    return Err(e);
+                }
+            };
+            let (sent, _) = relay.finish(Duration::from_secs(10)).await?;
+            stats.add_bytes(sent);
+            let report = iteration_report(i, "pre-dump", &st, sent, t0.elapsed());
+            stats.record_iteration(report.clone());
+            self.emit(Progress::Iteration(report.clone()));
+            self.emit(Progress::Bytes(stats.bytes()));
+            history.push(IterationSample::from(&report));
+            let decision = self.policy.decide(&history);
+            stats.set_predicted_downtime(self.policy.predicted_downtime(&history));
+            info!(
+                iteration = i,
+                pages = st.pages_written,
+                ?decision,
+                "pre-dump done"
+            );
+            self.emit(Progress::Decision(decision.clone()));
+            if decision != Decision::Continue {
+                return Ok((i + 1, decision));
+            }
+        }
+        unreachable!("the loop returns")
+    }
+
+    async fn final_stop_copy(
+        &self,
+        stats: &mut Ongoing,
+        ctl: &mut ControlClient,
+        images: &mut Link,
+        ctx: &Ctx,
+        i: u32,
+        pre_copied: bool,
+    ) -> Result<()> {
+        self.enter(stats, Phase::FinalDump);
+        let pages = self.pages_link(ctx.sid).await?;
+        self.call(
+            ctl,
+            request::Body::StartPageServer(proto::StartPageServer {
+                iteration: i,
+                has_parent: pre_copied && i > 0,
+            }),
+        )
+        .await?;
+        let (criu_end, ours) = socketpair()?;
+        let relay = PageRelay::spawn(pages, ours);
+        let spec = self.spec(ctx, i, pre_copied, pre_copied)?;
+        let images_dir = spec.images_dir.clone();
+        let t0 = Instant::now();
+        stats.source_frozen(t0).ok();
+        self.emit(Progress::Frozen);
+        let held = match self
+            .step(
+                self.timeouts.transfer,
+                "the final dump",
+                self.criu.dump(spec, criu_end),
+            )
+            .await
+        {
+            Ok(h) => h,
+            Err(e) => {
+                // CRIU did not get to post-dump: it has resumed the tree.
+                relay.stop();
+                self.abort_target(ctl, &e).await;
+                return Err(e);
+            }
+        };
+        let pages_sent = relay.sent();
+        stats.add_bytes(pages_sent);
+        let to_target = async {
+            self.transfer_images(stats, ctl, images, &images_dir, i)
+                .await?;
+            self.restore_and_commit(stats, ctl, i, false).await
+        };
+        match to_target.await {
+            Ok(()) => {
+                let st = held.commit().await?;
+                let (sent, _) = relay
+                    .finish(Duration::from_secs(5))
+                    .await
+                    .unwrap_or((pages_sent, 0));
+                stats.add_bytes(sent.saturating_sub(pages_sent));
+                let report =
+                    iteration_report(i, "dump", &st.unwrap_or_default(), sent, t0.elapsed());
+                stats.record_iteration(report.clone());
+                self.emit(Progress::Iteration(report));
+                Ok(())
+            }
+            Err(e) => {
+                self.enter(stats, Phase::Rollback);
+                self.emit(Progress::RollingBack(e.to_string()));
+                if let Err(re) = held.rollback().await {
+                    warn!(error = %re, "rolling the source back");
+                }
+                relay.stop();
+                self.abort_target(ctl, &e).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn final_post_copy(
+        &self,
+        stats: &mut Ongoing,
+        ctl: &mut ControlClient,
+        images: &mut Link,
+        ctx: &Ctx,
+        i: u32,
+        pre_copied: bool,
+    ) -> Result<()> {
+        self.enter(stats, Phase::FinalDump);
+        let port = free_port()?;
+        // CRIU's lazy page server listens on every interface of this network
+        // namespace: only loopback (our relay) may reach it.
+        let guard = PortGuard::install(port)?;
+        let spec = self.spec(ctx, i, pre_copied, pre_copied)?;
+        let images_dir = spec.images_dir.clone();
+        let t0 = Instant::now();
+        stats.source_frozen(t0).ok();
+        self.emit(Progress::Frozen);
+        let lazy = match self
+            .step(
+                self.timeouts.transfer,
+                "the lazy dump",
+                self.criu.lazy_dump(spec, port),
+            )
+            .await
+        {
+            Ok(l) => l,
+            Err(e) => {
+                self.abort_target(ctl, &e).await;
+                return Err(e);
+            }
+        };
+        // Be CRIU's one and only page-server client, at once: whatever
+        // happens next, this connection is how the tree is resumed.
+        let local = match tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+            Ok(s) => s,
+            Err(source) => {
+                // Without a connection CRIU would wait forever; nothing can
+                // resume the tree but ending CRIU's wait, so report loudly.
+                return Err(Error::Io {
+                    what: format!("connecting to CRIU's lazy page server on port {port}"),
+                    source,
+                });
+            }
+        };
+        let _ = local.set_nodelay(true);
+        if let Err(e) = reset_on_close(&local) {
+            poison_direct(local).await;
+            let _ = lazy.wait().await;
+            self.abort_target(ctl, &e).await;
+            return Err(e);
+        }
+        let pages = match self.pages_link(ctx.sid).await {
+            Ok(p) => p,
+            Err(e) => {
+                poison_direct(local).await;
+                let _ = lazy.wait().await;
+                self.abort_target(ctl, &e).await;
+                return Err(e);
+            }
+        };
+        let (committed_tx, committed_rx) = watch::channel(false);
+        let relay = PageRelay::spawn_guarded(pages, local, Some(committed_rx));
+        let to_target = async {
+            self.transfer_images(stats, ctl, images, &images_dir, i)
+                .await?;
+            let r = self.restore_and_commit(stats, ctl, i, true).await;
+            if r.is_ok() {
+                let _ = committed_tx.send(true);
+            }
+            r
+        };
+        match to_target.await {
+            Ok(()) => {
+                self.enter(stats, Phase::LazyTransfer);
+                let st = lazy.wait().await;
+                let (sent, _) = relay
+                    .finish(Duration::from_secs(10))
+                    .await
+                    .unwrap_or((0, 0));
+                stats.add_bytes(sent);
+                drop(guard);
+                let st = st.map_err(|e| {
+                    Error::Target(format!(
+                        "the target runs the tree, but sending it the rest of its memory failed ({}); \
+                         CRIU resumed the source copy",
+                        crate::target::error_chain(&e)
+                    ))
+                })?;
+                let report =
+                    iteration_report(i, "lazy-dump", &st.unwrap_or_default(), sent, t0.elapsed());
+                stats.record_iteration(report.clone());
+                self.emit(Progress::Iteration(report));
+                Ok(())
+            }
+            Err(e) => {
+                self.enter(stats, Phase::Rollback);
+                self.emit(Progress::RollingBack(e.to_string()));
+                relay.poison().await;
+                match tokio::time::timeout(Duration::from_secs(30), lazy.wait()).await {
+                    Ok(Ok(_)) => warn!("the lazy dump finished although it was rolled back"),
+                    Ok(Err(_)) => info!("the source tree was resumed"),
+                    Err(_) => warn!("the lazy dump did not end after the rollback"),
+                }
+                drop(guard);
+                self.abort_target(ctl, &e).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn transfer_images(
+        &self,
+        stats: &mut Ongoing,
+        ctl: &mut ControlClient,
+        images: &mut Link,
+        dir: &Path,
+        i: u32,
+    ) -> Result<()> {
+        self.enter(stats, Phase::ImageTransfer);
+        let t = Instant::now();
+        let send = async { send_dir_over(images, dir).await.map_err(Error::Link) };
+        let ask = self.call(ctl, request::Body::Images(proto::Images { iteration: i }));
+        let (sent, _) = self
+            .step(self.timeouts.transfer, "sending the images", async {
+                tokio::try_join!(send, ask)
+            })
+            .await?;
+        stats.set_image_transfer(t.elapsed());
+        stats.add_bytes(sent.bytes);
+        self.emit(Progress::Bytes(stats.bytes()));
+        Ok(())
+    }
+
+    async fn restore_and_commit(
+        &self,
+        stats: &mut Ongoing,
+        ctl: &mut ControlClient,
+        i: u32,
+        lazy: bool,
+    ) -> Result<()> {
+        self.enter(stats, Phase::Restore);
+        match self
+            .call(
+                ctl,
+                request::Body::Restore(proto::Restore { iteration: i, lazy }),
+            )
+            .await?
+        {
+            response::Body::Restored(r) => {
+                stats.set_target_pid(r.pid);
+                stats.set_restore_time(Duration::from_micros(r.restore_time_us));
+            }
+            other => return Err(unexpected("Restore", &other)),
+        }
+        self.enter(stats, Phase::Commit);
+        match self
+            .call(ctl, request::Body::Commit(proto::Commit {}))
+            .await?
+        {
+            response::Body::Committed(_) => {
+                let now = Instant::now();
+                stats.target_resumed(now).ok();
+                if let Some(d) = stats.downtime_so_far() {
+                    self.emit(Progress::Resumed(d));
+                }
+                Ok(())
+            }
+            other => Err(unexpected("Commit", &other)),
+        }
+    }
+
+    /// Tells the target to give up, if it can still hear us.
+    async fn abort_target(&self, ctl: &mut ControlClient, why: &Error) {
+        let body = request::Body::Abort(proto::Abort {
+            reason: why.to_string(),
+        });
+        let _ = tokio::time::timeout(Duration::from_secs(5), ctl.call(body)).await;
+    }
+}
+
+struct Ctx {
+    sid: SessionId,
+    pid: i32,
+    dir: PathBuf,
+}
+
+fn remote(e: phaul_transport::Error) -> Error {
+    match e {
+        phaul_transport::Error::Remote { message, .. } => Error::Target(message),
+        other => Error::Link(other),
+    }
+}
+
+fn unexpected(req: &str, got: &response::Body) -> Error {
+    Error::Protocol(format!("unexpected answer to {req}: {got:?}"))
+}
+
+fn iteration_report(
+    i: u32,
+    kind: &str,
+    st: &DumpStatsEntry,
+    bytes: u64,
+    wall: Duration,
+) -> IterationReport {
+    IterationReport {
+        iteration: i,
+        kind: kind.to_string(),
+        pages_scanned: st.pages_scanned,
+        pages_written: st.pages_written,
+        pages_skipped_parent: st.pages_skipped_parent,
+        pages_lazy: st.pages_lazy,
+        freezing_us: u64::from(st.freezing_time),
+        frozen_us: u64::from(st.frozen_time),
+        memdump_us: u64::from(st.memdump_time),
+        memwrite_us: u64::from(st.memwrite_time),
+        bytes_sent: bytes,
+        duration_us: u64::try_from(wall.as_micros()).unwrap_or(u64::MAX),
+    }
+}
+
+/// `4.1.1` as 40101, the way CRIU's own tools compare versions.
+fn version_number(v: &str) -> u64 {
+    let mut parts = v
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|p| !p.is_empty())
+        .map(|p| p.parse::<u64>().unwrap_or(0));
+    let (a, b, c) = (
+        parts.next().unwrap_or(0),
+        parts.next().unwrap_or(0),
+        parts.next().unwrap_or(0),
+    );
+    a * 10_000 + b * 100 + c
+}
+
+fn mkdir(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|source| Error::Io {
+        what: format!("creating {}", dir.display()),
+        source,
+    })
+}
+
+fn unique() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+/// A port free on every interface of this network namespace right now.
+fn free_port() -> Result<u16> {
+    let l = std::net::TcpListener::bind(("0.0.0.0", 0)).map_err(|source| Error::Io {
+        what: "finding a free port".into(),
+        source,
+    })?;
+    l.local_addr()
+        .map(|a| a.port())
+        .map_err(|source| Error::Io {
+            what: "finding a free port".into(),
+            source,
+        })
+}
+
+/// Writes the invalid command straight to CRIU's connection (no relay yet).
+async fn poison_direct(mut s: tokio::net::TcpStream) {
+    use tokio::io::AsyncWriteExt;
+    let mut b = [0u8; 24];
+    b[..4].copy_from_slice(&0xbeef_u32.to_ne_bytes());
+    let _ = s.write_all(&b).await;
+    let _ = s.flush().await;
+}
+
+/// An iptables rule in this network namespace that drops connections to a
+/// port from anywhere but loopback, removed on drop.
+struct PortGuard {
+    port: u16,
+}
+
+impl PortGuard {
+    fn rule(port: u16) -> Vec<String> {
+        [
+            "INPUT",
+            "-p",
+            "tcp",
+            "--dport",
+            &port.to_string(),
+            "!",
+            "-i",
+            "lo",
+            "-j",
+            "DROP",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    }
+
+    fn install(port: u16) -> Result<Self> {
+        let out = std::process::Command::new("iptables")
+            .arg("-w")
+            .arg("-I")
+            .args(Self::rule(port))
+            .stdin(std::process::Stdio::null())
+            .output()
+            .map_err(|source| Error::Io { what: "running iptables to guard the lazy page server's port (scripts/setup.sh installs it)".into(), source })?;
+        if !out.status.success() {
+            return Err(Error::Io {
+                what: format!(
+                    "guarding the lazy page server's port with iptables: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ),
+                source: std::io::Error::other("iptables failed"),
+            });
+        }
+        Ok(Self { port })
+    }
+}
+
+impl Drop for PortGuard {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("iptables")
+            .arg("-w")
+            .arg("-D")
+            .args(Self::rule(self.port))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+}

@@ -1,0 +1,539 @@
+//! The target side: a service that accepts migrations, several at once.
+//!
+//! Each migration is one session: a control channel plus the data channels
+//! (images, pages) that join it. The service restores the tree but holds it
+//! stopped at CRIU's `post-restore` until the source says `Commit`; if the
+//! session ends any other way (`Abort`, a lost connection, an error), the
+//! restored tree is killed and the session's directory removed, so the
+//! source's resumed copy is the only one.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use phaul_htypes::Htype;
+use phaul_transport::images::{ImageLimits, receive_batch_over};
+use phaul_transport::proto::{self, request, response};
+use phaul_transport::{Channel, ControlServer, ErrorCode, Link, LinkConfig, Listener, SessionId};
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use crate::criu::{HeldRestore, LazyDaemon, RestoreSpec, TargetCriu};
+use crate::error::{Error, Result};
+use crate::pagestream::{PageRelay, socketpair};
+
+/// How long a data channel may take to arrive after it is expected.
+const JOIN_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[derive(Debug)]
+struct Inbox {
+    images: mpsc::Sender<Link>,
+    pages: mpsc::Sender<Link>,
+}
+
+type Sessions = Arc<Mutex<HashMap<SessionId, Inbox>>>;
+
+/// A migration target.
+#[derive(Debug)]
+pub struct Service<T: TargetCriu> {
+    criu: Arc<T>,
+    cfg: LinkConfig,
+    work_dir: PathBuf,
+    keep_images: bool,
+    limits: ImageLimits,
+}
+
+impl<T: TargetCriu> Service<T> {
+    /// A service restoring with `criu`, accepting links configured by `cfg`
+    /// (its key, TLS identity), keeping each migration's images under
+    /// `work_dir`.
+    pub fn new(criu: T, cfg: LinkConfig, work_dir: impl AsRef<Path>) -> Self {
+        Self {
+            criu: Arc::new(criu),
+            cfg,
+            work_dir: work_dir.as_ref().to_path_buf(),
+            keep_images: false,
+            limits: ImageLimits::default(),
+        }
+    }
+
+    /// Keep each migration's images after it ends (for debugging).
+    pub fn keep_images(mut self, keep: bool) -> Self {
+        self.keep_images = keep;
+        self
+    }
+
+    /// Limits on what one image batch may hold.
+    pub fn image_limits(mut self, limits: ImageLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Serves connections from `listener` until `shutdown` completes.
+    pub async fn serve(
+        self,
+        listener: Listener,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> Result<()> {
+        std::fs::create_dir_all(&self.work_dir).map_err(|source| Error::Io {
+            what: format!("creating {}", self.work_dir.display()),
+            source,
+        })?;
+        let this = Arc::new(self);
+        let sessions: Sessions = Arc::default();
+        tokio::pin!(shutdown);
+        info!(addr = %listener.local_addr().unwrap_or_default(), "phaul service listening");
+        loop {
+            tokio::select! {
+                () = &mut shutdown => break,
+                r = listener.accept() => {
+                    let (stream, peer) = match r {
+                        Ok(x) => x,
+                        Err(e) => {
+                            warn!(error = %e, "accept failed");
+                            continue;
+                        }
+                    };
+                    let this = this.clone();
+                    let sessions = sessions.clone();
+                    tokio::spawn(async move {
+                        let mut cfg = this.cfg.clone();
+                        let Ok(link) = Link::accept(stream, peer, &mut cfg).await else {
+                            // Already logged by the handshake.
+                            return;
+                        };
+                        this.route(link, sessions).await;
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn route(self: Arc<Self>, mut link: Link, sessions: Sessions) {
+        let sid = link.session();
+        match link.channel() {
+            Channel::Control => {
+                let (itx, irx) = mpsc::channel(4);
+                let (ptx, prx) = mpsc::channel(4);
+                sessions.lock().expect("not poisoned").insert(
+                    sid,
+                    Inbox {
+                        images: itx,
+                        pages: ptx,
+                    },
+                );
+                info!(session = %hex(&sid), peer = %link.peer(), "migration session opened");
+                let mut s = Session::new(self.clone(), sid, irx, prx);
+                s.run(ControlServer::new(link)).await;
+                sessions.lock().expect("not poisoned").remove(&sid);
+            }
+            ch => {
+                let tx = {
+                    let map = sessions.lock().expect("not poisoned");
+                    map.get(&sid).map(|i| {
+                        if ch == Channel::Images {
+                            i.images.clone()
+                        } else {
+                            i.pages.clone()
+                        }
+                    })
+                };
+                match (tx, ch) {
+                    (Some(tx), Channel::Images | Channel::Pages) => {
+                        let _ = tx.send(link).await;
+                    }
+                    (None, _) => {
+                        warn!(session = %hex(&sid), "a data channel for an unknown session");
+                        let _ = link
+                            .writer
+                            .send_error(ErrorCode::UnknownSession, "no such session", 0)
+                            .await;
+                    }
+                    (Some(_), other) => {
+                        let _ = link
+                            .writer
+                            .send_error(
+                                ErrorCode::BadRequest,
+                                &format!("{other:?} channels are not served"),
+                                0,
+                            )
+                            .await;
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Renders an error with its causes, for the peer and the logs.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+struct Session<T: TargetCriu> {
+    svc: Arc<Service<T>>,
+    sid: SessionId,
+    images_rx: mpsc::Receiver<Link>,
+    pages_rx: mpsc::Receiver<Link>,
+    images: Option<Link>,
+    dir: Option<PathBuf>,
+    htype: Option<Box<dyn Htype>>,
+    held: Option<HeldRestore>,
+    daemon: Option<LazyDaemon>,
+    relays: Vec<tokio::task::JoinHandle<()>>,
+    committed: bool,
+}
+
+impl<T: TargetCriu> Session<T> {
+    fn new(
+        svc: Arc<Service<T>>,
+        sid: SessionId,
+        images_rx: mpsc::Receiver<Link>,
+        pages_rx: mpsc::Receiver<Link>,
+    ) -> Self {
+        Self {
+            svc,
+            sid,
+            images_rx,
+            pages_rx,
+            images: None,
+            dir: None,
+            htype: None,
+            held: None,
+            daemon: None,
+            relays: Vec::new(),
+            committed: false,
+        }
+    }
+
+    async fn run(&mut self, mut ctl: ControlServer) {
+        loop {
+            let (id, body) = match ctl.next().await {
+                Ok(Some(x)) => x,
+                Ok(None) => break,
+                Err(e) => {
+                    warn!(session = %hex(&self.sid), error = %e, "control channel failed");
+                    break;
+                }
+            };
+            let abort = matches!(body, request::Body::Abort(_));
+            let res = self.handle(body).await;
+            let sent = match res {
+                Ok(r) => ctl.reply(id, r).await,
+                Err((code, e)) => {
+                    let msg = error_chain(&e);
+                    warn!(session = %hex(&self.sid), error = %msg, "request failed");
+                    ctl.error(id, code, &msg).await
+                }
+            };
+            if abort || sent.is_err() {
+                break;
+            }
+        }
+        if !self.committed {
+            self.rollback().await;
+        }
+        for r in self.relays.drain(..) {
+            r.abort();
+        }
+        debug!(session = %hex(&self.sid), committed = self.committed, "session closed");
+    }
+
+    async fn rollback(&mut self) {
+        if let Some(h) = self.held.take() {
+            info!(session = %hex(&self.sid), pid = h.pid, "aborting the held restore");
+            h.abort().await;
+        }
+        if let Some(d) = self.daemon.take() {
+            d.kill().await;
+        }
+        self.remove_dir();
+    }
+
+    fn remove_dir(&mut self) {
+        if let Some(d) = self.dir.take() {
+            if self.svc.keep_images {
+                info!(dir = %d.display(), "keeping images");
+            } else if let Err(e) = std::fs::remove_dir_all(&d) {
+                warn!(dir = %d.display(), error = %e, "could not remove a session directory");
+            }
+        }
+    }
+
+    fn iter_dir(&self, i: u32) -> std::result::Result<PathBuf, (ErrorCode, Error)> {
+        let base = self.dir.as_ref().ok_or((
+            ErrorCode::BadRequest,
+            Error::Protocol("no migration has begun".into()),
+        ))?;
+        Ok(base.join(i.to_string()))
+    }
+
+    async fn handle(
+        &mut self,
+        body: request::Body,
+    ) -> std::result::Result<response::Body, (ErrorCode, Error)> {
+        let failed = |e: Error| (ErrorCode::Failed, e);
+        match body {
+            request::Body::Ping(p) => Ok(response::Body::Pong(proto::Pong { payload: p.payload })),
+            request::Body::Preflight(p) => {
+                let version = self.svc.criu.version().await.map_err(failed)?;
+                let caps = self.svc.criu.features().await.map_err(failed)?;
+                let (cpu_compatible, cpu_error) = if p.cpuinfo.is_empty() {
+                    (true, String::new())
+                } else {
+                    let scratch = self
+                        .svc
+                        .work_dir
+                        .join(format!("cpuinfo-{}", hex(&self.sid)));
+                    std::fs::create_dir_all(&scratch).map_err(|source| {
+                        failed(Error::Io {
+                            what: "scratch dir".into(),
+                            source,
+                        })
+                    })?;
+                    let r = self.svc.criu.cpuinfo_check(p.cpuinfo, &scratch).await;
+                    let _ = std::fs::remove_dir_all(&scratch);
+                    match r {
+                        Ok(()) => (true, String::new()),
+                        Err(e) => (false, error_chain(&e)),
+                    }
+                };
+                Ok(response::Body::Preflight(proto::PreflightReply {
+                    criu_version: version,
+                    mem_track: caps.mem_track,
+                    lazy_pages: caps.lazy_pages,
+                    cpu_compatible,
+                    cpu_error,
+                }))
+            }
+            request::Body::Begin(b) => {
+                if self.dir.is_some() {
+                    return Err((
+                        ErrorCode::BadRequest,
+                        Error::Protocol("a migration has already begun on this session".into()),
+                    ));
+                }
+                let h = phaul_htypes::registry::target(&b.htype, &b.params.into_iter().collect())
+                    .map_err(|e| (ErrorCode::BadRequest, Error::Htype(e)))?;
+                b.mode
+                    .parse::<crate::mode::Mode>()
+                    .map_err(|e| (ErrorCode::BadRequest, e))?;
+                let dir = self.svc.work_dir.join(hex(&self.sid));
+                std::fs::create_dir_all(&dir).map_err(|source| {
+                    failed(Error::Io {
+                        what: format!("creating {}", dir.display()),
+                        source,
+                    })
+                })?;
+                info!(session = %hex(&self.sid), kind = h.kind(), mode = %b.mode, "migration begins");
+                self.htype = Some(h);
+                self.dir = Some(dir.clone());
+                Ok(response::Body::Begun(proto::Begun {
+                    work_dir: dir.display().to_string(),
+                }))
+            }
+            request::Body::StartPageServer(p) => {
+                let dir = self.iter_dir(p.iteration)?;
+                mkdir(&dir).map_err(failed)?;
+                let parent =
+                    (p.has_parent && p.iteration > 0).then(|| format!("../{}", p.iteration - 1));
+                let (criu_end, ours) = socketpair().map_err(failed)?;
+                let serving = self
+                    .svc
+                    .criu
+                    .page_server(dir, parent, criu_end)
+                    .await
+                    .map_err(failed)?;
+                let link = self
+                    .next_pages()
+                    .await
+                    .map_err(|e| (ErrorCode::Protocol, e))?;
+                let relay = PageRelay::spawn(link, ours);
+                self.relays.push(tokio::spawn(async move {
+                    if let Err(e) = serving.wait().await {
+                        warn!(error = %e, "page server failed");
+                    }
+                    let _ = relay.finish(Duration::from_secs(5)).await;
+                }));
+                Ok(response::Body::PageServerReady(proto::PageServerReady {
+                    iteration: p.iteration,
+                }))
+            }
+            request::Body::Images(i) => {
+                let dir = self.iter_dir(i.iteration)?;
+                mkdir(&dir).map_err(failed)?;
+                if self.images.is_none() {
+                    let l = tokio::time::timeout(JOIN_TIMEOUT, self.images_rx.recv())
+                        .await
+                        .ok()
+                        .flatten()
+                        .ok_or((
+                            ErrorCode::Protocol,
+                            Error::Protocol("no image channel joined the session".into()),
+                        ))?;
+                    self.images = Some(l);
+                }
+                let link = self.images.as_mut().expect("set above");
+                let st = receive_batch_over(link, &dir, &self.svc.limits)
+                    .await
+                    .map_err(|e| {
+                        // The channel's state is unknown after a failed batch.
+                        self.images = None;
+                        (ErrorCode::Failed, Error::Link(e))
+                    })?;
+                Ok(response::Body::ImagesStored(proto::ImagesStored {
+                    files: st.files,
+                    bytes: st.bytes,
+                }))
+            }
+            request::Body::Restore(r) => {
+                if self.held.is_some() {
+                    return Err((
+                        ErrorCode::BadRequest,
+                        Error::Protocol("already restored".into()),
+                    ));
+                }
+                let dir = self.iter_dir(r.iteration)?;
+                if !dir.is_dir() {
+                    return Err((
+                        ErrorCode::BadRequest,
+                        Error::Protocol(format!("no images for iteration {}", r.iteration)),
+                    ));
+                }
+                let options = self
+                    .htype
+                    .as_ref()
+                    .map(|h| h.restore_options())
+                    .unwrap_or_default();
+                let t0 = Instant::now();
+                if r.lazy {
+                    let link = self
+                        .next_pages()
+                        .await
+                        .map_err(|e| (ErrorCode::Protocol, e))?;
+                    let listener =
+                        tokio::net::TcpListener::bind("127.0.0.1:0")
+                            .await
+                            .map_err(|source| {
+                                failed(Error::Io {
+                                    what: "a loopback listener for lazy pages".into(),
+                                    source,
+                                })
+                            })?;
+                    let port = listener
+                        .local_addr()
+                        .map_err(|source| {
+                            failed(Error::Io {
+                                what: "listener".into(),
+                                source,
+                            })
+                        })?
+                        .port();
+                    self.relays.push(tokio::spawn(async move {
+                        // Only the lazy-pages daemon this session starts
+                        // connects here, once.
+                        if let Ok(Ok((conn, _))) =
+                            tokio::time::timeout(JOIN_TIMEOUT, listener.accept()).await
+                        {
+                            let _ = conn.set_nodelay(true);
+                            let relay = PageRelay::spawn(link, conn);
+                            let _ = relay.finish(Duration::from_secs(24 * 3600)).await;
+                        }
+                    }));
+                    self.daemon = Some(
+                        self.svc
+                            .criu
+                            .lazy_pages(dir.clone(), port)
+                            .await
+                            .map_err(failed)?,
+                    );
+                }
+                let spec = RestoreSpec {
+                    images_dir: dir.clone(),
+                    work_dir: dir,
+                    lazy: r.lazy,
+                    options,
+                };
+                match self.svc.criu.restore(spec).await {
+                    Ok(held) => {
+                        let pid = held.pid;
+                        self.held = Some(held);
+                        let us = u64::try_from(t0.elapsed().as_micros()).unwrap_or(u64::MAX);
+                        info!(session = %hex(&self.sid), pid, "restored; holding until commit");
+                        Ok(response::Body::Restored(proto::Restored {
+                            pid,
+                            restore_time_us: us,
+                        }))
+                    }
+                    Err(e) => {
+                        if let Some(d) = self.daemon.take() {
+                            d.kill().await;
+                        }
+                        Err(failed(e))
+                    }
+                }
+            }
+            request::Body::Commit(_) => {
+                let held = self.held.take().ok_or((
+                    ErrorCode::BadRequest,
+                    Error::Protocol("nothing restored to commit".into()),
+                ))?;
+                let pid = held.pid;
+                held.commit().await.map_err(failed)?;
+                self.committed = true;
+                info!(session = %hex(&self.sid), pid, "committed: the tree runs here");
+                match self.daemon.take() {
+                    // Memory keeps arriving after the commit: the images
+                    // stay until the daemon has every page.
+                    Some(d) => {
+                        let dir = self.dir.take();
+                        let keep = self.svc.keep_images;
+                        tokio::spawn(async move {
+                            if let Err(e) = d.wait().await {
+                                warn!(error = %e, "lazy pages daemon failed after the commit");
+                            }
+                            if let (Some(d), false) = (dir, keep) {
+                                let _ = std::fs::remove_dir_all(d);
+                            }
+                        });
+                    }
+                    None => self.remove_dir(),
+                }
+                Ok(response::Body::Committed(proto::Committed {}))
+            }
+            request::Body::Abort(a) => {
+                info!(session = %hex(&self.sid), reason = %a.reason, "source aborted the migration");
+                self.rollback().await;
+                Ok(response::Body::Aborted(proto::Aborted {}))
+            }
+        }
+    }
+
+    async fn next_pages(&mut self) -> Result<Link> {
+        tokio::time::timeout(JOIN_TIMEOUT, self.pages_rx.recv())
+            .await
+            .ok()
+            .flatten()
+            .ok_or_else(|| Error::Protocol("no page channel joined the session".into()))
+    }
+}
+
+fn mkdir(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|source| Error::Io {
+        what: format!("creating {}", dir.display()),
+        source,
+    })
+}

@@ -1,0 +1,337 @@
+//! The engine's logic against the CRIU stand-in (`phaul_core::standin`),
+//! over the real link on loopback: pre-copy and hybrid, which this
+//! project's kernels cannot run for real (no soft-dirty tracking), the
+//! convergence policies, mode fallback, and rollback on a failed restore.
+//! Needs neither root nor CRIU.
+
+use std::time::Duration;
+
+use phaul_core::mode::HostCaps;
+use phaul_core::policy::{DowntimeBudget, PhaulRules};
+use phaul_core::standin::StandIn;
+use phaul_core::{Migration, Mode, Progress, Report, Service};
+use phaul_transport::{LinkConfig, Listener, SharedKey};
+
+fn cfg() -> LinkConfig {
+    LinkConfig::new(SharedKey::new(b"stand-in test key, 32 bytes long").unwrap())
+}
+
+const ALL: HostCaps = HostCaps {
+    mem_track: true,
+    lazy_pages: true,
+};
+
+/// A process to name: the stand-in never touches it, but the pid htype
+/// checks it exists.
+struct Sleeper(std::process::Child);
+
+impl Sleeper {
+    fn new() -> Self {
+        Self(
+            std::process::Command::new("sleep")
+                .arg("60")
+                .spawn()
+                .unwrap(),
+        )
+    }
+    fn pid(&self) -> String {
+        self.0.id().to_string()
+    }
+}
+
+impl Drop for Sleeper {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn migrate(
+    source: StandIn,
+    target: StandIn,
+    mode: Mode,
+    fallback: bool,
+    policy: Option<Box<dyn phaul_core::policy::ConvergencePolicy>>,
+) -> (Report, Vec<Progress>) {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_env("PHAUL_TEST_LOG"))
+        .with_test_writer()
+        .try_init();
+    let work = tempfile::tempdir().unwrap();
+    let listener = Listener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let svc = Service::new(target, cfg(), work.path().join("target"));
+    let server = tokio::spawn(svc.serve(listener, async {
+        let _ = stop_rx.await;
+    }));
+    let sleeper = Sleeper::new();
+    let htype = phaul_htypes::registry::source("pid", &sleeper.pid()).unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut m = Migration::new(source, addr, cfg(), htype)
+        .mode(mode)
+        .fallback(fallback)
+        .work_dir(work.path().join("source"))
+        .progress(tx);
+    if let Some(p) = policy {
+        m = m.policy(p);
+    }
+    let report = tokio::time::timeout(Duration::from_secs(60), m.run())
+        .await
+        .expect("migration hung");
+    let mut events = Vec::new();
+    while let Ok(e) = rx.try_recv() {
+        events.push(e);
+    }
+    // Give the target's session a moment to wind down, then check it left
+    // nothing behind.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let left: Vec<_> = std::fs::read_dir(work.path().join("target"))
+        .unwrap()
+        .collect();
+    assert!(left.is_empty(), "the target left {left:?}");
+    let _ = stop_tx.send(());
+    server.await.unwrap().unwrap();
+    (report, events)
+}
+
+fn kinds(r: &Report) -> Vec<(String, u64)> {
+    r.per_iteration
+        .iter()
+        .map(|i| (i.kind.clone(), i.pages_written))
+        .collect()
+}
+
+#[tokio::test]
+async fn pre_copy_converges_when_dirty_pages_shrink() {
+    let src = StandIn::new(ALL).dirty_pages([10_000, 2_000, 400, 50, 30]);
+    let tgt = StandIn::new(ALL);
+    let (r, events) = migrate(src.clone(), tgt.clone(), Mode::PreCopy, false, None).await;
+    assert!(r.success, "{:?}", r.error);
+    assert_eq!(r.mode, "pre-copy");
+    assert_eq!(
+        kinds(&r),
+        [
+            ("pre-dump".into(), 10_000),
+            ("pre-dump".into(), 2_000),
+            ("pre-dump".into(), 400),
+            ("pre-dump".into(), 50),
+            ("dump".into(), 30)
+        ]
+    );
+    assert_eq!(r.iterations, 5);
+    assert_eq!(
+        src.calls(),
+        [
+            "pre-dump 0 parent=- track_mem",
+            "pre-dump 1 parent=../0 track_mem",
+            "pre-dump 2 parent=../1 track_mem",
+            "pre-dump 3 parent=../2 track_mem",
+            "dump 4 parent=../3 track_mem",
+            "source ended"
+        ]
+    );
+    let t = tgt.calls();
+    assert_eq!(t.iter().filter(|c| c.starts_with("page-server")).count(), 5);
+    assert!(t.iter().any(|c| c.ends_with("/4 parent=../3")), "{t:?}");
+    assert_eq!(&t[t.len() - 2..], ["restore lazy=false", "target runs"]);
+    // Bytes really crossed: 12,480 "pages" at 64 bytes each, plus images.
+    assert!(
+        r.bytes_transferred >= 12_480 * 64,
+        "{}",
+        r.bytes_transferred
+    );
+    assert!(events.iter().any(|e| matches!(
+        e,
+        Progress::Decision(phaul_core::policy::Decision::Converged(_))
+    )));
+    assert!(r.downtime_ms.is_some());
+}
+
+#[tokio::test]
+async fn pre_copy_gives_up_after_eight_iterations_when_flat() {
+    let src = StandIn::new(ALL).dirty_pages(std::iter::repeat_n(5_000, 20));
+    let (r, _) = migrate(src.clone(), StandIn::new(ALL), Mode::PreCopy, false, None).await;
+    assert!(r.success, "{:?}", r.error);
+    // Pre-dumps 0..=8 (nine), then the final dump.
+    assert_eq!(r.iterations, 10);
+    assert_eq!(src.calls()[9], "dump 9 parent=../8 track_mem");
+}
+
+#[tokio::test]
+async fn pre_copy_stops_when_an_iteration_grows() {
+    let src = StandIn::new(ALL).dirty_pages([1_000, 1_200, 900]);
+    let (r, events) = migrate(src.clone(), StandIn::new(ALL), Mode::PreCopy, false, None).await;
+    assert!(r.success);
+    assert_eq!(
+        kinds(&r),
+        [
+            ("pre-dump".into(), 1_000),
+            ("pre-dump".into(), 1_200),
+            ("dump".into(), 900)
+        ]
+    );
+    assert!(events.iter().any(|e| matches!(
+        e,
+        Progress::Decision(phaul_core::policy::Decision::NotConverging(_))
+    )));
+}
+
+#[tokio::test]
+async fn hybrid_switches_to_post_copy_when_pre_copy_does_not_converge() {
+    let src = StandIn::new(ALL).dirty_pages([1_000, 1_200, 900]);
+    let tgt = StandIn::new(ALL);
+    let (r, _) = migrate(src.clone(), tgt.clone(), Mode::Hybrid, false, None).await;
+    assert!(r.success, "{:?}", r.error);
+    assert_eq!(r.mode, "hybrid");
+    assert_eq!(src.calls()[2], "lazy-dump 2 parent=../1 track_mem");
+    assert_eq!(src.calls().last().unwrap(), "source ended");
+    assert!(
+        tgt.calls().contains(&"restore lazy=true".to_string()),
+        "{:?}",
+        tgt.calls()
+    );
+    assert_eq!(r.per_iteration.last().unwrap().kind, "lazy-dump");
+}
+
+#[tokio::test]
+async fn hybrid_finishes_with_a_plain_dump_when_pre_copy_converges() {
+    let src = StandIn::new(ALL).dirty_pages([500, 40, 20]);
+    let tgt = StandIn::new(ALL);
+    let (r, _) = migrate(src.clone(), tgt.clone(), Mode::Hybrid, false, None).await;
+    assert!(r.success);
+    assert_eq!(src.calls()[2], "dump 2 parent=../1 track_mem");
+    assert!(tgt.calls().contains(&"restore lazy=false".to_string()));
+}
+
+#[tokio::test]
+async fn a_downtime_budget_switches_over_when_the_prediction_fits() {
+    // Loopback is fast: with a generous budget the first pre-dump already
+    // predicts a fitting downtime.
+    let src = StandIn::new(ALL).dirty_pages([50_000, 40_000, 30_000]);
+    let policy = DowntimeBudget {
+        budget: Duration::from_secs(5),
+        ..Default::default()
+    };
+    let (r, _) = migrate(
+        src.clone(),
+        StandIn::new(ALL),
+        Mode::PreCopy,
+        false,
+        Some(Box::new(policy)),
+    )
+    .await;
+    assert!(r.success);
+    assert_eq!(r.iterations, 2, "{:?}", src.calls());
+    assert!(r.predicted_downtime_ms.is_some());
+    // An impossible budget iterates until the iteration cap.
+    let src = StandIn::new(ALL).dirty_pages(std::iter::repeat_n(50_000, 20));
+    let policy = DowntimeBudget {
+        budget: Duration::from_nanos(1),
+        fixed: Duration::ZERO,
+        max_iterations: 3,
+        ..Default::default()
+    };
+    let (r, _) = migrate(
+        src,
+        StandIn::new(ALL),
+        Mode::PreCopy,
+        false,
+        Some(Box::new(policy)),
+    )
+    .await;
+    assert!(r.success);
+    assert!(r.iterations <= 5, "{}", r.iterations);
+}
+
+#[tokio::test]
+async fn pre_copy_without_soft_dirty_is_refused_or_falls_back() {
+    let here = HostCaps {
+        mem_track: false,
+        lazy_pages: true,
+    };
+    let (r, _) = migrate(
+        StandIn::new(here),
+        StandIn::new(here),
+        Mode::PreCopy,
+        false,
+        None,
+    )
+    .await;
+    assert!(!r.success);
+    let err = r.error.unwrap();
+    assert!(err.contains("soft-dirty"), "{err}");
+    assert_eq!(r.iterations, 0);
+
+    let src = StandIn::new(here);
+    let (r, _) = migrate(src.clone(), StandIn::new(here), Mode::PreCopy, true, None).await;
+    assert!(r.success, "{:?}", r.error);
+    assert_eq!(r.mode, "post-copy");
+    assert_eq!(r.requested_mode, "pre-copy");
+    assert!(r.mode_reason.contains("falling back"), "{}", r.mode_reason);
+    assert_eq!(src.calls()[0], "lazy-dump 0 parent=-");
+}
+
+#[tokio::test]
+async fn auto_picks_post_copy_with_lazy_pages_and_stop_copy_without() {
+    let here = HostCaps {
+        mem_track: false,
+        lazy_pages: true,
+    };
+    let (r, _) = migrate(
+        StandIn::new(here),
+        StandIn::new(here),
+        Mode::Auto,
+        false,
+        None,
+    )
+    .await;
+    assert!(r.success);
+    assert_eq!(r.mode, "post-copy");
+    assert!(r.mode_reason.contains("lazy"), "{}", r.mode_reason);
+    let none = HostCaps::default();
+    let src = StandIn::new(none);
+    let (r, _) = migrate(src.clone(), StandIn::new(none), Mode::Auto, false, None).await;
+    assert!(r.success);
+    assert_eq!(r.mode, "stop-copy");
+    assert_eq!(src.calls(), ["dump 0 parent=-", "source ended"]);
+}
+
+#[tokio::test]
+async fn a_failed_restore_resumes_the_source_in_every_final_mode() {
+    for mode in [Mode::StopCopy, Mode::PostCopy] {
+        let src = StandIn::new(ALL);
+        let tgt = StandIn::new(ALL).failing_restore();
+        let (r, events) = migrate(src.clone(), tgt.clone(), mode, false, None).await;
+        assert!(!r.success, "{mode}");
+        assert!(
+            r.error
+                .as_deref()
+                .unwrap()
+                .contains("restore fails as scripted"),
+            "{:?}",
+            r.error
+        );
+        assert_eq!(
+            src.calls().last().unwrap(),
+            "source resumed",
+            "{mode}: {:?}",
+            src.calls()
+        );
+        assert!(events.iter().any(|e| matches!(e, Progress::RollingBack(_))));
+        assert_eq!(r.phase_reached, phaul_core::Phase::Rollback);
+        assert!(r.downtime_ms.is_none());
+    }
+}
+
+#[tokio::test]
+async fn the_policy_defaults_are_p_haul_s() {
+    assert_eq!(
+        PhaulRules::default(),
+        PhaulRules {
+            min_pages: 64,
+            max_growth_percent: 10,
+            max_iterations: 8
+        }
+    );
+}

@@ -1,0 +1,192 @@
+//! `phaul`: migrate a live process tree to a host running `phaul-service`.
+//!
+//! ```text
+//! cargo run --example phaul -- migrate --to 10.200.0.2:7070 --key-file key \
+//!     --mode auto --json report.json pid 4242
+//! ```
+//! Modes: auto, stop-copy, post-copy, pre-copy, hybrid, restart. The exit
+//! status is 0 only when the tree runs on the target; `--json` writes the
+//! final report either way.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use phaul_core::criu::Criu;
+use phaul_core::policy::{DowntimeBudget, PhaulRules};
+use phaul_core::{Migration, Mode, Progress};
+use phaul_transport::{LinkConfig, SharedKey};
+
+#[derive(Parser)]
+#[command(about = "Live-migrate processes and containers with CRIU")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Migrate something to another host.
+    Migrate(Migrate),
+}
+
+#[derive(Parser)]
+struct Migrate {
+    /// The target's phaul-service: HOST:PORT, unix:PATH or fd:N.
+    #[arg(long)]
+    to: String,
+    /// File holding the secret shared with the target (at least 16 bytes, mode 600).
+    #[arg(long)]
+    key_file: PathBuf,
+    /// auto, stop-copy, post-copy, pre-copy, hybrid or restart.
+    #[arg(long, default_value = "auto")]
+    mode: Mode,
+    /// If the mode is not possible here, use the best one that is.
+    #[arg(long)]
+    fallback: bool,
+    /// Write the final report as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Pre-copy stops when the predicted downtime fits this many ms
+    /// (default: P.Haul's rules).
+    #[arg(long)]
+    downtime_ms: Option<u64>,
+    /// Accept only a target certificate with this SHA-256 fingerprint.
+    #[arg(long)]
+    pin: Option<String>,
+    /// Turn TLS off (only on a link that is already private).
+    #[arg(long)]
+    plaintext: bool,
+    /// Cap the bytes per second this side sends.
+    #[arg(long)]
+    bandwidth: Option<u64>,
+    /// Compress memory pages with lz4.
+    #[arg(long)]
+    compress: bool,
+    /// Where the source keeps its images.
+    #[arg(long, default_value = "/var/tmp/phaul")]
+    work_dir: PathBuf,
+    /// Keep the source's images afterwards.
+    #[arg(long)]
+    keep_images: bool,
+    /// Skip the CPU compatibility check.
+    #[arg(long)]
+    skip_cpu_check: bool,
+    /// Skip the CRIU version check.
+    #[arg(long)]
+    skip_criu_check: bool,
+    /// The criu binary (default: criu on PATH).
+    #[arg(long)]
+    criu: Option<PathBuf>,
+    /// What to migrate: KIND ID, e.g. `pid 4242`.
+    #[arg(num_args = 2, value_names = ["KIND", "ID"], required = true)]
+    what: Vec<String>,
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("PHAUL_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let Cmd::Migrate(m) = Cli::parse().cmd;
+    match migrate(m).await {
+        Ok(true) => std::process::ExitCode::SUCCESS,
+        Ok(false) => std::process::ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("phaul: {e:#}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}
+
+async fn migrate(m: Migrate) -> anyhow::Result<bool> {
+    let htype = phaul_htypes::registry::source(&m.what[0], &m.what[1])?;
+    let key = SharedKey::from_file(&m.key_file)?;
+    let mut cfg = LinkConfig::new(key)
+        .bandwidth(m.bandwidth)
+        .compress(m.compress);
+    if m.plaintext {
+        cfg = cfg.plaintext();
+    }
+    if let Some(p) = &m.pin {
+        cfg = cfg.pin(phaul_transport::tls::parse_fingerprint(p)?);
+    }
+    let rpc = match &m.criu {
+        Some(b) => criu_rpc::Criu::with_binary(b),
+        None => criu_rpc::Criu::new(),
+    }
+    .quiet(true);
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut mig = Migration::new(Criu::new(rpc), m.to.clone(), cfg, htype)
+        .mode(m.mode)
+        .fallback(m.fallback)
+        .work_dir(&m.work_dir)
+        .keep_images(m.keep_images)
+        .skip_cpu_check(m.skip_cpu_check)
+        .skip_version_check(m.skip_criu_check)
+        .progress(tx);
+    mig = match m.downtime_ms {
+        Some(ms) => mig.policy(Box::new(DowntimeBudget {
+            budget: Duration::from_millis(ms),
+            ..Default::default()
+        })),
+        None => mig.policy(Box::new(PhaulRules::default())),
+    };
+    let cancel = mig.cancel_handle();
+    let bar = ProgressBar::new_spinner();
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {elapsed_precise} {msg}")
+            .expect("a valid template"),
+    );
+    bar.enable_steady_tick(Duration::from_millis(100));
+    let ui = tokio::spawn(async move {
+        let mut phase = String::from("pre-flight");
+        let mut bytes = 0u64;
+        while let Some(p) = rx.recv().await {
+            match p {
+                Progress::Phase(ph) => phase = ph.to_string(),
+                Progress::Mode(c) => bar.println(format!("mode {}: {}", c.mode, c.reason)),
+                Progress::Bytes(b) => bytes = b,
+                Progress::Iteration(it) => bar.println(format!(
+                    "iteration {} ({}): {} pages written, {:.1} MiB sent",
+                    it.iteration,
+                    it.kind,
+                    it.pages_written,
+                    it.bytes_sent as f64 / 1048576.0
+                )),
+                Progress::Decision(d) => bar.println(format!("pre-copy: {d:?}")),
+                Progress::Frozen => bar.println("source frozen"),
+                Progress::Resumed(d) => bar.println(format!(
+                    "target running; downtime {:.1} ms",
+                    d.as_secs_f64() * 1e3
+                )),
+                Progress::RollingBack(why) => bar.println(format!("rolling back: {why}")),
+                _ => {}
+            }
+            bar.set_message(format!("{phase}  {:.1} MiB", bytes as f64 / 1048576.0));
+        }
+        bar.finish_and_clear();
+    });
+    let mut run = tokio::spawn(mig.run());
+    let report = tokio::select! {
+        r = &mut run => r.context("the migration task")?,
+        _ = tokio::signal::ctrl_c() => {
+            eprintln!("cancelling: the source is resumed unless the target already runs it");
+            cancel.cancel();
+            run.await.context("the migration task")?
+        }
+    };
+    let _ = ui.await;
+    println!("{report}");
+    if let Some(p) = &m.json {
+        std::fs::write(p, report.to_json()).with_context(|| format!("writing {}", p.display()))?;
+    }
+    Ok(report.success)
+}
