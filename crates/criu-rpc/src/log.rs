@@ -58,9 +58,16 @@ impl LogExcerpt {
         })
     }
 
-    /// The last error line that is not known to be harmless.
+    /// The last error line that says what went wrong: not a known-harmless
+    /// one, and not CRIU's closing summary ("Dumping FAILED.") when a more
+    /// specific line precedes it.
     pub fn last_error(&self) -> Option<&str> {
-        self.errors.last().map(String::as_str)
+        let specific = self
+            .errors
+            .iter()
+            .rev()
+            .find(|l| !l.trim_end().ends_with("FAILED."));
+        specific.or(self.errors.last()).map(String::as_str)
     }
 }
 

@@ -370,31 +370,43 @@ impl<C: SourceCriu> Migration<C> {
             pid,
             dir: dir.to_path_buf(),
         };
+        let res = self
+            .run_mode(stats, &mut ctl, &mut images, &ctx, &choice)
+            .await;
+        // Close both channels cleanly, so the target sees an orderly end.
+        let _ = images.writer.shutdown().await;
+        ctl.close().await;
+        res
+    }
+
+    async fn run_mode(
+        &self,
+        stats: &mut Ongoing,
+        ctl: &mut ControlClient,
+        images: &mut Link,
+        ctx: &Ctx,
+        choice: &ModeChoice,
+    ) -> Result<()> {
         match choice.mode {
             Mode::StopCopy => {
-                self.final_stop_copy(stats, &mut ctl, &mut images, &ctx, 0, false)
+                self.final_stop_copy(stats, ctl, images, ctx, 0, false)
                     .await
             }
             Mode::PreCopy => {
-                let (n, _) = self.pre_copy(stats, &mut ctl, &ctx).await?;
-                self.final_stop_copy(stats, &mut ctl, &mut images, &ctx, n, true)
-                    .await
+                let (n, _) = self.pre_copy(stats, ctl, ctx).await?;
+                self.final_stop_copy(stats, ctl, images, ctx, n, true).await
             }
             Mode::PostCopy => {
-                self.final_post_copy(stats, &mut ctl, &mut images, &ctx, 0, false)
+                self.final_post_copy(stats, ctl, images, ctx, 0, false)
                     .await
             }
             Mode::Hybrid => {
-                let (n, decision) = self.pre_copy(stats, &mut ctl, &ctx).await?;
+                let (n, decision) = self.pre_copy(stats, ctl, ctx).await?;
                 match decision {
                     Decision::Converged(_) => {
-                        self.final_stop_copy(stats, &mut ctl, &mut images, &ctx, n, true)
-                            .await
+                        self.final_stop_copy(stats, ctl, images, ctx, n, true).await
                     }
-                    _ => {
-                        self.final_post_copy(stats, &mut ctl, &mut images, &ctx, n, true)
-                            .await
-                    }
+                    _ => self.final_post_copy(stats, ctl, images, ctx, n, true).await,
                 }
             }
             Mode::Restart => Err(Error::UnsupportedMode {
@@ -678,8 +690,13 @@ impl<C: SourceCriu> Migration<C> {
                         crate::target::error_chain(&e)
                     ))
                 })?;
-                let report =
+                let mut report =
                     iteration_report(i, "lazy-dump", &st.unwrap_or_default(), sent, t0.elapsed());
+                // CRIU's frozen_time is meaningless after a lazy dump (it
+                // counts from an unset start); ours is the real freeze.
+                report.frozen_us = stats
+                    .downtime_so_far()
+                    .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
                 stats.record_iteration(report.clone());
                 self.emit(Progress::Iteration(report));
                 Ok(())

@@ -80,6 +80,8 @@ impl<T: TargetCriu> Service<T> {
             what: format!("creating {}", self.work_dir.display()),
             source,
         })?;
+        let _lock = lock_work_dir(&self.work_dir)?;
+        remove_stale_sessions(&self.work_dir);
         let this = Arc::new(self);
         let sessions: Sessions = Arc::default();
         tokio::pin!(shutdown);
@@ -163,6 +165,38 @@ impl<T: TargetCriu> Service<T> {
                     }
                 }
             }
+        }
+    }
+}
+
+/// Holds the work directory for this service alone: a second service on
+/// the same directory would remove the first one's sessions.
+fn lock_work_dir(dir: &Path) -> Result<nix::fcntl::Flock<std::fs::File>> {
+    let path = dir.join(".phaul-service.lock");
+    let f = std::fs::File::create(&path).map_err(|source| Error::Io {
+        what: format!("creating {}", path.display()),
+        source,
+    })?;
+    nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(|(_, e)| {
+        Error::Io {
+            what: format!("another phaul-service already uses {}", dir.display()),
+            source: e.into(),
+        }
+    })
+}
+
+/// Removes what a previous service on this directory left when it died
+/// (its sessions' images); a live service removes its own as it goes.
+fn remove_stale_sessions(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let id = name.strip_prefix("cpuinfo-").unwrap_or(&name);
+        if id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            warn!(dir = %e.path().display(), "removing a session left by a previous service");
+            let _ = std::fs::remove_dir_all(e.path());
         }
     }
 }

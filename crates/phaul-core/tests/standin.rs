@@ -86,8 +86,12 @@ async fn migrate(
     // Give the target's session a moment to wind down, then check it left
     // nothing behind.
     tokio::time::sleep(Duration::from_millis(200)).await;
+    // The service's lock file is its own, not a migration's.
     let left: Vec<_> = std::fs::read_dir(work.path().join("target"))
         .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .filter(|n| n != ".phaul-service.lock")
         .collect();
     assert!(left.is_empty(), "the target left {left:?}");
     let _ = stop_tx.send(());

@@ -9,6 +9,8 @@
 //! - [`Workload`]: a real process in its own PID namespace that holds memory
 //!   with a known pattern and keeps a counter, so a test can check that its
 //!   state survived a dump and restore.
+//! - [`Hosts`]: two "hosts", network namespaces joined by a veth pair, and
+//!   [`in_netns`] to run code inside one.
 //! - [`process_state`], [`kill_tree`], [`wait_until`]: small /proc helpers.
 
 use std::fs;
@@ -130,6 +132,12 @@ pub struct Workload {
 impl Workload {
     /// Starts a workload holding `mib` MiB and waits until it is filled.
     pub fn start(mib: u32) -> std::io::Result<Self> {
+        Self::start_in(None, mib)
+    }
+
+    /// Starts a workload inside network namespace `netns` (a name under
+    /// `/run/netns`), or in ours.
+    pub fn start_in(netns: Option<&str>, mib: u32) -> std::io::Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("phaul-workload-")
             .tempdir()?;
@@ -137,11 +145,24 @@ impl Workload {
         let script = dir.path().join("workload.py");
         fs::write(&script, WORKLOAD_PY)?;
         let out = dir.path().join("out");
-        let mut unshare = Command::new("unshare")
+        let mut cmd = match netns {
+            // nsenter execs unshare in place, so the child is still ours.
+            Some(ns) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net=/run/netns/{ns}")).arg("unshare");
+                c
+            }
+            None => Command::new("unshare"),
+        };
+        let mut unshare = cmd
             .args(["--pid", "--fork", "setsid", "python3"])
             .arg(&script)
             .arg(&out)
             .arg(mib.to_string())
+            // CRIU's parasite makes a fixed-name directory in a task's
+            // working directory to mount /proc for a task in another PID
+            // namespace; concurrent dumps of tasks sharing a cwd collide.
+            .current_dir(dir.path())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -218,4 +239,144 @@ impl Drop for Workload {
         let _ = self.unshare.kill();
         let _ = self.unshare.wait();
     }
+}
+
+/// Two "hosts" for migration tests: network namespaces `src` and `tgt`
+/// joined by a veth pair, with addresses [`Hosts::src_ip`] and
+/// [`Hosts::tgt_ip`]. Removed on drop.
+#[derive(Debug)]
+pub struct Hosts {
+    /// The source's network namespace name.
+    pub src: String,
+    /// The target's network namespace name.
+    pub tgt: String,
+    /// The source's address.
+    pub src_ip: String,
+    /// The target's address.
+    pub tgt_ip: String,
+}
+
+fn ip(args: &[&str]) -> std::io::Result<()> {
+    let out = Command::new("ip").args(args).output()?;
+    if !out.status.success() {
+        return Err(std::io::Error::other(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(())
+}
+
+impl Hosts {
+    /// Makes a fresh pair; names and subnet are unique to this process and
+    /// call, so tests can run in parallel.
+    pub fn new() -> std::io::Result<Self> {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static N: AtomicU32 = AtomicU32::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        let tag = (std::process::id() % 10_000) * 100 + n % 100;
+        let (src, tgt) = (format!("phs{tag}"), format!("pht{tag}"));
+        let (vs, vt) = (format!("pvs{tag}"), format!("pvt{tag}"));
+        // 10.(232+k).x.y/24: one subnet per pair.
+        let octet2 = 232 + (tag / 254 / 256) % 20;
+        let octet3 = (tag / 254) % 256;
+        let (src_ip, tgt_ip) = (
+            format!("10.{octet2}.{octet3}.1"),
+            format!("10.{octet2}.{octet3}.2"),
+        );
+        let hosts = Self {
+            src: src.clone(),
+            tgt: tgt.clone(),
+            src_ip: src_ip.clone(),
+            tgt_ip: tgt_ip.clone(),
+        };
+        ip(&["netns", "add", &src])?;
+        ip(&["netns", "add", &tgt])?;
+        ip(&["link", "add", &vs, "type", "veth", "peer", "name", &vt])?;
+        ip(&["link", "set", &vs, "netns", &src])?;
+        ip(&["link", "set", &vt, "netns", &tgt])?;
+        ip(&[
+            "-n",
+            &src,
+            "addr",
+            "add",
+            &format!("{src_ip}/24"),
+            "dev",
+            &vs,
+        ])?;
+        ip(&[
+            "-n",
+            &tgt,
+            "addr",
+            "add",
+            &format!("{tgt_ip}/24"),
+            "dev",
+            &vt,
+        ])?;
+        for (ns, dev) in [(&src, &vs), (&tgt, &vt)] {
+            ip(&["-n", ns, "link", "set", "lo", "up"])?;
+            ip(&["-n", ns, "link", "set", dev, "up"])?;
+        }
+        Ok(hosts)
+    }
+
+    /// `program` to be run inside host `ns` (argv, no shell).
+    pub fn command(ns: &str, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net=/run/netns/{ns}")).arg(program);
+        c
+    }
+
+    /// The TCP ports listening inside host `ns`.
+    pub fn listening_ports(ns: &str) -> Vec<u16> {
+        let out = Self::command(ns, "ss").args(["-Hltn"]).output();
+        let Ok(out) = out else { return Vec::new() };
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| {
+                l.split_whitespace()
+                    .nth(3)?
+                    .rsplit(':')
+                    .next()?
+                    .parse()
+                    .ok()
+            })
+            .collect()
+    }
+}
+
+impl Drop for Hosts {
+    fn drop(&mut self) {
+        // Deleting a namespace removes its end of the veth, and with it the
+        // other end.
+        let _ = ip(&["netns", "del", &self.src]);
+        let _ = ip(&["netns", "del", &self.tgt]);
+    }
+}
+
+/// Runs `f` on a new thread that has entered network namespace `ns`, with
+/// its own single-threaded tokio runtime; processes it starts (CRIU) are in
+/// that namespace too.
+pub fn in_netns<F, Fut, T>(ns: &str, f: F) -> std::thread::JoinHandle<T>
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = T>,
+    T: Send + 'static,
+{
+    let path = format!("/run/netns/{ns}");
+    std::thread::spawn(move || {
+        let file = fs::File::open(&path).unwrap_or_else(|e| panic!("opening {path}: {e}"));
+        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+            .unwrap_or_else(|e| panic!("entering {path}: {e}"));
+        let rt = tokio_runtime();
+        rt.block_on(f())
+    })
+}
+
+fn tokio_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
 }

@@ -23,6 +23,11 @@ impl ControlClient {
         &self.link
     }
 
+    /// Ends the channel cleanly (TLS close_notify, then FIN).
+    pub async fn close(mut self) {
+        let _ = self.link.writer.shutdown().await;
+    }
+
     /// Sends a request and waits for its response. An `Error` answer is
     /// [`Error::Remote`]; an answer to another request is a protocol error.
     pub async fn call(&mut self, body: request::Body) -> Result<response::Body> {

@@ -253,7 +253,13 @@ impl FrameReader {
         let mut head = [0u8; HEADER_LEN];
         let mut got = 0;
         while got < HEADER_LEN {
-            let n = self.inner.read(&mut head[got..]).await?;
+            let n = match self.inner.read(&mut head[got..]).await {
+                Ok(n) => n,
+                // TLS reports a peer that closed without close_notify as an
+                // unexpected EOF; between frames that is just a close.
+                Err(e) if got == 0 && e.kind() == std::io::ErrorKind::UnexpectedEof => 0,
+                Err(e) => return Err(e.into()),
+            };
             if n == 0 {
                 return Err(if got == 0 {
                     Error::Closed

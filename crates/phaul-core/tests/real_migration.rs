@@ -1,0 +1,590 @@
+//! Real migrations with real CRIU between two "hosts" (network namespaces
+//! joined by a veth pair): the source engine runs on a thread inside one,
+//! the target service on a thread inside the other. Each test checks the
+//! workload's state afterwards (its memory checksum and its counter) and
+//! that nothing is left behind. Needs root and CRIU 4; under `CI` their
+//! absence fails the tests (`phaul_testkit::require_criu`).
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc as std_mpsc;
+use std::time::Duration;
+
+use phaul_core::criu::{Criu, HeldRestore, LazyDaemon, PageServing, RestoreSpec, TargetCriu};
+use phaul_core::mode::HostCaps;
+use phaul_core::{Migration, Mode, Phase, Progress, Report, Service};
+use phaul_testkit::{Hosts, Workload, alive, in_netns, require_criu, wait_until};
+use phaul_transport::{LinkConfig, Listener, SharedKey};
+
+const KEY: &[u8] = b"real migration test key: 32 bytes";
+
+fn cfg() -> LinkConfig {
+    LinkConfig::new(SharedKey::new(KEY).unwrap())
+}
+
+fn criu(bin: &Path) -> Criu {
+    Criu::new(criu_rpc::Criu::with_binary(bin).quiet(true))
+}
+
+/// A target service running on its own thread inside the target host.
+struct Target {
+    addr: String,
+    work: tempfile::TempDir,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Target {
+    fn start<T: TargetCriu>(hosts: &Hosts, criu: T) -> Self {
+        Self::start_proxied(hosts, criu, None)
+    }
+
+    /// With `cut`, clients reach the service through a proxy that cuts the
+    /// `n`th connection (0-based) after `bytes` client bytes.
+    fn start_proxied<T: TargetCriu>(hosts: &Hosts, criu: T, cut: Option<(usize, usize)>) -> Self {
+        let work = tempfile::Builder::new()
+            .prefix("phaul-target-")
+            .tempdir()
+            .unwrap();
+        Self::start_in(hosts, criu, cut, work)
+    }
+
+    fn start_in<T: TargetCriu>(
+        hosts: &Hosts,
+        criu: T,
+        cut: Option<(usize, usize)>,
+        work: tempfile::TempDir,
+    ) -> Self {
+        let dir = work.path().to_path_buf();
+        let ip = hosts.tgt_ip.clone();
+        let (addr_tx, addr_rx) = std_mpsc::channel();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let thread = in_netns(&hosts.tgt, move || async move {
+            let listener = Listener::bind(&format!("{ip}:0")).await.unwrap();
+            let svc_addr = listener.local_addr().unwrap();
+            let public = match cut {
+                None => svc_addr.clone(),
+                Some((n, bytes)) => proxy(&ip, svc_addr.clone(), n, bytes).await,
+            };
+            addr_tx.send(public).unwrap();
+            let svc = Service::new(criu, cfg(), dir);
+            svc.serve(listener, async {
+                let _ = stop_rx.await;
+            })
+            .await
+            .unwrap();
+            // Returning drops this thread's runtime and every task on it,
+            // as a crash of the service would.
+        });
+        let addr = addr_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the service did not start");
+        Self {
+            addr,
+            work,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        }
+    }
+
+    /// Ends the service abruptly: its runtime, sessions and CRIU
+    /// connections all go away at once.
+    fn kill(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+
+    fn dir(&self) -> PathBuf {
+        self.work.path().to_path_buf()
+    }
+
+    /// Starts a new service on the same directory (after [`Target::kill`]).
+    fn restart<T: TargetCriu>(mut self, hosts: &Hosts, criu: T) -> Self {
+        self.kill();
+        let work = std::mem::replace(&mut self.work, tempfile::tempdir().unwrap());
+        Self::start_in(hosts, criu, None, work)
+    }
+}
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A TCP proxy that cuts connection number `nth` after `bytes` bytes from
+/// the client.
+async fn proxy(ip: &str, to: String, nth: usize, bytes: usize) -> String {
+    let l = tokio::net::TcpListener::bind(format!("{ip}:0"))
+        .await
+        .unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        let mut count = 0usize;
+        loop {
+            let Ok((mut c, _)) = l.accept().await else {
+                return;
+            };
+            let limit = (count == nth).then_some(bytes);
+            count += 1;
+            let to = to.clone();
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let Ok(mut s) = tokio::net::TcpStream::connect(&to).await else {
+                    return;
+                };
+                let (mut cr, mut cw) = c.split();
+                let (mut sr, mut sw) = s.split();
+                let up = async {
+                    let mut buf = vec![0u8; 16 * 1024];
+                    let mut sent = 0usize;
+                    loop {
+                        let n = cr.read(&mut buf).await.unwrap_or(0);
+                        if n == 0 {
+                            break;
+                        }
+                        let n = match limit {
+                            Some(l) if sent + n >= l => {
+                                let _ = sw.write_all(&buf[..l - sent]).await;
+                                break;
+                            }
+                            _ => n,
+                        };
+                        if sw.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                        sent += n;
+                    }
+                };
+                let down = tokio::io::copy(&mut sr, &mut cw);
+                tokio::select! {
+                    () = up => {}
+                    _ = down => {}
+                }
+                // Dropping both sockets cuts the connection.
+            });
+        }
+    });
+    addr
+}
+
+/// Runs a migration from the source host and returns its report.
+fn migrate(
+    src_ns: &str,
+    bin: &Path,
+    to: &str,
+    pid: i32,
+    mode: Mode,
+    tweak: impl FnOnce(Migration<Criu>) -> Migration<Criu> + Send + 'static,
+) -> (Report, PathBuf) {
+    let work = tempfile::Builder::new()
+        .prefix("phaul-source-")
+        .tempdir()
+        .unwrap()
+        .keep();
+    let (bin, to, w) = (bin.to_path_buf(), to.to_string(), work.clone());
+    let report = in_netns(src_ns, move || async move {
+        let htype = phaul_htypes::registry::source("pid", &pid.to_string()).unwrap();
+        let m = Migration::new(criu(&bin), to, cfg(), htype)
+            .mode(mode)
+            .work_dir(&w);
+        tokio::time::timeout(Duration::from_secs(300), tweak(m).run())
+            .await
+            .expect("the migration hung")
+    })
+    .join()
+    .expect("the source thread panicked");
+    (report, work)
+}
+
+fn netns_inode(path: &str) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).unwrap().ino()
+}
+
+/// The workload now runs as `pid` in the target host, intact, counting on.
+fn assert_moved(w: &mut Workload, hosts: &Hosts, r: &Report, dumped_at: u64) -> i32 {
+    assert!(r.success, "migration failed: {:?}", r.error);
+    let pid = r.target_pid.expect("a target pid");
+    w.adopt(pid);
+    assert!(alive(pid), "the restored process {pid} is not running");
+    assert_eq!(
+        netns_inode(&format!("/proc/{pid}/ns/net")),
+        netns_inode(&format!("/run/netns/{}", hosts.tgt)),
+        "the restored process is not in the target host"
+    );
+    assert_eq!(
+        w.memory_intact(pid),
+        Some(true),
+        "memory checksum after migration"
+    );
+    let c = w
+        .counter_passes(dumped_at, Duration::from_secs(20))
+        .expect("the counter does not continue");
+    assert!(c > dumped_at);
+    assert!(
+        wait_until(Duration::from_secs(10), || (!alive(w.pid)).then_some(())).is_some(),
+        "the source process is still there"
+    );
+    pid
+}
+
+/// The workload still runs on the source, intact, counting on.
+fn assert_stayed(w: &Workload, r: &Report) {
+    assert!(!r.success, "the migration was expected to fail");
+    assert!(alive(w.pid), "the source process is gone: {:?}", r.error);
+    let c = w.counter().unwrap();
+    assert!(
+        w.counter_passes(c, Duration::from_secs(20)).is_some(),
+        "the source is not running (still frozen?)"
+    );
+    assert_eq!(w.memory_intact(w.pid), Some(true));
+}
+
+/// Nothing left: no session or image directories, no listening ports in
+/// the source host, no process working in either directory.
+fn assert_clean(hosts: &Hosts, target_dir: &Path, source_dir: &Path) {
+    // The service's lock file is its own, not a migration's.
+    let leftovers = |d: &Path| -> Vec<String> {
+        std::fs::read_dir(d)
+            .map(|r| {
+                r.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n != ".phaul-service.lock")
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let empty = |d: &Path| leftovers(d).is_empty();
+    assert!(
+        wait_until(Duration::from_secs(60), || empty(target_dir).then_some(())).is_some(),
+        "the target left {:?}",
+        leftovers(target_dir)
+    );
+    assert!(
+        empty(source_dir),
+        "the source left files in {}",
+        source_dir.display()
+    );
+    assert_eq!(
+        Hosts::listening_ports(&hosts.src),
+        Vec::<u16>::new(),
+        "ports left open in the source host"
+    );
+    let needle = [
+        target_dir.to_string_lossy().into_owned(),
+        source_dir.to_string_lossy().into_owned(),
+    ];
+    let stray: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| std::fs::read(e.ok()?.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .filter(|c| needle.iter().any(|n| c.contains(n.as_str())))
+        .collect();
+    assert!(stray.is_empty(), "processes left behind: {stray:?}");
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !needle.iter().any(|n| mounts.contains(n.as_str())),
+        "mounts left behind"
+    );
+    let _ = std::fs::remove_dir_all(source_dir);
+}
+
+#[test]
+fn stop_copy_and_post_copy_move_a_workload_with_its_state() {
+    let Some(bin) = require_criu("stop_copy_and_post_copy_move_a_workload_with_its_state") else {
+        return;
+    };
+    for mode in [Mode::StopCopy, Mode::PostCopy] {
+        let hosts = Hosts::new().unwrap();
+        let target = Target::start(&hosts, criu(&bin));
+        let mut w = Workload::start_in(Some(&hosts.src), 64).unwrap();
+        let before = w.counter_passes(3, Duration::from_secs(10)).unwrap();
+        let (r, src_dir) = migrate(&hosts.src, &bin, &target.addr, w.pid, mode, |m| m);
+        assert_eq!(r.mode, mode.to_string());
+        assert_moved(&mut w, &hosts, &r, before);
+        assert!(r.downtime_ms.unwrap() > 0.0);
+        assert!(
+            r.bytes_transferred >= 64 << 20,
+            "{mode}: {} bytes",
+            r.bytes_transferred
+        );
+        assert_eq!(r.iterations, 1);
+        assert_clean(&hosts, &target.dir(), &src_dir);
+    }
+}
+
+#[test]
+fn auto_chooses_post_copy_here_and_says_why() {
+    let Some(bin) = require_criu("auto_chooses_post_copy_here_and_says_why") else {
+        return;
+    };
+    let hosts = Hosts::new().unwrap();
+    let target = Target::start(&hosts, criu(&bin));
+    let mut w = Workload::start_in(Some(&hosts.src), 16).unwrap();
+    let (r, src_dir) = migrate(&hosts.src, &bin, &target.addr, w.pid, Mode::Auto, |m| m);
+    assert_eq!(r.requested_mode, "auto");
+    assert_eq!(r.mode, "post-copy", "{}", r.mode_reason);
+    assert!(r.mode_reason.contains("lazy pages"), "{}", r.mode_reason);
+    assert!(r.mode_reason.contains("soft-dirty"), "{}", r.mode_reason);
+    assert_moved(&mut w, &hosts, &r, 0);
+    assert_clean(&hosts, &target.dir(), &src_dir);
+}
+
+#[test]
+fn pre_copy_here_names_the_missing_feature_or_falls_back() {
+    let Some(bin) = require_criu("pre_copy_here_names_the_missing_feature_or_falls_back") else {
+        return;
+    };
+    let hosts = Hosts::new().unwrap();
+    let target = Target::start(&hosts, criu(&bin));
+    let mut w = Workload::start_in(Some(&hosts.src), 16).unwrap();
+    let (r, src_dir) = migrate(&hosts.src, &bin, &target.addr, w.pid, Mode::PreCopy, |m| m);
+    let err = r.error.clone().unwrap_or_default();
+    assert!(err.contains("soft-dirty"), "{err}");
+    assert_stayed(&w, &r);
+    assert_clean(&hosts, &target.dir(), &src_dir);
+    let (r, src_dir) = migrate(&hosts.src, &bin, &target.addr, w.pid, Mode::PreCopy, |m| {
+        m.fallback(true)
+    });
+    assert_eq!(r.mode, "post-copy");
+    assert!(r.mode_reason.contains("falling back"), "{}", r.mode_reason);
+    assert_moved(&mut w, &hosts, &r, 0);
+    assert_clean(&hosts, &target.dir(), &src_dir);
+}
+
+/// CRIU on the target, but its restores fail for real: the restored task's
+/// core image is missing, and CRIU itself refuses.
+#[derive(Clone)]
+struct BrokenRestore(Criu);
+
+impl TargetCriu for BrokenRestore {
+    async fn version(&self) -> phaul_core::Result<String> {
+        TargetCriu::version(&self.0).await
+    }
+    async fn features(&self) -> phaul_core::Result<HostCaps> {
+        TargetCriu::features(&self.0).await
+    }
+    async fn cpuinfo_check(&self, c: Vec<u8>, s: &Path) -> phaul_core::Result<()> {
+        self.0.cpuinfo_check(c, s).await
+    }
+    async fn page_server(
+        &self,
+        d: PathBuf,
+        p: Option<String>,
+        fd: std::os::fd::OwnedFd,
+    ) -> phaul_core::Result<PageServing> {
+        self.0.page_server(d, p, fd).await
+    }
+    async fn lazy_pages(&self, d: PathBuf, port: u16) -> phaul_core::Result<LazyDaemon> {
+        self.0.lazy_pages(d, port).await
+    }
+    async fn restore(&self, spec: RestoreSpec) -> phaul_core::Result<HeldRestore> {
+        for e in std::fs::read_dir(&spec.images_dir).unwrap().flatten() {
+            if e.file_name().to_string_lossy().starts_with("core-") {
+                std::fs::remove_file(e.path()).unwrap();
+            }
+        }
+        self.0.restore(spec).await
+    }
+}
+
+#[test]
+fn a_restore_failing_on_the_target_leaves_the_source_running() {
+    let Some(bin) = require_criu("a_restore_failing_on_the_target_leaves_the_source_running")
+    else {
+        return;
+    };
+    for mode in [Mode::StopCopy, Mode::PostCopy] {
+        let hosts = Hosts::new().unwrap();
+        let target = Target::start(&hosts, BrokenRestore(criu(&bin)));
+        let w = Workload::start_in(Some(&hosts.src), 32).unwrap();
+        w.counter_passes(2, Duration::from_secs(10)).unwrap();
+        let (r, src_dir) = migrate(&hosts.src, &bin, &target.addr, w.pid, mode, |m| m);
+        assert_stayed(&w, &r);
+        assert_eq!(r.phase_reached, Phase::Rollback, "{mode}");
+        assert!(
+            r.error.as_deref().unwrap().contains("CRIU on the target"),
+            "{:?}",
+            r.error
+        );
+        assert_clean(&hosts, &target.dir(), &src_dir);
+    }
+}
+
+/// Restores for real, then tells the test and never answers: the test then
+/// kills the service while the restored tree is held.
+#[derive(Clone)]
+struct StallAfterRestore(
+    Criu,
+    std::sync::Arc<std::sync::Mutex<Option<std_mpsc::Sender<i32>>>>,
+);
+
+impl TargetCriu for StallAfterRestore {
+    async fn version(&self) -> phaul_core::Result<String> {
+        TargetCriu::version(&self.0).await
+    }
+    async fn features(&self) -> phaul_core::Result<HostCaps> {
+        TargetCriu::features(&self.0).await
+    }
+    async fn cpuinfo_check(&self, c: Vec<u8>, s: &Path) -> phaul_core::Result<()> {
+        self.0.cpuinfo_check(c, s).await
+    }
+    async fn page_server(
+        &self,
+        d: PathBuf,
+        p: Option<String>,
+        fd: std::os::fd::OwnedFd,
+    ) -> phaul_core::Result<PageServing> {
+        self.0.page_server(d, p, fd).await
+    }
+    async fn lazy_pages(&self, d: PathBuf, port: u16) -> phaul_core::Result<LazyDaemon> {
+        self.0.lazy_pages(d, port).await
+    }
+    async fn restore(&self, spec: RestoreSpec) -> phaul_core::Result<HeldRestore> {
+        let held = self.0.restore(spec).await?;
+        if let Some(tx) = self.1.lock().unwrap().take() {
+            let _ = tx.send(held.pid);
+        }
+        std::future::pending::<()>().await;
+        Ok(held)
+    }
+}
+
+#[test]
+fn the_target_service_dying_mid_migration_leaves_the_source_running() {
+    let Some(bin) =
+        require_criu("the_target_service_dying_mid_migration_leaves_the_source_running")
+    else {
+        return;
+    };
+    for mode in [Mode::StopCopy, Mode::PostCopy] {
+        let hosts = Hosts::new().unwrap();
+        let (tx, rx) = std_mpsc::channel();
+        let slot = std::sync::Arc::new(std::sync::Mutex::new(Some(tx)));
+        let mut target = Target::start(&hosts, StallAfterRestore(criu(&bin), slot));
+        let w = Workload::start_in(Some(&hosts.src), 32).unwrap();
+        let (bin2, addr, pid) = (bin.clone(), target.addr.clone(), w.pid);
+        let src_ns = hosts.src.clone();
+        let (src_tx, src_rx) = std_mpsc::channel();
+        let runner = std::thread::spawn(move || {
+            src_tx
+                .send(migrate(&src_ns, &bin2, &addr, pid, mode, |m| m))
+                .unwrap();
+        });
+        let restored = rx
+            .recv_timeout(Duration::from_secs(120))
+            .expect("the target never restored");
+        assert!(alive(restored), "the held restore is not there");
+        target.kill();
+        let (r, src_dir) = src_rx
+            .recv_timeout(Duration::from_secs(120))
+            .expect("the source never finished");
+        runner.join().unwrap();
+        assert_stayed(&w, &r);
+        // The target's held copy died with the service's connection to CRIU.
+        assert!(
+            wait_until(Duration::from_secs(20), || (!alive(restored)).then_some(())).is_some(),
+            "{mode}: the target's copy survived"
+        );
+        // A killed service cannot clean up; the next one on its directory
+        // removes what it left.
+        let target = target.restart(&hosts, criu(&bin));
+        assert_clean(&hosts, &target.dir(), &src_dir);
+    }
+}
+
+#[test]
+fn a_connection_cut_during_the_image_stream_leaves_the_source_running() {
+    let Some(bin) =
+        require_criu("a_connection_cut_during_the_image_stream_leaves_the_source_running")
+    else {
+        return;
+    };
+    for mode in [Mode::StopCopy, Mode::PostCopy] {
+        let hosts = Hosts::new().unwrap();
+        // Connection 1 is the image channel (0 is control); cut it 8 KiB in,
+        // which is past its handshake and inside the first batch.
+        let target = Target::start_proxied(&hosts, criu(&bin), Some((1, 8 * 1024)));
+        let w = Workload::start_in(Some(&hosts.src), 32).unwrap();
+        let (r, src_dir) = migrate(&hosts.src, &bin, &target.addr, w.pid, mode, |m| m);
+        assert_stayed(&w, &r);
+        assert_eq!(r.phase_reached, Phase::Rollback, "{mode}: {:?}", r.error);
+        assert_clean(&hosts, &target.dir(), &src_dir);
+    }
+}
+
+#[test]
+fn cancelling_during_the_final_phase_leaves_the_source_running() {
+    let Some(bin) = require_criu("cancelling_during_the_final_phase_leaves_the_source_running")
+    else {
+        return;
+    };
+    for (mode, at) in [
+        (Mode::StopCopy, Phase::ImageTransfer),
+        (Mode::PostCopy, Phase::Restore),
+    ] {
+        let hosts = Hosts::new().unwrap();
+        let target = Target::start(&hosts, criu(&bin));
+        let w = Workload::start_in(Some(&hosts.src), 32).unwrap();
+        let (r, src_dir) = migrate(&hosts.src, &bin, &target.addr, w.pid, mode, move |m| {
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+            let cancel = m.cancel_handle();
+            tokio::spawn(async move {
+                while let Some(p) = rx.recv().await {
+                    if p == Progress::Phase(at) {
+                        cancel.cancel();
+                    }
+                }
+            });
+            m.progress(tx)
+        });
+        assert_stayed(&w, &r);
+        assert_eq!(r.error.as_deref(), Some("cancelled"), "{mode}");
+        assert_clean(&hosts, &target.dir(), &src_dir);
+    }
+}
+
+#[test]
+fn four_migrations_at_once_to_one_service() {
+    let Some(bin) = require_criu("four_migrations_at_once_to_one_service") else {
+        return;
+    };
+    let hosts = Hosts::new().unwrap();
+    let target = Target::start(&hosts, criu(&bin));
+    let mut ws: Vec<Workload> = (0..4)
+        .map(|_| Workload::start_in(Some(&hosts.src), 16).unwrap())
+        .collect();
+    let runs: Vec<_> = ws
+        .iter()
+        .enumerate()
+        .map(|(i, w)| {
+            let (bin, addr, pid, src) =
+                (bin.clone(), target.addr.clone(), w.pid, hosts.src.clone());
+            let mode = if i % 2 == 0 {
+                Mode::PostCopy
+            } else {
+                Mode::StopCopy
+            };
+            std::thread::spawn(move || {
+                migrate(&src, &bin, &addr, pid, mode, |m| {
+                    m.keep_images(std::env::var_os("PHAUL_KEEP").is_some())
+                })
+            })
+        })
+        .collect();
+    let results: Vec<(Report, PathBuf)> = runs.into_iter().map(|t| t.join().unwrap()).collect();
+    let mut pids = Vec::new();
+    for (w, (r, _)) in ws.iter_mut().zip(&results) {
+        pids.push(assert_moved(w, &hosts, r, 0));
+    }
+    pids.sort_unstable();
+    pids.dedup();
+    assert_eq!(pids.len(), 4);
+    for (_, d) in &results {
+        assert_clean(&hosts, &target.dir(), d);
+    }
+}
