@@ -4,9 +4,11 @@
 //! cargo run --example phaul -- migrate --to 10.200.0.2:7070 --key-file key \
 //!     --mode auto --json report.json pid 4242
 //! ```
-//! Modes: auto, stop-copy, post-copy, pre-copy, hybrid, restart. The exit
-//! status is 0 only when the tree runs on the target; `--json` writes the
-//! final report either way.
+//! Modes: auto, stop-copy, post-copy, pre-copy, hybrid, restart. Exit
+//! status: 0 only when the tree runs on the target; 1 when the migration
+//! failed (the source still runs it); 2 when the request was refused before
+//! anything started (a bad PID, an unreadable key). `--json` writes the
+//! report in every case.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 use std::path::PathBuf;
@@ -96,11 +98,26 @@ async fn main() -> std::process::ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let Cmd::Migrate(m) = Cli::parse().cmd;
+    let (json, mode) = (m.json.clone(), m.mode);
     match migrate(m).await {
         Ok(true) => std::process::ExitCode::SUCCESS,
         Ok(false) => std::process::ExitCode::FAILURE,
         Err(e) => {
             eprintln!("phaul: {e:#}");
+            // Refused before anything started: the report says so too, so
+            // an orchestrator reading --json always finds one.
+            if let Some(p) = json {
+                let r = serde_json::json!({
+                    "success": false,
+                    "mode": mode.to_string(),
+                    "downtime_ms": null,
+                    "total_ms": 0.0,
+                    "iterations": 0,
+                    "bytes_transferred": 0,
+                    "error": format!("{e:#}"),
+                });
+                let _ = std::fs::write(p, r.to_string());
+            }
             std::process::ExitCode::from(2)
         }
     }

@@ -4,8 +4,8 @@
 //! target has restored, and its state checked afterwards.
 //!
 //! ```text
-//! sudo ./scripts/setup.sh && sudo cargo run --release --example demo
-//! cargo run --release --example demo -- --mib 512     # a bigger workload
+//! sudo ./scripts/setup.sh && sudo cargo run --release --example criu-rpc-demo
+//! cargo run --release --example criu-rpc-demo -- --mib 512     # a bigger workload
 //! ```
 //!
 //! The workload is a python process that fills memory with a known pattern

@@ -1,0 +1,283 @@
+//! The `phaul` and `phaul-service` example binaries, as a user runs them:
+//! exit status, the `--json` report, and bad input. The migration test
+//! needs root and CRIU 4 (skipped locally without them, a failure under CI).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use phaul_testkit::{Hosts, Workload, alive, require_criu, wait_until};
+
+/// A binary built by `cargo test` from `examples/`.
+fn example(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    // target/<profile>/deps/cli-HASH -> target/<profile>/examples/NAME
+    let p = exe
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("examples")
+        .join(name);
+    assert!(
+        p.exists(),
+        "{} is not built (cargo test builds examples)",
+        p.display()
+    );
+    p
+}
+
+fn key_file(dir: &Path, content: &str, mode: u32) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let p = dir.join(format!("key-{mode:o}-{}", content.len()));
+    std::fs::write(&p, content).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+    p
+}
+
+struct Run {
+    status: i32,
+    stderr: String,
+    json: serde_json::Value,
+}
+
+fn phaul(dir: &Path, ns: Option<&str>, args: &[&str]) -> Run {
+    let json = dir.join(format!(
+        "report-{}.json",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    ));
+    let mut cmd = match ns {
+        Some(ns) => Hosts::command(ns, example("phaul")),
+        None => Command::new(example("phaul")),
+    };
+    let out = cmd
+        .arg("migrate")
+        .arg("--json")
+        .arg(&json)
+        .arg("--work-dir")
+        .arg(dir.join("source"))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let json = std::fs::read_to_string(&json)
+        .map(|s| serde_json::from_str(&s).unwrap())
+        .unwrap_or(serde_json::Value::Null);
+    Run {
+        status: out.status.code().unwrap_or(-1),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        json,
+    }
+}
+
+fn assert_report_keys(v: &serde_json::Value) {
+    for k in [
+        "success",
+        "mode",
+        "downtime_ms",
+        "total_ms",
+        "iterations",
+        "bytes_transferred",
+        "error",
+    ] {
+        assert!(v.get(k).is_some(), "the report lacks {k:?}: {v}");
+    }
+}
+
+#[test]
+fn bad_pids_and_bad_keys_are_refused_before_anything_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = key_file(dir.path(), "a shared secret of 32 bytes here", 0o600);
+    let k = key.to_str().unwrap();
+    let missing = (400_000..4_000_000)
+        .find(|p| !Path::new(&format!("/proc/{p}")).exists())
+        .unwrap()
+        .to_string();
+    for (pid, expect) in [
+        (missing.as_str(), "no process with PID"),
+        ("1", "host's init"),
+        ("12; reboot", "not a positive decimal number"),
+        ("$(id)", "not a positive decimal number"),
+    ] {
+        let r = phaul(
+            dir.path(),
+            None,
+            &["--to", "127.0.0.1:1", "--key-file", k, "pid", pid],
+        );
+        assert_eq!(r.status, 2, "{pid}: {}", r.stderr);
+        assert!(r.stderr.contains(expect), "{pid}: {}", r.stderr);
+        assert_report_keys(&r.json);
+        assert_eq!(r.json["success"], false);
+    }
+    let mut sleeper = Command::new("sleep").arg("30").spawn().unwrap();
+    let pid = sleeper.id().to_string();
+    let short = key_file(dir.path(), "short", 0o600);
+    let r = phaul(
+        dir.path(),
+        None,
+        &[
+            "--to",
+            "127.0.0.1:1",
+            "--key-file",
+            short.to_str().unwrap(),
+            "pid",
+            &pid,
+        ],
+    );
+    assert_eq!(r.status, 2);
+    assert!(r.stderr.contains("at least 16 are needed"), "{}", r.stderr);
+    let open = key_file(dir.path(), "a shared secret of 32 bytes here", 0o644);
+    let r = phaul(
+        dir.path(),
+        None,
+        &[
+            "--to",
+            "127.0.0.1:1",
+            "--key-file",
+            open.to_str().unwrap(),
+            "pid",
+            &pid,
+        ],
+    );
+    assert_eq!(r.status, 2);
+    assert!(r.stderr.contains("chmod 600"), "{}", r.stderr);
+    let r = phaul(
+        dir.path(),
+        None,
+        &[
+            "--to",
+            "127.0.0.1:1",
+            "--key-file",
+            k,
+            "lxc; rm -rf /",
+            &pid,
+        ],
+    );
+    assert_eq!(r.status, 2);
+    assert!(r.stderr.contains("unknown kind"), "{}", r.stderr);
+    sleeper.kill().unwrap();
+    sleeper.wait().unwrap();
+}
+
+fn service(hosts: &Hosts, key: &Path, work: &Path) -> (Child, String) {
+    let log = work.join("service.log");
+    let child = Hosts::command(&hosts.tgt, example("phaul-service"))
+        .args(["--listen", &format!("{}:7070", hosts.tgt_ip), "--key-file"])
+        .arg(key)
+        .arg("--work-dir")
+        .arg(work.join("target"))
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until(Duration::from_secs(20), || {
+        std::fs::read_to_string(&log)
+            .ok()
+            .filter(|s| s.contains("listening on"))
+            .map(drop)
+    })
+    .expect("phaul-service did not start");
+    (child, format!("{}:7070", hosts.tgt_ip))
+}
+
+#[test]
+fn the_cli_migrates_for_real_and_refuses_a_wrong_key_or_a_missing_service() {
+    let Some(_) =
+        require_criu("the_cli_migrates_for_real_and_refuses_a_wrong_key_or_a_missing_service")
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let hosts = Hosts::new().unwrap();
+    let key = key_file(dir.path(), "the demo key, which is long enough", 0o600);
+    let (mut svc, addr) = service(&hosts, &key, dir.path());
+    let mut w = Workload::start_in(Some(&hosts.src), 32).unwrap();
+    let pid = w.pid.to_string();
+
+    // A wrong key: refused, and the workload is untouched.
+    let wrong = key_file(dir.path(), "not the key the service holds!!!", 0o600);
+    let r = phaul(
+        dir.path(),
+        Some(&hosts.src),
+        &[
+            "--to",
+            &addr,
+            "--key-file",
+            wrong.to_str().unwrap(),
+            "pid",
+            &pid,
+        ],
+    );
+    assert_eq!(r.status, 1, "{}", r.stderr);
+    assert_report_keys(&r.json);
+    assert!(
+        r.json["error"]
+            .as_str()
+            .unwrap()
+            .contains("authentication failed"),
+        "{}",
+        r.json
+    );
+    assert!(alive(w.pid));
+
+    // No service there: a clear error, the workload untouched.
+    let r = phaul(
+        dir.path(),
+        Some(&hosts.src),
+        &[
+            "--to",
+            &format!("{}:7071", hosts.tgt_ip),
+            "--key-file",
+            key.to_str().unwrap(),
+            "pid",
+            &pid,
+        ],
+    );
+    assert_eq!(r.status, 1);
+    assert!(
+        r.json["error"]
+            .as_str()
+            .unwrap()
+            .contains("link to the other host"),
+        "{}",
+        r.json
+    );
+    let c = w.counter().unwrap();
+    assert!(w.counter_passes(c, Duration::from_secs(10)).is_some());
+
+    // The real thing.
+    let before = w.counter().unwrap();
+    let r = phaul(
+        dir.path(),
+        Some(&hosts.src),
+        &[
+            "--to",
+            &addr,
+            "--key-file",
+            key.to_str().unwrap(),
+            "--mode",
+            "stop-copy",
+            "pid",
+            &pid,
+        ],
+    );
+    assert_eq!(r.status, 0, "{}\n{}", r.stderr, r.json);
+    assert_report_keys(&r.json);
+    assert_eq!(r.json["success"], true);
+    assert_eq!(r.json["mode"], "stop-copy");
+    assert!(r.json["error"].is_null());
+    assert!(r.json["downtime_ms"].as_f64().unwrap() > 0.0);
+    assert_eq!(r.json["iterations"], 1);
+    let new = i32::try_from(r.json["target_pid"].as_i64().unwrap()).unwrap();
+    w.adopt(new);
+    assert!(alive(new));
+    assert_eq!(w.memory_intact(new), Some(true));
+    assert!(w.counter_passes(before, Duration::from_secs(10)).is_some());
+    assert!(wait_until(Duration::from_secs(10), || (!alive(w.pid)).then_some(())).is_some());
+    let _ = svc.kill();
+    let _ = svc.wait();
+}
