@@ -9,11 +9,11 @@
 //! Poisoning writes such a command, which is how a post-copy migration is
 //! rolled back before the target runs.
 //!
-//! A guarded relay ([`PageRelay::spawn_guarded`]) goes further for that
+//! A guarded relay (`PageRelay::spawn_guarded`) goes further for that
 //! connection: until the migration commits, an end of stream or an error
 //! from the peer is turned into poison instead of being passed on as a
 //! clean close, and the socket to CRIU is set to reset rather than close
-//! cleanly ([`reset_on_close`]), so even a crash of this process resumes the
+//! cleanly (`reset_on_close`), so even a crash of this process resumes the
 //! tree rather than ending it.
 
 use std::sync::Arc;

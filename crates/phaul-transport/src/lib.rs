@@ -47,31 +47,42 @@
 //!
 //! # Migration sequences (control channel, with the streams beside it)
 //!
+//! Every mode ends with the same two-phase switch-over: the target restores
+//! the tree but holds it stopped (CRIU's `post-restore`) and answers
+//! `Restored`; the source then sends `Commit`, the target lets the tree run
+//! and answers `Committed`, and only then does the source end its own copy.
+//! Until `Committed` arrives, any failure resumes the source and the target
+//! kills what it restored.
+//!
 //! Stop-and-copy: memory goes straight to a page server on the target while
 //! the tree is frozen; the source stays frozen (CRIU's `post-dump` held)
-//! until the target has restored.
+//! until the commit.
 //!
 //! ```text
 //!  source                                            target
-//!    | -- Preflight {criu version, features, cpuinfo} ->|
+//!    | -- Preflight {criu version, features, cpuinfo} ->|  CPUINFO_CHECK
 //!    | <- PreflightReply {version, features, cpu ok} ---|
-//!    | -- Begin {htype, params, mode} ----------------->|
+//!    | -- Begin {htype, params, mode} ----------------->|  validates the htype
 //!    | <- Begun ----------------------------------------|
-//!    | -- StartPageServer {iteration 0} --------------->|
-//!    | <- PageServerReady ------------------------------|
-//!    |    criu dump (frozen) == PAGES stream ==> page server
+//!    |    (PAGES channel joins the session)
+//!    | -- StartPageServer {iteration 0} --------------->|  PAGE_SERVER_CHLD on
+//!    | <- PageServerReady ------------------------------|  a socketpair (ps.fd)
+//!    |    DUMP (frozen) == PAGES ==> page server
 //!    |    post-dump: hold
-//!    |    images == IMAGES stream (BatchEnd/BatchAck) ==>
-//!    | -- Restore {iteration 0} ----------------------->|  criu restore
-//!    | <- Restored {pid} -------------------------------|
-//!    |    post-dump: answer success (source ended)
-//!    | -- Commit --------------------------------------->|
+//!    | -- Images {0} ---------------------------------->|
+//!    |    == IMAGES: FileBegin/Data/FileEnd.. BatchEnd ==>
+//!    | <- ImagesStored (files synced) ------------------|
+//!    | -- Restore {0} --------------------------------->|  RESTORE, held at
+//!    | <- Restored {pid} -------------------------------|  post-restore
+//!    | -- Commit --------------------------------------->|  tree runs
 //!    | <- Committed ------------------------------------|
+//!    |    post-dump: answer success (source ended)
 //! ```
 //!
 //! Pre-copy: iterations `0..n-1` are pre-dumps while the tree runs, each
-//! with its own `StartPageServer {iteration i, has_parent}`; the final
-//! iteration is the stop-and-copy above with `has_parent` set.
+//! with its own PAGES channel and `StartPageServer {i, has_parent}`; the
+//! final iteration is the stop-and-copy above with `has_parent` set, so
+//! only pages dirtied since the last pre-dump travel while frozen.
 //!
 //! Post-copy (lazy pages): the source dumps everything but memory and
 //! serves pages on demand; the target resumes at once.
@@ -79,36 +90,39 @@
 //! ```text
 //!  source                                            target
 //!    | -- Preflight / Begin (as above) --------------->|
-//!    |    criu dump --lazy-pages (frozen; page server on loopback)
-//!    |    images == IMAGES stream ==>
-//!    | -- Restore {lazy} ------------------------------>|  lazy-pages daemon
-//!    |                                                  |  connects to loopback;
-//!    |    <== PAGES stream (faults and prefetch) ==>    |  relayed both ways
-//!    | <- Restored {pid} -------------------------------|  (running now)
-//!    |    ... remaining pages pulled; dump ends, source ended
-//!    | -- Commit --------------------------------------->|
+//!    |    DUMP --lazy-pages (frozen; page server on a port phaul guards)
+//!    |    phaul connects to it on loopback; PAGES channel joins
+//!    | -- Images {0} / IMAGES batch / ImagesStored ---->|
+//!    | -- Restore {0, lazy} --------------------------->|  lazy-pages daemon ->
+//!    |    <== PAGES: daemon <-> CRIU's page server ==>  |  loopback -> relay;
+//!    | <- Restored {pid} -------------------------------|  RESTORE held
+//!    | -- Commit --------------------------------------->|  tree runs, faults
+//!    | <- Committed ------------------------------------|  pull pages
+//!    |    ... the remaining pages are pulled; the dump ends, source ended
 //! ```
 //!
-//! Hybrid is pre-copy iterations followed by the post-copy final phase.
-//! Restart (cold) has no memory at all: `Begin`, file-system sync on the FS
-//! stream, stop on the source, final sync, then `Restore` starts the
-//! workload anew on the target. At any point before `Restored`, the source
-//! may send `Abort` (or simply drop the link); the target removes what it
-//! made and the source resumes its tree.
+//! Hybrid is pre-copy iterations followed by the post-copy final phase (or
+//! the stop-and-copy one if pre-copy converged). At any point before
+//! `Committed`, the source may send `Abort` (or simply drop the link); the
+//! target removes what it made and the source resumes its tree. After
+//! `Committed`, post-copy cannot be undone: the target runs the tree and
+//! needs the source's pages.
 //!
 //! # Keeping CRIU's page servers private
 //!
 //! CRIU's page server is plain, unauthenticated TCP, and a lazy dump's
 //! server listens on every interface of the source's network namespace
 //! (CRIU ignores the address it is given). phaul never lets the network
-//! reach either: on the target, CRIU's page server is handed one end of a
-//! socketpair (`ps.fd`) and never listens at all; on the source, the lazy
-//! dump listens on a port that phaul picks in the workload's network
-//! namespace, and only phaul's own relay connects to it, through loopback;
-//! the bytes cross hosts on the authenticated PAGES channel ([`relay`]).
-//! The engine also drops, for the time of the dump, any connection to that
-//! port that does not come from loopback (an iptables rule in that network
-//! namespace), so nothing but the relay can read memory from it.
+//! reach either:
+//! - on the target, CRIU's page server is handed one end of a socketpair
+//!   (`ps.fd`) and listens on nothing; the lazy-pages daemon connects to a
+//!   listener of phaul-service on 127.0.0.1 that accepts once;
+//! - on the source, the lazy dump listens on a port phaul picks, phaul
+//!   connects to it through loopback at once (CRIU serves one connection),
+//!   and for the time of the dump an iptables rule in that network
+//!   namespace drops connections to the port from anywhere but loopback;
+//! - in both directions the bytes cross hosts only on the authenticated
+//!   PAGES channel ([`relay()`], and the engine's own relay in `phaul-core`).
 //!
 //! # Layout
 //! - [`frame`]: the frame header, kinds, limits, lz4 payloads.
@@ -118,7 +132,7 @@
 //! - [`tls`]: certificates and the rustls set-up.
 //! - [`control`]: request/response on the control channel.
 //! - [`images`]: the image stream: a directory's files, checked and synced.
-//! - [`relay`]: byte streams (pages, file systems).
+//! - [`mod@relay`]: byte streams (pages, file systems).
 //! - [`error`]: [`Error`], this crate's one error type.
 //! - [`proto`]: the generated messages.
 
