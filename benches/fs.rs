@@ -1,0 +1,3 @@
+//! placeholder: being written
+#![allow(missing_docs)]
+fn main() {}
