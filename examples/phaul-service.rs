@@ -39,6 +39,9 @@ struct Args {
     /// Turn TLS off (only on a link that is already private).
     #[arg(long)]
     plaintext: bool,
+    /// Where LXC keeps containers on this host.
+    #[arg(long, default_value = phaul_htypes::lxc::DEFAULT_LXCPATH)]
+    lxcpath: PathBuf,
 }
 
 #[tokio::main]
@@ -81,6 +84,9 @@ async fn main() -> anyhow::Result<()> {
     };
     Service::new(Criu::new(rpc), cfg, &args.work_dir)
         .keep_images(args.keep_images)
+        .htype_paths(phaul_htypes::registry::Paths {
+            lxcpath: args.lxcpath.clone(),
+        })
         .serve(listener, shutdown)
         .await?;
     Ok(())

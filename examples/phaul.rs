@@ -83,7 +83,10 @@ struct Migrate {
     /// The criu binary (default: criu on PATH).
     #[arg(long)]
     criu: Option<PathBuf>,
-    /// What to migrate: KIND ID, e.g. `pid 4242`.
+    /// Where LXC keeps containers on this host.
+    #[arg(long, default_value = phaul_htypes::lxc::DEFAULT_LXCPATH)]
+    lxcpath: PathBuf,
+    /// What to migrate: KIND ID, e.g. `pid 4242` or `lxc web1`.
     #[arg(num_args = 2, value_names = ["KIND", "ID"], required = true)]
     what: Vec<String>,
 }
@@ -124,7 +127,10 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn migrate(m: Migrate) -> anyhow::Result<bool> {
-    let htype = phaul_htypes::registry::source(&m.what[0], &m.what[1])?;
+    let paths = phaul_htypes::registry::Paths {
+        lxcpath: m.lxcpath.clone(),
+    };
+    let htype = phaul_htypes::registry::source_in(&m.what[0], &m.what[1], &paths)?;
     let key = SharedKey::from_file(&m.key_file)?;
     let mut cfg = LinkConfig::new(key)
         .bandwidth(m.bandwidth)

@@ -304,6 +304,24 @@ impl Criu {
         if let Some(g) = options.ghost_limit {
             o = o.ghost_limit(g);
         }
+        o = o
+            .tcp_skip_in_flight(options.tcp_skip_in_flight)
+            .force_irmap(options.force_irmap)
+            .auto_ext_mnt(options.auto_ext_mnt)
+            .ext_sharing(options.ext_sharing)
+            .ext_masters(options.ext_masters);
+        if let Some(mode) = options.manage_cgroups.as_deref().and_then(cgroup_mode) {
+            o = o.manage_cgroups_mode(mode);
+        }
+        for (ctrl, path) in &options.cgroup_roots {
+            o = o.cgroup_root(ctrl.clone(), path.clone());
+        }
+        for (key, val) in &options.ext_mounts {
+            o = o.ext_mount(key.clone(), val.clone());
+        }
+        for fs in &options.enable_fs {
+            o = o.enable_fs(fs.clone());
+        }
         o
     }
 
@@ -320,6 +338,20 @@ impl Criu {
         }
         o
     }
+}
+
+/// CRIU's `--manage-cgroups` mode names.
+fn cgroup_mode(name: &str) -> Option<criu_rpc::opts::CgroupMode> {
+    use criu_rpc::opts::CgroupMode as M;
+    Some(match name {
+        "none" => M::CgNone,
+        "props" => M::Props,
+        "soft" => M::Soft,
+        "full" => M::Full,
+        "strict" => M::Strict,
+        "ignore" => M::Ignore,
+        _ => return None,
+    })
 }
 
 fn src(e: criu_rpc::Error) -> Error {

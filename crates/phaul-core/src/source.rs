@@ -338,6 +338,41 @@ impl<C: SourceCriu> Migration<C> {
                 true,
             )?;
         }
+        if !self.htype.can_restore_lazily() && matches!(choice.mode, Mode::PostCopy | Mode::Hybrid)
+        {
+            if !self.fallback && self.mode != Mode::Auto {
+                return Err(Error::UnsupportedMode {
+                    mode: choice.mode,
+                    missing: format!(
+                        "a lazy restore, which the {} kind cannot do (its manager restores it)",
+                        self.htype.kind()
+                    ),
+                });
+            }
+            let mut c = mode::choose(
+                if self.mode == Mode::Auto {
+                    Mode::Auto
+                } else {
+                    Mode::StopCopy
+                },
+                HostCaps {
+                    lazy_pages: false,
+                    ..caps
+                },
+                HostCaps {
+                    lazy_pages: false,
+                    ..target_caps
+                },
+                true,
+            )?;
+            c.requested = self.mode;
+            c.reason = format!(
+                "the {} kind cannot be restored lazily: {}",
+                self.htype.kind(),
+                c.reason
+            );
+            choice = c;
+        }
         info!(mode = %choice.mode, reason = %choice.reason, "mode chosen");
         stats.set_mode(choice.clone());
         self.emit(Progress::Mode(choice.clone()));
@@ -569,6 +604,7 @@ impl<C: SourceCriu> Migration<C> {
         let pages_sent = relay.sent();
         stats.add_bytes(pages_sent);
         let to_target = async {
+            self.write_meta_files(&images_dir).await?;
             self.transfer_images(stats, ctl, images, &images_dir, i)
                 .await?;
             self.restore_and_commit(stats, ctl, i, false).await
@@ -585,6 +621,7 @@ impl<C: SourceCriu> Migration<C> {
                     iteration_report(i, "dump", &st.unwrap_or_default(), sent, t0.elapsed());
                 stats.record_iteration(report.clone());
                 self.emit(Progress::Iteration(report));
+                self.cleanup_source().await;
                 Ok(())
             }
             Err(e) => {
@@ -665,6 +702,7 @@ impl<C: SourceCriu> Migration<C> {
         let (committed_tx, committed_rx) = watch::channel(false);
         let relay = PageRelay::spawn_guarded(pages, local, Some(committed_rx));
         let to_target = async {
+            self.write_meta_files(&images_dir).await?;
             self.transfer_images(stats, ctl, images, &images_dir, i)
                 .await?;
             let r = self.restore_and_commit(stats, ctl, i, true).await;
@@ -699,6 +737,7 @@ impl<C: SourceCriu> Migration<C> {
                     .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
                 stats.record_iteration(report.clone());
                 self.emit(Progress::Iteration(report));
+                self.cleanup_source().await;
                 Ok(())
             }
             Err(e) => {
@@ -714,6 +753,28 @@ impl<C: SourceCriu> Migration<C> {
                 self.abort_target(ctl, &e).await;
                 Err(e)
             }
+        }
+    }
+
+    /// Adds the htype's extra files (a container's config, its console) to
+    /// the final images; made while the tree is frozen.
+    async fn write_meta_files(&self, dir: &Path) -> Result<()> {
+        for (name, content) in self.htype.meta_files()? {
+            phaul_transport::images::check_name(&name)?;
+            std::fs::write(dir.join(&name), content).map_err(|source| Error::Io {
+                what: format!("writing {name} into the images"),
+                source,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// After the commit: what remains of the tree here is removed (a
+    /// container's definition). A failure is reported but changes nothing:
+    /// the target runs the tree.
+    async fn cleanup_source(&self) {
+        if let Err(e) = self.htype.cleanup_source() {
+            warn!(error = %e, "removing what remains on the source");
         }
     }
 

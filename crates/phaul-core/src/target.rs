@@ -42,6 +42,7 @@ pub struct Service<T: TargetCriu> {
     work_dir: PathBuf,
     keep_images: bool,
     limits: ImageLimits,
+    paths: phaul_htypes::registry::Paths,
 }
 
 impl<T: TargetCriu> Service<T> {
@@ -55,7 +56,14 @@ impl<T: TargetCriu> Service<T> {
             work_dir: work_dir.as_ref().to_path_buf(),
             keep_images: false,
             limits: ImageLimits::default(),
+            paths: phaul_htypes::registry::Paths::default(),
         }
+    }
+
+    /// Where the kinds keep their things on this host (LXC's path).
+    pub fn htype_paths(mut self, paths: phaul_htypes::registry::Paths) -> Self {
+        self.paths = paths;
+        self
     }
 
     /// Keep each migration's images after it ends (for debugging).
@@ -224,7 +232,9 @@ struct Session<T: TargetCriu> {
     pages_rx: mpsc::Receiver<Link>,
     images: Option<Link>,
     dir: Option<PathBuf>,
-    htype: Option<Box<dyn Htype>>,
+    htype: Option<Arc<dyn Htype>>,
+    /// A tree an htype restored by itself (LXC), awaiting the commit.
+    custom: Option<i32>,
     held: Option<HeldRestore>,
     daemon: Option<LazyDaemon>,
     relays: Vec<tokio::task::JoinHandle<()>>,
@@ -246,6 +256,7 @@ impl<T: TargetCriu> Session<T> {
             images: None,
             dir: None,
             htype: None,
+            custom: None,
             held: None,
             daemon: None,
             relays: Vec::new(),
@@ -293,6 +304,17 @@ impl<T: TargetCriu> Session<T> {
         }
         if let Some(d) = self.daemon.take() {
             d.kill().await;
+        }
+        self.custom = None;
+        if let Some(h) = self.htype.clone() {
+            // Also removes a synced file system when nothing was restored.
+            match tokio::task::spawn_blocking(move || h.abort()).await {
+                Ok(Err(e)) => {
+                    warn!(session = %hex(&self.sid), error = %e, "undoing the htype's work")
+                }
+                Err(e) => warn!(error = %e, "the htype's abort task"),
+                Ok(Ok(())) => {}
+            }
         }
         self.remove_dir();
     }
@@ -360,8 +382,11 @@ impl<T: TargetCriu> Session<T> {
                         Error::Protocol("a migration has already begun on this session".into()),
                     ));
                 }
-                let h = phaul_htypes::registry::target(&b.htype, &b.params.into_iter().collect())
-                    .map_err(|e| (ErrorCode::BadRequest, Error::Htype(e)))?;
+                let params = b.params.into_iter().collect();
+                let h: Arc<dyn Htype> =
+                    phaul_htypes::registry::target_in(&b.htype, &params, &self.svc.paths)
+                        .map_err(|e| (ErrorCode::BadRequest, Error::Htype(e)))?
+                        .into();
                 b.mode
                     .parse::<crate::mode::Mode>()
                     .map_err(|e| (ErrorCode::BadRequest, e))?;
@@ -432,6 +457,42 @@ impl<T: TargetCriu> Session<T> {
                     files: st.files,
                     bytes: st.bytes,
                 }))
+            }
+            request::Body::Restore(r)
+                if !r.lazy && self.htype.as_ref().is_some_and(|h| h.restores_itself()) =>
+            {
+                // The kind restores by itself (so its manager knows the tree);
+                // it runs from here on, and the commit only confirms it.
+                if self.held.is_some() || self.custom.is_some() {
+                    return Err((
+                        ErrorCode::BadRequest,
+                        Error::Protocol("already restored".into()),
+                    ));
+                }
+                let dir = self.iter_dir(r.iteration)?;
+                let h = self.htype.clone().expect("checked above");
+                let t0 = Instant::now();
+                let pid = tokio::task::spawn_blocking(move || h.restore(&dir))
+                    .await
+                    .map_err(|e| failed(Error::Protocol(format!("the restore task: {e}"))))?
+                    .ok_or_else(|| {
+                        failed(Error::Protocol("the kind has no restore of its own".into()))
+                    })?
+                    .map_err(|e| failed(Error::Htype(e)))?;
+                self.custom = Some(pid);
+                let us = u64::try_from(t0.elapsed().as_micros()).unwrap_or(u64::MAX);
+                info!(session = %hex(&self.sid), pid, "restored by the kind itself");
+                Ok(response::Body::Restored(proto::Restored {
+                    pid,
+                    restore_time_us: us,
+                }))
+            }
+            request::Body::Commit(_) if self.custom.is_some() => {
+                let pid = self.custom.take().expect("checked above");
+                self.committed = true;
+                info!(session = %hex(&self.sid), pid, "committed: the tree runs here");
+                self.remove_dir();
+                Ok(response::Body::Committed(proto::Committed {}))
             }
             request::Body::Restore(r) => {
                 if self.held.is_some() {

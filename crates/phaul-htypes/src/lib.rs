@@ -6,18 +6,21 @@
 //! trait objects made by the [`registry`]; each trait method has a default,
 //! so a kind overrides only what it needs.
 //!
-//! Kinds so far: [`pid::Pid`], a process tree by the PID of its root. LXC,
-//! Virtuozzo and runc containers come later.
+//! Kinds so far: [`pid::Pid`], a process tree by the PID of its root, and
+//! [`lxc::Lxc`], an LXC container with its root file system. Virtuozzo and
+//! runc containers come later.
 //!
 //! # Layout
 //! - [`Htype`]: the trait, and [`CriuOptions`], the CRIU options an htype asks for.
 //! - [`registry`]: making an htype from its name and parameters.
 //! - [`pid`]: the process-tree htype.
+//! - [`lxc`]: the LXC container htype.
 //! - [`Error`]: the crate's error type.
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 
+pub mod lxc;
 pub mod pid;
 pub mod registry;
 
@@ -51,6 +54,17 @@ pub enum Error {
         pid: i32,
         /// Why.
         reason: String,
+    },
+
+    /// An external command (lxc-info, lxc-checkpoint, ...) failed.
+    #[error("{command} failed ({status}): {stderr}")]
+    Command {
+        /// The command line, for the message.
+        command: String,
+        /// How it ended.
+        status: String,
+        /// The end of what it wrote to stderr.
+        stderr: String,
     },
 
     /// Reading the process's state failed.
@@ -91,6 +105,26 @@ pub struct CriuOptions {
     pub root: Option<String>,
     /// Largest deleted-but-open file copied into images, in bytes.
     pub ghost_limit: Option<u32>,
+    /// Drop in-flight TCP connections (`--skip-in-flight`).
+    pub tcp_skip_in_flight: bool,
+    /// Resolve inotify watches by path (needed when inodes change, as after
+    /// copying a file system).
+    pub force_irmap: bool,
+    /// How CRIU handles cgroups (`--manage-cgroups=MODE`: "soft", "full", ...).
+    pub manage_cgroups: Option<String>,
+    /// Where each cgroup controller's tree is rooted (`--cgroup-root`):
+    /// (controller, path).
+    pub cgroup_roots: Vec<(Option<String>, String)>,
+    /// External bind mounts (`--ext-mount-map KEY:VAL`).
+    pub ext_mounts: Vec<(String, String)>,
+    /// Let CRIU map other external mounts itself (`--ext-mount-map auto`).
+    pub auto_ext_mnt: bool,
+    /// Allow external shared mounts.
+    pub ext_sharing: bool,
+    /// Allow external slave mounts.
+    pub ext_masters: bool,
+    /// File systems CRIU may dump and restore (`--enable-fs`).
+    pub enable_fs: Vec<String>,
 }
 
 /// One kind of thing phaul migrates.
@@ -129,5 +163,48 @@ pub trait Htype: Send + Sync + Debug {
     /// have exited since the htype was made).
     fn check(&self) -> Result<()> {
         self.root_pid().map(drop)
+    }
+
+    /// The directory tree that travels with it (a container's root file
+    /// system): on the source, what to send; on the target, where it goes.
+    fn fs_root(&self) -> Option<std::path::PathBuf> {
+        None
+    }
+
+    /// Extra files to send with the final dump's images (name, content),
+    /// made while the tree is frozen; names are plain file names.
+    fn meta_files(&self) -> Result<Vec<(String, Vec<u8>)>> {
+        Ok(Vec::new())
+    }
+
+    /// Whether the target can restore this kind lazily (post-copy).
+    fn can_restore_lazily(&self) -> bool {
+        !self.restores_itself()
+    }
+
+    /// Whether [`Htype::restore`] restores by itself (then CRIU's RPC
+    /// restore, and its hold until the commit, are not used).
+    fn restores_itself(&self) -> bool {
+        false
+    }
+
+    /// Target: restores from `images_dir` itself instead of through CRIU's
+    /// RPC, returning the root PID; `None` means "use CRIU's RPC". A kind
+    /// whose manager must know the restored tree (LXC) restores this way.
+    fn restore(&self, images_dir: &std::path::Path) -> Option<Result<i32>> {
+        let _ = images_dir;
+        None
+    }
+
+    /// Target: undoes what [`Htype::restore`] and the file-system sync made
+    /// (the migration failed before its commit).
+    fn abort(&self) -> Result<()> {
+        Ok(())
+    }
+
+    /// Source: after the commit, removes what remains of the tree here (a
+    /// container's definition and files).
+    fn cleanup_source(&self) -> Result<()> {
+        Ok(())
     }
 }

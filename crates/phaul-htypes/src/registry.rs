@@ -2,24 +2,57 @@
 
 use std::collections::BTreeMap;
 
-use crate::{Error, Htype, Result, pid};
+use std::path::PathBuf;
+
+use crate::{Error, Htype, Result, lxc, pid};
 
 /// The kinds this build knows.
-pub const NAMES: &[&str] = &["pid"];
+pub const NAMES: &[&str] = &["pid", "lxc"];
+
+/// Where each kind keeps its things on this host (the LXC path).
+#[derive(Debug, Clone)]
+pub struct Paths {
+    /// LXC's container directory (`lxc-* -P`).
+    pub lxcpath: PathBuf,
+}
+
+impl Default for Paths {
+    fn default() -> Self {
+        Self {
+            lxcpath: PathBuf::from(lxc::DEFAULT_LXCPATH),
+        }
+    }
+}
 
 /// The source side of kind `kind` for the thing the user named (`id`: a
 /// PID for `pid`).
 pub fn source(kind: &str, id: &str) -> Result<Box<dyn Htype>> {
+    source_in(kind, id, &Paths::default())
+}
+
+/// [`source`] with this host's paths.
+pub fn source_in(kind: &str, id: &str, paths: &Paths) -> Result<Box<dyn Htype>> {
     match kind {
         "pid" => Ok(Box::new(pid::Pid::source(id)?)),
+        "lxc" => Ok(Box::new(lxc::Lxc::source(id, &paths.lxcpath)?)),
         other => Err(Error::UnknownKind(other.to_string())),
     }
 }
 
 /// The target side of kind `kind`, from the parameters the source sent.
 pub fn target(kind: &str, params: &BTreeMap<String, String>) -> Result<Box<dyn Htype>> {
+    target_in(kind, params, &Paths::default())
+}
+
+/// [`target`] with this host's paths.
+pub fn target_in(
+    kind: &str,
+    params: &BTreeMap<String, String>,
+    paths: &Paths,
+) -> Result<Box<dyn Htype>> {
     match kind {
         "pid" => Ok(Box::new(pid::Pid::target(params)?)),
+        "lxc" => Ok(Box::new(lxc::Lxc::target(params, &paths.lxcpath)?)),
         other => Err(Error::UnknownKind(other.to_string())),
     }
 }
