@@ -31,10 +31,12 @@
 //! - [`policy`]: convergence policies.
 //! - [`stats`]: statistics as a state machine, finalized into a [`Report`].
 //! - [`pagestream`]: relaying CRIU's page-server traffic.
+//! - [`hostinfo`]: the processes and containers of this host.
 //! - [`error`]: the crate's [`Error`] type.
 
 pub mod criu;
 pub mod error;
+pub mod hostinfo;
 pub mod mode;
 pub mod pagestream;
 pub mod policy;

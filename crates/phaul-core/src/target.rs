@@ -343,6 +343,13 @@ impl<T: TargetCriu> Session<T> {
     ) -> std::result::Result<response::Body, (ErrorCode, Error)> {
         let failed = |e: Error| (ErrorCode::Failed, e);
         match body {
+            request::Body::ListProcesses(_) => {
+                let lxcpath = self.svc.paths.lxcpath.clone();
+                let list = tokio::task::spawn_blocking(move || crate::hostinfo::list(&lxcpath))
+                    .await
+                    .map_err(|e| failed(Error::Protocol(format!("listing processes: {e}"))))?;
+                Ok(response::Body::ProcessList(list))
+            }
             request::Body::Ping(p) => Ok(response::Body::Pong(proto::Pong { payload: p.payload })),
             request::Body::Preflight(p) => {
                 let version = self.svc.criu.version().await.map_err(failed)?;

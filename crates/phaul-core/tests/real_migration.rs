@@ -588,3 +588,54 @@ fn four_migrations_at_once_to_one_service() {
         assert_clean(&hosts, &target.dir(), d);
     }
 }
+
+/// What the target's service says runs on its host, asked over the link.
+fn target_processes(hosts: &Hosts, addr: &str) -> Vec<i32> {
+    let addr = addr.to_string();
+    in_netns(&hosts.src, move || async move {
+        let link = phaul_transport::Link::connect(
+            phaul_transport::Endpoint::Tcp(addr),
+            &cfg(),
+            phaul_transport::Channel::Control,
+            None,
+        )
+        .await
+        .unwrap();
+        let mut ctl = phaul_transport::ControlClient::new(link);
+        match ctl
+            .call(phaul_transport::proto::request::Body::ListProcesses(
+                Default::default(),
+            ))
+            .await
+            .unwrap()
+        {
+            phaul_transport::proto::response::Body::ProcessList(l) => {
+                l.processes.iter().map(|p| p.pid).collect()
+            }
+            other => panic!("{other:?}"),
+        }
+    })
+    .join()
+    .unwrap()
+}
+
+#[test]
+fn the_target_lists_the_processes_of_its_own_host() {
+    let Some(bin) = require_criu("the_target_lists_the_processes_of_its_own_host") else {
+        return;
+    };
+    let hosts = Hosts::new().unwrap();
+    let target = Target::start(&hosts, criu(&bin));
+    let mut w = Workload::start_in(Some(&hosts.src), 8).unwrap();
+    assert!(
+        !target_processes(&hosts, &target.addr).contains(&w.pid),
+        "the source's workload is not on the target host"
+    );
+    let (r, src_dir) = migrate(&hosts.src, &bin, &target.addr, w.pid, Mode::StopCopy, |m| m);
+    let pid = assert_moved(&mut w, &hosts, &r, 0);
+    assert!(
+        target_processes(&hosts, &target.addr).contains(&pid),
+        "the migrated workload is listed on the target host"
+    );
+    assert_clean(&hosts, &target.dir(), &src_dir);
+}

@@ -443,6 +443,7 @@ async fn every_message_round_trips_through_a_link() {
         request::Body::Abort(proto::Abort {
             reason: "cancelled".into(),
         }),
+        request::Body::ListProcesses(proto::ListProcesses {}),
     ];
     let responses = vec![
         response::Body::Pong(proto::Pong { payload: vec![4] }),
@@ -463,6 +464,20 @@ async fn every_message_round_trips_through_a_link() {
         }),
         response::Body::Committed(proto::Committed {}),
         response::Body::Aborted(proto::Aborted {}),
+        response::Body::ProcessList(proto::ProcessList {
+            processes: vec![proto::ProcessInfo {
+                pid: 1,
+                ppid: 0,
+                name: "init".into(),
+                cmdline: "/sbin/init".into(),
+                container: String::new(),
+            }],
+            containers: vec![proto::ContainerInfo {
+                name: "ct1".into(),
+                state: "RUNNING".into(),
+                init_pid: 7,
+            }],
+        }),
     ];
     for (i, (rq, rs)) in requests.into_iter().zip(responses).enumerate() {
         let id = i as u64 + 1;

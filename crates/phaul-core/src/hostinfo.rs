@@ -1,0 +1,162 @@
+//! What runs on this host: its processes and its LXC containers.
+//!
+//! A "host" is the set of processes in this process's network namespace.
+//! On a real machine that is nearly everything outside containers; when two
+//! "hosts" are network namespaces of one machine (the demo, the tests),
+//! which share one `/proc`, it is what keeps them apart. Containers have
+//! network namespaces of their own, so they are listed separately, from
+//! LXC, with their init's PID.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+use phaul_transport::proto::{ContainerInfo, ProcessInfo, ProcessList};
+
+/// The longest command line reported, in bytes.
+const CMDLINE_MAX: usize = 200;
+
+fn netns_of(pid: &str) -> Option<u64> {
+    std::fs::metadata(format!("/proc/{pid}/ns/net"))
+        .ok()
+        .map(|m| m.ino())
+}
+
+/// Processes in this network namespace (kernel threads left out) and the
+/// LXC containers of `lxcpath`.
+pub fn list(lxcpath: &Path) -> ProcessList {
+    // thread-self: a network namespace belongs to a thread, and this one may
+    // have entered another than the process's first thread.
+    let mine = netns_of("thread-self");
+    let containers = containers(lxcpath);
+    let mut processes = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return ProcessList {
+            processes,
+            containers,
+        };
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(pid_s) = name
+            .to_str()
+            .filter(|s| s.bytes().all(|b| b.is_ascii_digit()))
+        else {
+            continue;
+        };
+        let Ok(pid) = pid_s.parse::<i32>() else {
+            continue;
+        };
+        let container = containers
+            .iter()
+            .find(|c| c.init_pid == pid)
+            .map(|c| c.name.clone());
+        if container.is_none() && netns_of(pid_s) != mine {
+            continue;
+        }
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let comm = stat[open + 1..close].to_string();
+        let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+        let ppid = fields.get(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+        let flags: u64 = fields.get(6).and_then(|s| s.parse().ok()).unwrap_or(0);
+        // Kernel threads (PF_KTHREAD) are not something to migrate.
+        if flags & 0x0020_0000 != 0 {
+            continue;
+        }
+        let mut cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))
+            .map(|b| {
+                String::from_utf8_lossy(&b)
+                    .replace('\0', " ")
+                    .trim_end()
+                    .to_string()
+            })
+            .unwrap_or_default();
+        if cmdline.len() > CMDLINE_MAX {
+            let mut cut = CMDLINE_MAX;
+            while !cmdline.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            cmdline.truncate(cut);
+        }
+        processes.push(ProcessInfo {
+            pid,
+            ppid,
+            name: comm,
+            cmdline,
+            container: container.unwrap_or_default(),
+        });
+    }
+    processes.sort_by_key(|p| p.pid);
+    ProcessList {
+        processes,
+        containers,
+    }
+}
+
+/// LXC's containers in `lxcpath`, with their state and init PID.
+fn containers(lxcpath: &Path) -> Vec<ContainerInfo> {
+    let Ok(entries) = std::fs::read_dir(lxcpath) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if phaul_htypes::lxc::validate_name(&name).is_err() || !e.path().join("config").is_file() {
+            continue;
+        }
+        let info = std::process::Command::new("lxc-info")
+            .arg("-P")
+            .arg(lxcpath)
+            .args(["-n", &name, "-sHp"])
+            .stdin(std::process::Stdio::null())
+            .output();
+        let Ok(info) = info else { continue };
+        let text = String::from_utf8_lossy(&info.stdout);
+        let mut lines = text.lines();
+        let state = lines.next().unwrap_or("UNKNOWN").trim().to_string();
+        let init_pid = lines
+            .next()
+            .and_then(|l| l.trim().parse().ok())
+            .unwrap_or(0);
+        out.push(ContainerInfo {
+            name,
+            state,
+            init_pid,
+        });
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn this_process_and_its_children_are_listed_with_their_parents() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let l = list(Path::new("/nonexistent"));
+        let me = std::process::id() as i32;
+        assert!(l.processes.iter().any(|p| p.pid == me));
+        let c = l
+            .processes
+            .iter()
+            .find(|p| p.pid == child.id() as i32)
+            .expect("the child");
+        assert_eq!(c.ppid, me);
+        assert_eq!(c.name, "sleep");
+        assert_eq!(c.cmdline, "sleep 30");
+        assert!(l.containers.is_empty());
+        // No kernel threads.
+        assert!(!l.processes.iter().any(|p| p.pid == 2));
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+}
