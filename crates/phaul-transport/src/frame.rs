@@ -234,7 +234,9 @@ pub fn lz4_compress(data: &[u8]) -> Vec<u8> {
 }
 
 /// Decompresses a [`Kind::DataLz4`] payload, refusing one that claims to
-/// expand beyond `max` bytes.
+/// expand beyond `max` bytes, one whose claim is impossible for its size
+/// (lz4 expands at most about 255 times), and one that does not decompress
+/// to exactly the size it claims.
 pub fn lz4_decompress(payload: &[u8], max: usize) -> Result<Vec<u8>, FrameError> {
     let Some(size) = payload
         .first_chunk::<4>()
@@ -247,8 +249,23 @@ pub fn lz4_decompress(payload: &[u8], max: usize) -> Result<Vec<u8>, FrameError>
             "claims {size} bytes, limit {max}"
         )));
     }
-    lz4_flex::block::decompress_size_prepended(payload)
-        .map_err(|e| FrameError::BadCompression(e.to_string()))
+    // Checked before allocating, so a tiny frame cannot make us reserve
+    // the full limit.
+    let block = payload.len() - 4;
+    if size > block.saturating_mul(255).saturating_add(16) {
+        return Err(FrameError::BadCompression(format!(
+            "claims {size} bytes from {block}"
+        )));
+    }
+    let out = lz4_flex::block::decompress_size_prepended(payload)
+        .map_err(|e| FrameError::BadCompression(e.to_string()))?;
+    if out.len() != size {
+        return Err(FrameError::BadCompression(format!(
+            "claims {size} bytes, holds {}",
+            out.len()
+        )));
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -340,5 +357,13 @@ mod tests {
         assert!(lz4_decompress(&c, 1000).is_err());
         assert!(lz4_decompress(&[1, 2], 1000).is_err());
         assert!(lz4_decompress(&[10, 0, 0, 0, 0xff, 0xff], 1000).is_err());
+        // Found by fuzzing: a frame claiming 10 bytes that holds 5.
+        let short = [0x0a, 0, 0, 0, 0x50, 1, 2, 3, 4, 5];
+        assert!(matches!(
+            lz4_decompress(&short, 1 << 20),
+            Err(FrameError::BadCompression(_))
+        ));
+        // A tiny frame may not claim megabytes.
+        assert!(lz4_decompress(&[0, 0, 0x10, 0, 0x50, 1, 2, 3, 4, 5], 16 << 20).is_err());
     }
 }
