@@ -36,6 +36,9 @@ struct Args {
     /// The criu binary (default: criu on PATH).
     #[arg(long)]
     criu: Option<PathBuf>,
+    /// CRIU's log level, 0 to 4 (4 is debug: slower, for diagnosing).
+    #[arg(long, default_value_t = 2)]
+    criu_log_level: i32,
     /// Turn TLS off (only on a link that is already private).
     #[arg(long)]
     plaintext: bool,
@@ -82,7 +85,7 @@ async fn main() -> anyhow::Result<()> {
             _ = term.recv() => {}
         }
     };
-    Service::new(Criu::new(rpc), cfg, &args.work_dir)
+    Service::new(Criu::new(rpc).log_level(args.criu_log_level), cfg, &args.work_dir)
         .keep_images(args.keep_images)
         .htype_paths(phaul_htypes::registry::Paths {
             lxcpath: args.lxcpath.clone(),

@@ -83,6 +83,9 @@ struct Migrate {
     /// The criu binary (default: criu on PATH).
     #[arg(long)]
     criu: Option<PathBuf>,
+    /// CRIU's log level, 0 to 4 (4 is debug: slower, for diagnosing).
+    #[arg(long, default_value_t = 2)]
+    criu_log_level: i32,
     /// Where LXC keeps containers on this host.
     #[arg(long, default_value = phaul_htypes::lxc::DEFAULT_LXCPATH)]
     lxcpath: PathBuf,
@@ -147,7 +150,7 @@ async fn migrate(m: Migrate) -> anyhow::Result<bool> {
     }
     .quiet(true);
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let mut mig = Migration::new(Criu::new(rpc), m.to.clone(), cfg, htype)
+    let mut mig = Migration::new(Criu::new(rpc).log_level(m.criu_log_level), m.to.clone(), cfg, htype)
         .mode(m.mode)
         .fallback(m.fallback)
         .work_dir(&m.work_dir)
