@@ -85,12 +85,16 @@ async fn main() -> anyhow::Result<()> {
             _ = term.recv() => {}
         }
     };
-    Service::new(Criu::new(rpc).log_level(args.criu_log_level), cfg, &args.work_dir)
-        .keep_images(args.keep_images)
-        .htype_paths(phaul_htypes::registry::Paths {
-            lxcpath: args.lxcpath.clone(),
-        })
-        .serve(listener, shutdown)
-        .await?;
+    Service::new(
+        Criu::new(rpc).log_level(args.criu_log_level),
+        cfg,
+        &args.work_dir,
+    )
+    .keep_images(args.keep_images)
+    .htype_paths(phaul_htypes::registry::Paths {
+        lxcpath: args.lxcpath.clone(),
+    })
+    .serve(listener, shutdown)
+    .await?;
     Ok(())
 }

@@ -150,14 +150,19 @@ async fn migrate(m: Migrate) -> anyhow::Result<bool> {
     }
     .quiet(true);
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let mut mig = Migration::new(Criu::new(rpc).log_level(m.criu_log_level), m.to.clone(), cfg, htype)
-        .mode(m.mode)
-        .fallback(m.fallback)
-        .work_dir(&m.work_dir)
-        .keep_images(m.keep_images)
-        .skip_cpu_check(m.skip_cpu_check)
-        .skip_version_check(m.skip_criu_check)
-        .progress(tx);
+    let mut mig = Migration::new(
+        Criu::new(rpc).log_level(m.criu_log_level),
+        m.to.clone(),
+        cfg,
+        htype,
+    )
+    .mode(m.mode)
+    .fallback(m.fallback)
+    .work_dir(&m.work_dir)
+    .keep_images(m.keep_images)
+    .skip_cpu_check(m.skip_cpu_check)
+    .skip_version_check(m.skip_criu_check)
+    .progress(tx);
     mig = match m.downtime_ms {
         Some(ms) => mig.policy(Box::new(DowntimeBudget {
             budget: Duration::from_millis(ms),

@@ -22,6 +22,9 @@ BUILD_PKGS=(build-essential pkg-config python3 libprotobuf-c-dev protobuf-c-comp
     libprotobuf-dev protobuf-compiler python3-protobuf libnl-3-dev libnet1-dev
     libcap-dev libbsd-dev libaio-dev libgnutls28-dev uuid-dev xz-utils)
 
+# The repository, found before anything changes the working directory.
+PHAUL_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+
 export DEBIAN_FRONTEND=noninteractive
 export PATH="/usr/local/sbin:/usr/local/bin:$PATH"
 APT=(apt-get -o DPkg::Lock::Timeout=300 -q)
@@ -139,5 +142,30 @@ cur=$(sysctl -n fs.pipe-max-size)
 if [ "$cur" -lt "$PIPE_MAX" ]; then
     sysctl -q -w fs.pipe-max-size="$PIPE_MAX"
 fi
+
+# --- phaul-web's browser test (tests/web.rs runs web/e2e.mjs) ---------------
+# Debian's chromium, which playwright-core drives (it downloads no browser),
+# a font for readable screenshots, node >= 20, and web/'s pinned packages
+# (npm ci, only when web/node_modules is missing or package-lock.json
+# changed since the last install).
+install_pkgs chromium fonts-dejavu-core
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+    install_pkgs nodejs npm
+fi
+node_major=$(node --version 2>/dev/null | sed -n 's/^v\([0-9]*\)\..*/\1/p')
+if [ -z "$node_major" ] || [ "$node_major" -lt 20 ]; then
+    log "node $(node --version 2>/dev/null) is older than 20, which playwright-core needs: the browser test will fail"
+fi
+web_dir="$PHAUL_ROOT/web"
+if [ -f "$web_dir/package-lock.json" ]; then
+    lock_sum=$(sha256sum "$web_dir/package-lock.json" | cut -d' ' -f1)
+    stamp="$web_dir/node_modules/.phaul-package-lock.sha256"
+    if [ ! -d "$web_dir/node_modules" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$lock_sum" ]; then
+        log "installing web/'s node packages (npm ci)"
+        npm ci --prefix "$web_dir" --no-audit --no-fund --loglevel=error >/dev/null
+        echo "$lock_sum" >"$stamp"
+    fi
+fi
+# --- end of phaul-web's browser test -----------------------------------------
 
 log "ok: $(criu --version | head -n1 | tr -s ' '), fs.pipe-max-size=$(sysctl -n fs.pipe-max-size)"

@@ -108,20 +108,22 @@ fn containers(lxcpath: &Path) -> Vec<ContainerInfo> {
         if phaul_htypes::lxc::validate_name(&name).is_err() || !e.path().join("config").is_file() {
             continue;
         }
-        let info = std::process::Command::new("lxc-info")
-            .arg("-P")
-            .arg(lxcpath)
-            .args(["-n", &name, "-sHp"])
-            .stdin(std::process::Stdio::null())
-            .output();
-        let Ok(info) = info else { continue };
-        let text = String::from_utf8_lossy(&info.stdout);
-        let mut lines = text.lines();
-        let state = lines.next().unwrap_or("UNKNOWN").trim().to_string();
-        let init_pid = lines
-            .next()
-            .and_then(|l| l.trim().parse().ok())
-            .unwrap_or(0);
+        // One field per call: asked for two, lxc-info labels its lines even
+        // with -H.
+        let field = |flag: &str| -> Option<String> {
+            let o = std::process::Command::new("lxc-info")
+                .arg("-P")
+                .arg(lxcpath)
+                .args(["-n", &name, flag])
+                .stdin(std::process::Stdio::null())
+                .output()
+                .ok()?;
+            o.status
+                .success()
+                .then(|| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        };
+        let Some(state) = field("-sH") else { continue };
+        let init_pid = field("-pH").and_then(|p| p.parse().ok()).unwrap_or(0);
         out.push(ContainerInfo {
             name,
             state,

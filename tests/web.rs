@@ -1,0 +1,1023 @@
+//! The `phaul-web` example, as a browser and an attacker use it.
+//!
+//! - Refusals (no root needed): no or a wrong token, another origin or host
+//!   name, bad PIDs, container names with shell characters, hostile
+//!   archives — each refused with the right status and a JSON error, and
+//!   nothing written outside the work directory. A small HTTP/1.1 client
+//!   written here talks to it.
+//! - A real migration driven from a real browser (Debian's chromium through
+//!   playwright-core, `web/e2e.mjs`): two network-namespace hosts,
+//!   `phaul-service` on the target, a workload and phaul-web on the source;
+//!   the script drags the workload onto the target tree and waits for the
+//!   success message; then the workload must run on the target with its
+//!   memory intact and its counter counting. A second run stops the service
+//!   before the drag: the page shows the failure and the workload still runs
+//!   on the source. Screenshots: `target/web-e2e/{success,failure}.png`.
+//! - Checkpoint to an archive and restore from it, through the API.
+//!
+//! The real tests need root, CRIU 4, chromium and `web/node_modules`
+//! (`scripts/setup.sh` installs them); without them they are skipped with a
+//! message, and fail under `CI`. They run the example binaries, which
+//! `cargo test` builds; alone, run `cargo build --example phaul-web
+//! --example phaul-service && cargo test --test web`.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use phaul_testkit::{Hosts, Workload, alive, require_criu, wait_until};
+use serde_json::{Value, json};
+
+/// The browser tests run one at a time: two chromiums and two migrations on
+/// a 2-core machine only make each slower and flakier.
+static E2E: Mutex<()> = Mutex::new(());
+
+/// A binary built by `cargo test` from `examples/`.
+fn example(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    // target/<profile>/deps/web-HASH -> target/<profile>/examples/NAME
+    let p = exe
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("examples")
+        .join(name);
+    assert!(
+        p.exists(),
+        "{} is not built (cargo test builds examples)",
+        p.display()
+    );
+    p
+}
+
+/// `target/` (where `target/web-e2e/` goes).
+fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    exe.ancestors().nth(3).unwrap().to_path_buf()
+}
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn key_file(dir: &Path) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let p = dir.join("key");
+    std::fs::write(&p, "the web test key, long enough for the link").unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+    p
+}
+
+/// The browser tests also need chromium, node and playwright-core.
+fn require_browser(test: &str) -> bool {
+    if require_criu(test).is_none() {
+        return false;
+    }
+    let mut missing = Vec::new();
+    if !Path::new("/usr/bin/chromium").exists() {
+        missing.push("/usr/bin/chromium");
+    }
+    if Command::new("node").arg("--version").output().is_err() {
+        missing.push("node");
+    }
+    if !repo().join("web/node_modules/playwright-core").is_dir() {
+        missing.push("web/node_modules (npm ci --prefix web)");
+    }
+    if missing.is_empty() {
+        return true;
+    }
+    let why = format!("missing {}", missing.join(", "));
+    if std::env::var_os("CI").is_some() {
+        panic!("{test}: CI requires the browser test's tools ({why}); run scripts/setup.sh");
+    }
+    #[allow(clippy::print_stderr)]
+    {
+        eprintln!("SKIPPED {test}: {why} (run scripts/setup.sh as root)");
+    }
+    false
+}
+
+// --- phaul-web -------------------------------------------------------------------
+
+/// A running phaul-web and what its banner said.
+struct Web {
+    child: Child,
+    /// `127.0.0.1:PORT`.
+    addr: String,
+    token: String,
+    /// The URL with the `#token=` fragment.
+    url: String,
+    log: PathBuf,
+}
+
+impl Web {
+    fn start(ns: Option<&str>, target: &str, key: &Path, work: &Path, extra: &[&str]) -> Self {
+        let log = work.with_extension("log");
+        let mut cmd = match ns {
+            Some(ns) => Hosts::command(ns, example("phaul-web")),
+            None => Command::new(example("phaul-web")),
+        };
+        let mut child = cmd
+            .args(["--listen", "127.0.0.1:0", "--target", target, "--key-file"])
+            .arg(key)
+            .arg("--work-dir")
+            .arg(work)
+            .args(extra)
+            .env("PHAUL_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let url = loop {
+            match rx.recv_timeout(Duration::from_secs(30)) {
+                Ok(line) => {
+                    if let Some(u) = line.strip_prefix("phaul-web: http://") {
+                        break format!("http://{u}");
+                    }
+                }
+                Err(e) => {
+                    let _ = child.kill();
+                    panic!(
+                        "phaul-web printed no banner ({e}): {}",
+                        std::fs::read_to_string(&log).unwrap_or_default()
+                    );
+                }
+            }
+        };
+        let (base, token) = url.split_once("/#token=").expect("a URL with the token");
+        Self {
+            child,
+            addr: base.trim_start_matches("http://").to_string(),
+            token: token.to_string(),
+            url,
+            log,
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn auth(&self) -> String {
+        format!("Bearer {}", self.token)
+    }
+}
+
+impl Drop for Web {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+// --- a small HTTP/1.1 client -----------------------------------------------------------
+
+#[derive(Debug)]
+struct Resp {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Resp {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "not JSON ({e}): {} {}",
+                self.status,
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// Sends one request (headers as given, plus Host, Connection: close and a
+/// Content-Length unless given) and reads the whole answer.
+fn http(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Resp {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(300))).unwrap();
+    let mut head = format!("{method} {path} HTTP/1.1\r\nConnection: close\r\n");
+    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+        head.push_str(&format!("Host: {addr}\r\n"));
+    }
+    if !headers
+        .iter()
+        .any(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+    {
+        head.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    // The server may answer (and close) before reading a refused body.
+    let _ = s.write_all(head.as_bytes()).and_then(|_| s.write_all(body));
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    parse(&raw)
+}
+
+fn parse(raw: &[u8]) -> Resp {
+    let end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no HTTP answer: {:?}", String::from_utf8_lossy(raw)));
+    let head = String::from_utf8_lossy(&raw[..end]).into_owned();
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .expect("a status line");
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect();
+    let mut body = raw[end + 4..].to_vec();
+    let chunked = headers.iter().any(|(k, v)| {
+        k.eq_ignore_ascii_case("transfer-encoding") && v.eq_ignore_ascii_case("chunked")
+    });
+    if chunked {
+        body = dechunk(&body);
+    }
+    Resp {
+        status,
+        headers,
+        body,
+    }
+}
+
+fn dechunk(mut b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(eol) = b.windows(2).position(|w| w == b"\r\n") {
+        let size_text = String::from_utf8_lossy(&b[..eol]);
+        let size = usize::from_str_radix(size_text.split(';').next().unwrap().trim(), 16)
+            .expect("a chunk size");
+        b = &b[eol + 2..];
+        if size == 0 {
+            break;
+        }
+        out.extend_from_slice(&b[..size]);
+        b = &b[size + 2..];
+    }
+    out
+}
+
+fn get(web: &Web, path: &str) -> Resp {
+    http(
+        &web.addr,
+        "GET",
+        path,
+        &[("Authorization", &web.auth())],
+        b"",
+    )
+}
+
+fn post_json(web: &Web, path: &str, body: &Value) -> Resp {
+    http(
+        &web.addr,
+        "POST",
+        path,
+        &[
+            ("Authorization", &web.auth()),
+            ("Content-Type", "application/json"),
+        ],
+        body.to_string().as_bytes(),
+    )
+}
+
+fn assert_no_cors(r: &Resp) {
+    assert!(
+        !r.headers
+            .iter()
+            .any(|(k, _)| k.to_ascii_lowercase().starts_with("access-control-")),
+        "a CORS header: {:?}",
+        r.headers
+    );
+}
+
+fn assert_json_error(r: &Resp, status: u16, what: &str) {
+    assert_eq!(r.status, status, "{what}: {}", r.text());
+    assert!(
+        r.header("content-type")
+            .is_some_and(|c| c.starts_with("application/json")),
+        "{what}: {:?}",
+        r.headers
+    );
+    assert!(
+        r.json()["error"].as_str().is_some_and(|e| !e.is_empty()),
+        "{what}: {}",
+        r.text()
+    );
+    assert_no_cors(r);
+}
+
+// --- tar archives, written by hand ---------------------------------------------------
+
+fn tar_entry(name: &str, typeflag: u8, link: &str, data: &[u8]) -> Vec<u8> {
+    let mut h = [0u8; 512];
+    h[..name.len()].copy_from_slice(name.as_bytes());
+    h[100..108].copy_from_slice(b"0000644\0");
+    h[108..116].copy_from_slice(b"0000000\0");
+    h[116..124].copy_from_slice(b"0000000\0");
+    h[124..136].copy_from_slice(format!("{:011o}\0", data.len()).as_bytes());
+    h[136..148].copy_from_slice(b"00000000000\0");
+    h[156] = typeflag;
+    h[157..157 + link.len()].copy_from_slice(link.as_bytes());
+    h[257..263].copy_from_slice(b"ustar\0");
+    h[263..265].copy_from_slice(b"00");
+    h[148..156].copy_from_slice(b"        ");
+    let sum: u32 = h.iter().map(|b| u32::from(*b)).sum();
+    h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+    let mut out = h.to_vec();
+    out.extend_from_slice(data);
+    out.resize(out.len().div_ceil(512) * 512, 0);
+    out
+}
+
+fn tar(entries: &[Vec<u8>]) -> Vec<u8> {
+    let mut out: Vec<u8> = entries.concat();
+    out.extend_from_slice(&[0u8; 1024]);
+    out
+}
+
+/// Files and directories under `dir`, recursively.
+fn tree(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            out.push(e.path());
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                out.extend(tree(&e.path()));
+            }
+        }
+    }
+    out
+}
+
+// --- refusals --------------------------------------------------------------------------
+
+#[test]
+fn the_api_refuses_strangers_other_origins_and_bad_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = key_file(dir.path());
+    let work = dir.path().join("work");
+    let web = Web::start(
+        None,
+        "127.0.0.1:1",
+        &key,
+        &work,
+        &["--max-upload", "1048576"],
+    );
+    assert_eq!(web.token.len(), 64, "a 256-bit random token in hex");
+
+    // The page itself carries no data: served without a token, locked down.
+    let r = http(&web.addr, "GET", "/", &[], b"");
+    assert_eq!(r.status, 200);
+    assert!(r.text().contains("phaul-web"));
+    let csp = r.header("content-security-policy").unwrap_or_default();
+    assert!(csp.contains("script-src 'self'"), "{csp}");
+    assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
+    assert_eq!(r.header("x-content-type-options"), Some("nosniff"));
+    assert_no_cors(&r);
+
+    // No token, a wrong one, a wrong scheme: 401, on every API path.
+    for path in ["/api/info", "/api/local", "/api/events", "/api/migrations"] {
+        let r = http(&web.addr, "GET", path, &[], b"");
+        assert_json_error(&r, 401, path);
+        assert_eq!(r.header("www-authenticate"), Some("Bearer"));
+        let wrong = format!("Bearer {}", "0".repeat(64));
+        let r = http(&web.addr, "GET", path, &[("Authorization", &wrong)], b"");
+        assert_json_error(&r, 401, path);
+        let basic = format!("Basic {}", web.token);
+        let r = http(&web.addr, "GET", path, &[("Authorization", &basic)], b"");
+        assert_json_error(&r, 401, path);
+    }
+    let r = http(
+        &web.addr,
+        "POST",
+        "/api/migrate",
+        &[("Content-Type", "application/json")],
+        br#"{"pid": "1"}"#,
+    );
+    assert_json_error(&r, 401, "migrate without a token");
+
+    // The token opens the API.
+    let r = get(&web, "/api/info");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["target"], "127.0.0.1:1");
+    assert_no_cors(&r);
+    let r = get(&web, "/api/local");
+    assert_eq!(r.status, 200);
+    let me = r.json()["own"][0].as_i64().unwrap();
+    assert!(me > 0, "phaul-web lists itself as not migratable");
+    // The target is not there: a JSON error, not a hang.
+    let r = get(&web, "/api/remote");
+    assert_json_error(&r, 502, "remote");
+
+    // Same origin only (even with the token); the host name must be ours.
+    let auth = web.auth();
+    let r = http(
+        &web.addr,
+        "GET",
+        "/api/info",
+        &[("Authorization", &auth), ("Origin", "http://evil.example")],
+        b"",
+    );
+    assert_json_error(&r, 403, "a foreign Origin");
+    let r = http(
+        &web.addr,
+        "POST",
+        "/api/migrate",
+        &[
+            ("Authorization", &auth),
+            ("Origin", "http://evil.example"),
+            ("Content-Type", "application/json"),
+        ],
+        br#"{"pid": "1"}"#,
+    );
+    assert_json_error(&r, 403, "a foreign Origin on a POST");
+    let r = http(
+        &web.addr,
+        "OPTIONS",
+        "/api/migrate",
+        &[
+            ("Origin", "http://evil.example"),
+            ("Access-Control-Request-Method", "POST"),
+        ],
+        b"",
+    );
+    assert_json_error(&r, 403, "a CORS preflight");
+    let own = format!("http://{}", web.addr);
+    let r = http(
+        &web.addr,
+        "GET",
+        "/api/info",
+        &[("Authorization", &auth), ("Origin", &own)],
+        b"",
+    );
+    assert_eq!(r.status, 200, "our own origin: {}", r.text());
+    let evil_host = format!("evil.example:{}", web.addr.rsplit(':').next().unwrap());
+    let r = http(
+        &web.addr,
+        "GET",
+        "/api/info",
+        &[("Authorization", &auth), ("Host", &evil_host)],
+        b"",
+    );
+    assert_json_error(&r, 403, "another host name (DNS rebinding)");
+
+    // Bad PIDs: 400 with a JSON error, for migrations and checkpoints.
+    let missing = (400_000..4_000_000)
+        .find(|p| !Path::new(&format!("/proc/{p}")).exists())
+        .unwrap();
+    for pid in [
+        json!("0"),
+        json!("-1"),
+        json!("12abc"),
+        json!("1; reboot"),
+        json!("$(id)"),
+        json!(""),
+        json!(0),
+        json!(-1),
+        json!(1.5),
+        json!(null),
+        json!(["1"]),
+        json!("1"),
+        json!(me),
+        json!(missing),
+    ] {
+        for path in ["/api/migrate", "/api/checkpoint"] {
+            let r = post_json(&web, path, &json!({ "pid": pid }));
+            assert_json_error(&r, 400, &format!("{path} pid {pid}"));
+        }
+    }
+    // Container names with shell characters.
+    for name in ["a;b", "$(id)", "a b", "../x", "", "-rf", "a/b", "`id`"] {
+        let r = post_json(&web, "/api/migrate", &json!({ "container": name }));
+        assert_json_error(&r, 400, &format!("container {name:?}"));
+    }
+    // Other malformed requests.
+    for body in [
+        json!({}),
+        json!({"pid": "2", "container": "a"}),
+        json!({"pid": "2", "mode": "warp-speed"}),
+        json!({"pid": "2", "mode": 3}),
+        json!([1, 2]),
+    ] {
+        let r = post_json(&web, "/api/migrate", &body);
+        assert_json_error(&r, 400, &format!("{body}"));
+    }
+    let r = http(
+        &web.addr,
+        "POST",
+        "/api/migrate",
+        &[("Authorization", &auth)],
+        b"pid=1",
+    );
+    assert_json_error(&r, 400, "not JSON");
+    for path in [
+        "/api/checkpoints/..%2f..%2fetc/archive",
+        "/api/checkpoints/ABC/archive",
+        "/api/migrations/1%3Breboot",
+    ] {
+        let r = get(&web, path);
+        assert!(matches!(r.status, 400 | 404), "{path}: {}", r.status);
+        assert_no_cors(&r);
+    }
+    assert_eq!(get(&web, "/api/migrations").json(), json!([]));
+
+    // Hostile archives: 400, and nothing written anywhere.
+    let outside = std::env::temp_dir().join(format!("phaul-web-evil-{}", std::process::id()));
+    let _ = std::fs::remove_file(&outside);
+    let good = tar_entry("inventory.img", b'0', "", b"not really an image");
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("../evil", tar(&[tar_entry("../evil", b'0', "", b"x")])),
+        (
+            "../evil after a good file",
+            tar(&[good.clone(), tar_entry("../evil", b'0', "", b"x")]),
+        ),
+        (
+            "an absolute name",
+            tar(&[tar_entry(outside.to_str().unwrap(), b'0', "", b"x")]),
+        ),
+        (
+            "a symlink",
+            tar(&[tar_entry("inventory.img", b'2', "/etc/passwd", b"")]),
+        ),
+        (
+            "a hard link",
+            tar(&[tar_entry("inventory.img", b'1', "/etc/passwd", b"")]),
+        ),
+        (
+            "a device",
+            tar(&[tar_entry("inventory.img", b'3', "", b"")]),
+        ),
+        ("a directory", tar(&[tar_entry("sub/", b'5', "", b"")])),
+        (
+            "a name with a directory",
+            tar(&[tar_entry("sub/evil", b'0', "", b"x")]),
+        ),
+        (
+            "a pax header",
+            tar(&[tar_entry(
+                "pax",
+                b'x',
+                "",
+                b"30 path=../../../tmp/evilpax\n",
+            )]),
+        ),
+        ("a duplicate", tar(&[good.clone(), good.clone()])),
+        ("a truncated file", {
+            let mut t = tar_entry("inventory.img", b'0', "", &[7u8; 4096]);
+            t.truncate(1024);
+            t
+        }),
+        ("not a tar", b"just some bytes, not an archive".to_vec()),
+        (
+            "no CRIU images",
+            tar(&[tar_entry("hello.txt", b'0', "", b"hello")]),
+        ),
+    ];
+    for (what, body) in cases {
+        let r = http(
+            &web.addr,
+            "POST",
+            "/api/restore",
+            &[
+                ("Authorization", &auth),
+                ("Content-Type", "application/x-tar"),
+            ],
+            &body,
+        );
+        assert_json_error(&r, 400, what);
+        assert!(
+            r.json()["error"]
+                .as_str()
+                .unwrap()
+                .contains("archive refused"),
+            "{what}: {}",
+            r.text()
+        );
+        assert!(!outside.exists(), "{what}: wrote {}", outside.display());
+        for p in [
+            dir.path().join("evil"),
+            work.join("evil"),
+            work.join("restores/evil"),
+            std::env::temp_dir().join("evilpax"),
+        ] {
+            assert!(!p.exists(), "{what}: wrote {}", p.display());
+        }
+        let left = tree(&work.join("restores"));
+        assert!(left.is_empty(), "{what}: left {left:?}");
+    }
+    // Too large: refused before it is read.
+    let r = http(
+        &web.addr,
+        "POST",
+        "/api/restore",
+        &[("Authorization", &auth), ("Content-Length", "1048577")],
+        b"",
+    );
+    assert_json_error(&r, 413, "an upload over --max-upload");
+    let r = http(
+        &web.addr,
+        "POST",
+        "/api/restore",
+        &[("Authorization", &auth)],
+        &vec![0u8; 1_100_000],
+    );
+    assert_json_error(&r, 413, "an upload over --max-upload, sent");
+    assert!(tree(&work.join("restores")).is_empty());
+    assert!(web.log().contains("refused"), "{}", web.log());
+}
+
+#[test]
+fn a_token_file_must_be_private_and_long() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let key = key_file(dir.path());
+    for (content, mode, expect) in [
+        ("a-long-enough-token-value", 0o644, "chmod 600"),
+        ("short", 0o600, "at least 16"),
+        ("has spaces in the token value", 0o600, "at least 16"),
+    ] {
+        let tf = dir.path().join("token");
+        std::fs::write(&tf, content).unwrap();
+        std::fs::set_permissions(&tf, std::fs::Permissions::from_mode(mode)).unwrap();
+        let out = Command::new(example("phaul-web"))
+            .args(["--listen", "127.0.0.1:0", "--target", "127.0.0.1:1"])
+            .arg("--key-file")
+            .arg(&key)
+            .arg("--token-file")
+            .arg(&tf)
+            .arg("--work-dir")
+            .arg(dir.path().join("work"))
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(expect), "{content:?} {mode:o}: {err}");
+    }
+    // Every address needs the origin browsers use.
+    let out = Command::new(example("phaul-web"))
+        .args(["--listen", "0.0.0.0:0", "--target", "127.0.0.1:1"])
+        .arg("--key-file")
+        .arg(&key)
+        .arg("--work-dir")
+        .arg(dir.path().join("work"))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--allow-origin"));
+}
+
+// --- the browser ------------------------------------------------------------------------
+
+/// A child process killed when dropped (also when a test panics).
+struct Killed(Child);
+
+impl Killed {
+    fn stop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn service(hosts: &Hosts, key: &Path, work: &Path) -> (Killed, String) {
+    let log = work.join("service.log");
+    let child = Hosts::command(&hosts.tgt, example("phaul-service"))
+        .args(["--listen", &format!("{}:7070", hosts.tgt_ip), "--key-file"])
+        .arg(key)
+        .arg("--work-dir")
+        .arg(work.join("target"))
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until(Duration::from_secs(20), || {
+        std::fs::read_to_string(&log)
+            .ok()
+            .filter(|s| s.contains("listening on"))
+            .map(drop)
+    })
+    .expect("phaul-service did not start");
+    (Killed(child), format!("{}:7070", hosts.tgt_ip))
+}
+
+struct E2e {
+    ok: bool,
+    result: Value,
+    log: String,
+}
+
+/// Runs `web/e2e.mjs` inside host `ns`; `on_ready`, when given, runs once
+/// the script has seen both trees, before it drags. `expect`: `success`,
+/// `failure` or `checkpoint` (see the script).
+fn e2e(ns: &str, web: &Web, pid: i32, expect: &str, on_ready: Option<&mut dyn FnMut()>) -> E2e {
+    let shots = target_dir().join("web-e2e");
+    std::fs::create_dir_all(&shots).unwrap();
+    let shot = shots.join(format!("{expect}.png"));
+    let _ = std::fs::remove_file(&shot);
+    let _ = std::fs::remove_file(shots.join(format!("{expect}-error.png")));
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let mut child = Hosts::command(ns, "node")
+        .arg(repo().join("web/e2e.mjs"))
+        .current_dir(repo())
+        .env("PHAUL_WEB_URL", &web.url)
+        .env("PHAUL_WEB_PID", pid.to_string())
+        .env("PHAUL_WEB_EXPECT", expect)
+        .env("PHAUL_WEB_SHOT", &shot)
+        .envs(on_ready.is_some().then_some(("PHAUL_WEB_WAIT_GO", "1")))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(log.reopen().unwrap())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take();
+    let stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut on_ready = on_ready;
+    let mut result = Value::Null;
+    for line in stdout.lines().map_while(Result::ok) {
+        if line == "READY" {
+            if let Some(f) = on_ready.as_mut() {
+                f();
+            }
+            if let Some(s) = stdin.as_mut() {
+                writeln!(s, "GO").unwrap();
+            }
+        } else if let Some(r) = line.strip_prefix("RESULT ") {
+            result = serde_json::from_str(r).unwrap_or(Value::Null);
+        }
+    }
+    drop(stdin);
+    let status = child.wait().unwrap();
+    let log = std::fs::read_to_string(log.path()).unwrap_or_default();
+    // What the script checked, shown with --nocapture.
+    #[allow(clippy::print_stderr)]
+    {
+        eprintln!("{log}");
+    }
+    let ok = status.success() && shot.exists();
+    if ok {
+        let png = std::fs::read(&shot).unwrap();
+        assert!(
+            png.starts_with(b"\x89PNG\r\n\x1a\n"),
+            "{} is a PNG",
+            shot.display()
+        );
+    }
+    E2e { ok, result, log }
+}
+
+fn netns_inode(path: &str) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).unwrap().ino()
+}
+
+#[test]
+fn dragging_the_workload_onto_the_target_migrates_it_for_real() {
+    let test = "dragging_the_workload_onto_the_target_migrates_it_for_real";
+    if !require_browser(test) {
+        return;
+    }
+    let _one = E2E.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let hosts = Hosts::new().unwrap();
+    let key = key_file(dir.path());
+    let (mut svc, addr) = service(&hosts, &key, dir.path());
+    let mut w = Workload::start_in(Some(&hosts.src), 64).unwrap();
+    let web = Web::start(Some(&hosts.src), &addr, &key, &dir.path().join("web"), &[]);
+    let before = w.counter().unwrap();
+
+    let run = e2e(&hosts.src, &web, w.pid, "success", None);
+    assert!(
+        run.ok,
+        "the browser test failed: {}\n{}\nphaul-web:\n{}",
+        run.result,
+        run.log,
+        web.log()
+    );
+    let new = i32::try_from(run.result["target_pid"].as_i64().unwrap()).unwrap();
+    w.adopt(new);
+    // It runs on the target host, with its memory and its counter.
+    assert!(alive(new), "PID {new} runs");
+    assert_eq!(
+        netns_inode(&format!("/proc/{new}/ns/net")),
+        netns_inode(&format!("/run/netns/{}", hosts.tgt)),
+        "PID {new} is in the target host"
+    );
+    assert_eq!(w.memory_intact(new), Some(true), "its memory checksum");
+    assert!(
+        w.counter_passes(before, Duration::from_secs(10)).is_some(),
+        "its counter goes on"
+    );
+    let c = w.counter().unwrap();
+    assert!(w.counter_passes(c, Duration::from_secs(10)).is_some());
+    assert!(
+        wait_until(Duration::from_secs(20), || (!alive(w.pid)).then_some(())).is_some(),
+        "the source copy ended"
+    );
+    // The API tells the same story.
+    let m = get_in(&hosts.src, &web, "/api/migrations");
+    assert_eq!(m[0]["status"], "succeeded", "{m}");
+    assert_eq!(m[0]["target_pid"], new);
+    assert!(m[0]["report"]["downtime_ms"].as_f64().unwrap() > 0.0);
+    svc.stop();
+}
+
+#[test]
+fn a_migration_to_a_stopped_service_fails_in_the_page_and_the_source_keeps_running() {
+    let test = "a_migration_to_a_stopped_service_fails_in_the_page_and_the_source_keeps_running";
+    if !require_browser(test) {
+        return;
+    }
+    let _one = E2E.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let hosts = Hosts::new().unwrap();
+    let key = key_file(dir.path());
+    let (mut svc, addr) = service(&hosts, &key, dir.path());
+    let w = Workload::start_in(Some(&hosts.src), 32).unwrap();
+    let web = Web::start(Some(&hosts.src), &addr, &key, &dir.path().join("web"), &[]);
+
+    let mut stop = || svc.stop();
+    let run = e2e(&hosts.src, &web, w.pid, "failure", Some(&mut stop));
+    assert!(
+        run.ok,
+        "the browser test failed: {}\n{}\nphaul-web:\n{}",
+        run.result,
+        run.log,
+        web.log()
+    );
+    assert_eq!(run.result["status"], "failed");
+    // The workload still runs on the source, untouched.
+    assert!(alive(w.pid));
+    assert_eq!(
+        netns_inode(&format!("/proc/{}/ns/net", w.pid)),
+        netns_inode(&format!("/run/netns/{}", hosts.src))
+    );
+    let c = w.counter().unwrap();
+    assert!(w.counter_passes(c, Duration::from_secs(10)).is_some());
+    assert_eq!(w.memory_intact(w.pid), Some(true));
+    let m = get_in(&hosts.src, &web, "/api/migrations");
+    assert_eq!(m[0]["status"], "failed", "{m}");
+    assert!(
+        m[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("link to the other host"),
+        "{m}"
+    );
+}
+
+#[test]
+fn the_page_checkpoints_downloads_and_restores_an_archive() {
+    let test = "the_page_checkpoints_downloads_and_restores_an_archive";
+    if !require_browser(test) {
+        return;
+    }
+    let _one = E2E.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let hosts = Hosts::new().unwrap();
+    let key = key_file(dir.path());
+    let mut w = Workload::start_in(Some(&hosts.src), 32).unwrap();
+    let web = Web::start(
+        Some(&hosts.src),
+        &format!("{}:7070", hosts.tgt_ip),
+        &key,
+        &dir.path().join("web"),
+        &[],
+    );
+    let before = w.counter().unwrap();
+    let run = e2e(&hosts.src, &web, w.pid, "checkpoint", None);
+    assert!(
+        run.ok,
+        "the browser test failed: {}\n{}\nphaul-web:\n{}",
+        run.result,
+        run.log,
+        web.log()
+    );
+    let new = i32::try_from(run.result["target_pid"].as_i64().unwrap()).unwrap();
+    w.adopt(new);
+    assert!(alive(new), "the restored PID {new} runs");
+    assert!(!alive(w.pid), "the original was stopped by the checkpoint");
+    assert_eq!(
+        netns_inode(&format!("/proc/{new}/ns/net")),
+        netns_inode(&format!("/run/netns/{}", hosts.src)),
+        "restored on this host"
+    );
+    assert_eq!(w.memory_intact(new), Some(true));
+    assert!(w.counter_passes(before, Duration::from_secs(10)).is_some());
+}
+
+/// A GET from inside host `ns` (phaul-web listens on that host's loopback).
+fn get_in(ns: &str, web: &Web, path: &str) -> Value {
+    let (addr, auth, path) = (web.addr.clone(), web.auth(), path.to_string());
+    phaul_testkit::in_netns(ns, move || async move {
+        http(&addr, "GET", &path, &[("Authorization", &auth)], b"").json()
+    })
+    .join()
+    .unwrap()
+}
+
+// --- checkpoint and restore ------------------------------------------------------------
+
+#[test]
+fn a_checkpoint_downloads_as_an_archive_that_restores() {
+    let test = "a_checkpoint_downloads_as_an_archive_that_restores";
+    if require_criu(test).is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let key = key_file(dir.path());
+    let work = dir.path().join("work");
+    let web = Web::start(None, "127.0.0.1:1", &key, &work, &[]);
+    let mut w = Workload::start(16).unwrap();
+
+    // Leave running: the workload goes on; the archive is offered.
+    let r = post_json(&web, "/api/checkpoint", &json!({ "pid": w.pid }));
+    assert_eq!(r.status, 200, "{}\n{}", r.text(), web.log());
+    let cp = r.json();
+    assert_eq!(cp["left_running"], true);
+    assert!(cp["files"].as_u64().unwrap() > 3, "{cp}");
+    assert!(alive(w.pid));
+    let c = w.counter().unwrap();
+    assert!(w.counter_passes(c, Duration::from_secs(10)).is_some());
+    let a = get(&web, cp["archive"].as_str().unwrap());
+    assert_eq!(a.status, 200);
+    assert_eq!(a.header("content-type"), Some("application/x-tar"));
+    assert_eq!(a.body.len() as u64, cp["bytes"].as_u64().unwrap());
+    assert_eq!(&a.body[257..263], b"ustar\0");
+    assert!(
+        a.header("content-disposition")
+            .is_some_and(|d| d.contains("attachment"))
+    );
+    // The same thing twice at once is refused; here, one after the other, fine.
+
+    // Stop after checkpoint: the original ends, the archive restores it.
+    let before = w.counter().unwrap();
+    let r = post_json(
+        &web,
+        "/api/checkpoint",
+        &json!({ "pid": w.pid.to_string(), "stop": true }),
+    );
+    assert_eq!(r.status, 200, "{}\n{}", r.text(), web.log());
+    let cp = r.json();
+    assert_eq!(cp["left_running"], false);
+    assert!(
+        wait_until(Duration::from_secs(10), || (!alive(w.pid)).then_some(())).is_some(),
+        "the original ended"
+    );
+    let a = get(&web, cp["archive"].as_str().unwrap());
+    assert_eq!(a.status, 200);
+    let r = http(
+        &web.addr,
+        "POST",
+        "/api/restore",
+        &[
+            ("Authorization", &web.auth()),
+            ("Content-Type", "application/x-tar"),
+        ],
+        &a.body,
+    );
+    assert_eq!(r.status, 200, "{}\n{}", r.text(), web.log());
+    let new = i32::try_from(r.json()["pid"].as_i64().unwrap()).unwrap();
+    w.adopt(new);
+    assert!(alive(new));
+    assert_eq!(w.memory_intact(new), Some(true));
+    assert!(w.counter_passes(before, Duration::from_secs(10)).is_some());
+    // The restore's directory is gone.
+    assert!(tree(&work.join("restores")).is_empty());
+}
