@@ -43,6 +43,10 @@ pub enum Error {
     #[error("the target: {0}")]
     Target(String),
 
+    /// Syncing the file system failed.
+    #[error("file-system sync")]
+    Fs(#[source] phaul_fs::Error),
+
     /// The link to the other host failed.
     #[error("link to the other host")]
     Link(#[from] phaul_transport::Error),

@@ -32,10 +32,12 @@
 //! - [`stats`]: statistics as a state machine, finalized into a [`Report`].
 //! - [`pagestream`]: relaying CRIU's page-server traffic.
 //! - [`hostinfo`]: the processes and containers of this host.
+//! - [`fs`]: which `phaul-fs` driver carries an htype's file system.
 //! - [`error`]: the crate's [`Error`] type.
 
 pub mod criu;
 pub mod error;
+pub mod fs;
 pub mod hostinfo;
 pub mod mode;
 pub mod pagestream;

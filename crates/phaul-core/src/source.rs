@@ -28,6 +28,7 @@ use tracing::{info, warn};
 
 use crate::criu::{DumpSpec, SourceCriu};
 use crate::error::{Error, Result};
+use crate::fs::{FsChoice, Pass, SourceFs};
 use crate::mode::{self, HostCaps, Mode, ModeChoice};
 use crate::pagestream::{PageRelay, reset_on_close, socketpair};
 use crate::policy::{ConvergencePolicy, Decision, IterationSample, PhaulRules};
@@ -100,6 +101,7 @@ pub struct Migration<C: SourceCriu> {
     skip_version_check: bool,
     timeouts: Timeouts,
     progress: Option<mpsc::UnboundedSender<Progress>>,
+    fs: FsChoice,
     cancel_tx: Arc<watch::Sender<bool>>,
     cancel_rx: watch::Receiver<bool>,
 }
@@ -138,6 +140,7 @@ impl<C: SourceCriu> Migration<C> {
             skip_version_check: false,
             timeouts: Timeouts::default(),
             progress: None,
+            fs: FsChoice::default(),
             cancel_tx: Arc::new(tx),
             cancel_rx: rx,
         }
@@ -190,6 +193,13 @@ impl<C: SourceCriu> Migration<C> {
     /// Step timeouts.
     pub fn timeouts(mut self, t: Timeouts) -> Self {
         self.timeouts = t;
+        self
+    }
+
+    /// How the htype's file system travels (if it has one): `native` by
+    /// default.
+    pub fn fs(mut self, choice: FsChoice) -> Self {
+        self.fs = choice;
         self
     }
 
@@ -377,12 +387,19 @@ impl<C: SourceCriu> Migration<C> {
         stats.set_mode(choice.clone());
         self.emit(Progress::Mode(choice.clone()));
 
+        let fs_root = self.htype.fs_root();
+        let fs_name = if fs_root.is_some() {
+            self.fs.name()
+        } else {
+            ""
+        };
         self.call(
             &mut ctl,
             request::Body::Begin(proto::Begin {
                 htype: self.htype.kind().to_string(),
                 params: self.htype.params().into_iter().collect(),
                 mode: choice.mode.to_string(),
+                fs_driver: fs_name.to_string(),
             }),
         )
         .await?;
@@ -400,11 +417,44 @@ impl<C: SourceCriu> Migration<C> {
             })
             .await?;
         let pid = self.htype.root_pid()?;
+        let fs = match (&fs_root, &self.fs) {
+            (None, _) => SourceFs::None,
+            (Some(root), choice) => {
+                let link = match choice {
+                    FsChoice::Shared => None,
+                    _ => Some(
+                        self.step(
+                            self.timeouts.request,
+                            "opening the file-system channel",
+                            async {
+                                Link::connect(
+                                    Endpoint::parse(&self.target)?,
+                                    &self.link,
+                                    Channel::Fs,
+                                    Some(sid),
+                                )
+                                .await
+                                .map_err(Error::Link)
+                            },
+                        )
+                        .await?,
+                    ),
+                };
+                match link {
+                    Some(l) => SourceFs::open(choice, l, root.clone())?,
+                    None => SourceFs::Shared(phaul_fs::Shared),
+                }
+            }
+        };
         let ctx = Ctx {
             sid,
             pid,
             dir: dir.to_path_buf(),
+            force_irmap: !fs.inodes_survive(),
+            fs: tokio::sync::Mutex::new(fs),
         };
+        // The first pass, while the tree runs: the bulk of the files.
+        self.fs_pass(stats, &ctx, Pass::First).await?;
         let res = self
             .run_mode(stats, &mut ctl, &mut images, &ctx, &choice)
             .await;
@@ -493,7 +543,11 @@ impl<C: SourceCriu> Migration<C> {
             work_dir,
             parent: (parent && i > 0).then(|| format!("../{}", i - 1)),
             track_mem,
-            options: self.htype.dump_options(),
+            options: {
+                let mut o = self.htype.dump_options();
+                o.force_irmap |= ctx.force_irmap;
+                o
+            },
             iteration: i,
         })
     }
@@ -542,6 +596,8 @@ impl<C: SourceCriu> Migration<C> {
             stats.record_iteration(report.clone());
             self.emit(Progress::Iteration(report.clone()));
             self.emit(Progress::Bytes(stats.bytes()));
+            // The file system follows memory, iteration by iteration.
+            self.fs_pass(stats, ctx, Pass::Iteration).await?;
             history.push(IterationSample::from(&report));
             let decision = self.policy.decide(&history);
             stats.set_predicted_downtime(self.policy.predicted_downtime(&history));
@@ -604,6 +660,7 @@ impl<C: SourceCriu> Migration<C> {
         let pages_sent = relay.sent();
         stats.add_bytes(pages_sent);
         let to_target = async {
+            self.fs_pass(stats, ctx, Pass::Final).await?;
             self.write_meta_files(&images_dir).await?;
             self.transfer_images(stats, ctl, images, &images_dir, i)
                 .await?;
@@ -702,6 +759,7 @@ impl<C: SourceCriu> Migration<C> {
         let (committed_tx, committed_rx) = watch::channel(false);
         let relay = PageRelay::spawn_guarded(pages, local, Some(committed_rx));
         let to_target = async {
+            self.fs_pass(stats, ctx, Pass::Final).await?;
             self.write_meta_files(&images_dir).await?;
             self.transfer_images(stats, ctl, images, &images_dir, i)
                 .await?;
@@ -754,6 +812,29 @@ impl<C: SourceCriu> Migration<C> {
                 Err(e)
             }
         }
+    }
+
+    /// One file-system pass, recorded in the stats.
+    async fn fs_pass(&self, stats: &mut Ongoing, ctx: &Ctx, which: Pass) -> Result<()> {
+        let mut fs = ctx.fs.lock().await;
+        let driver = fs.name();
+        let limit = self.timeouts.transfer;
+        if let Some(st) = self
+            .step(limit, "syncing the file system", fs.pass(which))
+            .await?
+        {
+            info!(
+                driver,
+                files = st.files,
+                bytes = st.bytes,
+                deleted = st.deleted,
+                ?which,
+                "file-system pass"
+            );
+            stats.record_fs(driver, st.files, st.bytes, st.deleted, which == Pass::Final);
+            self.emit(Progress::Bytes(stats.bytes()));
+        }
+        Ok(())
     }
 
     /// Adds the htype's extra files (a container's config, its console) to
@@ -852,6 +933,10 @@ struct Ctx {
     sid: SessionId,
     pid: i32,
     dir: PathBuf,
+    /// The file system is copied, so inodes change: CRIU must resolve
+    /// inotify watches by path.
+    force_irmap: bool,
+    fs: tokio::sync::Mutex<SourceFs>,
 }
 
 fn remote(e: phaul_transport::Error) -> Error {

@@ -163,6 +163,26 @@ pub struct Ongoing {
     predicted_downtime: Option<Duration>,
     source_pid: Option<i32>,
     target_pid: Option<i32>,
+    fs: FsReport,
+}
+
+/// The file-system passes of a migration, added up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+pub struct FsReport {
+    /// The driver ("native", "rsync", "shared"), or "" without one.
+    pub driver: &'static str,
+    /// Passes run (the first, one per pre-dump, the final one).
+    pub passes: u32,
+    /// Files created or updated on the target, all passes together.
+    pub files: u64,
+    /// File content bytes sent.
+    pub bytes: u64,
+    /// Entries deleted on the target.
+    pub deleted: u64,
+    /// Files and bytes of the final pass alone, made while frozen.
+    pub final_files: u64,
+    /// See `final_files`.
+    pub final_bytes: u64,
 }
 
 impl Ongoing {
@@ -181,7 +201,30 @@ impl Ongoing {
             predicted_downtime: None,
             source_pid: None,
             target_pid: None,
+            fs: FsReport::default(),
         }
+    }
+
+    /// Records one file-system pass (`final_pass`: made while frozen).
+    /// Its bytes also count towards the bytes transferred.
+    pub fn record_fs(
+        &mut self,
+        driver: &'static str,
+        files: u64,
+        bytes: u64,
+        deleted: u64,
+        final_pass: bool,
+    ) {
+        self.fs.driver = driver;
+        self.fs.passes += 1;
+        self.fs.files += files;
+        self.fs.bytes += bytes;
+        self.fs.deleted += deleted;
+        if final_pass {
+            self.fs.final_files = files;
+            self.fs.final_bytes = bytes;
+        }
+        self.bytes += bytes;
     }
 
     /// The mode this migration uses, and why.
@@ -358,6 +401,7 @@ impl Ongoing {
             target_pid: self.target_pid,
             per_iteration: self.iterations,
             phase_reached: self.phase,
+            fs: self.fs,
         }
     }
 }
@@ -406,6 +450,8 @@ pub struct Report {
     pub target_pid: Option<i32>,
     /// Each CRIU dump iteration, in order.
     pub per_iteration: Vec<IterationReport>,
+    /// The file-system passes, if the htype has a file system.
+    pub fs: FsReport,
     /// The last phase entered.
     pub phase_reached: Phase,
 }

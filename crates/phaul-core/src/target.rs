@@ -30,6 +30,7 @@ const JOIN_TIMEOUT: Duration = Duration::from_secs(60);
 struct Inbox {
     images: mpsc::Sender<Link>,
     pages: mpsc::Sender<Link>,
+    fs: mpsc::Sender<Link>,
 }
 
 type Sessions = Arc<Mutex<HashMap<SessionId, Inbox>>>;
@@ -43,6 +44,7 @@ pub struct Service<T: TargetCriu> {
     keep_images: bool,
     limits: ImageLimits,
     paths: phaul_htypes::registry::Paths,
+    fs_limits: phaul_fs::FsLimits,
 }
 
 impl<T: TargetCriu> Service<T> {
@@ -57,7 +59,14 @@ impl<T: TargetCriu> Service<T> {
             keep_images: false,
             limits: ImageLimits::default(),
             paths: phaul_htypes::registry::Paths::default(),
+            fs_limits: phaul_fs::FsLimits::default(),
         }
+    }
+
+    /// Limits on what one file-system pass may bring.
+    pub fn fs_limits(mut self, limits: phaul_fs::FsLimits) -> Self {
+        self.fs_limits = limits;
+        self
     }
 
     /// Where the kinds keep their things on this host (LXC's path).
@@ -127,31 +136,31 @@ impl<T: TargetCriu> Service<T> {
             Channel::Control => {
                 let (itx, irx) = mpsc::channel(4);
                 let (ptx, prx) = mpsc::channel(4);
+                let (ftx, frx) = mpsc::channel(1);
                 sessions.lock().expect("not poisoned").insert(
                     sid,
                     Inbox {
                         images: itx,
                         pages: ptx,
+                        fs: ftx,
                     },
                 );
                 info!(session = %hex(&sid), peer = %link.peer(), "migration session opened");
-                let mut s = Session::new(self.clone(), sid, irx, prx);
+                let mut s = Session::new(self.clone(), sid, irx, prx, frx);
                 s.run(ControlServer::new(link)).await;
                 sessions.lock().expect("not poisoned").remove(&sid);
             }
             ch => {
                 let tx = {
                     let map = sessions.lock().expect("not poisoned");
-                    map.get(&sid).map(|i| {
-                        if ch == Channel::Images {
-                            i.images.clone()
-                        } else {
-                            i.pages.clone()
-                        }
+                    map.get(&sid).map(|i| match ch {
+                        Channel::Images => i.images.clone(),
+                        Channel::Fs => i.fs.clone(),
+                        _ => i.pages.clone(),
                     })
                 };
                 match (tx, ch) {
-                    (Some(tx), Channel::Images | Channel::Pages) => {
+                    (Some(tx), Channel::Images | Channel::Pages | Channel::Fs) => {
                         let _ = tx.send(link).await;
                     }
                     (None, _) => {
@@ -230,6 +239,9 @@ struct Session<T: TargetCriu> {
     sid: SessionId,
     images_rx: mpsc::Receiver<Link>,
     pages_rx: mpsc::Receiver<Link>,
+    fs_rx: Option<mpsc::Receiver<Link>>,
+    /// Serving the source's file-system passes, while the migration runs.
+    fs_task: Option<tokio::task::JoinHandle<()>>,
     images: Option<Link>,
     dir: Option<PathBuf>,
     htype: Option<Arc<dyn Htype>>,
@@ -247,12 +259,15 @@ impl<T: TargetCriu> Session<T> {
         sid: SessionId,
         images_rx: mpsc::Receiver<Link>,
         pages_rx: mpsc::Receiver<Link>,
+        fs_rx: mpsc::Receiver<Link>,
     ) -> Self {
         Self {
             svc,
             sid,
             images_rx,
             pages_rx,
+            fs_rx: Some(fs_rx),
+            fs_task: None,
             images: None,
             dir: None,
             htype: None,
@@ -306,6 +321,10 @@ impl<T: TargetCriu> Session<T> {
             d.kill().await;
         }
         self.custom = None;
+        if let Some(t) = self.fs_task.take() {
+            t.abort();
+            let _ = t.await;
+        }
         if let Some(h) = self.htype.clone() {
             // Also removes a synced file system when nothing was restored.
             match tokio::task::spawn_blocking(move || h.abort()).await {
@@ -405,6 +424,45 @@ impl<T: TargetCriu> Session<T> {
                     })
                 })?;
                 info!(session = %hex(&self.sid), kind = h.kind(), mode = %b.mode, "migration begins");
+                if !b.fs_driver.is_empty() && b.fs_driver != "shared" {
+                    let root = h.fs_root().ok_or_else(|| {
+                        (
+                            ErrorCode::BadRequest,
+                            Error::Protocol(format!(
+                                "the {} kind has no file system to sync",
+                                h.kind()
+                            )),
+                        )
+                    })?;
+                    std::fs::create_dir_all(&root).map_err(|source| {
+                        failed(Error::Io {
+                            what: format!("creating {}", root.display()),
+                            source,
+                        })
+                    })?;
+                    let mut rx = self
+                        .fs_rx
+                        .take()
+                        .ok_or_else(|| failed(Error::Protocol("a second file system".into())))?;
+                    let driver = b.fs_driver.clone();
+                    let limits = self.svc.fs_limits;
+                    let sid = hex(&self.sid);
+                    self.fs_task = Some(tokio::spawn(async move {
+                        let Ok(Some(link)) = tokio::time::timeout(JOIN_TIMEOUT, rx.recv()).await
+                        else {
+                            warn!(session = %sid, "no file-system channel joined the session");
+                            return;
+                        };
+                        match crate::fs::serve(&driver, link, &root, &limits).await {
+                            Ok(st) => {
+                                info!(session = %sid, files = st.files, bytes = st.bytes, "file system received")
+                            }
+                            Err(e) => {
+                                warn!(session = %sid, error = %error_chain(&e), "file-system sync failed")
+                            }
+                        }
+                    }));
+                }
                 self.htype = Some(h);
                 self.dir = Some(dir.clone());
                 Ok(response::Body::Begun(proto::Begun {

@@ -380,3 +380,219 @@ fn tokio_runtime() -> tokio::runtime::Runtime {
         .build()
         .expect("a tokio runtime")
 }
+
+/// An LXC container for tests, started inside a host (network namespace):
+/// LXC's tools reach a container through an abstract Unix socket, which
+/// belongs to a network namespace, so every LXC command about it must run
+/// in the host that runs it. LXC's busybox template (offline), with the
+/// config changes this kind of machine needs (no bridge, no AppArmor, no
+/// ttys, `/lib` binds that are not symlinks), running a shell loop that
+/// keeps a counter in memory and writes it to `/tmp/count` in its root file
+/// system every 0.2 s. Stopped and destroyed on drop, wherever it is then.
+#[derive(Debug)]
+pub struct LxcContainer {
+    /// Its name.
+    pub name: String,
+    /// The LXC path it was created in.
+    pub lxcpath: PathBuf,
+    /// The host (network namespace) it runs in, `None` for ours.
+    pub netns: Option<String>,
+    /// Other (LXC path, host) pairs it may have moved to (cleaned up too).
+    pub also: Vec<(PathBuf, Option<String>)>,
+}
+
+fn lxc_tool_in(
+    netns: Option<&str>,
+    tool: &str,
+    args: &[&std::ffi::OsStr],
+) -> std::io::Result<String> {
+    let mut cmd = match netns {
+        Some(ns) => Hosts::command(ns, tool),
+        None => Command::new(tool),
+    };
+    // Files, not pipes: LXC's tools leave a monitor daemon behind that
+    // inherits them, and a pipe would never reach end-of-file.
+    use std::io::{Read, Seek};
+    let mut out = tempfile::tempfile()?;
+    let mut err = tempfile::tempfile()?;
+    let status = cmd
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(out.try_clone()?)
+        .stderr(err.try_clone()?)
+        .status()?;
+    let read = |f: &mut fs::File| {
+        let mut s = String::new();
+        let _ = f.seek(std::io::SeekFrom::Start(0));
+        let _ = f.read_to_string(&mut s);
+        s
+    };
+    if !status.success() {
+        return Err(std::io::Error::other(format!(
+            "{tool}: {}",
+            read(&mut err).trim()
+        )));
+    }
+    Ok(read(&mut out))
+}
+
+impl LxcContainer {
+    /// Creates container `name` in `lxcpath` and starts it, with its
+    /// counter, inside host `netns` (or ours).
+    pub fn start(netns: Option<&str>, lxcpath: &Path, name: &str) -> std::io::Result<Self> {
+        fs::create_dir_all(lxcpath)?;
+        let p = lxcpath.as_os_str();
+        let me = Self {
+            name: name.to_string(),
+            lxcpath: lxcpath.to_path_buf(),
+            netns: netns.map(str::to_string),
+            also: Vec::new(),
+        };
+        let lxc_tool = |tool: &str, args: &[&std::ffi::OsStr]| lxc_tool_in(netns, tool, args);
+        lxc_tool(
+            "lxc-create",
+            &[
+                "-P".as_ref(),
+                p,
+                "-t".as_ref(),
+                "busybox".as_ref(),
+                "-n".as_ref(),
+                name.as_ref(),
+            ],
+        )?;
+        let dir = lxcpath.join(name);
+        let config = fs::read_to_string(dir.join("config"))?;
+        let fixed: Vec<String> = config
+            .lines()
+            .filter(|l| {
+                let k = l.split('=').next().unwrap_or("").trim();
+                !(k == "lxc.net.0.link" || k == "lxc.net.0.flags" || k.starts_with("lxc.apparmor"))
+            })
+            .map(|l| {
+                let k = l.split('=').next().unwrap_or("").trim();
+                match k {
+                    "lxc.net.0.type" => "lxc.net.0.type = empty".to_string(),
+                    "lxc.tty.max" => "lxc.tty.max = 0".to_string(),
+                    _ => l
+                        .replace(
+                            "lxc.mount.entry = /lib lib ",
+                            "lxc.mount.entry = /usr/lib lib ",
+                        )
+                        .replace(
+                            "lxc.mount.entry = /lib64 lib64 ",
+                            "lxc.mount.entry = /usr/lib64 lib64 ",
+                        ),
+                }
+            })
+            .collect();
+        fs::write(dir.join("config"), fixed.join("\n") + "\n")?;
+        let inittab = dir.join("rootfs/etc/inittab");
+        if let Ok(t) = fs::read_to_string(&inittab) {
+            let kept: Vec<&str> = t.lines().filter(|l| !l.contains("getty")).collect();
+            fs::write(&inittab, kept.join("\n") + "\n")?;
+        }
+        let counter = dir.join("rootfs/bin/counter.sh");
+        // lxc-attach hands the attached process descriptors of the host above
+        // 2 (a host /dev/null, for one), which CRIU cannot dump: close them.
+        fs::write(
+            &counter,
+            "#!/bin/sh\nfor f in /proc/$$/fd/*; do n=${f##*/}; [ \"$n\" -gt 2 ] 2>/dev/null && eval \"exec $n>&-\"; done\n\
+             i=0\nwhile true; do i=$((i+1)); echo $i > /tmp/count; sleep 0.2; done\n",
+        )?;
+        fs::set_permissions(&counter, fs::Permissions::from_mode(0o755))?;
+        lxc_tool(
+            "lxc-start",
+            &["-P".as_ref(), p, "-n".as_ref(), name.as_ref()],
+        )?;
+        lxc_tool(
+            "lxc-wait",
+            &[
+                "-P".as_ref(),
+                p,
+                "-n".as_ref(),
+                name.as_ref(),
+                "-s".as_ref(),
+                "RUNNING".as_ref(),
+                "-t".as_ref(),
+                "20".as_ref(),
+            ],
+        )?;
+        // stdio inside the container must not be ours (CRIU cannot dump a
+        // process holding the harness's files).
+        lxc_tool(
+            "lxc-attach",
+            &[
+                "-P".as_ref(),
+                p,
+                "-n".as_ref(),
+                name.as_ref(),
+                "--".as_ref(),
+                "/bin/sh".as_ref(),
+                "-c".as_ref(),
+                "exec </dev/null >/dev/null 2>/dev/null; setsid /bin/counter.sh &".as_ref(),
+            ],
+        )?;
+        let count = me.count_file();
+        wait_until(Duration::from_secs(20), || {
+            fs::read_to_string(&count).ok().filter(|s| s.trim() != "0")
+        })
+        .ok_or_else(|| std::io::Error::other("the container's counter did not start"))?;
+        Ok(me)
+    }
+
+    /// The counter file inside its root file system (in `lxcpath`).
+    pub fn count_file(&self) -> PathBuf {
+        Self::count_file_in(&self.lxcpath, &self.name)
+    }
+
+    /// The counter file of container `name` in `lxcpath`.
+    pub fn count_file_in(lxcpath: &Path, name: &str) -> PathBuf {
+        lxcpath.join(name).join("rootfs/tmp/count")
+    }
+
+    /// The counter's value as written in `lxcpath`'s copy.
+    pub fn counter_in(lxcpath: &Path, name: &str) -> Option<u64> {
+        fs::read_to_string(Self::count_file_in(lxcpath, name))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    /// LXC's state for container `name` in `lxcpath`, asked inside host
+    /// `netns` (`RUNNING`, ...), or `None` if LXC does not know it.
+    pub fn state_in(netns: Option<&str>, lxcpath: &Path, name: &str) -> Option<String> {
+        lxc_tool_in(
+            netns,
+            "lxc-info",
+            &[
+                "-P".as_ref(),
+                lxcpath.as_os_str(),
+                "-n".as_ref(),
+                name.as_ref(),
+                "-sH".as_ref(),
+            ],
+        )
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+    }
+}
+
+impl Drop for LxcContainer {
+    fn drop(&mut self) {
+        for (p, ns) in std::iter::once((&self.lxcpath, &self.netns))
+            .chain(self.also.iter().map(|(p, n)| (p, n)))
+        {
+            let args: [&std::ffi::OsStr; 5] = [
+                "-P".as_ref(),
+                p.as_os_str(),
+                "-n".as_ref(),
+                self.name.as_ref(),
+                "-k".as_ref(),
+            ];
+            let _ = lxc_tool_in(ns.as_deref(), "lxc-stop", &args);
+            let _ = lxc_tool_in(ns.as_deref(), "lxc-destroy", &args[..4]);
+        }
+    }
+}

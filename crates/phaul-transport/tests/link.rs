@@ -430,6 +430,7 @@ async fn every_message_round_trips_through_a_link() {
             htype: "pid".into(),
             params: [("pid".to_string(), "42".to_string())].into(),
             mode: "post-copy".into(),
+            fs_driver: "native".into(),
         }),
         request::Body::StartPageServer(proto::StartPageServer {
             iteration: 3,

@@ -92,6 +92,7 @@ fn main() {
                 htype: "pid".into(),
                 params: HashMap::from([("pid".to_string(), "1234".to_string())]),
                 mode: "stop-copy".into(),
+                fs_driver: String::new(),
             }),
         ),
     );

@@ -1,0 +1,344 @@
+//! Real LXC containers migrated with their root file system between two
+//! "hosts" (network namespaces, each with its own LXC path), with real CRIU
+//! and LXC. Needs root, CRIU 4 and LXC (scripts/setup.sh); under `CI` their
+//! absence fails the tests.
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc as std_mpsc;
+use std::time::Duration;
+
+use phaul_core::criu::Criu;
+use phaul_core::fs::FsChoice;
+use phaul_core::{Migration, Mode, Report, Service};
+use phaul_htypes::registry::{Paths, source_in};
+use phaul_testkit::{Hosts, LxcContainer, in_netns, require_criu, wait_until};
+use phaul_transport::{LinkConfig, Listener, SharedKey};
+
+fn cfg() -> LinkConfig {
+    LinkConfig::new(SharedKey::new(b"lxc migration test key, 32 bytes").unwrap())
+}
+
+fn criu(bin: &Path) -> Criu {
+    Criu::new(criu_rpc::Criu::with_binary(bin).quiet(true))
+}
+
+fn unique_name() -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "phct{}x{}",
+        std::process::id() % 100_000,
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A service in the target host, restoring LXC containers into `lxcpath`.
+struct Target {
+    addr: String,
+    _work: tempfile::TempDir,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Target {
+    fn start(hosts: &Hosts, bin: &Path, lxcpath: &Path) -> Self {
+        let work = tempfile::Builder::new()
+            .prefix("phaul-lxc-target-")
+            .tempdir()
+            .unwrap();
+        let (dir, ip, crit, lxc) = (
+            work.path().to_path_buf(),
+            hosts.tgt_ip.clone(),
+            criu(bin),
+            lxcpath.to_path_buf(),
+        );
+        let (tx, rx) = std_mpsc::channel();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let thread = in_netns(&hosts.tgt, move || async move {
+            let l = Listener::bind(&format!("{ip}:0")).await.unwrap();
+            tx.send(l.local_addr().unwrap()).unwrap();
+            Service::new(crit, cfg(), dir)
+                .htype_paths(Paths { lxcpath: lxc })
+                .serve(l, async {
+                    let _ = stop_rx.await;
+                })
+                .await
+                .unwrap();
+        });
+        let addr = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        Self {
+            addr,
+            _work: work,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn migrate(
+    hosts: &Hosts,
+    bin: &Path,
+    to: &str,
+    name: &str,
+    src_lxc: &Path,
+    fs: FsChoice,
+) -> Report {
+    let (bin, to, name, src_lxc) = (
+        bin.to_path_buf(),
+        to.to_string(),
+        name.to_string(),
+        src_lxc.to_path_buf(),
+    );
+    let work = tempfile::Builder::new()
+        .prefix("phaul-lxc-source-")
+        .tempdir()
+        .unwrap();
+    let w = work.path().to_path_buf();
+    // PHAUL_KEEP=1 keeps the images and CRIU's logs for a look afterwards.
+    let _work = if std::env::var_os("PHAUL_KEEP").is_some() {
+        let _ = work.keep();
+        None
+    } else {
+        Some(work)
+    };
+    in_netns(&hosts.src, move || async move {
+        let htype = source_in("lxc", &name, &Paths { lxcpath: src_lxc }).unwrap();
+        let m = Migration::new(criu(&bin), to, cfg(), htype)
+            .mode(Mode::Auto)
+            .fs(fs)
+            .work_dir(&w)
+            .keep_images(std::env::var_os("PHAUL_KEEP").is_some());
+        tokio::time::timeout(Duration::from_secs(300), m.run())
+            .await
+            .expect("the migration hung")
+    })
+    .join()
+    .unwrap()
+}
+
+fn lxcpath(tag: &str) -> (tempfile::TempDir, PathBuf) {
+    let d = tempfile::Builder::new()
+        .prefix(&format!("phaul-lxc-{tag}-"))
+        .tempdir()
+        .unwrap();
+    let p = d.path().to_path_buf();
+    (d, p)
+}
+
+fn moves_a_container(fs: &FsChoice) {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_env("PHAUL_TEST_LOG"))
+        .with_test_writer()
+        .try_init();
+    let Some(bin) = require_criu("an_lxc_container_moves_with_its_files_and_memory") else {
+        return;
+    };
+    let hosts = Hosts::new().unwrap();
+    let (_s, src) = lxcpath("src");
+    let (_t, tgt) = lxcpath("tgt");
+    let name = unique_name();
+    let mut ct = LxcContainer::start(Some(&hosts.src), &src, &name).unwrap();
+    ct.also.push((tgt.clone(), Some(hosts.tgt.clone())));
+    // A file in its root file system, from before the migration.
+    std::fs::write(
+        src.join(&name).join("rootfs/etc/phaul-marker"),
+        "written before",
+    )
+    .unwrap();
+    let before = LxcContainer::counter_in(&src, &name).unwrap();
+    let target = Target::start(&hosts, &bin, &tgt);
+    let r = migrate(&hosts, &bin, &target.addr, &name, &src, fs.clone());
+    assert!(r.success, "{:?}", r.error);
+    assert_eq!(r.mode, "stop-copy", "{}", r.mode_reason);
+    assert!(
+        r.mode_reason.contains("cannot be restored lazily"),
+        "{}",
+        r.mode_reason
+    );
+    assert_eq!(r.fs.driver, fs.name());
+    assert!(r.fs.passes >= 2, "{:?}", r.fs);
+    // LXC knows it on the target, runs it, and it is gone from the source.
+    assert_eq!(
+        LxcContainer::state_in(Some(&hosts.tgt), &tgt, &name).as_deref(),
+        Some("RUNNING")
+    );
+    assert!(
+        !src.join(&name).exists(),
+        "the source's container was not removed"
+    );
+    // Its files came along, and its process continues from where it was:
+    // the counter lives in the shell's memory; a restart would count from 1.
+    assert_eq!(
+        std::fs::read_to_string(tgt.join(&name).join("rootfs/etc/phaul-marker")).unwrap(),
+        "written before"
+    );
+    let c1 = LxcContainer::counter_in(&tgt, &name).unwrap();
+    assert!(c1 >= before, "the counter went back: {c1} < {before}");
+    let c2 = wait_until(Duration::from_secs(10), || {
+        LxcContainer::counter_in(&tgt, &name).filter(|c| *c > c1)
+    })
+    .expect("the counter does not move on the target");
+    assert!(c2 > c1);
+}
+
+#[test]
+fn an_lxc_container_moves_with_its_files_and_memory_native() {
+    moves_a_container(&FsChoice::Native);
+}
+
+#[test]
+fn bad_container_requests_are_refused_and_change_nothing() {
+    let Some(_) = require_criu("bad_container_requests_are_refused_and_change_nothing") else {
+        return;
+    };
+    let (_s, src) = lxcpath("src");
+    let name = unique_name();
+    let p = Paths {
+        lxcpath: src.clone(),
+    };
+    for bad in ["a;reboot", "$(id)", "a b", "a/b", "../x"] {
+        let e = source_in("lxc", bad, &p).unwrap_err().to_string();
+        assert!(e.contains("container name"), "{bad}: {e}");
+    }
+    let e = source_in("lxc", "nosuchct", &p).unwrap_err().to_string();
+    assert!(e.contains("no such container"), "{e}");
+    let ct = LxcContainer::start(None, &src, &name).unwrap();
+    let pp = src.as_os_str();
+    let out = std::process::Command::new("lxc-stop")
+        .args(
+            [pp, name.as_ref()]
+                .iter()
+                .zip(["-P", "-n"])
+                .flat_map(|(v, k)| [std::ffi::OsStr::new(k), v])
+                .collect::<Vec<_>>(),
+        )
+        .arg("-k")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let e = source_in("lxc", &name, &p).unwrap_err().to_string();
+    assert!(e.contains("STOPPED"), "{e}");
+    // Nothing was changed: the stopped container is still there, intact.
+    assert_eq!(
+        LxcContainer::state_in(None, &src, &name).as_deref(),
+        Some("STOPPED")
+    );
+    assert!(src.join(&name).join("rootfs/bin/counter.sh").exists());
+    drop(ct);
+}
+
+#[test]
+fn an_lxc_container_moves_with_its_files_and_memory_rsync() {
+    // rsync's remote shell is phaul-fs's helper binary, which
+    // `cargo test --workspace` builds next to the test binaries.
+    let Some(helper) = phaul_fs::RsyncSource::helper_next_to_exe() else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "phaul-rsync-rsh is not built"
+        );
+        #[allow(clippy::print_stderr)]
+        {
+            eprintln!("SKIPPED: phaul-rsync-rsh is not built (run cargo test --workspace)");
+        }
+        return;
+    };
+    moves_a_container(&FsChoice::Rsync { helper });
+}
+
+#[test]
+fn a_restore_failing_on_the_target_leaves_the_container_running_on_the_source() {
+    let Some(bin) =
+        require_criu("a_restore_failing_on_the_target_leaves_the_container_running_on_the_source")
+    else {
+        return;
+    };
+    let hosts = Hosts::new().unwrap();
+    let (_s, src) = lxcpath("src");
+    let (_t, tgt) = lxcpath("tgt");
+    // The target keeps its containers on a noexec mount: its files arrive,
+    // but CRIU cannot map the container's programs there, so LXC's restore
+    // fails for real.
+    let status = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "noexec,size=256m", "phaul-noexec"])
+        .arg(&tgt)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    struct Umount(PathBuf);
+    impl Drop for Umount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.0)
+                .status();
+        }
+    }
+    let _umount = Umount(tgt.clone());
+    let name = unique_name();
+    let mut ct = LxcContainer::start(Some(&hosts.src), &src, &name).unwrap();
+    ct.also.push((tgt.clone(), Some(hosts.tgt.clone())));
+    std::fs::write(src.join(&name).join("rootfs/etc/phaul-marker"), "as it was").unwrap();
+    let snapshot = |root: &Path| -> Vec<(PathBuf, u64)> {
+        let mut v = Vec::new();
+        let mut stack = vec![root.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).unwrap().flatten() {
+                let m = e.path().symlink_metadata().unwrap();
+                if m.is_dir() {
+                    stack.push(e.path());
+                } else if !e.path().ends_with("tmp/count") {
+                    v.push((e.path(), m.len()));
+                }
+            }
+        }
+        v.sort();
+        v
+    };
+    let rootfs = src.join(&name).join("rootfs");
+    let before = snapshot(&rootfs);
+    let target = Target::start(&hosts, &bin, &tgt);
+    let r = migrate(&hosts, &bin, &target.addr, &name, &src, FsChoice::Native);
+    assert!(!r.success, "the restore was expected to fail");
+    assert_eq!(
+        r.phase_reached,
+        phaul_core::Phase::Rollback,
+        "{:?}",
+        r.error
+    );
+    assert!(
+        r.error.as_deref().unwrap().contains("lxc-checkpoint"),
+        "{:?}",
+        r.error
+    );
+    // Still LXC's and running on the source, counting, with its files as
+    // they were; nothing of it left on the target.
+    assert_eq!(
+        LxcContainer::state_in(Some(&hosts.src), &src, &name).as_deref(),
+        Some("RUNNING")
+    );
+    let c = LxcContainer::counter_in(&src, &name).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || LxcContainer::counter_in(
+            &src, &name
+        )
+        .filter(|x| *x > c))
+        .is_some(),
+        "the source container does not run"
+    );
+    assert_eq!(snapshot(&rootfs), before);
+    assert!(
+        !tgt.join(&name).exists(),
+        "the target kept the container's files"
+    );
+}
