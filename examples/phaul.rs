@@ -18,6 +18,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use phaul_core::criu::Criu;
+use phaul_core::fs::FsChoice;
 use phaul_core::policy::{DowntimeBudget, PhaulRules};
 use phaul_core::{Migration, Mode, Progress};
 use phaul_transport::{LinkConfig, SharedKey};
@@ -89,6 +90,10 @@ struct Migrate {
     /// Where LXC keeps containers on this host.
     #[arg(long, default_value = phaul_htypes::lxc::DEFAULT_LXCPATH)]
     lxcpath: PathBuf,
+    /// How a container's file system travels: native, rsync (over the
+    /// phaul link) or shared (the same storage on both hosts).
+    #[arg(long, default_value = "native")]
+    fs: String,
     /// What to migrate: KIND ID, e.g. `pid 4242` or `lxc web1`.
     #[arg(num_args = 2, value_names = ["KIND", "ID"], required = true)]
     what: Vec<String>,
@@ -96,6 +101,8 @@ struct Migrate {
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
+    // rsync runs this same binary as its remote shell (--fs rsync).
+    phaul_fs::rsync::run_as_rsh_if_called();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("PHAUL_LOG")
@@ -130,6 +137,14 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn migrate(m: Migrate) -> anyhow::Result<bool> {
+    let fs = match m.fs.as_str() {
+        "native" => FsChoice::Native,
+        "rsync" => FsChoice::Rsync {
+            helper: std::env::current_exe()?,
+        },
+        "shared" => FsChoice::Shared,
+        other => anyhow::bail!("unknown --fs {other:?} (native, rsync, shared)"),
+    };
     let paths = phaul_htypes::registry::Paths {
         lxcpath: m.lxcpath.clone(),
     };
@@ -162,6 +177,7 @@ async fn migrate(m: Migrate) -> anyhow::Result<bool> {
     .keep_images(m.keep_images)
     .skip_cpu_check(m.skip_cpu_check)
     .skip_version_check(m.skip_criu_check)
+    .fs(fs)
     .progress(tx);
     mig = match m.downtime_ms {
         Some(ms) => mig.policy(Box::new(DowntimeBudget {
