@@ -91,7 +91,7 @@ pub struct Migration<C: SourceCriu> {
     criu: C,
     target: String,
     link: LinkConfig,
-    htype: Box<dyn Htype>,
+    htype: Arc<dyn Htype>,
     mode: Mode,
     fallback: bool,
     policy: Box<dyn ConvergencePolicy>,
@@ -130,7 +130,7 @@ impl<C: SourceCriu> Migration<C> {
             criu,
             target: target.into(),
             link,
-            htype,
+            htype: Arc::from(htype),
             mode: Mode::Auto,
             fallback: false,
             policy: Box::new(PhaulRules::default()),
@@ -494,6 +494,9 @@ impl<C: SourceCriu> Migration<C> {
                     _ => self.final_post_copy(stats, ctl, images, ctx, n, true).await,
                 }
             }
+            Mode::Restart if self.htype.can_restart() => {
+                self.restart(stats, ctl, images, ctx).await
+            }
             Mode::Restart => Err(Error::UnsupportedMode {
                 mode: Mode::Restart,
                 missing: format!(
@@ -815,14 +818,19 @@ impl<C: SourceCriu> Migration<C> {
     }
 
     /// One file-system pass, recorded in the stats.
-    async fn fs_pass(&self, stats: &mut Ongoing, ctx: &Ctx, which: Pass) -> Result<()> {
+    async fn fs_pass(
+        &self,
+        stats: &mut Ongoing,
+        ctx: &Ctx,
+        which: Pass,
+    ) -> Result<Option<phaul_fs::SyncStats>> {
         let mut fs = ctx.fs.lock().await;
         let driver = fs.name();
         let limit = self.timeouts.transfer;
-        if let Some(st) = self
+        let st = self
             .step(limit, "syncing the file system", fs.pass(which))
-            .await?
-        {
+            .await?;
+        if let Some(st) = &st {
             info!(
                 driver,
                 files = st.files,
@@ -834,7 +842,99 @@ impl<C: SourceCriu> Migration<C> {
             stats.record_fs(driver, st.files, st.bytes, st.deleted, which == Pass::Final);
             self.emit(Progress::Bytes(stats.bytes()));
         }
-        Ok(())
+        Ok(st)
+    }
+
+    /// Runs a blocking htype hook off the runtime's threads.
+    async fn hook<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&dyn Htype) -> phaul_htypes::Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let h = self.htype.clone();
+        tokio::task::spawn_blocking(move || f(h.as_ref()))
+            .await
+            .map_err(|e| Error::Protocol(format!("an htype task: {e}")))?
+            .map_err(Error::Htype)
+    }
+
+    /// Restart (cold) mode: the files follow while it runs; then it is
+    /// stopped, the last changes synced, and it is started on the target.
+    /// If anything fails after the stop, it is started again here.
+    async fn restart(
+        &self,
+        stats: &mut Ongoing,
+        ctl: &mut ControlClient,
+        images: &mut Link,
+        ctx: &Ctx,
+    ) -> Result<()> {
+        self.enter(stats, Phase::PreCopy);
+        // P.Haul's restart rule: stop iterating once a pass moves at most
+        // 1 MiB, grows by more than 10%, or after 8 passes.
+        let mut prev: Option<u64> = None;
+        for _ in 0..8 {
+            let Some(st) = self.fs_pass(stats, ctx, Pass::Iteration).await? else {
+                break;
+            };
+            if st.bytes <= 1 << 20 || prev.is_some_and(|p| st.bytes > p + p / 10) {
+                break;
+            }
+            prev = Some(st.bytes);
+        }
+        self.enter(stats, Phase::FinalDump);
+        stats.source_frozen(Instant::now()).ok();
+        self.emit(Progress::Frozen);
+        self.hook(|h| h.stop()).await?;
+        let dir = ctx.dir.join("0");
+        mkdir(&dir)?;
+        let to_target = async {
+            self.fs_pass(stats, ctx, Pass::Final).await?;
+            self.write_meta_files(&dir).await?;
+            self.transfer_images(stats, ctl, images, &dir, 0).await?;
+            self.enter(stats, Phase::Restore);
+            match self
+                .call(
+                    ctl,
+                    request::Body::Restore(proto::Restore {
+                        iteration: 0,
+                        lazy: false,
+                        cold: true,
+                    }),
+                )
+                .await?
+            {
+                response::Body::Restored(r) => stats.set_target_pid(r.pid),
+                other => return Err(unexpected("Restore", &other)),
+            }
+            self.enter(stats, Phase::Commit);
+            match self
+                .call(ctl, request::Body::Commit(proto::Commit {}))
+                .await?
+            {
+                response::Body::Committed(_) => {
+                    stats.target_resumed(Instant::now()).ok();
+                    if let Some(d) = stats.downtime_so_far() {
+                        self.emit(Progress::Resumed(d));
+                    }
+                    Ok(())
+                }
+                other => Err(unexpected("Commit", &other)),
+            }
+        };
+        match to_target.await {
+            Ok(()) => {
+                self.cleanup_source().await;
+                Ok(())
+            }
+            Err(e) => {
+                self.enter(stats, Phase::Rollback);
+                self.emit(Progress::RollingBack(e.to_string()));
+                self.abort_target(ctl, &e).await;
+                if let Err(se) = self.hook(|h| h.start()).await {
+                    warn!(error = %se, "starting it again on the source");
+                }
+                Err(e)
+            }
+        }
     }
 
     /// Adds the htype's extra files (a container's config, its console) to
@@ -893,7 +993,11 @@ impl<C: SourceCriu> Migration<C> {
         match self
             .call(
                 ctl,
-                request::Body::Restore(proto::Restore { iteration: i, lazy }),
+                request::Body::Restore(proto::Restore {
+                    iteration: i,
+                    lazy,
+                    cold: false,
+                }),
             )
             .await?
         {

@@ -523,6 +523,39 @@ impl<T: TargetCriu> Session<T> {
                     bytes: st.bytes,
                 }))
             }
+            request::Body::Restore(r) if r.cold => {
+                // Restart mode: no images, the kind starts anew from its
+                // synced files; it runs from here on.
+                if self.held.is_some() || self.custom.is_some() {
+                    return Err((
+                        ErrorCode::BadRequest,
+                        Error::Protocol("already restored".into()),
+                    ));
+                }
+                let h = self.htype.clone().ok_or((
+                    ErrorCode::BadRequest,
+                    Error::Protocol("no migration has begun".into()),
+                ))?;
+                if !h.can_restart() {
+                    return Err((
+                        ErrorCode::BadRequest,
+                        Error::Protocol(format!("the {} kind cannot be restarted", h.kind())),
+                    ));
+                }
+                let dir = self.iter_dir(r.iteration)?;
+                let t0 = Instant::now();
+                let pid = tokio::task::spawn_blocking(move || h.start_here(&dir))
+                    .await
+                    .map_err(|e| failed(Error::Protocol(format!("the start task: {e}"))))?
+                    .map_err(|e| failed(Error::Htype(e)))?;
+                self.custom = Some(pid);
+                let us = u64::try_from(t0.elapsed().as_micros()).unwrap_or(u64::MAX);
+                info!(session = %hex(&self.sid), pid, "started anew (restart mode)");
+                Ok(response::Body::Restored(proto::Restored {
+                    pid,
+                    restore_time_us: us,
+                }))
+            }
             request::Body::Restore(r)
                 if !r.lazy && self.htype.as_ref().is_some_and(|h| h.restores_itself()) =>
             {

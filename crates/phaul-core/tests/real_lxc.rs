@@ -94,6 +94,19 @@ fn migrate(
     src_lxc: &Path,
     fs: FsChoice,
 ) -> Report {
+    migrate_mode(hosts, bin, to, name, src_lxc, fs, Mode::Auto)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn migrate_mode(
+    hosts: &Hosts,
+    bin: &Path,
+    to: &str,
+    name: &str,
+    src_lxc: &Path,
+    fs: FsChoice,
+    mode: Mode,
+) -> Report {
     let (bin, to, name, src_lxc) = (
         bin.to_path_buf(),
         to.to_string(),
@@ -115,7 +128,7 @@ fn migrate(
     in_netns(&hosts.src, move || async move {
         let htype = source_in("lxc", &name, &Paths { lxcpath: src_lxc }).unwrap();
         let m = Migration::new(criu(&bin), to, cfg(), htype)
-            .mode(Mode::Auto)
+            .mode(mode)
             .fs(fs)
             .work_dir(&w)
             .keep_images(std::env::var_os("PHAUL_KEEP").is_some());
@@ -341,4 +354,139 @@ fn a_restore_failing_on_the_target_leaves_the_container_running_on_the_source() 
         !tgt.join(&name).exists(),
         "the target kept the container's files"
     );
+}
+
+/// A container whose init itself runs the counter, so a cold start on the
+/// target counts again (from 1, its memory gone).
+fn restartable(hosts: &Hosts, src: &Path, tgt: &Path) -> (LxcContainer, String) {
+    let name = unique_name();
+    let mut ct = LxcContainer::start(Some(&hosts.src), src, &name).unwrap();
+    ct.also.push((tgt.to_path_buf(), Some(hosts.tgt.clone())));
+    let inittab = src.join(&name).join("rootfs/etc/inittab");
+    let mut t = std::fs::read_to_string(&inittab).unwrap();
+    t.push_str("::respawn:/bin/counter.sh\n");
+    std::fs::write(&inittab, t).unwrap();
+    std::fs::write(src.join(&name).join("rootfs/etc/phaul-marker"), "as it was").unwrap();
+    (ct, name)
+}
+
+#[test]
+fn restart_mode_moves_a_container_cold() {
+    let Some(bin) = require_criu("restart_mode_moves_a_container_cold") else {
+        return;
+    };
+    let hosts = Hosts::new().unwrap();
+    let (_s, src) = lxcpath("src");
+    let (_t, tgt) = lxcpath("tgt");
+    let (_ct, name) = restartable(&hosts, &src, &tgt);
+    let target = Target::start(&hosts, &bin, &tgt);
+    let r = migrate_mode(
+        &hosts,
+        &bin,
+        &target.addr,
+        &name,
+        &src,
+        FsChoice::Native,
+        Mode::Restart,
+    );
+    assert!(r.success, "{:?}", r.error);
+    assert_eq!(r.mode, "restart");
+    assert_eq!(r.iterations, 0, "no CRIU dump in restart mode");
+    assert!(r.fs.passes >= 3, "{:?}", r.fs);
+    assert!(r.downtime_ms.is_some());
+    assert_eq!(
+        LxcContainer::state_in(Some(&hosts.tgt), &tgt, &name).as_deref(),
+        Some("RUNNING")
+    );
+    assert!(
+        !src.join(&name).exists(),
+        "the source's container was not removed"
+    );
+    assert_eq!(
+        std::fs::read_to_string(tgt.join(&name).join("rootfs/etc/phaul-marker")).unwrap(),
+        "as it was"
+    );
+    // Started anew: its init runs the counter again.
+    let c = wait_until(Duration::from_secs(20), || {
+        LxcContainer::counter_in(&tgt, &name).filter(|c| *c >= 3)
+    })
+    .expect("the restarted container does not count");
+    assert!(
+        wait_until(Duration::from_secs(10), || LxcContainer::counter_in(
+            &tgt, &name
+        )
+        .filter(|x| *x > c))
+        .is_some()
+    );
+}
+
+#[test]
+fn restart_mode_starts_the_container_again_on_the_source_when_the_target_cannot() {
+    let Some(bin) = require_criu(
+        "restart_mode_starts_the_container_again_on_the_source_when_the_target_cannot",
+    ) else {
+        return;
+    };
+    let hosts = Hosts::new().unwrap();
+    let (_s, src) = lxcpath("src");
+    let (_t, tgt) = lxcpath("tgt");
+    // A noexec target: the files arrive, but nothing can run from them.
+    assert!(
+        std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "noexec,size=256m", "phaul-noexec"])
+            .arg(&tgt)
+            .status()
+            .unwrap()
+            .success()
+    );
+    struct Umount(PathBuf);
+    impl Drop for Umount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.0)
+                .status();
+        }
+    }
+    let _umount = Umount(tgt.clone());
+    let (_ct, name) = restartable(&hosts, &src, &tgt);
+    let target = Target::start(&hosts, &bin, &tgt);
+    let r = migrate_mode(
+        &hosts,
+        &bin,
+        &target.addr,
+        &name,
+        &src,
+        FsChoice::Native,
+        Mode::Restart,
+    );
+    assert!(
+        !r.success,
+        "starting on a noexec target was expected to fail"
+    );
+    assert_eq!(
+        r.phase_reached,
+        phaul_core::Phase::Rollback,
+        "{:?}",
+        r.error
+    );
+    // Started again on the source, with its files; nothing left on the target.
+    assert_eq!(
+        LxcContainer::state_in(Some(&hosts.src), &src, &name).as_deref(),
+        Some("RUNNING")
+    );
+    assert_eq!(
+        std::fs::read_to_string(src.join(&name).join("rootfs/etc/phaul-marker")).unwrap(),
+        "as it was"
+    );
+    let c = LxcContainer::counter_in(&src, &name).unwrap_or(0);
+    assert!(
+        wait_until(Duration::from_secs(20), || LxcContainer::counter_in(
+            &src, &name
+        )
+        .filter(|x| *x > c))
+        .is_some(),
+        "the container does not run on the source again"
+    );
+    assert!(!tgt.join(&name).exists(), "the target kept the container");
 }

@@ -202,6 +202,34 @@ pub trait Htype: Send + Sync + Debug {
         Ok(())
     }
 
+    /// Whether this kind can be migrated cold (restart mode): stopped on
+    /// the source, its files synced, started anew on the target.
+    fn can_restart(&self) -> bool {
+        false
+    }
+
+    /// Source, restart mode: stops it (its files then stop changing).
+    fn stop(&self) -> Result<()> {
+        Ok(())
+    }
+
+    /// Source, restart mode: starts it again (the migration failed after
+    /// [`Htype::stop`]).
+    fn start(&self) -> Result<()> {
+        Ok(())
+    }
+
+    /// Target, restart mode: starts it from the synced files and the meta
+    /// files in `dir`; returns its root PID.
+    fn start_here(&self, dir: &std::path::Path) -> Result<i32> {
+        let _ = dir;
+        Err(Error::BadParam {
+            name: "kind",
+            value: self.kind().into(),
+            reason: "it cannot be restarted".into(),
+        })
+    }
+
     /// Source: after the commit, removes what remains of the tree here (a
     /// container's definition and files).
     fn cleanup_source(&self) -> Result<()> {

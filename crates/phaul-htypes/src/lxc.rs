@@ -242,6 +242,35 @@ impl Lxc {
     pub fn name(&self) -> &str {
         &self.name
     }
+
+    /// Writes the container's config (from the meta file in `dir`) into
+    /// this LXC path, pointing at the synced root file system here.
+    fn install_config(&self, dir: &Path) -> Result<()> {
+        let config =
+            std::fs::read_to_string(dir.join(CONFIG_FILE)).map_err(|source| Error::Io {
+                what: "the container's config from the source".into(),
+                source,
+            })?;
+        let rootfs = self.dir().join("rootfs");
+        let rewritten: String = config
+            .lines()
+            .map(|l| match l.split_once('=') {
+                Some((k, _)) if k.trim() == "lxc.rootfs.path" => {
+                    format!("lxc.rootfs.path = dir:{}", rootfs.display())
+                }
+                _ => l.to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        std::fs::create_dir_all(&rootfs).map_err(|source| Error::Io {
+            what: format!("creating {}", rootfs.display()),
+            source,
+        })?;
+        std::fs::write(self.dir().join("config"), rewritten + "\n").map_err(|source| Error::Io {
+            what: "writing the container's config".into(),
+            source,
+        })
+    }
 }
 
 /// The value of the last `key = value` line of an LXC config.
@@ -397,34 +426,7 @@ impl Htype for Lxc {
 
     fn restore(&self, images_dir: &Path) -> Option<Result<i32>> {
         Some((|| {
-            let config =
-                std::fs::read_to_string(images_dir.join(CONFIG_FILE)).map_err(|source| {
-                    Error::Io {
-                        what: "the container's config from the images".into(),
-                        source,
-                    }
-                })?;
-            let rootfs = self.dir().join("rootfs");
-            let rewritten: String = config
-                .lines()
-                .map(|l| match l.split_once('=') {
-                    Some((k, _)) if k.trim() == "lxc.rootfs.path" => {
-                        format!("lxc.rootfs.path = dir:{}", rootfs.display())
-                    }
-                    _ => l.to_string(),
-                })
-                .collect::<Vec<_>>()
-                .join("\n");
-            std::fs::create_dir_all(&rootfs).map_err(|source| Error::Io {
-                what: format!("creating {}", rootfs.display()),
-                source,
-            })?;
-            std::fs::write(self.dir().join("config"), rewritten + "\n").map_err(|source| {
-                Error::Io {
-                    what: "writing the container's config".into(),
-                    source,
-                }
-            })?;
+            self.install_config(images_dir)?;
             lxc("lxc-checkpoint", &{
                 let mut a = self.args(&["-r", "-D"]);
                 a.push(images_dir.as_os_str());
@@ -432,6 +434,25 @@ impl Htype for Lxc {
             })?;
             self.init_pid()
         })())
+    }
+
+    fn can_restart(&self) -> bool {
+        true
+    }
+
+    fn stop(&self) -> Result<()> {
+        lxc("lxc-stop", &self.args(&["-t", "30"])).map(drop)
+    }
+
+    fn start(&self) -> Result<()> {
+        lxc("lxc-start", &self.args(&[]))?;
+        lxc("lxc-wait", &self.args(&["-s", "RUNNING", "-t", "30"])).map(drop)
+    }
+
+    fn start_here(&self, dir: &Path) -> Result<i32> {
+        self.install_config(dir)?;
+        self.start()?;
+        self.init_pid()
     }
 
     fn abort(&self) -> Result<()> {

@@ -439,6 +439,7 @@ async fn every_message_round_trips_through_a_link() {
         request::Body::Restore(proto::Restore {
             iteration: 3,
             lazy: true,
+            cold: false,
         }),
         request::Body::Commit(proto::Commit {}),
         request::Body::Abort(proto::Abort {
