@@ -383,6 +383,41 @@ fn dump_stats(work: &Path) -> Option<DumpStatsEntry> {
         .ok()
 }
 
+/// Waits for the engine's decision on a held notification and answers it:
+/// success to go on, failure (also when the engine is gone) to roll back.
+async fn answer_held(
+    n: criu_rpc::Notification<'_>,
+    decide: &mut Option<oneshot::Receiver<bool>>,
+) -> criu_rpc::Result<bool> {
+    let go = match decide.take() {
+        Some(rx) => rx.await.unwrap_or(false),
+        None => false,
+    };
+    if go {
+        n.ack().await?;
+    } else {
+        n.nack().await?;
+    }
+    Ok(go)
+}
+
+/// Sends a driver's failure to whoever waits for it: the caller still
+/// waiting for the hold point, or else the one waiting for the end.
+fn route_failure<R, D>(
+    e: Error,
+    ready: Option<oneshot::Sender<Result<R>>>,
+    done: oneshot::Sender<Result<D>>,
+) {
+    match ready {
+        Some(tx) => {
+            let _ = tx.send(Err(e));
+        }
+        None => {
+            let _ = done.send(Err(e));
+        }
+    }
+}
+
 impl SourceCriu for Criu {
     async fn version(&self) -> Result<String> {
         self.rpc
@@ -452,15 +487,12 @@ impl SourceCriu for Criu {
                             let _ = tx.send(Ok(()));
                         }
                         // Hold: the tree stays frozen until the engine decides.
-                        let go = match decide_rx.take() {
-                            Some(rx) => rx.await.unwrap_or(false),
-                            None => false,
-                        };
-                        committed = go;
-                        debug!(commit = go, "answering post-dump");
-                        let r = if go { n.ack().await } else { n.nack().await };
-                        if let Err(e) = r {
-                            break Err(src(e));
+                        match answer_held(n, &mut decide_rx).await {
+                            Ok(go) => {
+                                debug!(commit = go, "answered post-dump");
+                                committed = go;
+                            }
+                            Err(e) => break Err(src(e)),
                         }
                     }
                     Ok(Event::Notify(n)) => {
@@ -473,12 +505,7 @@ impl SourceCriu for Criu {
                 }
             };
             match (outcome, frozen_tx.take()) {
-                (Err(e), Some(tx)) => {
-                    let _ = tx.send(Err(e));
-                }
-                (Err(e), None) => {
-                    let _ = done_tx.send(Err(e));
-                }
+                (Err(e), ready) => route_failure(e, ready, done_tx),
                 (Ok(()), _) => {
                     let _ = done_tx.send(Ok(if committed { dump_stats(&work) } else { None }));
                 }
@@ -524,12 +551,7 @@ impl SourceCriu for Criu {
                 }
             };
             match (outcome, ready_tx.take()) {
-                (Err(e), Some(tx)) => {
-                    let _ = tx.send(Err(e));
-                }
-                (Err(e), None) => {
-                    let _ = done_tx.send(Err(e));
-                }
+                (Err(e), ready) => route_failure(e, ready, done_tx),
                 (Ok(()), Some(tx)) => {
                     let _ = tx.send(Err(Error::Protocol(
                         "the lazy dump ended before serving pages".into(),
@@ -675,12 +697,7 @@ impl TargetCriu for Criu {
                             let _ = tx.send(Ok(pid));
                         }
                         // Hold: restored but stopped until the engine decides.
-                        let go = match decide_rx.take() {
-                            Some(rx) => rx.await.unwrap_or(false),
-                            None => false,
-                        };
-                        let r = if go { n.ack().await } else { n.nack().await };
-                        if let Err(e) = r {
+                        if let Err(e) = answer_held(n, &mut decide_rx).await {
                             break Err(tgt(e));
                         }
                     }
@@ -694,12 +711,7 @@ impl TargetCriu for Criu {
                 }
             };
             match (outcome, ready_tx.take()) {
-                (Err(e), Some(tx)) => {
-                    let _ = tx.send(Err(e));
-                }
-                (Err(e), None) => {
-                    let _ = done_tx.send(Err(e));
-                }
+                (Err(e), ready) => route_failure(e, ready, done_tx),
                 (Ok(()), Some(tx)) => {
                     let _ = tx.send(Err(Error::Protocol(
                         "restore ended without post-restore".into(),
