@@ -156,6 +156,31 @@ impl Default for FsLimits {
     }
 }
 
+/// Stamps a finished pass with its duration and logs it, the same way for
+/// every driver.
+pub(crate) fn pass_done(
+    driver: &'static str,
+    pass: u32,
+    last: bool,
+    started: std::time::Instant,
+    res: Result<SyncStats>,
+) -> Result<SyncStats> {
+    let mut stats = res?;
+    stats.duration = started.elapsed();
+    tracing::info!(
+        driver,
+        pass,
+        last,
+        files = stats.files,
+        bytes = stats.bytes,
+        deleted = stats.deleted,
+        scanned = stats.scanned,
+        ms = u64::try_from(stats.duration.as_millis()).unwrap_or(u64::MAX),
+        "file-system pass done"
+    );
+    Ok(stats)
+}
+
 /// An error and its causes, on one line (for `Error` frames and logs).
 pub(crate) fn describe(e: &(dyn std::error::Error + 'static)) -> String {
     let mut s = e.to_string();

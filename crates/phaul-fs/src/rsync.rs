@@ -233,20 +233,7 @@ impl RsyncSource {
             Ok(_) if last => self.state = State::Finished,
             Ok(_) => {}
         }
-        let mut stats = res?;
-        stats.duration = started.elapsed();
-        info!(
-            driver = "rsync",
-            pass,
-            last,
-            files = stats.files,
-            bytes = stats.bytes,
-            deleted = stats.deleted,
-            scanned = stats.scanned,
-            ms = stats.duration.as_millis() as u64,
-            "file-system pass done"
-        );
-        Ok(stats)
+        crate::pass_done("rsync", pass, last, started, res)
     }
 
     async fn run_pass(&mut self, pass: u32, last: bool) -> Result<SyncStats> {

@@ -12,7 +12,7 @@ use nix::sys::stat::{Mode, SFlag, fstat};
 use phaul_transport::Link;
 use phaul_transport::link::{FrameReader, FrameWriter};
 use tokio::sync::mpsc;
-use tracing::{debug, info};
+use tracing::debug;
 
 use super::plan::{Manifest, Op, plan};
 use super::{BUFFER, CONTENT_CHUNK};
@@ -116,20 +116,7 @@ impl NativeSource {
             Ok(_) if last => self.state = State::Finished,
             Ok(_) => {}
         }
-        let mut stats = res?;
-        stats.duration = started.elapsed();
-        info!(
-            driver = "native",
-            pass,
-            last,
-            files = stats.files,
-            bytes = stats.bytes,
-            deleted = stats.deleted,
-            scanned = stats.scanned,
-            ms = stats.duration.as_millis() as u64,
-            "file-system pass done"
-        );
-        Ok(stats)
+        crate::pass_done("native", pass, last, started, res)
     }
 
     async fn run_pass(&mut self, pass: u32, last: bool) -> Result<SyncStats> {
