@@ -641,6 +641,7 @@ impl<C: SourceCriu> Migration<C> {
         let relay = PageRelay::spawn(pages, ours);
         let spec = self.spec(ctx, i, pre_copied, pre_copied)?;
         let images_dir = spec.images_dir.clone();
+        self.write_files_before_dump(&images_dir).await?;
         let t0 = Instant::now();
         stats.source_frozen(t0).ok();
         self.emit(Progress::Frozen);
@@ -713,6 +714,7 @@ impl<C: SourceCriu> Migration<C> {
         let guard = PortGuard::install(port)?;
         let spec = self.spec(ctx, i, pre_copied, pre_copied)?;
         let images_dir = spec.images_dir.clone();
+        self.write_files_before_dump(&images_dir).await?;
         let t0 = Instant::now();
         stats.source_frozen(t0).ok();
         self.emit(Progress::Frozen);
@@ -935,6 +937,17 @@ impl<C: SourceCriu> Migration<C> {
                 Err(e)
             }
         }
+    }
+
+    /// The htype's files made just before the final dump (best effort by
+    /// the htype; a bad name is still refused).
+    async fn write_files_before_dump(&self, dir: &Path) -> Result<()> {
+        for (name, content) in self.hook(|h| Ok(h.files_before_dump())).await? {
+            phaul_transport::images::check_name(&name)?;
+            std::fs::write(dir.join(&name), content)
+                .map_err(|source| Error::Io { what: format!("writing {name} into the images"), source })?;
+        }
+        Ok(())
     }
 
     /// Adds the htype's extra files (a container's config, its console) to

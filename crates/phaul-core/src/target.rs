@@ -654,6 +654,13 @@ impl<T: TargetCriu> Session<T> {
                             .map_err(failed)?,
                     );
                 }
+                if let Some(h) = self.htype.clone() {
+                    let d = dir.clone();
+                    tokio::task::spawn_blocking(move || h.prepare_restore(&d))
+                        .await
+                        .map_err(|e| failed(Error::Protocol(format!("the prepare task: {e}"))))?
+                        .map_err(|e| failed(Error::Htype(e)))?;
+                }
                 let spec = RestoreSpec {
                     images_dir: dir.clone(),
                     work_dir: dir,

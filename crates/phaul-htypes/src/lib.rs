@@ -15,6 +15,7 @@
 //! - [`registry`]: making an htype from its name and parameters.
 //! - [`pid`]: the process-tree htype.
 //! - [`lxc`]: the LXC container htype.
+//! - [`vz`]: the Virtuozzo container htype.
 //! - [`Error`]: the crate's error type.
 
 use std::collections::BTreeMap;
@@ -23,6 +24,7 @@ use std::fmt::Debug;
 pub mod lxc;
 pub mod pid;
 pub mod registry;
+pub mod vz;
 
 /// Errors of the htypes: what a request names is not acceptable.
 #[derive(Debug, thiserror::Error)]
@@ -169,6 +171,21 @@ pub trait Htype: Send + Sync + Debug {
     /// system): on the source, what to send; on the target, where it goes.
     fn fs_root(&self) -> Option<std::path::PathBuf> {
         None
+    }
+
+    /// Extra files for the final dump's images, made just *before* the
+    /// final dump while the tree still runs (name, content; plain file
+    /// names). Best effort: a kind that cannot make one logs a warning and
+    /// leaves it out.
+    fn files_before_dump(&self) -> Vec<(String, Vec<u8>)> {
+        Vec::new()
+    }
+
+    /// Target: prepares for the restore from `images_dir` (applies what the
+    /// kind's extra files carry) before CRIU restores.
+    fn prepare_restore(&self, images_dir: &std::path::Path) -> Result<()> {
+        let _ = images_dir;
+        Ok(())
     }
 
     /// Extra files to send with the final dump's images (name, content),

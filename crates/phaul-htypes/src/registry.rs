@@ -35,6 +35,7 @@ pub fn source_in(kind: &str, id: &str, paths: &Paths) -> Result<Box<dyn Htype>> 
     match kind {
         "pid" => Ok(Box::new(pid::Pid::source(id)?)),
         "lxc" => Ok(Box::new(lxc::Lxc::source(id, &paths.lxcpath)?)),
+        "vz" => Ok(Box::new(vz::Vz::source(id, paths)?)),
         other => Err(Error::UnknownKind(other.to_string())),
     }
 }
@@ -53,6 +54,7 @@ pub fn target_in(
     match kind {
         "pid" => Ok(Box::new(pid::Pid::target(params)?)),
         "lxc" => Ok(Box::new(lxc::Lxc::target(params, &paths.lxcpath)?)),
+        "vz" => Ok(Box::new(vz::Vz::target(params, paths)?)),
         other => Err(Error::UnknownKind(other.to_string())),
     }
 }
