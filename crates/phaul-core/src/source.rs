@@ -944,8 +944,10 @@ impl<C: SourceCriu> Migration<C> {
     async fn write_files_before_dump(&self, dir: &Path) -> Result<()> {
         for (name, content) in self.hook(|h| Ok(h.files_before_dump())).await? {
             phaul_transport::images::check_name(&name)?;
-            std::fs::write(dir.join(&name), content)
-                .map_err(|source| Error::Io { what: format!("writing {name} into the images"), source })?;
+            std::fs::write(dir.join(&name), content).map_err(|source| Error::Io {
+                what: format!("writing {name} into the images"),
+                source,
+            })?;
         }
         Ok(())
     }

@@ -16,7 +16,6 @@
 //! - [`pid`]: the process-tree htype.
 //! - [`lxc`]: the LXC container htype.
 //! - [`vz`]: the Virtuozzo container htype.
-//! - [`vz`]: the Virtuozzo container htype.
 //! - [`Error`]: the crate's error type.
 
 use std::collections::BTreeMap;
@@ -25,7 +24,6 @@ use std::fmt::Debug;
 pub mod lxc;
 pub mod pid;
 pub mod registry;
-pub mod vz;
 pub mod vz;
 
 /// Errors of the htypes: what a request names is not acceptable.

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use std::path::PathBuf;
 
-use crate::{Error, Htype, Result, lxc, pid};
+use crate::{Error, Htype, Result, lxc, pid, vz};
 
 /// The kinds this build knows.
 pub const NAMES: &[&str] = &["pid", "lxc"];
