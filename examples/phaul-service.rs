@@ -93,6 +93,7 @@ async fn main() -> anyhow::Result<()> {
     .keep_images(args.keep_images)
     .htype_paths(phaul_htypes::registry::Paths {
         lxcpath: args.lxcpath.clone(),
+        ..Default::default()
     })
     .serve(listener, shutdown)
     .await?;

@@ -147,6 +147,7 @@ async fn migrate(m: Migrate) -> anyhow::Result<bool> {
     };
     let paths = phaul_htypes::registry::Paths {
         lxcpath: m.lxcpath.clone(),
+        ..Default::default()
     };
     let htype = phaul_htypes::registry::source_in(&m.what[0], &m.what[1], &paths)?;
     let key = SharedKey::from_file(&m.key_file)?;

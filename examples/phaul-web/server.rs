@@ -501,6 +501,7 @@ struct Named {
 async fn named(app: &Shared, body: &serde_json::Map<String, Value>) -> Result<Named, ApiError> {
     let paths = phaul_htypes::registry::Paths {
         lxcpath: app.cfg.lxcpath.clone(),
+        ..Default::default()
     };
     match (body.get("pid"), body.get("container")) {
         (Some(p), None) => {

@@ -955,7 +955,7 @@ impl<C: SourceCriu> Migration<C> {
     /// Adds the htype's extra files (a container's config, its console) to
     /// the final images; made while the tree is frozen.
     async fn write_meta_files(&self, dir: &Path) -> Result<()> {
-        for (name, content) in self.htype.meta_files()? {
+        for (name, content) in self.hook(|h| h.meta_files()).await? {
             phaul_transport::images::check_name(&name)?;
             std::fs::write(dir.join(&name), content).map_err(|source| Error::Io {
                 what: format!("writing {name} into the images"),

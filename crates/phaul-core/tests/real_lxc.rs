@@ -58,7 +58,10 @@ impl Target {
             let l = Listener::bind(&format!("{ip}:0")).await.unwrap();
             tx.send(l.local_addr().unwrap()).unwrap();
             Service::new(crit, cfg(), dir)
-                .htype_paths(Paths { lxcpath: lxc })
+                .htype_paths(Paths {
+                    lxcpath: lxc,
+                    ..Paths::default()
+                })
                 .serve(l, async {
                     let _ = stop_rx.await;
                 })
@@ -126,7 +129,15 @@ fn migrate_mode(
         Some(work)
     };
     in_netns(&hosts.src, move || async move {
-        let htype = source_in("lxc", &name, &Paths { lxcpath: src_lxc }).unwrap();
+        let htype = source_in(
+            "lxc",
+            &name,
+            &Paths {
+                lxcpath: src_lxc,
+                ..Paths::default()
+            },
+        )
+        .unwrap();
         let m = Migration::new(criu(&bin), to, cfg(), htype)
             .mode(mode)
             .fs(fs)
@@ -219,6 +230,7 @@ fn bad_container_requests_are_refused_and_change_nothing() {
     let name = unique_name();
     let p = Paths {
         lxcpath: src.clone(),
+        ..Paths::default()
     };
     for bad in ["a;reboot", "$(id)", "a b", "a/b", "../x"] {
         let e = source_in("lxc", bad, &p).unwrap_err().to_string();

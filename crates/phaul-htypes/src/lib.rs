@@ -6,9 +6,10 @@
 //! trait objects made by the [`registry`]; each trait method has a default,
 //! so a kind overrides only what it needs.
 //!
-//! Kinds so far: [`pid::Pid`], a process tree by the PID of its root, and
-//! [`lxc::Lxc`], an LXC container with its root file system. Virtuozzo and
-//! runc containers come later.
+//! Kinds so far: [`pid::Pid`], a process tree by the PID of its root;
+//! [`lxc::Lxc`], an LXC container with its root file system; and
+//! [`vz::Vz`], a Virtuozzo container (its ve.* settings and core pattern as
+//! extra images, its freezer cgroup). runc containers come later.
 //!
 //! # Layout
 //! - [`Htype`]: the trait, and [`CriuOptions`], the CRIU options an htype asks for.

@@ -234,9 +234,9 @@ mod tests {
     }
 
     #[test]
-    fn the_registry_knows_pid_only() {
+    fn the_registry_refuses_unknown_kinds() {
         assert!(matches!(
-            crate::registry::source("vz", "1"),
+            crate::registry::source("docker", "1"),
             Err(Error::UnknownKind(_))
         ));
         assert!(crate::registry::source("pid", "x").is_err());

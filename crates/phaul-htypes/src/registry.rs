@@ -7,19 +7,41 @@ use std::path::PathBuf;
 use crate::{Error, Htype, Result, lxc, pid, vz};
 
 /// The kinds this build knows.
-pub const NAMES: &[&str] = &["pid", "lxc"];
+pub const NAMES: &[&str] = &["pid", "lxc", "vz"];
 
 /// Where each kind keeps its things on this host (the LXC path).
 #[derive(Debug, Clone)]
 pub struct Paths {
     /// LXC's container directory (`lxc-* -P`).
     pub lxcpath: PathBuf,
+    /// Virtuozzo: where containers' init PIDs are kept (`CTID.init.pid`).
+    pub ve_run_dir: PathBuf,
+    /// Virtuozzo: containers' root mounts (`ROOT/CTID`).
+    pub ve_root: PathBuf,
+    /// The cgroup v1 freezer hierarchy.
+    pub freezer_root: PathBuf,
+    /// Virtuozzo's tools, as paths so a test can name stand-ins (bare
+    /// names are looked up on `PATH`).
+    pub vzctl: PathBuf,
+    /// See `vzctl`.
+    pub cgget: PathBuf,
+    /// See `vzctl`.
+    pub cgexec: PathBuf,
+    /// See `vzctl`.
+    pub cgset: PathBuf,
 }
 
 impl Default for Paths {
     fn default() -> Self {
         Self {
             lxcpath: PathBuf::from(lxc::DEFAULT_LXCPATH),
+            ve_run_dir: PathBuf::from(vz::DEFAULT_VE_RUN_DIR),
+            ve_root: PathBuf::from(vz::DEFAULT_VE_ROOT),
+            freezer_root: PathBuf::from(vz::DEFAULT_FREEZER_ROOT),
+            vzctl: PathBuf::from("vzctl"),
+            cgget: PathBuf::from("cgget"),
+            cgexec: PathBuf::from("cgexec"),
+            cgset: PathBuf::from("cgset"),
         }
     }
 }

@@ -579,6 +579,30 @@ impl LxcContainer {
     }
 }
 
+/// Removes the empty cgroup directories LXC made for container `name`
+/// (`lxc.monitor.NAME*`, `lxc.payload.NAME*`) in every v1 hierarchy.
+pub fn remove_lxc_cgroups(name: &str) {
+    let Ok(hierarchies) = fs::read_dir("/sys/fs/cgroup") else {
+        return;
+    };
+    for h in hierarchies.flatten() {
+        let Ok(entries) = fs::read_dir(h.path()) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let n = e.file_name().to_string_lossy().into_owned();
+            let mine = ["lxc.monitor.", "lxc.payload."].iter().any(|p| {
+                n.strip_prefix(p).is_some_and(|rest| {
+                    rest == name || rest.strip_prefix(name).is_some_and(|s| s.starts_with('-'))
+                })
+            });
+            if mine {
+                let _ = fs::remove_dir(e.path());
+            }
+        }
+    }
+}
+
 impl Drop for LxcContainer {
     fn drop(&mut self) {
         for (p, ns) in std::iter::once((&self.lxcpath, &self.netns))
@@ -594,5 +618,8 @@ impl Drop for LxcContainer {
             let _ = lxc_tool_in(ns.as_deref(), "lxc-stop", &args);
             let _ = lxc_tool_in(ns.as_deref(), "lxc-destroy", &args[..4]);
         }
+        // LXC can leave its cgroups behind (the monitor's, a second copy's
+        // `-1`): remove the empty ones of this container.
+        remove_lxc_cgroups(&self.name);
     }
 }
