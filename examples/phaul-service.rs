@@ -45,6 +45,12 @@ struct Args {
     /// Where LXC keeps containers on this host.
     #[arg(long, default_value = phaul_htypes::lxc::DEFAULT_LXCPATH)]
     lxcpath: PathBuf,
+    /// runc's state directory on this host (`runc --root`).
+    #[arg(long, default_value = "/run/runc")]
+    runc_root: PathBuf,
+    /// Where migrated runc bundles are put.
+    #[arg(long, default_value = "/var/lib/phaul/runc")]
+    runc_bundles: PathBuf,
 }
 
 #[tokio::main]
@@ -93,6 +99,8 @@ async fn main() -> anyhow::Result<()> {
     .keep_images(args.keep_images)
     .htype_paths(phaul_htypes::registry::Paths {
         lxcpath: args.lxcpath.clone(),
+        runc_root: args.runc_root.clone(),
+        runc_bundles: args.runc_bundles.clone(),
         ..Default::default()
     })
     .serve(listener, shutdown)

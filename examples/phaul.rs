@@ -90,11 +90,15 @@ struct Migrate {
     /// Where LXC keeps containers on this host.
     #[arg(long, default_value = phaul_htypes::lxc::DEFAULT_LXCPATH)]
     lxcpath: PathBuf,
+    /// runc's state directory on this host (`runc --root`).
+    #[arg(long, default_value = "/run/runc")]
+    runc_root: PathBuf,
     /// How a container's file system travels: native, rsync (over the
     /// phaul link) or shared (the same storage on both hosts).
     #[arg(long, default_value = "native")]
     fs: String,
-    /// What to migrate: KIND ID, e.g. `pid 4242` or `lxc web1`.
+    /// What to migrate: KIND ID, e.g. `pid 4242`, `lxc web1`, `runc web1`
+    /// or `vz 101`.
     #[arg(num_args = 2, value_names = ["KIND", "ID"], required = true)]
     what: Vec<String>,
 }
@@ -147,6 +151,7 @@ async fn migrate(m: Migrate) -> anyhow::Result<bool> {
     };
     let paths = phaul_htypes::registry::Paths {
         lxcpath: m.lxcpath.clone(),
+        runc_root: m.runc_root.clone(),
         ..Default::default()
     };
     let htype = phaul_htypes::registry::source_in(&m.what[0], &m.what[1], &paths)?;

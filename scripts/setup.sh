@@ -17,7 +17,7 @@ CRIU_TARBALL="criu_${CRIU_VERSION}.orig.tar.xz"
 CRIU_SHA256=f80a66cb3726bb2116266d4759ce3bcbfab7abdb6b6d430bf20dd41911717afe
 CRIU_SRC_DIR=/usr/local/src/criu
 PIPE_MAX=4194304
-RUNTIME_PKGS=(iptables rsync lxc busybox-static iproute2 util-linux procps python3 g++)
+RUNTIME_PKGS=(iptables rsync lxc busybox-static iproute2 util-linux procps python3 g++ runc)
 BUILD_PKGS=(build-essential pkg-config python3 libprotobuf-c-dev protobuf-c-compiler
     libprotobuf-dev protobuf-compiler python3-protobuf libnl-3-dev libnet1-dev
     libcap-dev libbsd-dev libaio-dev libgnutls28-dev uuid-dev xz-utils)

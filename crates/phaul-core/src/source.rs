@@ -383,6 +383,25 @@ impl<C: SourceCriu> Migration<C> {
             );
             choice = c;
         }
+        if self.htype.dumps_itself() && !matches!(choice.mode, Mode::StopCopy | Mode::Restart) {
+            if !self.fallback && self.mode != Mode::Auto {
+                return Err(Error::UnsupportedMode {
+                    mode: choice.mode,
+                    missing: format!(
+                        "its own dump, which the {} kind makes in one stop-and-copy step",
+                        self.htype.kind()
+                    ),
+                });
+            }
+            choice = ModeChoice {
+                mode: Mode::StopCopy,
+                requested: self.mode,
+                reason: format!(
+                    "the {} kind makes its own dump (its manager runs CRIU), in one stop-and-copy step",
+                    self.htype.kind()
+                ),
+            };
+        }
         info!(mode = %choice.mode, reason = %choice.reason, "mode chosen");
         stats.set_mode(choice.clone());
         self.emit(Progress::Mode(choice.clone()));
@@ -473,6 +492,9 @@ impl<C: SourceCriu> Migration<C> {
         choice: &ModeChoice,
     ) -> Result<()> {
         match choice.mode {
+            Mode::StopCopy if self.htype.dumps_itself() => {
+                self.final_self_dump(stats, ctl, images, ctx).await
+            }
             Mode::StopCopy => {
                 self.final_stop_copy(stats, ctl, images, ctx, 0, false)
                     .await
@@ -857,6 +879,58 @@ impl<C: SourceCriu> Migration<C> {
             .await
             .map_err(|e| Error::Protocol(format!("an htype task: {e}")))?
             .map_err(Error::Htype)
+    }
+
+    /// The final step of a kind that dumps itself (runc): its manager
+    /// dumps it and leaves it frozen; the files follow; the target
+    /// restores; only after the commit is the source ended, and any failure
+    /// before resumes it.
+    async fn final_self_dump(
+        &self,
+        stats: &mut Ongoing,
+        ctl: &mut ControlClient,
+        images: &mut Link,
+        ctx: &Ctx,
+    ) -> Result<()> {
+        self.enter(stats, Phase::FinalDump);
+        let dir = ctx.dir.join("0");
+        let work = ctx.dir.join("0.work");
+        mkdir(&dir)?;
+        mkdir(&work)?;
+        let t0 = Instant::now();
+        stats.source_frozen(t0).ok();
+        self.emit(Progress::Frozen);
+        let (d, w) = (dir.clone(), work.clone());
+        if let Err(e) = self.hook(move |h| h.dump_self(&d, &w)).await {
+            // The kind has resumed the tree itself.
+            self.abort_target(ctl, &e).await;
+            return Err(e);
+        }
+        let to_target = async {
+            self.fs_pass(stats, ctx, Pass::Final).await?;
+            self.write_meta_files(&dir).await?;
+            self.transfer_images(stats, ctl, images, &dir, 0).await?;
+            self.restore_and_commit(stats, ctl, 0, false).await
+        };
+        match to_target.await {
+            Ok(()) => {
+                let report =
+                    iteration_report(0, "dump", &DumpStatsEntry::default(), 0, t0.elapsed());
+                stats.record_iteration(report.clone());
+                self.emit(Progress::Iteration(report));
+                self.cleanup_source().await;
+                Ok(())
+            }
+            Err(e) => {
+                self.enter(stats, Phase::Rollback);
+                self.emit(Progress::RollingBack(e.to_string()));
+                self.abort_target(ctl, &e).await;
+                if let Err(re) = self.hook(|h| h.resume_source()).await {
+                    warn!(error = %re, "resuming the source");
+                }
+                Err(e)
+            }
+        }
     }
 
     /// Restart (cold) mode: the files follow while it runs; then it is

@@ -9,7 +9,8 @@
 //! Kinds so far: [`pid::Pid`], a process tree by the PID of its root;
 //! [`lxc::Lxc`], an LXC container with its root file system; and
 //! [`vz::Vz`], a Virtuozzo container (its ve.* settings and core pattern as
-//! extra images, its freezer cgroup). runc containers come later.
+//! extra images, its freezer cgroup); and [`runc::Runc`], a runc container
+//! with its bundle.
 //!
 //! # Layout
 //! - [`Htype`]: the trait, and [`CriuOptions`], the CRIU options an htype asks for.
@@ -17,6 +18,7 @@
 //! - [`pid`]: the process-tree htype.
 //! - [`lxc`]: the LXC container htype.
 //! - [`vz`]: the Virtuozzo container htype.
+//! - [`runc`]: the runc container htype.
 //! - [`Error`]: the crate's error type.
 
 use std::collections::BTreeMap;
@@ -25,6 +27,8 @@ use std::fmt::Debug;
 pub mod lxc;
 pub mod pid;
 pub mod registry;
+pub mod runc;
+mod tool;
 pub mod vz;
 
 /// Errors of the htypes: what a request names is not acceptable.
@@ -217,6 +221,30 @@ pub trait Htype: Send + Sync + Debug {
     /// Target: undoes what [`Htype::restore`] and the file-system sync made
     /// (the migration failed before its commit).
     fn abort(&self) -> Result<()> {
+        Ok(())
+    }
+
+    /// Whether this kind makes its final dump itself (its manager runs
+    /// CRIU, as `runc checkpoint` does) instead of through CRIU's RPC.
+    fn dumps_itself(&self) -> bool {
+        false
+    }
+
+    /// Source: makes the final dump into `images_dir` (with `work_dir` for
+    /// logs), leaving the tree frozen but alive; if it fails, the tree must
+    /// be running again when this returns.
+    fn dump_self(&self, images_dir: &std::path::Path, work_dir: &std::path::Path) -> Result<()> {
+        let _ = (images_dir, work_dir);
+        Err(Error::BadParam {
+            name: "kind",
+            value: self.kind().into(),
+            reason: "it does not dump itself".into(),
+        })
+    }
+
+    /// Source: resumes the tree [`Htype::dump_self`] left frozen (the
+    /// migration failed before its commit).
+    fn resume_source(&self) -> Result<()> {
         Ok(())
     }
 

@@ -20,7 +20,6 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use crate::{CriuOptions, Error, Htype, Result};
 
@@ -90,51 +89,9 @@ fn check_lxcpath(p: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Runs an LXC tool; its stdout on success.
-///
-/// Its output goes to temporary files, not pipes: `lxc-start` and
-/// `lxc-checkpoint -r` leave a monitor daemon behind that inherits them,
-/// and a pipe would then never reach end-of-file.
+/// Runs an LXC tool (see [`crate::tool::run`]).
 fn lxc(tool: &str, args: &[&std::ffi::OsStr]) -> Result<String> {
-    let io = |what: &str, source| Error::Io {
-        what: format!("{what} for {tool}"),
-        source,
-    };
-    let mut out = tempfile::tempfile().map_err(|e| io("a temporary file", e))?;
-    let mut err = tempfile::tempfile().map_err(|e| io("a temporary file", e))?;
-    let status = Command::new(tool)
-        .args(args)
-        .stdin(std::process::Stdio::null())
-        .stdout(out.try_clone().map_err(|e| io("a temporary file", e))?)
-        .stderr(err.try_clone().map_err(|e| io("a temporary file", e))?)
-        .status()
-        .map_err(|source| Error::Io {
-            what: format!("running {tool} (scripts/setup.sh installs lxc)"),
-            source,
-        })?;
-    let read = |f: &mut std::fs::File| -> String {
-        use std::io::{Read, Seek};
-        let mut s = String::new();
-        let _ = f.seek(std::io::SeekFrom::Start(0));
-        let _ = f.read_to_string(&mut s);
-        s
-    };
-    if !status.success() {
-        let text = read(&mut err);
-        let tail: Vec<&str> = text.lines().rev().take(3).collect();
-        return Err(Error::Command {
-            command: format!(
-                "{tool} {}",
-                args.iter()
-                    .map(|a| a.to_string_lossy())
-                    .collect::<Vec<_>>()
-                    .join(" ")
-            ),
-            status: status.to_string(),
-            stderr: tail.into_iter().rev().collect::<Vec<_>>().join(" / "),
-        });
-    }
-    Ok(read(&mut out))
+    crate::tool::run(Path::new(tool), args)
 }
 
 impl Lxc {

@@ -4,10 +4,10 @@ use std::collections::BTreeMap;
 
 use std::path::PathBuf;
 
-use crate::{Error, Htype, Result, lxc, pid, vz};
+use crate::{Error, Htype, Result, lxc, pid, runc, vz};
 
 /// The kinds this build knows.
-pub const NAMES: &[&str] = &["pid", "lxc", "vz"];
+pub const NAMES: &[&str] = &["pid", "lxc", "vz", "runc"];
 
 /// Where each kind keeps its things on this host (the LXC path).
 #[derive(Debug, Clone)]
@@ -29,6 +29,15 @@ pub struct Paths {
     pub cgexec: PathBuf,
     /// See `vzctl`.
     pub cgset: PathBuf,
+    /// runc: its binary, its state directory (`runc --root`), and where
+    /// the target puts migrated bundles.
+    pub runc: PathBuf,
+    /// See `runc`.
+    pub runc_root: PathBuf,
+    /// See `runc`.
+    pub runc_bundles: PathBuf,
+    /// The CRIU that tools running CRIU themselves (runc) are told to use.
+    pub criu: PathBuf,
 }
 
 impl Default for Paths {
@@ -42,6 +51,10 @@ impl Default for Paths {
             cgget: PathBuf::from("cgget"),
             cgexec: PathBuf::from("cgexec"),
             cgset: PathBuf::from("cgset"),
+            runc: PathBuf::from("runc"),
+            runc_root: PathBuf::from("/run/runc"),
+            runc_bundles: PathBuf::from("/var/lib/phaul/runc"),
+            criu: PathBuf::from("criu"),
         }
     }
 }
@@ -58,6 +71,7 @@ pub fn source_in(kind: &str, id: &str, paths: &Paths) -> Result<Box<dyn Htype>> 
         "pid" => Ok(Box::new(pid::Pid::source(id)?)),
         "lxc" => Ok(Box::new(lxc::Lxc::source(id, &paths.lxcpath)?)),
         "vz" => Ok(Box::new(vz::Vz::source(id, paths)?)),
+        "runc" => Ok(Box::new(runc::Runc::source(id, paths)?)),
         other => Err(Error::UnknownKind(other.to_string())),
     }
 }
@@ -77,6 +91,7 @@ pub fn target_in(
         "pid" => Ok(Box::new(pid::Pid::target(params)?)),
         "lxc" => Ok(Box::new(lxc::Lxc::target(params, &paths.lxcpath)?)),
         "vz" => Ok(Box::new(vz::Vz::target(params, paths)?)),
+        "runc" => Ok(Box::new(runc::Runc::target(params, paths)?)),
         other => Err(Error::UnknownKind(other.to_string())),
     }
 }

@@ -1,0 +1,280 @@
+//! A real runc container (Debian's runc, a busybox bundle built by hand)
+//! migrated with its bundle between two "hosts" (network namespaces, each
+//! with its own runc state directory), and known to runc on the target.
+//! Needs root, CRIU 4 and runc (scripts/setup.sh).
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc as std_mpsc;
+use std::time::Duration;
+
+use phaul_core::criu::Criu;
+use phaul_core::{Migration, Mode, Phase, Report, Service};
+use phaul_htypes::registry::{Paths, source_in};
+use phaul_testkit::{Hosts, in_netns, require_criu, wait_until};
+use phaul_transport::{LinkConfig, Listener, SharedKey};
+
+fn cfg() -> LinkConfig {
+    LinkConfig::new(SharedKey::new(b"runc migration test key 32 bytes").unwrap())
+}
+
+fn run(cmd: &mut std::process::Command) -> String {
+    let out = cmd.stdin(std::process::Stdio::null()).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A busybox bundle whose process counts into /tmp/count every 0.2 s.
+fn bundle(dir: &Path, cgroup: &str) {
+    let rootfs = dir.join("rootfs");
+    for d in ["bin", "tmp", "proc", "sys", "dev"] {
+        std::fs::create_dir_all(rootfs.join(d)).unwrap();
+    }
+    std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).unwrap();
+    run(std::process::Command::new("chroot").arg(&rootfs).args([
+        "/bin/busybox",
+        "--install",
+        "-s",
+        "/bin",
+    ]));
+    run(std::process::Command::new("runc")
+        .arg("spec")
+        .current_dir(dir));
+    let path = dir.join("config.json");
+    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    v["process"]["terminal"] = false.into();
+    v["root"]["readonly"] = false.into();
+    v["linux"]["cgroupsPath"] = cgroup.into();
+    v["process"]["args"] = serde_json::json!([
+        "/bin/sh",
+        "-c",
+        "exec </dev/null >/dev/null 2>&1; i=0; while true; do i=$((i+1)); echo $i > /tmp/count; sleep 0.2; done"
+    ]);
+    std::fs::write(&path, serde_json::to_vec_pretty(&v).unwrap()).unwrap();
+}
+
+fn runc(root: &Path) -> std::process::Command {
+    let mut c = std::process::Command::new("runc");
+    c.arg("--root").arg(root);
+    c
+}
+
+fn status(root: &Path, id: &str) -> Option<String> {
+    let out = runc(root)
+        .args(["state", id])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    v["status"].as_str().map(str::to_string)
+}
+
+fn counter(bundle: &Path) -> Option<u64> {
+    std::fs::read_to_string(bundle.join("rootfs/tmp/count"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Kills and deletes the container in both state dirs, and removes the
+/// cgroups runc leaves behind.
+struct Cleanup(String, Vec<PathBuf>);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        for root in &self.1 {
+            let _ = runc(root).args(["kill", &self.0, "KILL"]).output();
+            let _ = runc(root).args(["delete", "-f", &self.0]).output();
+        }
+        for top in ["phaul-test", "phaul"] {
+            if let Ok(hs) = std::fs::read_dir("/sys/fs/cgroup") {
+                for h in hs.flatten() {
+                    let base = h.path().join(top);
+                    if let Ok(es) = std::fs::read_dir(&base) {
+                        for e in es.flatten() {
+                            if e.file_name().to_string_lossy().starts_with(&self.0) {
+                                let _ = std::fs::remove_dir(e.path());
+                            }
+                        }
+                    }
+                    let _ = std::fs::remove_dir(&base);
+                }
+            }
+        }
+    }
+}
+
+fn migrate(hosts: &Hosts, bin: &Path, id: &str, src: &Paths, tgt: &Paths) -> Report {
+    let work = tempfile::Builder::new()
+        .prefix("phaul-runc-target-")
+        .tempdir()
+        .unwrap();
+    let (dir, ip, crit, p) = (
+        work.path().to_path_buf(),
+        hosts.tgt_ip.clone(),
+        Criu::new(criu_rpc::Criu::with_binary(bin).quiet(true)),
+        tgt.clone(),
+    );
+    let (tx, rx) = std_mpsc::channel();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let service = in_netns(&hosts.tgt, move || async move {
+        let l = Listener::bind(&format!("{ip}:0")).await.unwrap();
+        tx.send(l.local_addr().unwrap()).unwrap();
+        Service::new(crit, cfg(), dir)
+            .htype_paths(p)
+            .serve(l, async {
+                let _ = stop_rx.await;
+            })
+            .await
+            .unwrap();
+    });
+    let addr: String = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    let (bin, id, p) = (bin.to_path_buf(), id.to_string(), src.clone());
+    let source_work = tempfile::Builder::new()
+        .prefix("phaul-runc-source-")
+        .tempdir()
+        .unwrap();
+    let w = source_work.path().to_path_buf();
+    let report = in_netns(&hosts.src, move || async move {
+        let htype = source_in("runc", &id, &p).unwrap();
+        let m = Migration::new(
+            Criu::new(criu_rpc::Criu::with_binary(&bin).quiet(true)),
+            addr,
+            cfg(),
+            htype,
+        )
+        .mode(Mode::Auto)
+        .work_dir(&w);
+        tokio::time::timeout(Duration::from_secs(300), m.run())
+            .await
+            .expect("the migration hung")
+    })
+    .join()
+    .unwrap();
+    let _ = stop_tx.send(());
+    service.join().unwrap();
+    report
+}
+
+fn setup(tag: &str, bin: &Path) -> (tempfile::TempDir, String, Paths, Paths, PathBuf) {
+    let base = tempfile::Builder::new()
+        .prefix("phaul-runc-")
+        .tempdir()
+        .unwrap();
+    let id = format!("phrc{}{tag}", std::process::id() % 100_000);
+    let src_bundle = base.path().join("bundle-src");
+    bundle(&src_bundle, &format!("/phaul-test/{id}"));
+    let mk = |n: &str| {
+        let p = base.path().join(n);
+        std::fs::create_dir_all(&p).unwrap();
+        p
+    };
+    let src = Paths {
+        runc_root: mk("root-a"),
+        criu: bin.to_path_buf(),
+        ..Paths::default()
+    };
+    let tgt = Paths {
+        runc_root: mk("root-b"),
+        runc_bundles: mk("bundles-b"),
+        criu: bin.to_path_buf(),
+        ..Paths::default()
+    };
+    let out = std::fs::File::create(base.path().join("run.out")).unwrap();
+    run(runc(&src.runc_root)
+        .args(["run", "-d", &id])
+        .current_dir(&src_bundle)
+        .stdout(out.try_clone().unwrap())
+        .stderr(out));
+    assert!(
+        wait_until(Duration::from_secs(20), || counter(&src_bundle)
+            .filter(|c| *c > 2))
+        .is_some(),
+        "the container does not count"
+    );
+    (base, id, src, tgt, src_bundle)
+}
+
+#[test]
+fn a_runc_container_moves_with_its_bundle_and_memory() {
+    let Some(bin) = require_criu("a_runc_container_moves_with_its_bundle_and_memory") else {
+        return;
+    };
+    let hosts = Hosts::new().unwrap();
+    let (_base, id, src, tgt, src_bundle) = setup("m", &bin);
+    let _cleanup = Cleanup(
+        id.clone(),
+        vec![src.runc_root.clone(), tgt.runc_root.clone()],
+    );
+    let before = counter(&src_bundle).unwrap();
+    let r = migrate(&hosts, &bin, &id, &src, &tgt);
+    assert!(r.success, "{:?}", r.error);
+    assert_eq!(r.mode, "stop-copy");
+    assert!(r.mode_reason.contains("the runc kind"), "{}", r.mode_reason);
+    // runc knows it on the target and runs it; it is gone from the source.
+    assert_eq!(status(&tgt.runc_root, &id).as_deref(), Some("running"));
+    assert_eq!(status(&src.runc_root, &id), None);
+    // It counts on from its memory in the migrated bundle.
+    let tb = tgt.runc_bundles.join(&id);
+    let c1 = counter(&tb).unwrap();
+    assert!(c1 >= before, "{c1} < {before}");
+    assert!(
+        wait_until(Duration::from_secs(10), || counter(&tb).filter(|c| *c > c1)).is_some(),
+        "no counting on the target"
+    );
+}
+
+#[test]
+fn a_runc_restore_failing_on_the_target_resumes_the_source() {
+    let Some(bin) = require_criu("a_runc_restore_failing_on_the_target_resumes_the_source") else {
+        return;
+    };
+    let hosts = Hosts::new().unwrap();
+    let (_base, id, src, tgt, src_bundle) = setup("f", &bin);
+    let _cleanup = Cleanup(
+        id.clone(),
+        vec![src.runc_root.clone(), tgt.runc_root.clone()],
+    );
+    // The target's bundles on a noexec mount: runc's restore fails for real.
+    assert!(
+        std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "noexec,size=128m", "phaul-noexec"])
+            .arg(&tgt.runc_bundles)
+            .status()
+            .unwrap()
+            .success()
+    );
+    struct Umount(PathBuf);
+    impl Drop for Umount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.0)
+                .status();
+        }
+    }
+    let _umount = Umount(tgt.runc_bundles.clone());
+    let r = migrate(&hosts, &bin, &id, &src, &tgt);
+    assert!(!r.success, "the restore was expected to fail");
+    assert_eq!(r.phase_reached, Phase::Rollback, "{:?}", r.error);
+    assert_eq!(
+        status(&src.runc_root, &id).as_deref(),
+        Some("running"),
+        "not resumed on the source"
+    );
+    let c = counter(&src_bundle).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || counter(&src_bundle)
+            .filter(|x| *x > c))
+        .is_some(),
+        "the source does not count"
+    );
+    assert!(
+        !tgt.runc_bundles.join(&id).exists(),
+        "the target kept the bundle"
+    );
+}
