@@ -17,10 +17,10 @@
 //! tree rather than ending it.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 
-use phaul_transport::Link;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use phaul_transport::{Guard, Link, RelayCounters, RelayOptions, relay_with};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tracing::debug;
@@ -39,13 +39,12 @@ const POISON: [u8; 24] = {
     b
 };
 
-/// A running relay.
+/// A running relay (phaul-transport's [`phaul_transport::relay_with`]).
 #[derive(Debug)]
 pub(crate) struct PageRelay {
     task: JoinHandle<Result<(u64, u64)>>,
-    sent: Arc<AtomicU64>,
-    received: Arc<AtomicU64>,
-    poison: Option<oneshot::Sender<()>>,
+    counters: Arc<RelayCounters>,
+    abort: Option<oneshot::Sender<()>>,
 }
 
 impl PageRelay {
@@ -54,113 +53,65 @@ impl PageRelay {
     where
         S: AsyncRead + AsyncWrite + Send + 'static,
     {
-        Self::spawn_guarded(link, local, None)
+        Self::start(link, local, None)
     }
 
     /// Like [`PageRelay::spawn`]; while `committed` is false, the peer's
     /// end of stream or a link error poisons CRIU's side instead of closing
-    /// it cleanly.
+    /// it cleanly, and [`PageRelay::poison`] can do so at any time.
     pub(crate) fn spawn_guarded<S>(
         link: Link,
         local: S,
-        committed: Option<tokio::sync::watch::Receiver<bool>>,
+        committed: tokio::sync::watch::Receiver<bool>,
     ) -> Self
     where
         S: AsyncRead + AsyncWrite + Send + 'static,
     {
-        let guarded = committed.is_some();
-        let is_committed = move || committed.as_ref().is_none_or(|c| *c.borrow());
-        let sent = Arc::new(AtomicU64::new(0));
-        let received = Arc::new(AtomicU64::new(0));
-        let (poison_tx, mut poison_rx) = oneshot::channel::<()>();
-        let (s, r) = (sent.clone(), received.clone());
+        Self::start(link, local, Some(committed))
+    }
+
+    fn start<S>(link: Link, local: S, committed: Option<tokio::sync::watch::Receiver<bool>>) -> Self
+    where
+        S: AsyncRead + AsyncWrite + Send + 'static,
+    {
+        let counters = Arc::new(RelayCounters::default());
+        let (abort_tx, abort_rx) = oneshot::channel();
+        let guard = committed.map(|released| Guard {
+            released,
+            abort: abort_rx,
+            bytes: POISON.to_vec(),
+        });
+        let opts = RelayOptions {
+            counters: Some(counters.clone()),
+            guard,
+        };
         let task = tokio::spawn(async move {
-            let (mut lr, mut lw) = tokio::io::split(local);
-            let (mut rd, mut wr) = link.into_split();
-            let up = async {
-                let mut buf = vec![0u8; phaul_transport::link::DATA_CHUNK];
-                loop {
-                    let n = lr.read(&mut buf).await.map_err(|source| Error::Io {
-                        what: "reading CRIU's page stream".into(),
-                        source,
-                    })?;
-                    if n == 0 {
-                        wr.send_end().await?;
-                        return Ok::<(), Error>(());
-                    }
-                    wr.send_data(&buf[..n]).await?;
-                    s.fetch_add(n as u64, Ordering::Relaxed);
-                }
-            };
-            let down = async {
-                loop {
-                    tokio::select! {
-                        biased;
-                        p = &mut poison_rx => {
-                            if p.is_ok() {
-                                debug!("poisoning CRIU's page-server connection");
-                                let _ = lw.write_all(&POISON).await;
-                                let _ = lw.flush().await;
-                                return Err(Error::Cancelled);
-                            }
-                            // The sender was dropped without poisoning: keep
-                            // relaying, and never look at it again.
-                            std::future::pending::<()>().await;
-                        }
-                        d = rd.recv_data() => match d {
-                            Ok(Some(bytes)) => {
-                                lw.write_all(&bytes).await.map_err(|source| Error::Io { what: "writing CRIU's page stream".into(), source })?;
-                                r.fetch_add(bytes.len() as u64, Ordering::Relaxed);
-                            }
-                            Ok(None) if is_committed() => {
-                                let _ = lw.shutdown().await;
-                                return Ok::<(), Error>(());
-                            }
-                            // Before the commit, a clean close would tell a
-                            // lazy page server that every page arrived, and
-                            // it would end the source's tree.
-                            Ok(None) => {
-                                debug!("peer ended the page stream before the commit: poisoning");
-                                let _ = lw.write_all(&POISON).await;
-                                let _ = lw.flush().await;
-                                return Err(Error::Protocol("the target ended the page stream before the commit".into()));
-                            }
-                            Err(e) => {
-                                if guarded && !is_committed() {
-                                    let _ = lw.write_all(&POISON).await;
-                                    let _ = lw.flush().await;
-                                }
-                                return Err(e.into());
-                            }
-                        }
-                    }
-                }
-            };
-            tokio::try_join!(up, down)?;
-            Ok((s.load(Ordering::Relaxed), r.load(Ordering::Relaxed)))
+            let st = relay_with(link, local, opts).await?;
+            Ok((st.sent, st.received))
         });
         Self {
             task,
-            sent,
-            received,
-            poison: Some(poison_tx),
+            counters,
+            abort: Some(abort_tx),
         }
     }
 
     /// Bytes sent to the peer so far.
     pub(crate) fn sent(&self) -> u64 {
-        self.sent.load(Ordering::Relaxed)
+        self.counters.sent.load(Ordering::Relaxed)
     }
 
     /// Bytes received from the peer so far.
     pub(crate) fn received(&self) -> u64 {
-        self.received.load(Ordering::Relaxed)
+        self.counters.received.load(Ordering::Relaxed)
     }
 
-    /// Writes an invalid command to CRIU's side and stops relaying.
+    /// Writes an invalid command to CRIU's side (a guarded relay) and stops
+    /// relaying.
     pub(crate) async fn poison(mut self) {
-        if let Some(p) = self.poison.take() {
-            let _ = p.send(());
+        debug!("poisoning CRIU's page-server connection");
+        if let Some(a) = self.abort.take() {
+            let _ = a.send(());
         }
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), &mut self.task).await;
         self.task.abort();

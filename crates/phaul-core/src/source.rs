@@ -784,7 +784,7 @@ impl<C: SourceCriu> Migration<C> {
             }
         };
         let (committed_tx, committed_rx) = watch::channel(false);
-        let relay = PageRelay::spawn_guarded(pages, local, Some(committed_rx));
+        let relay = PageRelay::spawn_guarded(pages, local, committed_rx);
         let to_target = async {
             self.fs_pass(stats, ctx, Pass::Final).await?;
             self.write_meta_files(&images_dir).await?;

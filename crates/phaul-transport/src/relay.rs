@@ -4,11 +4,18 @@
 //! CRIU speaks raw TCP to its page server. Rather than open that port to
 //! the network, each side gives CRIU a local socket (a socketpair passed as
 //! `ps.fd`, or a loopback connection) and [`relay`] carries the bytes over
-//! the authenticated link in both directions, half-closes included.
+//! the authenticated link in both directions, half-closes included. A
+//! relay can also be guarded ([`Guard`]): until it is released, the end of
+//! the peer's stream reaches the local side as bytes of the caller's
+//! choosing instead of a clean close.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{oneshot, watch};
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::link::{DATA_CHUNK, Link};
 
 /// Bytes moved by a relay.
@@ -20,6 +27,39 @@ pub struct RelayStats {
     pub received: u64,
 }
 
+/// Live byte counts of a running relay, readable from elsewhere.
+#[derive(Debug, Default)]
+pub struct RelayCounters {
+    /// From the local stream to the peer so far.
+    pub sent: AtomicU64,
+    /// From the peer to the local stream so far.
+    pub received: AtomicU64,
+}
+
+/// What the local side gets instead of a clean close while a relay is
+/// guarded. A clean close can mean "done" to the program on the local side
+/// (CRIU's lazy page server ends the dumped tree when its client closes
+/// cleanly); these bytes say "failed" in its own protocol instead.
+#[derive(Debug)]
+pub struct Guard {
+    /// Until this turns true, the peer's end of stream or a link error is
+    /// answered with `bytes`, not with a clean close.
+    pub released: watch::Receiver<bool>,
+    /// Firing it writes `bytes` and ends the relay at once (a rollback).
+    pub abort: oneshot::Receiver<()>,
+    /// What to write.
+    pub bytes: Vec<u8>,
+}
+
+/// How a relay runs.
+#[derive(Debug, Default)]
+pub struct RelayOptions {
+    /// Counters to update as bytes pass.
+    pub counters: Option<Arc<RelayCounters>>,
+    /// See [`Guard`].
+    pub guard: Option<Guard>,
+}
+
 /// Carries bytes between `local` and the link until both directions have
 /// ended: local EOF is sent as `StreamEnd`, and the peer's `StreamEnd`
 /// shuts down local writes.
@@ -27,30 +67,86 @@ pub async fn relay<S>(link: Link, local: S) -> Result<RelayStats>
 where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
+    relay_with(link, local, RelayOptions::default()).await
+}
+
+/// [`relay`] with live counters and, optionally, a [`Guard`].
+pub async fn relay_with<S>(link: Link, local: S, opts: RelayOptions) -> Result<RelayStats>
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let counters = opts.counters.unwrap_or_default();
     let (mut lr, mut lw) = tokio::io::split(local);
     let (mut rd, mut wr) = link.into_split();
-    let up = async move {
+    let up = async {
         let mut buf = vec![0u8; DATA_CHUNK];
-        let mut sent = 0u64;
         loop {
             let n = lr.read(&mut buf).await?;
             if n == 0 {
                 wr.send_end().await?;
-                return Ok::<u64, crate::Error>(sent);
+                return Ok::<(), Error>(());
             }
             wr.send_data(&buf[..n]).await?;
-            sent += n as u64;
+            counters.sent.fetch_add(n as u64, Ordering::Relaxed);
         }
     };
-    let down = async move {
-        let mut received = 0u64;
-        while let Some(bytes) = rd.recv_data().await? {
-            lw.write_all(&bytes).await?;
-            received += bytes.len() as u64;
+    let down = async {
+        let (released, mut abort, bytes) = match opts.guard {
+            Some(g) => (Some(g.released), Some(g.abort), g.bytes),
+            None => (None, None, Vec::new()),
+        };
+        let guarded = || released.as_ref().is_some_and(|r| !*r.borrow());
+        loop {
+            let next = tokio::select! {
+                biased;
+                fired = async {
+                    match abort.as_mut() {
+                        Some(a) => a.await.is_ok(),
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    if fired {
+                        let _ = lw.write_all(&bytes).await;
+                        let _ = lw.flush().await;
+                        return Err(Error::Protocol("the relay was aborted".into()));
+                    }
+                    // The abort handle was dropped unfired: never look again.
+                    abort = None;
+                    continue;
+                }
+                d = rd.recv_data() => d,
+            };
+            match next {
+                Ok(Some(b)) => {
+                    lw.write_all(&b).await?;
+                    counters
+                        .received
+                        .fetch_add(b.len() as u64, Ordering::Relaxed);
+                }
+                Ok(None) if !guarded() => {
+                    lw.shutdown().await?;
+                    return Ok::<(), Error>(());
+                }
+                Ok(None) => {
+                    let _ = lw.write_all(&bytes).await;
+                    let _ = lw.flush().await;
+                    return Err(Error::Protocol(
+                        "the peer ended the stream before the guard was released".into(),
+                    ));
+                }
+                Err(e) => {
+                    if guarded() {
+                        let _ = lw.write_all(&bytes).await;
+                        let _ = lw.flush().await;
+                    }
+                    return Err(e);
+                }
+            }
         }
-        lw.shutdown().await?;
-        Ok::<u64, crate::Error>(received)
     };
-    let (sent, received) = tokio::try_join!(up, down)?;
-    Ok(RelayStats { sent, received })
+    tokio::try_join!(up, down)?;
+    Ok(RelayStats {
+        sent: counters.sent.load(Ordering::Relaxed),
+        received: counters.received.load(Ordering::Relaxed),
+    })
 }
