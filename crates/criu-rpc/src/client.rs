@@ -340,7 +340,7 @@ impl Session {
 
     /// `FEATURE_CHECK` for every feature CRIU knows how to check.
     pub async fn feature_check(&mut self) -> Result<Features> {
-        let scratch = Scratch::new()?;
+        let scratch = scratch()?;
         let all = CriuFeatures {
             mem_track: Some(true),
             lazy_pages: Some(true),
@@ -418,7 +418,7 @@ impl Session {
 
     /// `CHECK`: whether CRIU can work on this kernel. Ends the session.
     pub async fn check(mut self) -> Result<()> {
-        let scratch = Scratch::new()?;
+        let scratch = scratch()?;
         let prepared = Opts::new()
             .images_dir(scratch.path())
             .prepare(self.conn.passed.as_ref())?;
@@ -946,50 +946,14 @@ impl Conn {
 }
 
 /// A private directory for requests that need an images dir only for CRIU's
-/// log (`CHECK`, `FEATURE_CHECK`).
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new() -> Result<Self> {
-        let base = std::env::temp_dir();
-        for attempt in 0..16u32 {
-            let p = base.join(format!(
-                "criu-rpc-{}-{}-{attempt}",
-                std::process::id(),
-                unique()
-            ));
-            match std::fs::create_dir(&p) {
-                Ok(()) => return Ok(Self(p)),
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-                Err(source) => {
-                    return Err(Error::OpenDir {
-                        what: "scratch dir",
-                        path: p,
-                        source,
-                    });
-                }
-            }
-        }
-        Err(Error::OpenDir {
+/// log (`CHECK`, `FEATURE_CHECK`); removed when dropped.
+fn scratch() -> Result<tempfile::TempDir> {
+    tempfile::Builder::new()
+        .prefix("criu-rpc-")
+        .tempdir()
+        .map_err(|source| Error::OpenDir {
             what: "scratch dir",
-            path: base,
-            source: std::io::Error::from(std::io::ErrorKind::AlreadyExists),
+            path: std::env::temp_dir(),
+            source,
         })
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-fn unique() -> u64 {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static N: AtomicU64 = AtomicU64::new(0);
-    N.fetch_add(1, Ordering::Relaxed)
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
