@@ -356,12 +356,21 @@ fn pre_copy_here_names_the_missing_feature_or_falls_back() {
     assert_clean(&hosts, &target.dir(), &src_dir);
 }
 
-/// CRIU on the target, but its restores fail for real: the restored task's
-/// core image is missing, and CRIU itself refuses.
+/// Real CRIU on the target, with one fault in its restores.
 #[derive(Clone)]
-struct BrokenRestore(Criu);
+enum Fault {
+    /// The restored task's core image is removed first, so CRIU itself
+    /// refuses to restore.
+    BrokenRestore,
+    /// Restores for real, tells the test the PID, then never answers: the
+    /// test kills the service while the restored tree is held.
+    StallAfterRestore(std::sync::Arc<std::sync::Mutex<Option<std_mpsc::Sender<i32>>>>),
+}
 
-impl TargetCriu for BrokenRestore {
+#[derive(Clone)]
+struct Faulty(Criu, Fault);
+
+impl TargetCriu for Faulty {
     async fn version(&self) -> phaul_core::Result<String> {
         TargetCriu::version(&self.0).await
     }
@@ -383,12 +392,24 @@ impl TargetCriu for BrokenRestore {
         self.0.lazy_pages(d, port).await
     }
     async fn restore(&self, spec: RestoreSpec) -> phaul_core::Result<HeldRestore> {
-        for e in std::fs::read_dir(&spec.images_dir).unwrap().flatten() {
-            if e.file_name().to_string_lossy().starts_with("core-") {
-                std::fs::remove_file(e.path()).unwrap();
+        match &self.1 {
+            Fault::BrokenRestore => {
+                for e in std::fs::read_dir(&spec.images_dir).unwrap().flatten() {
+                    if e.file_name().to_string_lossy().starts_with("core-") {
+                        std::fs::remove_file(e.path()).unwrap();
+                    }
+                }
+                self.0.restore(spec).await
+            }
+            Fault::StallAfterRestore(slot) => {
+                let held = self.0.restore(spec).await?;
+                if let Some(tx) = slot.lock().unwrap().take() {
+                    let _ = tx.send(held.pid);
+                }
+                std::future::pending::<()>().await;
+                Ok(held)
             }
         }
-        self.0.restore(spec).await
     }
 }
 
@@ -400,7 +421,7 @@ fn a_restore_failing_on_the_target_leaves_the_source_running() {
     };
     for mode in [Mode::StopCopy, Mode::PostCopy] {
         let hosts = Hosts::new().unwrap();
-        let target = Target::start(&hosts, BrokenRestore(criu(&bin)));
+        let target = Target::start(&hosts, Faulty(criu(&bin), Fault::BrokenRestore));
         let w = Workload::start_in(Some(&hosts.src), 32).unwrap();
         w.counter_passes(2, Duration::from_secs(10)).unwrap();
         let (r, src_dir) = migrate(&hosts.src, &bin, &target.addr, w.pid, mode, |m| m);
@@ -415,45 +436,6 @@ fn a_restore_failing_on_the_target_leaves_the_source_running() {
     }
 }
 
-/// Restores for real, then tells the test and never answers: the test then
-/// kills the service while the restored tree is held.
-#[derive(Clone)]
-struct StallAfterRestore(
-    Criu,
-    std::sync::Arc<std::sync::Mutex<Option<std_mpsc::Sender<i32>>>>,
-);
-
-impl TargetCriu for StallAfterRestore {
-    async fn version(&self) -> phaul_core::Result<String> {
-        TargetCriu::version(&self.0).await
-    }
-    async fn features(&self) -> phaul_core::Result<HostCaps> {
-        TargetCriu::features(&self.0).await
-    }
-    async fn cpuinfo_check(&self, c: Vec<u8>, s: &Path) -> phaul_core::Result<()> {
-        self.0.cpuinfo_check(c, s).await
-    }
-    async fn page_server(
-        &self,
-        d: PathBuf,
-        p: Option<String>,
-        fd: std::os::fd::OwnedFd,
-    ) -> phaul_core::Result<PageServing> {
-        self.0.page_server(d, p, fd).await
-    }
-    async fn lazy_pages(&self, d: PathBuf, port: u16) -> phaul_core::Result<LazyDaemon> {
-        self.0.lazy_pages(d, port).await
-    }
-    async fn restore(&self, spec: RestoreSpec) -> phaul_core::Result<HeldRestore> {
-        let held = self.0.restore(spec).await?;
-        if let Some(tx) = self.1.lock().unwrap().take() {
-            let _ = tx.send(held.pid);
-        }
-        std::future::pending::<()>().await;
-        Ok(held)
-    }
-}
-
 #[test]
 fn the_target_service_dying_mid_migration_leaves_the_source_running() {
     let Some(bin) =
@@ -465,7 +447,7 @@ fn the_target_service_dying_mid_migration_leaves_the_source_running() {
         let hosts = Hosts::new().unwrap();
         let (tx, rx) = std_mpsc::channel();
         let slot = std::sync::Arc::new(std::sync::Mutex::new(Some(tx)));
-        let mut target = Target::start(&hosts, StallAfterRestore(criu(&bin), slot));
+        let mut target = Target::start(&hosts, Faulty(criu(&bin), Fault::StallAfterRestore(slot)));
         let w = Workload::start_in(Some(&hosts.src), 32).unwrap();
         let (bin2, addr, pid) = (bin.clone(), target.addr.clone(), w.pid);
         let src_ns = hosts.src.clone();
