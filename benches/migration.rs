@@ -10,7 +10,7 @@
 //! reversed every other round); medians are reported. The full run starts
 //! with one uncounted warm-up round at 64 MiB.
 //!
-//! The four cases:
+//! The five cases:
 //!
 //! 1. **phaul stop-copy**: `Migration::new(..).mode(Mode::StopCopy).run()` on
 //!    a thread inside the source host, against a `Service` on a thread inside
@@ -19,7 +19,22 @@
 //!    `total_ms`.
 //! 2. **phaul post-copy**: the same with `Mode::PostCopy`; the total includes
 //!    the background pull of the remaining memory.
-//! 3. **hand-run stop-copy** (argv, no shell; `T`, `S` fresh directories):
+//! 3. **hand-run stop-copy**, the goal's baseline as the issue names it,
+//!    `criu dump` -> copy -> `criu restore` (argv, no shell; `T`, `S` fresh
+//!    directories on the same file system, so the copy is the cheapest one
+//!    there is: no network):
+//!
+//!    ```text
+//!    nsenter --net=/run/netns/SRC criu dump -t PID -D S -o dump.log
+//!    cp S/*.img T/
+//!    nsenter --net=/run/netns/TGT criu restore -D T -d -o restore.log --pidfile T/../restored.pid
+//!    ```
+//!
+//!    Downtime: from the start of `criu dump` until `criu restore` returned
+//!    (the process then runs); dump, copy and restore are also timed apart.
+//! 4. **hand-run stop-copy with CRIU's page server**, a stricter reference
+//!    (no goal): the pages go to the target while they are dumped, as
+//!    phaul's do.
 //!
 //!    ```text
 //!    nsenter --net=/run/netns/TGT criu page-server -D T --address TGT_IP --port 27000 -o page-server.log &
@@ -29,10 +44,9 @@
 //!    nsenter --net=/run/netns/TGT criu restore -D T -d -o restore.log --pidfile T/../restored.pid
 //!    ```
 //!
-//!    Downtime: from the start of `criu dump` until `criu restore` returned
-//!    (the process then runs); dump, copy and restore are also timed apart.
-//!    Total: from starting the page server to the restore returned.
-//! 4. **hand-run post-copy** (lazy pages):
+//!    Downtime as in 3; total: from starting the page server to the restore
+//!    returned.
+//! 5. **hand-run post-copy** (lazy pages):
 //!
 //!    ```text
 //!    nsenter --net=/run/netns/SRC criu dump -t PID -D S --lazy-pages --address SRC_IP --port 27001 -o dump.log &
@@ -82,15 +96,16 @@
 //! To look into one case, these narrow a run (the defaults are the
 //! benchmark): `PHAUL_BENCH_SIZES=1024` (MiB, comma-separated),
 //! `PHAUL_BENCH_RUNS=N`,
-//! `PHAUL_BENCH_CASES=phaul-stop,hand-stop,phaul-post,hand-post` (any of
+//! `PHAUL_BENCH_CASES=phaul-stop,hand-stop,hand-stop-ps,phaul-post,hand-post` (any of
 //! them), and `PHAUL_BENCH_KEEP=1`, which keeps every image directory with
 //! its CRIU logs and prints where. Setting the sizes or the cases drops the
 //! warm-up round.
 //!
 //! Images go to fresh directories under the default temp dir (`TMPDIR`,
 //! else `/tmp`) for every case, phaul and hand-run alike; the header says
-//! which file system that is. The hand-run CRIU commands log at CRIU's
-//! default level; the engine asks CRIU for level 4 (debug).
+//! which file system that is. Both sides log at CRIU's default level (2);
+//! `PHAUL_BENCH_CRIU_LOG_LEVEL=4` makes the engine's CRIU log at debug level
+//! (with timestamps) to see where its time goes.
 
 #![allow(clippy::print_stdout)]
 
@@ -207,20 +222,23 @@ impl Config {
 enum Case {
     PhaulStop,
     HandStop,
+    HandStopPs,
     PhaulPost,
     HandPost,
 }
 
 impl Case {
-    const ALL: [Case; 4] = [
+    const ALL: [Case; 5] = [
         Case::PhaulStop,
         Case::HandStop,
+        Case::HandStopPs,
         Case::PhaulPost,
         Case::HandPost,
     ];
     /// Every other round runs in this order, so neither side always goes
     /// first.
-    const REVERSED: [Case; 4] = [
+    const REVERSED: [Case; 5] = [
+        Case::HandStopPs,
         Case::HandStop,
         Case::PhaulStop,
         Case::HandPost,
@@ -232,6 +250,7 @@ impl Case {
         match self {
             Case::PhaulStop => "phaul-stop",
             Case::HandStop => "hand-stop",
+            Case::HandStopPs => "hand-stop-ps",
             Case::PhaulPost => "phaul-post",
             Case::HandPost => "hand-post",
         }
@@ -241,6 +260,7 @@ impl Case {
         match self {
             Case::PhaulStop => "phaul stop-copy",
             Case::HandStop => "hand-run CRIU dump+copy+restore",
+            Case::HandStopPs => "hand-run CRIU page server",
             Case::PhaulPost => "phaul post-copy",
             Case::HandPost => "hand-run CRIU lazy-pages",
         }
@@ -468,7 +488,10 @@ fn print_header(cfg: &Config, bin: &Path, version: &str, pipe: &str) {
         "hosts:    two network namespaces joined by a veth pair, fresh for every case; phaul over its TLS link"
     );
     println!(
-        "compared: phaul stop-copy vs hand-run `criu page-server` + `criu dump --page-server` + copy + `criu restore -d`;"
+        "compared: phaul stop-copy vs hand-run `criu dump` + copy + `criu restore -d` (the goal's baseline),"
+    );
+    println!(
+        "          and, for reference, vs hand-run `criu page-server` + `criu dump --page-server` + copy + `criu restore -d`;"
     );
     println!(
         "          phaul post-copy vs hand-run `criu dump --lazy-pages` + copy + `criu lazy-pages` + `criu restore --lazy-pages -d`"
@@ -586,7 +609,8 @@ fn measure(
     let moved = match case {
         Case::PhaulStop => phaul(hosts, bin, source_pid, Mode::StopCopy, made),
         Case::PhaulPost => phaul(hosts, bin, source_pid, Mode::PostCopy, made),
-        Case::HandStop => hand_stop(hosts, bin, source_pid, made),
+        Case::HandStop => hand_stop(hosts, bin, source_pid, false, made),
+        Case::HandStopPs => hand_stop(hosts, bin, source_pid, true, made),
         Case::HandPost => hand_post(hosts, bin, source_pid, made),
     }?;
     w.adopt(moved.pid);
@@ -758,7 +782,11 @@ fn link_config() -> Result<LinkConfig> {
 }
 
 fn engine_criu(bin: &Path) -> Criu {
-    Criu::new(criu_rpc::Criu::with_binary(bin).quiet(true))
+    let level = std::env::var("PHAUL_BENCH_CRIU_LOG_LEVEL")
+        .ok()
+        .and_then(|l| l.parse().ok())
+        .unwrap_or(2);
+    Criu::new(criu_rpc::Criu::with_binary(bin).quiet(true)).log_level(level)
 }
 
 /// A target service on its own thread inside the target host.
@@ -1096,9 +1124,17 @@ fn arg(p: &Path) -> Result<&str> {
         .ok_or_else(|| anyhow!("{} is not UTF-8", p.display()))
 }
 
-/// Stop-copy by hand: page server on the target, dump to it, copy the rest
-/// of the images, restore.
-fn hand_stop(hosts: &Hosts, bin: &Path, pid: i32, made: &mut Made) -> Result<Moved> {
+/// Stop-copy by hand. Without a page server (the goal's baseline): dump
+/// every image on the source, copy them all, restore. With one (a stricter
+/// reference): page server on the target, dump to it, copy the rest of the
+/// images, restore.
+fn hand_stop(
+    hosts: &Hosts,
+    bin: &Path,
+    pid: i32,
+    page_server: bool,
+    made: &mut Made,
+) -> Result<Moved> {
     let (dir, s, t) = hand_dirs(made)?;
     let pidfile = dir.path().join("restored.pid");
     let (ss, ts, pf) = (arg(&s)?, arg(&t)?, arg(&pidfile)?);
@@ -1107,41 +1143,33 @@ fn hand_stop(hosts: &Hosts, bin: &Path, pid: i32, made: &mut Made) -> Result<Mov
     let tgt_ip = hosts.tgt_ip.as_str();
 
     let begin = Instant::now();
-    let mut ps = Criu1::spawn(
-        &hosts.tgt,
-        bin,
-        &[
-            "page-server",
-            "-D",
-            ts,
-            "--address",
-            tgt_ip,
-            "--port",
-            &port,
-        ],
-        &t,
-        "page-server.log",
-    )?;
-    ps.wait_for("listening", |c| listening(c.pid(), PAGE_SERVER_PORT))?;
+    let mut ps = if page_server {
+        let mut ps = Criu1::spawn(
+            &hosts.tgt,
+            bin,
+            &[
+                "page-server",
+                "-D",
+                ts,
+                "--address",
+                tgt_ip,
+                "--port",
+                &port,
+            ],
+            &t,
+            "page-server.log",
+        )?;
+        ps.wait_for("listening", |c| listening(c.pid(), PAGE_SERVER_PORT))?;
+        Some(ps)
+    } else {
+        None
+    };
     let t0 = Instant::now();
-    Criu1::run(
-        &hosts.src,
-        bin,
-        &[
-            "dump",
-            "-t",
-            &pid_s,
-            "-D",
-            ss,
-            "--page-server",
-            "--address",
-            tgt_ip,
-            "--port",
-            &port,
-        ],
-        &s,
-        "dump.log",
-    )?;
+    let mut dump = vec!["dump", "-t", &pid_s, "-D", ss];
+    if page_server {
+        dump.extend(["--page-server", "--address", tgt_ip, "--port", &port]);
+    }
+    Criu1::run(&hosts.src, bin, &dump, &s, "dump.log")?;
     let dumped = Instant::now();
     copy_images(&s, &t)?;
     let copied = Instant::now();
@@ -1153,7 +1181,9 @@ fn hand_stop(hosts: &Hosts, bin: &Path, pid: i32, made: &mut Made) -> Result<Mov
         "restore.log",
     )?;
     let restored = Instant::now();
-    ps.wait()?;
+    if let Some(ps) = ps.as_mut() {
+        ps.wait()?;
+    }
     let new_pid = restored_pid(&pidfile)?;
     let st = criu_rpc::image::read_dump_stats(&s).ok();
     let rst = criu_rpc::image::read_restore_stats(&t).ok();
@@ -1162,7 +1192,14 @@ fn hand_stop(hosts: &Hosts, bin: &Path, pid: i32, made: &mut Made) -> Result<Mov
         downtime_ms: ms(restored - t0),
         total_ms: ms(restored - begin),
         phases: vec![
-            ("dump, pages to page server", ms(dumped - t0)),
+            (
+                if page_server {
+                    "dump, pages to page server"
+                } else {
+                    "dump"
+                },
+                ms(dumped - t0),
+            ),
             ("copy images", ms(copied - dumped)),
             ("restore", ms(restored - copied)),
             ("criu memdump", us(st.as_ref().map(|s| s.memdump_time))),
@@ -1408,6 +1445,18 @@ fn print_ratios(cfg: &Config, results: &BTreeMap<(u32, Case), Vec<Sample>>) {
         for &mib in &cfg.sizes {
             let r = get(mib, ours, col) / get(mib, theirs, col);
             line(format!("{what} ({})", size_label(mib)), r, goal, pass(r));
+        }
+    }
+    if ran(&[Case::PhaulStop, Case::HandStopPs]) {
+        for &mib in &cfg.sizes {
+            let col = |s: &Sample| s.downtime_ms;
+            let felt = |s: &Sample| s.felt_ms;
+            println!(
+                "  for reference ({}), stop-copy vs hand-run with CRIU's page server: downtime {:.2}, felt {:.2}",
+                size_label(mib),
+                get(mib, Case::PhaulStop, col) / get(mib, Case::HandStopPs, col),
+                get(mib, Case::PhaulStop, felt) / get(mib, Case::HandStopPs, felt),
+            );
         }
     }
     if let (Some(&lo), Some(&hi), true) = (
