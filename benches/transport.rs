@@ -43,6 +43,9 @@
 //! PHAUL_BENCH_QUICK=1 cargo bench --bench transport  # N = 256 MiB
 //! ```
 //!
+//! `PHAUL_BENCH_CASES="page stream TLS,plain TCP"` runs only the cases so
+//! named (ratios to a baseline that did not run print as NaN).
+//!
 //! The image files (N for the source, N more for each received copy,
 //! removed after each run) go to a fresh directory under the default temp
 //! dir (`TMPDIR`, else `/tmp`); the header says which file system that is,
@@ -173,7 +176,14 @@ async fn run(bytes: u64, quick: bool) -> Result<()> {
     header(&bench, quick);
     make_images(&bench.images, bytes).await?;
 
-    let mut results: Vec<(Case, Vec<f64>)> = Case::ALL.iter().map(|c| (*c, Vec::new())).collect();
+    // To look into some cases only (a profile, say): their names, comma-separated.
+    let only = std::env::var("PHAUL_BENCH_CASES").unwrap_or_default();
+    let wanted = |c: &Case| only.is_empty() || only.split(',').any(|n| n.trim() == c.name());
+    let mut results: Vec<(Case, Vec<f64>)> = Case::ALL
+        .iter()
+        .filter(|c| wanted(c))
+        .map(|c| (*c, Vec::new()))
+        .collect();
     // Run 0 warms up (page cache, allocator, TLS code) and is not counted.
     for run in 0..=RUNS {
         for (case, secs) in &mut results {
@@ -256,12 +266,10 @@ fn median(v: &[f64]) -> f64 {
 
 fn report(bench: &Bench, results: &[(Case, Vec<f64>)]) {
     let rate = |case: Case| {
-        let secs = &results
+        results
             .iter()
             .find(|(c, _)| *c == case)
-            .expect("every case ran")
-            .1;
-        bench.bytes as f64 / MIB / median(secs)
+            .map_or(f64::NAN, |(_, secs)| bench.bytes as f64 / MIB / median(secs))
     };
     println!();
     println!(
