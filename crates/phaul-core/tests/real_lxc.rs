@@ -4,23 +4,15 @@
 //! absence fails the tests.
 
 use std::path::{Path, PathBuf};
-use std::sync::mpsc as std_mpsc;
 use std::time::Duration;
 
-use phaul_core::criu::Criu;
 use phaul_core::fs::FsChoice;
-use phaul_core::{Migration, Mode, Report, Service};
+use phaul_core::{Migration, Mode, Report};
 use phaul_htypes::registry::{Paths, source_in};
 use phaul_testkit::{Hosts, LxcContainer, in_netns, require_criu, wait_until};
-use phaul_transport::{LinkConfig, Listener, SharedKey};
 
-fn cfg() -> LinkConfig {
-    LinkConfig::new(SharedKey::new(b"lxc migration test key, 32 bytes").unwrap())
-}
-
-fn criu(bin: &Path) -> Criu {
-    Criu::new(criu_rpc::Criu::with_binary(bin).quiet(true))
-}
+mod common;
+use common::{Setup, Target, cfg, criu};
 
 fn unique_name() -> String {
     use std::sync::atomic::{AtomicU32, Ordering};
@@ -33,60 +25,18 @@ fn unique_name() -> String {
 }
 
 /// A service in the target host, restoring LXC containers into `lxcpath`.
-struct Target {
-    addr: String,
-    _work: tempfile::TempDir,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Target {
-    fn start(hosts: &Hosts, bin: &Path, lxcpath: &Path) -> Self {
-        let work = tempfile::Builder::new()
-            .prefix("phaul-lxc-target-")
-            .tempdir()
-            .unwrap();
-        let (dir, ip, crit, lxc) = (
-            work.path().to_path_buf(),
-            hosts.tgt_ip.clone(),
-            criu(bin),
-            lxcpath.to_path_buf(),
-        );
-        let (tx, rx) = std_mpsc::channel();
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let thread = in_netns(&hosts.tgt, move || async move {
-            let l = Listener::bind(&format!("{ip}:0")).await.unwrap();
-            tx.send(l.local_addr().unwrap()).unwrap();
-            Service::new(crit, cfg(), dir)
-                .htype_paths(Paths {
-                    lxcpath: lxc,
-                    ..Paths::default()
-                })
-                .serve(l, async {
-                    let _ = stop_rx.await;
-                })
-                .await
-                .unwrap();
-        });
-        let addr = rx.recv_timeout(Duration::from_secs(10)).unwrap();
-        Self {
-            addr,
-            _work: work,
-            stop: Some(stop_tx),
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for Target {
-    fn drop(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
+fn lxc_target(hosts: &Hosts, bin: &Path, lxcpath: &Path) -> Target {
+    Target::start_with(
+        hosts,
+        criu(bin),
+        Setup {
+            paths: Some(Paths {
+                lxcpath: lxcpath.to_path_buf(),
+                ..Paths::default()
+            }),
+            ..Setup::default()
+        },
+    )
 }
 
 fn migrate(
@@ -181,7 +131,7 @@ fn moves_a_container(fs: &FsChoice) {
     )
     .unwrap();
     let before = LxcContainer::counter_in(&src, &name).unwrap();
-    let target = Target::start(&hosts, &bin, &tgt);
+    let target = lxc_target(&hosts, &bin, &tgt);
     let r = migrate(&hosts, &bin, &target.addr, &name, &src, fs.clone());
     assert!(r.success, "{:?}", r.error);
     assert_eq!(r.mode, "stop-copy", "{}", r.mode_reason);
@@ -332,7 +282,7 @@ fn a_restore_failing_on_the_target_leaves_the_container_running_on_the_source() 
     };
     let rootfs = src.join(&name).join("rootfs");
     let before = snapshot(&rootfs);
-    let target = Target::start(&hosts, &bin, &tgt);
+    let target = lxc_target(&hosts, &bin, &tgt);
     let r = migrate(&hosts, &bin, &target.addr, &name, &src, FsChoice::Native);
     assert!(!r.success, "the restore was expected to fail");
     assert_eq!(
@@ -391,7 +341,7 @@ fn restart_mode_moves_a_container_cold() {
     let (_s, src) = lxcpath("src");
     let (_t, tgt) = lxcpath("tgt");
     let (_ct, name) = restartable(&hosts, &src, &tgt);
-    let target = Target::start(&hosts, &bin, &tgt);
+    let target = lxc_target(&hosts, &bin, &tgt);
     let r = migrate_mode(
         &hosts,
         &bin,
@@ -462,7 +412,7 @@ fn restart_mode_starts_the_container_again_on_the_source_when_the_target_cannot(
     }
     let _umount = Umount(tgt.clone());
     let (_ct, name) = restartable(&hosts, &src, &tgt);
-    let target = Target::start(&hosts, &bin, &tgt);
+    let target = lxc_target(&hosts, &bin, &tgt);
     let r = migrate_mode(
         &hosts,
         &bin,

@@ -11,165 +11,11 @@ use std::time::Duration;
 
 use phaul_core::criu::{Criu, HeldRestore, LazyDaemon, PageServing, RestoreSpec, TargetCriu};
 use phaul_core::mode::HostCaps;
-use phaul_core::{Migration, Mode, Phase, Progress, Report, Service};
+use phaul_core::{Migration, Mode, Phase, Progress, Report};
 use phaul_testkit::{Hosts, Workload, alive, in_netns, require_criu, wait_until};
-use phaul_transport::{LinkConfig, Listener, SharedKey};
 
-const KEY: &[u8] = b"real migration test key: 32 bytes";
-
-fn cfg() -> LinkConfig {
-    LinkConfig::new(SharedKey::new(KEY).unwrap())
-}
-
-fn criu(bin: &Path) -> Criu {
-    Criu::new(criu_rpc::Criu::with_binary(bin).quiet(true))
-}
-
-/// A target service running on its own thread inside the target host.
-struct Target {
-    addr: String,
-    work: tempfile::TempDir,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Target {
-    fn start<T: TargetCriu>(hosts: &Hosts, criu: T) -> Self {
-        Self::start_proxied(hosts, criu, None)
-    }
-
-    /// With `cut`, clients reach the service through a proxy that cuts the
-    /// `n`th connection (0-based) after `bytes` client bytes.
-    fn start_proxied<T: TargetCriu>(hosts: &Hosts, criu: T, cut: Option<(usize, usize)>) -> Self {
-        let work = tempfile::Builder::new()
-            .prefix("phaul-target-")
-            .tempdir()
-            .unwrap();
-        Self::start_in(hosts, criu, cut, work)
-    }
-
-    fn start_in<T: TargetCriu>(
-        hosts: &Hosts,
-        criu: T,
-        cut: Option<(usize, usize)>,
-        work: tempfile::TempDir,
-    ) -> Self {
-        let dir = work.path().to_path_buf();
-        let ip = hosts.tgt_ip.clone();
-        let (addr_tx, addr_rx) = std_mpsc::channel();
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let thread = in_netns(&hosts.tgt, move || async move {
-            let listener = Listener::bind(&format!("{ip}:0")).await.unwrap();
-            let svc_addr = listener.local_addr().unwrap();
-            let public = match cut {
-                None => svc_addr.clone(),
-                Some((n, bytes)) => proxy(&ip, svc_addr.clone(), n, bytes).await,
-            };
-            addr_tx.send(public).unwrap();
-            let svc = Service::new(criu, cfg(), dir);
-            svc.serve(listener, async {
-                let _ = stop_rx.await;
-            })
-            .await
-            .unwrap();
-            // Returning drops this thread's runtime and every task on it,
-            // as a crash of the service would.
-        });
-        let addr = addr_rx
-            .recv_timeout(Duration::from_secs(10))
-            .expect("the service did not start");
-        Self {
-            addr,
-            work,
-            stop: Some(stop_tx),
-            thread: Some(thread),
-        }
-    }
-
-    /// Ends the service abruptly: its runtime, sessions and CRIU
-    /// connections all go away at once.
-    fn kill(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-
-    fn dir(&self) -> PathBuf {
-        self.work.path().to_path_buf()
-    }
-
-    /// Starts a new service on the same directory (after [`Target::kill`]).
-    fn restart<T: TargetCriu>(mut self, hosts: &Hosts, criu: T) -> Self {
-        self.kill();
-        let work = std::mem::replace(&mut self.work, tempfile::tempdir().unwrap());
-        Self::start_in(hosts, criu, None, work)
-    }
-}
-
-impl Drop for Target {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// A TCP proxy that cuts connection number `nth` after `bytes` bytes from
-/// the client.
-async fn proxy(ip: &str, to: String, nth: usize, bytes: usize) -> String {
-    let l = tokio::net::TcpListener::bind(format!("{ip}:0"))
-        .await
-        .unwrap();
-    let addr = l.local_addr().unwrap().to_string();
-    tokio::spawn(async move {
-        let mut count = 0usize;
-        loop {
-            let Ok((mut c, _)) = l.accept().await else {
-                return;
-            };
-            let limit = (count == nth).then_some(bytes);
-            count += 1;
-            let to = to.clone();
-            tokio::spawn(async move {
-                use tokio::io::{AsyncReadExt, AsyncWriteExt};
-                let Ok(mut s) = tokio::net::TcpStream::connect(&to).await else {
-                    return;
-                };
-                let (mut cr, mut cw) = c.split();
-                let (mut sr, mut sw) = s.split();
-                let up = async {
-                    let mut buf = vec![0u8; 16 * 1024];
-                    let mut sent = 0usize;
-                    loop {
-                        let n = cr.read(&mut buf).await.unwrap_or(0);
-                        if n == 0 {
-                            break;
-                        }
-                        let n = match limit {
-                            Some(l) if sent + n >= l => {
-                                let _ = sw.write_all(&buf[..l - sent]).await;
-                                break;
-                            }
-                            _ => n,
-                        };
-                        if sw.write_all(&buf[..n]).await.is_err() {
-                            break;
-                        }
-                        sent += n;
-                    }
-                };
-                let down = tokio::io::copy(&mut sr, &mut cw);
-                tokio::select! {
-                    () = up => {}
-                    _ = down => {}
-                }
-                // Dropping both sockets cuts the connection.
-            });
-        }
-    });
-    addr
-}
+mod common;
+use common::{Setup, Target, cfg, criu};
 
 /// Runs a migration from the source host and returns its report.
 fn migrate(
@@ -490,7 +336,14 @@ fn a_connection_cut_during_the_image_stream_leaves_the_source_running() {
         let hosts = Hosts::new().unwrap();
         // Connection 1 is the image channel (0 is control); cut it 8 KiB in,
         // which is past its handshake and inside the first batch.
-        let target = Target::start_proxied(&hosts, criu(&bin), Some((1, 8 * 1024)));
+        let target = Target::start_with(
+            &hosts,
+            criu(&bin),
+            Setup {
+                cut: Some((1, 8 * 1024)),
+                ..Setup::default()
+            },
+        );
         let w = Workload::start_in(Some(&hosts.src), 32).unwrap();
         let (r, src_dir) = migrate(&hosts.src, &bin, &target.addr, w.pid, mode, |m| m);
         assert_stayed(&w, &r);

@@ -4,18 +4,14 @@
 //! Needs root, CRIU 4 and runc (scripts/setup.sh).
 
 use std::path::{Path, PathBuf};
-use std::sync::mpsc as std_mpsc;
 use std::time::Duration;
 
-use phaul_core::criu::Criu;
-use phaul_core::{Migration, Mode, Phase, Report, Service};
+use phaul_core::{Migration, Mode, Phase, Report};
 use phaul_htypes::registry::{Paths, source_in};
 use phaul_testkit::{Hosts, in_netns, require_criu, wait_until};
-use phaul_transport::{LinkConfig, Listener, SharedKey};
 
-fn cfg() -> LinkConfig {
-    LinkConfig::new(SharedKey::new(b"runc migration test key 32 bytes").unwrap())
-}
+mod common;
+use common::{Setup, Target, cfg, criu};
 
 fn run(cmd: &mut std::process::Command) -> String {
     let out = cmd.stdin(std::process::Stdio::null()).output().unwrap();
@@ -109,30 +105,15 @@ impl Drop for Cleanup {
 }
 
 fn migrate(hosts: &Hosts, bin: &Path, id: &str, src: &Paths, tgt: &Paths) -> Report {
-    let work = tempfile::Builder::new()
-        .prefix("phaul-runc-target-")
-        .tempdir()
-        .unwrap();
-    let (dir, ip, crit, p) = (
-        work.path().to_path_buf(),
-        hosts.tgt_ip.clone(),
-        Criu::new(criu_rpc::Criu::with_binary(bin).quiet(true)),
-        tgt.clone(),
+    let target = Target::start_with(
+        hosts,
+        criu(bin),
+        Setup {
+            paths: Some(tgt.clone()),
+            ..Setup::default()
+        },
     );
-    let (tx, rx) = std_mpsc::channel();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let service = in_netns(&hosts.tgt, move || async move {
-        let l = Listener::bind(&format!("{ip}:0")).await.unwrap();
-        tx.send(l.local_addr().unwrap()).unwrap();
-        Service::new(crit, cfg(), dir)
-            .htype_paths(p)
-            .serve(l, async {
-                let _ = stop_rx.await;
-            })
-            .await
-            .unwrap();
-    });
-    let addr: String = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    let addr = target.addr.clone();
     let (bin, id, p) = (bin.to_path_buf(), id.to_string(), src.clone());
     let source_work = tempfile::Builder::new()
         .prefix("phaul-runc-source-")
@@ -141,22 +122,16 @@ fn migrate(hosts: &Hosts, bin: &Path, id: &str, src: &Paths, tgt: &Paths) -> Rep
     let w = source_work.path().to_path_buf();
     let report = in_netns(&hosts.src, move || async move {
         let htype = source_in("runc", &id, &p).unwrap();
-        let m = Migration::new(
-            Criu::new(criu_rpc::Criu::with_binary(&bin).quiet(true)),
-            addr,
-            cfg(),
-            htype,
-        )
-        .mode(Mode::Auto)
-        .work_dir(&w);
+        let m = Migration::new(criu(&bin), addr, cfg(), htype)
+            .mode(Mode::Auto)
+            .work_dir(&w);
         tokio::time::timeout(Duration::from_secs(300), m.run())
             .await
             .expect("the migration hung")
     })
     .join()
     .unwrap();
-    let _ = stop_tx.send(());
-    service.join().unwrap();
+    drop(target);
     report
 }
 

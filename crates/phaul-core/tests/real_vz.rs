@@ -10,22 +10,14 @@
 //! at post-dump.
 
 use std::path::{Path, PathBuf};
-use std::sync::mpsc as std_mpsc;
 use std::time::Duration;
 
-use phaul_core::criu::Criu;
-use phaul_core::{Migration, Mode, Report, Service};
+use phaul_core::{Migration, Mode, Report};
 use phaul_htypes::registry::{Paths, source_in};
 use phaul_testkit::{Hosts, Workload, alive, in_netns, require_criu, wait_until};
-use phaul_transport::{LinkConfig, Listener, SharedKey};
 
-fn cfg() -> LinkConfig {
-    LinkConfig::new(SharedKey::new(b"vz migration test key, 32 bytes!").unwrap())
-}
-
-fn criu(bin: &Path) -> Criu {
-    Criu::new(criu_rpc::Criu::with_binary(bin).quiet(true))
-}
+mod common;
+use common::{Setup, Target, cfg, criu};
 
 fn standin(tool: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -75,30 +67,15 @@ fn tasks_of(line: &str) -> String {
 }
 
 fn migrate_vz(hosts: &Hosts, bin: &Path, run: &Path, ctid: &str) -> Report {
-    let work = tempfile::Builder::new()
-        .prefix("phaul-vz-target-")
-        .tempdir()
-        .unwrap();
-    let (dir, ip, crit, p) = (
-        work.path().to_path_buf(),
-        hosts.tgt_ip.clone(),
+    let target = Target::start_with(
+        hosts,
         criu(bin),
-        paths(run),
+        Setup {
+            paths: Some(paths(run)),
+            ..Setup::default()
+        },
     );
-    let (tx, rx) = std_mpsc::channel();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let service = in_netns(&hosts.tgt, move || async move {
-        let l = Listener::bind(&format!("{ip}:0")).await.unwrap();
-        tx.send(l.local_addr().unwrap()).unwrap();
-        Service::new(crit, cfg(), dir)
-            .htype_paths(p)
-            .serve(l, async {
-                let _ = stop_rx.await;
-            })
-            .await
-            .unwrap();
-    });
-    let addr: String = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    let addr = target.addr.clone();
     let (bin, ctid, p) = (bin.to_path_buf(), ctid.to_string(), paths(run));
     let source_work = tempfile::Builder::new()
         .prefix("phaul-vz-source-")
@@ -116,8 +93,7 @@ fn migrate_vz(hosts: &Hosts, bin: &Path, run: &Path, ctid: &str) -> Report {
     })
     .join()
     .unwrap();
-    let _ = stop_tx.send(());
-    service.join().unwrap();
+    drop(target);
     report
 }
 
