@@ -102,7 +102,7 @@ fn main() -> Result<()> {
         );
         return Ok(());
     }
-    let bin = phaul_testkit::criu_binary();
+    let bin = criu_rpc::default_binary();
     if !bin.is_file() {
         println!(
             "SKIPPED criu_rpc bench: no criu binary at {} (nor on PATH); run scripts/setup.sh",

@@ -308,7 +308,7 @@ fn main() -> Result<()> {
         );
         return Ok(());
     }
-    let bin = phaul_testkit::criu_binary();
+    let bin = criu_rpc::default_binary();
     let version = match criu_version(&bin) {
         Ok(v) => v,
         Err(e) => {

@@ -27,19 +27,6 @@ pub fn is_root() -> bool {
     nix::unistd::Uid::effective().is_root()
 }
 
-/// The `criu` real tests use: the first on `PATH` or `/usr/local/sbin/criu`.
-pub fn criu_binary() -> PathBuf {
-    if let Some(path) = std::env::var_os("PATH") {
-        for dir in std::env::split_paths(&path) {
-            let c = dir.join("criu");
-            if c.is_file() {
-                return c;
-            }
-        }
-    }
-    PathBuf::from("/usr/local/sbin/criu")
-}
-
 fn criu_major(binary: &Path) -> Option<u32> {
     let out = Command::new(binary).arg("--version").output().ok()?;
     let text = String::from_utf8_lossy(&out.stdout);
@@ -57,7 +44,7 @@ pub fn require_criu(test: &str) -> Option<PathBuf> {
     let why = if !is_root() {
         Some("not running as root".to_string())
     } else {
-        let bin = criu_binary();
+        let bin = criu_rpc::default_binary();
         match criu_major(&bin) {
             Some(m) if m >= 4 => return Some(bin),
             Some(m) => Some(format!(
