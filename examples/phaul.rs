@@ -81,6 +81,10 @@ struct Migrate {
     /// Skip the CRIU version check.
     #[arg(long)]
     skip_criu_check: bool,
+    /// Run the pre-flight checks but go on when the CRIU version or CPU
+    /// check fails (printed as warnings).
+    #[arg(long)]
+    force: bool,
     /// The criu binary (default: criu on PATH).
     #[arg(long)]
     criu: Option<PathBuf>,
@@ -183,6 +187,7 @@ async fn migrate(m: Migrate) -> anyhow::Result<bool> {
     .keep_images(m.keep_images)
     .skip_cpu_check(m.skip_cpu_check)
     .skip_version_check(m.skip_criu_check)
+    .force(m.force)
     .fs(fs)
     .progress(tx);
     mig = match m.downtime_ms {
@@ -221,6 +226,7 @@ async fn migrate(m: Migrate) -> anyhow::Result<bool> {
                     d.as_secs_f64() * 1e3
                 )),
                 Progress::RollingBack(why) => bar.println(format!("rolling back: {why}")),
+                Progress::Warning(why) => bar.println(format!("warning: {why}")),
                 _ => {}
             }
             bar.set_message(format!("{phase}  {:.1} MiB", bytes as f64 / 1048576.0));

@@ -360,6 +360,7 @@ fn apply(s: &mut State, p: Progress) {
             ));
         }
         Progress::RollingBack(why) => s.note(format!("rolling back: {why}")),
+        Progress::Warning(why) => s.note(format!("warning: {why}")),
         other => s.note(format!("{other:?}")),
     }
 }

@@ -54,6 +54,8 @@ pub enum Progress {
     Resumed(Duration),
     /// Rolling back: the source is being resumed.
     RollingBack(String),
+    /// A pre-flight check failed and [`Migration::force`] went on anyway.
+    Warning(String),
 }
 
 /// Cancels a running [`Migration`] from elsewhere.
@@ -99,6 +101,7 @@ pub struct Migration<C: SourceCriu> {
     keep_images: bool,
     skip_cpu_check: bool,
     skip_version_check: bool,
+    force: bool,
     timeouts: Timeouts,
     progress: Option<mpsc::UnboundedSender<Progress>>,
     fs: FsChoice,
@@ -138,6 +141,7 @@ impl<C: SourceCriu> Migration<C> {
             keep_images: false,
             skip_cpu_check: false,
             skip_version_check: false,
+            force: false,
             timeouts: Timeouts::default(),
             progress: None,
             fs: FsChoice::default(),
@@ -187,6 +191,15 @@ impl<C: SourceCriu> Migration<C> {
     /// Skip the CRIU version check (source not newer than target).
     pub fn skip_version_check(mut self, skip: bool) -> Self {
         self.skip_version_check = skip;
+        self
+    }
+
+    /// Run the pre-flight checks, but go on when the CRIU version or CPU
+    /// check fails: each failure is logged and reported as a
+    /// [`Progress::Warning`] instead of ending the migration. (A restore
+    /// that then fails on the target still rolls back.)
+    pub fn force(mut self, force: bool) -> Self {
+        self.force = force;
         self
     }
 
@@ -309,19 +322,30 @@ impl<C: SourceCriu> Migration<C> {
             response::Body::Preflight(r) => r,
             other => return Err(unexpected("Preflight", &other)),
         };
+        let mut failed = Vec::new();
         if !self.skip_version_check
             && version_number(&version) > version_number(&reply.criu_version)
         {
-            return Err(Error::Preflight(format!(
+            failed.push(format!(
                 "CRIU {version} here is newer than CRIU {} on the target; images may not restore there",
                 reply.criu_version
-            )));
+            ));
         }
         if !self.skip_cpu_check && !reply.cpu_compatible {
-            return Err(Error::Preflight(format!(
+            failed.push(format!(
                 "the target's CPU cannot run this tree: {}",
                 reply.cpu_error
-            )));
+            ));
+        }
+        if !self.force {
+            if let Some(first) = failed.into_iter().next() {
+                return Err(Error::Preflight(first));
+            }
+        } else {
+            for why in failed {
+                warn!(check = %why, "pre-flight check failed; going on (forced)");
+                self.emit(Progress::Warning(why));
+            }
         }
         let target_caps = HostCaps {
             mem_track: reply.mem_track,

@@ -40,6 +40,10 @@ pub struct StandIn {
     caps: HostCaps,
     pages: Arc<Mutex<VecDeque<u64>>>,
     fail_restore: bool,
+    /// The CRIU version it reports, if not CRIU 4.1.1.
+    version: Option<String>,
+    /// The CPU it reports (and accepts), if not "stand-in cpu".
+    cpu: Option<Vec<u8>>,
     log: Arc<Mutex<Vec<String>>>,
     /// Set when a restore is committed: the lazy "daemon" starts pulling
     /// then, as CRIU's does once the restored tasks run.
@@ -66,6 +70,26 @@ impl StandIn {
     pub fn failing_restore(mut self) -> Self {
         self.fail_restore = true;
         self
+    }
+
+    /// Report this CRIU version instead of 4.1.1.
+    pub fn criu_version(mut self, v: &str) -> Self {
+        self.version = Some(v.to_string());
+        self
+    }
+
+    /// Be another CPU: send and accept only this CPU description.
+    pub fn cpu(mut self, cpu: &[u8]) -> Self {
+        self.cpu = Some(cpu.to_vec());
+        self
+    }
+
+    fn version_string(&self) -> String {
+        self.version.clone().unwrap_or_else(|| "4.1.1".into())
+    }
+
+    fn cpu_bytes(&self) -> Vec<u8> {
+        self.cpu.clone().unwrap_or_else(|| b"stand-in cpu".to_vec())
     }
 
     /// What was called, in order (`"pre-dump 0 parent=- track_mem"`, ...).
@@ -141,7 +165,7 @@ fn write_images(dir: &Path, pid: i32) -> Result<()> {
 
 impl SourceCriu for StandIn {
     async fn version(&self) -> Result<String> {
-        Ok("4.1.1".into())
+        Ok(self.version_string())
     }
 
     async fn features(&self) -> Result<HostCaps> {
@@ -149,7 +173,7 @@ impl SourceCriu for StandIn {
     }
 
     async fn cpuinfo(&self, _scratch: &Path) -> Result<Vec<u8>> {
-        Ok(b"stand-in cpu".to_vec())
+        Ok(self.cpu_bytes())
     }
 
     async fn pre_dump(&self, spec: DumpSpec, pages: OwnedFd) -> Result<DumpStatsEntry> {
@@ -246,7 +270,7 @@ impl SourceCriu for StandIn {
 
 impl TargetCriu for StandIn {
     async fn version(&self) -> Result<String> {
-        Ok("4.1.1".into())
+        Ok(self.version_string())
     }
 
     async fn features(&self) -> Result<HostCaps> {
@@ -254,7 +278,7 @@ impl TargetCriu for StandIn {
     }
 
     async fn cpuinfo_check(&self, cpuinfo: Vec<u8>, _scratch: &Path) -> Result<()> {
-        if cpuinfo == b"stand-in cpu" {
+        if cpuinfo == self.cpu_bytes() {
             Ok(())
         } else {
             Err(Error::Target("stand-in: another CPU".into()))

@@ -53,6 +53,17 @@ async fn migrate(
     fallback: bool,
     policy: Option<Box<dyn phaul_core::policy::ConvergencePolicy>>,
 ) -> (Report, Vec<Progress>) {
+    migrate_with(source, target, mode, fallback, policy, |m| m).await
+}
+
+async fn migrate_with(
+    source: StandIn,
+    target: StandIn,
+    mode: Mode,
+    fallback: bool,
+    policy: Option<Box<dyn phaul_core::policy::ConvergencePolicy>>,
+    tweak: impl FnOnce(Migration<StandIn>) -> Migration<StandIn>,
+) -> (Report, Vec<Progress>) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_env("PHAUL_TEST_LOG"))
         .with_test_writer()
@@ -76,6 +87,7 @@ async fn migrate(
     if let Some(p) = policy {
         m = m.policy(p);
     }
+    m = tweak(m);
     let report = tokio::time::timeout(Duration::from_secs(60), m.run())
         .await
         .expect("migration hung");
@@ -337,5 +349,62 @@ async fn the_policy_defaults_are_p_haul_s() {
             max_growth_percent: 10,
             max_iterations: 8
         }
+    );
+}
+
+#[tokio::test]
+async fn failed_pre_flight_checks_refuse_unless_forced() {
+    // A source with a newer CRIU than the target's, on another CPU.
+    let newer_elsewhere = || StandIn::new(ALL).criu_version("4.2").cpu(b"another cpu");
+    let (r, _) = migrate(
+        newer_elsewhere(),
+        StandIn::new(ALL),
+        Mode::StopCopy,
+        false,
+        None,
+    )
+    .await;
+    assert!(!r.success);
+    let e = r.error.clone().unwrap();
+    assert!(e.contains("newer than CRIU 4.1.1"), "{e}");
+
+    let (r, _) = migrate_with(
+        StandIn::new(ALL).cpu(b"another cpu"),
+        StandIn::new(ALL),
+        Mode::StopCopy,
+        false,
+        None,
+        |m| m.skip_version_check(true),
+    )
+    .await;
+    assert!(!r.success);
+    let e = r.error.clone().unwrap();
+    assert!(e.contains("CPU cannot run this tree"), "{e}");
+
+    let source = newer_elsewhere();
+    let (r, events) = migrate_with(
+        source.clone(),
+        StandIn::new(ALL),
+        Mode::StopCopy,
+        false,
+        None,
+        |m| m.force(true),
+    )
+    .await;
+    assert!(r.success, "{:?}", r.error);
+    let warnings: Vec<&String> = events
+        .iter()
+        .filter_map(|e| match e {
+            Progress::Warning(w) => Some(w),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(warnings.len(), 2, "{warnings:?}");
+    assert!(warnings[0].contains("newer than CRIU 4.1.1"));
+    assert!(warnings[1].contains("CPU cannot run this tree"));
+    assert!(
+        source.calls().iter().any(|c| c.starts_with("dump")),
+        "{:?}",
+        source.calls()
     );
 }
