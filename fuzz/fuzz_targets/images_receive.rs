@@ -26,6 +26,7 @@ const LIMITS: ImageLimits = ImageLimits {
     max_files: 4,
     max_file_size: 64 * 1024,
     max_total: 96 * 1024,
+    durable: false,
 };
 
 fn runtime() -> &'static Runtime {

@@ -57,7 +57,13 @@ impl<T: TargetCriu> Service<T> {
             cfg,
             work_dir: work_dir.as_ref().to_path_buf(),
             keep_images: false,
-            limits: ImageLimits::default(),
+            // Not durable: a target that crashes fails the migration and
+            // the source still holds the tree, so fsyncs would only add to
+            // the downtime.
+            limits: ImageLimits {
+                durable: false,
+                ..ImageLimits::default()
+            },
             paths: phaul_htypes::registry::Paths::default(),
             fs_limits: phaul_fs::FsLimits::default(),
         }
@@ -81,7 +87,8 @@ impl<T: TargetCriu> Service<T> {
         self
     }
 
-    /// Limits on what one image batch may hold.
+    /// Limits on what one image batch may hold, and whether it is fsynced
+    /// (by default it is not: see the field's note in `Service::new`).
     pub fn image_limits(mut self, limits: ImageLimits) -> Self {
         self.limits = limits;
         self

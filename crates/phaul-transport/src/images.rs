@@ -15,10 +15,14 @@
 //!   (`O_DIRECTORY | O_NOFOLLOW`) and every file is created relative to that
 //!   descriptor with `O_CREAT | O_EXCL | O_NOFOLLOW`: an existing file or
 //!   symlink of the same name is never overwritten nor followed.
-//! - **Synced before acknowledged.** `BatchAck` is sent only once every file
-//!   of the batch and the directory itself have been fsync'ed, so a source
-//!   that reads the ack may rely on the images surviving a crash of the
-//!   target.
+//! - **Written before acknowledged.** `BatchAck` is sent only once every
+//!   file of the batch has been written and closed. With
+//!   [`ImageLimits::durable`] (the default) every file and the directory
+//!   itself have also been fsync'ed, so a source that reads the ack may rely
+//!   on the images surviving a crash of the target. A migration does not
+//!   need that (a target that crashes fails the migration, and the source
+//!   still holds the tree), so phaul's service turns it off: on a disk,
+//!   those fsyncs are milliseconds inside the downtime.
 //!
 //! Only permission bits (`mode & 0o777`) cross; file-type, setuid, setgid
 //! and sticky bits are refused.
@@ -29,9 +33,9 @@
 //!  sender                                            receiver
 //!    | -- FileBegin {name, size, mode} ------------->|  checks, creates
 //!    | -- DATA / DATA_LZ4 ... (exactly size bytes) ->|  writes
-//!    | -- FileEnd ---------------------------------->|  fsyncs the file
+//!    | -- FileEnd ---------------------------------->|  fsyncs the file (durable)
 //!    |    ... one FileBegin..FileEnd per file ...    |
-//!    | -- BatchEnd {files, bytes} ------------------>|  fsyncs the directory
+//!    | -- BatchEnd {files, bytes} ------------------>|  fsyncs the directory (durable)
 //!    | <- BatchAck {files, bytes} -------------------|  or Error
 //! ```
 //!
@@ -87,6 +91,8 @@ pub struct ImageLimits {
     pub max_file_size: u64,
     /// The most bytes in a batch, all files together.
     pub max_total: u64,
+    /// fsync every file and the directory before acknowledging a batch.
+    pub durable: bool,
 }
 
 impl Default for ImageLimits {
@@ -97,6 +103,7 @@ impl Default for ImageLimits {
             max_files: 100_000,
             max_file_size: 16 << 30,
             max_total: 64 << 30,
+            durable: true,
         }
     }
 }
@@ -535,7 +542,7 @@ async fn receive_inner(
             Kind::FileBegin => {
                 let begin: FileBegin = expect_msg(&f, Kind::FileBegin).map_err(coded)?;
                 admit(&begin, &stats, limits)?;
-                receive_file(reader, dir, &dirfd, &begin).await?;
+                receive_file(reader, dir, &dirfd, &begin, limits.durable).await?;
                 stats.files += 1;
                 stats.bytes += begin.size;
             }
@@ -547,17 +554,19 @@ async fn receive_inner(
                         end.files, end.bytes, stats.files, stats.bytes
                     )));
                 }
-                // The new entries are durable only once the directory is.
-                let fd = Arc::clone(&dirfd);
-                let path = dir.to_path_buf();
-                blocking(move || {
-                    nix::unistd::fsync(fd.as_fd()).map_err(|e| Error::File {
-                        path,
-                        source: e.into(),
+                if limits.durable {
+                    // The new entries are durable only once the directory is.
+                    let fd = Arc::clone(&dirfd);
+                    let path = dir.to_path_buf();
+                    blocking(move || {
+                        nix::unistd::fsync(fd.as_fd()).map_err(|e| Error::File {
+                            path,
+                            source: e.into(),
+                        })
                     })
-                })
-                .await
-                .map_err(coded)?;
+                    .await
+                    .map_err(coded)?;
+                }
                 return Ok(stats);
             }
             other => {
@@ -631,6 +640,7 @@ async fn receive_file(
     dir: &Path,
     dirfd: &Arc<OwnedFd>,
     begin: &FileBegin,
+    durable: bool,
 ) -> Result<(), Coded> {
     let path = dir.join(&begin.name);
     let file_err = |source: io::Error| {
@@ -699,10 +709,12 @@ async fn receive_file(
                 if let Some(p) = pending.take() {
                     joined(p).await.map_err(file_err)?;
                 }
-                let file = Arc::clone(&file);
-                joined(tokio::task::spawn_blocking(move || file.sync_all()))
-                    .await
-                    .map_err(file_err)?;
+                if durable {
+                    let file = Arc::clone(&file);
+                    joined(tokio::task::spawn_blocking(move || file.sync_all()))
+                        .await
+                        .map_err(file_err)?;
+                }
                 partial.done = true;
                 return Ok(());
             }

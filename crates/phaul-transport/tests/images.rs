@@ -170,6 +170,10 @@ fn assert_remote(e: &Error, want: ErrorCode) {
 // --- round trips -----------------------------------------------------------
 
 async fn round_trip(cfg: LinkConfig) {
+    round_trip_with(cfg, ImageLimits::default()).await;
+}
+
+async fn round_trip_with(cfg: LinkConfig, limits: ImageLimits) {
     let src = tempfile::tempdir().unwrap();
     let s = src.path();
     let big = noise(5 << 20, 0x9e37_79b9_7f4a_7c15);
@@ -187,7 +191,6 @@ async fn round_trip(cfg: LinkConfig) {
     let scene = Scene::new();
     let target = scene.target.clone();
     let (mut a, mut b) = pair(cfg).await;
-    let limits = ImageLimits::default();
     let (sent, received) = tokio::join!(
         send_dir_over(&mut a, s),
         receive_batch_over(&mut b, &target, &limits)
@@ -263,6 +266,18 @@ async fn a_directory_round_trips_in_plaintext() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_directory_round_trips_compressed() {
     round_trip(cfg().compress(true)).await;
+}
+
+#[tokio::test]
+async fn a_directory_round_trips_without_fsyncs() {
+    round_trip_with(
+        cfg(),
+        ImageLimits {
+            durable: false,
+            ..ImageLimits::default()
+        },
+    )
+    .await;
 }
 
 #[tokio::test]
