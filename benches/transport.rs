@@ -269,7 +269,9 @@ fn report(bench: &Bench, results: &[(Case, Vec<f64>)]) {
         results
             .iter()
             .find(|(c, _)| *c == case)
-            .map_or(f64::NAN, |(_, secs)| bench.bytes as f64 / MIB / median(secs))
+            .map_or(f64::NAN, |(_, secs)| {
+                bench.bytes as f64 / MIB / median(secs)
+            })
     };
     println!();
     println!(

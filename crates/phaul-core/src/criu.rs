@@ -667,7 +667,8 @@ impl TargetCriu for Criu {
                 let _ = child.kill().await;
                 return Err(Error::Timeout("criu lazy-pages did not get ready".into()));
             }
-            tokio::time::sleep(Duration::from_millis(10)).await;
+            // Inside the downtime: look often (CRIU needs ~15 ms to get here).
+            tokio::time::sleep(Duration::from_millis(1)).await;
         }
         Ok(LazyDaemon { child: Some(child) })
     }

@@ -203,10 +203,8 @@ mod tests {
         let acceptor = tokio_rustls::TlsAcceptor::from(id.server_config().unwrap());
         let connector = tokio_rustls::TlsConnector::from(client_config(&[]).unwrap());
         let (a, b) = tokio::io::duplex(64 * 1024);
-        let (server, client) = tokio::join!(
-            acceptor.accept(a),
-            connector.connect(server_name(), b)
-        );
+        let (server, client) =
+            tokio::join!(acceptor.accept(a), connector.connect(server_name(), b));
         let (server, client) = (server.unwrap(), client.unwrap());
         for suite in [
             server.get_ref().1.negotiated_cipher_suite(),
