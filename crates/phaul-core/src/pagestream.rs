@@ -84,6 +84,7 @@ impl PageRelay {
         let opts = RelayOptions {
             counters: Some(counters.clone()),
             guard,
+            ..RelayOptions::default()
         };
         let task = tokio::spawn(async move {
             let st = relay_with(link, local, opts).await?;

@@ -67,9 +67,8 @@ use std::path::{Path, PathBuf};
 use std::process::{ExitCode, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use phaul_transport::Link;
-use phaul_transport::link::DATA_CHUNK;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use phaul_transport::{Link, RelayOptions, relay_parts};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::UnixListener;
 use tracing::{debug, info, warn};
 
@@ -486,45 +485,16 @@ async fn recv_msg(link: &mut Link) -> Result<Msg> {
 /// sink is closed). A local side that breaks is treated as ended, and the
 /// link is still read to its `StreamEnd`, so both ends stay in step for
 /// the `RsyncExit` that follows.
-async fn relay<R, W>(link: &mut Link, mut local: R, sink: W) -> Result<()>
+async fn relay<R, W>(link: &mut Link, local: R, sink: W) -> Result<()>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let Link { reader, writer, .. } = link;
-    let up = async {
-        let mut buf = vec![0u8; DATA_CHUNK];
-        loop {
-            let n = match local.read(&mut buf).await {
-                Ok(n) => n,
-                Err(e) => {
-                    debug!(error = %e, "rsync's side of the relay broke; ending it");
-                    0
-                }
-            };
-            if n == 0 {
-                writer.send_end().await?;
-                return Ok::<(), Error>(());
-            }
-            writer.send_data(&buf[..n]).await?;
-        }
+    let opts = RelayOptions {
+        lenient_local: true,
+        ..RelayOptions::default()
     };
-    let down = async {
-        let mut sink = Some(sink);
-        while let Some(bytes) = reader.recv_data().await? {
-            if let Some(s) = sink.as_mut() {
-                if let Err(e) = s.write_all(&bytes).await {
-                    debug!(error = %e, "rsync stopped reading; draining the link");
-                    sink = None;
-                }
-            }
-        }
-        if let Some(mut s) = sink {
-            let _ = s.shutdown().await;
-        }
-        Ok::<(), Error>(())
-    };
-    tokio::try_join!(up, down)?;
+    relay_parts(&mut link.reader, &mut link.writer, local, sink, opts).await?;
     Ok(())
 }
 

@@ -151,5 +151,5 @@ pub use control::{ControlClient, ControlServer};
 pub use error::{Error, FrameError, Result};
 pub use link::{BoxStream, Endpoint, Link, LinkConfig, Listener, SessionId};
 pub use proto::{Channel, ErrorCode};
-pub use relay::{Guard, RelayCounters, RelayOptions, RelayStats, relay, relay_with};
+pub use relay::{Guard, RelayCounters, RelayOptions, RelayStats, relay, relay_parts, relay_with};
 pub use tls::Identity;

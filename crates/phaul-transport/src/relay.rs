@@ -14,9 +14,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{oneshot, watch};
+use tracing::debug;
 
 use crate::error::{Error, Result};
-use crate::link::{DATA_CHUNK, Link};
+use crate::link::{DATA_CHUNK, FrameReader, FrameWriter, Link};
 
 /// Bytes moved by a relay.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -58,6 +59,12 @@ pub struct RelayOptions {
     pub counters: Option<Arc<RelayCounters>>,
     /// See [`Guard`].
     pub guard: Option<Guard>,
+    /// A local side that breaks is not an error: a failed local read counts
+    /// as its end of stream, and after a failed local write the peer's bytes
+    /// are read and dropped until its `StreamEnd`, so both ends of the link
+    /// stay in step for whatever the caller sends next. (For a local program
+    /// that may exit early, such as rsync.)
+    pub lenient_local: bool,
 }
 
 /// Carries bytes between `local` and the link until both directions have
@@ -75,13 +82,37 @@ pub async fn relay_with<S>(link: Link, local: S, opts: RelayOptions) -> Result<R
 where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
-    let counters = opts.counters.unwrap_or_default();
-    let (mut lr, mut lw) = tokio::io::split(local);
+    let (lr, lw) = tokio::io::split(local);
     let (mut rd, mut wr) = link.into_split();
+    relay_parts(&mut rd, &mut wr, lr, lw, opts).await
+}
+
+/// The relay on a borrowed link's halves and a local side in two parts, so
+/// the caller keeps the link for what follows the stream.
+pub async fn relay_parts<R, W>(
+    rd: &mut FrameReader,
+    wr: &mut FrameWriter,
+    mut lr: R,
+    lw: W,
+    opts: RelayOptions,
+) -> Result<RelayStats>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let counters = opts.counters.unwrap_or_default();
+    let lenient = opts.lenient_local;
     let up = async {
         let mut buf = vec![0u8; DATA_CHUNK];
         loop {
-            let n = lr.read(&mut buf).await?;
+            let n = match lr.read(&mut buf).await {
+                Ok(n) => n,
+                Err(e) if lenient => {
+                    debug!(error = %e, "the local side of the relay broke; ending it");
+                    0
+                }
+                Err(e) => return Err(e.into()),
+            };
             if n == 0 {
                 wr.send_end().await?;
                 return Ok::<(), Error>(());
@@ -96,6 +127,8 @@ where
             None => (None, None, Vec::new()),
         };
         let guarded = || released.as_ref().is_some_and(|r| !*r.borrow());
+        // `None` once a lenient relay's local side stopped taking bytes.
+        let mut lw = Some(lw);
         loop {
             let next = tokio::select! {
                 biased;
@@ -106,8 +139,7 @@ where
                     }
                 } => {
                     if fired {
-                        let _ = lw.write_all(&bytes).await;
-                        let _ = lw.flush().await;
+                        poison(lw.as_mut(), &bytes).await;
                         return Err(Error::Protocol("the relay was aborted".into()));
                     }
                     // The abort handle was dropped unfired: never look again.
@@ -118,26 +150,38 @@ where
             };
             match next {
                 Ok(Some(b)) => {
-                    lw.write_all(&b).await?;
+                    if let Some(w) = lw.as_mut() {
+                        match w.write_all(&b).await {
+                            Ok(()) => {}
+                            Err(e) if lenient => {
+                                debug!(error = %e, "the local side stopped reading; draining the link");
+                                lw = None;
+                            }
+                            Err(e) => return Err(e.into()),
+                        }
+                    }
                     counters
                         .received
                         .fetch_add(b.len() as u64, Ordering::Relaxed);
                 }
                 Ok(None) if !guarded() => {
-                    lw.shutdown().await?;
+                    if let Some(mut w) = lw {
+                        match w.shutdown().await {
+                            Err(e) if !lenient => return Err(e.into()),
+                            _ => {}
+                        }
+                    }
                     return Ok::<(), Error>(());
                 }
                 Ok(None) => {
-                    let _ = lw.write_all(&bytes).await;
-                    let _ = lw.flush().await;
+                    poison(lw.as_mut(), &bytes).await;
                     return Err(Error::Protocol(
                         "the peer ended the stream before the guard was released".into(),
                     ));
                 }
                 Err(e) => {
                     if guarded() {
-                        let _ = lw.write_all(&bytes).await;
-                        let _ = lw.flush().await;
+                        poison(lw.as_mut(), &bytes).await;
                     }
                     return Err(e);
                 }
@@ -149,4 +193,12 @@ where
         sent: counters.sent.load(Ordering::Relaxed),
         received: counters.received.load(Ordering::Relaxed),
     })
+}
+
+/// Best effort: the guard's bytes to the local side.
+async fn poison<W: AsyncWrite + Unpin>(w: Option<&mut W>, bytes: &[u8]) {
+    if let Some(w) = w {
+        let _ = w.write_all(bytes).await;
+        let _ = w.flush().await;
+    }
 }

@@ -8,7 +8,7 @@ use phaul_transport::frame::{HEADER_LEN, Header, Kind, MAGIC, MAX_PAYLOAD};
 use phaul_transport::proto::{self, Hello, Request, request, response};
 use phaul_transport::{
     Channel, ControlClient, ControlServer, Endpoint, Error, ErrorCode, Identity, Link, LinkConfig,
-    Listener, SharedKey, relay,
+    Listener, RelayOptions, SharedKey, relay, relay_parts,
 };
 use prost::Message;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -573,6 +573,76 @@ async fn relay_carries_bytes_both_ways_with_half_closes_and_compression() {
         assert_eq!((a.sent, a.received), (up.len() as u64, down.len() as u64));
         assert_eq!((b.sent, b.received), (down.len() as u64, up.len() as u64));
     }
+}
+
+#[tokio::test]
+async fn a_lenient_relay_drains_after_its_local_side_quits_and_keeps_the_link() {
+    let l = Listener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let (s, c) = tokio::join!(
+        serve_one(&l, cfg()),
+        Link::connect(Endpoint::Tcp(addr), &cfg(), Channel::Fs, Some([4; 16]))
+    );
+    let (mut s, mut c) = (s.unwrap(), c.unwrap());
+    // The peer sends 1 MiB and its end; the local program reads 10 bytes
+    // and exits (its pipe closes), having sent nothing.
+    let (program, local) = tokio::io::duplex(64);
+    let (mut prog_r, prog_w) = tokio::io::split(program);
+    let (local_r, local_w) = tokio::io::split(local);
+    drop(prog_w);
+    let quitter = tokio::spawn(async move {
+        let mut first = [0u8; 10];
+        prog_r.read_exact(&mut first).await.unwrap();
+        first
+    });
+    let peer = async {
+        s.writer.send_data(&vec![7u8; 1 << 20]).await.unwrap();
+        s.writer.send_end().await.unwrap();
+        // The local side's end of stream arrives as StreamEnd.
+        assert!(s.reader.recv_data().await.unwrap().is_none());
+    };
+    let opts = RelayOptions {
+        lenient_local: true,
+        ..RelayOptions::default()
+    };
+    let (st, ()) = tokio::join!(
+        relay_parts(&mut c.reader, &mut c.writer, local_r, local_w, opts),
+        peer
+    );
+    let st = st.unwrap();
+    assert_eq!(quitter.await.unwrap(), [7u8; 10]);
+    assert_eq!((st.sent, st.received), (0, 1 << 20));
+    // Both ends are in step: the link still carries what comes next.
+    s.writer.send_data(b"exit 0").await.unwrap();
+    assert_eq!(&c.reader.recv_data().await.unwrap().unwrap()[..], b"exit 0");
+}
+
+#[tokio::test]
+async fn a_strict_relay_reports_a_local_side_that_quits() {
+    let l = Listener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let (s, c) = tokio::join!(
+        serve_one(&l, cfg()),
+        Link::connect(Endpoint::Tcp(addr), &cfg(), Channel::Fs, Some([5; 16]))
+    );
+    let (mut s, mut c) = (s.unwrap(), c.unwrap());
+    let (program, local) = tokio::io::duplex(64);
+    drop(program);
+    let (local_r, local_w) = tokio::io::split(local);
+    let peer = async {
+        let _ = s.writer.send_data(&vec![7u8; 1 << 20]).await;
+    };
+    let (st, ()) = tokio::join!(
+        relay_parts(
+            &mut c.reader,
+            &mut c.writer,
+            local_r,
+            local_w,
+            RelayOptions::default()
+        ),
+        peer
+    );
+    assert!(st.is_err(), "{st:?}");
 }
 
 #[tokio::test]
