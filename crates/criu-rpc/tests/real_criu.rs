@@ -716,3 +716,153 @@ async fn wrong_sequences_are_typed_errors_not_hangs() {
     })
     .await;
 }
+
+/// A task whose terminal's master is outside the dumped tree (as a
+/// container's console is): restored with `orphan_pts_master`, CRIU makes a
+/// new pty and hands its master to the caller with the notification. The
+/// test then types into that master and the restored task gets the line.
+#[tokio::test]
+async fn an_orphaned_pty_master_reaches_the_caller_on_restore() {
+    use std::io::Write;
+    use std::os::fd::AsRawFd;
+    use std::process::{Command, Stdio};
+
+    let Some(bin) = require_criu("an_orphaned_pty_master_reaches_the_caller_on_restore") else {
+        return;
+    };
+    limited(async {
+        let c = criu(&bin);
+        let home = imgdir();
+        let out = home.path().join("typed");
+        let dir = home.path().join("images");
+        std::fs::create_dir(&dir).unwrap();
+        let pty = nix::pty::openpty(None, None).unwrap();
+        // openpty's fds are inheritable: the master must not reach the task,
+        // or CRIU finds both ends in the tree and nothing is orphaned.
+        for fd in [&pty.master, &pty.slave] {
+            nix::fcntl::fcntl(
+                fd,
+                nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+            )
+            .unwrap();
+        }
+        let slave = std::fs::File::from(pty.slave);
+        // PID 1 of its own PID namespace, reading its terminal line by line.
+        let mut unshare = Command::new("unshare")
+            // `setsid -c`: the pty becomes its controlling terminal, as a
+            // console is for a container's init.
+            .args(["--pid", "--fork", "setsid", "-c", "sh", "-c"])
+            .arg("while read l; do echo \"$l\" >> typed; done")
+            .current_dir(home.path())
+            .stdin(Stdio::from(slave.try_clone().unwrap()))
+            .stdout(Stdio::from(slave.try_clone().unwrap()))
+            .stderr(Stdio::from(slave))
+            .spawn()
+            .unwrap();
+        let uid = unshare.id();
+        let pid: i32 = wait_until(Duration::from_secs(10), || {
+            std::fs::read_to_string(format!("/proc/{uid}/task/{uid}/children"))
+                .ok()?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .expect("the reader did not start");
+        let mut master = std::fs::File::from(pty.master);
+        master.write_all(b"before\n").unwrap();
+        assert!(
+            wait_until(Duration::from_secs(10), || std::fs::read_to_string(&out)
+                .ok()
+                .filter(|s| s.contains("before")))
+            .is_some()
+        );
+
+        c.connect()
+            .await
+            .unwrap()
+            .dump(
+                Opts::new()
+                    .images_dir(&dir)
+                    .pid(pid)
+                    .shell_job(true)
+                    .log_file("dump.log")
+                    .log_level(4),
+            )
+            .await
+            .unwrap()
+            .finish()
+            .await
+            .unwrap_or_else(|e| panic!("dump failed: {e}"));
+        assert!(wait_until(Duration::from_secs(5), || (!alive(pid)).then_some(())).is_some());
+        let _ = unshare.wait();
+        // The old master leads nowhere now.
+        drop(master);
+
+        let mut restore = c
+            .connect()
+            .await
+            .unwrap()
+            .restore(
+                Opts::new()
+                    .images_dir(&dir)
+                    .shell_job(true)
+                    .orphan_pts_master(true)
+                    .notify_scripts(true)
+                    .log_file("restore.log")
+                    .log_level(4),
+            )
+            .await
+            .unwrap();
+        let mut got = None;
+        let restored = loop {
+            match restore.next().await.unwrap() {
+                Event::Notify(mut n) => {
+                    if *n.script() == Script::OrphanPtsMaster {
+                        got = n.take_fd();
+                    }
+                    n.ack().await.unwrap();
+                }
+                Event::Done(r) => break r,
+            }
+        };
+        let new_pid = restored.pid;
+        let master = got.unwrap_or_else(|| {
+            panic!(
+                "no fd came with orphan-pts-master; restore.log:\n{}",
+                std::fs::read_to_string(dir.join("restore.log")).unwrap_or_default()
+            )
+        });
+        // It is the master of a pty: it has a slave number.
+        let mut ptn: CUint = 0;
+        // SAFETY: TIOCGPTN writes one unsigned int through the pointer.
+        let r = unsafe { ioctl_tiocgptn(master.as_raw_fd(), &mut ptn) };
+        assert_eq!(r, 0, "TIOCGPTN on the received fd");
+        let mut master = std::fs::File::from(master);
+        master.write_all(b"after\n").unwrap();
+        let typed = wait_until(Duration::from_secs(10), || {
+            std::fs::read_to_string(&out)
+                .ok()
+                .filter(|s| s.contains("after"))
+        });
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(new_pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        assert_eq!(typed.as_deref(), Some("before\nafter\n"));
+    })
+    .await;
+}
+
+type CUint = std::ffi::c_uint;
+
+unsafe extern "C" {
+    fn ioctl(fd: std::ffi::c_int, request: std::ffi::c_ulong, ...) -> std::ffi::c_int;
+}
+
+/// `ioctl(fd, TIOCGPTN, &n)`: the pty number of a master.
+unsafe fn ioctl_tiocgptn(fd: std::ffi::c_int, n: &mut CUint) -> std::ffi::c_int {
+    const TIOCGPTN: std::ffi::c_ulong = 0x8004_5430;
+    // SAFETY: the caller passes a valid fd; n outlives the call.
+    unsafe { ioctl(fd, TIOCGPTN, n as *mut CUint) }
+}
