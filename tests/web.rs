@@ -28,7 +28,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use phaul_testkit::{Hosts, Workload, alive, require_criu, wait_until};
+use phaul_testkit::{Hosts, LxcContainer, Workload, alive, require_criu, wait_until};
 use serde_json::{Value, json};
 
 /// The browser tests run one at a time: two chromiums and two migrations on
@@ -715,13 +715,14 @@ impl Drop for Killed {
     }
 }
 
-fn service(hosts: &Hosts, key: &Path, work: &Path) -> (Killed, String) {
+fn service(hosts: &Hosts, key: &Path, work: &Path, extra: &[&std::ffi::OsStr]) -> (Killed, String) {
     let log = work.join("service.log");
     let child = Hosts::command(&hosts.tgt, example("phaul-service"))
         .args(["--listen", &format!("{}:7070", hosts.tgt_ip), "--key-file"])
         .arg(key)
         .arg("--work-dir")
         .arg(work.join("target"))
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(&log).unwrap())
         .stderr(Stdio::null())
@@ -747,11 +748,28 @@ struct E2e {
 /// the script has seen both trees, before it drags. `expect`: `success`,
 /// `failure` or `checkpoint` (see the script).
 fn e2e(ns: &str, web: &Web, pid: i32, expect: &str, on_ready: Option<&mut dyn FnMut()>) -> E2e {
+    e2e_with(ns, web, pid, expect, on_ready, &[])
+}
+
+/// [`e2e`] with more of the script's environment (`PHAUL_WEB_CONTAINER`).
+fn e2e_with(
+    ns: &str,
+    web: &Web,
+    pid: i32,
+    expect: &str,
+    on_ready: Option<&mut dyn FnMut()>,
+    envs: &[(&str, &str)],
+) -> E2e {
     let shots = target_dir().join("web-e2e");
     std::fs::create_dir_all(&shots).unwrap();
-    let shot = shots.join(format!("{expect}.png"));
+    let what = if envs.iter().any(|(k, _)| *k == "PHAUL_WEB_CONTAINER") {
+        format!("container-{expect}")
+    } else {
+        expect.to_string()
+    };
+    let shot = shots.join(format!("{what}.png"));
     let _ = std::fs::remove_file(&shot);
-    let _ = std::fs::remove_file(shots.join(format!("{expect}-error.png")));
+    let _ = std::fs::remove_file(shots.join(format!("{what}-error.png")));
     let log = tempfile::NamedTempFile::new().unwrap();
     let mut child = Hosts::command(ns, "node")
         .arg(repo().join("web/e2e.mjs"))
@@ -761,6 +779,7 @@ fn e2e(ns: &str, web: &Web, pid: i32, expect: &str, on_ready: Option<&mut dyn Fn
         .env("PHAUL_WEB_EXPECT", expect)
         .env("PHAUL_WEB_SHOT", &shot)
         .envs(on_ready.is_some().then_some(("PHAUL_WEB_WAIT_GO", "1")))
+        .envs(envs.iter().copied())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(log.reopen().unwrap())
@@ -817,7 +836,7 @@ fn dragging_the_workload_onto_the_target_migrates_it_for_real() {
     let dir = tempfile::tempdir().unwrap();
     let hosts = Hosts::new().unwrap();
     let key = key_file(dir.path());
-    let (mut svc, addr) = service(&hosts, &key, dir.path());
+    let (mut svc, addr) = service(&hosts, &key, dir.path(), &[]);
     let mut w = Workload::start_in(Some(&hosts.src), 64).unwrap();
     let web = Web::start(Some(&hosts.src), &addr, &key, &dir.path().join("web"), &[]);
     let before = w.counter().unwrap();
@@ -859,6 +878,81 @@ fn dragging_the_workload_onto_the_target_migrates_it_for_real() {
 }
 
 #[test]
+fn dragging_an_lxc_container_onto_the_target_migrates_it_for_real() {
+    let test = "dragging_an_lxc_container_onto_the_target_migrates_it_for_real";
+    if !require_browser(test) {
+        return;
+    }
+    let _one = E2E.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let hosts = Hosts::new().unwrap();
+    let key = key_file(dir.path());
+    let (src, tgt) = (dir.path().join("lxc-src"), dir.path().join("lxc-tgt"));
+    std::fs::create_dir_all(&tgt).unwrap();
+    let (mut svc, addr) = service(
+        &hosts,
+        &key,
+        dir.path(),
+        &["--lxcpath".as_ref(), tgt.as_os_str()],
+    );
+    let name = format!("phweb{}", std::process::id() % 100_000);
+    let mut ct = LxcContainer::start(Some(&hosts.src), &src, &name).unwrap();
+    ct.also.push((tgt.clone(), Some(hosts.tgt.clone())));
+    std::fs::write(
+        src.join(&name).join("rootfs/etc/phaul-marker"),
+        "dragged along",
+    )
+    .unwrap();
+    let before = LxcContainer::counter_in(&src, &name).unwrap();
+    let lxc_arg = src.to_str().unwrap();
+    let web = Web::start(
+        Some(&hosts.src),
+        &addr,
+        &key,
+        &dir.path().join("web"),
+        &["--lxcpath", lxc_arg],
+    );
+
+    let run = e2e_with(
+        &hosts.src,
+        &web,
+        1,
+        "success",
+        None,
+        &[("PHAUL_WEB_CONTAINER", &name)],
+    );
+    assert!(
+        run.ok,
+        "the browser test failed: {}\n{}\nphaul-web:\n{}",
+        run.result,
+        run.log,
+        web.log()
+    );
+    assert_eq!(run.result["mode"], "stop-copy", "{}", run.result);
+    // LXC runs it on the target, with its files, counting on from where it
+    // was (the counter lives in the shell's memory); the source's is gone.
+    assert_eq!(
+        LxcContainer::state_in(Some(&hosts.tgt), &tgt, &name).as_deref(),
+        Some("RUNNING")
+    );
+    assert!(!src.join(&name).exists(), "the source's container is gone");
+    assert_eq!(
+        std::fs::read_to_string(tgt.join(&name).join("rootfs/etc/phaul-marker")).unwrap(),
+        "dragged along"
+    );
+    let c1 = LxcContainer::counter_in(&tgt, &name).unwrap();
+    assert!(c1 >= before, "the counter went back: {c1} < {before}");
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            LxcContainer::counter_in(&tgt, &name).filter(|c| *c > c1)
+        })
+        .is_some(),
+        "the counter does not move on the target"
+    );
+    svc.stop();
+}
+
+#[test]
 fn a_migration_to_a_stopped_service_fails_in_the_page_and_the_source_keeps_running() {
     let test = "a_migration_to_a_stopped_service_fails_in_the_page_and_the_source_keeps_running";
     if !require_browser(test) {
@@ -868,7 +962,7 @@ fn a_migration_to_a_stopped_service_fails_in_the_page_and_the_source_keeps_runni
     let dir = tempfile::tempdir().unwrap();
     let hosts = Hosts::new().unwrap();
     let key = key_file(dir.path());
-    let (mut svc, addr) = service(&hosts, &key, dir.path());
+    let (mut svc, addr) = service(&hosts, &key, dir.path(), &[]);
     let w = Workload::start_in(Some(&hosts.src), 32).unwrap();
     let web = Web::start(Some(&hosts.src), &addr, &key, &dir.path().join("web"), &[]);
 

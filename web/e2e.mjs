@@ -11,6 +11,8 @@
 // Environment:
 //   PHAUL_WEB_URL     the URL phaul-web printed, with its #token= fragment
 //   PHAUL_WEB_PID     the workload's PID on the source host
+//   PHAUL_WEB_CONTAINER  instead: an LXC container on the source host to drag
+//                     from the containers list (expect "success")
 //   PHAUL_WEB_EXPECT  "success" or "failure" (a migration by drag and drop), or
 //                     "checkpoint" (checkpoint with "stop", download the
 //                     archive, upload it to restore)
@@ -29,6 +31,7 @@ import path from 'node:path';
 import readline from 'node:readline';
 
 const url = need('PHAUL_WEB_URL');
+const container = process.env.PHAUL_WEB_CONTAINER || '';
 const pid = need('PHAUL_WEB_PID');
 const expect = need('PHAUL_WEB_EXPECT');
 const shot = need('PHAUL_WEB_SHOT');
@@ -37,6 +40,9 @@ const waitGo = !!process.env.PHAUL_WEB_WAIT_GO;
 if (!/^[0-9]+$/.test(pid)) fail('PHAUL_WEB_PID is not a PID: ' + pid);
 if (!['success', 'failure', 'checkpoint'].includes(expect)) {
   fail('PHAUL_WEB_EXPECT must be success, failure or checkpoint');
+}
+if (container && (!/^[A-Za-z0-9_.-]+$/.test(container) || expect !== 'success')) {
+  fail('PHAUL_WEB_CONTAINER must be a plain container name, with PHAUL_WEB_EXPECT=success');
 }
 
 function need(name) {
@@ -190,6 +196,49 @@ async function migrateByDrag(localNode) {
   log('screenshot ' + shot);
 }
 
+// Drag an LXC container from the containers list onto the target, and
+// watch it move there in both hosts' lists.
+async function migrateContainerByDrag() {
+  const here = page.locator(`#local-containers [data-container="${container}"]`);
+  await here.waitFor({ state: 'visible', timeout: 20000 });
+  check(await here.locator('.state').textContent() === 'RUNNING', `container ${container} runs here`);
+  check(await here.getAttribute('draggable') === 'true', 'it can be dragged');
+  // Its init is drawn in the process tree as a container.
+  await page.locator(`#local-tree .node[data-kind="container"][data-id="${container}"]`).first()
+    .waitFor({ state: 'visible', timeout: 20000 });
+  check(true, 'its init is in the process tree, marked as the container');
+  check(await page.locator(`#remote-containers [data-container="${container}"]`).count() === 0,
+    'the target does not have it yet');
+
+  await here.dragTo(page.locator('#remote-panel'));
+  log('dragged container ' + container + ' onto the target');
+  const card = page.locator('.migration[data-status="succeeded"], .migration[data-status="failed"], .migration[data-status="refused"]').first();
+  await card.waitFor({ state: 'visible', timeout: 180000 });
+  const status = await card.getAttribute('data-status');
+  const outcome = (await card.locator('.outcome').textContent()) || '';
+  result.status = status;
+  result.message = outcome;
+  log('outcome: ' + status + ': ' + outcome);
+  check(status === 'succeeded', 'the migration succeeded');
+  const report = JSON.parse((await card.locator('pre.report').textContent()) || '{}');
+  check(report.success === true, 'the report is attached');
+  result.mode = report.mode;
+  result.target_pid = report.target_pid;
+  const there = page.locator(`#remote-containers [data-container="${container}"]`);
+  await there.waitFor({ state: 'visible', timeout: 20000 });
+  await page.waitForFunction(
+    (name) => {
+      const s = document.querySelector(`#remote-containers [data-container="${name}"] .state`);
+      return s && s.textContent === 'RUNNING';
+    }, container, { timeout: 20000 });
+  check(true, `the target lists container ${container}, running`);
+  await here.waitFor({ state: 'detached', timeout: 20000 });
+  check(true, 'it left this host\'s list');
+  await card.scrollIntoViewIfNeeded();
+  await page.screenshot({ path: shot, fullPage: true });
+  log('screenshot ' + shot);
+}
+
 fs.mkdirSync(path.dirname(shot), { recursive: true });
 const profile = fs.mkdtempSync(path.join(os.tmpdir(), 'phaul-web-e2e-'));
 const context = await chromium.launchPersistentContext(profile, {
@@ -212,7 +261,7 @@ page.on('console', (m) => {
 });
 page.on('pageerror', (e) => consoleErrors.push('page error: ' + e.message));
 
-let result = { expect, pid: Number(pid) };
+let result = { expect, pid: Number(pid), container };
 let code = 0;
 try {
   // Without the token: the login form; a wrong token is refused there.
@@ -231,11 +280,15 @@ try {
   check(true, 'the token left the address bar');
   await page.locator('#app').waitFor({ state: 'visible', timeout: 20000 });
 
-  const localNode = page.locator(`#local-tree li[data-pid="${pid}"] > .node`);
-  await localNode.waitFor({ state: 'visible', timeout: 20000 });
-  check(await localNode.getAttribute('draggable') === 'true', `the workload ${pid} is in the local tree, draggable`);
-  if (expect === 'checkpoint') await checkpointAndRestore(localNode);
-  else await migrateByDrag(localNode);
+  if (container) {
+    await migrateContainerByDrag();
+  } else {
+    const localNode = page.locator(`#local-tree li[data-pid="${pid}"] > .node`);
+    await localNode.waitFor({ state: 'visible', timeout: 20000 });
+    check(await localNode.getAttribute('draggable') === 'true', `the workload ${pid} is in the local tree, draggable`);
+    if (expect === 'checkpoint') await checkpointAndRestore(localNode);
+    else await migrateByDrag(localNode);
+  }
   // The refused login (401) and the stopped target (502) are expected.
   const errors = consoleErrors.filter((e) => !/status of (401|502)/.test(e));
   check(errors.length === 0, 'no errors in the page console' + (errors.length ? ': ' + errors.join(' | ') : ''));
