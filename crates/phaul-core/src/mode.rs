@@ -250,6 +250,53 @@ fn supported_reason(mode: Mode) -> String {
     }
 }
 
+/// The choice for a kind whose manager restores it, so never lazily:
+/// pre-copy when `requested` is [`Mode::Auto`] and both hosts track memory,
+/// else stop-copy; the reason says that post-copy is out because of the
+/// kind, not because of the hosts.
+pub(crate) fn without_lazy_restore(
+    requested: Mode,
+    source: HostCaps,
+    target: HostCaps,
+    kind: &str,
+) -> ModeChoice {
+    let head = format!(
+        "the {kind} kind cannot be restored lazily (its manager restores it), so post-copy is \
+         not possible"
+    );
+    let no_tracking = lacking(MEM_TRACK, source, target);
+    let (mode, reason) = match (requested, no_tracking) {
+        (Mode::Auto, None) => (
+            Mode::PreCopy,
+            format!(
+                "{head}; both hosts support {}: pre-copy sends memory while the process \
+                 runs, so the final dump is small",
+                MEM_TRACK.short
+            ),
+        ),
+        (Mode::Auto, Some(hosts)) => (
+            Mode::StopCopy,
+            format!(
+                "{head}; {} {} missing on {hosts}, so pre-copy is not possible either: \
+                 stop-copy copies all memory while the process is frozen",
+                MEM_TRACK.short, MEM_TRACK.is
+            ),
+        ),
+        _ => (
+            Mode::StopCopy,
+            format!(
+                "{head}; falling back from {requested} to stop-copy, which copies all memory \
+                 while the process is frozen"
+            ),
+        ),
+    };
+    ModeChoice {
+        mode,
+        requested,
+        reason,
+    }
+}
+
 /// The [`Mode::Auto`] rules: the mode with the shortest downtime that both
 /// hosts support, and a sentence naming what was seen on each side.
 fn auto(source: HostCaps, target: HostCaps) -> (Mode, String) {
@@ -498,6 +545,45 @@ mod tests {
         assert_eq!((c.mode, c.requested), (Mode::StopCopy, Mode::Hybrid));
         assert!(
             c.reason.contains("falling back to stop-copy"),
+            "{}",
+            c.reason
+        );
+    }
+
+    #[test]
+    fn a_kind_without_lazy_restore_says_so_and_not_that_the_hosts_lack_lazy_pages() {
+        let lazy_only = HostCaps {
+            mem_track: false,
+            lazy_pages: true,
+        };
+        let c = without_lazy_restore(Mode::Auto, lazy_only, lazy_only, "lxc");
+        assert_eq!(c.mode, Mode::StopCopy);
+        assert!(
+            c.reason
+                .starts_with("the lxc kind cannot be restored lazily"),
+            "{}",
+            c.reason
+        );
+        assert!(
+            c.reason.contains("missing on the source and the target"),
+            "{}",
+            c.reason
+        );
+        assert!(
+            !c.reason.contains("lazy pages (userfaultfd)"),
+            "{}",
+            c.reason
+        );
+        let both = HostCaps {
+            mem_track: true,
+            lazy_pages: true,
+        };
+        let c = without_lazy_restore(Mode::Auto, both, both, "lxc");
+        assert_eq!(c.mode, Mode::PreCopy);
+        let c = without_lazy_restore(Mode::PostCopy, both, both, "runc");
+        assert_eq!((c.mode, c.requested), (Mode::StopCopy, Mode::PostCopy));
+        assert!(
+            c.reason.contains("falling back from post-copy"),
             "{}",
             c.reason
         );

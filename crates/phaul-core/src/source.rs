@@ -383,29 +383,17 @@ impl<C: SourceCriu> Migration<C> {
                     ),
                 });
             }
-            let mut c = mode::choose(
-                if self.mode == Mode::Auto {
-                    Mode::Auto
-                } else {
-                    Mode::StopCopy
-                },
-                HostCaps {
-                    lazy_pages: false,
-                    ..caps
-                },
-                HostCaps {
-                    lazy_pages: false,
-                    ..target_caps
-                },
-                true,
-            )?;
-            c.requested = self.mode;
-            c.reason = format!(
-                "the {} kind cannot be restored lazily: {}",
+            // A kind without pre-dumps must not be offered pre-copy here.
+            let tracking = |c: HostCaps| HostCaps {
+                mem_track: c.mem_track && self.htype.can_pre_dump(),
+                ..c
+            };
+            choice = mode::without_lazy_restore(
+                self.mode,
+                tracking(caps),
+                tracking(target_caps),
                 self.htype.kind(),
-                c.reason
             );
-            choice = c;
         }
         if self.htype.dumps_itself() && !matches!(choice.mode, Mode::StopCopy | Mode::Restart) {
             if !self.fallback && self.mode != Mode::Auto {
