@@ -12,7 +12,9 @@
 //!   success message; then the workload must run on the target with its
 //!   memory intact and its counter counting. A second run stops the service
 //!   before the drag: the page shows the failure and the workload still runs
-//!   on the source. Screenshots: `target/web-e2e/{success,failure}.png`.
+//!   on the source. A third drags a real LXC container from the containers
+//!   list: it must then run on the target with its files and its counter.
+//!   Screenshots: `target/web-e2e/{success,failure,container-success}.png`.
 //! - Checkpoint to an archive and restore from it, through the API.
 //!
 //! The real tests need root, CRIU 4, chromium and `web/node_modules`
