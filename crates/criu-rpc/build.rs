@@ -6,7 +6,12 @@ use std::path::PathBuf;
 fn main() {
     let root = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"))
         .join("../../proto/criu");
-    let files = ["rpc.proto", "stats.proto", "inventory.proto"];
+    let files = [
+        "rpc.proto",
+        "stats.proto",
+        "inventory.proto",
+        "pagemap.proto",
+    ];
     for f in files {
         println!("cargo:rerun-if-changed={}", root.join(f).display());
     }

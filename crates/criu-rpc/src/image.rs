@@ -39,7 +39,9 @@ use std::path::{Path, PathBuf};
 use prost::Message;
 
 use crate::error::{Error, Result};
-use crate::proto::{DumpStatsEntry, InventoryEntry, RestoreStatsEntry, StatsEntry};
+use crate::proto::{
+    DumpStatsEntry, InventoryEntry, PagemapEntry, PagemapHead, RestoreStatsEntry, StatsEntry,
+};
 
 /// File name of the statistics CRIU writes after a dump or pre-dump.
 pub const STATS_DUMP_FILE: &str = "stats-dump";
@@ -95,9 +97,9 @@ pub enum ImageType {
     Inventory,
     /// `stats-dump` or `stats-restore`: one [`StatsEntry`].
     Stats,
-    /// `pagemap-<id>.img`: a pagemap head, then one entry per run of pages.
-    /// This crate has no message types for them; read them with
-    /// [`ImageFile::next_raw`].
+    /// `pagemap-<id>.img`: a [`PagemapHead`](crate::proto::PagemapHead),
+    /// then one [`PagemapEntry`](crate::proto::PagemapEntry) per run of
+    /// pages ([`read_pagemaps`] sums them).
     Pagemap,
     /// `irmap-cache`: one entry per cached inotify path, read with
     /// [`ImageFile::next_raw`].
@@ -614,6 +616,82 @@ pub fn read_inventory(dir: impl AsRef<Path>) -> Result<InventoryEntry> {
         ImageType::Inventory,
         Limits::default(),
     )
+}
+
+/// A pagemap entry's flag: the pages are in the parent (pre-dump) images.
+pub const PE_PARENT: u32 = 1 << 0;
+/// A pagemap entry's flag: the pages may be restored lazily.
+pub const PE_LAZY: u32 = 1 << 1;
+/// A pagemap entry's flag: the pages are in this dump's pages image.
+pub const PE_PRESENT: u32 = 1 << 2;
+
+/// What the pagemaps of a dump say about its tasks' memory, in pages.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PagemapTotals {
+    /// Pagemap images read (one per task with memory).
+    pub images: u32,
+    /// Every page the pagemaps name.
+    pub pages: u64,
+    /// Pages in this dump's pages images.
+    pub present: u64,
+    /// Pages left for lazy restore (served by the page server later).
+    pub lazy: u64,
+    /// Pages found in the parent (pre-dump) images.
+    pub in_parent: u64,
+}
+
+/// Sums the private-memory pagemaps (`pagemap-<id>.img`) of the dump in
+/// `dir`. CRIU's own `stats-dump` counts nothing after a lazy dump; this is
+/// how many pages it left for the page server.
+///
+/// # Errors
+/// [`Error::ImageIo`] when `dir` cannot be listed; any error of a pagemap
+/// image, as [`ImageFile::next_entry`].
+pub fn read_pagemaps(dir: impl AsRef<Path>) -> Result<PagemapTotals> {
+    let dir = dir.as_ref();
+    let listing = std::fs::read_dir(dir).map_err(|source| Error::ImageIo {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let mut t = PagemapTotals::default();
+    for e in listing {
+        let e = e.map_err(|source| Error::ImageIo {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let name = e.file_name();
+        let Some(id) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("pagemap-"))
+            .and_then(|n| n.strip_suffix(".img"))
+        else {
+            continue;
+        };
+        // `pagemap-shmem-<ino>.img` maps shared memory, not a task's.
+        if id.is_empty() || !id.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let mut f = ImageFile::open(e.path(), ImageType::Pagemap)?;
+        if f.next_entry::<PagemapHead>()?.is_none() {
+            continue;
+        }
+        t.images += 1;
+        while let Some(pe) = f.next_entry::<PagemapEntry>()? {
+            let n = u64::from(pe.nr_pages);
+            let flags = pe.flags.unwrap_or(0);
+            t.pages += n;
+            if flags & PE_PRESENT != 0 {
+                t.present += n;
+            }
+            if flags & PE_LAZY != 0 {
+                t.lazy += n;
+            }
+            if flags & PE_PARENT != 0 || pe.in_parent == Some(true) {
+                t.in_parent += n;
+            }
+        }
+    }
+    Ok(t)
 }
 
 #[cfg(test)]
@@ -1184,5 +1262,64 @@ mod tests {
             let _ = read_stats_file(&path);
             let _ = read_dump_stats(dir.path());
         }
+    }
+
+    #[test]
+    fn pagemaps_are_summed_by_flag_and_shared_memory_is_left_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = |vaddr: u64, nr_pages: u32, flags: u32| {
+            PagemapEntry {
+                vaddr,
+                nr_pages,
+                in_parent: None,
+                flags: Some(flags),
+            }
+            .encode_to_vec()
+        };
+        let h = PagemapHead { pages_id: 1 }.encode_to_vec();
+        let (a, b, c) = (
+            e(0x1000, 10, PE_PRESENT),
+            e(0x20000, 300, PE_LAZY),
+            e(0x90000, 7, PE_PARENT),
+        );
+        std::fs::write(
+            dir.path().join("pagemap-1.img"),
+            image(ImageType::Pagemap, &[&h, &a, &b, &c]),
+        )
+        .unwrap();
+        let old = PagemapEntry {
+            vaddr: 0x5000,
+            nr_pages: 4,
+            in_parent: Some(true),
+            flags: None,
+        }
+        .encode_to_vec();
+        std::fs::write(
+            dir.path().join("pagemap-12.img"),
+            image(ImageType::Pagemap, &[&h, &old]),
+        )
+        .unwrap();
+        let shmem = e(0, 1000, PE_PRESENT);
+        std::fs::write(
+            dir.path().join("pagemap-shmem-77.img"),
+            image(ImageType::Pagemap, &[&h, &shmem]),
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("pages-1.img"), b"not a pagemap").unwrap();
+        assert_eq!(
+            read_pagemaps(dir.path()).unwrap(),
+            PagemapTotals {
+                images: 2,
+                pages: 321,
+                present: 10,
+                lazy: 300,
+                in_parent: 11,
+            }
+        );
+        // A damaged pagemap is an error, not a wrong count.
+        let mut bad = image(ImageType::Pagemap, &[&h, &a]);
+        bad.truncate(bad.len() - 3);
+        std::fs::write(dir.path().join("pagemap-2.img"), bad).unwrap();
+        assert!(read_pagemaps(dir.path()).is_err());
     }
 }

@@ -825,8 +825,21 @@ impl<C: SourceCriu> Migration<C> {
                         crate::target::error_chain(&e)
                     ))
                 })?;
-                let mut report =
-                    iteration_report(i, "lazy-dump", &st.unwrap_or_default(), sent, t0.elapsed());
+                let mut st = st.unwrap_or_default();
+                // CRIU's stats-dump counts no pages after a lazy dump; its
+                // pagemaps say what it wrote and what it served later.
+                if st.pages_scanned == 0 && st.pages_lazy == 0 {
+                    match criu_rpc::image::read_pagemaps(&images_dir) {
+                        Ok(t) => {
+                            st.pages_scanned = t.pages;
+                            st.pages_written = t.present;
+                            st.pages_lazy = t.lazy;
+                            st.pages_skipped_parent = t.in_parent;
+                        }
+                        Err(e) => warn!(error = %e, "reading the lazy dump's pagemaps"),
+                    }
+                }
+                let mut report = iteration_report(i, "lazy-dump", &st, sent, t0.elapsed());
                 // CRIU's frozen_time is meaningless after a lazy dump (it
                 // counts from an unset start); ours is the real freeze.
                 report.frozen_us = stats

@@ -159,6 +159,18 @@ fn stop_copy_and_post_copy_move_a_workload_with_its_state() {
             r.bytes_transferred
         );
         assert_eq!(r.iterations, 1);
+        // The iteration counts the workload's 64 MiB (16384 pages): written
+        // during the dump, or left for the lazy page server.
+        let it = &r.per_iteration[0];
+        let moved = match mode {
+            Mode::PostCopy => {
+                assert_eq!(it.kind, "lazy-dump");
+                it.pages_lazy
+            }
+            _ => it.pages_written,
+        };
+        assert!(moved >= 16_384, "{mode}: {it:?}");
+        assert!(it.pages_scanned >= moved, "{mode}: {it:?}");
         assert_clean(&hosts, &target.dir(), &src_dir);
     }
 }
