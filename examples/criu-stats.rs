@@ -1,6 +1,8 @@
 //! Shows what CRIU left in an images directory: the dump statistics
 //! (`stats-dump`, written after a dump or pre-dump), the restore statistics
-//! (`stats-restore`) and the inventory (`inventory.img`). Each that exists is
+//! (`stats-restore`), the inventory (`inventory.img`) and the sum of the
+//! tasks' pagemaps (`pagemap-<id>.img`: pages written, left lazy, in the
+//! parent — CRIU's stats count none after a lazy dump). Each that exists is
 //! printed and each that does not is reported as absent; a file that exists
 //! but cannot be read is reported and makes the exit status non-zero.
 //!
@@ -20,8 +22,8 @@ use anyhow::{Context, bail};
 use clap::Parser;
 use criu_rpc::Error;
 use criu_rpc::image::{
-    INVENTORY_FILE, STATS_DUMP_FILE, STATS_RESTORE_FILE, read_dump_stats, read_inventory,
-    read_restore_stats,
+    INVENTORY_FILE, PagemapTotals, STATS_DUMP_FILE, STATS_RESTORE_FILE, read_dump_stats,
+    read_inventory, read_pagemaps, read_restore_stats,
 };
 use criu_rpc::proto::{DumpStatsEntry, InventoryEntry, Lsmtype, RestoreStatsEntry};
 use serde_json::{Value, json};
@@ -94,6 +96,10 @@ fn main() -> anyhow::Result<()> {
     let dump = Found::from_result(read_dump_stats(&args.dir));
     let restore = Found::from_result(read_restore_stats(&args.dir));
     let inventory = Found::from_result(read_inventory(&args.dir));
+    let pagemaps = match read_pagemaps(&args.dir) {
+        Ok(t) if t.images == 0 => Found::Absent,
+        r => Found::from_result(r),
+    };
     let page_size = args.page_size;
 
     if args.json {
@@ -103,6 +109,13 @@ fn main() -> anyhow::Result<()> {
             "dump": dump.to_json(dump_json),
             "restore": restore.to_json(restore_json),
             "inventory": inventory.to_json(inventory_json),
+            "pagemaps": pagemaps.to_json(|t| json!({
+                "images": t.images,
+                "pages": t.pages,
+                "present": t.present,
+                "lazy": t.lazy,
+                "in_parent": t.in_parent,
+            })),
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else {
@@ -110,12 +123,18 @@ fn main() -> anyhow::Result<()> {
         dump.print(STATS_DUMP_FILE, |d| print_dump(d, page_size));
         restore.print(STATS_RESTORE_FILE, |r| print_restore(r, page_size));
         inventory.print(INVENTORY_FILE, print_inventory);
+        pagemaps.print("pagemap-*.img", |t| print_pagemaps(t, page_size));
     }
 
-    let broken = [dump.is_broken(), restore.is_broken(), inventory.is_broken()]
-        .into_iter()
-        .filter(|&b| b)
-        .count();
+    let broken = [
+        dump.is_broken(),
+        restore.is_broken(),
+        inventory.is_broken(),
+        pagemaps.is_broken(),
+    ]
+    .into_iter()
+    .filter(|&b| b)
+    .count();
     if broken > 0 {
         bail!(
             "{broken} image(s) in {} could not be read",
@@ -169,6 +188,14 @@ fn print_dump(d: &DumpStatsEntry, page_size: u64) {
     if let Some(n) = d.shpages_written {
         row("shared pages written", pages(n, page_size));
     }
+}
+
+fn print_pagemaps(t: &PagemapTotals, page_size: u64) {
+    row("task pagemaps", t.images);
+    row("pages named", pages(t.pages, page_size));
+    row("pages in this dump", pages(t.present, page_size));
+    row("pages left lazy", pages(t.lazy, page_size));
+    row("pages in the parent", pages(t.in_parent, page_size));
 }
 
 fn print_restore(r: &RestoreStatsEntry, page_size: u64) {
