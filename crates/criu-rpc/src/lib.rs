@@ -43,7 +43,8 @@
 //!   and its requests, [`Exchange`] and [`Notification`], [`PreDumpChain`].
 //! - [`opts`]: [`Opts`], the options of a request.
 //! - [`notify`]: [`Script`], the notification names.
-//! - [`image`]: CRIU image files: `stats-dump`, `stats-restore`, `inventory.img`.
+//! - [`image`]: CRIU image files: `stats-dump`, `stats-restore`, `inventory.img`,
+//!   and the sum of the `pagemap-<id>.img` files.
 //! - [`log`]: [`LogExcerpt`], the end of CRIU's log for a failed request.
 //! - [`version`]: CRIU's [`Version`], ordered by number.
 //! - [`error`]: [`Error`], this crate's one error type.
