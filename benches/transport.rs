@@ -43,6 +43,10 @@
 //! PHAUL_BENCH_QUICK=1 cargo bench --bench transport  # N = 256 MiB
 //! ```
 //!
+//! Beside each rate, the CPU time the whole process used per GiB (user and
+//! system, all threads: both ends): the work a case costs, which decides
+//! its rate once the cores are the limit, as on a 2-vCPU machine.
+//!
 //! `PHAUL_BENCH_CASES="page stream TLS,plain TCP"` runs only the cases so
 //! named (ratios to a baseline that did not run print as NaN).
 //!
@@ -184,28 +188,41 @@ async fn run(bytes: u64, quick: bool) -> Result<()> {
         .filter(|c| wanted(c))
         .map(|c| (*c, Vec::new()))
         .collect();
+    // CPU seconds the whole process spent per run, beside each wall time.
+    let mut cpu: Vec<Vec<f64>> = vec![Vec::new(); results.len()];
     // Run 0 warms up (page cache, allocator, TLS code) and is not counted.
     for run in 0..=RUNS {
-        for (case, secs) in &mut results {
+        for ((case, secs), cpus) in results.iter_mut().zip(cpu.iter_mut()) {
+            let c0 = cpu_seconds()?;
             let t = bench.measure(*case).await.with_context(|| case.name())?;
+            let used = cpu_seconds()? - c0;
             let label = if run == 0 {
                 "warm-up".to_string()
             } else {
                 format!("run {run}/{RUNS}")
             };
             println!(
-                "  {label:<8} {:<24} {:>8.1} MiB/s  ({:.2} s)",
+                "  {label:<8} {:<24} {:>8.1} MiB/s  ({:.2} s, {used:.2} CPU s)",
                 case.name(),
                 bench.bytes as f64 / MIB / t.as_secs_f64(),
                 t.as_secs_f64()
             );
             if run > 0 {
                 secs.push(t.as_secs_f64());
+                cpus.push(used);
             }
         }
     }
-    report(&bench, &results);
+    report(&bench, &results, &cpu);
     Ok(())
+}
+
+/// User and system CPU time of this process so far (all its threads).
+fn cpu_seconds() -> Result<f64> {
+    use nix::sys::resource::{UsageWho, getrusage};
+    let u = getrusage(UsageWho::RUSAGE_SELF)?;
+    let secs = |t: nix::sys::time::TimeVal| t.tv_sec() as f64 + t.tv_usec() as f64 / 1e6;
+    Ok(secs(u.user_time()) + secs(u.system_time()))
 }
 
 fn header(bench: &Bench, quick: bool) {
@@ -264,7 +281,7 @@ fn median(v: &[f64]) -> f64 {
     s[s.len() / 2]
 }
 
-fn report(bench: &Bench, results: &[(Case, Vec<f64>)]) {
+fn report(bench: &Bench, results: &[(Case, Vec<f64>)], cpu: &[Vec<f64>]) {
     let rate = |case: Case| {
         results
             .iter()
@@ -274,20 +291,22 @@ fn report(bench: &Bench, results: &[(Case, Vec<f64>)]) {
             })
     };
     println!();
+    let gib = bench.bytes as f64 / (1u64 << 30) as f64;
     println!(
-        "{:<24} {:>8} {:>17} {:>7}   vs",
-        "case", "MiB/s", "(slowest-fastest)", "ratio"
+        "{:<24} {:>8} {:>17} {:>7} {:>10}   vs",
+        "case", "MiB/s", "(slowest-fastest)", "ratio", "CPU s/GiB"
     );
-    for (case, secs) in results {
+    for ((case, secs), cpus) in results.iter().zip(cpu) {
         let slowest = secs.iter().copied().fold(f64::MIN, f64::max);
         let fastest = secs.iter().copied().fold(f64::MAX, f64::min);
         let mibs = |t: f64| bench.bytes as f64 / MIB / t;
         println!(
-            "{:<24} {:>8.1} {:>17} {:>7.2}   {}",
+            "{:<24} {:>8.1} {:>17} {:>7.2} {:>10.2}   {}",
             case.name(),
             rate(*case),
             format!("({:.0}-{:.0})", mibs(slowest), mibs(fastest)),
             rate(*case) / rate(case.baseline()),
+            median(cpus) / gib,
             case.baseline().name()
         );
     }
