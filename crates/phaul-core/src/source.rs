@@ -749,6 +749,9 @@ impl<C: SourceCriu> Migration<C> {
         let spec = self.spec(ctx, i, pre_copied, pre_copied)?;
         let images_dir = spec.images_dir.clone();
         self.write_files_before_dump(&images_dir).await?;
+        // The page channel's handshake is done before the freeze: the
+        // target keeps the link until its lazy-pages daemon asks for it.
+        let pages = self.pages_link(ctx.sid).await?;
         let t0 = Instant::now();
         stats.source_frozen(t0).ok();
         self.emit(Progress::Frozen);
@@ -786,15 +789,6 @@ impl<C: SourceCriu> Migration<C> {
             self.abort_target(ctl, &e).await;
             return Err(e);
         }
-        let pages = match self.pages_link(ctx.sid).await {
-            Ok(p) => p,
-            Err(e) => {
-                poison_direct(local).await;
-                let _ = lazy.wait().await;
-                self.abort_target(ctl, &e).await;
-                return Err(e);
-            }
-        };
         let (committed_tx, committed_rx) = watch::channel(false);
         let relay = PageRelay::spawn_guarded(pages, local, committed_rx);
         let to_target = async {
