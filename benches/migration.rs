@@ -4,7 +4,7 @@
 //!
 //! The workload is `phaul_testkit::Workload`: a python process holding N MiB
 //! with a known pattern, PID 1 of its own PID namespace inside the source
-//! host, rewriting a counter file every 0.1 s. N is 256 MiB and 1 GiB (quick:
+//! host, rewriting a counter file every 10 ms. N is 256 MiB and 1 GiB (quick:
 //! 64 and 256 MiB). Each case runs 3 times (quick: once) on a fresh pair of
 //! hosts and a fresh workload, the cases of one round interleaved (the order
 //! reversed every other round); medians are reported. The full run starts
@@ -63,7 +63,7 @@
 //! **Felt downtime**, for every case: a thread reads the workload's counter
 //! file every 2 ms from before the migration until the restored process has
 //! moved it twice more, and reports the longest gap between two counter
-//! changes minus the counter's nominal 100 ms period. It is the pause the
+//! changes minus the counter's nominal 10 ms period. It is the pause the
 //! workload itself sees, whatever any tool says.
 //!
 //! After each case the bench checks that the workload really moved: the new
@@ -126,7 +126,7 @@ use phaul_transport::{LinkConfig, Listener, SharedKey};
 /// The link's shared key (both hosts are ours).
 const KEY: &[u8] = b"phaul migration bench shared key";
 /// The workload rewrites its counter every this many ms.
-const NOMINAL_PERIOD_MS: f64 = 100.0;
+const NOMINAL_PERIOD_MS: f64 = 10.0;
 /// How often the felt-downtime thread reads the counter.
 const SAMPLE_EVERY: Duration = Duration::from_millis(2);
 /// How often the hand-run cases poll for a port, a socket or an exit.
@@ -500,7 +500,7 @@ fn print_header(cfg: &Config, bin: &Path, version: &str, pipe: &str) {
         "measures: downtime (phaul: Report::downtime_ms; hand-run: dump start to restore returned), felt downtime"
     );
     println!(
-        "          (longest gap between the workload's counter changes, sampled every 2 ms, minus its 100 ms period),"
+        "          (longest gap between the workload's counter changes, sampled every 2 ms, minus its 10 ms period),"
     );
     println!(
         "          total (phaul: Report::total_ms; hand-run post-copy: until the source dump exited, all pages pulled)"
@@ -600,7 +600,12 @@ fn measure(
     tgt_ino: u64,
     made: &mut Made,
 ) -> Result<Sample> {
-    let mut w = Workload::start_in(Some(&hosts.src), mib).context("starting the workload")?;
+    let mut w = Workload::start_with(
+        Some(&hosts.src),
+        mib,
+        Duration::from_secs_f64(NOMINAL_PERIOD_MS / 1000.0),
+    )
+    .context("starting the workload")?;
     made.dirs.push(w.dir().display().to_string());
     let source_pid = w.pid;
     let felt = Felt::start(w.dir().join("out"));

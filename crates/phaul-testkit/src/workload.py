@@ -1,6 +1,7 @@
 # phaul test workload: holds MIB MiB of memory with a known pattern and
-# counts. Usage: workload.py OUT MIB
-#   OUT            rewritten every 0.1 s with "<counter> <pid-in-ns>"
+# counts. Usage: workload.py OUT MIB [PERIOD]
+#   OUT            rewritten every PERIOD seconds (default 0.1) with
+#                  "<counter> <pid-in-ns>"
 #   OUT.ready      written once the memory is filled
 #   SIGUSR1     -> OUT.check gets "ok <counter>" if the memory's checksum
 #                  is unchanged, "MISMATCH <counter>" otherwise
@@ -8,6 +9,7 @@ import hashlib, os, signal, sys, time
 
 out = sys.argv[1]
 mib = int(sys.argv[2])
+period = float(sys.argv[3]) if len(sys.argv) > 3 else 0.1
 block = bytes((i * 7 + 13) % 251 for i in range(1 << 20))
 buf = bytearray(block) * mib
 ref = hashlib.sha256(buf).hexdigest()
@@ -29,4 +31,4 @@ while True:
     with open(tmp, "w") as f:
         f.write("%d %d\n" % (counter, os.getpid()))
     os.rename(tmp, out)
-    time.sleep(0.1)
+    time.sleep(period)
