@@ -746,6 +746,33 @@ struct E2e {
     log: String,
 }
 
+/// What every browser test starts with. Fields drop in order: the lock
+/// last, once the hosts and files are gone.
+struct Stage {
+    dir: tempfile::TempDir,
+    hosts: Hosts,
+    key: PathBuf,
+    _one: std::sync::MutexGuard<'static, ()>,
+}
+
+/// The gate (`None`: skipped, with a message), then one browser test at a
+/// time, a scratch dir, two hosts and a key file.
+fn stage(test: &str) -> Option<Stage> {
+    if !require_browser(test) {
+        return None;
+    }
+    let one = E2E.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let hosts = Hosts::new().unwrap();
+    let key = key_file(dir.path());
+    Some(Stage {
+        dir,
+        hosts,
+        key,
+        _one: one,
+    })
+}
+
 /// Runs `web/e2e.mjs` inside host `ns`; `on_ready`, when given, runs once
 /// the script has seen both trees, before it drags. `expect`: `success`,
 /// `failure` or `checkpoint` (see the script).
@@ -830,14 +857,12 @@ fn netns_inode(path: &str) -> u64 {
 
 #[test]
 fn dragging_the_workload_onto_the_target_migrates_it_for_real() {
-    let test = "dragging_the_workload_onto_the_target_migrates_it_for_real";
-    if !require_browser(test) {
+    let Some(Stage {
+        dir, hosts, key, ..
+    }) = stage("dragging_the_workload_onto_the_target_migrates_it_for_real")
+    else {
         return;
-    }
-    let _one = E2E.lock().unwrap_or_else(|e| e.into_inner());
-    let dir = tempfile::tempdir().unwrap();
-    let hosts = Hosts::new().unwrap();
-    let key = key_file(dir.path());
+    };
     let (mut svc, addr) = service(&hosts, &key, dir.path(), &[]);
     let mut w = Workload::start_in(Some(&hosts.src), 64).unwrap();
     let web = Web::start(Some(&hosts.src), &addr, &key, &dir.path().join("web"), &[]);
@@ -881,14 +906,12 @@ fn dragging_the_workload_onto_the_target_migrates_it_for_real() {
 
 #[test]
 fn dragging_an_lxc_container_onto_the_target_migrates_it_for_real() {
-    let test = "dragging_an_lxc_container_onto_the_target_migrates_it_for_real";
-    if !require_browser(test) {
+    let Some(Stage {
+        dir, hosts, key, ..
+    }) = stage("dragging_an_lxc_container_onto_the_target_migrates_it_for_real")
+    else {
         return;
-    }
-    let _one = E2E.lock().unwrap_or_else(|e| e.into_inner());
-    let dir = tempfile::tempdir().unwrap();
-    let hosts = Hosts::new().unwrap();
-    let key = key_file(dir.path());
+    };
     let (src, tgt) = (dir.path().join("lxc-src"), dir.path().join("lxc-tgt"));
     std::fs::create_dir_all(&tgt).unwrap();
     let (mut svc, addr) = service(
@@ -956,14 +979,12 @@ fn dragging_an_lxc_container_onto_the_target_migrates_it_for_real() {
 
 #[test]
 fn a_migration_to_a_stopped_service_fails_in_the_page_and_the_source_keeps_running() {
-    let test = "a_migration_to_a_stopped_service_fails_in_the_page_and_the_source_keeps_running";
-    if !require_browser(test) {
+    let Some(Stage {
+        dir, hosts, key, ..
+    }) = stage("a_migration_to_a_stopped_service_fails_in_the_page_and_the_source_keeps_running")
+    else {
         return;
-    }
-    let _one = E2E.lock().unwrap_or_else(|e| e.into_inner());
-    let dir = tempfile::tempdir().unwrap();
-    let hosts = Hosts::new().unwrap();
-    let key = key_file(dir.path());
+    };
     let (mut svc, addr) = service(&hosts, &key, dir.path(), &[]);
     let w = Workload::start_in(Some(&hosts.src), 32).unwrap();
     let web = Web::start(Some(&hosts.src), &addr, &key, &dir.path().join("web"), &[]);
@@ -1000,14 +1021,12 @@ fn a_migration_to_a_stopped_service_fails_in_the_page_and_the_source_keeps_runni
 
 #[test]
 fn the_page_checkpoints_downloads_and_restores_an_archive() {
-    let test = "the_page_checkpoints_downloads_and_restores_an_archive";
-    if !require_browser(test) {
+    let Some(Stage {
+        dir, hosts, key, ..
+    }) = stage("the_page_checkpoints_downloads_and_restores_an_archive")
+    else {
         return;
-    }
-    let _one = E2E.lock().unwrap_or_else(|e| e.into_inner());
-    let dir = tempfile::tempdir().unwrap();
-    let hosts = Hosts::new().unwrap();
-    let key = key_file(dir.path());
+    };
     let mut w = Workload::start_in(Some(&hosts.src), 32).unwrap();
     let web = Web::start(
         Some(&hosts.src),

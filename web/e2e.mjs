@@ -117,6 +117,18 @@ async function checkpointAndRestore(localNode) {
   log('screenshot ' + shot);
 }
 
+// Waits for the first migration card to end; records and returns how.
+async function migrationOutcome() {
+  const card = page.locator('.migration[data-status="succeeded"], .migration[data-status="failed"], .migration[data-status="refused"]').first();
+  await card.waitFor({ state: 'visible', timeout: 180000 });
+  const status = await card.getAttribute('data-status');
+  const outcome = (await card.locator('.outcome').textContent()) || '';
+  result.status = status;
+  result.message = outcome;
+  log('outcome: ' + status + ': ' + outcome);
+  return { card, status, outcome };
+}
+
 // Drag the workload onto the target tree and check the outcome.
 async function migrateByDrag(localNode) {
   await page.locator('#remote-tree li').first().waitFor({ state: 'visible', timeout: 20000 });
@@ -153,13 +165,7 @@ async function migrateByDrag(localNode) {
   await localNode.dragTo(page.locator('#remote-panel'));
   log('dragged the workload onto the target');
 
-  const card = page.locator('.migration[data-status="succeeded"], .migration[data-status="failed"], .migration[data-status="refused"]').first();
-  await card.waitFor({ state: 'visible', timeout: 180000 });
-  const status = await card.getAttribute('data-status');
-  const outcome = (await card.locator('.outcome').textContent()) || '';
-  result.status = status;
-  result.message = outcome;
-  log('outcome: ' + status + ': ' + outcome);
+  const { card, status, outcome } = await migrationOutcome();
 
   if (expect === 'success') {
     check(status === 'succeeded', 'the migration succeeded');
@@ -212,13 +218,7 @@ async function migrateContainerByDrag() {
 
   await here.dragTo(page.locator('#remote-panel'));
   log('dragged container ' + container + ' onto the target');
-  const card = page.locator('.migration[data-status="succeeded"], .migration[data-status="failed"], .migration[data-status="refused"]').first();
-  await card.waitFor({ state: 'visible', timeout: 180000 });
-  const status = await card.getAttribute('data-status');
-  const outcome = (await card.locator('.outcome').textContent()) || '';
-  result.status = status;
-  result.message = outcome;
-  log('outcome: ' + status + ': ' + outcome);
+  const { card, status, outcome } = await migrationOutcome();
   check(status === 'succeeded', 'the migration succeeded');
   const report = JSON.parse((await card.locator('pre.report').textContent()) || '{}');
   check(report.success === true, 'the report is attached');

@@ -19,6 +19,22 @@ fn cfg() -> LinkConfig {
     LinkConfig::new(SharedKey::new(KEY).unwrap()).handshake_timeout(Duration::from_secs(5))
 }
 
+/// A link pair over loopback TCP: the service's end, then the client's.
+async fn pair(
+    server: LinkConfig,
+    client: &LinkConfig,
+    channel: Channel,
+    sid: Option<[u8; 16]>,
+) -> (Link, Link) {
+    let l = Listener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let (s, c) = tokio::join!(
+        serve_one(&l, server),
+        Link::connect(Endpoint::Tcp(addr), client, channel, sid)
+    );
+    (s.unwrap(), c.unwrap())
+}
+
 /// Accepts one connection on `listener` and runs the server handshake.
 async fn serve_one(listener: &Listener, mut cfg: LinkConfig) -> Result<Link, Error> {
     let (s, peer) = listener.accept().await?;
@@ -48,13 +64,7 @@ async fn ping(client: &mut ControlClient, server: &mut ControlServer) {
 
 #[tokio::test]
 async fn the_right_key_works_over_tcp_with_tls() {
-    let l = Listener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    let (s, c) = tokio::join!(
-        serve_one(&l, cfg()),
-        Link::connect(Endpoint::Tcp(addr), &cfg(), Channel::Control, None)
-    );
-    let (s, c) = (s.unwrap(), c.unwrap());
+    let (s, c) = pair(cfg(), &cfg(), Channel::Control, None).await;
     assert_eq!(s.session(), c.session());
     assert_eq!(s.channel(), Channel::Control);
     assert_eq!(c.version(), 1);
@@ -378,13 +388,7 @@ async fn a_silent_peer_is_dropped_after_the_handshake_timeout() {
 
 #[tokio::test]
 async fn a_second_hello_after_authentication_is_a_protocol_violation() {
-    let l = Listener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    let (s, c) = tokio::join!(
-        serve_one(&l, cfg()),
-        Link::connect(Endpoint::Tcp(addr), &cfg(), Channel::Control, None)
-    );
-    let (mut s, mut c) = (s.unwrap(), c.unwrap());
+    let (mut s, mut c) = pair(cfg(), &cfg(), Channel::Control, None).await;
     c.writer
         .write_frame(Kind::Hello, &hello(1, 1))
         .await
@@ -409,13 +413,7 @@ async fn a_second_hello_after_authentication_is_a_protocol_violation() {
 
 #[tokio::test]
 async fn every_message_round_trips_through_a_link() {
-    let l = Listener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    let (s, c) = tokio::join!(
-        serve_one(&l, cfg()),
-        Link::connect(Endpoint::Tcp(addr), &cfg(), Channel::Control, None)
-    );
-    let (mut s, mut c) = (s.unwrap(), c.unwrap());
+    let (mut s, mut c) = pair(cfg(), &cfg(), Channel::Control, None).await;
     let requests = vec![
         request::Body::Ping(proto::Ping {
             payload: vec![1, 2, 3],
@@ -534,14 +532,14 @@ async fn every_message_round_trips_through_a_link() {
 #[tokio::test]
 async fn relay_carries_bytes_both_ways_with_half_closes_and_compression() {
     for compress in [false, true] {
-        let l = Listener::bind("127.0.0.1:0").await.unwrap();
-        let addr = l.local_addr().unwrap();
         let c_cfg = cfg().compress(compress);
-        let (s, c) = tokio::join!(
-            serve_one(&l, cfg().compress(compress)),
-            Link::connect(Endpoint::Tcp(addr), &c_cfg, Channel::Pages, Some([3; 16]))
-        );
-        let (s, c) = (s.unwrap(), c.unwrap());
+        let (s, c) = pair(
+            cfg().compress(compress),
+            &c_cfg,
+            Channel::Pages,
+            Some([3; 16]),
+        )
+        .await;
         // Each side's "CRIU" is one end of a local socket pair.
         let (src_criu, src_relay) = tokio::io::duplex(1 << 16);
         let (tgt_criu, tgt_relay) = tokio::io::duplex(1 << 16);
@@ -577,13 +575,7 @@ async fn relay_carries_bytes_both_ways_with_half_closes_and_compression() {
 
 #[tokio::test]
 async fn a_lenient_relay_drains_after_its_local_side_quits_and_keeps_the_link() {
-    let l = Listener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    let (s, c) = tokio::join!(
-        serve_one(&l, cfg()),
-        Link::connect(Endpoint::Tcp(addr), &cfg(), Channel::Fs, Some([4; 16]))
-    );
-    let (mut s, mut c) = (s.unwrap(), c.unwrap());
+    let (mut s, mut c) = pair(cfg(), &cfg(), Channel::Fs, Some([4; 16])).await;
     // The peer sends 1 MiB and its end; the local program reads 10 bytes
     // and exits (its pipe closes), having sent nothing.
     let (program, local) = tokio::io::duplex(64);
@@ -619,13 +611,7 @@ async fn a_lenient_relay_drains_after_its_local_side_quits_and_keeps_the_link() 
 
 #[tokio::test]
 async fn a_strict_relay_reports_a_local_side_that_quits() {
-    let l = Listener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    let (s, c) = tokio::join!(
-        serve_one(&l, cfg()),
-        Link::connect(Endpoint::Tcp(addr), &cfg(), Channel::Fs, Some([5; 16]))
-    );
-    let (mut s, mut c) = (s.unwrap(), c.unwrap());
+    let (mut s, mut c) = pair(cfg(), &cfg(), Channel::Fs, Some([5; 16])).await;
     let (program, local) = tokio::io::duplex(64);
     drop(program);
     let (local_r, local_w) = tokio::io::split(local);
