@@ -476,7 +476,11 @@ pub async fn receive_batch(
         Err((code, e)) => {
             if !matches!(e, Error::Remote { .. } | Error::Closed | Error::Io(_)) {
                 // Best effort: the typed error below is what matters here.
+                // Closing with the sender's bytes unread would reset the
+                // connection and could lose the Error frame on its way.
                 let _ = writer.send_error(code, &describe(&e), 0).await;
+                let _ = writer.shutdown().await;
+                reader.drain(crate::link::REFUSE_GRACE).await;
             }
             Err(e)
         }

@@ -31,6 +31,10 @@ pub type SessionId = [u8; 16];
 
 /// The largest data chunk put in one frame.
 pub const DATA_CHUNK: usize = 256 * 1024;
+/// How long [`Link::refuse`] drains the peer at most.
+pub const REFUSE_GRACE: Duration = Duration::from_secs(2);
+/// A peer that sent nothing for this long has stopped sending.
+pub const DRAIN_QUIET: Duration = Duration::from_millis(50);
 /// The frame reader's buffer: about one TLS record.
 const READ_BUFFER: usize = 16 * 1024;
 
@@ -249,6 +253,25 @@ impl std::fmt::Debug for FrameReader {
 }
 
 impl FrameReader {
+    /// Reads and drops whatever the peer still sends, until it closes, the
+    /// connection fails, it has been quiet for [`DRAIN_QUIET`], or `grace`
+    /// has passed. Closing a socket with unread data makes the kernel reset
+    /// the connection, which can destroy frames not yet delivered to the
+    /// peer: an `Error` frame just sent, most of all. See [`Link::refuse`].
+    pub async fn drain(&mut self, grace: Duration) {
+        let mut scratch = vec![0u8; 64 * 1024];
+        let _ = tokio::time::timeout(grace, async {
+            while let Ok(Ok(n)) =
+                tokio::time::timeout(DRAIN_QUIET, self.inner.read(&mut scratch)).await
+            {
+                if n == 0 {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
+
     /// The next frame, checked against this link's version. A clean close
     /// between frames is [`Error::Closed`].
     pub async fn read_frame(&mut self) -> Result<Frame> {
@@ -526,6 +549,17 @@ impl Link {
     /// The negotiated protocol version.
     pub fn version(&self) -> u16 {
         self.writer.version
+    }
+
+    /// Refuses the rest of what the peer is sending: an `Error` frame, then
+    /// the write side closed, then the peer's bytes read and dropped until it
+    /// stops sending or hangs up (at most [`REFUSE_GRACE`]), so that the
+    /// error reaches it instead of a connection reset. Best effort: the link is done either
+    /// way.
+    pub async fn refuse(&mut self, code: ErrorCode, message: &str) {
+        let _ = self.writer.send_error(code, message, 0).await;
+        let _ = self.writer.shutdown().await;
+        self.reader.drain(REFUSE_GRACE).await;
     }
 
     /// Splits into its halves (to read and write from different tasks).

@@ -631,6 +631,42 @@ async fn a_strict_relay_reports_a_local_side_that_quits() {
     assert!(st.is_err(), "{st:?}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_reaches_a_peer_that_is_still_sending() {
+    // Closing with the sender's bytes unread resets the connection, which
+    // can destroy the Error frame on its way: refuse() must not.
+    for round in 0..20u8 {
+        let (mut s, c) = pair(cfg(), &cfg(), Channel::Fs, Some([round; 16])).await;
+        let server = tokio::spawn(async move {
+            s.reader.recv_data().await.unwrap();
+            s.refuse(ErrorCode::Limit, "that is enough").await;
+        });
+        let (mut rd, mut wr) = c.into_split();
+        let chunk = vec![1u8; 64 * 1024];
+        let sending = async {
+            for _ in 0..1024 {
+                if wr.send_data(&chunk).await.is_err() {
+                    break;
+                }
+            }
+            std::future::pending::<()>().await;
+        };
+        let answer = tokio::select! {
+            a = rd.recv() => a,
+            () = sending => unreachable!(),
+        };
+        match answer {
+            Err(Error::Remote { code, message }) => {
+                assert_eq!(code, ErrorCode::Limit);
+                assert_eq!(message, "that is enough");
+            }
+            other => panic!("round {round}: expected the refusal, got {other:?}"),
+        }
+        drop((rd, wr));
+        server.await.unwrap();
+    }
+}
+
 #[tokio::test]
 async fn a_bandwidth_cap_paces_the_sender() {
     let l = Listener::bind("127.0.0.1:0").await.unwrap();

@@ -86,7 +86,7 @@ pub async fn serve_native(mut link: Link, root: &Path, limits: &FsLimits) -> Res
                 warn!(root = %root.display(), error = %describe(&e), "file-system sync failed");
                 if e.worth_reporting() {
                     // Best effort: the link is going away either way.
-                    let _ = link.writer.send_error(e.code(), &describe(&e), 0).await;
+                    link.refuse(e.code(), &describe(&e)).await;
                 }
                 return Err(e);
             }
