@@ -3,6 +3,7 @@
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -161,7 +162,9 @@ pub struct LinkConfig {
     key: SharedKey,
     tls: bool,
     pins: Vec<[u8; 32]>,
-    identity: Option<Identity>,
+    /// Shared by clones: a service that clones its configuration for
+    /// every connection still presents one certificate.
+    identity: Arc<Mutex<Option<Identity>>>,
     bandwidth: Option<u64>,
     compress: bool,
     handshake_timeout: Duration,
@@ -175,7 +178,7 @@ impl LinkConfig {
             key,
             tls: true,
             pins: Vec::new(),
-            identity: None,
+            identity: Arc::default(),
             bandwidth: None,
             compress: false,
             handshake_timeout: Duration::from_secs(10),
@@ -205,16 +208,18 @@ impl LinkConfig {
     /// Server: present this certificate (default: a self-signed one made
     /// on first use by [`LinkConfig::identity`]).
     pub fn with_identity(mut self, identity: Identity) -> Self {
-        self.identity = Some(identity);
+        self.identity = Arc::new(Mutex::new(Some(identity)));
         self
     }
 
-    /// The server's certificate, made now if none was set.
-    pub fn identity(&mut self) -> Result<Identity> {
-        if self.identity.is_none() {
-            self.identity = Some(Identity::self_signed()?);
+    /// The server's certificate, made now if none was set (and then the
+    /// same for this configuration and all its clones).
+    pub fn identity(&self) -> Result<Identity> {
+        let mut id = self.identity.lock().unwrap_or_else(|e| e.into_inner());
+        if id.is_none() {
+            *id = Some(Identity::self_signed()?);
         }
-        Ok(self.identity.clone().expect("set above"))
+        Ok(id.clone().expect("set above"))
     }
 
     /// Caps what this side sends, in bytes per second.
@@ -611,9 +616,8 @@ impl Link {
     /// Runs the server side over an accepted stream. The peer has proved it
     /// holds the key when this returns; a data channel's session is the
     /// caller's to check (answer [`ErrorCode::UnknownSession`] if unknown).
-    pub async fn accept(raw: BoxStream, peer: String, cfg: &mut LinkConfig) -> Result<Self> {
+    pub async fn accept(raw: BoxStream, peer: String, cfg: &LinkConfig) -> Result<Self> {
         let identity = if cfg.tls { Some(cfg.identity()?) } else { None };
-        let cfg = &*cfg;
         let res = tokio::time::timeout(
             cfg.handshake_timeout,
             server_handshake(raw, cfg, identity, peer.clone()),

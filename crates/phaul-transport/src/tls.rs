@@ -39,6 +39,8 @@ fn provider() -> Arc<CryptoProvider> {
 pub struct Identity {
     cert: CertificateDer<'static>,
     key: Arc<PrivatePkcs8KeyDer<'static>>,
+    /// The rustls configuration, built once and shared by every clone.
+    server: Arc<std::sync::OnceLock<Arc<ServerConfig>>>,
 }
 
 impl std::fmt::Debug for Identity {
@@ -55,6 +57,7 @@ impl Identity {
         Ok(Self {
             cert: ck.cert.der().clone(),
             key: Arc::new(PrivatePkcs8KeyDer::from(ck.signing_key.serialize_der())),
+            server: Arc::default(),
         })
     }
 
@@ -69,6 +72,9 @@ impl Identity {
     }
 
     pub(crate) fn server_config(&self) -> Result<Arc<ServerConfig>> {
+        if let Some(c) = self.server.get() {
+            return Ok(c.clone());
+        }
         let mut cfg = ServerConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .with_no_client_auth()
@@ -77,7 +83,7 @@ impl Identity {
                 PrivateKeyDer::Pkcs8(self.key.clone_key()),
             )?;
         cfg.alpn_protocols = vec![ALPN.to_vec()];
-        Ok(Arc::new(cfg))
+        Ok(self.server.get_or_init(|| Arc::new(cfg)).clone())
     }
 }
 

@@ -168,6 +168,24 @@ async fn a_wrong_key_is_refused_on_both_sides() {
 }
 
 #[tokio::test]
+async fn clones_of_a_service_config_present_one_certificate() {
+    // A service clones its configuration for every connection; the
+    // certificate it makes on first use must be the same for all of them,
+    // or a client could never pin it.
+    let service = cfg();
+    let pinned = cfg().pin(service.identity().unwrap().fingerprint());
+    let l = Listener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    for _ in 0..3 {
+        let (s, c) = tokio::join!(
+            serve_one(&l, service.clone()),
+            Link::connect(Endpoint::Tcp(addr.clone()), &pinned, Channel::Control, None)
+        );
+        assert!(s.is_ok() && c.is_ok(), "{s:?} {c:?}");
+    }
+}
+
+#[tokio::test]
 async fn a_pinned_certificate_is_required_when_pinned() {
     let l = Listener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
