@@ -264,10 +264,10 @@ async fn measure<D: FsDriver>(
 async fn link_pair(server_cfg: &LinkConfig, client_cfg: &LinkConfig) -> Result<(Link, Link)> {
     let listener = Listener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
-    let mut server_cfg = server_cfg.clone();
+    let server_cfg = server_cfg.clone();
     let server = async {
         let (stream, peer) = listener.accept().await?;
-        Link::accept(stream, peer, &mut server_cfg).await
+        Link::accept(stream, peer, &server_cfg).await
     };
     let client = Link::connect(Endpoint::Tcp(addr), client_cfg, Channel::Fs, Some(SESSION));
     let (client, server) = tokio::join!(client, server);

@@ -442,10 +442,10 @@ async fn tcp_pair() -> Result<(TcpStream, TcpStream)> {
 async fn link_pair(cfg: &Configs, channel: Channel) -> Result<(Link, Link)> {
     let listener = Listener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
-    let mut server_cfg = cfg.server.clone();
+    let server_cfg = cfg.server.clone();
     let server = async {
         let (stream, peer) = listener.accept().await?;
-        Link::accept(stream, peer, &mut server_cfg).await
+        Link::accept(stream, peer, &server_cfg).await
     };
     let client = Link::connect(Endpoint::Tcp(addr), &cfg.client, channel, Some(SESSION));
     let (client, server) = tokio::join!(client, server);

@@ -80,10 +80,10 @@ fuzz_target!(|data: &[u8]| {
 
     let result = runtime().block_on(async {
         let (a, b) = tokio::io::duplex(1 << 20);
-        let mut server_cfg = config();
+        let server_cfg = config();
         let (client, server) = tokio::join!(
             Link::connect_stream(Box::pin(a), &config(), Channel::Images, Some([7; 16])),
-            Link::accept(Box::pin(b), "fuzz".into(), &mut server_cfg),
+            Link::accept(Box::pin(b), "fuzz".into(), &server_cfg),
         );
         let (mut client, mut server) = (client.expect("handshake"), server.expect("handshake"));
         let send = async {

@@ -37,7 +37,7 @@ fuzz_target!(|data: &[u8]| {
         // End the client's direction but keep its end open, so the server
         // reads the input, then EOF, and its answers do not fail to write.
         client.shutdown().await.expect("shutdown of a duplex");
-        let res = Link::accept(Box::pin(server), "fuzz".into(), &mut config()).await;
+        let res = Link::accept(Box::pin(server), "fuzz".into(), &config()).await;
         if let Ok(link) = res {
             // Only a peer holding the key can get here; with random nonces
             // that is practically impossible, but it is not a bug.

@@ -124,8 +124,7 @@ impl<T: TargetCriu> Service<T> {
                     let this = this.clone();
                     let sessions = sessions.clone();
                     tokio::spawn(async move {
-                        let mut cfg = this.cfg.clone();
-                        let Ok(link) = Link::accept(stream, peer, &mut cfg).await else {
+                        let Ok(link) = Link::accept(stream, peer, &this.cfg).await else {
                             // Already logged by the handshake.
                             return;
                         };

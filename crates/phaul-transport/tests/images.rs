@@ -24,9 +24,9 @@ fn cfg() -> LinkConfig {
 /// A connected images channel over a socketpair: (source's end, target's).
 async fn pair(cfg: LinkConfig) -> (Link, Link) {
     let (a, b) = tokio::net::UnixStream::pair().unwrap();
-    let mut server_cfg = cfg.clone();
+    let server_cfg = cfg.clone();
     let (server, client) = tokio::join!(
-        Link::accept(Box::pin(a), "test".into(), &mut server_cfg),
+        Link::accept(Box::pin(a), "test".into(), &server_cfg),
         Link::connect_stream(Box::pin(b), &cfg, Channel::Images, Some([7; 16]))
     );
     (client.unwrap(), server.unwrap())

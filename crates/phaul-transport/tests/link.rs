@@ -36,9 +36,9 @@ async fn pair(
 }
 
 /// Accepts one connection on `listener` and runs the server handshake.
-async fn serve_one(listener: &Listener, mut cfg: LinkConfig) -> Result<Link, Error> {
+async fn serve_one(listener: &Listener, cfg: LinkConfig) -> Result<Link, Error> {
     let (s, peer) = listener.accept().await?;
-    Link::accept(s, peer, &mut cfg).await
+    Link::accept(s, peer, &cfg).await
 }
 
 async fn ping(client: &mut ControlClient, server: &mut ControlServer) {
@@ -100,7 +100,7 @@ async fn the_right_key_works_over_preconnected_fds() {
     let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
     let server = async {
         let stream = phaul_transport::link::fd_stream(a.into()).unwrap();
-        Link::accept(stream, "fd".into(), &mut cfg()).await
+        Link::accept(stream, "fd".into(), &cfg()).await
     };
     let client = Link::connect(Endpoint::Fd(b.into()), &cfg(), Channel::Control, None);
     let (s, c) = tokio::join!(server, client);

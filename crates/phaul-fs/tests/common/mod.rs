@@ -62,9 +62,9 @@ pub fn cfg() -> LinkConfig {
 pub async fn pair() -> (Link, Link) {
     let (a, b) = tokio::net::UnixStream::pair().unwrap();
     let cfg = cfg();
-    let mut server_cfg = cfg.clone();
+    let server_cfg = cfg.clone();
     let (server, client) = tokio::join!(
-        Link::accept(Box::pin(a), "test".into(), &mut server_cfg),
+        Link::accept(Box::pin(a), "test".into(), &server_cfg),
         Link::connect_stream(Box::pin(b), &cfg, Channel::Fs, Some([9; 16]))
     );
     (client.unwrap(), server.unwrap())
