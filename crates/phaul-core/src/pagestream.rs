@@ -29,7 +29,7 @@ use crate::error::{Error, Result};
 
 /// A `page_server_iov` header (u32 cmd, u32 nr_pages, u64 vaddr, u64
 /// dst_id, host-endian) with a command CRIU does not know.
-const POISON: [u8; 24] = {
+pub(crate) const POISON: [u8; 24] = {
     let mut b = [0u8; 24];
     let cmd = 0xbeef_u32.to_ne_bytes();
     b[0] = cmd[0];

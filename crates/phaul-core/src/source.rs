@@ -1229,9 +1229,7 @@ fn free_port() -> Result<u16> {
 /// Writes the invalid command straight to CRIU's connection (no relay yet).
 async fn poison_direct(mut s: tokio::net::TcpStream) {
     use tokio::io::AsyncWriteExt;
-    let mut b = [0u8; 24];
-    b[..4].copy_from_slice(&0xbeef_u32.to_ne_bytes());
-    let _ = s.write_all(&b).await;
+    let _ = s.write_all(&crate::pagestream::POISON).await;
     let _ = s.flush().await;
 }
 
