@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use phaul_htypes::Htype;
 use phaul_transport::images::{ImageLimits, receive_batch_over};
 use phaul_transport::proto::{self, request, response};
+use phaul_transport::tls::hex;
 use phaul_transport::{Channel, ControlServer, ErrorCode, Link, LinkConfig, Listener, SessionId};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
@@ -224,21 +225,8 @@ fn remove_stale_sessions(dir: &Path) {
     }
 }
 
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
 /// Renders an error with its causes, for the peer and the logs.
-pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
+pub use phaul_transport::error_chain;
 
 struct Session<T: TargetCriu> {
     svc: Arc<Service<T>>,

@@ -123,14 +123,10 @@ impl Error {
     /// Whether the peer should be told about this error: not when the
     /// link itself is gone or the peer is the one who reported it.
     pub(crate) fn worth_reporting(&self) -> bool {
-        !matches!(
-            self,
-            Self::Link(
-                phaul_transport::Error::Io(_)
-                    | phaul_transport::Error::Closed
-                    | phaul_transport::Error::Remote { .. }
-            )
-        )
+        match self {
+            Self::Link(e) => e.worth_reporting(),
+            _ => true,
+        }
     }
 }
 

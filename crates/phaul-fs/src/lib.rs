@@ -182,16 +182,7 @@ pub(crate) fn pass_done(
 }
 
 /// An error and its causes, on one line (for `Error` frames and logs).
-pub(crate) fn describe(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
+pub(crate) use phaul_transport::error_chain as describe;
 
 /// The result of a blocking task; a panic in it is carried on.
 pub(crate) async fn blocking<T>(h: tokio::task::JoinHandle<Result<T>>) -> Result<T> {

@@ -405,7 +405,7 @@ pub async fn serve_rsync(mut link: Link, root: &Path, target: &RsyncTarget) -> R
                 warn!(root = %root.display(), error = %describe(&e), "rsync pass failed");
                 if e.worth_reporting() {
                     // Best effort: the link is going away either way.
-                    let _ = link.writer.send_error(e.code(), &describe(&e), 0).await;
+                    link.refuse(e.code(), &describe(&e)).await;
                 }
                 return Err(e);
             }

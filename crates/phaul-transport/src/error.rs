@@ -156,5 +156,26 @@ pub enum Error {
     Address(String),
 }
 
+impl Error {
+    /// Whether the peer should be told about this error: not when the link
+    /// itself is gone, nor when the peer is the one who reported it.
+    pub fn worth_reporting(&self) -> bool {
+        !matches!(self, Self::Io(_) | Self::Closed | Self::Remote { .. })
+    }
+}
+
+/// An error and its causes on one line: for an `Error` frame's message (the
+/// peer gets no source chain) and for logs.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
 /// Shorthand for results of this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

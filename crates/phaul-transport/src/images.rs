@@ -68,7 +68,7 @@ use tokio::io::AsyncReadExt;
 use tokio::task::JoinHandle;
 use tracing::debug;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, error_chain};
 use crate::frame::{Kind, MAX_PAYLOAD};
 use crate::link::{DATA_CHUNK, FrameReader, FrameWriter, Link, data_of, expect_msg};
 use crate::proto::{BatchAck, BatchEnd, ErrorCode, FileBegin, FileEnd};
@@ -344,7 +344,9 @@ where
     match e {
         Error::File { .. } | Error::BadName { .. } | Error::Limit(_) => {
             // Best effort: the batch has failed either way.
-            let _ = writer.send_error(ErrorCode::Failed, &describe(&e), 0).await;
+            let _ = writer
+                .send_error(ErrorCode::Failed, &error_chain(&e), 0)
+                .await;
             e
         }
         Error::Io(_) | Error::Closed => match tokio::time::timeout(ERROR_GRACE, answer).await {
@@ -474,13 +476,9 @@ pub async fn receive_batch(
             Ok(stats)
         }
         Err((code, e)) => {
-            if !matches!(e, Error::Remote { .. } | Error::Closed | Error::Io(_)) {
+            if e.worth_reporting() {
                 // Best effort: the typed error below is what matters here.
-                // Closing with the sender's bytes unread would reset the
-                // connection and could lose the Error frame on its way.
-                let _ = writer.send_error(code, &describe(&e), 0).await;
-                let _ = writer.shutdown().await;
-                reader.drain(crate::link::REFUSE_GRACE).await;
+                crate::link::refuse(reader, writer, code, &error_chain(&e)).await;
             }
             Err(e)
         }
@@ -750,20 +748,6 @@ async fn joined(h: JoinHandle<io::Result<()>>) -> io::Result<()> {
     h.await.map_err(io::Error::other)?
 }
 
-/// An error and its causes on one line, for an `Error` frame's message
-/// (the peer gets no source chain, and `Error::File` alone only names the
-/// file).
-fn describe(e: &Error) -> String {
-    let mut s = e.to_string();
-    let mut cause = std::error::Error::source(e);
-    while let Some(c) = cause {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cause = c.source();
-    }
-    s
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -834,12 +818,12 @@ mod tests {
     }
 
     #[test]
-    fn describe_includes_the_cause() {
+    fn the_error_chain_includes_the_cause() {
         let e = Error::File {
             path: "/t/core.img".into(),
             source: io::Error::from_raw_os_error(libc::EEXIST),
         };
-        let s = describe(&e);
+        let s = error_chain(&e);
         assert!(s.contains("/t/core.img") && s.contains("exists"), "{s}");
     }
 

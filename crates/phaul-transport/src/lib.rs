@@ -148,7 +148,7 @@ pub mod tls;
 
 pub use auth::SharedKey;
 pub use control::{ControlClient, ControlServer};
-pub use error::{Error, FrameError, Result};
+pub use error::{Error, FrameError, Result, error_chain};
 pub use link::{BoxStream, Endpoint, Link, LinkConfig, Listener, SessionId};
 pub use proto::{Channel, ErrorCode};
 pub use relay::{Guard, RelayCounters, RelayOptions, RelayStats, relay, relay_parts, relay_with};

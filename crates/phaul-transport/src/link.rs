@@ -32,6 +32,18 @@ pub type SessionId = [u8; 16];
 
 /// The largest data chunk put in one frame.
 pub const DATA_CHUNK: usize = 256 * 1024;
+/// [`Link::refuse`] on a link's two halves.
+pub async fn refuse(
+    reader: &mut FrameReader,
+    writer: &mut FrameWriter,
+    code: ErrorCode,
+    message: &str,
+) {
+    let _ = writer.send_error(code, message, 0).await;
+    let _ = writer.shutdown().await;
+    reader.drain(REFUSE_GRACE).await;
+}
+
 /// How long [`Link::refuse`] drains the peer at most.
 pub const REFUSE_GRACE: Duration = Duration::from_secs(2);
 /// A peer that sent nothing for this long has stopped sending.
@@ -562,9 +574,7 @@ impl Link {
     /// error reaches it instead of a connection reset. Best effort: the link is done either
     /// way.
     pub async fn refuse(&mut self, code: ErrorCode, message: &str) {
-        let _ = self.writer.send_error(code, message, 0).await;
-        let _ = self.writer.shutdown().await;
-        self.reader.drain(REFUSE_GRACE).await;
+        refuse(&mut self.reader, &mut self.writer, code, message).await;
     }
 
     /// Splits into its halves (to read and write from different tasks).
@@ -784,11 +794,9 @@ async fn server_handshake(
             })
         }
         Err((code, e)) => {
-            // Tell the peer why before dropping it; a failure to do so is
-            // moot, the connection is going away.
-            if !matches!(e, Error::Io(_) | Error::Closed) {
-                let _ = wr.send_error(code, &e.to_string(), 0).await;
-                let _ = wr.shutdown().await;
+            // Tell the peer why before dropping it.
+            if e.worth_reporting() {
+                refuse(&mut rd, &mut wr, code, &e.to_string()).await;
             }
             Err(e)
         }
