@@ -14,13 +14,13 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::Context;
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use phaul_core::criu::Criu;
 use phaul_core::fs::FsChoice;
 use phaul_core::policy::{DowntimeBudget, PhaulRules};
-use phaul_core::{Migration, Mode, Progress};
+use phaul_core::stats::Ongoing;
+use phaul_core::{Migration, Mode, ModeChoice, Progress, Report};
 use phaul_transport::{LinkConfig, SharedKey};
 
 #[derive(Parser)]
@@ -128,16 +128,13 @@ async fn main() -> std::process::ExitCode {
             // Refused before anything started: the report says so too, so
             // an orchestrator reading --json always finds one.
             if let Some(p) = json {
-                let r = serde_json::json!({
-                    "success": false,
-                    "mode": mode.to_string(),
-                    "downtime_ms": null,
-                    "total_ms": 0.0,
-                    "iterations": 0,
-                    "bytes_transferred": 0,
-                    "error": format!("{e:#}"),
-                });
-                let _ = std::fs::write(p, r.to_string());
+                let r = Ongoing::start(ModeChoice {
+                    mode,
+                    requested: mode,
+                    reason: "refused before anything started".into(),
+                })
+                .finalize(Err(format!("{e:#}")));
+                write_json(&p, &r);
             }
             std::process::ExitCode::from(2)
         }
@@ -234,18 +231,34 @@ async fn migrate(m: Migrate) -> anyhow::Result<bool> {
         bar.finish_and_clear();
     });
     let mut run = tokio::spawn(mig.run());
-    let report = tokio::select! {
-        r = &mut run => r.context("the migration task")?,
+    let joined = tokio::select! {
+        r = &mut run => r,
         _ = tokio::signal::ctrl_c() => {
             eprintln!("cancelling: the source is resumed unless the target already runs it");
             cancel.cancel();
-            run.await.context("the migration task")?
+            run.await
         }
     };
     let _ = ui.await;
+    // Past this point the migration ran: its outcome decides the exit
+    // status, never a failure to report it.
+    let report = match joined {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("phaul: the migration task failed: {e}");
+            return Ok(false);
+        }
+    };
     println!("{report}");
     if let Some(p) = &m.json {
-        std::fs::write(p, report.to_json()).with_context(|| format!("writing {}", p.display()))?;
+        write_json(p, &report);
     }
     Ok(report.success)
+}
+
+/// Writes the report for `--json`; a failure is said, not fatal.
+fn write_json(p: &std::path::Path, r: &Report) {
+    if let Err(e) = std::fs::write(p, r.to_json()) {
+        eprintln!("phaul: writing {}: {e}", p.display());
+    }
 }
