@@ -143,6 +143,9 @@ for _ in $(seq 600); do [ -f "$WORK/wl/out.ready" ] && break; sleep 0.1; done
 PID=$(cut -d' ' -f1 < "/proc/$WL_UNSHARE/task/$WL_UNSHARE/children")
 sleep 0.5
 echo "workload pid $PID, counter at $(cut -d' ' -f1 "$WORK/wl/out")"
+# Drawn at the workload's start and kept only in its memory: a restarted
+# copy would show another one.
+TOKEN=$(cut -d' ' -f3 "$WORK/wl/out")
 
 say "phaul migrate --to $TGT_IP:7070 --mode $MODE pid $PID   (run on $SRC)"
 set +e
@@ -161,9 +164,11 @@ echo "target pid $NEW_PID: $(tr '\0' ' ' < /proc/$NEW_PID/cmdline)"
 echo "its network namespace: $(readlink /proc/$NEW_PID/ns/net) (the target host's is net:[$(stat -L -c %i /run/netns/$TGT)])"
 C1=$(cut -d' ' -f1 "$WORK/wl/out"); sleep 1; C2=$(cut -d' ' -f1 "$WORK/wl/out")
 echo "counter keeps counting: $C1 -> $C2"
+T2=$(cut -d' ' -f3 "$WORK/wl/out")
+echo "the token it drew at start: $TOKEN before, $T2 after"
 rm -f "$WORK/wl/out.check"
 kill -USR1 "$NEW_PID"
 for _ in $(seq 300); do [ -f "$WORK/wl/out.check" ] && break; sleep 0.1; done
 echo "memory checksum: $(cut -d' ' -f1 "$WORK/wl/out.check")"
-[ "$(cut -d' ' -f1 "$WORK/wl/out.check")" = ok ] && [ "$C2" -gt "$C1" ]
+[ "$(cut -d' ' -f1 "$WORK/wl/out.check")" = ok ] && [ "$C2" -gt "$C1" ] && [ "$T2" = "$TOKEN" ]
 say "demo OK"

@@ -275,6 +275,10 @@ fn the_cli_migrates_for_real_and_refuses_a_wrong_key_or_a_missing_service() {
     let new = i32::try_from(r.json["target_pid"].as_i64().unwrap()).unwrap();
     w.adopt(new);
     assert!(alive(new));
+    assert!(
+        Hosts::runs_in(&hosts.tgt, new),
+        "PID {new} is in the target host"
+    );
     assert_eq!(w.memory_intact(new), Some(true));
     assert!(w.counter_passes(before, Duration::from_secs(10)).is_some());
     assert!(wait_until(Duration::from_secs(10), || (!alive(w.pid)).then_some(())).is_some());

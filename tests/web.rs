@@ -850,11 +850,6 @@ fn e2e_with(
     E2e { ok, result, log }
 }
 
-fn netns_inode(path: &str) -> u64 {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata(path).unwrap().ino()
-}
-
 #[test]
 fn dragging_the_workload_onto_the_target_migrates_it_for_real() {
     let Some(Stage {
@@ -880,9 +875,8 @@ fn dragging_the_workload_onto_the_target_migrates_it_for_real() {
     w.adopt(new);
     // It runs on the target host, with its memory and its counter.
     assert!(alive(new), "PID {new} runs");
-    assert_eq!(
-        netns_inode(&format!("/proc/{new}/ns/net")),
-        netns_inode(&format!("/run/netns/{}", hosts.tgt)),
+    assert!(
+        Hosts::runs_in(&hosts.tgt, new),
         "PID {new} is in the target host"
     );
     assert_eq!(w.memory_intact(new), Some(true), "its memory checksum");
@@ -1001,10 +995,7 @@ fn a_migration_to_a_stopped_service_fails_in_the_page_and_the_source_keeps_runni
     assert_eq!(run.result["status"], "failed");
     // The workload still runs on the source, untouched.
     assert!(alive(w.pid));
-    assert_eq!(
-        netns_inode(&format!("/proc/{}/ns/net", w.pid)),
-        netns_inode(&format!("/run/netns/{}", hosts.src))
-    );
+    assert!(Hosts::runs_in(&hosts.src, w.pid));
     let c = w.counter().unwrap();
     assert!(w.counter_passes(c, Duration::from_secs(10)).is_some());
     assert_eq!(w.memory_intact(w.pid), Some(true));
@@ -1048,11 +1039,7 @@ fn the_page_checkpoints_downloads_and_restores_an_archive() {
     w.adopt(new);
     assert!(alive(new), "the restored PID {new} runs");
     assert!(!alive(w.pid), "the original was stopped by the checkpoint");
-    assert_eq!(
-        netns_inode(&format!("/proc/{new}/ns/net")),
-        netns_inode(&format!("/run/netns/{}", hosts.src)),
-        "restored on this host"
-    );
+    assert!(Hosts::runs_in(&hosts.src, new), "restored on this host");
     assert_eq!(w.memory_intact(new), Some(true));
     assert!(w.counter_passes(before, Duration::from_secs(10)).is_some());
 }

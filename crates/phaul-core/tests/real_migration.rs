@@ -46,20 +46,14 @@ fn migrate(
     (report, work)
 }
 
-fn netns_inode(path: &str) -> u64 {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata(path).unwrap().ino()
-}
-
 /// The workload now runs as `pid` in the target host, intact, counting on.
 fn assert_moved(w: &mut Workload, hosts: &Hosts, r: &Report, dumped_at: u64) -> i32 {
     assert!(r.success, "migration failed: {:?}", r.error);
     let pid = r.target_pid.expect("a target pid");
     w.adopt(pid);
     assert!(alive(pid), "the restored process {pid} is not running");
-    assert_eq!(
-        netns_inode(&format!("/proc/{pid}/ns/net")),
-        netns_inode(&format!("/run/netns/{}", hosts.tgt)),
+    assert!(
+        Hosts::runs_in(&hosts.tgt, pid),
         "the restored process is not in the target host"
     );
     assert_eq!(

@@ -112,6 +112,8 @@ pub struct Workload {
     unshare: Child,
     /// The host PID of the workload (the PID namespace's init).
     pub pid: i32,
+    /// What this run drew at start (see `workload.py`).
+    token: String,
     /// PIDs to kill on drop (the original and any restored copies).
     extra: Vec<i32>,
 }
@@ -172,7 +174,13 @@ impl Workload {
             let kids = fs::read_to_string(format!("/proc/{uid}/task/{uid}/children")).ok()?;
             kids.split_whitespace().next()?.parse::<i32>().ok()
         });
-        let Some(pid) = found else {
+        let token = found.and_then(|_| {
+            wait_until(wait, || {
+                let s = fs::read_to_string(&out).ok()?;
+                s.split_whitespace().nth(2).map(str::to_string)
+            })
+        });
+        let (Some(pid), Some(token)) = (found, token) else {
             let _ = unshare.kill();
             let _ = unshare.wait();
             return Err(std::io::Error::other("workload did not become ready"));
@@ -181,6 +189,7 @@ impl Workload {
             dir,
             unshare,
             pid,
+            token,
             extra: Vec::new(),
         })
     }
@@ -190,10 +199,15 @@ impl Workload {
         self.dir.path()
     }
 
-    /// The counter the workload last wrote.
+    /// The counter the workload last wrote; `None` also when it was
+    /// written by a process that started afresh rather than this run
+    /// carried on (its token differs), so a cold restart never passes for
+    /// a migration.
     pub fn counter(&self) -> Option<u64> {
         let s = fs::read_to_string(self.dir.path().join("out")).ok()?;
-        s.split_whitespace().next()?.parse().ok()
+        let mut f = s.split_whitespace();
+        let c = f.next()?.parse().ok()?;
+        (f.nth(1)? == self.token).then_some(c)
     }
 
     /// Waits until the counter moves past `after`.
@@ -314,6 +328,14 @@ impl Hosts {
             ip(&["-n", ns, "link", "set", dev, "up"])?;
         }
         Ok(hosts)
+    }
+
+    /// Whether process `pid` lives in host `ns` (its network namespace).
+    pub fn runs_in(ns: &str, pid: i32) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        let ino = |p: String| fs::metadata(p).map(|m| (m.dev(), m.ino())).ok();
+        let theirs = ino(format!("/proc/{pid}/ns/net"));
+        theirs.is_some() && theirs == ino(format!("/run/netns/{ns}"))
     }
 
     /// `program` to be run inside host `ns` (argv, no shell).
