@@ -1,5 +1,5 @@
-//! The phaul demo, as far as the project has come: a real process is
-//! checkpointed and restored through `criu-rpc`, with the dumped tree held
+//! criu-rpc on its own (the migration demo is `scripts/demo.sh`): a real
+//! process is checkpointed and restored through `criu-rpc`, with the dumped tree held
 //! frozen at `post-dump` the way a live migration holds its source until the
 //! target has restored, and its state checked afterwards.
 //!

@@ -6,10 +6,11 @@
 //!
 //! # Layout
 //! - [`criu_rpc`]: async client for CRIU's RPC and readers for CRIU images.
-//! - [`core`]: the migration engine (skeleton).
-//! - [`htypes`]: what is migrated (skeleton).
-//! - [`fs`]: file-system drivers (skeleton).
-//! - [`transport`]: the source/target link (skeleton).
+//! - [`core`]: the migration engine, its source `Migration` and target
+//!   `Service`.
+//! - [`htypes`]: what is migrated: a process tree, LXC, Virtuozzo, runc.
+//! - [`fs`]: file-system drivers: shared, native, rsync.
+//! - [`transport`]: the authenticated link between source and target.
 
 pub use criu_rpc;
 pub use phaul_core as core;

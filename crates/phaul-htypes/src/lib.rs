@@ -3,8 +3,8 @@
 //! An htype says how to find the process tree of one kind of thing, which
 //! CRIU options its dump and restore need, and how to validate what a
 //! request names before anything is touched. The engine holds htypes as
-//! trait objects made by the [`registry`]; each trait method has a default,
-//! so a kind overrides only what it needs.
+//! trait objects made by the [`registry`]; every trait method but `kind` and
+//! `root_pid` has a default, so a kind overrides only what it needs.
 //!
 //! Kinds so far: [`pid::Pid`], a process tree by the PID of its root;
 //! [`lxc::Lxc`], an LXC container with its root file system; and

@@ -71,7 +71,7 @@
 //!    |    post-dump: hold
 //!    | -- Images {0} ---------------------------------->|
 //!    |    == IMAGES: FileBegin/Data/FileEnd.. BatchEnd ==>
-//!    | <- ImagesStored (files synced) ------------------|
+//!    | <- ImagesStored (files written) -----------------|
 //!    | -- Restore {0} --------------------------------->|  RESTORE, held at
 //!    | <- Restored {pid} -------------------------------|  post-restore
 //!    | -- Commit --------------------------------------->|  tree runs
@@ -131,7 +131,8 @@
 //! - [`auth`]: [`SharedKey`] and the proofs.
 //! - [`tls`]: certificates and the rustls set-up.
 //! - [`control`]: request/response on the control channel.
-//! - [`images`]: the image stream: a directory's files, checked and synced.
+//! - [`images`]: the image stream: a directory's files, checked, written,
+//!   and fsynced unless the receiver says otherwise ([`images::ImageLimits`]).
 //! - [`mod@relay`]: byte streams (pages, file systems).
 //! - [`error`]: [`Error`], this crate's one error type.
 //! - [`proto`]: the generated messages.
