@@ -69,4 +69,4 @@ pub use log::LogExcerpt;
 pub use notify::Script;
 pub use opts::Opts;
 pub use proto::CriuReqType as ReqType;
-pub use version::Version;
+pub use version::{ParseVersionError, Version};

@@ -63,9 +63,72 @@ impl fmt::Display for Version {
     }
 }
 
+/// A string that is not a version as [`Version`] prints one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("not a CRIU version: {0:?}")]
+pub struct ParseVersionError(pub String);
+
+impl std::str::FromStr for Version {
+    type Err = ParseVersionError;
+
+    /// Reads what [`Version`]'s `Display` writes: `4.1`, `4.1.1`, or either
+    /// with ` (gitid)` after it.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || ParseVersionError(s.to_string());
+        let (nums, gitid) = match s.split_once(' ') {
+            None => (s, None),
+            Some((n, rest)) => {
+                let g = rest
+                    .strip_prefix('(')
+                    .and_then(|r| r.strip_suffix(')'))
+                    .filter(|g| !g.is_empty())
+                    .ok_or_else(bad)?;
+                (n, Some(g.to_string()))
+            }
+        };
+        let parts: Vec<u32> = nums
+            .split('.')
+            .map(|p| p.parse().map_err(|_| bad()))
+            .collect::<Result<_, _>>()?;
+        let (major, minor, sublevel) = match parts[..] {
+            [a, b] => (a, b, 0),
+            [a, b, c] => (a, b, c),
+            _ => return Err(bad()),
+        };
+        Ok(Self {
+            major,
+            minor,
+            sublevel,
+            gitid,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn versions_read_back_what_they_print() {
+        for v in [
+            Version::new(4, 1, 1),
+            Version::new(4, 0, 0),
+            Version {
+                gitid: Some("3f00ab1".into()),
+                ..Version::new(4, 0, 0)
+            },
+        ] {
+            assert_eq!(v.to_string().parse::<Version>(), Ok(v));
+        }
+        // A development build is not read as 4.0.3 because of its git id.
+        assert_eq!(
+            "4.0 (3f00ab1)".parse::<Version>().unwrap().as_number(),
+            40_000
+        );
+        for bad in ["", "4", "4.x", "4.1.1.1", "4.1 3f", "4.1 ()"] {
+            assert!(bad.parse::<Version>().is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn versions_order_by_number_and_print_like_criu() {

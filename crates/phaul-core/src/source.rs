@@ -323,8 +323,12 @@ impl<C: SourceCriu> Migration<C> {
             other => return Err(unexpected("Preflight", &other)),
         };
         let mut failed = Vec::new();
+        let parse = |v: &str| {
+            v.parse::<criu_rpc::Version>()
+                .map_err(|e| Error::Preflight(e.to_string()))
+        };
         if !self.skip_version_check
-            && version_number(&version) > version_number(&reply.criu_version)
+            && parse(&version)?.as_number() > parse(&reply.criu_version)?.as_number()
         {
             failed.push(format!(
                 "CRIU {version} here is newer than CRIU {} on the target; images may not restore there",
@@ -1183,20 +1187,6 @@ fn iteration_report(
         bytes_sent: bytes,
         duration_us: u64::try_from(wall.as_micros()).unwrap_or(u64::MAX),
     }
-}
-
-/// `4.1.1` as 40101, the way CRIU's own tools compare versions.
-fn version_number(v: &str) -> u64 {
-    let mut parts = v
-        .split(|c: char| !c.is_ascii_digit())
-        .filter(|p| !p.is_empty())
-        .map(|p| p.parse::<u64>().unwrap_or(0));
-    let (a, b, c) = (
-        parts.next().unwrap_or(0),
-        parts.next().unwrap_or(0),
-        parts.next().unwrap_or(0),
-    );
-    a * 10_000 + b * 100 + c
 }
 
 fn mkdir(dir: &Path) -> Result<()> {
