@@ -38,7 +38,7 @@ enum Cmd {
 
 #[derive(Parser)]
 struct Migrate {
-    /// The target's phaul-service: HOST:PORT, unix:PATH or fd:N.
+    /// The target's phaul-service: HOST:PORT or unix:PATH.
     #[arg(long)]
     to: String,
     /// File holding the secret shared with the target (at least 16 bytes, mode 600).

@@ -120,8 +120,10 @@ impl<C: SourceCriu> std::fmt::Debug for Migration<C> {
 }
 
 impl<C: SourceCriu> Migration<C> {
-    /// Migrates `htype` to the service at `target` (`HOST:PORT`,
-    /// `unix:PATH` or `fd:N`), mode `auto`, P.Haul's convergence rules.
+    /// Migrates `htype` to the service at `target` (`HOST:PORT` or
+    /// `unix:PATH`), mode `auto`, P.Haul's convergence rules. (`fd:N`,
+    /// which phaul-transport takes for one link, is refused here: a
+    /// migration needs a connection per channel.)
     pub fn new(
         criu: C,
         target: impl Into<String>,
@@ -286,6 +288,16 @@ impl<C: SourceCriu> Migration<C> {
         self.enter(stats, Phase::Preflight);
         self.htype.check()?;
         mkdir(dir)?;
+        // An inherited descriptor is one connection, and a migration opens
+        // one per channel: parsing `fd:N` again for each would wrap the same
+        // socket (and close it) several times.
+        if self.target.starts_with("fd:") {
+            return Err(Error::Link(phaul_transport::Error::Address(format!(
+                "{}: a migration opens a connection per channel (control, images, pages, \
+                 file system); give the service as HOST:PORT or unix:PATH",
+                self.target
+            ))));
+        }
         let endpoint = Endpoint::parse(&self.target)?;
         let link = self
             .step(self.timeouts.request, "connecting to the target", async {

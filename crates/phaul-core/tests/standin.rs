@@ -408,3 +408,24 @@ async fn failed_pre_flight_checks_refuse_unless_forced() {
         source.calls()
     );
 }
+
+#[tokio::test]
+async fn an_inherited_descriptor_is_refused_as_a_migration_target() {
+    let sleeper = Sleeper::new();
+    let htype = phaul_htypes::registry::source("pid", &sleeper.pid()).unwrap();
+    let work = tempfile::tempdir().unwrap();
+    // fd 0 is open, so only the rule can refuse it, and it must stay open.
+    let r = Migration::new(StandIn::new(ALL), "fd:0", cfg(), htype)
+        .work_dir(work.path())
+        .run()
+        .await;
+    assert!(!r.success);
+    assert!(
+        r.error
+            .as_deref()
+            .unwrap()
+            .contains("a connection per channel"),
+        "{r:?}"
+    );
+    assert!(nix::fcntl::fcntl(std::io::stdin(), nix::fcntl::FcntlArg::F_GETFD).is_ok());
+}
