@@ -462,6 +462,7 @@ async fn every_message_round_trips_through_a_link() {
             reason: "cancelled".into(),
         }),
         request::Body::ListProcesses(proto::ListProcesses {}),
+        request::Body::Images(proto::Images { iteration: 2 }),
     ];
     let responses = vec![
         response::Body::Pong(proto::Pong { payload: vec![4] }),
@@ -496,7 +497,50 @@ async fn every_message_round_trips_through_a_link() {
                 init_pid: 7,
             }],
         }),
+        response::Body::ImagesStored(proto::ImagesStored {
+            files: 12,
+            bytes: 1 << 33,
+        }),
     ];
+    // Every message once: the matches have no catch-all, so a message added
+    // to link.proto fails to compile here until it is in the lists.
+    let kinds = |r: &request::Body| match r {
+        request::Body::Ping(_) => 0,
+        request::Body::Preflight(_) => 1,
+        request::Body::Begin(_) => 2,
+        request::Body::StartPageServer(_) => 3,
+        request::Body::Restore(_) => 4,
+        request::Body::Commit(_) => 5,
+        request::Body::Abort(_) => 6,
+        request::Body::ListProcesses(_) => 7,
+        request::Body::Images(_) => 8,
+    };
+    let answers = |r: &response::Body| match r {
+        response::Body::Pong(_) => 0,
+        response::Body::Preflight(_) => 1,
+        response::Body::Begun(_) => 2,
+        response::Body::PageServerReady(_) => 3,
+        response::Body::Restored(_) => 4,
+        response::Body::Committed(_) => 5,
+        response::Body::Aborted(_) => 6,
+        response::Body::ProcessList(_) => 7,
+        response::Body::ImagesStored(_) => 8,
+    };
+    let all: std::collections::BTreeSet<_> = (0..9).collect();
+    assert_eq!(
+        requests
+            .iter()
+            .map(kinds)
+            .collect::<std::collections::BTreeSet<_>>(),
+        all
+    );
+    assert_eq!(
+        responses
+            .iter()
+            .map(answers)
+            .collect::<std::collections::BTreeSet<_>>(),
+        all
+    );
     for (i, (rq, rs)) in requests.into_iter().zip(responses).enumerate() {
         let id = i as u64 + 1;
         let sent = proto::Request { id, body: Some(rq) };
