@@ -88,6 +88,8 @@ pub use target::serve_native;
 /// The largest content chunk of one `Data` message the source sends.
 pub(crate) const CONTENT_CHUNK: usize = 128 * 1024;
 
-/// The source and target hand over buffers of about this size between
-/// their threads and the link.
-pub(crate) const BUFFER: usize = 256 * 1024;
+/// The source and target hand a buffer to the link once it holds this
+/// much. One message more (a content chunk, or an entry whose path is at
+/// most 4 KiB) never takes it past the link's data frame, so every buffer
+/// goes out as one frame rather than a full one and a sliver.
+pub(crate) const BUFFER: usize = phaul_transport::link::DATA_CHUNK - CONTENT_CHUNK - 8 * 1024;

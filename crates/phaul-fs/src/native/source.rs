@@ -389,6 +389,11 @@ fn generate(
 /// Hands `out` to the sender once it holds at least `at` bytes.
 fn flush(out: &mut Vec<u8>, tx: &mpsc::Sender<Vec<u8>>, at: usize) -> Result<()> {
     if out.len() >= at {
+        debug_assert!(
+            out.len() <= phaul_transport::link::DATA_CHUNK,
+            "{}",
+            out.len()
+        );
         let full = std::mem::replace(out, Vec::with_capacity(BUFFER + CONTENT_CHUNK + 1024));
         tx.blocking_send(full)
             .map_err(|_| Error::Protocol("the pass's sender stopped".into()))?;

@@ -221,6 +221,11 @@ async fn send_manifest(writer: &mut FrameWriter, entries: Vec<Entry>) -> Result<
         })
         .encode(&mut out);
         if out.len() >= BUFFER {
+            debug_assert!(
+                out.len() <= phaul_transport::link::DATA_CHUNK,
+                "{}",
+                out.len()
+            );
             writer.send_data(&out).await?;
             out.clear();
         }
