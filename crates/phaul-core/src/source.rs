@@ -267,7 +267,9 @@ impl<C: SourceCriu> Migration<C> {
             reason: "not chosen yet".into(),
         };
         let mut stats = Ongoing::start(provisional);
-        if let Ok(pid) = self.htype.root_pid() {
+        // Kinds look their PID up with their tools (lxc-info): off the
+        // runtime's threads, like every htype call.
+        if let Ok(pid) = self.hook(|h| h.root_pid()).await {
             stats.set_source_pid(pid);
         }
         let dir = self
@@ -286,7 +288,7 @@ impl<C: SourceCriu> Migration<C> {
 
     async fn drive(&self, stats: &mut Ongoing, dir: &Path) -> Result<()> {
         self.enter(stats, Phase::Preflight);
-        self.htype.check()?;
+        self.hook(|h| h.check()).await?;
         mkdir(dir)?;
         // An inherited descriptor is one connection, and a migration opens
         // one per channel: parsing `fd:N` again for each would wrap the same
@@ -463,7 +465,7 @@ impl<C: SourceCriu> Migration<C> {
                 .map_err(Error::Link)
             })
             .await?;
-        let pid = self.htype.root_pid()?;
+        let pid = self.hook(|h| h.root_pid()).await?;
         let fs = match (&fs_root, &self.fs) {
             (None, _) => SourceFs::None,
             (Some(root), choice) => {
@@ -1078,7 +1080,7 @@ impl<C: SourceCriu> Migration<C> {
     /// container's definition). A failure is reported but changes nothing:
     /// the target runs the tree.
     async fn cleanup_source(&self) {
-        if let Err(e) = self.htype.cleanup_source() {
+        if let Err(e) = self.hook(|h| h.cleanup_source()).await {
             warn!(error = %e, "removing what remains on the source");
         }
     }
