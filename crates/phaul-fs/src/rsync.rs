@@ -204,11 +204,6 @@ impl RsyncSource {
             .find(|p| p.is_file())
     }
 
-    /// Gives the link back.
-    pub fn into_link(self) -> Link {
-        self.link
-    }
-
     async fn pass(&mut self, last: bool) -> Result<SyncStats> {
         match self.state {
             State::Broken => return Err(Error::Broken),

@@ -205,11 +205,6 @@ impl LinkConfig {
         self
     }
 
-    /// Whether TLS is on.
-    pub fn is_tls(&self) -> bool {
-        self.tls
-    }
-
     /// Client: accept only a service certificate with this SHA-256
     /// fingerprint (may be given more than once).
     pub fn pin(mut self, fingerprint: [u8; 32]) -> Self {

@@ -81,16 +81,6 @@ impl NativeSource {
         self
     }
 
-    /// The tree being sent.
-    pub fn root(&self) -> &std::path::Path {
-        &self.root
-    }
-
-    /// Gives the link back (after the final sync, or to drop it).
-    pub fn into_link(self) -> Link {
-        self.link
-    }
-
     /// One pass; `last` for the final sync.
     async fn pass(&mut self, last: bool) -> Result<SyncStats> {
         match self.state {
