@@ -19,7 +19,9 @@ use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use criu_rpc::Opts;
+use phaul_core::criu::opts_from;
 use phaul_core::target::error_chain;
+use phaul_htypes::CriuOptions;
 
 use crate::archive::{self, ArchiveError};
 
@@ -86,12 +88,12 @@ pub async fn checkpoint(
     work: &Path,
     id: String,
     pid: i32,
-    shell_job: bool,
+    options: &CriuOptions,
     leave_running: bool,
 ) -> Result<Checkpoint, CrError> {
     let dir = checkpoints(work).join(&id);
     fresh_dir(&dir)?;
-    let res = dump(&dir, pid, shell_job, leave_running).await;
+    let res = dump(&dir, pid, options, leave_running).await;
     if res.is_err() {
         let _ = std::fs::remove_dir_all(&dir);
     }
@@ -102,22 +104,19 @@ pub async fn checkpoint(
 async fn dump(
     dir: &Path,
     pid: i32,
-    shell_job: bool,
+    options: &CriuOptions,
     leave_running: bool,
 ) -> Result<(usize, u64), CrError> {
     let images = dir.join("images");
     let work = dir.join("work");
     fresh_dir(&images)?;
     fresh_dir(&work)?;
-    let opts = Opts::new()
+    let opts = opts_from(options)
         .images_dir(&images)
         .work_dir(&work)
         .log_file("dump.log")
         .log_level(4)
         .pid(pid)
-        .shell_job(shell_job)
-        .file_locks(true)
-        .link_remap(true)
         .leave_running(leave_running);
     let criu = criu_rpc::Criu::new().quiet(true);
     let session = criu

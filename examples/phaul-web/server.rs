@@ -655,18 +655,14 @@ async fn checkpoint(State(app): State<Arc<Shared>>, body: Bytes) -> ApiResult {
         Some(_) => return Err(bad("stop must be true or false")),
     };
     let n = named(&app, &body).await?;
-    let shell_job = n
-        .htype
-        .params()
-        .get("shell_job")
-        .is_some_and(|v| v == "true");
+    let options = n.htype.dump_options();
     let _guard = app
         .migrations
         .claim(&n.key)
         .map_err(|StartError::Busy(m)| api_error(StatusCode::CONFLICT, m))?;
     let id = checkpoint_id()?;
     info!(pid = n.pid, id, stop, "checkpoint");
-    match checkpoint::checkpoint(&app.cfg.work_dir, id, n.pid, shell_job, !stop).await {
+    match checkpoint::checkpoint(&app.cfg.work_dir, id, n.pid, &options, !stop).await {
         Ok(c) => Ok(axum::Json(json!({
             "id": c.id,
             "pid": n.pid,

@@ -291,45 +291,7 @@ impl Criu {
     }
 
     fn base(&self, options: &CriuOptions) -> Opts {
-        let mut o = Opts::new()
-            .log_level(self.log_level)
-            .shell_job(options.shell_job)
-            .tcp_established(options.tcp_established)
-            .ext_unix_sk(options.ext_unix_sk)
-            .file_locks(options.file_locks)
-            .link_remap(options.link_remap)
-            .evasive_devices(options.evasive_devices);
-        if let Some(c) = &options.freeze_cgroup {
-            o = o.freeze_cgroup(c.clone());
-        }
-        for e in &options.external {
-            o = o.external(e.clone());
-        }
-        if let Some(r) = &options.root {
-            o = o.root(r.clone());
-        }
-        if let Some(g) = options.ghost_limit {
-            o = o.ghost_limit(g);
-        }
-        o = o
-            .tcp_skip_in_flight(options.tcp_skip_in_flight)
-            .force_irmap(options.force_irmap)
-            .auto_ext_mnt(options.auto_ext_mnt)
-            .ext_sharing(options.ext_sharing)
-            .ext_masters(options.ext_masters);
-        if let Some(mode) = options.manage_cgroups.as_deref().and_then(cgroup_mode) {
-            o = o.manage_cgroups_mode(mode);
-        }
-        for (ctrl, path) in &options.cgroup_roots {
-            o = o.cgroup_root(ctrl.clone(), path.clone());
-        }
-        for (key, val) in &options.ext_mounts {
-            o = o.ext_mount(key.clone(), val.clone());
-        }
-        for fs in &options.enable_fs {
-            o = o.enable_fs(fs.clone());
-        }
-        o
+        opts_from(options).log_level(self.log_level)
     }
 
     fn dump_opts(&self, spec: &DumpSpec, log: &str) -> Opts {
@@ -728,4 +690,51 @@ impl TargetCriu for Criu {
             .map_err(|_| Error::Protocol("the restore driver vanished".into()))??;
         Ok(HeldRestore::new(pid, decide_tx, done_rx))
     }
+}
+
+/// CRIU request options for what an htype asks ([`Htype::dump_options`],
+/// [`Htype::restore_options`]); the request's own fields (pid, dirs, log)
+/// are the caller's.
+///
+/// [`Htype::dump_options`]: phaul_htypes::Htype::dump_options
+/// [`Htype::restore_options`]: phaul_htypes::Htype::restore_options
+pub fn opts_from(options: &CriuOptions) -> Opts {
+    let mut o = Opts::new()
+        .shell_job(options.shell_job)
+        .tcp_established(options.tcp_established)
+        .ext_unix_sk(options.ext_unix_sk)
+        .file_locks(options.file_locks)
+        .link_remap(options.link_remap)
+        .evasive_devices(options.evasive_devices);
+    if let Some(c) = &options.freeze_cgroup {
+        o = o.freeze_cgroup(c.clone());
+    }
+    for e in &options.external {
+        o = o.external(e.clone());
+    }
+    if let Some(r) = &options.root {
+        o = o.root(r.clone());
+    }
+    if let Some(g) = options.ghost_limit {
+        o = o.ghost_limit(g);
+    }
+    o = o
+        .tcp_skip_in_flight(options.tcp_skip_in_flight)
+        .force_irmap(options.force_irmap)
+        .auto_ext_mnt(options.auto_ext_mnt)
+        .ext_sharing(options.ext_sharing)
+        .ext_masters(options.ext_masters);
+    if let Some(mode) = options.manage_cgroups.as_deref().and_then(cgroup_mode) {
+        o = o.manage_cgroups_mode(mode);
+    }
+    for (ctrl, path) in &options.cgroup_roots {
+        o = o.cgroup_root(ctrl.clone(), path.clone());
+    }
+    for (key, val) in &options.ext_mounts {
+        o = o.ext_mount(key.clone(), val.clone());
+    }
+    for fs in &options.enable_fs {
+        o = o.enable_fs(fs.clone());
+    }
+    o
 }
