@@ -2,38 +2,14 @@
 //! exit status, the `--json` report, and bad input. The migration test
 //! needs root and CRIU 4 (skipped locally without them, a failure under CI).
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use phaul_testkit::{Hosts, Workload, alive, require_criu, wait_until};
 
-/// A binary built by `cargo test` from `examples/`.
-fn example(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    // target/<profile>/deps/cli-HASH -> target/<profile>/examples/NAME
-    let p = exe
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("examples")
-        .join(name);
-    assert!(
-        p.exists(),
-        "{} is not built (cargo test builds examples)",
-        p.display()
-    );
-    p
-}
-
-fn key_file(dir: &Path, content: &str, mode: u32) -> PathBuf {
-    use std::os::unix::fs::PermissionsExt;
-    let p = dir.join(format!("key-{mode:o}-{}", content.len()));
-    std::fs::write(&p, content).unwrap();
-    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
-    p
-}
+mod common;
+use common::{example, key_file, service};
 
 struct Run {
     status: i32,
@@ -162,28 +138,6 @@ fn bad_pids_and_bad_keys_are_refused_before_anything_starts() {
     sleeper.wait().unwrap();
 }
 
-fn service(hosts: &Hosts, key: &Path, work: &Path) -> (Child, String) {
-    let log = work.join("service.log");
-    let child = Hosts::command(&hosts.tgt, example("phaul-service"))
-        .args(["--listen", &format!("{}:7070", hosts.tgt_ip), "--key-file"])
-        .arg(key)
-        .arg("--work-dir")
-        .arg(work.join("target"))
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(&log).unwrap())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_until(Duration::from_secs(20), || {
-        std::fs::read_to_string(&log)
-            .ok()
-            .filter(|s| s.contains("listening on"))
-            .map(drop)
-    })
-    .expect("phaul-service did not start");
-    (child, format!("{}:7070", hosts.tgt_ip))
-}
-
 #[test]
 fn the_cli_migrates_for_real_and_refuses_a_wrong_key_or_a_missing_service() {
     let Some(_) =
@@ -194,7 +148,7 @@ fn the_cli_migrates_for_real_and_refuses_a_wrong_key_or_a_missing_service() {
     let dir = tempfile::tempdir().unwrap();
     let hosts = Hosts::new().unwrap();
     let key = key_file(dir.path(), "the demo key, which is long enough", 0o600);
-    let (mut svc, addr) = service(&hosts, &key, dir.path());
+    let (mut svc, addr) = service(&hosts, &key, dir.path(), &[]);
     let mut w = Workload::start_in(Some(&hosts.src), 32).unwrap();
     let pid = w.pid.to_string();
 
@@ -282,6 +236,5 @@ fn the_cli_migrates_for_real_and_refuses_a_wrong_key_or_a_missing_service() {
     assert_eq!(w.memory_intact(new), Some(true));
     assert!(w.counter_passes(before, Duration::from_secs(10)).is_some());
     assert!(wait_until(Duration::from_secs(10), || (!alive(w.pid)).then_some(())).is_some());
-    let _ = svc.kill();
-    let _ = svc.wait();
+    svc.stop();
 }

@@ -31,30 +31,14 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use phaul_testkit::{Hosts, LxcContainer, Workload, alive, require_criu, wait_until};
+
+mod common;
+use common::{example, service};
 use serde_json::{Value, json};
 
 /// The browser tests run one at a time: two chromiums and two migrations on
 /// a 2-core machine only make each slower and flakier.
 static E2E: Mutex<()> = Mutex::new(());
-
-/// A binary built by `cargo test` from `examples/`.
-fn example(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    // target/<profile>/deps/web-HASH -> target/<profile>/examples/NAME
-    let p = exe
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("examples")
-        .join(name);
-    assert!(
-        p.exists(),
-        "{} is not built (cargo test builds examples)",
-        p.display()
-    );
-    p
-}
 
 /// `target/` (where `target/web-e2e/` goes).
 fn target_dir() -> PathBuf {
@@ -67,11 +51,7 @@ fn repo() -> PathBuf {
 }
 
 fn key_file(dir: &Path) -> PathBuf {
-    use std::os::unix::fs::PermissionsExt;
-    let p = dir.join("key");
-    std::fs::write(&p, "the web test key, long enough for the link").unwrap();
-    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
-    p
+    common::key_file(dir, "the web test key, long enough for the link", 0o600)
 }
 
 /// The browser tests also need chromium, node and playwright-core.
@@ -700,45 +680,6 @@ fn a_token_file_must_be_private_and_long() {
 }
 
 // --- the browser ------------------------------------------------------------------------
-
-/// A child process killed when dropped (also when a test panics).
-struct Killed(Child);
-
-impl Killed {
-    fn stop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-fn service(hosts: &Hosts, key: &Path, work: &Path, extra: &[&std::ffi::OsStr]) -> (Killed, String) {
-    let log = work.join("service.log");
-    let child = Hosts::command(&hosts.tgt, example("phaul-service"))
-        .args(["--listen", &format!("{}:7070", hosts.tgt_ip), "--key-file"])
-        .arg(key)
-        .arg("--work-dir")
-        .arg(work.join("target"))
-        .args(extra)
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(&log).unwrap())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_until(Duration::from_secs(20), || {
-        std::fs::read_to_string(&log)
-            .ok()
-            .filter(|s| s.contains("listening on"))
-            .map(drop)
-    })
-    .expect("phaul-service did not start");
-    (Killed(child), format!("{}:7070", hosts.tgt_ip))
-}
 
 struct E2e {
     ok: bool,

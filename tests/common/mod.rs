@@ -1,0 +1,84 @@
+//! What the tests of the example binaries share: finding a built example,
+//! writing a key file, and a `phaul-service` inside the target host that is
+//! killed when dropped (also when a test panics).
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::Duration;
+
+use phaul_testkit::{Hosts, wait_until};
+
+/// A binary built by `cargo test` from `examples/`.
+pub fn example(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    // target/<profile>/deps/TEST-HASH -> target/<profile>/examples/NAME
+    let p = exe
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("examples")
+        .join(name);
+    assert!(
+        p.exists(),
+        "{} is not built (cargo test builds examples)",
+        p.display()
+    );
+    p
+}
+
+/// A key file in `dir` holding `content`, with permission bits `mode`.
+pub fn key_file(dir: &Path, content: &str, mode: u32) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let p = dir.join(format!("key-{mode:o}-{}", content.len()));
+    std::fs::write(&p, content).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+    p
+}
+
+/// A child process killed when dropped (also when a test panics).
+pub struct Killed(pub Child);
+
+impl Killed {
+    pub fn stop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// `phaul-service` on port 7070 of the target host, with `extra` options;
+/// returns it and its address once it listens.
+pub fn service(
+    hosts: &Hosts,
+    key: &Path,
+    work: &Path,
+    extra: &[&std::ffi::OsStr],
+) -> (Killed, String) {
+    let log = work.join("service.log");
+    let child = Hosts::command(&hosts.tgt, example("phaul-service"))
+        .args(["--listen", &format!("{}:7070", hosts.tgt_ip), "--key-file"])
+        .arg(key)
+        .arg("--work-dir")
+        .arg(work.join("target"))
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until(Duration::from_secs(20), || {
+        std::fs::read_to_string(&log)
+            .ok()
+            .filter(|s| s.contains("listening on"))
+            .map(drop)
+    })
+    .expect("phaul-service did not start");
+    (Killed(child), format!("{}:7070", hosts.tgt_ip))
+}
