@@ -3,24 +3,33 @@
 # already in place it only checks and returns in a few seconds.
 #
 # What it ensures:
-#   * CRIU >= 4.0 as `criu` on PATH. Debian 12 ships 3.17, which fails on
-#     recent kernels ("vdso: Unexpected rt vDSO area bounds"), so we build
-#     4.1.1 from Debian trixie's source tarball, verified by sha256.
+#   * a CRIU on PATH that can dump and restore a process with TCP, UDP and
+#     unix sockets on this kernel, proven by a self-test (dump and restore
+#     of such a process) before anything relies on it. Debian 12's 3.17
+#     fails on recent kernels (vDSO) and is removed; 4.2.1 is built from
+#     Debian's source tarball (sha256-pinned), or, once no suite serves it,
+#     4.1.1 with our patch. A CRIU that fails the self-test is replaced or,
+#     when nothing better can be had, set-up fails.
 #   * runtime tools later parts of phaul drive: iptables (CRIU's network
 #     lock), rsync, lxc, busybox-static, iproute2.
 #   * fs.pipe-max-size >= 4 MiB: CRIU's lazy-pages tee pipe is 4 MiB and
 #     root here lacks CAP_SYS_RESOURCE to go past the limit.
 set -euo pipefail
 
-CRIU_VERSION=4.1.1
-CRIU_TARBALL="criu_${CRIU_VERSION}.orig.tar.xz"
-CRIU_SHA256=f80a66cb3726bb2116266d4759ce3bcbfab7abdb6b6d430bf20dd41911717afe
+# CRIU: 4.2.1 from Debian's newer suites, pinned by sha256; when no suite
+# serves it any more, trixie's 4.1.1 with our patch for the socket-option
+# dump (scripts/criu-4.1.1-inet-sockopts.patch). Linux >= 6.16 answers
+# SO_PASSCRED/SO_PASSSEC only for unix and netlink sockets, and unpatched
+# 4.1.1 asks every socket, so it cannot dump any TCP or UDP socket here.
+CRIU_PRIMARY=(4.2.1 29ec0ee09e296479fe7048c80980e8ef1d0684d0b0204c2b101dfea19f6725b9 "")
+CRIU_FALLBACK=(4.1.1 f80a66cb3726bb2116266d4759ce3bcbfab7abdb6b6d430bf20dd41911717afe criu-4.1.1-inet-sockopts.patch)
 CRIU_SRC_DIR=/usr/local/src/criu
+CRIU_STATE=/usr/local/share/phaul
 PIPE_MAX=4194304
 RUNTIME_PKGS=(iptables rsync lxc busybox-static iproute2 util-linux procps python3 g++ runc)
 BUILD_PKGS=(build-essential pkg-config python3 libprotobuf-c-dev protobuf-c-compiler
     libprotobuf-dev protobuf-compiler python3-protobuf libnl-3-dev libnet1-dev
-    libcap-dev libbsd-dev libaio-dev libgnutls28-dev uuid-dev xz-utils)
+    libcap-dev libbsd-dev libaio-dev libgnutls28-dev uuid-dev xz-utils patch)
 
 # The repository, found before anything changes the working directory.
 PHAUL_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -63,17 +72,14 @@ install_pkgs() {
     fi
 }
 
-# Prints the major version of the criu on PATH, or nothing.
-criu_major() {
-    command -v criu >/dev/null 2>&1 || return 0
-    criu --version 2>/dev/null | sed -n 's/^Version: *\([0-9][0-9]*\)\..*/\1/p' | head -n1
-}
+file_sha() { sha256sum "$1" 2>/dev/null | cut -d' ' -f1; }
 
-# The trixie deb-src entry reuses the mirror this machine already uses for
-# bookworm, so no host name is hard-coded here.
-add_trixie_sources() {
-    local f=/etc/apt/sources.list.d/phaul-trixie-src.sources uri
-    [ -f "$f" ] && return 0
+# The deb-src entries reuse the mirror this machine already uses, so no host
+# name is hard-coded here. Several suites, because the one that carries a
+# given CRIU changes over time; the sha256 below decides what is used.
+add_criu_sources() {
+    local f=/etc/apt/sources.list.d/phaul-criu-src.sources uri want
+    rm -f /etc/apt/sources.list.d/phaul-trixie-src.sources
     uri=$(grep -h -m1 -E '^URIs: .*/debian/?$' /etc/apt/sources.list.d/*.sources 2>/dev/null | awk '{print $2}' | head -n1 || true)
     if [ -z "$uri" ]; then
         uri=$(grep -h -E '^deb [^ ]*/debian/? ' /etc/apt/sources.list 2>/dev/null | awk '{print $2}' | head -n1 || true)
@@ -82,55 +88,140 @@ add_trixie_sources() {
         log "cannot find this machine's Debian mirror in /etc/apt; cannot fetch CRIU's source"
         exit 1
     fi
-    cat >"$f" <<SRC
-Types: deb-src
+    want="Types: deb-src
 URIs: $uri
-Suites: trixie
+Suites: trixie forky sid
 Components: main
-Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
-SRC
-    apt_updated=0
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg"
+    if [ "$(cat "$f" 2>/dev/null)" != "$want" ]; then
+        printf '%s\n' "$want" >"$f"
+        apt_updated=0
+    fi
 }
 
+# fetch_criu VERSION SHA256: leaves criu_VERSION.orig.tar.xz in the current
+# directory, or returns 1. The mirror may lack the .dsc or the debian tarball
+# (apt then exits 100) while the orig tarball downloads; the checksum decides.
+fetch_criu() {
+    local version=$1 sha=$2 tarball="criu_$1.orig.tar.xz" spec
+    echo "$sha  $tarball" | sha256sum -c - >/dev/null 2>&1 && return 0
+    add_criu_sources
+    apt_update
+    for spec in "criu=$version-1" criu/sid criu/forky criu/trixie; do
+        rm -f "$tarball"
+        "${APT[@]}" source --download-only "$spec" >/dev/null 2>&1 || true
+        echo "$sha  $tarball" | sha256sum -c - >/dev/null 2>&1 && return 0
+    done
+    rm -f "$tarball"
+    return 1
+}
+
+# build_criu VERSION SHA256 PATCH: builds and installs /usr/local/sbin/criu.
 build_criu() {
-    log "building CRIU $CRIU_VERSION from source (about a minute)"
+    local version=$1 sha=$2 patch=$3 dir
     install_pkgs "${BUILD_PKGS[@]}"
     mkdir -p "$CRIU_SRC_DIR"
     cd "$CRIU_SRC_DIR"
-    if ! echo "$CRIU_SHA256  $CRIU_TARBALL" | sha256sum -c - >/dev/null 2>&1; then
-        rm -f "$CRIU_TARBALL"
-        add_trixie_sources
-        apt_update
-        # The mirror may lack the .dsc or debian tarball (apt then exits 100)
-        # while the orig tarball downloads; the checksum below decides.
-        "${APT[@]}" source --download-only "criu/trixie" >/dev/null 2>&1 || true
-        if ! echo "$CRIU_SHA256  $CRIU_TARBALL" | sha256sum -c - >/dev/null; then
-            log "CRIU source tarball missing or its sha256 does not match"
-            exit 1
-        fi
+    fetch_criu "$version" "$sha" || return 1
+    log "building CRIU $version${patch:+ with $patch} (about a minute)"
+    dir="criu-$version"
+    rm -rf "$dir"
+    tar xf "criu_$version.orig.tar.xz"
+    if [ -n "$patch" ]; then
+        patch -d "$dir" -p1 --quiet <"$PHAUL_ROOT/scripts/$patch"
     fi
-    rm -rf "criu-$CRIU_VERSION"
-    tar xf "$CRIU_TARBALL"
-    cd "criu-$CRIU_VERSION"
-    make -j"$(nproc)" criu >build.log 2>&1 || { tail -n 40 build.log >&2; exit 1; }
-    make install-criu PREFIX=/usr/local >>build.log 2>&1 || { tail -n 40 build.log >&2; exit 1; }
+    (cd "$dir" && make -j"$(nproc)" criu >build.log 2>&1 &&
+        make install-criu PREFIX=/usr/local >>build.log 2>&1) || {
+        tail -n 40 "$dir/build.log" >&2
+        return 1
+    }
     hash -r
+    mkdir -p "$CRIU_STATE"
+    # What we built, for the next run and for scripts/zdtm.sh (which builds
+    # CRIU's own test suite from the same source tree).
+    printf 'version=%s\nsource=%s\npatch=%s\nbinary_sha256=%s\n' "$version" \
+        "$CRIU_SRC_DIR/$dir" "${patch:-none}" "$(file_sha /usr/local/sbin/criu)" >"$CRIU_STATE/criu-build"
+    cd "$PHAUL_ROOT"
 }
 
-# 1. CRIU >= 4
-major=$(criu_major)
-if [ -z "$major" ] || [ "$major" -lt 4 ]; then
-    build_criu
-fi
-# Debian's 3.17 must never win over ours, whatever PATH a caller has
-# (liblxc runs the first `criu` on PATH).
+# The criu on PATH is ours when its checksum is the one we recorded.
+criu_is_ours() {
+    local sum
+    sum=$(file_sha "$(command -v criu 2>/dev/null || echo /nonexistent)")
+    [ -n "$sum" ] && grep -qx "binary_sha256=$sum" "$CRIU_STATE/criu-build" 2>/dev/null
+}
+
+# Dumps and restores, with the criu on PATH, a process holding a listening
+# TCP socket, an established TCP connection, a UDP and a unix socket, in a
+# network namespace of its own (as phaul's hosts are), and checks that it
+# goes on using them. Remembers a pass by the binary's checksum.
+criu_selftest() {
+    local sum ns dir init pid ok=0
+    sum=$(file_sha "$(command -v criu)")
+    [ "$(cat "$CRIU_STATE/criu-selftest" 2>/dev/null)" = "$sum" ] && return 0
+    ns="phaul-selftest-$$"
+    dir=$(mktemp -d /tmp/phaul-criu-selftest.XXXXXX)
+    ip netns add "$ns"
+    ip -n "$ns" link set lo up
+    nsenter --net="/run/netns/$ns" unshare --pid --fork setsid \
+        /usr/bin/python3 "$PHAUL_ROOT/scripts/criu-selftest.py" "$dir" </dev/null >/dev/null 2>&1 &
+    for _ in $(seq 100); do [ -f "$dir/ready" ] && break; sleep 0.05; done
+    init=$(cat "$dir/ready" 2>/dev/null || true)
+    pid=$(pgrep -f "criu-selftest.py $dir\$" | while read -r p; do
+        grep -qP 'NSpid:\t\d+\t1$' "/proc/$p/status" 2>/dev/null && echo "$p"; done | head -n1)
+    if [ "$init" = "1" ] && [ -n "$pid" ] &&
+        nsenter --net="/run/netns/$ns" criu dump -t "$pid" -D "$dir" --tcp-established \
+            -o dump.log -v4 >/dev/null 2>&1 &&
+        nsenter --net="/run/netns/$ns" criu restore -d -D "$dir" --tcp-established \
+            --pidfile "$dir/restored" -o restore.log -v4 >/dev/null 2>&1; then
+        local before after
+        before=$(cat "$dir/count")
+        sleep 0.3
+        after=$(cat "$dir/count" 2>/dev/null || echo 0)
+        [ ! -f "$dir/broken" ] && [ "$after" -gt "$before" ] && ok=1
+    fi
+    [ -f "$dir/restored" ] && kill -9 "$(cat "$dir/restored")" 2>/dev/null || true
+    [ -n "$pid" ] && kill -9 "$pid" 2>/dev/null || true
+    ip netns del "$ns" 2>/dev/null || true
+    if [ "$ok" -ne 1 ]; then
+        log "CRIU self-test failed: $(criu --version | head -n1) cannot dump and restore a process with sockets on $(uname -r)"
+        for f in "$dir/dump.log" "$dir/restore.log"; do
+            [ -f "$f" ] && grep -E 'Error|FAILED' "$f" | grep -v RLIMIT_NOFILE | tail -n 5 >&2
+        done
+        [ -f "$dir/broken" ] && log "the workload's sockets broke: $(cat "$dir/broken")"
+        rm -rf "$dir"
+        return 1
+    fi
+    rm -rf "$dir"
+    mkdir -p "$CRIU_STATE"
+    echo "$sum" >"$CRIU_STATE/criu-selftest"
+}
+
+# 1. CRIU that can dump sockets on this kernel. Debian's 3.17 must never win
+# over ours, whatever PATH a caller has (liblxc runs the first `criu` on
+# PATH), so it goes first.
 if dpkg-query -W -f='${Status}' criu 2>/dev/null | grep -q '^install ok installed$'; then
     log "removing Debian's criu 3.17 (it fails on this kernel)"
     "${APT[@]}" remove -y criu >/dev/null
 fi
-major=$(criu_major)
-if [ -z "$major" ] || [ "$major" -lt 4 ]; then
-    log "CRIU >= 4 is still not on PATH after the build"
+# The self-test needs iptables (CRIU's network lock) and ip.
+install_pkgs iptables iproute2 python3 util-linux
+criu_ready=0
+if criu_is_ours && criu_selftest; then
+    criu_ready=1
+fi
+if [ "$criu_ready" -eq 0 ] && [ "${PHAUL_CRIU_SOURCE:-}" != fallback ]; then
+    if build_criu "${CRIU_PRIMARY[@]}"; then
+        criu_selftest && criu_ready=1
+    else
+        log "CRIU ${CRIU_PRIMARY[0]} could not be fetched or built; trying ${CRIU_FALLBACK[0]} with our patch"
+    fi
+fi
+if [ "$criu_ready" -eq 0 ]; then
+    build_criu "${CRIU_FALLBACK[@]}" && criu_selftest && criu_ready=1
+fi
+if [ "$criu_ready" -eq 0 ]; then
+    log "no CRIU that can dump sockets on this kernel could be installed; refusing to go on"
     exit 1
 fi
 
