@@ -186,17 +186,24 @@ fn fmt_errno(errno: Option<Errno>) -> String {
     }
 }
 
+/// The decisive lines of CRIU's log when it could be read (CRIU's own
+/// message is its *first* error line, here a harmless rlimit one), else that
+/// message; then where the whole log is.
 fn fmt_message(message: Option<&str>, log: Option<&LogExcerpt>) -> String {
     let mut s = String::new();
-    if let Some(m) = message {
-        s.push_str(": ");
-        s.push_str(m);
-    }
-    if let Some(last) = log.and_then(LogExcerpt::last_error) {
-        if message != Some(last) {
-            s.push_str("; log: ");
-            s.push_str(last);
+    match (log.and_then(LogExcerpt::cause), message) {
+        (Some(cause), _) => {
+            s.push_str(": ");
+            s.push_str(&cause);
         }
+        (None, Some(m)) if !crate::log::is_harmless(m) => {
+            s.push_str(": ");
+            s.push_str(m);
+        }
+        _ => {}
+    }
+    if let Some(log) = log {
+        s.push_str(&format!(" (CRIU log: {})", log.path.display()));
     }
     s
 }

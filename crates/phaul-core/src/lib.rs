@@ -32,6 +32,7 @@
 //! - [`stats`]: statistics as a state machine, finalized into a [`Report`].
 //! - [`pagestream`]: relaying CRIU's page-server traffic.
 //! - [`hostinfo`]: the processes and containers of this host.
+//! - [`logs`]: CRIU's logs kept after a failure, images dropped.
 //! - [`fs`]: which `phaul-fs` driver carries an htype's file system.
 //! - [`error`]: the crate's [`Error`] type.
 
@@ -39,6 +40,7 @@ pub mod criu;
 pub mod error;
 pub mod fs;
 pub mod hostinfo;
+pub mod logs;
 pub mod mode;
 pub mod pagestream;
 pub mod policy;

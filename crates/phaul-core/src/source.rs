@@ -276,7 +276,21 @@ impl<C: SourceCriu> Migration<C> {
             .work_dir
             .join(format!("{}-{}", std::process::id(), unique()));
         let res = self.drive(&mut stats, &dir).await;
-        if !self.keep_images {
+        if res.is_err() && !self.keep_images && dir.exists() {
+            // The logs are the record of why CRIU failed; the images are
+            // the tree's memory and only fill the disk.
+            match crate::logs::keep_only_logs(&dir) {
+                Ok(n) if n > 0 => stats.set_logs(&dir),
+                Ok(_) => {
+                    let _ = std::fs::remove_dir_all(&dir);
+                }
+                Err(e) => {
+                    warn!(dir = %dir.display(), error = %e, "could not trim the failed migration's directory")
+                }
+            }
+        } else if res.is_err() {
+            stats.set_logs(&dir);
+        } else if !self.keep_images {
             let _ = std::fs::remove_dir_all(&dir);
         }
         let outcome = res.map_err(|e| crate::target::error_chain(&e));

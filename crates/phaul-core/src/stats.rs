@@ -164,6 +164,7 @@ pub struct Ongoing {
     source_pid: Option<i32>,
     target_pid: Option<i32>,
     fs: FsReport,
+    logs: Option<std::path::PathBuf>,
 }
 
 /// The file-system passes of a migration, added up.
@@ -202,6 +203,7 @@ impl Ongoing {
             source_pid: None,
             target_pid: None,
             fs: FsReport::default(),
+            logs: None,
         }
     }
 
@@ -354,6 +356,11 @@ impl Ongoing {
         self.source_pid = Some(pid);
     }
 
+    /// Records where CRIU's logs of a failed migration were kept.
+    pub fn set_logs(&mut self, dir: &std::path::Path) {
+        self.logs = Some(dir.to_path_buf());
+    }
+
     /// The downtime so far: from the source's freeze to the target's
     /// resume, or to now while the target has not resumed; `None` before
     /// the source froze.
@@ -402,6 +409,7 @@ impl Ongoing {
             per_iteration: self.iterations,
             phase_reached: self.phase,
             fs: self.fs,
+            logs: self.logs.map(|p| p.display().to_string()),
         }
     }
 }
@@ -454,6 +462,9 @@ pub struct Report {
     pub fs: FsReport,
     /// The last phase entered.
     pub phase_reached: Phase,
+    /// Where this host kept CRIU's logs of a failed migration (the target's
+    /// are named in `error` when its CRIU failed); `None` on success.
+    pub logs: Option<String>,
 }
 
 impl Report {
@@ -510,6 +521,9 @@ impl fmt::Display for Report {
         )?;
         if let Some(e) = &self.error {
             write!(f, "\nerror: {e}")?;
+        }
+        if let Some(l) = &self.logs {
+            write!(f, "\nCRIU logs kept in {l}")?;
         }
         Ok(())
     }

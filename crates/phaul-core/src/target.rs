@@ -218,9 +218,34 @@ fn remove_stale_sessions(dir: &Path) {
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
         let id = name.strip_prefix("cpuinfo-").unwrap_or(&name);
-        if id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        if id.len() == 32
+            && id.bytes().all(|b| b.is_ascii_hexdigit())
+            && !e.path().join(FAILED_MARK).exists()
+        {
             warn!(dir = %e.path().display(), "removing a session left by a previous service");
             let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
+/// Marks a failed session's directory whose CRIU logs are kept.
+const FAILED_MARK: &str = ".phaul-failed";
+
+/// Keeps only the CRIU logs of a failed session, where they are (the error
+/// the source reports names them there), marked so that the next service's
+/// clean-up leaves them for a person to read. Returns false when nothing was
+/// worth keeping.
+fn keep_failed_logs(dir: &Path) -> bool {
+    match crate::logs::keep_only_logs(dir) {
+        Ok(0) => false,
+        Ok(_) => {
+            let _ = std::fs::write(dir.join(FAILED_MARK), b"");
+            info!(dir = %dir.display(), "kept the failed session's CRIU logs");
+            true
+        }
+        Err(e) => {
+            warn!(dir = %dir.display(), error = %e, "could not keep the failed session's logs");
+            false
         }
     }
 }
@@ -245,6 +270,8 @@ struct Session<T: TargetCriu> {
     daemon: Option<LazyDaemon>,
     relays: Vec<tokio::task::JoinHandle<()>>,
     committed: bool,
+    /// A request failed: the session's CRIU logs are kept.
+    failed: bool,
 }
 
 impl<T: TargetCriu> Session<T> {
@@ -270,6 +297,7 @@ impl<T: TargetCriu> Session<T> {
             daemon: None,
             relays: Vec::new(),
             committed: false,
+            failed: false,
         }
     }
 
@@ -288,6 +316,7 @@ impl<T: TargetCriu> Session<T> {
             let sent = match res {
                 Ok(r) => ctl.reply(id, r).await,
                 Err((code, e)) => {
+                    self.failed = true;
                     let msg = error_chain(&e);
                     warn!(session = %hex(&self.sid), error = %msg, "request failed");
                     ctl.error(id, code, &msg).await
@@ -336,6 +365,7 @@ impl<T: TargetCriu> Session<T> {
         if let Some(d) = self.dir.take() {
             if self.svc.keep_images {
                 info!(dir = %d.display(), "keeping images");
+            } else if self.failed && keep_failed_logs(&d) {
             } else if let Err(e) = std::fs::remove_dir_all(&d) {
                 warn!(dir = %d.display(), error = %e, "could not remove a session directory");
             }
