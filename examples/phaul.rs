@@ -21,6 +21,7 @@ use phaul_core::fs::FsChoice;
 use phaul_core::policy::{DowntimeBudget, PhaulRules};
 use phaul_core::stats::Ongoing;
 use phaul_core::{Migration, Mode, ModeChoice, Progress, Report};
+use phaul_htypes::pid::{PidOptions, TcpConnections};
 use phaul_transport::{LinkConfig, SharedKey};
 
 #[derive(Parser)]
@@ -101,10 +102,78 @@ struct Migrate {
     /// phaul link) or shared (the same storage on both hosts).
     #[arg(long, default_value = "native")]
     fs: String,
+    #[command(flatten)]
+    pid_opts: PidFlags,
     /// What to migrate: KIND ID, e.g. `pid 4242`, `lxc web1`, `runc web1`
     /// or `vz 101`.
     #[arg(num_args = 2, value_names = ["KIND", "ID"], required = true)]
     what: Vec<String>,
+}
+
+/// CRIU options of a `pid` tree (containers get their manager's). The
+/// defaults suit a server with clients attached.
+#[derive(clap::Args)]
+#[command(next_help_heading = "Options of the pid kind")]
+struct PidFlags {
+    /// Restore established TCP connections closed (peers see a reset)
+    /// instead of moving them open.
+    #[arg(long)]
+    tcp_close: bool,
+    /// Refuse a tree with connections still in a listening socket's accept
+    /// queue instead of skipping them.
+    #[arg(long)]
+    no_skip_in_flight: bool,
+    /// Allow unix sockets whose peer is outside the tree.
+    #[arg(long)]
+    ext_unix_sk: bool,
+    /// Do not move file locks.
+    #[arg(long)]
+    no_file_locks: bool,
+    /// Treat the tree as a shell job (default: when it has a controlling terminal).
+    #[arg(long, overrides_with = "no_shell_job")]
+    shell_job: bool,
+    /// Never treat the tree as a shell job.
+    #[arg(long)]
+    no_shell_job: bool,
+    /// A mount point bound into the tree's mount namespace from outside;
+    /// the same path must exist on the target. Repeatable.
+    #[arg(long, value_name = "PATH")]
+    ext_mount: Vec<String>,
+    /// A veth of the tree's network namespace to recreate on the target:
+    /// IN=OUT[@BRIDGE]. Repeatable.
+    #[arg(long, value_name = "IN=OUT[@BRIDGE]")]
+    veth: Vec<String>,
+}
+
+impl PidFlags {
+    fn options(&self) -> anyhow::Result<PidOptions> {
+        let veths = self
+            .veth
+            .iter()
+            .map(|v| {
+                v.split_once('=')
+                    .map(|(i, o)| (i.to_string(), o.to_string()))
+                    .ok_or_else(|| anyhow::anyhow!("--veth {v:?}: expected IN=OUT[@BRIDGE]"))
+            })
+            .collect::<anyhow::Result<_>>()?;
+        Ok(PidOptions {
+            tcp: if self.tcp_close {
+                TcpConnections::Close
+            } else {
+                TcpConnections::Migrate
+            },
+            skip_in_flight: !self.no_skip_in_flight,
+            ext_unix_sk: self.ext_unix_sk,
+            file_locks: !self.no_file_locks,
+            shell_job: match (self.shell_job, self.no_shell_job) {
+                (true, _) => Some(true),
+                (_, true) => Some(false),
+                _ => None,
+            },
+            ext_mounts: self.ext_mount.clone(),
+            veths,
+        })
+    }
 }
 
 #[tokio::main]
@@ -155,7 +224,12 @@ async fn migrate(m: Migrate) -> anyhow::Result<bool> {
         runc_root: m.runc_root.clone(),
         ..Default::default()
     };
-    let htype = phaul_htypes::registry::source_in(&m.what[0], &m.what[1], &paths)?;
+    let htype = phaul_htypes::registry::source_with(
+        &m.what[0],
+        &m.what[1],
+        &paths,
+        &m.pid_opts.options()?,
+    )?;
     let key = SharedKey::from_file(&m.key_file)?;
     let mut cfg = LinkConfig::new(key)
         .bandwidth(m.bandwidth)

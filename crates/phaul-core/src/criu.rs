@@ -702,6 +702,7 @@ pub fn opts_from(options: &CriuOptions) -> Opts {
     let mut o = Opts::new()
         .shell_job(options.shell_job)
         .tcp_established(options.tcp_established)
+        .tcp_close(options.tcp_close)
         .ext_unix_sk(options.ext_unix_sk)
         .file_locks(options.file_locks)
         .link_remap(options.link_remap)

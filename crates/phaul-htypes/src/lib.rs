@@ -96,6 +96,9 @@ pub struct CriuOptions {
     pub shell_job: bool,
     /// Migrate established TCP connections (`--tcp-established`).
     pub tcp_established: bool,
+    /// Dump established TCP connections but restore them closed
+    /// (`--tcp-close`): the peers see a reset, the server goes on.
+    pub tcp_close: bool,
     /// Allow Unix sockets connected outside the tree (`--ext-unix-sk`).
     pub ext_unix_sk: bool,
     /// Migrate file locks (`--file-locks`).

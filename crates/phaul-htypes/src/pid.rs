@@ -10,6 +10,13 @@
 //! positive number, PID 1 of the host, this process or one of its
 //! ancestors (dumping them would freeze phaul itself), kernel threads,
 //! zombies, and processes that do not exist.
+//!
+//! [`PidOptions`] are the CRIU options a service needs, chosen by the user.
+//! The defaults suit a server with clients attached: established TCP
+//! connections move with it, connections still in the accept queue are
+//! skipped (their clients retry), file locks move, and a controlling
+//! terminal makes it a shell job. The options travel to the target with
+//! the kind's parameters, since the restore must agree with the dump.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -21,6 +28,191 @@ use crate::{CriuOptions, Error, Htype, Result};
 pub struct Pid {
     pid: i32,
     shell_job: bool,
+    opts: PidOptions,
+}
+
+/// What CRIU does with an established TCP connection of the tree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TcpConnections {
+    /// It moves, open, with its sequence numbers and queues
+    /// (`--tcp-established`); the peer notices nothing.
+    #[default]
+    Migrate,
+    /// It is restored closed (`--tcp-close`): the peer sees a reset.
+    Close,
+}
+
+/// The CRIU options of a `pid` tree that a user chooses (see the module
+/// docs for why the defaults are what they are).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PidOptions {
+    /// Established TCP connections.
+    pub tcp: TcpConnections,
+    /// Skip connections not yet accepted (`--skip-in-flight`); without it
+    /// CRIU refuses a tree whose listening socket has any.
+    pub skip_in_flight: bool,
+    /// Allow unix sockets whose peer is outside the tree (`--ext-unix-sk`).
+    pub ext_unix_sk: bool,
+    /// Move file locks (`--file-locks`).
+    pub file_locks: bool,
+    /// Force the shell-job mode on or off; `None`: on when the root has a
+    /// controlling terminal.
+    pub shell_job: Option<bool>,
+    /// Mount points bind-mounted into the tree's mount namespace from
+    /// outside; the same path must exist on the target (`--external
+    /// mnt[PATH]:PATH`).
+    pub ext_mounts: Vec<String>,
+    /// Network devices of the tree's network namespace whose peer is
+    /// outside it: (name inside, name outside with an optional
+    /// `@bridge`), recreated on restore (`--veth-pair IN=OUT@BRIDGE`).
+    pub veths: Vec<(String, String)>,
+}
+
+impl Default for PidOptions {
+    fn default() -> Self {
+        Self {
+            tcp: TcpConnections::Migrate,
+            skip_in_flight: true,
+            ext_unix_sk: false,
+            file_locks: true,
+            shell_job: None,
+            ext_mounts: Vec::new(),
+            veths: Vec::new(),
+        }
+    }
+}
+
+impl PidOptions {
+    /// Checks what a user or a peer wrote: mount points are absolute paths
+    /// without `:` (CRIU's separator) or control characters, device names
+    /// are kernel interface names.
+    pub fn validate(&self) -> Result<()> {
+        for m in &self.ext_mounts {
+            let ok = m.starts_with('/')
+                && !m.contains(':')
+                && !m.chars().any(char::is_control)
+                && !m.split('/').any(|c| c == "..");
+            if !ok {
+                return Err(Error::BadParam {
+                    name: "ext_mount",
+                    value: m.clone(),
+                    reason: "an absolute path without ':', '..' or control characters".into(),
+                });
+            }
+        }
+        for (inner, outer) in &self.veths {
+            let (dev, bridge) = match outer.split_once('@') {
+                Some((d, b)) => (d, Some(b)),
+                None => (outer.as_str(), None),
+            };
+            for name in [Some(inner.as_str()), Some(dev), bridge]
+                .into_iter()
+                .flatten()
+            {
+                if !is_ifname(name) {
+                    return Err(Error::BadParam {
+                        name: "veth",
+                        value: format!("{inner}={outer}"),
+                        reason: "interface names are 1-15 of A-Z a-z 0-9 . _ -".into(),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn to_params(&self, p: &mut BTreeMap<String, String>) {
+        let tcp = match self.tcp {
+            TcpConnections::Migrate => "established",
+            TcpConnections::Close => "close",
+        };
+        p.insert("tcp".into(), tcp.into());
+        p.insert("skip_in_flight".into(), self.skip_in_flight.to_string());
+        p.insert("ext_unix_sk".into(), self.ext_unix_sk.to_string());
+        p.insert("file_locks".into(), self.file_locks.to_string());
+        if !self.ext_mounts.is_empty() {
+            p.insert("ext_mounts".into(), self.ext_mounts.join("\n"));
+        }
+        if !self.veths.is_empty() {
+            let v: Vec<String> = self.veths.iter().map(|(i, o)| format!("{i}={o}")).collect();
+            p.insert("veths".into(), v.join("\n"));
+        }
+    }
+
+    /// Reads what [`PidOptions::to_params`] wrote; a missing key keeps its
+    /// default (a peer of an older version), a malformed one is refused.
+    fn from_params(p: &BTreeMap<String, String>) -> Result<Self> {
+        let mut o = Self::default();
+        let flag = |name: &'static str, default: bool| match p.get(name).map(String::as_str) {
+            None => Ok(default),
+            Some("true") => Ok(true),
+            Some("false") => Ok(false),
+            Some(v) => Err(Error::BadParam {
+                name,
+                value: v.to_string(),
+                reason: "true or false".into(),
+            }),
+        };
+        o.tcp = match p.get("tcp").map(String::as_str) {
+            None | Some("established") => TcpConnections::Migrate,
+            Some("close") => TcpConnections::Close,
+            Some(v) => {
+                return Err(Error::BadParam {
+                    name: "tcp",
+                    value: v.to_string(),
+                    reason: "established or close".into(),
+                });
+            }
+        };
+        o.skip_in_flight = flag("skip_in_flight", o.skip_in_flight)?;
+        o.ext_unix_sk = flag("ext_unix_sk", o.ext_unix_sk)?;
+        o.file_locks = flag("file_locks", o.file_locks)?;
+        if let Some(m) = p.get("ext_mounts") {
+            o.ext_mounts = m.split('\n').map(str::to_string).collect();
+        }
+        if let Some(v) = p.get("veths") {
+            for pair in v.split('\n') {
+                let (i, out) = pair.split_once('=').ok_or_else(|| Error::BadParam {
+                    name: "veth",
+                    value: pair.to_string(),
+                    reason: "IN=OUT[@BRIDGE]".into(),
+                })?;
+                o.veths.push((i.to_string(), out.to_string()));
+            }
+        }
+        o.validate()?;
+        Ok(o)
+    }
+
+    fn criu(&self, shell_job: bool, restore: bool) -> CriuOptions {
+        let mut external: Vec<String> = self
+            .ext_mounts
+            .iter()
+            .map(|m| format!("mnt[{m}]:{m}"))
+            .collect();
+        if restore {
+            external.extend(self.veths.iter().map(|(i, o)| format!("veth[{i}]:{o}")));
+        }
+        CriuOptions {
+            shell_job,
+            tcp_established: self.tcp == TcpConnections::Migrate,
+            tcp_close: self.tcp == TcpConnections::Close,
+            tcp_skip_in_flight: self.skip_in_flight && !restore,
+            ext_unix_sk: self.ext_unix_sk,
+            file_locks: self.file_locks,
+            link_remap: true,
+            external,
+            ..Default::default()
+        }
+    }
+}
+
+/// A kernel network interface name (at most 15 bytes).
+fn is_ifname(name: &str) -> bool {
+    (1..=15).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 /// The kernel's PF_KTHREAD flag in `/proc/PID/stat`'s flags field.
@@ -68,8 +260,15 @@ fn stat_fields(pid: i32) -> Result<Vec<String>> {
 }
 
 impl Pid {
-    /// Validates `text` as the root of a tree to migrate from this host.
+    /// Validates `text` as the root of a tree to migrate from this host,
+    /// with the default [`PidOptions`].
     pub fn source(text: &str) -> Result<Self> {
+        Self::source_with(text, PidOptions::default())
+    }
+
+    /// [`Pid::source`] with the user's options.
+    pub fn source_with(text: &str, opts: PidOptions) -> Result<Self> {
+        opts.validate()?;
         let pid = parse_pid(text)?;
         let refuse = |reason: &str| {
             Err(Error::Refused {
@@ -109,7 +308,8 @@ impl Pid {
         let tty: i64 = f.get(4).and_then(|s| s.parse().ok()).unwrap_or(0);
         Ok(Self {
             pid,
-            shell_job: tty != 0,
+            shell_job: opts.shell_job.unwrap_or(tty != 0),
+            opts,
         })
     }
 
@@ -122,7 +322,12 @@ impl Pid {
         })?;
         let pid = parse_pid(text)?;
         let shell_job = params.get("shell_job").is_some_and(|v| v == "true");
-        Ok(Self { pid, shell_job })
+        let opts = PidOptions::from_params(params)?;
+        Ok(Self {
+            pid,
+            shell_job,
+            opts,
+        })
     }
 }
 
@@ -132,10 +337,12 @@ impl Htype for Pid {
     }
 
     fn params(&self) -> BTreeMap<String, String> {
-        BTreeMap::from([
+        let mut p = BTreeMap::from([
             ("pid".to_string(), self.pid.to_string()),
             ("shell_job".to_string(), self.shell_job.to_string()),
-        ])
+        ]);
+        self.opts.to_params(&mut p);
+        p
     }
 
     fn root_pid(&self) -> Result<i32> {
@@ -143,21 +350,11 @@ impl Htype for Pid {
     }
 
     fn dump_options(&self) -> CriuOptions {
-        CriuOptions {
-            shell_job: self.shell_job,
-            file_locks: true,
-            link_remap: true,
-            ..Default::default()
-        }
+        self.opts.criu(self.shell_job, false)
     }
 
     fn restore_options(&self) -> CriuOptions {
-        CriuOptions {
-            shell_job: self.shell_job,
-            file_locks: true,
-            link_remap: true,
-            ..Default::default()
-        }
+        self.opts.criu(self.shell_job, true)
     }
 
     fn check(&self) -> Result<()> {
@@ -240,5 +437,92 @@ mod tests {
             Err(Error::UnknownKind(_))
         ));
         assert!(crate::registry::source("pid", "x").is_err());
+    }
+}
+
+#[cfg(test)]
+mod option_tests {
+    use super::*;
+
+    fn opts() -> PidOptions {
+        PidOptions {
+            tcp: TcpConnections::Close,
+            skip_in_flight: false,
+            ext_unix_sk: true,
+            file_locks: false,
+            shell_job: None,
+            ext_mounts: vec!["/srv/data".into(), "/etc/app".into()],
+            veths: vec![("eth0".into(), "veth9@br0".into())],
+        }
+    }
+
+    #[test]
+    fn options_travel_to_the_target_and_both_sides_agree() {
+        // Built directly: Pid::source refuses this test's own process.
+        let src = Pid {
+            pid: 4242,
+            shell_job: true,
+            opts: opts(),
+        };
+        let tgt = Pid::target(&src.params()).unwrap();
+        assert_eq!(tgt.opts, opts());
+        let d = src.dump_options();
+        assert!(d.tcp_close && !d.tcp_established && !d.tcp_skip_in_flight);
+        assert!(d.ext_unix_sk && !d.file_locks && d.shell_job);
+        assert_eq!(
+            d.external,
+            ["mnt[/srv/data]:/srv/data", "mnt[/etc/app]:/etc/app"]
+        );
+        let r = tgt.restore_options();
+        assert!(r.tcp_close && !r.tcp_established);
+        assert_eq!(r.external.last().unwrap(), "veth[eth0]:veth9@br0");
+    }
+
+    #[test]
+    fn the_defaults_suit_a_server_with_clients() {
+        let d = PidOptions::default().criu(false, false);
+        assert!(d.tcp_established && d.tcp_skip_in_flight && d.file_locks && !d.ext_unix_sk);
+        let r = PidOptions::default().criu(false, true);
+        assert!(r.tcp_established && !r.tcp_skip_in_flight);
+        // A peer of an older version sent no options: the defaults.
+        let old = BTreeMap::from([("pid".to_string(), "42".to_string())]);
+        assert_eq!(Pid::target(&old).unwrap().opts, PidOptions::default());
+    }
+
+    #[test]
+    fn bad_options_are_refused_with_the_value() {
+        for m in ["relative/path", "/a:b", "/a/../etc", "/a\nb"] {
+            let o = PidOptions {
+                ext_mounts: vec![m.into()],
+                ..Default::default()
+            };
+            assert!(
+                matches!(
+                    o.validate(),
+                    Err(Error::BadParam {
+                        name: "ext_mount",
+                        ..
+                    })
+                ),
+                "{m:?}"
+            );
+        }
+        for (i, out) in [
+            ("eth0;rm", "v@br0"),
+            ("eth0", "averyveryverylongname"),
+            ("eth0", "v@b r"),
+        ] {
+            let o = PidOptions {
+                veths: vec![(i.into(), out.into())],
+                ..Default::default()
+            };
+            assert!(o.validate().is_err(), "{i}={out}");
+        }
+        let mut p = BTreeMap::from([("pid".to_string(), "42".to_string())]);
+        p.insert("tcp".into(), "sometimes".into());
+        assert!(Pid::target(&p).is_err());
+        p.insert("tcp".into(), "close".into());
+        p.insert("file_locks".into(), "yes".into());
+        assert!(Pid::target(&p).is_err());
     }
 }

@@ -76,6 +76,28 @@ pub fn source_in(kind: &str, id: &str, paths: &Paths) -> Result<Box<dyn Htype>> 
     }
 }
 
+/// [`source_in`], with a `pid` tree's CRIU options. Options other than the
+/// defaults are refused for the other kinds, whose manager or kind decides
+/// them.
+pub fn source_with(
+    kind: &str,
+    id: &str,
+    paths: &Paths,
+    opts: &pid::PidOptions,
+) -> Result<Box<dyn Htype>> {
+    match kind {
+        "pid" => Ok(Box::new(pid::Pid::source_with(id, opts.clone())?)),
+        _ if *opts != pid::PidOptions::default() => Err(Error::BadParam {
+            name: "options",
+            value: kind.to_string(),
+            reason: "the CRIU options (--tcp-close, --ext-unix-sk, ...) are for the pid kind; \
+                     containers get their manager's"
+                .into(),
+        }),
+        _ => source_in(kind, id, paths),
+    }
+}
+
 /// The target side of kind `kind`, from the parameters the source sent.
 pub fn target(kind: &str, params: &BTreeMap<String, String>) -> Result<Box<dyn Htype>> {
     target_in(kind, params, &Paths::default())
