@@ -10,8 +10,14 @@
 //!   with a known pattern and keeps a counter, so a test can check that its
 //!   state survived a dump and restore.
 //! - [`Hosts`]: two "hosts", network namespaces joined by a veth pair, and
-//!   [`in_netns`] to run code inside one.
+//!   [`in_netns`] to run code inside one; [`Hosts::with_lan`] puts them on
+//!   a LAN with a client host instead.
+//! - [`lan`]: that LAN, a [`lan::ServiceTree`] (a server with a network
+//!   namespace and address of its own) and a [`lan::LanClient`] that keeps
+//!   one connection to it and measures its stalls.
 //! - [`process_state`], [`kill_tree`], [`wait_until`]: small /proc helpers.
+
+pub mod lan;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -263,33 +269,53 @@ pub struct Hosts {
     pub src_ip: String,
     /// The target's address.
     pub tgt_ip: String,
+    /// The LAN with a client host, for [`Hosts::with_lan`].
+    pub lan: Option<lan::Lan>,
 }
 
-fn ip(args: &[&str]) -> std::io::Result<()> {
-    let out = Command::new("ip").args(args).output()?;
-    if !out.status.success() {
-        return Err(std::io::Error::other(format!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
-    }
-    Ok(())
+use lan::ip;
+
+/// Names and a subnet unique to this process and call, so tests can run in
+/// parallel: (tag, second octet, third octet).
+fn unique_net() -> (u32, u32, u32) {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    let tag = (std::process::id() % 10_000) * 100 + n % 100;
+    // 10.(232+k).x.y/24: one subnet per pair.
+    (tag, 232 + (tag / 254 / 256) % 20, (tag / 254) % 256)
 }
 
 impl Hosts {
-    /// Makes a fresh pair; names and subnet are unique to this process and
-    /// call, so tests can run in parallel.
+    /// Two hosts on a LAN that a client host also sits on (see [`lan`]):
+    /// the hosts' addresses are `.1` and `.2` of the LAN, on their bridges.
+    pub fn with_lan() -> std::io::Result<Self> {
+        let (tag, octet2, octet3) = unique_net();
+        let prefix = format!("10.{octet2}.{octet3}");
+        let mut hosts = Self {
+            src: format!("phs{tag}"),
+            tgt: format!("pht{tag}"),
+            src_ip: format!("{prefix}.1"),
+            tgt_ip: format!("{prefix}.2"),
+            lan: None,
+        };
+        ip(&["netns", "add", &hosts.src])?;
+        ip(&["netns", "add", &hosts.tgt])?;
+        hosts.lan = Some(lan::build(&hosts.src, &hosts.tgt, tag, &prefix)?);
+        Ok(hosts)
+    }
+
+    /// The LAN of a [`Hosts::with_lan`] pair.
+    pub fn lan(&self) -> &lan::Lan {
+        self.lan.as_ref().expect("hosts made with Hosts::with_lan")
+    }
+
+    /// Makes a fresh pair joined by one veth; names and subnet are unique
+    /// to this process and call, so tests can run in parallel.
     pub fn new() -> std::io::Result<Self> {
-        use std::sync::atomic::{AtomicU32, Ordering};
-        static N: AtomicU32 = AtomicU32::new(0);
-        let n = N.fetch_add(1, Ordering::Relaxed);
-        let tag = (std::process::id() % 10_000) * 100 + n % 100;
+        let (tag, octet2, octet3) = unique_net();
         let (src, tgt) = (format!("phs{tag}"), format!("pht{tag}"));
         let (vs, vt) = (format!("pvs{tag}"), format!("pvt{tag}"));
-        // 10.(232+k).x.y/24: one subnet per pair.
-        let octet2 = 232 + (tag / 254 / 256) % 20;
-        let octet3 = (tag / 254) % 256;
         let (src_ip, tgt_ip) = (
             format!("10.{octet2}.{octet3}.1"),
             format!("10.{octet2}.{octet3}.2"),
@@ -299,6 +325,7 @@ impl Hosts {
             tgt: tgt.clone(),
             src_ip: src_ip.clone(),
             tgt_ip: tgt_ip.clone(),
+            lan: None,
         };
         ip(&["netns", "add", &src])?;
         ip(&["netns", "add", &tgt])?;

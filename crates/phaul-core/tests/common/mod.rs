@@ -55,6 +55,11 @@ impl Target {
     }
 
     pub fn start_with<T: TargetCriu>(hosts: &Hosts, criu: T, setup: Setup) -> Self {
+        Self::start_on(&hosts.tgt, &hosts.tgt_ip, criu, setup)
+    }
+
+    /// A service in host `ns`, listening on `ip`.
+    pub fn start_on<T: TargetCriu>(ns: &str, ip: &str, criu: T, setup: Setup) -> Self {
         let work = setup.work.unwrap_or_else(|| {
             tempfile::Builder::new()
                 .prefix("phaul-target-")
@@ -62,11 +67,11 @@ impl Target {
                 .unwrap()
         });
         let dir = work.path().to_path_buf();
-        let ip = hosts.tgt_ip.clone();
+        let ip = ip.to_string();
         let (paths, cut) = (setup.paths, setup.cut);
         let (addr_tx, addr_rx) = std_mpsc::channel();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let thread = in_netns(&hosts.tgt, move || async move {
+        let thread = in_netns(ns, move || async move {
             let listener = Listener::bind(&format!("{ip}:0")).await.unwrap();
             let svc_addr = listener.local_addr().unwrap();
             let public = match cut {

@@ -1,0 +1,184 @@
+//! Real services moved with their clients attached: Debian's `redis-server`
+//! with a network namespace and address of its own (as a container has),
+//! moved as a `pid` tree between two hosts on a LAN, there and back several
+//! times, while a client on a third host keeps ONE connection open and
+//! sends a request every 5 ms. Each move must show no client error, the
+//! server's data intact and its counter going on; the client's longest
+//! stall is printed. Needs root, CRIU and redis-server (`scripts/setup.sh`
+//! installs them); under `CI` their absence fails the test.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use phaul_core::{Migration, Mode, Report};
+use phaul_htypes::pid::PidOptions;
+use phaul_testkit::lan::{LanClient, ServiceTree};
+use phaul_testkit::{Hosts, alive, in_netns, require_criu, wait_until};
+
+mod common;
+use common::{Setup, Target, cfg, criu};
+
+/// Debian's Redis, or `None` (a skip, or a failure under `CI`).
+fn require_redis(test: &str) -> Option<&'static str> {
+    let bin = "/usr/bin/redis-server";
+    if Path::new(bin).exists() {
+        return Some(bin);
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{test}: {bin} is missing (scripts/setup.sh installs redis-server)"
+    );
+    eprintln!("SKIPPED {test}: {bin} is missing; run scripts/setup.sh");
+    None
+}
+
+/// `redis-cli ARGS...` from the client host; its output, trimmed.
+fn redis_cli(client_ns: &str, ip: &str, args: &[&str]) -> String {
+    let out = Hosts::command(client_ns, "redis-cli")
+        .args(["-h", ip, "--raw"])
+        .args(args)
+        .output()
+        .expect("redis-cli runs");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Moves the tree rooted at `pid` from host `from` to the service at `to`.
+fn migrate(from: &str, bin: &Path, to: &str, pid: i32, outer: &str) -> Report {
+    let (bin, to, outer) = (bin.to_path_buf(), to.to_string(), outer.to_string());
+    let work = tempfile::Builder::new()
+        .prefix("phaul-source-")
+        .tempdir()
+        .unwrap();
+    let w = work.path().to_path_buf();
+    in_netns(from, move || async move {
+        let opts = PidOptions {
+            veths: vec![("eth0".into(), format!("{outer}@br0"))],
+            ..PidOptions::default()
+        };
+        let paths = phaul_htypes::registry::Paths::default();
+        let htype =
+            phaul_htypes::registry::source_with("pid", &pid.to_string(), &paths, &opts).unwrap();
+        let m = Migration::new(criu(&bin), to, cfg(), htype)
+            .mode(Mode::Auto)
+            .work_dir(&w);
+        tokio::time::timeout(Duration::from_secs(300), m.run())
+            .await
+            .expect("the migration hung")
+    })
+    .join()
+    .expect("the source thread panicked")
+}
+
+fn device_gone(ns: &str, dev: &str) -> bool {
+    !Command::new("ip")
+        .args(["-n", ns, "link", "show", dev])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(true)
+}
+
+#[test]
+fn redis_moves_there_and_back_with_its_client_connected() {
+    let test = "redis_moves_there_and_back_with_its_client_connected";
+    let Some(bin) = require_criu(test) else {
+        return;
+    };
+    let Some(redis) = require_redis(test) else {
+        return;
+    };
+    let hosts = Hosts::with_lan().unwrap();
+    let lan = hosts.lan();
+    let ip = lan.ip(50);
+    let mut tree = ServiceTree::start(
+        &hosts.src,
+        &ip,
+        &[
+            redis,
+            "--port",
+            "6379",
+            "--bind",
+            "0.0.0.0",
+            "--protected-mode",
+            "no",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ],
+    )
+    .unwrap();
+    wait_until(Duration::from_secs(15), || {
+        (redis_cli(&lan.client, &ip, &["PING"]) == "PONG").then_some(())
+    })
+    .expect("redis answers on the LAN");
+    // Data the server holds: 1000 keys, checked after every move.
+    let mut mset = vec!["MSET".to_string()];
+    for i in 0..1000 {
+        mset.push(format!("phaul:k{i}"));
+        mset.push(format!("value-{i}-{}", i * 7919));
+    }
+    let refs: Vec<&str> = mset.iter().map(String::as_str).collect();
+    assert_eq!(redis_cli(&lan.client, &ip, &refs), "OK");
+    let client = LanClient::start(lan, &ip, 6379, Duration::from_millis(5)).unwrap();
+
+    let at_src = Target::start_on(&hosts.src, &hosts.src_ip, criu(&bin), Setup::default());
+    let at_tgt = Target::start_on(&hosts.tgt, &hosts.tgt_ip, criu(&bin), Setup::default());
+    let mut pid = tree.pid;
+    let moves = [
+        (&hosts.src, &hosts.tgt, &at_tgt),
+        (&hosts.tgt, &hosts.src, &at_src),
+        (&hosts.src, &hosts.tgt, &at_tgt),
+    ];
+    for (n, (from, to, target)) in moves.into_iter().enumerate() {
+        // The last move's veth goes with its namespace, a moment after the
+        // tree ended there; the restore recreates it by the same name.
+        wait_until(Duration::from_secs(10), || {
+            device_gone(to, &tree.outer).then_some(())
+        })
+        .expect("the previous host still has the service's veth");
+        let r = migrate(from, &bin, &target.addr, pid, &tree.outer);
+        assert!(r.success, "move {n} failed: {r}");
+        let new = r.target_pid.expect("a target pid");
+        tree.adopt(new);
+        assert!(Hosts::runs_in(to, new) || !Hosts::runs_in(from, new));
+        assert!(
+            wait_until(Duration::from_secs(10), || (!alive(pid)).then_some(())).is_some(),
+            "move {n}: the source tree is still there"
+        );
+        pid = new;
+        let s = client
+            .answers_after(100, Duration::from_secs(30))
+            .unwrap_or_else(|| {
+                panic!(
+                    "move {n}: the client's requests stopped: {:?}",
+                    client.stats()
+                )
+            });
+        assert_eq!(s.errors, 0, "move {n}: client errors: {:?}", s.last_error);
+        assert_eq!(
+            redis_cli(&lan.client, &ip, &["DBSIZE"]),
+            "1001",
+            "move {n}: keys"
+        );
+        assert_eq!(
+            redis_cli(&lan.client, &ip, &["GET", "phaul:k999"]),
+            "value-999-7911081"
+        );
+        eprintln!(
+            "{test}: move {n} ({} -> {}): mode {}, downtime {:.1} ms, client longest stall so far {:.1} ms, {} answers",
+            from,
+            to,
+            r.mode,
+            r.downtime_ms.unwrap_or(f64::NAN),
+            s.longest_stall_ms,
+            s.ok
+        );
+    }
+    let s = client.stats().unwrap();
+    assert_eq!(s.errors, 0, "client errors: {:?}", s.last_error);
+    eprintln!(
+        "{test}: client longest stall {:.1} ms over {} answers, 0 errors",
+        s.longest_stall_ms, s.ok
+    );
+}

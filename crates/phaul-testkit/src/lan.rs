@@ -1,0 +1,326 @@
+//! A LAN that clients see, for tests that move services with their clients
+//! attached.
+//!
+//! Four network namespaces: the two hosts, a switch and a client. The
+//! switch holds bridge `lan0`; each host has its own bridge `br0`, joined
+//! to `lan0` by a veth, and holds its host address on it; the client sits
+//! on `lan0`. A service tree gets a network namespace of its own with a veth
+//! on its host's `br0`, a fixed MAC and an address of the LAN, so that after
+//! a move it keeps its address and its clients' connections, as a container
+//! does.
+//!
+//! ```text
+//!   client (.100) ── lan0 [switch] ── br0 [src host .1] ── eth0 [service .50]
+//!                          └──────── br0 [tgt host .2]
+//! ```
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use crate::{Hosts, kill_tree, wait_until};
+
+/// The client host and switch of a [`Hosts::with_lan`] pair.
+#[derive(Debug)]
+pub struct Lan {
+    /// The switch's namespace (bridge `lan0`).
+    pub switch: String,
+    /// The client host's namespace (device `eth0`).
+    pub client: String,
+    /// The LAN's first three octets, e.g. `10.240.3`.
+    pub prefix: String,
+}
+
+impl Lan {
+    /// The address `.n` of the LAN.
+    pub fn ip(&self, n: u8) -> String {
+        format!("{}.{n}", self.prefix)
+    }
+
+    /// The client host's address.
+    pub fn client_ip(&self) -> String {
+        self.ip(100)
+    }
+}
+
+pub(crate) fn ip(args: &[&str]) -> std::io::Result<()> {
+    let out = Command::new("ip").args(args).output()?;
+    if !out.status.success() {
+        return Err(std::io::Error::other(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(())
+}
+
+/// Builds the switch, the hosts' bridges and the client for `hosts`, whose
+/// namespaces exist without devices; `tag` makes device names unique.
+pub(crate) fn build(src: &str, tgt: &str, tag: u32, prefix: &str) -> std::io::Result<Lan> {
+    let lan = Lan {
+        switch: format!("phw{tag}"),
+        client: format!("phc{tag}"),
+        prefix: prefix.to_string(),
+    };
+    ip(&["netns", "add", &lan.switch])?;
+    ip(&["netns", "add", &lan.client])?;
+    ip(&["-n", &lan.switch, "link", "add", "lan0", "type", "bridge"])?;
+    ip(&["-n", &lan.switch, "link", "set", "lan0", "up"])?;
+    for (i, (ns, n)) in [(src, 1u8), (tgt, 2u8)].into_iter().enumerate() {
+        let (up, down) = (format!("plu{tag}{i}"), format!("pld{tag}{i}"));
+        ip(&["-n", ns, "link", "add", "br0", "type", "bridge"])?;
+        ip(&["link", "add", &up, "type", "veth", "peer", "name", &down])?;
+        ip(&["link", "set", &up, "netns", ns])?;
+        ip(&["link", "set", &down, "netns", &lan.switch])?;
+        ip(&["-n", ns, "link", "set", &up, "master", "br0", "up"])?;
+        ip(&[
+            "-n",
+            &lan.switch,
+            "link",
+            "set",
+            &down,
+            "master",
+            "lan0",
+            "up",
+        ])?;
+        ip(&[
+            "-n",
+            ns,
+            "addr",
+            "add",
+            &format!("{}/24", lan.ip(n)),
+            "dev",
+            "br0",
+        ])?;
+        ip(&["-n", ns, "link", "set", "br0", "up"])?;
+        ip(&["-n", ns, "link", "set", "lo", "up"])?;
+    }
+    let (c, d) = (format!("pcu{tag}"), format!("pcd{tag}"));
+    ip(&["link", "add", &c, "type", "veth", "peer", "name", &d])?;
+    ip(&["link", "set", &c, "netns", &lan.client])?;
+    ip(&["link", "set", &d, "netns", &lan.switch])?;
+    ip(&["-n", &lan.client, "link", "set", &c, "name", "eth0"])?;
+    ip(&[
+        "-n",
+        &lan.client,
+        "addr",
+        "add",
+        &format!("{}/24", lan.client_ip()),
+        "dev",
+        "eth0",
+    ])?;
+    ip(&["-n", &lan.client, "link", "set", "eth0", "up"])?;
+    ip(&["-n", &lan.client, "link", "set", "lo", "up"])?;
+    ip(&["-n", &lan.switch, "link", "set", &d, "master", "lan0", "up"])?;
+    Ok(lan)
+}
+
+impl Drop for Lan {
+    fn drop(&mut self) {
+        let _ = ip(&["netns", "del", &self.client]);
+        let _ = ip(&["netns", "del", &self.switch]);
+    }
+}
+
+/// A server started in a network namespace and PID namespace of its own
+/// inside a host, wired to the host's `br0` as `eth0` with a fixed MAC and
+/// a LAN address: what a container's network looks like, for the `pid`
+/// kind. Killed on drop, wherever it then runs.
+#[derive(Debug)]
+pub struct ServiceTree {
+    unshare: Child,
+    /// The host PID of the tree's root (its PID namespace's init).
+    pub pid: i32,
+    /// The service's address on the LAN.
+    pub ip: String,
+    /// The host end of its veth (to name on restore: `eth0=OUTER@br0`).
+    pub outer: String,
+    extra: Vec<i32>,
+    _dir: tempfile::TempDir,
+}
+
+impl ServiceTree {
+    /// Starts `argv` in host `ns` with address `ip` (a /24 of the LAN) and
+    /// waits until its init exists and `eth0` is up.
+    pub fn start(ns: &str, ip_addr: &str, argv: &[&str]) -> std::io::Result<Self> {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static N: AtomicU32 = AtomicU32::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        let outer = format!("pvsv{}", (std::process::id() % 10_000) * 10 + n % 10);
+        let dir = tempfile::Builder::new()
+            .prefix("phaul-service-tree-")
+            .tempdir()?;
+        let unshare = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{ns}"))
+            .args(["unshare", "--net", "--pid", "--fork", "setsid"])
+            .args(argv)
+            // CRIU's parasite makes a fixed-name directory in the cwd.
+            .current_dir(dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let uid = i32::try_from(unshare.id()).unwrap_or(0);
+        let pid = wait_until(Duration::from_secs(10), || {
+            let kids = fs::read_to_string(format!("/proc/{uid}/task/{uid}/children")).ok()?;
+            kids.split_whitespace().next()?.parse::<i32>().ok()
+        })
+        .ok_or_else(|| std::io::Error::other("the service tree did not start"))?;
+        let mut tree = Self {
+            unshare,
+            pid,
+            ip: ip_addr.to_string(),
+            outer: outer.clone(),
+            extra: Vec::new(),
+            _dir: dir,
+        };
+        let netns = format!("/proc/{pid}/ns/net");
+        // The MAC follows from the address, so each service's is stable.
+        let last: u8 = ip_addr
+            .rsplit('.')
+            .next()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(1);
+        let mac = format!("02:70:68:61:75:{last:02x}");
+        ip(&[
+            "-n", ns, "link", "add", &outer, "type", "veth", "peer", "name", "eth0", "netns",
+            &netns,
+        ])?;
+        ip(&["-n", ns, "link", "set", &outer, "master", "br0", "up"])?;
+        let inside = |args: &[&str]| -> std::io::Result<()> {
+            let out = Command::new("nsenter")
+                .arg(format!("--net={netns}"))
+                .arg("ip")
+                .args(args)
+                .output()?;
+            if out.status.success() {
+                Ok(())
+            } else {
+                Err(std::io::Error::other(
+                    String::from_utf8_lossy(&out.stderr).into_owned(),
+                ))
+            }
+        };
+        inside(&["link", "set", "lo", "up"])?;
+        inside(&["link", "set", "eth0", "address", &mac])?;
+        inside(&["addr", "add", &format!("{ip_addr}/24"), "dev", "eth0"])?;
+        inside(&["link", "set", "eth0", "up"])?;
+        tree.extra.clear();
+        Ok(tree)
+    }
+
+    /// Also kill `pid` (a restored copy) when this is dropped.
+    pub fn adopt(&mut self, pid: i32) {
+        self.extra.push(pid);
+    }
+}
+
+impl Drop for ServiceTree {
+    fn drop(&mut self) {
+        for pid in std::iter::once(self.pid).chain(self.extra.iter().copied()) {
+            kill_tree(pid);
+        }
+        let _ = self.unshare.kill();
+        let _ = self.unshare.wait();
+    }
+}
+
+/// What a [`LanClient`] saw.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ClientStats {
+    /// Requests answered correctly.
+    pub ok: u64,
+    /// Requests that failed: a connection error, a wrong or missing answer.
+    pub errors: u64,
+    /// The longest time one request waited for its answer, in ms.
+    pub longest_stall_ms: f64,
+    /// The last error, if any.
+    pub last_error: Option<String>,
+}
+
+/// A client on the LAN's client host that keeps one TCP connection to a
+/// Redis server open and sends `INCR` on it every few ms, checking that
+/// each answer is the previous one plus one (the server's data goes on) and
+/// timing each wait. Stopped on drop.
+#[derive(Debug)]
+pub struct LanClient {
+    child: Child,
+    stats: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+/// The client's program (Python, standard library only).
+pub const REDIS_CLIENT_PY: &str = include_str!("redis_client.py");
+
+impl LanClient {
+    /// Connects from `lan`'s client host to `ip:port`, one request every
+    /// `period`; waits until the first answers came.
+    pub fn start(lan: &Lan, ip_addr: &str, port: u16, period: Duration) -> std::io::Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("phaul-lan-client-")
+            .tempdir()?;
+        let script = dir.path().join("client.py");
+        fs::write(&script, REDIS_CLIENT_PY)?;
+        let stats = dir.path().join("stats");
+        let child = Hosts::command(&lan.client, "python3")
+            .arg(&script)
+            .args([
+                ip_addr,
+                &port.to_string(),
+                &period.as_secs_f64().to_string(),
+            ])
+            .arg(&stats)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let c = Self {
+            child,
+            stats,
+            _dir: dir,
+        };
+        wait_until(Duration::from_secs(15), || {
+            c.stats().filter(|s| s.ok >= 10).map(|_| ())
+        })
+        .ok_or_else(|| {
+            std::io::Error::other(format!("the client got no answers: {:?}", c.stats()))
+        })?;
+        Ok(c)
+    }
+
+    /// What it has seen so far (it rewrites its file every 50 ms).
+    pub fn stats(&self) -> Option<ClientStats> {
+        read_stats(&self.stats)
+    }
+
+    /// Waits until `more` requests beyond what it has now succeeded.
+    pub fn answers_after(&self, more: u64, timeout: Duration) -> Option<ClientStats> {
+        let now = self.stats()?.ok;
+        wait_until(timeout, || self.stats().filter(|s| s.ok >= now + more))
+    }
+}
+
+fn read_stats(path: &Path) -> Option<ClientStats> {
+    let text = fs::read_to_string(path).ok()?;
+    let mut s = ClientStats::default();
+    for line in text.lines() {
+        let (k, v) = line.split_once(' ')?;
+        match k {
+            "ok" => s.ok = v.parse().ok()?,
+            "errors" => s.errors = v.parse().ok()?,
+            "stall_ms" => s.longest_stall_ms = v.parse().ok()?,
+            "last_error" => s.last_error = Some(v.to_string()),
+            _ => {}
+        }
+    }
+    Some(s)
+}
+
+impl Drop for LanClient {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
