@@ -26,7 +26,8 @@ CRIU_FALLBACK=(4.1.1 f80a66cb3726bb2116266d4759ce3bcbfab7abdb6b6d430bf20dd419117
 CRIU_SRC_DIR=/usr/local/src/criu
 CRIU_STATE=/usr/local/share/phaul
 PIPE_MAX=4194304
-RUNTIME_PKGS=(iptables rsync lxc busybox-static iproute2 util-linux procps python3 g++ runc)
+RUNTIME_PKGS=(iptables rsync lxc busybox-static iproute2 util-linux procps python3 g++ runc
+    redis-server redis-tools)
 BUILD_PKGS=(build-essential pkg-config python3 libprotobuf-c-dev protobuf-c-compiler
     libprotobuf-dev protobuf-compiler python3-protobuf libnl-3-dev libnet1-dev
     libcap-dev libbsd-dev libaio-dev libgnutls28-dev uuid-dev xz-utils patch)

@@ -236,6 +236,13 @@ pub trait SourceCriu: Send + Sync + 'static {
     /// A lazy final dump serving pages on `port`; returns once it listens.
     fn lazy_dump(&self, spec: DumpSpec, port: u16)
     -> impl Future<Output = Result<LazyDump>> + Send;
+    /// Whether this CRIU can dump a process holding a TCP socket here,
+    /// found by trying in `scratch` (see [`crate::sockets`]); `Err` says
+    /// why not, in CRIU's words. A seam without sockets says yes.
+    fn probe_inet_dump(&self, scratch: &Path) -> impl Future<Output = Result<()>> + Send {
+        let _ = scratch;
+        async { Ok(()) }
+    }
 }
 
 /// What the engine needs of CRIU on the target.
@@ -381,6 +388,57 @@ fn route_failure<R, D>(
 }
 
 impl SourceCriu for Criu {
+    async fn probe_inet_dump(&self, scratch: &Path) -> Result<()> {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|source| Error::Io {
+            what: "a socket for the CRIU probe".into(),
+            source,
+        })?;
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&listener);
+        let mut cmd = std::process::Command::new("sleep");
+        cmd.arg("60")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        // SAFETY: the closure calls only setsid and dup2, both
+        // async-signal-safe; `fd` is a plain integer copied before the fork.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
+                // A session of its own: no terminal for CRIU to refuse, and
+                // the socket as fd 3 (dup2 clears close-on-exec).
+                if libc::setsid() < 0 || libc::dup2(fd, 3) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().map_err(|source| Error::Io {
+            what: "starting the CRIU probe's process".into(),
+            source,
+        })?;
+        drop(listener);
+        let pid = i32::try_from(child.id()).unwrap_or(0);
+        let res = async {
+            let s = self.rpc.connect().await.map_err(src)?;
+            let opts = Opts::new()
+                .pid(pid)
+                .images_dir(scratch)
+                .log_file("inet-probe.log")
+                .log_level(self.log_level)
+                .leave_running(true);
+            s.dump(opts)
+                .await
+                .map_err(src)?
+                .finish()
+                .await
+                .map_err(src)?;
+            Ok(())
+        }
+        .await;
+        let _ = child.kill();
+        let _ = child.wait();
+        res
+    }
+
     async fn version(&self) -> Result<String> {
         self.rpc
             .ensure_version(&criu_rpc::Version::MINIMUM)

@@ -33,6 +33,7 @@
 //! - [`pagestream`]: relaying CRIU's page-server traffic.
 //! - [`hostinfo`]: the processes and containers of this host.
 //! - [`logs`]: CRIU's logs kept after a failure, images dropped.
+//! - [`sockets`]: pre-flight for trees with TCP and UDP sockets.
 //! - [`fs`]: which `phaul-fs` driver carries an htype's file system.
 //! - [`error`]: the crate's [`Error`] type.
 
@@ -44,6 +45,7 @@ pub mod logs;
 pub mod mode;
 pub mod pagestream;
 pub mod policy;
+pub mod sockets;
 pub mod source;
 pub mod standin;
 pub mod stats;

@@ -300,6 +300,35 @@ impl<C: SourceCriu> Migration<C> {
         stats.finalize(outcome)
     }
 
+    /// Refuses, before anything is frozen, a CRIU that cannot dump the
+    /// tree's TCP and UDP sockets on this kernel (see [`crate::sockets`]).
+    async fn check_inet_sockets(&self, version: &str, dir: &Path) -> Result<()> {
+        let release = crate::sockets::kernel_release();
+        if !crate::sockets::inet_dump_doubtful(version, &release) {
+            return Ok(());
+        }
+        let Ok(root) = self.hook(|h| h.root_pid()).await else {
+            return Ok(());
+        };
+        let held = crate::sockets::inet_sockets(root, 3);
+        if held.is_empty() {
+            return Ok(());
+        }
+        let scratch = dir.join("inet-probe");
+        mkdir(&scratch)?;
+        let Err(why) = self.criu.probe_inet_dump(&scratch).await else {
+            return Ok(());
+        };
+        Err(Error::Preflight(format!(
+            "CRIU {version} cannot dump TCP or UDP sockets on Linux {release}, and this tree \
+             holds some ({}). Linux 6.16 and later answer SO_PASSCRED/SO_PASSSEC only for unix \
+             and netlink sockets, and CRIU before 4.2 asks every socket; install CRIU 4.2 or \
+             later (scripts/setup.sh does). A dump of a test socket failed: {}",
+            held.join(", "),
+            crate::target::error_chain(&why)
+        )))
+    }
+
     async fn drive(&self, stats: &mut Ongoing, dir: &Path) -> Result<()> {
         self.enter(stats, Phase::Preflight);
         self.hook(|h| h.check()).await?;
@@ -327,6 +356,7 @@ impl<C: SourceCriu> Migration<C> {
 
         // Pre-flight: CRIU versions, features, CPUs.
         let version = self.criu.version().await?;
+        self.check_inet_sockets(&version, dir).await?;
         let caps = self.criu.features().await?;
         let scratch = dir.join("cpuinfo");
         mkdir(&scratch)?;

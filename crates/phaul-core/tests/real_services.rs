@@ -182,3 +182,55 @@ fn redis_moves_there_and_back_with_its_client_connected() {
         s.longest_stall_ms, s.ok
     );
 }
+
+/// The pre-flight probe dumps a small process holding a TCP socket with the
+/// real CRIU: with a CRIU that can (setup.sh's), it passes. With the CRIU
+/// named by `PHAUL_TEST_OLD_CRIU` (an unpatched 4.1.x, which cannot dump
+/// sockets on Linux >= 6.16), moving a socket-holding server is refused in
+/// pre-flight, CRIU's decisive line is quoted, and the server never froze.
+#[test]
+fn a_criu_that_cannot_dump_sockets_is_refused_before_the_freeze() {
+    use phaul_core::criu::SourceCriu;
+    let test = "a_criu_that_cannot_dump_sockets_is_refused_before_the_freeze";
+    let Some(bin) = require_criu(test) else {
+        return;
+    };
+    let scratch = tempfile::tempdir().unwrap();
+    let probe = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(criu(&bin).probe_inet_dump(scratch.path()));
+    assert!(probe.is_ok(), "setup.sh's CRIU failed the probe: {probe:?}");
+
+    let Some(old) = std::env::var_os("PHAUL_TEST_OLD_CRIU") else {
+        eprintln!("{test}: set PHAUL_TEST_OLD_CRIU to an unpatched CRIU 4.1 to see the refusal");
+        return;
+    };
+    let Some(redis) = require_redis(test) else {
+        return;
+    };
+    let hosts = Hosts::with_lan().unwrap();
+    let ip = hosts.lan().ip(50);
+    let tree =
+        ServiceTree::start(&hosts.src, &ip, &[redis, "--port", "6379", "--save", ""]).unwrap();
+    let target = Target::start_on(&hosts.tgt, &hosts.tgt_ip, criu(&bin), Setup::default());
+    let r = migrate(
+        &hosts.src,
+        Path::new(&old),
+        &target.addr,
+        tree.pid,
+        &tree.outer,
+    );
+    assert!(!r.success);
+    assert_eq!(r.phase_reached, phaul_core::Phase::Preflight, "{r}");
+    assert!(r.downtime_ms.is_none(), "the tree was frozen: {r}");
+    let e = r.error.unwrap();
+    assert!(
+        e.contains("cannot dump TCP or UDP sockets") && e.contains("opt: Operation not supported"),
+        "{e}"
+    );
+    assert!(!e.contains("RLIMIT"), "{e}");
+    eprintln!("{test}: {e}");
+    assert!(alive(tree.pid));
+}

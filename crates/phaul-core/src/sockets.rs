@@ -1,0 +1,172 @@
+//! Pre-flight for trees with network sockets: a CRIU that cannot dump them
+//! on this kernel is refused before anything is frozen.
+//!
+//! Linux 6.16 made SO_PASSCRED and SO_PASSSEC unix- and netlink-only;
+//! CRIU before 4.2 asks every socket for them, so it fails on the first
+//! TCP or UDP socket of a tree (after freezing it). Whether a given CRIU
+//! has the fix is found by dumping a small process that holds a TCP socket
+//! (a patched 4.1 passes), and only where the version and the kernel make
+//! it doubtful.
+
+use std::collections::HashSet;
+use std::fs;
+
+/// Whether `criu` (as `"4.1.1"`) on kernel `release` (as `uname -r`) may
+/// fail on inet sockets, so that a probe must decide.
+pub fn inet_dump_doubtful(criu: &str, release: &str) -> bool {
+    let criu: Option<(u32, u32)> = {
+        let mut it = criu
+            .split(|c: char| !c.is_ascii_digit())
+            .filter(|s| !s.is_empty());
+        it.next()
+            .and_then(|a| a.parse().ok())
+            .zip(it.next().and_then(|b| b.parse().ok()))
+    };
+    let kernel: Option<(u32, u32)> = {
+        let mut it = release.split(['.', '-']);
+        it.next()
+            .and_then(|a| a.parse().ok())
+            .zip(it.next().and_then(|b| b.parse().ok()))
+    };
+    match (criu, kernel) {
+        (Some(c), Some(k)) => c < (4, 2) && k >= (6, 16),
+        _ => false,
+    }
+}
+
+/// This kernel's release (`uname -r`).
+pub fn kernel_release() -> String {
+    nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// The TCP and UDP sockets the tree rooted at `root` holds, described as
+/// `"tcp 0.0.0.0:6379 (pid 42)"`, at most `limit` of them.
+pub fn inet_sockets(root: i32, limit: usize) -> Vec<String> {
+    let mut found = Vec::new();
+    for pid in tree(root) {
+        let inodes = socket_inodes(pid);
+        if inodes.is_empty() {
+            continue;
+        }
+        for (proto, file) in [
+            ("tcp", "tcp"),
+            ("tcp6", "tcp6"),
+            ("udp", "udp"),
+            ("udp6", "udp6"),
+        ] {
+            let Ok(table) = fs::read_to_string(format!("/proc/{pid}/net/{file}")) else {
+                continue;
+            };
+            for line in table.lines().skip(1) {
+                let f: Vec<&str> = line.split_whitespace().collect();
+                let (Some(local), Some(inode)) = (f.get(1), f.get(9)) else {
+                    continue;
+                };
+                if inode.parse::<u64>().is_ok_and(|i| inodes.contains(&i)) {
+                    found.push(format!("{proto} {} (pid {pid})", addr(local)));
+                    if found.len() >= limit {
+                        return found;
+                    }
+                }
+            }
+        }
+    }
+    found
+}
+
+/// The tree's PIDs, root first.
+fn tree(root: i32) -> Vec<i32> {
+    let mut out = vec![root];
+    let mut i = 0;
+    while i < out.len() && out.len() < 65_536 {
+        let pid = out[i];
+        if let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) {
+            for t in tasks.flatten() {
+                let kids = fs::read_to_string(t.path().join("children")).unwrap_or_default();
+                out.extend(
+                    kids.split_whitespace()
+                        .filter_map(|k| k.parse::<i32>().ok()),
+                );
+            }
+        }
+        i += 1;
+    }
+    out
+}
+
+fn socket_inodes(pid: i32) -> HashSet<u64> {
+    let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return HashSet::new();
+    };
+    fds.flatten()
+        .filter_map(|e| fs::read_link(e.path()).ok())
+        .filter_map(|l| {
+            let l = l.to_string_lossy().into_owned();
+            l.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
+        })
+        .collect()
+}
+
+/// `0100007F:1F90` -> `127.0.0.1:8080`: the kernel writes addresses as
+/// 32-bit words in host (little-endian) order, IPv6 as four of them.
+fn addr(hex: &str) -> String {
+    let Some((ip, port)) = hex.split_once(':') else {
+        return hex.to_string();
+    };
+    let port = u16::from_str_radix(port, 16).map_or_else(|_| port.to_string(), |p| p.to_string());
+    let words: Option<Vec<[u8; 4]>> = (0..ip.len() / 8)
+        .map(|i| {
+            ip.get(i * 8..i * 8 + 8)
+                .and_then(|w| u32::from_str_radix(w, 16).ok())
+        })
+        .map(|w| w.map(u32::to_le_bytes))
+        .collect();
+    match (words, ip.len()) {
+        (Some(w), 8) => format!("{}:{port}", std::net::Ipv4Addr::from(w[0])),
+        (Some(w), 32) => {
+            let bytes: [u8; 16] = w.concat().try_into().unwrap_or([0; 16]);
+            format!("[{}]:{port}", std::net::Ipv6Addr::from(bytes))
+        }
+        _ => format!("{ip}:{port}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_old_criu_on_new_kernels_is_doubtful() {
+        assert!(inet_dump_doubtful("4.1.1", "6.18.44-fc-v1252"));
+        assert!(inet_dump_doubtful("4.0", "6.16.0"));
+        assert!(inet_dump_doubtful("3.17.1", "7.0.1"));
+        assert!(!inet_dump_doubtful("4.2.1", "6.18.44"));
+        assert!(!inet_dump_doubtful("4.1.1", "6.15.9"));
+        assert!(!inet_dump_doubtful("4.1.1", "6.1.0-28-amd64"));
+        assert!(!inet_dump_doubtful("garbage", "6.18"));
+    }
+
+    #[test]
+    fn a_listening_socket_of_this_process_is_found_and_named() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let me = i32::try_from(std::process::id()).unwrap();
+        let found = inet_sockets(me, 64);
+        assert!(
+            found
+                .iter()
+                .any(|s| s.starts_with("tcp 127.0.0.1:") && s.contains(&format!(":{port} "))),
+            "{found:?}"
+        );
+        drop(l);
+    }
+
+    #[test]
+    fn kernel_addresses_read_back() {
+        assert_eq!(addr("0100007F:1F90"), "127.0.0.1:8080");
+        assert_eq!(addr("00000000000000000000000000000000:18EB"), "[::]:6379");
+        assert_eq!(addr("00000000000000000000000001000000:0016"), "[::1]:22");
+    }
+}
