@@ -1,18 +1,22 @@
 #!/usr/bin/env bash
-# The phaul demo: two "hosts" (network namespaces joined by a veth pair), a
-# workload on one, phaul-service on the other, and a live migration between
-# them with `phaul migrate`. Shows the report and the workload running on
-# the target with its memory and counter intact. Run as root, after
-# scripts/setup.sh (the README's first command does both).
+# The phaul demo: two "hosts" and a client host on one LAN (network
+# namespaces: a switch bridge, each host's own bridge, the client), and a
+# live migration with `phaul migrate`. By default it moves a real server,
+# Debian's redis-server with an address of its own on the LAN, while a
+# client on the client host keeps ONE connection open and sends a request
+# every 5 ms; it prints the report beside the client's longest stall and
+# error count, and checks the server's data on the target. Run as root,
+# after scripts/setup.sh (the README's first command does both).
 #
-#   ./scripts/demo.sh [--mode auto|stop-copy|post-copy|pre-copy|hybrid] [--mib N]
+#   ./scripts/demo.sh [--mode auto|stop-copy|post-copy|...]   # redis with its client
+#   ./scripts/demo.sh --kind memory [--mib N]   # a process holding N MiB, checksummed
 #   ./scripts/demo.sh --kind lxc [--fs native|rsync]   # an LXC container with its files
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 MODE=auto
 MIB=256
-KIND=pid
+KIND=redis
 FS=native
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -20,10 +24,10 @@ while [ $# -gt 0 ]; do
         --mib) MIB=$2; shift 2 ;;
         --kind) KIND=$2; shift 2 ;;
         --fs) FS=$2; shift 2 ;;
-        *) echo "usage: $0 [--mode MODE] [--mib N] [--kind pid|lxc] [--fs native|rsync]" >&2; exit 2 ;;
+        *) echo "usage: $0 [--mode MODE] [--kind redis|memory|lxc] [--mib N] [--fs native|rsync]" >&2; exit 2 ;;
     esac
 done
-case "$KIND" in pid|lxc) ;; *) echo "--kind is pid or lxc" >&2; exit 2 ;; esac
+case "$KIND" in redis|memory|lxc) ;; *) echo "--kind is redis, memory or lxc" >&2; exit 2 ;; esac
 
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
@@ -32,11 +36,11 @@ cargo build --release --quiet --example phaul --example phaul-service
 BIN=target/release/examples
 
 TAG=$$
-SRC=phdemo-s$TAG TGT=phdemo-t$TAG
-VS=phds$TAG VT=phdt$TAG
-SRC_IP=10.199.0.1 TGT_IP=10.199.0.2
+SRC=phdemo-s$TAG TGT=phdemo-t$TAG SWITCH=phdemo-w$TAG CLIENT=phdemo-c$TAG
+NET=10.199.0
+SRC_IP=$NET.1 TGT_IP=$NET.2 CLIENT_IP=$NET.100 SERVICE_IP=$NET.50
 WORK=$(mktemp -d /tmp/phaul-demo.XXXXXX)
-SVC_PID= WL_UNSHARE= NEW_PID= CT=
+SVC_PID= WL_UNSHARE= NEW_PID= CT= CLIENT_PID=
 
 cleanup() {
     if [ -n "$CT" ]; then
@@ -46,26 +50,37 @@ cleanup() {
             nsenter --net="/run/netns/$ns" lxc-destroy -P "$path" -n "$CT" >/dev/null 2>&1 || true
         done
     fi
+    [ -n "$CLIENT_PID" ] && kill "$CLIENT_PID" 2>/dev/null || true
     [ -n "$NEW_PID" ] && kill -9 "$NEW_PID" 2>/dev/null || true
     [ -n "$WL_UNSHARE" ] && kill -9 "$WL_UNSHARE" 2>/dev/null || true
     [ -n "$SVC_PID" ] && kill "$SVC_PID" 2>/dev/null && wait "$SVC_PID" 2>/dev/null || true
-    ip netns del "$SRC" 2>/dev/null || true
-    ip netns del "$TGT" 2>/dev/null || true
+    for ns in "$SRC" "$TGT" "$SWITCH" "$CLIENT"; do ip netns del "$ns" 2>/dev/null || true; done
     rm -rf "$WORK"
 }
 trap cleanup EXIT
 
-say "two hosts: $SRC ($SRC_IP) and $TGT ($TGT_IP), joined by a veth pair"
-ip netns add "$SRC"
-ip netns add "$TGT"
-ip link add "$VS" type veth peer name "$VT"
-ip link set "$VS" netns "$SRC"
-ip link set "$VT" netns "$TGT"
-ip -n "$SRC" addr add "$SRC_IP/24" dev "$VS"
-ip -n "$TGT" addr add "$TGT_IP/24" dev "$VT"
-for ns in "$SRC" "$TGT"; do ip -n "$ns" link set lo up; done
-ip -n "$SRC" link set "$VS" up
-ip -n "$TGT" link set "$VT" up
+say "a LAN: hosts $SRC ($SRC_IP) and $TGT ($TGT_IP), client $CLIENT ($CLIENT_IP)"
+for ns in "$SRC" "$TGT" "$SWITCH" "$CLIENT"; do ip netns add "$ns"; ip -n "$ns" link set lo up; done
+ip -n "$SWITCH" link add lan0 type bridge
+ip -n "$SWITCH" link set lan0 up
+n=0
+for side in "$SRC:$SRC_IP" "$TGT:$TGT_IP" "$CLIENT:$CLIENT_IP"; do
+    ns=${side%%:*} addr=${side#*:} n=$((n + 1))
+    ip link add "phu$TAG$n" type veth peer name "phd$TAG$n"
+    ip link set "phu$TAG$n" netns "$ns"
+    ip link set "phd$TAG$n" netns "$SWITCH"
+    ip -n "$SWITCH" link set "phd$TAG$n" master lan0 up
+    if [ "$ns" = "$CLIENT" ]; then
+        ip -n "$ns" addr add "$addr/24" dev "phu$TAG$n"
+        ip -n "$ns" link set "phu$TAG$n" up
+    else
+        # A host's own bridge: its uplink and its services' veths sit on it.
+        ip -n "$ns" link add br0 type bridge
+        ip -n "$ns" link set "phu$TAG$n" master br0 up
+        ip -n "$ns" addr add "$addr/24" dev br0
+        ip -n "$ns" link set br0 up
+    fi
+done
 
 head -c 32 /dev/urandom | base64 > "$WORK/key"
 chmod 600 "$WORK/key"
@@ -128,6 +143,63 @@ SH
     echo "counter keeps counting from its memory: $C1 -> $C2"
     [ "$C2" -gt "$C1" ]
     say "demo OK"
+    exit 0
+fi
+
+if [ "$KIND" = redis ]; then
+    OUTER=phsv$TAG
+    say "redis-server on $SRC with its own address $SERVICE_IP (own network and PID namespaces, veth on $SRC's br0)"
+    mkdir -p "$WORK/redis"
+    ( cd "$WORK/redis" && exec nsenter --net="/run/netns/$SRC" unshare --net --pid --fork setsid \
+        /usr/bin/redis-server --port 6379 --bind 0.0.0.0 --protected-mode no --save "" --appendonly no \
+        </dev/null >/dev/null 2>&1 ) &
+    WL_UNSHARE=$!
+    for _ in $(seq 100); do [ -s "/proc/$WL_UNSHARE/task/$WL_UNSHARE/children" ] && break; sleep 0.05; done
+    PID=$(cut -d' ' -f1 < "/proc/$WL_UNSHARE/task/$WL_UNSHARE/children")
+    ip -n "$SRC" link add "$OUTER" type veth peer name eth0 netns "/proc/$PID/ns/net"
+    ip -n "$SRC" link set "$OUTER" master br0 up
+    IN_SVC=(nsenter --net="/proc/$PID/ns/net")
+    "${IN_SVC[@]}" ip link set lo up
+    "${IN_SVC[@]}" ip link set eth0 address 02:70:68:61:75:32
+    "${IN_SVC[@]}" ip addr add "$SERVICE_IP/24" dev eth0
+    "${IN_SVC[@]}" ip link set eth0 up
+    CLI=(nsenter --net="/run/netns/$CLIENT" redis-cli -h "$SERVICE_IP" --raw)
+    for _ in $(seq 100); do [ "$("${CLI[@]}" PING 2>/dev/null)" = PONG ] && break; sleep 0.1; done
+    args=(MSET)
+    for i in $(seq 0 999); do args+=("demo:k$i" "value-$i"); done
+    "${CLI[@]}" "${args[@]}" >/dev/null
+    echo "redis pid $PID holds $("${CLI[@]}" DBSIZE) keys"
+
+    say "a client on $CLIENT: one connection to $SERVICE_IP:6379, INCR every 5 ms"
+    nsenter --net="/run/netns/$CLIENT" python3 crates/phaul-testkit/src/redis_client.py \
+        "$SERVICE_IP" 6379 0.005 "$WORK/client.stats" </dev/null >/dev/null 2>&1 &
+    CLIENT_PID=$!
+    stat_of() { sed -n "s/^$1 //p" "$WORK/client.stats" 2>/dev/null; }
+    for _ in $(seq 100); do [ "$(stat_of ok)" -gt 20 ] 2>/dev/null && break; sleep 0.1; done
+    echo "client: $(stat_of ok) answers, $(stat_of errors) errors so far"
+
+    say "phaul migrate --to $TGT_IP:7070 --mode $MODE --veth eth0=$OUTER@br0 pid $PID   (run on $SRC)"
+    set +e
+    nsenter --net="/run/netns/$SRC" "$BIN/phaul" migrate --to "$TGT_IP:7070" --key-file "$WORK/key" \
+        --mode "$MODE" --work-dir "$WORK/source" --json "$WORK/report.json" \
+        --veth "eth0=$OUTER@br0" pid "$PID"
+    STATUS=$?
+    set -e
+    [ "$STATUS" -eq 0 ] || { cat "$WORK/report.json"; exit "$STATUS"; }
+    NEW_PID=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["target_pid"])' "$WORK/report.json")
+    BEFORE=$(stat_of ok)
+    for _ in $(seq 100); do [ "$(stat_of ok)" -gt $((BEFORE + 200)) ] && break; sleep 0.05; done
+
+    say "redis on $TGT, and what its client saw"
+    echo "source pid $PID: $( [ -d /proc/$PID ] && echo still there || echo gone )"
+    echo "target pid $NEW_PID: $(tr '\0' ' ' < /proc/$NEW_PID/cmdline)"
+    echo "its network namespace's host end: $(ip -n "$TGT" -br link show "$OUTER" | cut -d' ' -f1) on $TGT's br0"
+    echo "keys on the target: $("${CLI[@]}" DBSIZE), demo:k999 = $("${CLI[@]}" GET demo:k999)"
+    STALL=$(stat_of stall_ms) ERRORS=$(stat_of errors)
+    echo "client: $(stat_of ok) answers on one connection; errors: $ERRORS; longest stall: $STALL ms"
+    echo "report: $(python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print("mode %s, downtime %.1f ms, total %.1f ms" % (r["mode"], r["downtime_ms"], r["total_ms"]))' "$WORK/report.json")"
+    [ "$ERRORS" = 0 ] && [ "$("${CLI[@]}" DBSIZE)" -ge 1000 ] && [ ! -d "/proc/$PID" ]
+    say "demo OK: the server moved with its client attached"
     exit 0
 fi
 

@@ -241,25 +241,28 @@ fn a_restore_failing_on_the_target_leaves_the_container_running_on_the_source() 
     let hosts = Hosts::new().unwrap();
     let (_s, src) = lxcpath("src");
     let (_t, tgt) = lxcpath("tgt");
-    // The target keeps its containers on a noexec mount: its files arrive,
-    // but CRIU cannot map the container's programs there, so LXC's restore
-    // fails for real.
-    let status = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "noexec,size=256m", "phaul-noexec"])
-        .arg(&tgt)
-        .status()
-        .unwrap();
-    assert!(status.success());
-    struct Umount(PathBuf);
-    impl Drop for Umount {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount")
-                .arg("-l")
-                .arg(&self.0)
-                .status();
-        }
-    }
-    let _umount = Umount(tgt.clone());
+    // LXC on the target runs the CRIU the service names (Paths::criu):
+    // here the real one behind a stand-in that adds, on restore only, an
+    // LSM profile this kernel lacks, so CRIU's restore fails for real
+    // ("apparmor LSM specified but apparmor not supported by kernel")
+    // after the container's files and images have arrived.
+    let standin = tempfile::tempdir().unwrap();
+    let wrapper = standin.path().join("criu");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\n# A stand-in in front of the real CRIU: its restores fail.\n\
+             if [ \"$1\" = restore ]; then exec {bin} \"$@\" --lsm-profile apparmor:phaul-test; fi\n\
+             exec {bin} \"$@\"\n",
+            bin = bin.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
     let name = unique_name();
     let mut ct = LxcContainer::start(Some(&hosts.src), &src, &name).unwrap();
     ct.also.push((tgt.clone(), Some(hosts.tgt.clone())));
@@ -282,7 +285,18 @@ fn a_restore_failing_on_the_target_leaves_the_container_running_on_the_source() 
     };
     let rootfs = src.join(&name).join("rootfs");
     let before = snapshot(&rootfs);
-    let target = lxc_target(&hosts, &bin, &tgt);
+    let target = Target::start_with(
+        &hosts,
+        criu(&bin),
+        Setup {
+            paths: Some(Paths {
+                lxcpath: tgt.clone(),
+                criu: wrapper.clone(),
+                ..Paths::default()
+            }),
+            ..Setup::default()
+        },
+    );
     let r = migrate(&hosts, &bin, &target.addr, &name, &src, FsChoice::Native);
     assert!(!r.success, "the restore was expected to fail");
     assert_eq!(

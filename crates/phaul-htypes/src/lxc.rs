@@ -36,6 +36,9 @@ pub const TTY_INFO: &str = "tty.info";
 pub struct Lxc {
     name: String,
     lxcpath: PathBuf,
+    /// The directory of the CRIU that `lxc-checkpoint -r` must run, when
+    /// the host names one (liblxc runs the first `criu` on `PATH`).
+    criu_dir: Option<PathBuf>,
     /// Source only: what the dump needs, worked out when the htype is made.
     source: Option<SourceState>,
 }
@@ -132,6 +135,7 @@ impl Lxc {
         let mut me = Self {
             name: name.to_string(),
             lxcpath: lxcpath.to_path_buf(),
+            criu_dir: None,
             source: None,
         };
         let config_path = me.dir().join("config");
@@ -167,6 +171,17 @@ impl Lxc {
         Ok(me)
     }
 
+    /// Makes LXC's restore run `criu` (a path: its directory goes first on
+    /// the `PATH` of `lxc-checkpoint -r`; a bare name changes nothing), so
+    /// the CRIU the host chose is the one LXC uses.
+    pub fn with_criu(mut self, criu: &Path) -> Self {
+        self.criu_dir = criu
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty() && criu.file_name() == Some("criu".as_ref()))
+            .map(Path::to_path_buf);
+        self
+    }
+
     /// The target side, from the source's parameters: the container will be
     /// created in `lxcpath`, where no container of that name may exist.
     pub fn target(params: &BTreeMap<String, String>, lxcpath: &Path) -> Result<Self> {
@@ -180,6 +195,7 @@ impl Lxc {
         let me = Self {
             name: name.clone(),
             lxcpath: lxcpath.to_path_buf(),
+            criu_dir: None,
             source: None,
         };
         if me.dir().exists() {
@@ -384,11 +400,9 @@ impl Htype for Lxc {
     fn restore(&self, images_dir: &Path) -> Option<Result<i32>> {
         Some((|| {
             self.install_config(images_dir)?;
-            lxc("lxc-checkpoint", &{
-                let mut a = self.args(&["-r", "-D"]);
-                a.push(images_dir.as_os_str());
-                a
-            })?;
+            let mut a = self.args(&["-r", "-D"]);
+            a.push(images_dir.as_os_str());
+            crate::tool::run_with(Path::new("lxc-checkpoint"), &a, self.criu_dir.as_deref())?;
             self.init_pid()
         })())
     }

@@ -111,7 +111,9 @@ pub fn target_in(
 ) -> Result<Box<dyn Htype>> {
     match kind {
         "pid" => Ok(Box::new(pid::Pid::target(params)?)),
-        "lxc" => Ok(Box::new(lxc::Lxc::target(params, &paths.lxcpath)?)),
+        "lxc" => Ok(Box::new(
+            lxc::Lxc::target(params, &paths.lxcpath)?.with_criu(&paths.criu),
+        )),
         "vz" => Ok(Box::new(vz::Vz::target(params, paths)?)),
         "runc" => Ok(Box::new(runc::Runc::target(params, paths)?)),
         other => Err(Error::UnknownKind(other.to_string())),

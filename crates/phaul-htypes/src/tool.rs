@@ -13,6 +13,16 @@ use crate::{Error, Result};
 /// -r` and `runc restore -d` leave processes behind that inherit them, and
 /// a pipe would then never reach end-of-file.
 pub(crate) fn run(tool: &Path, args: &[&std::ffi::OsStr]) -> Result<String> {
+    run_with(tool, args, None)
+}
+
+/// [`run`], with `first_on_path` put before the `PATH` the tool inherits:
+/// a manager that runs `criu` from `PATH` (liblxc does) then runs ours.
+pub(crate) fn run_with(
+    tool: &Path,
+    args: &[&std::ffi::OsStr],
+    first_on_path: Option<&Path>,
+) -> Result<String> {
     let name = tool.display().to_string();
     let io = |what: &str, source| Error::Io {
         what: format!("{what} for {name}"),
@@ -20,7 +30,16 @@ pub(crate) fn run(tool: &Path, args: &[&std::ffi::OsStr]) -> Result<String> {
     };
     let mut out = tempfile::tempfile().map_err(|e| io("a temporary file", e))?;
     let mut err = tempfile::tempfile().map_err(|e| io("a temporary file", e))?;
-    let status = Command::new(tool)
+    let mut cmd = Command::new(tool);
+    if let Some(dir) = first_on_path {
+        let mut path = std::ffi::OsString::from(dir);
+        if let Some(old) = std::env::var_os("PATH") {
+            path.push(":");
+            path.push(old);
+        }
+        cmd.env("PATH", path);
+    }
+    let status = cmd
         .args(args)
         .stdin(std::process::Stdio::null())
         .stdout(out.try_clone().map_err(|e| io("a temporary file", e))?)
