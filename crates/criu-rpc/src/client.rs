@@ -758,7 +758,7 @@ fn check_answer(req: CriuReqType, resp: &CriuResp, log_path: Option<&Path>) -> R
     }
     if !resp.success {
         let errno = resp.cr_errno.filter(|e| *e != 0).map(Errno::from_raw);
-        let log = log_path.and_then(|p| LogExcerpt::read(p, LOG_LINES).ok());
+        let log = log_path.and_then(|p| LogExcerpt::read(p, LOG_LINES).ok().map(Box::new));
         return Err(Error::Criu {
             req,
             errno,

@@ -57,7 +57,7 @@ pub enum Error {
     },
 
     /// CRIU answered a request with `success = false`.
-    #[error("CRIU failed the {} request{}{}", req.as_str_name(), fmt_errno(*errno), fmt_message(message.as_deref(), log.as_ref()))]
+    #[error("CRIU failed the {} request{}{}", req.as_str_name(), fmt_errno(*errno), fmt_message(message.as_deref(), log.as_deref()))]
     Criu {
         /// The request CRIU failed.
         req: CriuReqType,
@@ -67,8 +67,9 @@ pub enum Error {
         /// is not always the cause (see [`Error::Criu::log`]).
         message: Option<String>,
         /// The error lines at the end of CRIU's log for this request, when
-        /// the log file could be read.
-        log: Option<LogExcerpt>,
+        /// the log file could be read (boxed: it is large, and errors travel
+        /// in every `Result`).
+        log: Option<Box<LogExcerpt>>,
     },
 
     /// CRIU refused the request itself (an `EMPTY` answer: an invalid request

@@ -7,6 +7,8 @@
 //! stall is printed. Needs root, CRIU and redis-server (`scripts/setup.sh`
 //! installs them); under `CI` their absence fails the test.
 
+#![allow(clippy::print_stderr)] // the measured stalls are the point of the output
+
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
