@@ -47,7 +47,7 @@ REPO=$PWD
 
 usage() { echo "usage: $0 [--plain] [--ci] [--timeout SECS] [--logs DIR] [TEST...]" >&2; exit 2; }
 
-PLAIN=0 CI_LIST=0 TIMEOUT=60 LOGS=
+PLAIN=0 CI_LIST=0 TIMEOUT=60 LOGS= ONE=
 TESTS=()
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -55,6 +55,9 @@ while [ $# -gt 0 ]; do
         --ci) CI_LIST=1; shift ;;
         --timeout) [ $# -ge 2 ] || usage; TIMEOUT=$2; shift 2 ;;
         --logs) [ $# -ge 2 ] || usage; LOGS=$2; shift 2 ;;
+        # Internal: run one test, numbered N, in this process (see the end).
+        --one) [ $# -ge 2 ] || usage; ONE=$2; shift 2 ;;
+        --) shift ;;
         -h|--help) usage ;;
         -*) usage ;;
         *) TESTS+=("$1"); shift ;;
@@ -81,6 +84,10 @@ ZDTM=$CRIU_SRC/test/zdtm
 STATIC=$ZDTM/static
 DESC=(/usr/bin/python3 "$REPO/scripts/zdtm/desc.py")
 
+LOGS=${LOGS:-/tmp/phaul-zdtm-logs.$$}
+BIN=$REPO/target/release/examples
+
+if [ -z "$ONE" ]; then
 # --- build ------------------------------------------------------------------
 
 # What the static tests link with or include beyond the C toolchain
@@ -112,7 +119,6 @@ if [ "$(cat "$STAMP" 2>/dev/null)" != "$CRIU_SRC" ]; then
     fi
 fi
 
-BIN=$REPO/target/release/examples
 if [ "$PLAIN" -eq 0 ]; then
     cargo build --release --quiet --example phaul --example phaul-service
 fi
@@ -136,8 +142,8 @@ elif [ ${#TESTS[@]} -eq 0 ]; then
     echo "zdtm.sh: ${#TESTS[@]} tests selected, $nskip skipped as zdtm.py -f ns would (scripts/zdtm/desc.py select)" >&2
 fi
 
-LOGS=${LOGS:-/tmp/phaul-zdtm-logs.$$}
 mkdir -p "$LOGS"
+fi
 
 # --- one test ---------------------------------------------------------------
 
@@ -183,11 +189,11 @@ cleanup_test() {
     for ns in "$SRC_NS" "$TGT_NS"; do
         [ -n "$ns" ] && ip netns del "$ns" 2>/dev/null || true
     done
+    # What a test mounted below its directory (T is a mount of its own).
+    [ -n "$T" ] && umount -R -l "$T" 2>/dev/null
     [ -n "$T" ] && rm -rf --one-file-system "$T"
     T= SRC_NS= TGT_NS= LAUNCH= SVC=
 }
-trap "cleanup_test 2>/dev/null" EXIT
-trap 'exit 130' INT TERM
 
 # The decisive lines of a CRIU log on one line: the first real error and
 # the last one before "FAILED" (the RLIMIT_NOFILE error every run logs here
@@ -313,6 +319,9 @@ run_one() {
     fi
 
     T=$(mktemp -d /var/tmp/phaul-zdtm.XXXXXX)
+    # A mount of its own, so that what the test mounts below it goes with
+    # one umount -R (this is a private mount namespace, see the end).
+    mount --bind "$T" "$T"
     d=$T/zdtm/static
     mkdir -p "$d" "$T/img"
     cp "$STATIC/$NAME" "$d/"
@@ -362,7 +371,7 @@ run_one() {
         sleep 0.05
     done
     read -r status < "$T/status" || status=
-    pid=$(tr -d ' \n' < "/proc/$LAUNCH/task/$LAUNCH/children" 2>/dev/null || true)
+    pid=$(tr -d ' \n' 2>/dev/null < "/proc/$LAUNCH/task/$LAUNCH/children" || true)
     if [ "$status" != 0 ] || [ -z "$pid" ]; then
         echo "FAIL $NAME: did not start (status $status): $(out_reason "$d" "$NAME")"
         keep_logs "$NAME"; return 1
@@ -445,12 +454,35 @@ print(" | ".join(l.strip() for l in str(e).splitlines() if l.strip())[:400])' "$
 
 # --- all of them --------------------------------------------------------------
 
+# One test per process, each in a private mount namespace: tests mount
+# things (in the ns flavour they have a mount namespace of their own, which
+# phaul's pid kind cannot restore), and so do `ip netns` and this script;
+# none of it reaches the machine's mount table, and all of it ends with
+# the test. CRIU, phaul and phaul-service run in that namespace too, so to
+# CRIU the test's mounts are its own.
+if [ -n "$ONE" ]; then
+    [ ${#TESTS[@]} -eq 1 ] || usage
+    COUNT=$ONE
+    trap "cleanup_test 2>/dev/null" EXIT
+    trap 'exit 130' INT TERM
+    if run_one "${TESTS[0]}"; then exit 0; else exit 1; fi
+fi
+
+child=(--timeout "$TIMEOUT" --logs "$LOGS")
+[ "$PLAIN" -eq 1 ] && child+=(--plain)
 PASSED=0 FAILED=0 COUNT=0
 for name in "${TESTS[@]}"; do
     COUNT=$((COUNT + 1))
-    if run_one "$name"; then PASSED=$((PASSED + 1)); else FAILED=$((FAILED + 1)); fi
-    # (stderr: bash reports the jobs it killed as "Killed")
-    cleanup_test 2>/dev/null
+    rc=0
+    # The child keeps its own deadline; this one is for a child that hangs
+    # in its clean-up.
+    line=$(timeout -k 10 $((TIMEOUT + 60)) unshare --mount --propagation private -- \
+        "$0" --one "$COUNT" "${child[@]}" -- "$name") || rc=$?
+    case "$line" in
+        "PASS $name") PASSED=$((PASSED + 1)); echo "$line" ;;
+        "FAIL $name: "*) FAILED=$((FAILED + 1)); echo "$line" ;;
+        *) FAILED=$((FAILED + 1)); echo "FAIL $name: the runner ended with status $rc${line:+ ($line)}" ;;
+    esac
 done
 rmdir "$LOGS" 2>/dev/null || echo "zdtm.sh: logs of failed tests in $LOGS" >&2
 echo "$PASSED passed, $FAILED failed"
