@@ -677,7 +677,7 @@ pub fn read_pagemaps(dir: impl AsRef<Path>) -> Result<PagemapTotals> {
         }
         t.images += 1;
         while let Some(pe) = f.next_entry::<PagemapEntry>()? {
-            let n = u64::from(pe.nr_pages);
+            let n = pe.nr_pages_64.unwrap_or(u64::from(pe.nr_pages));
             let flags = pe.flags.unwrap_or(0);
             t.pages += n;
             if flags & PE_PRESENT != 0 {
@@ -1273,6 +1273,7 @@ mod tests {
                 nr_pages,
                 in_parent: None,
                 flags: Some(flags),
+                nr_pages_64: None,
             }
             .encode_to_vec()
         };
@@ -1292,11 +1293,26 @@ mod tests {
             nr_pages: 4,
             in_parent: Some(true),
             flags: None,
+            nr_pages_64: None,
         }
         .encode_to_vec();
         std::fs::write(
             dir.path().join("pagemap-12.img"),
             image(ImageType::Pagemap, &[&h, &old]),
+        )
+        .unwrap();
+        // CRIU 4.2 writes the length in field 5 and 0 in the old field.
+        let wide = PagemapEntry {
+            vaddr: 0x7000,
+            nr_pages: 0,
+            in_parent: None,
+            flags: Some(PE_LAZY),
+            nr_pages_64: Some(5000),
+        }
+        .encode_to_vec();
+        std::fs::write(
+            dir.path().join("pagemap-13.img"),
+            image(ImageType::Pagemap, &[&h, &wide]),
         )
         .unwrap();
         let shmem = e(0, 1000, PE_PRESENT);
@@ -1309,10 +1325,10 @@ mod tests {
         assert_eq!(
             read_pagemaps(dir.path()).unwrap(),
             PagemapTotals {
-                images: 2,
-                pages: 321,
+                images: 3,
+                pages: 5321,
                 present: 10,
-                lazy: 300,
+                lazy: 5300,
                 in_parent: 11,
             }
         );

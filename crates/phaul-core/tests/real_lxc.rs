@@ -242,27 +242,8 @@ fn a_restore_failing_on_the_target_leaves_the_container_running_on_the_source() 
     let (_s, src) = lxcpath("src");
     let (_t, tgt) = lxcpath("tgt");
     // LXC on the target runs the CRIU the service names (Paths::criu):
-    // here the real one behind a stand-in that adds, on restore only, an
-    // LSM profile this kernel lacks, so CRIU's restore fails for real
-    // ("apparmor LSM specified but apparmor not supported by kernel")
-    // after the container's files and images have arrived.
-    let standin = tempfile::tempdir().unwrap();
-    let wrapper = standin.path().join("criu");
-    std::fs::write(
-        &wrapper,
-        format!(
-            "#!/bin/sh\n# A stand-in in front of the real CRIU: its restores fail.\n\
-             if [ \"$1\" = restore ]; then exec {bin} \"$@\" --lsm-profile apparmor:phaul-test; fi\n\
-             exec {bin} \"$@\"\n",
-            bin = bin.display()
-        ),
-    )
-    .unwrap();
-    std::fs::set_permissions(
-        &wrapper,
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
+    // a stand-in in front of the real one whose restores fail for real.
+    let (_standin, wrapper) = common::criu_failing_restores(&bin);
     let name = unique_name();
     let mut ct = LxcContainer::start(Some(&hosts.src), &src, &name).unwrap();
     ct.also.push((tgt.clone(), Some(hosts.tgt.clone())));

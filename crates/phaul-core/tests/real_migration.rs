@@ -84,19 +84,26 @@ fn assert_stayed(w: &Workload, r: &Report) {
     assert_eq!(w.memory_intact(w.pid), Some(true));
 }
 
-/// Nothing left: no session or image directories, no listening ports in
-/// the source host, no process working in either directory.
+/// Nothing left but CRIU's logs of a failure: no images, no listening
+/// ports in the source host, no process working in either directory.
 fn assert_clean(hosts: &Hosts, target_dir: &Path, source_dir: &Path) {
-    // The service's lock file is its own, not a migration's.
+    // The service's lock file is its own, not a migration's; a failed
+    // migration keeps CRIU's logs (and the target marks their directory).
+    let kept = |n: &str| n.ends_with(".log") || n == ".phaul-failed" || n == ".phaul-service.lock";
     let leftovers = |d: &Path| -> Vec<String> {
-        std::fs::read_dir(d)
-            .map(|r| {
-                r.flatten()
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .filter(|n| n != ".phaul-service.lock")
-                    .collect()
-            })
-            .unwrap_or_default()
+        let mut found = Vec::new();
+        let mut stack = vec![d.to_path_buf()];
+        while let Some(dir) = stack.pop() {
+            for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    stack.push(e.path());
+                } else if !kept(&name) {
+                    found.push(e.path().display().to_string());
+                }
+            }
+        }
+        found
     };
     let empty = |d: &Path| leftovers(d).is_empty();
     assert!(
@@ -279,11 +286,22 @@ fn a_restore_failing_on_the_target_leaves_the_source_running() {
         let (r, src_dir) = migrate(&hosts.src, &bin, &target.addr, w.pid, mode, |m| m);
         assert_stayed(&w, &r);
         assert_eq!(r.phase_reached, Phase::Rollback, "{mode}");
+        let e = r.error.as_deref().unwrap();
+        assert!(e.contains("CRIU on the target"), "{e}");
+        // CRIU's decisive line, not its harmless first one, and where the
+        // target kept the whole log; the source kept its own logs too.
+        assert!(!e.contains("RLIMIT_NOFILE"), "{e}");
+        let log = e
+            .split("CRIU log: ")
+            .nth(1)
+            .and_then(|t| t.split(')').next())
+            .unwrap_or_else(|| panic!("no log path in {e}"));
         assert!(
-            r.error.as_deref().unwrap().contains("CRIU on the target"),
-            "{:?}",
-            r.error
+            Path::new(log).is_file(),
+            "the target's log {log} was not kept"
         );
+        let kept = r.logs.as_deref().expect("the source's logs");
+        assert!(Path::new(kept).is_dir(), "{kept}");
         assert_clean(&hosts, &target.dir(), &src_dir);
     }
 }

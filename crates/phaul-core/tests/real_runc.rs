@@ -214,25 +214,13 @@ fn a_runc_restore_failing_on_the_target_resumes_the_source() {
         id.clone(),
         vec![src.runc_root.clone(), tgt.runc_root.clone()],
     );
-    // The target's bundles on a noexec mount: runc's restore fails for real.
-    assert!(
-        std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", "noexec,size=128m", "phaul-noexec"])
-            .arg(&tgt.runc_bundles)
-            .status()
-            .unwrap()
-            .success()
-    );
-    struct Umount(PathBuf);
-    impl Drop for Umount {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount")
-                .arg("-l")
-                .arg(&self.0)
-                .status();
-        }
-    }
-    let _umount = Umount(tgt.runc_bundles.clone());
+    // runc on the target runs the CRIU the service names (`runc --criu`):
+    // a stand-in in front of the real one whose restores fail for real.
+    let (_standin, wrapper) = common::criu_failing_restores(&bin);
+    let tgt = Paths {
+        criu: wrapper,
+        ..tgt
+    };
     let r = migrate(&hosts, &bin, &id, &src, &tgt);
     assert!(!r.success, "the restore was expected to fail");
     assert_eq!(r.phase_reached, Phase::Rollback, "{:?}", r.error);

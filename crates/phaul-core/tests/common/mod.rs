@@ -193,3 +193,30 @@ async fn proxy(ip: &str, to: String, nth: usize, bytes: usize) -> String {
     });
     addr
 }
+
+/// A stand-in `criu` in front of the real one at `bin`, for managers that
+/// run CRIU themselves (LXC on the command line, runc through `criu swrk`):
+/// it runs the real one with a configuration file (`CRIU_CONFIG_FILE`)
+/// naming an LSM profile this kernel lacks, which only a restore uses, so
+/// CRIU's restore fails for real ("apparmor LSM specified but apparmor not
+/// supported by kernel") after the images arrived. Returns its directory
+/// (keep it) and its path.
+pub fn criu_failing_restores(bin: &Path) -> (tempfile::TempDir, PathBuf) {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("criu");
+    let conf = dir.path().join("restore-fails.conf");
+    std::fs::write(&conf, "lsm-profile apparmor:phaul-test\n").unwrap();
+    std::fs::write(
+        &path,
+        format!(
+            "#!/bin/sh\n# A stand-in in front of the real CRIU: its restores fail.\n\
+             CRIU_CONFIG_FILE={conf} exec {bin} \"$@\"\n",
+            conf = conf.display(),
+            bin = bin.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    (dir, path)
+}
