@@ -24,11 +24,15 @@
 #   the test runs in new pid, uts and ipc namespaces (and the time namespace
 #   the zdtm library makes itself), on the host's file system and /proc,
 #   in the source host's network namespace (so that it moves between hosts).
-# - The namespace's init is scripts/zdtm/init.sh, which does what the
-#   zdtm library's own init (ZDTM_NEWNS=2, ns_init) does except making a
-#   time namespace, which CRIU cannot restore for tests that fork before
-#   ns_init runs (see init.sh). Its session is its own (setsid), as CRIU
-#   requires of a pid namespace's tree.
+# - The namespace's init is the test binary itself, as in the ns flavour:
+#   ZDTM_NEWNS=2 is what the library's own clone()d child runs with
+#   (ns_init: it makes a time namespace, forks the test, reports on fd 255
+#   that it started, reaps, and on SIGTERM stops the test and exits). Tests
+#   without the ns flavour (socket-tcp and others that fork their peer
+#   before the library's init, which would leave the peer in another time
+#   namespace, which CRIU cannot restore) run under scripts/zdtm/init.sh,
+#   the same init without the time namespace. Either way the session is
+#   the init's own (setsid), as CRIU requires of a pid namespace's tree.
 # - No ZDTM_UID/ZDTM_GID/ZDTM_GROUPS: this machine's root lacks
 #   CAP_SYS_RESOURCE, so CRIU cannot dump a task of another user; the tests
 #   stay root.
@@ -154,9 +158,16 @@ SRC_IP=10.198.0.1 TGT_IP=10.198.0.2
 now() { date +%s; }
 left() { echo $(( DEADLINE - $(now) )); }
 
+# A test shares this (private) mount namespace, and some unmount /proc
+# (clean_mntns), which this script and CRIU need.
+ensure_proc() {
+    [ -e /proc/self/stat ] || mount -t proc proc /proc
+}
+
 # True while PID runs (a zombie has ended).
 alive() {
     local s
+    ensure_proc
     s=$(cut -d' ' -f3 "/proc/$1/stat" 2>/dev/null) || return 1
     [ "$s" != Z ] && [ "$s" != X ]
 }
@@ -173,6 +184,7 @@ wait_gone() {
 # phaul-service, a CRIU left behind), then the hosts and the directory.
 cleanup_test() {
     local ns pids p i
+    ensure_proc
     for i in 1 2 3 4 5; do
         pids=()
         for ns in "$SRC_NS" "$TGT_NS"; do
@@ -348,29 +360,43 @@ run_one() {
     [[ "$flags" == *" pre-dump-notify "* ]] && env+=(ZDTM_NOTIFY_FDIN=100 ZDTM_NOTIFY_FDOUT=101)
 
     # The test under its init (see the header), which reports in
-    # $T/status that the test started. The subshell first closes what this
-    # shell holds open beyond stdio, so that the test inherits only stdio.
+    # $T/status that the test started: the library's own ns_init for a
+    # test of the ns flavour (4 bytes, an int, on fd 255), init.sh (a line)
+    # for the others. The subshell first closes what this shell holds open
+    # beyond stdio, so that the test inherits only stdio.
+    local nsinit=0 minsize=1
+    if [[ " ${desc[flavor]:-h ns uns} " == *" ns "* ]]; then
+        nsinit=1 minsize=4
+    fi
     (
         cd "$d"
         for f in /proc/$BASHPID/fd/*; do
             i=${f##*/}
             [ "$i" -gt 2 ] 2>/dev/null && exec {i}>&- || true
         done
-        exec nsenter --net="/run/netns/$SRC_NS" unshare --pid --fork --uts --ipc setsid \
-            env "${env[@]}" "$REPO/scripts/zdtm/init.sh" "$T/status" "$NAME.pid" "${argv[@]}" \
+        run=(nsenter --net="/run/netns/$SRC_NS" unshare --pid --fork --uts --ipc setsid env "${env[@]}")
+        if [ $nsinit -eq 1 ]; then
+            exec "${run[@]}" ZDTM_NEWNS=2 "${argv[@]}" </dev/null >"$T/start.log" 2>&1 255>"$T/status"
+        fi
+        exec "${run[@]}" "$REPO/scripts/zdtm/init.sh" "$T/status" "$NAME.pid" "${argv[@]}" \
             </dev/null >"$T/start.log" 2>&1
     ) &
     LAUNCH=$!
 
     # Started when the init wrote the test's start status (0: it runs).
-    while [ ! -s "$T/status" ]; do
+    while [ "$(stat -c %s "$T/status" 2>/dev/null || echo 0)" -lt $minsize ]; do
         if ! alive "$LAUNCH" || [ "$(left)" -le 0 ]; then
             echo "FAIL $NAME: did not start: $(out_reason "$d" "$NAME") $(tail -n1 "$T/start.log" 2>/dev/null)"
             keep_logs "$NAME"; return 1
         fi
         sleep 0.05
     done
-    read -r status < "$T/status" || status=
+    if [ $nsinit -eq 1 ]; then
+        status=$(od -An -td4 -N4 "$T/status" | tr -d ' ')
+    else
+        read -r status < "$T/status" || status=
+    fi
+    ensure_proc
     pid=$(tr -d ' \n' 2>/dev/null < "/proc/$LAUNCH/task/$LAUNCH/children" || true)
     if [ "$status" != 0 ] || [ -z "$pid" ]; then
         echo "FAIL $NAME: did not start (status $status): $(out_reason "$d" "$NAME")"
@@ -465,13 +491,20 @@ if [ -n "$ONE" ]; then
     COUNT=$ONE
     trap "cleanup_test 2>/dev/null" EXIT
     trap 'exit 130' INT TERM
+    # Should the parent be gone, its verdict line cannot be written, but
+    # the clean-up must still run.
+    trap '' PIPE
     if run_one "${TESTS[0]}"; then exit 0; else exit 1; fi
 fi
 
 child=(--timeout "$TIMEOUT" --logs "$LOGS")
 [ "$PLAIN" -eq 1 ] && child+=(--plain)
-PASSED=0 FAILED=0 COUNT=0
+PASSED=0 FAILED=0 COUNT=0 STOP=0
+# SIGINT/SIGTERM: the test under way finishes (and cleans up), then the
+# summary of what ran.
+trap 'STOP=1' INT TERM
 for name in "${TESTS[@]}"; do
+    [ "$STOP" -eq 0 ] || break
     COUNT=$((COUNT + 1))
     rc=0
     # The child keeps its own deadline; this one is for a child that hangs

@@ -1,5 +1,6 @@
 #!/bin/bash
-# PID 1 of a zdtm test's PID namespace, for scripts/zdtm.sh: what the zdtm
+# PID 1 of a zdtm test's PID namespace, for scripts/zdtm.sh, for tests
+# without the ns flavour (zdtm.py runs them on the host): what the zdtm
 # library's own namespace init (ns_init() in test/zdtm/lib/ns.c, run with
 # ZDTM_NEWNS=2) does, without the time namespace it also makes. That one
 # cannot be restored by CRIU for every test: ns_init enters a new time
