@@ -33,6 +33,7 @@
 //! - [`pagestream`]: relaying CRIU's page-server traffic.
 //! - [`hostinfo`]: the processes and containers of this host.
 //! - [`logs`]: CRIU's logs kept after a failure, images dropped.
+//! - [`netlock`]: CRIU's network lock released after a rolled-back lazy dump.
 //! - [`sockets`]: pre-flight for trees with TCP and UDP sockets.
 //! - [`fs`]: which `phaul-fs` driver carries an htype's file system.
 //! - [`error`]: the crate's [`Error`] type.
@@ -43,6 +44,7 @@ pub mod fs;
 pub mod hostinfo;
 pub mod logs;
 pub mod mode;
+pub mod netlock;
 pub mod pagestream;
 pub mod policy;
 pub mod sockets;

@@ -77,7 +77,7 @@ pub fn inet_sockets(root: i32, limit: usize) -> Vec<String> {
 }
 
 /// The tree's PIDs, root first.
-fn tree(root: i32) -> Vec<i32> {
+pub(crate) fn tree(root: i32) -> Vec<i32> {
     let mut out = vec![root];
     let mut i = 0;
     while i < out.len() && out.len() < 65_536 {
@@ -96,7 +96,7 @@ fn tree(root: i32) -> Vec<i32> {
     out
 }
 
-fn socket_inodes(pid: i32) -> HashSet<u64> {
+pub(crate) fn socket_inodes(pid: i32) -> HashSet<u64> {
     let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else {
         return HashSet::new();
     };

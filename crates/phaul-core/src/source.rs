@@ -300,6 +300,14 @@ impl<C: SourceCriu> Migration<C> {
         stats.finalize(outcome)
     }
 
+    /// After a lazy dump was rolled back and the tree resumed: CRIU left
+    /// its network lock in place (see [`crate::netlock`]).
+    async fn release_network_lock(&self) {
+        if let Ok(pid) = self.hook(|h| h.root_pid()).await {
+            let _ = tokio::task::spawn_blocking(move || crate::netlock::release(pid)).await;
+        }
+    }
+
     /// Refuses, before anything is frozen, a CRIU that cannot dump the
     /// tree's TCP and UDP sockets on this kernel (see [`crate::sockets`]).
     async fn check_inet_sockets(&self, version: &str, dir: &Path) -> Result<()> {
@@ -848,6 +856,7 @@ impl<C: SourceCriu> Migration<C> {
         if let Err(e) = reset_on_close(&local) {
             poison_direct(local).await;
             let _ = lazy.wait().await;
+            self.release_network_lock().await;
             self.abort_target(ctl, &e).await;
             return Err(e);
         }
@@ -915,6 +924,7 @@ impl<C: SourceCriu> Migration<C> {
                     Ok(Err(_)) => info!("the source tree was resumed"),
                     Err(_) => warn!("the lazy dump did not end after the rollback"),
                 }
+                self.release_network_lock().await;
                 drop(guard);
                 self.abort_target(ctl, &e).await;
                 Err(e)

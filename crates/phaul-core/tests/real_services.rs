@@ -236,3 +236,155 @@ fn a_criu_that_cannot_dump_sockets_is_refused_before_the_freeze() {
     eprintln!("{test}: {e}");
     assert!(alive(tree.pid));
 }
+
+/// The target's restore fails (CRIU's, for real: the target's CRIU reads a
+/// configuration naming an LSM profile this kernel lacks) after the server
+/// was frozen and dumped: it resumes on the source with its address, and
+/// the client's connection goes on with no error.
+#[test]
+fn a_failed_restore_leaves_the_server_and_its_client_connection_on_the_source() {
+    let test = "a_failed_restore_leaves_the_server_and_its_client_connection_on_the_source";
+    let Some(bin) = require_criu(test) else {
+        return;
+    };
+    let Some(redis) = require_redis(test) else {
+        return;
+    };
+    let hosts = Hosts::with_lan().unwrap();
+    let lan = hosts.lan();
+    let ip = lan.ip(50);
+    let tree = ServiceTree::start(
+        &hosts.src,
+        &ip,
+        &[
+            redis,
+            "--port",
+            "6379",
+            "--protected-mode",
+            "no",
+            "--save",
+            "",
+        ],
+    )
+    .unwrap();
+    wait_until(Duration::from_secs(15), || {
+        (redis_cli(&lan.client, &ip, &["PING"]) == "PONG").then_some(())
+    })
+    .expect("redis answers on the LAN");
+    assert_eq!(
+        redis_cli(&lan.client, &ip, &["SET", "phaul:kept", "yes"]),
+        "OK"
+    );
+    let client = LanClient::start(lan, &ip, 6379, Duration::from_millis(5)).unwrap();
+    let (_standin, failing) = common::criu_failing_restores(&bin);
+    let target = Target::start_on(&hosts.tgt, &hosts.tgt_ip, criu(&failing), Setup::default());
+    let r = migrate(&hosts.src, &bin, &target.addr, tree.pid, &tree.outer);
+    assert!(!r.success, "the restore was expected to fail");
+    assert_eq!(r.phase_reached, phaul_core::Phase::Rollback, "{r}");
+    assert!(r.error.as_deref().unwrap().contains("apparmor"), "{r}");
+    assert!(alive(tree.pid), "the server is gone from the source");
+    assert!(Hosts::runs_in(&hosts.src, tree.pid) || !device_gone(&hosts.src, &tree.outer));
+    let s = client
+        .answers_after(100, Duration::from_secs(30))
+        .unwrap_or_else(|| {
+            let rules = Command::new("nsenter")
+                .arg(format!("--net=/proc/{}/ns/net", tree.pid))
+                .arg("iptables-save")
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+            panic!(
+                "the client's requests stopped: {:?}; the server's firewall: {rules:?}",
+                client.stats()
+            )
+        });
+    assert_eq!(s.errors, 0, "client errors: {:?}", s.last_error);
+    assert_eq!(redis_cli(&lan.client, &ip, &["GET", "phaul:kept"]), "yes");
+    eprintln!(
+        "{test}: client longest stall {:.1} ms, 0 errors",
+        s.longest_stall_ms
+    );
+}
+
+/// A tree whose members talk to each other over a unix socket and a pipe
+/// (`sh` running redis-server, a Python client of it on its unix socket
+/// whose output goes through a pipe to `cat`) moves with its LAN client
+/// attached; the inner counter goes on and the pipe still carries it.
+#[test]
+fn a_tree_talking_over_unix_sockets_and_pipes_moves_with_its_client() {
+    let test = "a_tree_talking_over_unix_sockets_and_pipes_moves_with_its_client";
+    let Some(bin) = require_criu(test) else {
+        return;
+    };
+    let Some(redis) = require_redis(test) else {
+        return;
+    };
+    let hosts = Hosts::with_lan().unwrap();
+    let lan = hosts.lan();
+    let ip = lan.ip(50);
+    let dir = tempfile::Builder::new()
+        .prefix("phaul-unix-tree-")
+        .tempdir()
+        .unwrap();
+    let sock = dir.path().join("redis.sock");
+    let out = dir.path().join("inner.out");
+    let inner = format!(
+        "import socket, sys, time\n\
+         while True:\n\
+         \x20   try:\n\
+         \x20       s = socket.socket(socket.AF_UNIX); s.connect({sock:?}); break\n\
+         \x20   except OSError: time.sleep(0.05)\n\
+         while True:\n\
+         \x20   s.sendall(b'INCR phaul:inner\\r\\n'); line = s.recv(64)\n\
+         \x20   sys.stdout.write(line.decode().strip(':\\r\\n') + '\\n'); sys.stdout.flush()\n\
+         \x20   time.sleep(0.01)\n",
+        sock = sock.display().to_string()
+    );
+    let script = format!(
+        "{redis} --port 6379 --protected-mode no --save '' --unixsocket {sock} & \
+         python3 -c \"$1\" | cat > {out}",
+        sock = sock.display(),
+        out = out.display()
+    );
+    // sh is the tree's root; its children are redis, python3 and cat.
+    let mut tree =
+        ServiceTree::start(&hosts.src, &ip, &["sh", "-c", &script, "sh", &inner]).unwrap();
+    let last_inner = || -> Option<u64> {
+        std::fs::read_to_string(&out)
+            .ok()?
+            .lines()
+            .last()?
+            .trim()
+            .parse()
+            .ok()
+    };
+    let started = wait_until(Duration::from_secs(20), || last_inner().filter(|n| *n > 20))
+        .expect("the inner client counts over the unix socket");
+    let client = LanClient::start(lan, &ip, 6379, Duration::from_millis(5)).unwrap();
+    let target = Target::start_on(&hosts.tgt, &hosts.tgt_ip, criu(&bin), Setup::default());
+    let r = migrate(&hosts.src, &bin, &target.addr, tree.pid, &tree.outer);
+    assert!(r.success, "{r}");
+    let new = r.target_pid.unwrap();
+    tree.adopt(new);
+    let after = last_inner().unwrap();
+    assert!(after >= started);
+    wait_until(Duration::from_secs(20), || {
+        last_inner().filter(|n| *n > after + 20)
+    })
+    .expect("the inner counter goes on through the pipe after the move");
+    let s = client
+        .answers_after(100, Duration::from_secs(30))
+        .unwrap_or_else(|| panic!("the client's requests stopped: {:?}", client.stats()));
+    assert_eq!(s.errors, 0, "client errors: {:?}", s.last_error);
+    let inner_now: u64 = redis_cli(&lan.client, &ip, &["GET", "phaul:inner"])
+        .parse()
+        .unwrap();
+    assert!(
+        inner_now > after,
+        "the server's inner counter {inner_now} <= {after}"
+    );
+    eprintln!(
+        "{test}: downtime {:.1} ms, client longest stall {:.1} ms, 0 errors",
+        r.downtime_ms.unwrap_or(f64::NAN),
+        s.longest_stall_ms
+    );
+}
