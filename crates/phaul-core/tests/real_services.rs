@@ -55,7 +55,7 @@ fn migrate(from: &str, bin: &Path, to: &str, pid: i32, outer: &str) -> Report {
     let w = work.path().to_path_buf();
     in_netns(from, move || async move {
         let opts = PidOptions {
-            veths: vec![("eth0".into(), format!("{outer}@br0"))],
+            veths: vec![("eth0".into(), outer)],
             ..PidOptions::default()
         };
         let paths = phaul_htypes::registry::Paths::default();
@@ -94,6 +94,7 @@ fn redis_moves_there_and_back_with_its_client_connected() {
     let ip = lan.ip(50);
     let mut tree = ServiceTree::start(
         &hosts.src,
+        &lan.bridge,
         &ip,
         &[
             redis,
@@ -135,8 +136,9 @@ fn redis_moves_there_and_back_with_its_client_connected() {
     for (n, (from, to, target)) in moves.into_iter().enumerate() {
         // The last move's veth goes with its namespace, a moment after the
         // tree ended there; the restore recreates it by the same name.
+        let dev = tree.outer.split('@').next().unwrap();
         wait_until(Duration::from_secs(10), || {
-            device_gone(to, &tree.outer).then_some(())
+            device_gone(to, dev).then_some(())
         })
         .expect("the previous host still has the service's veth");
         let r = migrate(from, &bin, &target.addr, pid, &tree.outer);
@@ -214,8 +216,13 @@ fn a_criu_that_cannot_dump_sockets_is_refused_before_the_freeze() {
     };
     let hosts = Hosts::with_lan().unwrap();
     let ip = hosts.lan().ip(50);
-    let tree =
-        ServiceTree::start(&hosts.src, &ip, &[redis, "--port", "6379", "--save", ""]).unwrap();
+    let tree = ServiceTree::start(
+        &hosts.src,
+        &hosts.lan().bridge,
+        &ip,
+        &[redis, "--port", "6379", "--save", ""],
+    )
+    .unwrap();
     let target = Target::start_on(&hosts.tgt, &hosts.tgt_ip, criu(&bin), Setup::default());
     let r = migrate(
         &hosts.src,
@@ -255,6 +262,7 @@ fn a_failed_restore_leaves_the_server_and_its_client_connection_on_the_source() 
     let ip = lan.ip(50);
     let tree = ServiceTree::start(
         &hosts.src,
+        &lan.bridge,
         &ip,
         &[
             redis,
@@ -283,7 +291,11 @@ fn a_failed_restore_leaves_the_server_and_its_client_connection_on_the_source() 
     assert_eq!(r.phase_reached, phaul_core::Phase::Rollback, "{r}");
     assert!(r.error.as_deref().unwrap().contains("apparmor"), "{r}");
     assert!(alive(tree.pid), "the server is gone from the source");
-    assert!(Hosts::runs_in(&hosts.src, tree.pid) || !device_gone(&hosts.src, &tree.outer));
+    let dev = tree.outer.split('@').next().unwrap();
+    assert!(
+        !device_gone(&hosts.src, dev),
+        "the server's veth is gone from the source"
+    );
     let s = client
         .answers_after(100, Duration::from_secs(30))
         .unwrap_or_else(|| {
@@ -346,8 +358,13 @@ fn a_tree_talking_over_unix_sockets_and_pipes_moves_with_its_client() {
         out = out.display()
     );
     // sh is the tree's root; its children are redis, python3 and cat.
-    let mut tree =
-        ServiceTree::start(&hosts.src, &ip, &["sh", "-c", &script, "sh", &inner]).unwrap();
+    let mut tree = ServiceTree::start(
+        &hosts.src,
+        &lan.bridge,
+        &ip,
+        &["sh", "-c", &script, "sh", &inner],
+    )
+    .unwrap();
     let last_inner = || -> Option<u64> {
         std::fs::read_to_string(&out)
             .ok()?

@@ -2,17 +2,25 @@
 //! attached.
 //!
 //! Four network namespaces: the two hosts, a switch and a client. The
-//! switch holds bridge `lan0`; each host has its own bridge `br0`, joined
-//! to `lan0` by a veth, and holds its host address on it; the client sits
-//! on `lan0`. A service tree gets a network namespace of its own with a veth
-//! on its host's `br0`, a fixed MAC and an address of the LAN, so that after
-//! a move it keeps its address and its clients' connections, as a container
-//! does.
+//! switch holds bridge `lan0`; each host has its own bridge ([`Lan::bridge`],
+//! the same name on both, as a container's config names one), joined to
+//! `lan0` by a veth, and holds its host address on it; the client sits on
+//! `lan0`. A service tree gets a network namespace of its own with a veth
+//! on its host's bridge, a fixed MAC and an address of the LAN, so that
+//! after a move it keeps its address and its clients' connections, as a
+//! container does.
 //!
 //! ```text
-//!   client (.100) ── lan0 [switch] ── br0 [src host .1] ── eth0 [service .50]
-//!                          └──────── br0 [tgt host .2]
+//!   client (.100) ── lan0 [switch] ── phbN [src host .1] ── eth0 [service .50]
+//!                          └──────── phbN [tgt host .2]
 //! ```
+//!
+//! LXC checks a container's bridge in `/sys/class/net`, which under
+//! `nsenter --net` is still the machine's sysfs; [`Lan::enable_lxc`] gives
+//! the machine's namespace an idle bridge of the same name (no ports, no
+//! address, down) so the check passes, while LXC attaches the container's
+//! veth to the host namespace's real bridge (netlink works in the namespace
+//! LXC runs in). Removed with the LAN.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -30,6 +38,10 @@ pub struct Lan {
     pub client: String,
     /// The LAN's first three octets, e.g. `10.240.3`.
     pub prefix: String,
+    /// Each host's bridge (the same name on both).
+    pub bridge: String,
+    /// Whether the machine's namespace holds the bridge's idle twin.
+    twin: bool,
 }
 
 impl Lan {
@@ -41,6 +53,15 @@ impl Lan {
     /// The client host's address.
     pub fn client_ip(&self) -> String {
         self.ip(100)
+    }
+
+    /// Lets LXC use the hosts' bridge (see the module docs).
+    pub fn enable_lxc(&mut self) -> std::io::Result<()> {
+        if !self.twin {
+            ip(&["link", "add", &self.bridge, "type", "bridge"])?;
+            self.twin = true;
+        }
+        Ok(())
     }
 }
 
@@ -63,18 +84,21 @@ pub(crate) fn build(src: &str, tgt: &str, tag: u32, prefix: &str) -> std::io::Re
         switch: format!("phw{tag}"),
         client: format!("phc{tag}"),
         prefix: prefix.to_string(),
+        bridge: format!("phb{tag}"),
+        twin: false,
     };
+    let br = lan.bridge.as_str();
     ip(&["netns", "add", &lan.switch])?;
     ip(&["netns", "add", &lan.client])?;
     ip(&["-n", &lan.switch, "link", "add", "lan0", "type", "bridge"])?;
     ip(&["-n", &lan.switch, "link", "set", "lan0", "up"])?;
     for (i, (ns, n)) in [(src, 1u8), (tgt, 2u8)].into_iter().enumerate() {
         let (up, down) = (format!("plu{tag}{i}"), format!("pld{tag}{i}"));
-        ip(&["-n", ns, "link", "add", "br0", "type", "bridge"])?;
+        ip(&["-n", ns, "link", "add", br, "type", "bridge"])?;
         ip(&["link", "add", &up, "type", "veth", "peer", "name", &down])?;
         ip(&["link", "set", &up, "netns", ns])?;
         ip(&["link", "set", &down, "netns", &lan.switch])?;
-        ip(&["-n", ns, "link", "set", &up, "master", "br0", "up"])?;
+        ip(&["-n", ns, "link", "set", &up, "master", br, "up"])?;
         ip(&[
             "-n",
             &lan.switch,
@@ -92,9 +116,9 @@ pub(crate) fn build(src: &str, tgt: &str, tag: u32, prefix: &str) -> std::io::Re
             "add",
             &format!("{}/24", lan.ip(n)),
             "dev",
-            "br0",
+            br,
         ])?;
-        ip(&["-n", ns, "link", "set", "br0", "up"])?;
+        ip(&["-n", ns, "link", "set", br, "up"])?;
         ip(&["-n", ns, "link", "set", "lo", "up"])?;
     }
     let (c, d) = (format!("pcu{tag}"), format!("pcd{tag}"));
@@ -119,13 +143,16 @@ pub(crate) fn build(src: &str, tgt: &str, tag: u32, prefix: &str) -> std::io::Re
 
 impl Drop for Lan {
     fn drop(&mut self) {
+        if self.twin {
+            let _ = ip(&["link", "del", &self.bridge]);
+        }
         let _ = ip(&["netns", "del", &self.client]);
         let _ = ip(&["netns", "del", &self.switch]);
     }
 }
 
 /// A server started in a network namespace and PID namespace of its own
-/// inside a host, wired to the host's `br0` as `eth0` with a fixed MAC and
+/// inside a host, wired to the host's bridge as `eth0` with a fixed MAC and
 /// a LAN address: what a container's network looks like, for the `pid`
 /// kind. Killed on drop, wherever it then runs.
 #[derive(Debug)]
@@ -135,20 +162,21 @@ pub struct ServiceTree {
     pub pid: i32,
     /// The service's address on the LAN.
     pub ip: String,
-    /// The host end of its veth (to name on restore: `eth0=OUTER@br0`).
+    /// The host end of its veth and its bridge, as a restore names them:
+    /// `OUTER@BRIDGE` (`--veth eth0=OUTER@BRIDGE`).
     pub outer: String,
     extra: Vec<i32>,
     _dir: tempfile::TempDir,
 }
 
 impl ServiceTree {
-    /// Starts `argv` in host `ns` with address `ip` (a /24 of the LAN) and
-    /// waits until its init exists and `eth0` is up.
-    pub fn start(ns: &str, ip_addr: &str, argv: &[&str]) -> std::io::Result<Self> {
+    /// Starts `argv` in host `ns` with address `ip` (a /24 of the LAN) on
+    /// the host's `bridge`, and waits until its init exists and `eth0` is up.
+    pub fn start(ns: &str, bridge: &str, ip_addr: &str, argv: &[&str]) -> std::io::Result<Self> {
         use std::sync::atomic::{AtomicU32, Ordering};
         static N: AtomicU32 = AtomicU32::new(0);
         let n = N.fetch_add(1, Ordering::Relaxed);
-        let outer = format!("pvsv{}", (std::process::id() % 10_000) * 10 + n % 10);
+        let dev = format!("pvsv{}", (std::process::id() % 10_000) * 10 + n % 10);
         let dir = tempfile::Builder::new()
             .prefix("phaul-service-tree-")
             .tempdir()?;
@@ -172,7 +200,7 @@ impl ServiceTree {
             unshare,
             pid,
             ip: ip_addr.to_string(),
-            outer: outer.clone(),
+            outer: format!("{dev}@{bridge}"),
             extra: Vec::new(),
             _dir: dir,
         };
@@ -185,10 +213,9 @@ impl ServiceTree {
             .unwrap_or(1);
         let mac = format!("02:70:68:61:75:{last:02x}");
         ip(&[
-            "-n", ns, "link", "add", &outer, "type", "veth", "peer", "name", "eth0", "netns",
-            &netns,
+            "-n", ns, "link", "add", &dev, "type", "veth", "peer", "name", "eth0", "netns", &netns,
         ])?;
-        ip(&["-n", ns, "link", "set", &outer, "master", "br0", "up"])?;
+        ip(&["-n", ns, "link", "set", &dev, "master", bridge, "up"])?;
         let inside = |args: &[&str]| -> std::io::Result<()> {
             let out = Command::new("nsenter")
                 .arg(format!("--net={netns}"))
