@@ -31,6 +31,17 @@ pub enum Error {
     #[error(transparent)]
     Htype(#[from] phaul_htypes::Error),
 
+    /// A container manager's own restore (`lxc-checkpoint -r`) failed; what
+    /// its CRIU logged, when it could be read, says why.
+    #[error("the container manager's restore failed; its CRIU: {criu}")]
+    ManagerRestore {
+        /// The manager's failure.
+        #[source]
+        source: phaul_htypes::Error,
+        /// CRIU's decisive lines and the log's path.
+        criu: String,
+    },
+
     /// CRIU failed on the source.
     #[error("CRIU on the source")]
     SourceCriu(#[source] criu_rpc::Error),

@@ -47,12 +47,12 @@ fn migrate(
     src_lxc: &Path,
     fs: FsChoice,
 ) -> Report {
-    migrate_mode(hosts, bin, to, name, src_lxc, fs, Mode::Auto)
+    migrate_mode(&hosts.src, bin, to, name, src_lxc, fs, Mode::Auto)
 }
 
 #[allow(clippy::too_many_arguments)]
 fn migrate_mode(
-    hosts: &Hosts,
+    from: &str,
     bin: &Path,
     to: &str,
     name: &str,
@@ -78,7 +78,7 @@ fn migrate_mode(
     } else {
         Some(work)
     };
-    in_netns(&hosts.src, move || async move {
+    in_netns(from, move || async move {
         let htype = source_in(
             "lxc",
             &name,
@@ -338,7 +338,7 @@ fn restart_mode_moves_a_container_cold() {
     let (_ct, name) = restartable(&hosts, &src, &tgt);
     let target = lxc_target(&hosts, &bin, &tgt);
     let r = migrate_mode(
-        &hosts,
+        &hosts.src,
         &bin,
         &target.addr,
         &name,
@@ -409,7 +409,7 @@ fn restart_mode_starts_the_container_again_on_the_source_when_the_target_cannot(
     let (_ct, name) = restartable(&hosts, &src, &tgt);
     let target = lxc_target(&hosts, &bin, &tgt);
     let r = migrate_mode(
-        &hosts,
+        &hosts.src,
         &bin,
         &target.addr,
         &name,
@@ -446,4 +446,151 @@ fn restart_mode_starts_the_container_again_on_the_source_when_the_target_cannot(
         "the container does not run on the source again"
     );
     assert!(!tgt.join(&name).exists(), "the target kept the container");
+}
+
+/// Debian's Redis, or `None` (a skip, or a failure under `CI`).
+fn require_redis(test: &str) -> bool {
+    if Path::new("/usr/bin/redis-server").exists() {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{test}: redis-server is missing (scripts/setup.sh installs it)"
+    );
+    #[allow(clippy::print_stderr)]
+    {
+        eprintln!("SKIPPED {test}: redis-server is missing; run scripts/setup.sh");
+    }
+    false
+}
+
+/// `redis-cli ARGS...` from the client host; its output, trimmed.
+fn redis_cli(client_ns: &str, ip: &str, args: &[&str]) -> String {
+    let out = Hosts::command(client_ns, "redis-cli")
+        .args(["-h", ip, "--raw"])
+        .args(args)
+        .output()
+        .expect("redis-cli runs");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// An LXC container whose veth sits on its host's bridge, with its own
+/// address and MAC, running Debian's redis-server, moves there and back
+/// three times while a client on a third host keeps one connection open
+/// and sends a request every 5 ms: LXC runs it on each target, with the
+/// same MAC and address, its data intact and no client error.
+#[test]
+fn an_lxc_container_on_the_bridge_moves_with_its_address_and_its_client() {
+    let test = "an_lxc_container_on_the_bridge_moves_with_its_address_and_its_client";
+    let Some(bin) = require_criu(test) else {
+        return;
+    };
+    if !require_redis(test) {
+        return;
+    }
+    let mut hosts = Hosts::with_lan().unwrap();
+    hosts.lan.as_mut().unwrap().enable_lxc().unwrap();
+    let lan = hosts.lan();
+    let (_s, src) = lxcpath("src");
+    let (_t, tgt) = lxcpath("tgt");
+    let ip = lan.ip(60);
+    let hwaddr = "02:70:68:61:75:3c";
+    let net = phaul_testkit::LxcNet {
+        link: lan.bridge.clone(),
+        hwaddr: hwaddr.into(),
+        ipv4: format!("{ip}/24"),
+    };
+    let name = unique_name();
+    let mut ct = LxcContainer::start_networked(Some(&hosts.src), &src, &name, &net).unwrap();
+    ct.also.push((tgt.clone(), Some(hosts.tgt.clone())));
+    wait_until(Duration::from_secs(20), || {
+        (redis_cli(&lan.client, &ip, &["PING"]) == "PONG").then_some(())
+    })
+    .expect("redis in the container answers on the LAN");
+    let mut mset = vec!["MSET".to_string()];
+    for i in 0..500 {
+        mset.push(format!("ct:k{i}"));
+        mset.push(format!("v{i}"));
+    }
+    let refs: Vec<&str> = mset.iter().map(String::as_str).collect();
+    assert_eq!(redis_cli(&lan.client, &ip, &refs), "OK");
+    let client =
+        phaul_testkit::lan::LanClient::start(lan, &ip, 6379, Duration::from_millis(5)).unwrap();
+    let service = |ns: &str, addr: &str, lxcpath: &Path| {
+        Target::start_on(
+            ns,
+            addr,
+            criu(&bin),
+            Setup {
+                paths: Some(Paths {
+                    lxcpath: lxcpath.to_path_buf(),
+                    ..Paths::default()
+                }),
+                ..Setup::default()
+            },
+        )
+    };
+    let at_src = service(&hosts.src, &hosts.src_ip, &src);
+    let at_tgt = service(&hosts.tgt, &hosts.tgt_ip, &tgt);
+    let moves = [
+        (&hosts.src, &src, &hosts.tgt, &tgt, &at_tgt),
+        (&hosts.tgt, &tgt, &hosts.src, &src, &at_src),
+        (&hosts.src, &src, &hosts.tgt, &tgt, &at_tgt),
+    ];
+    for (n, (from, from_lxc, to, to_lxc, target)) in moves.into_iter().enumerate() {
+        let r = migrate_mode(
+            from,
+            &bin,
+            &target.addr,
+            &name,
+            from_lxc,
+            FsChoice::Native,
+            Mode::Auto,
+        );
+        assert!(r.success, "move {n}: {r}");
+        assert_eq!(
+            LxcContainer::state_in(Some(to.as_str()), to_lxc, &name).as_deref(),
+            Some("RUNNING"),
+            "move {n}: not LXC's on the target"
+        );
+        let pid = r.target_pid.expect("a target pid");
+        let link = std::process::Command::new("nsenter")
+            .arg(format!("--net=/proc/{pid}/ns/net"))
+            .args(["ip", "-br", "addr", "show"])
+            .output()
+            .unwrap();
+        let link = String::from_utf8_lossy(&link.stdout).into_owned();
+        assert!(
+            link.contains(&format!("{ip}/24")),
+            "move {n}: address: {link}"
+        );
+        let mac = std::process::Command::new("nsenter")
+            .arg(format!("--net=/proc/{pid}/ns/net"))
+            .args(["ip", "-br", "link", "show"])
+            .output()
+            .unwrap();
+        assert!(
+            String::from_utf8_lossy(&mac.stdout).contains(hwaddr),
+            "move {n}: MAC"
+        );
+        let s = client
+            .answers_after(100, Duration::from_secs(30))
+            .unwrap_or_else(|| {
+                panic!(
+                    "move {n}: the client's requests stopped: {:?}",
+                    client.stats()
+                )
+            });
+        assert_eq!(s.errors, 0, "move {n}: client errors: {:?}", s.last_error);
+        assert_eq!(redis_cli(&lan.client, &ip, &["GET", "ct:k499"]), "v499");
+        #[allow(clippy::print_stderr)]
+        {
+            eprintln!(
+                "{test}: move {n}: mode {}, downtime {:.1} ms, client longest stall so far {:.1} ms",
+                r.mode,
+                r.downtime_ms.unwrap_or(f64::NAN),
+                s.longest_stall_ms
+            );
+        }
+    }
 }

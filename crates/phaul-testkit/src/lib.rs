@@ -480,10 +480,51 @@ fn lxc_tool_in(
     Ok(read(&mut out))
 }
 
+/// A container's network device on its host's bridge, with a fixed MAC and
+/// address (LXC's veth type), for [`LxcContainer::start_networked`].
+#[derive(Debug, Clone)]
+pub struct LxcNet {
+    /// The host's bridge.
+    pub link: String,
+    /// Its MAC.
+    pub hwaddr: String,
+    /// Its address with prefix length, e.g. `10.1.2.60/24`.
+    pub ipv4: String,
+}
+
+/// The script the networked container runs its server with: the
+/// descriptors lxc-attach hands over are closed first (CRIU cannot dump
+/// the host's), then Debian's redis-server (the host's `/usr/bin` is bound
+/// in at `/opt/host-bin`) serves
+/// on port 6379, as root (see the README on this machine's root).
+const REDIS_IN_CONTAINER: &str = "#!/bin/sh\n\
+for f in /proc/$$/fd/*; do n=${f##*/}; [ \"$n\" -gt 2 ] 2>/dev/null && eval \"exec $n>&-\"; done\n\
+exec /opt/host-bin/redis-server --port 6379 --protected-mode no --save '' --appendonly no\n";
+
 impl LxcContainer {
     /// Creates container `name` in `lxcpath` and starts it, with its
     /// counter, inside host `netns` (or ours).
     pub fn start(netns: Option<&str>, lxcpath: &Path, name: &str) -> std::io::Result<Self> {
+        Self::start_with(netns, lxcpath, name, None)
+    }
+
+    /// [`LxcContainer::start`] with a network device on the host's bridge
+    /// and Debian's redis-server running in it besides the counter.
+    pub fn start_networked(
+        netns: Option<&str>,
+        lxcpath: &Path,
+        name: &str,
+        net: &LxcNet,
+    ) -> std::io::Result<Self> {
+        Self::start_with(netns, lxcpath, name, Some(net))
+    }
+
+    fn start_with(
+        netns: Option<&str>,
+        lxcpath: &Path,
+        name: &str,
+        net: Option<&LxcNet>,
+    ) -> std::io::Result<Self> {
         fs::create_dir_all(lxcpath)?;
         let p = lxcpath.as_os_str();
         let me = Self {
@@ -529,6 +570,30 @@ impl LxcContainer {
                 }
             })
             .collect();
+        let mut fixed = fixed;
+        if let Some(n) = net {
+            fixed.retain(|l| !l.trim_start().starts_with("lxc.net.0."));
+            fixed.extend([
+                "lxc.net.0.type = veth".to_string(),
+                format!("lxc.net.0.link = {}", n.link),
+                "lxc.net.0.flags = up".to_string(),
+                format!("lxc.net.0.hwaddr = {}", n.hwaddr),
+                format!("lxc.net.0.ipv4.address = {}", n.ipv4),
+                // A directory bind, as the template's library binds are
+                // (CRIU 4.2.1's mount-v2 fails to restore a file bind here).
+                "lxc.mount.entry = /usr/bin opt/host-bin none ro,bind,create=dir 0 0".to_string(),
+            ]);
+            // The template's rcS asks DHCP for an address and drops the
+            // static one.
+            let rcs = dir.join("rootfs/etc/init.d/rcS");
+            if let Ok(t) = fs::read_to_string(&rcs) {
+                let kept: Vec<&str> = t.lines().filter(|l| !l.contains("udhcpc")).collect();
+                fs::write(&rcs, kept.join("\n") + "\n")?;
+            }
+            let script = dir.join("rootfs/bin/redis.sh");
+            fs::write(&script, REDIS_IN_CONTAINER)?;
+            fs::set_permissions(&script, fs::Permissions::from_mode(0o755))?;
+        }
         fs::write(dir.join("config"), fixed.join("\n") + "\n")?;
         let inittab = dir.join("rootfs/etc/inittab");
         if let Ok(t) = fs::read_to_string(&inittab) {
@@ -576,6 +641,21 @@ impl LxcContainer {
                 "exec </dev/null >/dev/null 2>/dev/null; setsid /bin/counter.sh &".as_ref(),
             ],
         )?;
+        if net.is_some() {
+            lxc_tool(
+                "lxc-attach",
+                &[
+                    "-P".as_ref(),
+                    p,
+                    "-n".as_ref(),
+                    name.as_ref(),
+                    "--".as_ref(),
+                    "/bin/sh".as_ref(),
+                    "-c".as_ref(),
+                    "exec </dev/null >/dev/null 2>/dev/null; setsid /bin/redis.sh &".as_ref(),
+                ],
+            )?;
+        }
         let count = me.count_file();
         wait_until(Duration::from_secs(20), || {
             fs::read_to_string(&count).ok().filter(|s| s.trim() != "0")
