@@ -228,11 +228,16 @@ fn remove_stale_sessions(dir: &Path) {
     }
 }
 
-/// A manager's failed restore, with what its CRIU logged in `log` (LXC's
-/// restore writes `restore.log` into the images directory) when there is a
-/// cause to quote.
-fn manager_restore_error(e: phaul_htypes::Error, log: &Path) -> Error {
-    match criu_rpc::log::LogExcerpt::read(log, 5) {
+/// A manager's failed restore, with what its CRIU logged when there is a
+/// cause to quote: LXC writes the log beside the images in `dir`, runc
+/// into the work dir it is given there.
+fn manager_restore_error(e: phaul_htypes::Error, dir: &Path) -> Error {
+    let log = ["restore.log", "restore-work/restore.log"]
+        .map(|l| dir.join(l))
+        .into_iter()
+        .find(|l| l.exists())
+        .unwrap_or_else(|| dir.join("restore.log"));
+    match criu_rpc::log::LogExcerpt::read(&log, 5) {
         Ok(x) => match x.cause() {
             Some(cause) => Error::ManagerRestore {
                 source: e,
@@ -610,14 +615,14 @@ impl<T: TargetCriu> Session<T> {
                 let dir = self.iter_dir(r.iteration)?;
                 let h = self.htype.clone().expect("checked above");
                 let t0 = Instant::now();
-                let log = dir.join("restore.log");
+                let logs_in = dir.clone();
                 let pid = tokio::task::spawn_blocking(move || h.restore(&dir))
                     .await
                     .map_err(|e| failed(Error::Protocol(format!("the restore task: {e}"))))?
                     .ok_or_else(|| {
                         failed(Error::Protocol("the kind has no restore of its own".into()))
                     })?
-                    .map_err(|e| failed(manager_restore_error(e, &log)))?;
+                    .map_err(|e| failed(manager_restore_error(e, &logs_in)))?;
                 self.custom = Some(pid);
                 let us = u64::try_from(t0.elapsed().as_micros()).unwrap_or(u64::MAX);
                 info!(session = %hex(&self.sid), pid, "restored by the kind itself");

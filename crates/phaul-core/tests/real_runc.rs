@@ -23,7 +23,10 @@ fn run(cmd: &mut std::process::Command) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// A busybox bundle whose process counts into /tmp/count every 0.2 s.
+/// A busybox bundle whose process counts into /tmp/count every 0.2 s, and
+/// holds a TCP connection over its own loopback: `nc` listening on port
+/// 7000 writes into /tmp/recv what another `nc` sends it, a number every
+/// 0.1 s.
 fn bundle(dir: &Path, cgroup: &str) {
     let rootfs = dir.join("rootfs");
     for d in ["bin", "tmp", "proc", "sys", "dev"] {
@@ -47,7 +50,9 @@ fn bundle(dir: &Path, cgroup: &str) {
     v["process"]["args"] = serde_json::json!([
         "/bin/sh",
         "-c",
-        "exec </dev/null >/dev/null 2>&1; i=0; while true; do i=$((i+1)); echo $i > /tmp/count; sleep 0.2; done"
+        "exec </dev/null >/dev/null 2>&1; sleep 999999 | nc -l -p 7000 > /tmp/recv & sleep 0.3; \
+         (j=0; while true; do j=$((j+1)); echo $j; sleep 0.1; done | nc 127.0.0.1 7000) & \
+         i=0; while true; do i=$((i+1)); echo $i > /tmp/count; sleep 0.2; done"
     ]);
     std::fs::write(&path, serde_json::to_vec_pretty(&v).unwrap()).unwrap();
 }
@@ -66,6 +71,17 @@ fn status(root: &Path, id: &str) -> Option<String> {
         .ok()?;
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
     v["status"].as_str().map(str::to_string)
+}
+
+/// The last number the container's loopback connection carried.
+fn received(bundle: &Path) -> Option<u64> {
+    std::fs::read_to_string(bundle.join("rootfs/tmp/recv"))
+        .ok()?
+        .lines()
+        .last()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 fn counter(bundle: &Path) -> Option<u64> {
@@ -186,6 +202,10 @@ fn a_runc_container_moves_with_its_bundle_and_memory() {
         vec![src.runc_root.clone(), tgt.runc_root.clone()],
     );
     let before = counter(&src_bundle).unwrap();
+    let sent = wait_until(Duration::from_secs(10), || {
+        received(&src_bundle).filter(|n| *n > 3)
+    })
+    .expect("the container's loopback connection carries data");
     let r = migrate(&hosts, &bin, &id, &src, &tgt);
     assert!(r.success, "{:?}", r.error);
     assert_eq!(r.mode, "stop-copy");
@@ -200,6 +220,35 @@ fn a_runc_container_moves_with_its_bundle_and_memory() {
     assert!(
         wait_until(Duration::from_secs(10), || counter(&tb).filter(|c| *c > c1)).is_some(),
         "no counting on the target"
+    );
+    // Its loopback is up again, and the connection over it goes on.
+    let pid = r.target_pid.unwrap();
+    let lo = std::process::Command::new("nsenter")
+        .arg(format!("--net=/proc/{pid}/ns/net"))
+        .args(["ip", "-br", "link", "show", "lo"])
+        .output()
+        .unwrap();
+    let lo = String::from_utf8_lossy(&lo.stdout).into_owned();
+    assert!(
+        lo.contains("UP") || lo.contains("UNKNOWN"),
+        "loopback: {lo}"
+    );
+    let n1 = received(&tb).expect("the loopback connection carried data");
+    assert!(n1 >= sent);
+    assert!(
+        wait_until(Duration::from_secs(10), || received(&tb)
+            .filter(|n| *n > n1 + 5))
+        .is_some(),
+        "the connection over loopback stopped after the move: {:?} {:?}",
+        std::process::Command::new("nsenter")
+            .arg(format!("--net=/proc/{pid}/ns/net"))
+            .args(["ss", "-tanpi"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned()),
+        std::process::Command::new("ps")
+            .args(["-o", "pid,stat,args", "--ppid", &pid.to_string()])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned()),
     );
 }
 

@@ -13,9 +13,22 @@
 //! command is an argument vector. CRIU is named to runc explicitly
 //! (`--criu`), because a `criu` earlier on `PATH` may be an old one.
 //!
-//! runc tells CRIU to leave the container's network namespace empty, so a
-//! restored container's loopback is down with no address; bringing its
-//! network back is the caller's business for now.
+//! The container's network, by what its `config.json` says:
+//! - a network namespace of its own (no `path`, runc's default): runc has
+//!   CRIU recreate it empty, so the restored container's loopback would be
+//!   down and CRIU could not restore a connection over it ("Network is
+//!   unreachable"). runc runs the bundle's prestart hooks when CRIU has made
+//!   the namespaces (its `setup-namespaces` notification), so the target's
+//!   copy of `config.json` gets one that brings loopback up then; the
+//!   container's connections over loopback move with it
+//!   (`--tcp-established`).
+//! - a network namespace named by `path` (made by the orchestrator, e.g.
+//!   with CNI): runc joins the namespace at that path on the target, which
+//!   must exist there with the container's addresses; its TCP connections
+//!   move with it. The target refuses a bundle whose path does not exist
+//!   before anything is frozen.
+//! - the host's network (no network namespace): connections move as for a
+//!   `pid` tree in its host's namespace.
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
@@ -35,6 +48,52 @@ pub struct Runc {
     bundle: PathBuf,
     runc: PathBuf,
     criu: PathBuf,
+    /// The network namespace its config joins by path, if any.
+    netns_path: Option<String>,
+}
+
+/// Where a container's network comes from (see the module docs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Network {
+    /// A namespace of its own, made by runc.
+    Own,
+    /// The namespace at this path, made by someone else.
+    Path(String),
+    /// The host's.
+    Host,
+}
+
+fn network_of(config: &serde_json::Value) -> Network {
+    let spaces = config["linux"]["namespaces"].as_array();
+    let net = spaces.and_then(|a| a.iter().find(|n| n["type"] == "network"));
+    match net.map(|n| n["path"].as_str().unwrap_or("")) {
+        None => Network::Host,
+        Some("") => Network::Own,
+        Some(p) => Network::Path(p.to_string()),
+    }
+}
+
+/// The prestart hook that brings loopback up in a restored container's new
+/// network namespace. runc hands a hook the container's state (JSON, with
+/// its `pid`) on stdin; the script is fixed text, nothing of a user's or a
+/// peer's is in it.
+const LOOPBACK_HOOK: &str = r#"read -r state; pid=${state#*\"pid\":}; pid=${pid%%[,\}]*}; exec nsenter --net=/proc/$pid/ns/net ip link set lo up"#;
+
+/// Adds [`LOOPBACK_HOOK`] to a bundle's prestart hooks, once.
+fn add_loopback_hook(config: &mut serde_json::Value) {
+    let hook = serde_json::json!({
+        "path": "/bin/sh",
+        "args": ["sh", "-c", LOOPBACK_HOOK],
+    });
+    let hooks = &mut config["hooks"]["prestart"];
+    if !hooks.is_array() {
+        *hooks = serde_json::Value::Array(Vec::new());
+    }
+    if let Some(list) = hooks.as_array_mut() {
+        if !list.contains(&hook) {
+            list.push(hook);
+        }
+    }
 }
 
 /// Checks a container id: 1 to 128 characters of `[A-Za-z0-9._-]`,
@@ -94,6 +153,7 @@ impl Runc {
             bundle: PathBuf::new(),
             runc: paths.runc.clone(),
             criu: paths.criu.clone(),
+            netns_path: None,
         };
         let (status, _, bundle) = me.state().map_err(|_| Error::BadParam {
             name: "container",
@@ -110,6 +170,12 @@ impl Runc {
                 reason: format!("it is {status}, not running"),
             });
         }
+        let config = std::fs::read(bundle.join("config.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok());
+        if let Some(Network::Path(p)) = config.as_ref().map(network_of) {
+            me.netns_path = Some(p);
+        }
         me.bundle = bundle;
         Ok(me)
     }
@@ -123,6 +189,19 @@ impl Runc {
             reason: "missing".into(),
         })?;
         validate_id(id)?;
+        let netns_path = params.get("netns_path").cloned();
+        if let Some(p) = &netns_path {
+            // runc joins it on restore: without it there the restore would
+            // fail after the freeze.
+            if !p.starts_with('/') || p.split('/').any(|c| c == "..") || !Path::new(p).exists() {
+                return Err(Error::BadParam {
+                    name: "network namespace",
+                    value: p.clone(),
+                    reason: "the container's config joins it by path, and this host has none there"
+                        .into(),
+                });
+            }
+        }
         let bundle = paths.runc_bundles.join(id);
         if bundle.exists() {
             return Err(Error::BadParam {
@@ -137,6 +216,7 @@ impl Runc {
             bundle,
             runc: paths.runc.clone(),
             criu: paths.criu.clone(),
+            netns_path,
         })
     }
 
@@ -152,7 +232,11 @@ impl Htype for Runc {
     }
 
     fn params(&self) -> BTreeMap<String, String> {
-        BTreeMap::from([("id".to_string(), self.id.clone())])
+        let mut p = BTreeMap::from([("id".to_string(), self.id.clone())]);
+        if let Some(n) = &self.netns_path {
+            p.insert("netns_path".into(), n.clone());
+        }
+        p
     }
 
     fn root_pid(&self) -> Result<i32> {
@@ -191,6 +275,8 @@ impl Htype for Runc {
             self.criu.as_os_str(),
             OsStr::new("checkpoint"),
             OsStr::new("--leave-running"),
+            OsStr::new("--tcp-established"),
+            OsStr::new("--file-locks"),
             OsStr::new("--image-path"),
             images_dir.as_os_str(),
             OsStr::new("--work-path"),
@@ -234,6 +320,9 @@ impl Htype for Runc {
                 .map_or(0, |d| d.as_nanos());
             v["linux"]["cgroupsPath"] =
                 serde_json::Value::String(format!("/phaul/{}-{nanos}", self.id));
+            if network_of(&v) == Network::Own {
+                add_loopback_hook(&mut v);
+            }
             std::fs::write(&config, serde_json::to_vec_pretty(&v).unwrap_or_default()).map_err(
                 |source| Error::Io {
                     what: format!("writing {}", config.display()),
@@ -250,6 +339,8 @@ impl Htype for Runc {
                 self.criu.as_os_str(),
                 OsStr::new("restore"),
                 OsStr::new("-d"),
+                OsStr::new("--tcp-established"),
+                OsStr::new("--file-locks"),
                 OsStr::new("--image-path"),
                 images_dir.as_os_str(),
                 OsStr::new("--work-path"),
@@ -301,5 +392,53 @@ mod tests {
         for good in ["web", "ct-1.a_b", "9"] {
             validate_id(good).unwrap();
         }
+    }
+
+    #[test]
+    fn the_network_comes_from_the_config() {
+        let own =
+            serde_json::json!({"linux": {"namespaces": [{"type": "pid"}, {"type": "network"}]}});
+        let path = serde_json::json!({"linux": {"namespaces": [{"type": "network", "path": "/run/netns/ct1"}]}});
+        let host = serde_json::json!({"linux": {"namespaces": [{"type": "pid"}]}});
+        assert_eq!(network_of(&own), Network::Own);
+        assert_eq!(network_of(&path), Network::Path("/run/netns/ct1".into()));
+        assert_eq!(network_of(&host), Network::Host);
+    }
+
+    #[test]
+    fn the_loopback_hook_is_added_once_beside_the_bundles_own() {
+        let mut v = serde_json::json!({"hooks": {"prestart": [{"path": "/bin/true"}]}});
+        add_loopback_hook(&mut v);
+        add_loopback_hook(&mut v);
+        let list = v["hooks"]["prestart"].as_array().unwrap();
+        assert_eq!(list.len(), 2);
+        assert_eq!(list[1]["args"][2], LOOPBACK_HOOK);
+        let mut bare = serde_json::json!({});
+        add_loopback_hook(&mut bare);
+        assert_eq!(bare["hooks"]["prestart"].as_array().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_target_without_the_named_network_namespace_refuses_before_the_freeze() {
+        let paths = Paths {
+            runc_bundles: std::env::temp_dir().join("phaul-no-such-bundles"),
+            ..Paths::default()
+        };
+        for bad in ["/run/netns/phaul-no-such-ns", "relative", "/run/netns/../x"] {
+            let p = BTreeMap::from([
+                ("id".to_string(), "web".to_string()),
+                ("netns_path".to_string(), bad.to_string()),
+            ]);
+            let e = Runc::target(&p, &paths).unwrap_err();
+            assert!(e.to_string().contains("network namespace"), "{bad}: {e}");
+        }
+        let p = BTreeMap::from([
+            ("id".to_string(), "web".to_string()),
+            ("netns_path".to_string(), "/proc/self/ns/net".to_string()),
+        ]);
+        assert_eq!(
+            Runc::target(&p, &paths).unwrap().params()["netns_path"],
+            "/proc/self/ns/net"
+        );
     }
 }
