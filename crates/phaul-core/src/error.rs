@@ -31,10 +31,10 @@ pub enum Error {
     #[error(transparent)]
     Htype(#[from] phaul_htypes::Error),
 
-    /// A container manager's own restore (`lxc-checkpoint -r`) failed; what
-    /// its CRIU logged, when it could be read, says why.
-    #[error("the container manager's restore failed; its CRIU: {criu}")]
-    ManagerRestore {
+    /// A container manager's own dump or restore (`runc checkpoint`,
+    /// `lxc-checkpoint -r`) failed; what its CRIU logged says why.
+    #[error("the container manager's CRIU failed: {criu}")]
+    ManagerCriu {
         /// The manager's failure.
         #[source]
         source: phaul_htypes::Error,

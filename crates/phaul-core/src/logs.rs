@@ -7,6 +7,28 @@
 
 use std::path::Path;
 
+use crate::error::Error;
+
+/// A container manager's failed dump or restore (`lxc-checkpoint`, `runc`),
+/// with the decisive lines of the CRIU log it wrote (the first of `logs`
+/// that exists) when there is a cause to quote: the manager itself only
+/// says "criu failed".
+pub fn manager_error(e: phaul_htypes::Error, logs: &[std::path::PathBuf]) -> Error {
+    let Some(log) = logs.iter().find(|l| l.exists()) else {
+        return Error::Htype(e);
+    };
+    match criu_rpc::log::LogExcerpt::read(log, 5)
+        .ok()
+        .and_then(|x| x.cause())
+    {
+        Some(cause) => Error::ManagerCriu {
+            source: e,
+            criu: format!("{cause} (CRIU log: {})", log.display()),
+        },
+        None => Error::Htype(e),
+    }
+}
+
 /// Removes every file under `dir` that is not a CRIU log (`*.log`), and the
 /// directories left empty; returns how many logs stayed.
 pub fn keep_only_logs(dir: &Path) -> std::io::Result<usize> {

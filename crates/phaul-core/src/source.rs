@@ -992,7 +992,14 @@ impl<C: SourceCriu> Migration<C> {
         stats.source_frozen(t0).ok();
         self.emit(Progress::Frozen);
         let (d, w) = (dir.clone(), work.clone());
-        if let Err(e) = self.hook(move |h| h.dump_self(&d, &w)).await {
+        let dumped = tokio::task::spawn_blocking({
+            let h = self.htype.clone();
+            move || h.dump_self(&d, &w)
+        })
+        .await
+        .map_err(|e| Error::Protocol(format!("an htype task: {e}")))
+        .and_then(|r| r.map_err(|e| crate::logs::manager_error(e, &[work.join("dump.log")])));
+        if let Err(e) = dumped {
             // The kind has resumed the tree itself.
             self.abort_target(ctl, &e).await;
             return Err(e);

@@ -228,27 +228,6 @@ fn remove_stale_sessions(dir: &Path) {
     }
 }
 
-/// A manager's failed restore, with what its CRIU logged when there is a
-/// cause to quote: LXC writes the log beside the images in `dir`, runc
-/// into the work dir it is given there.
-fn manager_restore_error(e: phaul_htypes::Error, dir: &Path) -> Error {
-    let log = ["restore.log", "restore-work/restore.log"]
-        .map(|l| dir.join(l))
-        .into_iter()
-        .find(|l| l.exists())
-        .unwrap_or_else(|| dir.join("restore.log"));
-    match criu_rpc::log::LogExcerpt::read(&log, 5) {
-        Ok(x) => match x.cause() {
-            Some(cause) => Error::ManagerRestore {
-                source: e,
-                criu: format!("{cause} (CRIU log: {})", log.display()),
-            },
-            None => Error::Htype(e),
-        },
-        Err(_) => Error::Htype(e),
-    }
-}
-
 /// Marks a failed session's directory whose CRIU logs are kept.
 const FAILED_MARK: &str = ".phaul-failed";
 
@@ -622,7 +601,13 @@ impl<T: TargetCriu> Session<T> {
                     .ok_or_else(|| {
                         failed(Error::Protocol("the kind has no restore of its own".into()))
                     })?
-                    .map_err(|e| failed(manager_restore_error(e, &logs_in)))?;
+                    .map_err(|e| {
+                        // LXC writes its CRIU's log beside the images, runc
+                        // into the work dir it is given there.
+                        let logs =
+                            ["restore.log", "restore-work/restore.log"].map(|l| logs_in.join(l));
+                        failed(crate::logs::manager_error(e, &logs))
+                    })?;
                 self.custom = Some(pid);
                 let us = u64::try_from(t0.elapsed().as_micros()).unwrap_or(u64::MAX);
                 info!(session = %hex(&self.sid), pid, "restored by the kind itself");
