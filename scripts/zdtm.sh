@@ -37,7 +37,13 @@
 #   CAP_SYS_RESOURCE, so CRIU cannot dump a task of another user; the tests
 #   stay root.
 # - Each test runs from a directory of its own (a copy of its binary), so
-#   that runs do not share files, and in hosts of its own.
+#   that runs do not share files, and in hosts of its own: network
+#   namespaces joined by a veth, and each with its own /dev/pts instance
+#   (the target's phaul-service runs in a mount namespace of its own).
+#   Both hosts share this machine's file system, like hosts with shared
+#   storage: the frozen source (phaul keeps it until the target runs)
+#   still holds its file locks, leases and FIFOs while the target
+#   restores them.
 # - --plain dumps and restores in the source host with the options of the
 #   test's .desc (opts, dopts, ropts), as zdtm.py does. phaul runs with the
 #   pid kind's defaults; a .desc option that is a phaul flag becomes that
@@ -51,7 +57,7 @@ REPO=$PWD
 
 usage() { echo "usage: $0 [--plain] [--ci] [--timeout SECS] [--logs DIR] [TEST...]" >&2; exit 2; }
 
-PLAIN=0 CI_LIST=0 TIMEOUT=60 LOGS= ONE=
+PLAIN=0 CI_LIST=0 TIMEOUT=60 LOGS= ONE= DIR=
 TESTS=()
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -61,6 +67,15 @@ while [ $# -gt 0 ]; do
         --logs) [ $# -ge 2 ] || usage; LOGS=$2; shift 2 ;;
         # Internal: run one test, numbered N, in this process (see the end).
         --one) [ $# -ge 2 ] || usage; ONE=$2; shift 2 ;;
+        # Internal: the test's directory, made (and removed) by the parent.
+        --dir) [ $# -ge 2 ] || usage; DIR=$2; shift 2 ;;
+        # Internal: a new pty instance here, then exec the rest (the
+        # target host's phaul-service, in a mount namespace of its own).
+        --devpts-exec)
+            shift
+            mount -t devpts -o newinstance,ptmxmode=0666,mode=0620 devpts /dev/pts
+            mount --bind /dev/pts/ptmx /dev/ptmx
+            exec "$@" ;;
         --) shift ;;
         -h|--help) usage ;;
         -*) usage ;;
@@ -203,7 +218,8 @@ cleanup_test() {
     done
     # What a test mounted below its directory (T is a mount of its own).
     [ -n "$T" ] && umount -R -l "$T" 2>/dev/null
-    [ -n "$T" ] && rm -rf --one-file-system "$T"
+    # (The parent removes it too: mnt_ro_root leaves / read-only here.)
+    [ -n "$T" ] && rm -rf --one-file-system "$T" 2>/dev/null
     T= SRC_NS= TGT_NS= LAUNCH= SVC=
 }
 
@@ -231,6 +247,13 @@ out_reason() {
     echo "no output"
 }
 
+# Mounts a new devpts instance on /dev/pts and its ptmx on /dev/ptmx, in
+# this (private) mount namespace.
+new_devpts() {
+    mount -t devpts -o newinstance,ptmxmode=0666,mode=0620 devpts /dev/pts
+    mount --bind /dev/pts/ptmx /dev/ptmx
+}
+
 # Says which process of host NS sleeps on a file lock, if one does: on
 # this one machine both hosts share one file system, so a restore can wait
 # for a lock that the frozen source (phaul keeps it until the target runs)
@@ -248,7 +271,8 @@ lock_waiters() {
 # Keeps what explains a failure.
 keep_logs() {
     local n=$1 dst=$LOGS/$1 f
-    mkdir -p "$dst"
+    # (mnt_ro_root makes / read-only in this mount namespace.)
+    mkdir -p "$dst" 2>/dev/null || return 0
     for f in "$T"/img/*.log "$T"/*.log "$T"/report.json "$T"/zdtm/static/"$n".out*; do
         [ -f "$f" ] && cp "$f" "$dst/" 2>/dev/null || true
     done
@@ -259,7 +283,7 @@ keep_logs() {
 # Sets PHAUL_FLAGS from the .desc options, or UNSUPPORTED to the CRIU
 # options phaul migrate has no flag for.
 map_opts() {
-    local o i=0 words=("$@")
+    local o a i=0 words=("$@")
     PHAUL_FLAGS=() UNSUPPORTED=()
     while [ $i -lt ${#words[@]} ]; do
         o=${words[$i]}
@@ -268,17 +292,44 @@ map_opts() {
             # connections are skipped, file locks move, link remap on).
             --tcp-established|--skip-in-flight|--file-locks|--link-remap) ;;
             --tcp-close|--ext-unix-sk|--shell-job) PHAUL_FLAGS+=("$o") ;;
+            # The two --external forms the pid kind has flags for: a veth
+            # recreated on restore, a mount bound from the same path.
+            --external)
+                a=${words[$((i + 1))]:-}
+                if [[ "$a" =~ ^veth\[([^]]+)\]:(.+)$ ]]; then
+                    PHAUL_FLAGS+=(--veth "${BASH_REMATCH[1]}=${BASH_REMATCH[2]}")
+                elif [[ "$a" =~ ^mnt\[(/[^]]*)\]:(/.*)$ ]] && [ "${BASH_REMATCH[1]}" = "${BASH_REMATCH[2]}" ]; then
+                    PHAUL_FLAGS+=(--ext-mount "${BASH_REMATCH[1]}")
+                else
+                    UNSUPPORTED+=("$o $a")
+                fi
+                i=$((i + 1)) ;;
             # Options with a separate argument: name the option with it.
-            --external|--ghost-limit|--network-lock|--join-ns|--cgroup-root|--cgroup-yard|\
+            --ghost-limit|--network-lock|--join-ns|--cgroup-root|--cgroup-yard|\
             --ext-mount-map|--irmap-scan-path|--enable-fs|--lsm-mount-context)
                 UNSUPPORTED+=("$o ${words[$((i + 1))]:-}"); i=$((i + 1)) ;;
             *) UNSUPPORTED+=("$o") ;;
         esac
         i=$((i + 1))
     done
-    # A phaul flag that appears in both opts and ropts is given once.
+    # A phaul flag that appears in both opts and ropts is given once (an
+    # option with its value is one word here).
     if [ ${#PHAUL_FLAGS[@]} -gt 0 ]; then
-        mapfile -t PHAUL_FLAGS < <(printf '%s\n' "${PHAUL_FLAGS[@]}" | sort -u)
+        local -A seen=()
+        local f out=() j=0
+        while [ $j -lt ${#PHAUL_FLAGS[@]} ]; do
+            f=${PHAUL_FLAGS[$j]}
+            case "$f" in
+                --veth|--ext-mount) f+=" ${PHAUL_FLAGS[$((j + 1))]}"; j=$((j + 1)) ;;
+            esac
+            if [ -z "${seen[$f]:-}" ]; then
+                seen[$f]=1
+                read -r -a pair <<<"$f"
+                out+=("${pair[@]}")
+            fi
+            j=$((j + 1))
+        done
+        PHAUL_FLAGS=("${out[@]}")
     fi
     if [ ${#UNSUPPORTED[@]} -gt 0 ]; then
         mapfile -t UNSUPPORTED < <(printf '%s\n' "${UNSUPPORTED[@]}" | sort -u)
@@ -303,6 +354,9 @@ run_one() {
     NAME=$1
     local d line argv env flags opts dopts ropts i status pid new rc reason
     DEADLINE=$(( $(now) + TIMEOUT ))
+    if [ -z "$DIR" ] || [ ! -d "$DIR" ]; then
+        echo "FAIL $NAME: no test directory"; return 1
+    fi
     if ! [[ "$NAME" =~ ^[A-Za-z0-9_.+-]+$ ]] || [ ! -x "$STATIC/$NAME" ] || [ -d "$STATIC/$NAME" ]; then
         echo "FAIL $NAME: no such static test (built) in $STATIC"; return 1
     fi
@@ -330,10 +384,14 @@ run_one() {
         echo "FAIL $NAME: no start command from zdtm's Makefile ($line)"; return 1
     fi
 
-    T=$(mktemp -d /var/tmp/phaul-zdtm.XXXXXX)
+    T=$DIR
     # A mount of its own, so that what the test mounts below it goes with
     # one umount -R (this is a private mount namespace, see the end).
     mount --bind "$T" "$T"
+    # This host's own pty instance: hosts do not share /dev/pts, and on one
+    # machine the frozen source (phaul keeps it until the target runs)
+    # would hold the pty numbers the target's restore must take.
+    new_devpts
     d=$T/zdtm/static
     mkdir -p "$d" "$T/img"
     cp "$STATIC/$NAME" "$d/"
@@ -434,7 +492,11 @@ run_one() {
     else
         head -c 32 /dev/urandom | base64 > "$T/key"
         chmod 600 "$T/key"
-        nsenter --net="/run/netns/$TGT_NS" "$BIN/phaul-service" --listen "$TGT_IP:7070" --key-file "$T/key" \
+        # The target host: its network namespace, and a mount namespace
+        # copied from this one now (the test's mounts included) with a pty
+        # instance of its own (see new_devpts).
+        unshare --mount --propagation private -- "$0" --devpts-exec \
+            nsenter --net="/run/netns/$TGT_NS" "$BIN/phaul-service" --listen "$TGT_IP:7070" --key-file "$T/key" \
             --work-dir "$T/tgt-work" --criu "$CRIU" >"$T/service.log" 2>&1 &
         SVC=$!
         until grep -q '^listening on' "$T/service.log" 2>/dev/null; do
@@ -507,10 +569,12 @@ for name in "${TESTS[@]}"; do
     [ "$STOP" -eq 0 ] || break
     COUNT=$((COUNT + 1))
     rc=0
+    dir=$(mktemp -d /var/tmp/phaul-zdtm.XXXXXX)
     # The child keeps its own deadline; this one is for a child that hangs
     # in its clean-up.
     line=$(timeout -k 10 $((TIMEOUT + 60)) unshare --mount --propagation private -- \
-        "$0" --one "$COUNT" "${child[@]}" -- "$name") || rc=$?
+        "$0" --one "$COUNT" --dir "$dir" "${child[@]}" -- "$name") || rc=$?
+    rm -rf --one-file-system "$dir"
     case "$line" in
         "PASS $name") PASSED=$((PASSED + 1)); echo "$line" ;;
         "FAIL $name: "*) FAILED=$((FAILED + 1)); echo "$line" ;;
