@@ -493,9 +493,10 @@ run_one() {
         head -c 32 /dev/urandom | base64 > "$T/key"
         chmod 600 "$T/key"
         # The target host: its network namespace, and a mount namespace
-        # copied from this one now (the test's mounts included) with a pty
-        # instance of its own (see new_devpts).
-        unshare --mount --propagation private -- "$0" --devpts-exec \
+        # copied from this one now (the test's mounts included, shared ones
+        # still peers of the source's, so that a restored test can unmount
+        # them) with a pty instance of its own (see new_devpts).
+        unshare --mount --propagation unchanged -- "$0" --devpts-exec \
             nsenter --net="/run/netns/$TGT_NS" "$BIN/phaul-service" --listen "$TGT_IP:7070" --key-file "$T/key" \
             --work-dir "$T/tgt-work" --criu "$CRIU" >"$T/service.log" 2>&1 &
         SVC=$!
