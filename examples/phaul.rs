@@ -64,6 +64,11 @@ struct Migrate {
     /// Turn TLS off (only on a link that is already private).
     #[arg(long)]
     plaintext: bool,
+    /// The longest the source may stay frozen, in seconds: past it phaul
+    /// gives up, rolls back and resumes the source (a target that wakes up
+    /// later refuses to run its copy).
+    #[arg(long, default_value_t = phaul_core::source::DEFAULT_FREEZE_TIMEOUT.as_secs_f64())]
+    freeze_timeout: f64,
     /// Cap the bytes per second this side sends.
     #[arg(long)]
     bandwidth: Option<u64>,
@@ -259,6 +264,17 @@ async fn migrate(m: Migrate) -> anyhow::Result<bool> {
     .skip_cpu_check(m.skip_cpu_check)
     .skip_version_check(m.skip_criu_check)
     .force(m.force)
+    .freeze_timeout(
+        Duration::try_from_secs_f64(m.freeze_timeout)
+            .ok()
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "--freeze-timeout {}: a positive number of seconds",
+                    m.freeze_timeout
+                )
+            })?,
+    )
     .fs(fs)
     .progress(tx);
     mig = match m.downtime_ms {

@@ -21,8 +21,14 @@ set -euo pipefail
 # dump (scripts/criu-4.1.1-inet-sockopts.patch). Linux >= 6.16 answers
 # SO_PASSCRED/SO_PASSSEC only for unix and netlink sockets, and unpatched
 # 4.1.1 asks every socket, so it cannot dump any TCP or UDP socket here.
-CRIU_PRIMARY=(4.2.1 29ec0ee09e296479fe7048c80980e8ef1d0684d0b0204c2b101dfea19f6725b9 "")
-CRIU_FALLBACK=(4.1.1 f80a66cb3726bb2116266d4759ce3bcbfab7abdb6b6d430bf20dd41911717afe criu-4.1.1-inet-sockopts.patch)
+# Both get scripts/criu-lazy-rollback-unlock.patch: a failed post-copy
+# transfer resumes the tree, and without it CRIU leaves the tree's network
+# locked and its TCP sockets in repair mode, so the resumed server loses
+# its clients. (VERSION SHA256 "PATCH...")
+CRIU_PRIMARY=(4.2.1 29ec0ee09e296479fe7048c80980e8ef1d0684d0b0204c2b101dfea19f6725b9
+    "criu-lazy-rollback-unlock.patch")
+CRIU_FALLBACK=(4.1.1 f80a66cb3726bb2116266d4759ce3bcbfab7abdb6b6d430bf20dd41911717afe
+    "criu-4.1.1-inet-sockopts.patch criu-lazy-rollback-unlock.patch")
 CRIU_SRC_DIR=/usr/local/src/criu
 CRIU_STATE=/usr/local/share/phaul
 PIPE_MAX=4194304
@@ -117,20 +123,21 @@ fetch_criu() {
     return 1
 }
 
-# build_criu VERSION SHA256 PATCH: builds and installs /usr/local/sbin/criu.
+# build_criu VERSION SHA256 "PATCH...": builds and installs
+# /usr/local/sbin/criu.
 build_criu() {
-    local version=$1 sha=$2 patch=$3 dir
+    local version=$1 sha=$2 patches=$3 dir p
     install_pkgs "${BUILD_PKGS[@]}"
     mkdir -p "$CRIU_SRC_DIR"
     cd "$CRIU_SRC_DIR"
     fetch_criu "$version" "$sha" || return 1
-    log "building CRIU $version${patch:+ with $patch} (about a minute)"
+    log "building CRIU $version${patches:+ with $patches} (about a minute)"
     dir="criu-$version"
     rm -rf "$dir"
     tar xf "criu_$version.orig.tar.xz"
-    if [ -n "$patch" ]; then
-        patch -d "$dir" -p1 --quiet <"$PHAUL_ROOT/scripts/$patch"
-    fi
+    for p in $patches; do
+        patch -d "$dir" -p1 --quiet <"$PHAUL_ROOT/scripts/$p"
+    done
     (cd "$dir" && make -j"$(nproc)" criu >build.log 2>&1 &&
         make install-criu PREFIX=/usr/local >>build.log 2>&1) || {
         tail -n 40 "$dir/build.log" >&2
@@ -141,21 +148,69 @@ build_criu() {
     # What we built, for the next run and for scripts/zdtm.sh (which builds
     # CRIU's own test suite from the same source tree).
     printf 'version=%s\nsource=%s\npatch=%s\nbinary_sha256=%s\n' "$version" \
-        "$CRIU_SRC_DIR/$dir" "${patch:-none}" "$(file_sha /usr/local/sbin/criu)" >"$CRIU_STATE/criu-build"
+        "$CRIU_SRC_DIR/$dir" "${patches:-none}" "$(file_sha /usr/local/sbin/criu)" >"$CRIU_STATE/criu-build"
     cd "$PHAUL_ROOT"
 }
 
-# The criu on PATH is ours when its checksum is the one we recorded.
+# The criu on PATH is ours when its checksum is the one we recorded and it
+# was built with the patches this version wants now (a build from before a
+# patch was added is replaced).
 criu_is_ours() {
-    local sum
+    local sum stamp="$CRIU_STATE/criu-build" version want
     sum=$(file_sha "$(command -v criu 2>/dev/null || echo /nonexistent)")
-    [ -n "$sum" ] && grep -qx "binary_sha256=$sum" "$CRIU_STATE/criu-build" 2>/dev/null
+    [ -n "$sum" ] && grep -qx "binary_sha256=$sum" "$stamp" 2>/dev/null || return 1
+    version=$(sed -n 's/^version=//p' "$stamp")
+    case "$version" in
+        "${CRIU_PRIMARY[0]}") want=${CRIU_PRIMARY[2]} ;;
+        "${CRIU_FALLBACK[0]}") want=${CRIU_FALLBACK[2]} ;;
+        *) return 1 ;;
+    esac
+    grep -qxF "patch=${want:-none}" "$stamp"
+}
+
+# The self-test workload in DIR counts on, with its sockets working.
+counts_on() {
+    local before after
+    before=$(cat "$1/count" 2>/dev/null || echo 0)
+    sleep 0.3
+    after=$(cat "$1/count" 2>/dev/null || echo 0)
+    [ ! -f "$1/broken" ] && [ "$after" -gt "$before" ]
+}
+
+# A post-copy dump whose page transfer fails resumes the tree: its TCP
+# connection must work again (CRIU without
+# scripts/criu-lazy-rollback-unlock.patch leaves it locked and in repair).
+# The transfer is failed as phaul's rollback fails it: its one client sends
+# a page-server request with a command CRIU does not know (a client that
+# just went away would end the transfer as done, and the tree with it).
+lazy_rollback_keeps_sockets() {
+    local ns=$1 dir=$2 pid port lazy
+    pid=$(cat "$dir/restored")
+    port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    mkdir -p "$dir/lazy"
+    nsenter --net="/run/netns/$ns" criu dump -t "$pid" -D "$dir/lazy" --tcp-established \
+        --lazy-pages --address 127.0.0.1 --port "$port" -o dump.log -v4 >/dev/null 2>&1 &
+    lazy=$!
+    for _ in $(seq 100); do
+        nsenter --net="/run/netns/$ns" ss -Hltn "sport = :$port" | grep -q . && break
+        sleep 0.05
+    done
+    nsenter --net="/run/netns/$ns" python3 -c '
+import socket, struct, sys
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+s.sendall(struct.pack("=IIQQ", 0xbeef, 0, 0, 0))
+s.shutdown(socket.SHUT_WR)
+s.recv(1)
+' "$port" 2>/dev/null || true
+    wait "$lazy" 2>/dev/null || true
+    counts_on "$dir"
 }
 
 # Dumps and restores, with the criu on PATH, a process holding a listening
 # TCP socket, an established TCP connection, a UDP and a unix socket, in a
 # network namespace of its own (as phaul's hosts are), and checks that it
-# goes on using them. Remembers a pass by the binary's checksum.
+# goes on using them; then fails a post-copy dump of it and checks that its
+# connection works again. Remembers a pass by the binary's checksum.
 criu_selftest() {
     local sum ns dir init pid ok=0
     sum=$(file_sha "$(command -v criu)")
@@ -174,19 +229,16 @@ criu_selftest() {
         nsenter --net="/run/netns/$ns" criu dump -t "$pid" -D "$dir" --tcp-established \
             -o dump.log -v4 >/dev/null 2>&1 &&
         nsenter --net="/run/netns/$ns" criu restore -d -D "$dir" --tcp-established \
-            --pidfile "$dir/restored" -o restore.log -v4 >/dev/null 2>&1; then
-        local before after
-        before=$(cat "$dir/count")
-        sleep 0.3
-        after=$(cat "$dir/count" 2>/dev/null || echo 0)
-        [ ! -f "$dir/broken" ] && [ "$after" -gt "$before" ] && ok=1
+            --pidfile "$dir/restored" -o restore.log -v4 >/dev/null 2>&1 &&
+        counts_on "$dir" && lazy_rollback_keeps_sockets "$ns" "$dir"; then
+        ok=1
     fi
     [ -f "$dir/restored" ] && kill -9 "$(cat "$dir/restored")" 2>/dev/null || true
     [ -n "$pid" ] && kill -9 "$pid" 2>/dev/null || true
     ip netns del "$ns" 2>/dev/null || true
     if [ "$ok" -ne 1 ]; then
         log "CRIU self-test failed: $(criu --version | head -n1) cannot dump and restore a process with sockets on $(uname -r)"
-        for f in "$dir/dump.log" "$dir/restore.log"; do
+        for f in "$dir/dump.log" "$dir/restore.log" "$dir/lazy/dump.log"; do
             [ -f "$f" ] && grep -E 'Error|FAILED' "$f" | grep -v RLIMIT_NOFILE | tail -n 5 >&2
         done
         [ -f "$dir/broken" ] && log "the workload's sockets broke: $(cat "$dir/broken")"

@@ -1,5 +1,7 @@
 //! The crate's one error type.
 
+use std::time::Duration;
+
 use crate::mode::Mode;
 
 /// Everything that can end a migration.
@@ -75,6 +77,17 @@ pub enum Error {
     /// The migration was cancelled.
     #[error("cancelled")]
     Cancelled,
+
+    /// The source was frozen for as long as it may be (`freeze_timeout`)
+    /// and the target had not finished: the source is resumed.
+    #[error(
+        "the source stayed frozen for its limit of {:.1} s before the target finished (freeze timeout)",
+        limit.as_secs_f64()
+    )]
+    FreezeTimeout {
+        /// The limit.
+        limit: Duration,
+    },
 
     /// A step did not finish in time.
     #[error("timed out: {0}")]

@@ -93,6 +93,7 @@ fn repair_off_one(pidfd: libc::c_int, fd: libc::c_int) -> bool {
                 len,
             ) == 0
     };
+    tracing::debug!(fd, on, was_on, "TCP repair state of a resumed socket");
     // SAFETY: our copy, closed once; the tree's descriptor stays open.
     unsafe { libc::close(ours) };
     was_on

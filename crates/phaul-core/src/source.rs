@@ -88,6 +88,11 @@ impl Default for Timeouts {
     }
 }
 
+/// How long the source may stay frozen unless told otherwise: far longer
+/// than a healthy migration of a few GiB takes here, far shorter than a
+/// production service should hang because a peer is stuck.
+pub const DEFAULT_FREEZE_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// A migration of one htype to one target.
 pub struct Migration<C: SourceCriu> {
     criu: C,
@@ -103,6 +108,9 @@ pub struct Migration<C: SourceCriu> {
     skip_version_check: bool,
     force: bool,
     timeouts: Timeouts,
+    freeze_timeout: Duration,
+    /// When the source froze, plus `freeze_timeout`: set at the freeze.
+    freeze_deadline: std::sync::Mutex<Option<tokio::time::Instant>>,
     progress: Option<mpsc::UnboundedSender<Progress>>,
     fs: FsChoice,
     cancel_tx: Arc<watch::Sender<bool>>,
@@ -145,11 +153,23 @@ impl<C: SourceCriu> Migration<C> {
             skip_version_check: false,
             force: false,
             timeouts: Timeouts::default(),
+            freeze_timeout: DEFAULT_FREEZE_TIMEOUT,
+            freeze_deadline: std::sync::Mutex::new(None),
             progress: None,
             fs: FsChoice::default(),
             cancel_tx: Arc::new(tx),
             cancel_rx: rx,
         }
+    }
+
+    /// The longest the source may stay frozen ([`DEFAULT_FREEZE_TIMEOUT`]
+    /// unless set). When the target has not let the tree run by then, the
+    /// migration gives up, rolls back and resumes the source; the target
+    /// gets the rest of the limit as a lease on its commit, so a target
+    /// that wakes up later does not run a second copy.
+    pub fn freeze_timeout(mut self, limit: Duration) -> Self {
+        self.freeze_timeout = limit;
+        self
     }
 
     /// The mode to use (`auto` picks the best both hosts support).
@@ -240,6 +260,55 @@ impl<C: SourceCriu> Migration<C> {
             warn!(error = %e, "statistics");
         }
         self.emit(Progress::Phase(phase));
+    }
+
+    /// The source freezes now: from here on, [`Migration::while_frozen`]
+    /// bounds every step by the freeze limit.
+    fn freezing(&self, stats: &mut Ongoing, t0: Instant) {
+        stats.source_frozen(t0).ok();
+        stats.set_freeze_timeout(self.freeze_timeout);
+        let deadline = tokio::time::Instant::from_std(t0) + self.freeze_timeout;
+        if let Ok(mut d) = self.freeze_deadline.lock() {
+            *d = Some(deadline);
+        }
+        self.emit(Progress::Frozen);
+    }
+
+    fn deadline(&self) -> Option<tokio::time::Instant> {
+        self.freeze_deadline.lock().ok().and_then(|d| *d)
+    }
+
+    /// Runs `fut`, a step taken while the source is frozen, unless the
+    /// freeze limit passes first.
+    async fn while_frozen<T>(
+        &self,
+        fut: impl std::future::Future<Output = Result<T>>,
+    ) -> Result<T> {
+        match self.deadline() {
+            Some(d) => tokio::time::timeout_at(d, fut)
+                .await
+                .unwrap_or(Err(Error::FreezeTimeout {
+                    limit: self.freeze_timeout,
+                })),
+            None => fut.await,
+        }
+    }
+
+    /// The lease a commit gets: what is left of the freeze limit, less a
+    /// margin for the target's answer to come back; `Err` when too little
+    /// is left to commit at all.
+    fn commit_lease(&self) -> Result<u64> {
+        let Some(d) = self.deadline() else {
+            return Ok(0);
+        };
+        let margin = (self.freeze_timeout / 10).min(Duration::from_secs(1));
+        let left = d.saturating_duration_since(tokio::time::Instant::now());
+        match left.checked_sub(margin) {
+            Some(l) if !l.is_zero() => Ok(u64::try_from(l.as_millis()).unwrap_or(u64::MAX).max(1)),
+            _ => Err(Error::FreezeTimeout {
+                limit: self.freeze_timeout,
+            }),
+        }
     }
 
     /// Runs `fut` unless the migration is cancelled first.
@@ -747,14 +816,13 @@ impl<C: SourceCriu> Migration<C> {
         let images_dir = spec.images_dir.clone();
         self.write_files_before_dump(&images_dir).await?;
         let t0 = Instant::now();
-        stats.source_frozen(t0).ok();
-        self.emit(Progress::Frozen);
+        self.freezing(stats, t0);
         let held = match self
-            .step(
+            .while_frozen(self.step(
                 self.timeouts.transfer,
                 "the final dump",
                 self.criu.dump(spec, criu_end),
-            )
+            ))
             .await
         {
             Ok(h) => h,
@@ -774,7 +842,7 @@ impl<C: SourceCriu> Migration<C> {
                 .await?;
             self.restore_and_commit(stats, ctl, i, false).await
         };
-        match to_target.await {
+        match self.while_frozen(to_target).await {
             Ok(()) => {
                 let st = held.commit().await?;
                 let (sent, _) = relay
@@ -823,14 +891,13 @@ impl<C: SourceCriu> Migration<C> {
         // target keeps the link until its lazy-pages daemon asks for it.
         let pages = self.pages_link(ctx.sid).await?;
         let t0 = Instant::now();
-        stats.source_frozen(t0).ok();
-        self.emit(Progress::Frozen);
+        self.freezing(stats, t0);
         let lazy = match self
-            .step(
+            .while_frozen(self.step(
                 self.timeouts.transfer,
                 "the lazy dump",
                 self.criu.lazy_dump(spec, port),
-            )
+            ))
             .await
         {
             Ok(l) => l,
@@ -873,7 +940,7 @@ impl<C: SourceCriu> Migration<C> {
             }
             r
         };
-        match to_target.await {
+        match self.while_frozen(to_target).await {
             Ok(()) => {
                 self.enter(stats, Phase::LazyTransfer);
                 let st = lazy.wait().await;
@@ -989,8 +1056,7 @@ impl<C: SourceCriu> Migration<C> {
         mkdir(&dir)?;
         mkdir(&work)?;
         let t0 = Instant::now();
-        stats.source_frozen(t0).ok();
-        self.emit(Progress::Frozen);
+        self.freezing(stats, t0);
         let (d, w) = (dir.clone(), work.clone());
         let dumped = tokio::task::spawn_blocking({
             let h = self.htype.clone();
@@ -1010,7 +1076,7 @@ impl<C: SourceCriu> Migration<C> {
             self.transfer_images(stats, ctl, images, &dir, 0).await?;
             self.restore_and_commit(stats, ctl, 0, false).await
         };
-        match to_target.await {
+        match self.while_frozen(to_target).await {
             Ok(()) => {
                 let report =
                     iteration_report(0, "dump", &DumpStatsEntry::default(), 0, t0.elapsed());
@@ -1081,7 +1147,10 @@ impl<C: SourceCriu> Migration<C> {
             }
             self.enter(stats, Phase::Commit);
             match self
-                .call(ctl, request::Body::Commit(proto::Commit {}))
+                .call(
+                    ctl,
+                    request::Body::Commit(proto::Commit { valid_for_ms: 0 }),
+                )
                 .await?
             {
                 response::Body::Committed(_) => {
@@ -1195,8 +1264,9 @@ impl<C: SourceCriu> Migration<C> {
             other => return Err(unexpected("Restore", &other)),
         }
         self.enter(stats, Phase::Commit);
+        let valid_for_ms = self.commit_lease()?;
         match self
-            .call(ctl, request::Body::Commit(proto::Commit {}))
+            .call(ctl, request::Body::Commit(proto::Commit { valid_for_ms }))
             .await?
         {
             response::Body::Committed(_) => {

@@ -165,6 +165,7 @@ pub struct Ongoing {
     target_pid: Option<i32>,
     fs: FsReport,
     logs: Option<std::path::PathBuf>,
+    freeze_timeout: Option<Duration>,
 }
 
 /// The file-system passes of a migration, added up.
@@ -204,6 +205,7 @@ impl Ongoing {
             target_pid: None,
             fs: FsReport::default(),
             logs: None,
+            freeze_timeout: None,
         }
     }
 
@@ -356,6 +358,11 @@ impl Ongoing {
         self.source_pid = Some(pid);
     }
 
+    /// Records the longest the source was allowed to stay frozen.
+    pub fn set_freeze_timeout(&mut self, limit: Duration) {
+        self.freeze_timeout = Some(limit);
+    }
+
     /// Records where CRIU's logs of a failed migration were kept.
     pub fn set_logs(&mut self, dir: &std::path::Path) {
         self.logs = Some(dir.to_path_buf());
@@ -410,6 +417,7 @@ impl Ongoing {
             phase_reached: self.phase,
             fs: self.fs,
             logs: self.logs.map(|p| p.display().to_string()),
+            freeze_timeout_ms: self.freeze_timeout.map(ms),
         }
     }
 }
@@ -465,6 +473,9 @@ pub struct Report {
     /// Where this host kept CRIU's logs of a failed migration (the target's
     /// are named in `error` when its CRIU failed); `None` on success.
     pub logs: Option<String>,
+    /// The longest the source was allowed to stay frozen, in milliseconds;
+    /// `None` if it never froze.
+    pub freeze_timeout_ms: Option<f64>,
 }
 
 impl Report {
@@ -500,10 +511,14 @@ impl fmt::Display for Report {
             )?;
         }
         match (self.downtime_ms, self.predicted_downtime_ms) {
-            (Some(d), Some(p)) => writeln!(f, "downtime: {d:.1} ms (predicted {p:.1} ms)")?,
-            (Some(d), None) => writeln!(f, "downtime: {d:.1} ms")?,
-            (None, Some(p)) => writeln!(f, "downtime: not measured (predicted {p:.1} ms)")?,
-            (None, None) => writeln!(f, "downtime: not measured")?,
+            (Some(d), Some(p)) => write!(f, "downtime: {d:.1} ms (predicted {p:.1} ms)")?,
+            (Some(d), None) => write!(f, "downtime: {d:.1} ms")?,
+            (None, Some(p)) => write!(f, "downtime: not measured (predicted {p:.1} ms)")?,
+            (None, None) => write!(f, "downtime: not measured")?,
+        }
+        match self.freeze_timeout_ms {
+            Some(l) => writeln!(f, "; freeze limit {:.1} s", l / 1000.0)?,
+            None => writeln!(f)?,
         }
         if let Some(r) = self.restore_ms {
             writeln!(f, "restore: {r:.1} ms")?;

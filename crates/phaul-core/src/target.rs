@@ -272,6 +272,9 @@ struct Session<T: TargetCriu> {
     committed: bool,
     /// A request failed: the session's CRIU logs are kept.
     failed: bool,
+    /// When the `Restored` answer went out: the commit's lease counts from
+    /// here (see [`proto::Commit::valid_for_ms`]).
+    restored_at: Option<Instant>,
 }
 
 impl<T: TargetCriu> Session<T> {
@@ -298,6 +301,7 @@ impl<T: TargetCriu> Session<T> {
             relays: Vec::new(),
             committed: false,
             failed: false,
+            restored_at: None,
         }
     }
 
@@ -312,7 +316,11 @@ impl<T: TargetCriu> Session<T> {
                 }
             };
             let abort = matches!(body, request::Body::Abort(_));
-            let res = self.handle(body).await;
+            let res = match self.late_commit(&body) {
+                Some(e) => Err((ErrorCode::BadRequest, e)),
+                None => self.handle(body).await,
+            };
+            let restored = matches!(res, Ok(response::Body::Restored(_)));
             let sent = match res {
                 Ok(r) => ctl.reply(id, r).await,
                 Err((code, e)) => {
@@ -322,6 +330,9 @@ impl<T: TargetCriu> Session<T> {
                     ctl.error(id, code, &msg).await
                 }
             };
+            if restored {
+                self.restored_at = Some(Instant::now());
+            }
             if abort || sent.is_err() {
                 break;
             }
@@ -333,6 +344,26 @@ impl<T: TargetCriu> Session<T> {
             r.abort();
         }
         debug!(session = %hex(&self.sid), committed = self.committed, "session closed");
+    }
+
+    /// A commit whose lease ran out: the source gave up its freeze limit
+    /// before this could be read (this service was stopped, or slow), has
+    /// resumed its own copy, and this one must not run.
+    fn late_commit(&self, body: &request::Body) -> Option<Error> {
+        let request::Body::Commit(c) = body else {
+            return None;
+        };
+        let since = self.restored_at?.elapsed();
+        let lease = Duration::from_millis(c.valid_for_ms);
+        (c.valid_for_ms > 0 && since >= lease).then(|| {
+            warn!(session = %hex(&self.sid), ?since, ?lease, "a commit came after its lease");
+            Error::Protocol(format!(
+                "the commit came {:.1} s after the restore, past the source's freeze limit \
+                 ({:.1} s left then): the source has resumed its own copy, so this one does not run",
+                since.as_secs_f64(),
+                lease.as_secs_f64()
+            ))
+        })
     }
 
     async fn rollback(&mut self) {
@@ -723,6 +754,17 @@ impl<T: TargetCriu> Session<T> {
                     Error::Protocol("nothing restored to commit".into()),
                 ))?;
                 let pid = held.pid;
+                if let Some(h) = self.htype.clone() {
+                    // Connected only now (see Htype::before_commit); a
+                    // failure leaves the held copy to the rollback.
+                    let connected = tokio::task::spawn_blocking(move || h.before_commit())
+                        .await
+                        .map_err(|e| failed(Error::Protocol(format!("the htype task: {e}"))));
+                    if let Err(e) = connected.and_then(|r| r.map_err(|e| failed(Error::Htype(e)))) {
+                        self.held = Some(held);
+                        return Err(e);
+                    }
+                }
                 held.commit().await.map_err(failed)?;
                 self.committed = true;
                 info!(session = %hex(&self.sid), pid, "committed: the tree runs here");

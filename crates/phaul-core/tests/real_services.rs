@@ -251,6 +251,10 @@ fn a_criu_that_cannot_dump_sockets_is_refused_before_the_freeze() {
 #[test]
 fn a_failed_restore_leaves_the_server_and_its_client_connection_on_the_source() {
     let test = "a_failed_restore_leaves_the_server_and_its_client_connection_on_the_source";
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_env("PHAUL_TEST_LOG"))
+        .with_test_writer()
+        .try_init();
     let Some(bin) = require_criu(test) else {
         return;
     };

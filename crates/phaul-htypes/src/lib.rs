@@ -251,6 +251,14 @@ pub trait Htype: Send + Sync + Debug {
         Ok(())
     }
 
+    /// Target: the restored copy is about to run (the commit). What was
+    /// held apart until now is connected here: the `pid` kind puts its
+    /// veths' host ends on their bridges, so a copy that never runs never
+    /// shows its MAC and address on the network.
+    fn before_commit(&self) -> Result<()> {
+        Ok(())
+    }
+
     /// Whether this kind can be migrated cold (restart mode): stopped on
     /// the source, its files synced, started anew on the target.
     fn can_restart(&self) -> bool {

@@ -64,7 +64,11 @@ pub struct PidOptions {
     pub ext_mounts: Vec<String>,
     /// Network devices of the tree's network namespace whose peer is
     /// outside it: (name inside, name outside with an optional
-    /// `@bridge`), recreated on restore (`--veth-pair IN=OUT@BRIDGE`).
+    /// `@bridge`), recreated on restore (`--external veth[IN]:OUT`). The
+    /// host end joins its bridge only at the commit, so a copy restored on
+    /// the target cannot take the tree's MAC and address on the network
+    /// while the source's still runs (a failed restore would otherwise let
+    /// the switches learn it there, and the tree's clients would be reset).
     pub veths: Vec<(String, String)>,
 }
 
@@ -191,7 +195,10 @@ impl PidOptions {
             .map(|m| format!("mnt[{m}]:{m}"))
             .collect();
         if restore {
-            external.extend(self.veths.iter().map(|(i, o)| format!("veth[{i}]:{o}")));
+            external.extend(self.veths.iter().map(|(i, o)| {
+                let dev = o.split_once('@').map_or(o.as_str(), |(d, _)| d);
+                format!("veth[{i}]:{dev}")
+            }));
         }
         CriuOptions {
             shell_job,
@@ -353,6 +360,18 @@ impl Htype for Pid {
         self.opts.criu(self.shell_job, false)
     }
 
+    fn before_commit(&self) -> Result<()> {
+        for (_, outer) in &self.opts.veths {
+            let Some((dev, bridge)) = outer.split_once('@') else {
+                continue;
+            };
+            let args = ["link", "set", dev, "master", bridge, "up"];
+            let os: Vec<&std::ffi::OsStr> = args.iter().map(std::ffi::OsStr::new).collect();
+            crate::tool::run(std::path::Path::new("ip"), &os)?;
+        }
+        Ok(())
+    }
+
     fn restore_options(&self) -> CriuOptions {
         self.opts.criu(self.shell_job, true)
     }
@@ -475,7 +494,8 @@ mod option_tests {
         );
         let r = tgt.restore_options();
         assert!(r.tcp_close && !r.tcp_established);
-        assert_eq!(r.external.last().unwrap(), "veth[eth0]:veth9@br0");
+        // The bridge is joined at the commit, not by the restore.
+        assert_eq!(r.external.last().unwrap(), "veth[eth0]:veth9");
     }
 
     #[test]

@@ -95,6 +95,11 @@ pub(crate) fn build(src: &str, tgt: &str, tag: u32, prefix: &str) -> std::io::Re
     for (i, (ns, n)) in [(src, 1u8), (tgt, 2u8)].into_iter().enumerate() {
         let (up, down) = (format!("plu{tag}{i}"), format!("pld{tag}{i}"));
         ip(&["-n", ns, "link", "add", br, "type", "bridge"])?;
+        // A bridge without an address of its own takes its ports' lowest
+        // MAC, which changes when a service's veth comes or goes; peers'
+        // ARP entries for the host would then point nowhere for seconds.
+        let mac = format!("02:70:68:ff:{n:02x}:{:02x}", tag % 256);
+        ip(&["-n", ns, "link", "set", br, "address", &mac])?;
         ip(&["link", "add", &up, "type", "veth", "peer", "name", &down])?;
         ip(&["link", "set", &up, "netns", ns])?;
         ip(&["link", "set", &down, "netns", &lan.switch])?;

@@ -457,7 +457,9 @@ async fn every_message_round_trips_through_a_link() {
             lazy: true,
             cold: false,
         }),
-        request::Body::Commit(proto::Commit {}),
+        request::Body::Commit(proto::Commit {
+            valid_for_ms: 30_000,
+        }),
         request::Body::Abort(proto::Abort {
             reason: "cancelled".into(),
         }),
