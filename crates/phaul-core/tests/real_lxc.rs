@@ -594,3 +594,74 @@ fn an_lxc_container_on_the_bridge_moves_with_its_address_and_its_client() {
         }
     }
 }
+
+/// The target's restore of a networked container fails for real (its CRIU
+/// reads a configuration naming an LSM profile this kernel lacks): the
+/// source's container keeps running with its address, LXC's on the source,
+/// and its LAN client's connection goes on with no error.
+#[test]
+fn a_failed_restore_of_a_networked_container_keeps_its_address_and_client() {
+    let test = "a_failed_restore_of_a_networked_container_keeps_its_address_and_client";
+    let Some(bin) = require_criu(test) else {
+        return;
+    };
+    if !require_redis(test) {
+        return;
+    }
+    let mut hosts = Hosts::with_lan().unwrap();
+    hosts.lan.as_mut().unwrap().enable_lxc().unwrap();
+    let lan = hosts.lan();
+    let (_s, src) = lxcpath("src");
+    let (_t, tgt) = lxcpath("tgt");
+    let ip = lan.ip(61);
+    let net = phaul_testkit::LxcNet {
+        link: lan.bridge.clone(),
+        hwaddr: "02:70:68:61:75:3d".into(),
+        ipv4: format!("{ip}/24"),
+    };
+    let name = unique_name();
+    let mut ct = LxcContainer::start_networked(Some(&hosts.src), &src, &name, &net).unwrap();
+    ct.also.push((tgt.clone(), Some(hosts.tgt.clone())));
+    wait_until(Duration::from_secs(20), || {
+        (redis_cli(&lan.client, &ip, &["PING"]) == "PONG").then_some(())
+    })
+    .expect("redis in the container answers on the LAN");
+    assert_eq!(
+        redis_cli(&lan.client, &ip, &["SET", "ct:kept", "yes"]),
+        "OK"
+    );
+    let client =
+        phaul_testkit::lan::LanClient::start(lan, &ip, 6379, Duration::from_millis(5)).unwrap();
+    let (_standin, failing) = common::criu_failing_restores(&bin);
+    let target = Target::start_with(
+        &hosts,
+        criu(&bin),
+        Setup {
+            paths: Some(Paths {
+                lxcpath: tgt.clone(),
+                criu: failing,
+                ..Paths::default()
+            }),
+            ..Setup::default()
+        },
+    );
+    let r = migrate(&hosts, &bin, &target.addr, &name, &src, FsChoice::Native);
+    assert!(!r.success, "the restore was expected to fail");
+    assert_eq!(r.phase_reached, phaul_core::Phase::Rollback, "{r}");
+    assert_eq!(
+        LxcContainer::state_in(Some(&hosts.src), &src, &name).as_deref(),
+        Some("RUNNING")
+    );
+    let s = client
+        .answers_after(100, Duration::from_secs(30))
+        .unwrap_or_else(|| panic!("the client's requests stopped: {:?}", client.stats()));
+    assert_eq!(s.errors, 0, "client errors: {:?}", s.last_error);
+    assert_eq!(redis_cli(&lan.client, &ip, &["GET", "ct:kept"]), "yes");
+    #[allow(clippy::print_stderr)]
+    {
+        eprintln!(
+            "{test}: client longest stall {:.1} ms, 0 errors",
+            s.longest_stall_ms
+        );
+    }
+}
