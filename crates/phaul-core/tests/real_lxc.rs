@@ -9,6 +9,7 @@ use std::time::Duration;
 use phaul_core::fs::FsChoice;
 use phaul_core::{Migration, Mode, Report};
 use phaul_htypes::registry::{Paths, source_in};
+use phaul_testkit::lan::{redis_cli, redis_ready_with};
 use phaul_testkit::{Hosts, LxcContainer, in_netns, require_criu, wait_until};
 
 mod common;
@@ -448,32 +449,6 @@ fn restart_mode_starts_the_container_again_on_the_source_when_the_target_cannot(
     assert!(!tgt.join(&name).exists(), "the target kept the container");
 }
 
-/// Debian's Redis, or `None` (a skip, or a failure under `CI`).
-fn require_redis(test: &str) -> bool {
-    if Path::new("/usr/bin/redis-server").exists() {
-        return true;
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "{test}: redis-server is missing (scripts/setup.sh installs it)"
-    );
-    #[allow(clippy::print_stderr)]
-    {
-        eprintln!("SKIPPED {test}: redis-server is missing; run scripts/setup.sh");
-    }
-    false
-}
-
-/// `redis-cli ARGS...` from the client host; its output, trimmed.
-fn redis_cli(client_ns: &str, ip: &str, args: &[&str]) -> String {
-    let out = Hosts::command(client_ns, "redis-cli")
-        .args(["-h", ip, "--raw"])
-        .args(args)
-        .output()
-        .expect("redis-cli runs");
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
 /// An LXC container whose veth sits on its host's bridge, with its own
 /// address and MAC, running Debian's redis-server, moves there and back
 /// three times while a client on a third host keeps one connection open
@@ -485,7 +460,7 @@ fn an_lxc_container_on_the_bridge_moves_with_its_address_and_its_client() {
     let Some(bin) = require_criu(test) else {
         return;
     };
-    if !require_redis(test) {
+    if phaul_testkit::lan::require_redis(test).is_none() {
         return;
     }
     let mut hosts = Hosts::with_lan().unwrap();
@@ -503,17 +478,7 @@ fn an_lxc_container_on_the_bridge_moves_with_its_address_and_its_client() {
     let name = unique_name();
     let mut ct = LxcContainer::start_networked(Some(&hosts.src), &src, &name, &net).unwrap();
     ct.also.push((tgt.clone(), Some(hosts.tgt.clone())));
-    wait_until(Duration::from_secs(20), || {
-        (redis_cli(&lan.client, &ip, &["PING"]) == "PONG").then_some(())
-    })
-    .expect("redis in the container answers on the LAN");
-    let mut mset = vec!["MSET".to_string()];
-    for i in 0..500 {
-        mset.push(format!("ct:k{i}"));
-        mset.push(format!("v{i}"));
-    }
-    let refs: Vec<&str> = mset.iter().map(String::as_str).collect();
-    assert_eq!(redis_cli(&lan.client, &ip, &refs), "OK");
+    redis_ready_with(lan, &ip, "ct:k", 500).expect("redis in the container answers on the LAN");
     let client =
         phaul_testkit::lan::LanClient::start(lan, &ip, 6379, Duration::from_millis(5)).unwrap();
     let service = |ns: &str, addr: &str, lxcpath: &Path| {
@@ -582,7 +547,7 @@ fn an_lxc_container_on_the_bridge_moves_with_its_address_and_its_client() {
                 )
             });
         assert_eq!(s.errors, 0, "move {n}: client errors: {:?}", s.last_error);
-        assert_eq!(redis_cli(&lan.client, &ip, &["GET", "ct:k499"]), "v499");
+        assert_eq!(redis_cli(lan, &ip, &["GET", "ct:k499"]), "v499");
         #[allow(clippy::print_stderr)]
         {
             eprintln!(
@@ -605,7 +570,7 @@ fn a_failed_restore_of_a_networked_container_keeps_its_address_and_client() {
     let Some(bin) = require_criu(test) else {
         return;
     };
-    if !require_redis(test) {
+    if phaul_testkit::lan::require_redis(test).is_none() {
         return;
     }
     let mut hosts = Hosts::with_lan().unwrap();
@@ -622,14 +587,8 @@ fn a_failed_restore_of_a_networked_container_keeps_its_address_and_client() {
     let name = unique_name();
     let mut ct = LxcContainer::start_networked(Some(&hosts.src), &src, &name, &net).unwrap();
     ct.also.push((tgt.clone(), Some(hosts.tgt.clone())));
-    wait_until(Duration::from_secs(20), || {
-        (redis_cli(&lan.client, &ip, &["PING"]) == "PONG").then_some(())
-    })
-    .expect("redis in the container answers on the LAN");
-    assert_eq!(
-        redis_cli(&lan.client, &ip, &["SET", "ct:kept", "yes"]),
-        "OK"
-    );
+    redis_ready_with(lan, &ip, "", 0).expect("redis in the container answers on the LAN");
+    assert_eq!(redis_cli(lan, &ip, &["SET", "ct:kept", "yes"]), "OK");
     let client =
         phaul_testkit::lan::LanClient::start(lan, &ip, 6379, Duration::from_millis(5)).unwrap();
     let (_standin, failing) = common::criu_failing_restores(&bin);
@@ -656,7 +615,7 @@ fn a_failed_restore_of_a_networked_container_keeps_its_address_and_client() {
         .answers_after(100, Duration::from_secs(30))
         .unwrap_or_else(|| panic!("the client's requests stopped: {:?}", client.stats()));
     assert_eq!(s.errors, 0, "client errors: {:?}", s.last_error);
-    assert_eq!(redis_cli(&lan.client, &ip, &["GET", "ct:kept"]), "yes");
+    assert_eq!(redis_cli(lan, &ip, &["GET", "ct:kept"]), "yes");
     #[allow(clippy::print_stderr)]
     {
         eprintln!(

@@ -15,35 +15,11 @@ use std::time::Duration;
 
 use phaul_core::{Migration, Mode, Report};
 use phaul_htypes::pid::PidOptions;
-use phaul_testkit::lan::{LanClient, ServiceTree};
+use phaul_testkit::lan::{LanClient, ServiceTree, redis_cli, redis_ready_with, require_redis};
 use phaul_testkit::{Hosts, alive, in_netns, require_criu, wait_until};
 
 mod common;
 use common::{Setup, Target, cfg, criu};
-
-/// Debian's Redis, or `None` (a skip, or a failure under `CI`).
-fn require_redis(test: &str) -> Option<&'static str> {
-    let bin = "/usr/bin/redis-server";
-    if Path::new(bin).exists() {
-        return Some(bin);
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "{test}: {bin} is missing (scripts/setup.sh installs redis-server)"
-    );
-    eprintln!("SKIPPED {test}: {bin} is missing; run scripts/setup.sh");
-    None
-}
-
-/// `redis-cli ARGS...` from the client host; its output, trimmed.
-fn redis_cli(client_ns: &str, ip: &str, args: &[&str]) -> String {
-    let out = Hosts::command(client_ns, "redis-cli")
-        .args(["-h", ip, "--raw"])
-        .args(args)
-        .output()
-        .expect("redis-cli runs");
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
 
 /// Moves the tree rooted at `pid` from host `from` to the service at `to`.
 fn migrate(from: &str, bin: &Path, to: &str, pid: i32, outer: &str) -> Report {
@@ -111,18 +87,8 @@ fn redis_moves_there_and_back_with_its_client_connected() {
         ],
     )
     .unwrap();
-    wait_until(Duration::from_secs(15), || {
-        (redis_cli(&lan.client, &ip, &["PING"]) == "PONG").then_some(())
-    })
-    .expect("redis answers on the LAN");
     // Data the server holds: 1000 keys, checked after every move.
-    let mut mset = vec!["MSET".to_string()];
-    for i in 0..1000 {
-        mset.push(format!("phaul:k{i}"));
-        mset.push(format!("value-{i}-{}", i * 7919));
-    }
-    let refs: Vec<&str> = mset.iter().map(String::as_str).collect();
-    assert_eq!(redis_cli(&lan.client, &ip, &refs), "OK");
+    redis_ready_with(lan, &ip, "phaul:k", 1000).unwrap();
     let client = LanClient::start(lan, &ip, 6379, Duration::from_millis(5)).unwrap();
 
     let at_src = Target::start_on(&hosts.src, &hosts.src_ip, criu(&bin), Setup::default());
@@ -160,15 +126,8 @@ fn redis_moves_there_and_back_with_its_client_connected() {
                 )
             });
         assert_eq!(s.errors, 0, "move {n}: client errors: {:?}", s.last_error);
-        assert_eq!(
-            redis_cli(&lan.client, &ip, &["DBSIZE"]),
-            "1001",
-            "move {n}: keys"
-        );
-        assert_eq!(
-            redis_cli(&lan.client, &ip, &["GET", "phaul:k999"]),
-            "value-999-7911081"
-        );
+        assert_eq!(redis_cli(lan, &ip, &["DBSIZE"]), "1001", "move {n}: keys");
+        assert_eq!(redis_cli(lan, &ip, &["GET", "phaul:k999"]), "v999");
         eprintln!(
             "{test}: move {n} ({} -> {}): mode {}, downtime {:.1} ms, client longest stall so far {:.1} ms, {} answers",
             from,
@@ -279,14 +238,8 @@ fn a_failed_restore_leaves_the_server_and_its_client_connection_on_the_source() 
         ],
     )
     .unwrap();
-    wait_until(Duration::from_secs(15), || {
-        (redis_cli(&lan.client, &ip, &["PING"]) == "PONG").then_some(())
-    })
-    .expect("redis answers on the LAN");
-    assert_eq!(
-        redis_cli(&lan.client, &ip, &["SET", "phaul:kept", "yes"]),
-        "OK"
-    );
+    redis_ready_with(lan, &ip, "", 0).unwrap();
+    assert_eq!(redis_cli(lan, &ip, &["SET", "phaul:kept", "yes"]), "OK");
     let client = LanClient::start(lan, &ip, 6379, Duration::from_millis(5)).unwrap();
     let (_standin, failing) = common::criu_failing_restores(&bin);
     let target = Target::start_on(&hosts.tgt, &hosts.tgt_ip, criu(&failing), Setup::default());
@@ -314,7 +267,7 @@ fn a_failed_restore_leaves_the_server_and_its_client_connection_on_the_source() 
             )
         });
     assert_eq!(s.errors, 0, "client errors: {:?}", s.last_error);
-    assert_eq!(redis_cli(&lan.client, &ip, &["GET", "phaul:kept"]), "yes");
+    assert_eq!(redis_cli(lan, &ip, &["GET", "phaul:kept"]), "yes");
     eprintln!(
         "{test}: client longest stall {:.1} ms, 0 errors",
         s.longest_stall_ms
@@ -396,7 +349,7 @@ fn a_tree_talking_over_unix_sockets_and_pipes_moves_with_its_client() {
         .answers_after(100, Duration::from_secs(30))
         .unwrap_or_else(|| panic!("the client's requests stopped: {:?}", client.stats()));
     assert_eq!(s.errors, 0, "client errors: {:?}", s.last_error);
-    let inner_now: u64 = redis_cli(&lan.client, &ip, &["GET", "phaul:inner"])
+    let inner_now: u64 = redis_cli(lan, &ip, &["GET", "phaul:inner"])
         .parse()
         .unwrap();
     assert!(

@@ -259,6 +259,57 @@ impl Drop for ServiceTree {
     }
 }
 
+/// Debian's `redis-server`, the service the real-service tests move, or
+/// `None`: the test is skipped with a message, or fails under `CI`.
+pub fn require_redis(test: &str) -> Option<&'static str> {
+    let bin = "/usr/bin/redis-server";
+    if std::path::Path::new(bin).exists() {
+        return Some(bin);
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{test}: {bin} is missing (scripts/setup.sh installs redis-server)"
+    );
+    #[allow(clippy::print_stderr)]
+    {
+        eprintln!("SKIPPED {test}: {bin} is missing; run scripts/setup.sh");
+    }
+    None
+}
+
+/// `redis-cli -h IP ARGS...` run on the LAN's client host; its output,
+/// trimmed (empty when it could not run).
+pub fn redis_cli(lan: &Lan, ip: &str, args: &[&str]) -> String {
+    Hosts::command(&lan.client, "redis-cli")
+        .args(["-h", ip, "--raw"])
+        .args(args)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
+/// Waits until Redis at `ip` answers the client host, then stores `keys`
+/// keys `{prefix}{i}` = `v{i}` in it (data the tests check after a move).
+pub fn redis_ready_with(lan: &Lan, ip: &str, prefix: &str, keys: usize) -> std::io::Result<()> {
+    wait_until(Duration::from_secs(20), || {
+        (redis_cli(lan, ip, &["PING"]) == "PONG").then_some(())
+    })
+    .ok_or_else(|| std::io::Error::other(format!("redis at {ip} does not answer")))?;
+    if keys == 0 {
+        return Ok(());
+    }
+    let mut mset = vec!["MSET".to_string()];
+    for i in 0..keys {
+        mset.push(format!("{prefix}{i}"));
+        mset.push(format!("v{i}"));
+    }
+    let refs: Vec<&str> = mset.iter().map(String::as_str).collect();
+    match redis_cli(lan, ip, &refs).as_str() {
+        "OK" => Ok(()),
+        other => Err(std::io::Error::other(format!("MSET answered {other:?}"))),
+    }
+}
+
 /// What a [`LanClient`] saw.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ClientStats {
