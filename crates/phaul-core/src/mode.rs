@@ -134,8 +134,187 @@ pub fn choose(
     target: HostCaps,
     fallback: bool,
 ) -> Result<ModeChoice> {
+    plan(requested, fallback, source, target, KindCaps::any())
+}
+
+/// What a kind of thing can do, as data: the engine reads it from the
+/// htype once, and [`plan`] weighs it beside the hosts' features.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KindCaps {
+    /// The kind's name, for reasons (`"runc"`).
+    pub name: &'static str,
+    /// It can be pre-dumped (pre-copy, hybrid).
+    pub pre_dump: bool,
+    /// It can be restored lazily by CRIU (post-copy, hybrid); a kind whose
+    /// manager restores it cannot.
+    pub lazy_restore: bool,
+    /// Its manager makes its dump itself, in one stop-and-copy step.
+    pub own_dump: bool,
+}
+
+impl KindCaps {
+    /// A kind with no limits of its own (a plain tree).
+    pub const fn any() -> Self {
+        Self {
+            name: "pid",
+            pre_dump: true,
+            lazy_restore: true,
+            own_dump: false,
+        }
+    }
+}
+
+/// Why a feature cannot be used: the kind (whatever the hosts have), or
+/// the hosts lacking it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Blocked {
+    Kind(String),
+    Hosts(&'static str),
+}
+
+impl Blocked {
+    fn of(
+        feature: Feature,
+        source: HostCaps,
+        target: HostCaps,
+        kind: Option<String>,
+    ) -> Option<Self> {
+        kind.map(Blocked::Kind)
+            .or_else(|| lacking(feature, source, target).map(Blocked::Hosts))
+    }
+
+    /// For an error: what the mode needs.
+    fn need(&self, f: Feature) -> String {
+        match self {
+            Blocked::Kind(why) => why.clone(),
+            Blocked::Hosts(hosts) => format!("{} on {hosts}", f.long),
+        }
+    }
+
+    /// For a reason: why the feature is out.
+    fn why(&self, f: Feature) -> String {
+        match self {
+            Blocked::Kind(why) => why.clone(),
+            Blocked::Hosts(hosts) => format!("{} {} missing on {hosts}", f.short, f.is),
+        }
+    }
+}
+
+/// The features a migration can use, and why not where it cannot.
+struct Limits {
+    mem: Option<Blocked>,
+    lazy: Option<Blocked>,
+}
+
+impl Limits {
+    fn new(source: HostCaps, target: HostCaps, kind: KindCaps) -> Self {
+        let own = kind.own_dump.then(|| {
+            format!(
+                "the {} kind makes its own dump (its manager runs CRIU), in one stop-and-copy step",
+                kind.name
+            )
+        });
+        let mem = own.clone().or_else(|| {
+            (!kind.pre_dump).then(|| format!("the {} kind cannot be pre-dumped", kind.name))
+        });
+        let lazy = own.or_else(|| {
+            (!kind.lazy_restore).then(|| {
+                format!(
+                    "the {} kind cannot be restored lazily (its manager restores it)",
+                    kind.name
+                )
+            })
+        });
+        Self {
+            mem: Blocked::of(MEM_TRACK, source, target, mem),
+            lazy: Blocked::of(LAZY_PAGES, source, target, lazy),
+        }
+    }
+
+    /// What `mode` needs that it cannot have, in words, or `None`.
+    fn missing_for(&self, mode: Mode) -> Option<String> {
+        let parts: Vec<String> = match mode {
+            Mode::PreCopy => vec![self.mem.as_ref().map(|b| b.need(MEM_TRACK))],
+            Mode::PostCopy => vec![self.lazy.as_ref().map(|b| b.need(LAZY_PAGES))],
+            Mode::Hybrid => vec![
+                self.mem.as_ref().map(|b| b.need(MEM_TRACK)),
+                self.lazy.as_ref().map(|b| b.need(LAZY_PAGES)),
+            ],
+            Mode::Auto | Mode::StopCopy | Mode::Restart => Vec::new(),
+        }
+        .into_iter()
+        .flatten()
+        .collect();
+        let mut parts = parts;
+        parts.dedup();
+        (!parts.is_empty()).then(|| parts.join(", and "))
+    }
+
+    /// The [`Mode::Auto`] rules: the mode with the shortest downtime that
+    /// can be had, and a sentence saying why, blaming what really is the
+    /// cause (the kind or the host that lacks a feature).
+    fn best(&self) -> (Mode, String) {
+        match (&self.lazy, &self.mem) {
+            (None, mem) => {
+                let tracking = match mem {
+                    None => format!(
+                        "{} {} available on both hosts too, but pre-copy would keep the \
+                         process frozen longer",
+                        MEM_TRACK.short, MEM_TRACK.is
+                    ),
+                    Some(b) => format!("{}, so pre-copy is not possible", b.why(MEM_TRACK)),
+                };
+                (
+                    Mode::PostCopy,
+                    format!(
+                        "both hosts support {}: post-copy resumes the process on the target \
+                         at once, the shortest downtime; {tracking}",
+                        LAZY_PAGES.short
+                    ),
+                )
+            }
+            (Some(lazy), None) => (
+                Mode::PreCopy,
+                format!(
+                    "both hosts support {}: pre-copy sends memory while the process runs, so \
+                     the final dump is small; {}, so post-copy is not possible",
+                    MEM_TRACK.short,
+                    lazy.why(LAZY_PAGES)
+                ),
+            ),
+            (Some(lazy), Some(mem)) if lazy == mem => (Mode::StopCopy, lazy.why(LAZY_PAGES)),
+            (Some(lazy), Some(mem)) => (
+                Mode::StopCopy,
+                format!(
+                    "{}, so post-copy is not possible; {}, so pre-copy is not possible \
+                     either: stop-copy copies all memory while the process is frozen",
+                    lazy.why(LAZY_PAGES),
+                    mem.why(MEM_TRACK)
+                ),
+            ),
+        }
+    }
+}
+
+/// The plan of a migration: the mode to use and why, computed once, from
+/// the mode asked for, both hosts' features and what the kind can do.
+/// Pure: the same inputs always give the same plan, and both hosts obey it.
+///
+/// [`Mode::Auto`] never fails: it takes post-copy when it can be had (the
+/// shortest downtime), else pre-copy, else stop-copy, and its reason blames
+/// the kind or the host that rules the others out. A mode asked for that
+/// cannot be had is an [`Error::UnsupportedMode`] naming why, or with
+/// `fallback` the mode `auto` would pick, with a reason saying so.
+pub fn plan(
+    requested: Mode,
+    fallback: bool,
+    source: HostCaps,
+    target: HostCaps,
+    kind: KindCaps,
+) -> Result<ModeChoice> {
+    let limits = Limits::new(source, target, kind);
     let (mode, reason) = match requested {
-        Mode::Auto => auto(source, target),
+        Mode::Auto => limits.best(),
         Mode::StopCopy => (
             Mode::StopCopy,
             "stop-copy was asked for: the process stays frozen while all its memory is \
@@ -148,27 +327,25 @@ pub fn choose(
              afresh on the target, without its memory"
                 .to_owned(),
         ),
-        Mode::PreCopy | Mode::PostCopy | Mode::Hybrid => {
-            match missing_for(requested, source, target) {
-                None => (requested, supported_reason(requested)),
-                Some(missing) if !fallback => {
-                    return Err(Error::UnsupportedMode {
-                        mode: requested,
-                        missing,
-                    });
-                }
-                Some(missing) => {
-                    let (mode, why) = auto(source, target);
-                    (
-                        mode,
-                        format!(
-                            "{requested} is not possible here (it needs {missing}): \
-                             falling back to {mode}; {why}"
-                        ),
-                    )
-                }
+        Mode::PreCopy | Mode::PostCopy | Mode::Hybrid => match limits.missing_for(requested) {
+            None => (requested, supported_reason(requested)),
+            Some(missing) if !fallback => {
+                return Err(Error::UnsupportedMode {
+                    mode: requested,
+                    missing,
+                });
             }
-        }
+            Some(missing) => {
+                let (mode, why) = limits.best();
+                (
+                    mode,
+                    format!(
+                        "{requested} is not possible here (it needs {missing}): \
+                         falling back to {mode}; {why}"
+                    ),
+                )
+            }
+        },
     };
     Ok(ModeChoice {
         mode,
@@ -212,27 +389,6 @@ fn lacking(feature: Feature, source: HostCaps, target: HostCaps) -> Option<&'sta
     }
 }
 
-/// What a mode needs that the hosts lack, in words, or `None` when the mode
-/// is possible.
-fn missing_for(mode: Mode, source: HostCaps, target: HostCaps) -> Option<String> {
-    let needs: &[Feature] = match mode {
-        Mode::PreCopy => &[MEM_TRACK],
-        Mode::PostCopy => &[LAZY_PAGES],
-        Mode::Hybrid => &[MEM_TRACK, LAZY_PAGES],
-        Mode::Auto | Mode::StopCopy | Mode::Restart => &[],
-    };
-    let parts: Vec<String> = needs
-        .iter()
-        .filter_map(|&f| lacking(f, source, target).map(|hosts| format!("{} on {hosts}", f.long)))
-        .collect();
-    if parts.is_empty() {
-        None
-    } else {
-        Some(parts.join(", and "))
-    }
-}
-
-/// Why a mode that was asked for and is possible is used.
 fn supported_reason(mode: Mode) -> String {
     match mode {
         Mode::PreCopy => format!(
@@ -246,101 +402,6 @@ fn supported_reason(mode: Mode) -> String {
         _ => format!(
             "{mode} was asked for and both hosts have {} and {}",
             MEM_TRACK.short, LAZY_PAGES.short
-        ),
-    }
-}
-
-/// The choice for a kind whose manager restores it, so never lazily:
-/// pre-copy when `requested` is [`Mode::Auto`] and both hosts track memory,
-/// else stop-copy; the reason says that post-copy is out because of the
-/// kind, not because of the hosts.
-pub(crate) fn without_lazy_restore(
-    requested: Mode,
-    source: HostCaps,
-    target: HostCaps,
-    kind: &str,
-) -> ModeChoice {
-    let head = format!(
-        "the {kind} kind cannot be restored lazily (its manager restores it), so post-copy is \
-         not possible"
-    );
-    let no_tracking = lacking(MEM_TRACK, source, target);
-    let (mode, reason) = match (requested, no_tracking) {
-        (Mode::Auto, None) => (
-            Mode::PreCopy,
-            format!(
-                "{head}; both hosts support {}: pre-copy sends memory while the process \
-                 runs, so the final dump is small",
-                MEM_TRACK.short
-            ),
-        ),
-        (Mode::Auto, Some(hosts)) => (
-            Mode::StopCopy,
-            format!(
-                "{head}; {} {} missing on {hosts}, so pre-copy is not possible either: \
-                 stop-copy copies all memory while the process is frozen",
-                MEM_TRACK.short, MEM_TRACK.is
-            ),
-        ),
-        _ => (
-            Mode::StopCopy,
-            format!(
-                "{head}; falling back from {requested} to stop-copy, which copies all memory \
-                 while the process is frozen"
-            ),
-        ),
-    };
-    ModeChoice {
-        mode,
-        requested,
-        reason,
-    }
-}
-
-/// The [`Mode::Auto`] rules: the mode with the shortest downtime that both
-/// hosts support, and a sentence naming what was seen on each side.
-fn auto(source: HostCaps, target: HostCaps) -> (Mode, String) {
-    let no_tracking = lacking(MEM_TRACK, source, target);
-    let no_lazy = lacking(LAZY_PAGES, source, target);
-    match (no_lazy, no_tracking) {
-        (None, tracking) => {
-            let tracking = match tracking {
-                None => format!(
-                    "{} {} available on both hosts too, but pre-copy would keep the \
-                     process frozen longer",
-                    MEM_TRACK.short, MEM_TRACK.is
-                ),
-                Some(hosts) => format!(
-                    "{} {} missing on {hosts}, so pre-copy is not possible",
-                    MEM_TRACK.short, MEM_TRACK.is
-                ),
-            };
-            (
-                Mode::PostCopy,
-                format!(
-                    "both hosts support {}: post-copy resumes the process on the target at \
-                     once, the shortest downtime; {tracking}",
-                    LAZY_PAGES.short
-                ),
-            )
-        }
-        (Some(lazy_hosts), None) => (
-            Mode::PreCopy,
-            format!(
-                "both hosts support {}: pre-copy sends memory while the process runs, so the \
-                 final dump is small; {} {} missing on {lazy_hosts}, so post-copy is not \
-                 possible",
-                MEM_TRACK.short, LAZY_PAGES.short, LAZY_PAGES.is
-            ),
-        ),
-        (Some(lazy_hosts), Some(tracking_hosts)) => (
-            Mode::StopCopy,
-            format!(
-                "{} {} missing on {tracking_hosts} and {} on {lazy_hosts}, so neither \
-                 pre-copy nor post-copy is possible: stop-copy copies all memory while the \
-                 process is frozen",
-                MEM_TRACK.short, MEM_TRACK.is, LAZY_PAGES.short
-            ),
         ),
     }
 }
@@ -451,7 +512,7 @@ mod tests {
         assert_eq!(c.mode, Mode::StopCopy);
         assert!(c.reason.contains("missing on the target"), "{}", c.reason);
         assert!(
-            c.reason.contains("on the source, so neither"),
+            c.reason.contains("missing on the source, so post-copy is not possible"),
             "{}",
             c.reason
         );
@@ -550,13 +611,26 @@ mod tests {
         );
     }
 
+    const LXC: KindCaps = KindCaps {
+        name: "lxc",
+        pre_dump: true,
+        lazy_restore: false,
+        own_dump: false,
+    };
+    const RUNC: KindCaps = KindCaps {
+        name: "runc",
+        pre_dump: false,
+        lazy_restore: false,
+        own_dump: true,
+    };
+
     #[test]
     fn a_kind_without_lazy_restore_says_so_and_not_that_the_hosts_lack_lazy_pages() {
         let lazy_only = HostCaps {
             mem_track: false,
             lazy_pages: true,
         };
-        let c = without_lazy_restore(Mode::Auto, lazy_only, lazy_only, "lxc");
+        let c = plan(Mode::Auto, false, lazy_only, lazy_only, LXC).unwrap();
         assert_eq!(c.mode, Mode::StopCopy);
         assert!(
             c.reason
@@ -578,15 +652,74 @@ mod tests {
             mem_track: true,
             lazy_pages: true,
         };
-        let c = without_lazy_restore(Mode::Auto, both, both, "lxc");
-        assert_eq!(c.mode, Mode::PreCopy);
-        let c = without_lazy_restore(Mode::PostCopy, both, both, "runc");
+        assert_eq!(
+            plan(Mode::Auto, false, both, both, LXC).unwrap().mode,
+            Mode::PreCopy
+        );
+        let e = plan(Mode::PostCopy, false, both, both, LXC).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("the lxc kind cannot be restored lazily"),
+            "{e}"
+        );
+        let c = plan(Mode::PostCopy, true, both, both, RUNC).unwrap();
         assert_eq!((c.mode, c.requested), (Mode::StopCopy, Mode::PostCopy));
         assert!(
-            c.reason.contains("falling back from post-copy"),
+            c.reason.contains("falling back to stop-copy"),
             "{}",
             c.reason
         );
+        assert!(
+            c.reason.contains("the runc kind makes its own dump"),
+            "{}",
+            c.reason
+        );
+    }
+
+    /// The review's first fault: `auto` without `--fallback` was refused
+    /// for a kind that cannot pre-dump on hosts that track memory but lack
+    /// lazy pages (runc on a soft-dirty kernel without userfaultfd).
+    #[test]
+    fn auto_never_refuses_a_kind_that_cannot_pre_dump() {
+        let track_only = HostCaps {
+            mem_track: true,
+            lazy_pages: false,
+        };
+        let no_pre_dump = KindCaps {
+            name: "runc",
+            pre_dump: false,
+            lazy_restore: true,
+            own_dump: false,
+        };
+        let c = plan(Mode::Auto, false, track_only, track_only, no_pre_dump).unwrap();
+        assert_eq!(c.mode, Mode::StopCopy);
+        let c = plan(Mode::Auto, false, track_only, track_only, RUNC).unwrap();
+        assert_eq!(c.mode, Mode::StopCopy);
+        assert_eq!(c.reason.matches("the runc kind").count(), 1, "{}", c.reason);
+    }
+
+    /// The review's second fault: with `--fallback`, the reason blamed the
+    /// source's memory tracking when the kind was the cause.
+    #[test]
+    fn a_fallback_blames_the_kind_not_the_hosts_memory_tracking() {
+        let both = HostCaps {
+            mem_track: true,
+            lazy_pages: true,
+        };
+        let no_pre_dump = KindCaps {
+            name: "vz",
+            pre_dump: false,
+            lazy_restore: false,
+            own_dump: false,
+        };
+        let c = plan(Mode::PreCopy, true, both, both, no_pre_dump).unwrap();
+        assert_eq!(c.mode, Mode::StopCopy);
+        assert!(
+            c.reason.contains("the vz kind cannot be pre-dumped"),
+            "{}",
+            c.reason
+        );
+        assert!(!c.reason.contains("missing on the source"), "{}", c.reason);
     }
 
     #[test]

@@ -490,69 +490,13 @@ impl<C: SourceCriu> Migration<C> {
             mem_track: reply.mem_track,
             lazy_pages: reply.lazy_pages,
         };
-        let mut choice = mode::choose(self.mode, caps, target_caps, self.fallback)?;
-        if !self.htype.can_pre_dump() && matches!(choice.mode, Mode::PreCopy | Mode::Hybrid) {
-            if !self.fallback {
-                return Err(Error::UnsupportedMode {
-                    mode: choice.mode,
-                    missing: format!(
-                        "pre-dumps, which the {} kind does not support",
-                        self.htype.kind()
-                    ),
-                });
-            }
-            choice = mode::choose(
-                Mode::Auto,
-                HostCaps {
-                    mem_track: false,
-                    ..caps
-                },
-                target_caps,
-                true,
-            )?;
-        }
-        if !self.htype.can_restore_lazily() && matches!(choice.mode, Mode::PostCopy | Mode::Hybrid)
-        {
-            if !self.fallback && self.mode != Mode::Auto {
-                return Err(Error::UnsupportedMode {
-                    mode: choice.mode,
-                    missing: format!(
-                        "a lazy restore, which the {} kind cannot do (its manager restores it)",
-                        self.htype.kind()
-                    ),
-                });
-            }
-            // A kind without pre-dumps must not be offered pre-copy here.
-            let tracking = |c: HostCaps| HostCaps {
-                mem_track: c.mem_track && self.htype.can_pre_dump(),
-                ..c
-            };
-            choice = mode::without_lazy_restore(
-                self.mode,
-                tracking(caps),
-                tracking(target_caps),
-                self.htype.kind(),
-            );
-        }
-        if self.htype.dumps_itself() && !matches!(choice.mode, Mode::StopCopy | Mode::Restart) {
-            if !self.fallback && self.mode != Mode::Auto {
-                return Err(Error::UnsupportedMode {
-                    mode: choice.mode,
-                    missing: format!(
-                        "its own dump, which the {} kind makes in one stop-and-copy step",
-                        self.htype.kind()
-                    ),
-                });
-            }
-            choice = ModeChoice {
-                mode: Mode::StopCopy,
-                requested: self.mode,
-                reason: format!(
-                    "the {} kind makes its own dump (its manager runs CRIU), in one stop-and-copy step",
-                    self.htype.kind()
-                ),
-            };
-        }
+        let kind = mode::KindCaps {
+            name: self.htype.kind(),
+            pre_dump: self.htype.can_pre_dump(),
+            lazy_restore: self.htype.can_restore_lazily(),
+            own_dump: self.htype.dumps_itself(),
+        };
+        let choice = mode::plan(self.mode, self.fallback, caps, target_caps, kind)?;
         info!(mode = %choice.mode, reason = %choice.reason, "mode chosen");
         stats.set_mode(choice.clone());
         self.emit(Progress::Mode(choice.clone()));
