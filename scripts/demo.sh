@@ -76,6 +76,9 @@ for side in "$SRC:$SRC_IP" "$TGT:$TGT_IP" "$CLIENT:$CLIENT_IP"; do
     else
         # A host's own bridge: its uplink and its services' veths sit on it.
         ip -n "$ns" link add br0 type bridge
+        # Its own MAC: a bridge otherwise takes its ports' lowest, which
+        # changes as the service's veth comes and goes.
+        ip -n "$ns" link set br0 address "02:70:68:ff:00:0$n"
         ip -n "$ns" link set "phu$TAG$n" master br0 up
         ip -n "$ns" addr add "$addr/24" dev br0
         ip -n "$ns" link set br0 up

@@ -1,11 +1,11 @@
-//! Compiles CRIU's message definitions from `proto/criu` with protox, a
+//! Compiles CRIU's message definitions in `proto/` (this crate's) with protox, a
 //! protobuf compiler written in Rust, so building needs no `protoc`.
 
 use std::path::PathBuf;
 
 fn main() {
-    let root = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"))
-        .join("../../proto/criu");
+    let root =
+        PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo")).join("proto");
     let files = [
         "rpc.proto",
         "stats.proto",

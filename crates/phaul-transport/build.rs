@@ -1,11 +1,11 @@
-//! Compiles phaul's link protocol from `proto/phaul` with protox (no
+//! Compiles phaul's link protocol in `proto/` (this crate's) with protox (no
 //! `protoc` needed).
 
 use std::path::PathBuf;
 
 fn main() {
-    let root = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"))
-        .join("../../proto/phaul");
+    let root =
+        PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo")).join("proto");
     let files = ["link.proto"];
     for f in files {
         println!("cargo:rerun-if-changed={}", root.join(f).display());

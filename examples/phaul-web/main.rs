@@ -87,7 +87,7 @@ struct Args {
     /// Address to serve the page on (HOST:PORT; port 0 picks one).
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
-    /// The target's phaul-service: HOST:PORT, unix:PATH or fd:N.
+    /// The target's phaul-service: HOST:PORT or unix:PATH.
     #[arg(long)]
     target: String,
     /// File holding the secret shared with the target (at least 16 bytes, mode 600).

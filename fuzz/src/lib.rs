@@ -78,7 +78,7 @@ pub fn check_payload(frame: &Frame) {
     }
 }
 
-/// The messages of `proto/phaul/link.proto`, in the order the first byte
+/// The messages of `crates/phaul-transport/proto/link.proto`, in the order the first byte
 /// of a `message_decode` input selects them (modulo their number). New
 /// messages go at the end, so the committed seeds keep their meaning.
 pub const MESSAGES: [&str; 28] = [

@@ -1,4 +1,4 @@
-//! The generated CRIU messages (`proto/criu/*.proto`), as prost structs.
+//! The generated CRIU messages (`proto/*.proto` of this crate), as prost structs.
 //!
 //! Names follow prost's rules: `criu_req` is [`CriuReq`], the enum
 //! `criu_req_type` is [`CriuReqType`]. These are the raw wire types; most

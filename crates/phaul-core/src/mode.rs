@@ -512,7 +512,8 @@ mod tests {
         assert_eq!(c.mode, Mode::StopCopy);
         assert!(c.reason.contains("missing on the target"), "{}", c.reason);
         assert!(
-            c.reason.contains("missing on the source, so post-copy is not possible"),
+            c.reason
+                .contains("missing on the source, so post-copy is not possible"),
             "{}",
             c.reason
         );

@@ -18,7 +18,7 @@
 //! - `length` is at most [`MAX_PAYLOAD`]; a larger frame is refused before
 //!   anything is allocated for it.
 //!
-//! Payloads are protobuf messages of `proto/phaul/link.proto`, except
+//! Payloads are protobuf messages of `crates/phaul-transport/proto/link.proto`, except
 //! [`Kind::Data`] (raw bytes) and [`Kind::DataLz4`] (lz4-compressed bytes
 //! prefixed with their decompressed size).
 

@@ -14,7 +14,7 @@
 //! protocol version, kind, length — and a payload of at most 16 MiB; see
 //! [`frame`] for the layout. Kind 0, version 0 and unknown kinds are
 //! refused, as is a frame of any version other than the negotiated one.
-//! Payloads are the protobuf messages of `proto/phaul/link.proto`.
+//! Payloads are the protobuf messages of `crates/phaul-transport/proto/link.proto`.
 //!
 //! # Handshake (every connection)
 //!
