@@ -54,6 +54,11 @@ struct Migrate {
     /// Write the final report as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Write every progress event to this file as a JSON line, with
+    /// `elapsed_ms` and `bytes_sent` (bytes update at least every 200 ms
+    /// while memory streams).
+    #[arg(long)]
+    events: Option<PathBuf>,
     /// Pre-copy stops when the predicted downtime fits this many ms
     /// (default: P.Haul's rules).
     #[arg(long)]
@@ -181,6 +186,20 @@ impl PidFlags {
     }
 }
 
+/// One progress event as a JSON line: when, how many bytes had gone, and
+/// the event itself (`event`, `value`).
+fn write_event(w: &mut impl std::io::Write, elapsed: Duration, bytes: u64, p: &Progress) {
+    let mut line = serde_json::to_value(p).unwrap_or_default();
+    if let Some(o) = line.as_object_mut() {
+        o.insert("elapsed_ms".into(), (elapsed.as_secs_f64() * 1000.0).into());
+        o.insert("bytes_sent".into(), bytes.into());
+    }
+    // Flushed per line: a reader follows the file as the migration goes.
+    if writeln!(w, "{line}").and_then(|()| w.flush()).is_err() {
+        eprintln!("phaul: could not write an event line");
+    }
+}
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     // rsync runs this same binary as its remote shell (--fs rsync).
@@ -291,10 +310,24 @@ async fn migrate(m: Migrate) -> anyhow::Result<bool> {
             .expect("a valid template"),
     );
     bar.enable_steady_tick(Duration::from_millis(100));
+    let mut events = match &m.events {
+        Some(p) => Some(std::io::BufWriter::new(
+            std::fs::File::create(p)
+                .map_err(|e| anyhow::anyhow!("--events {}: {e}", p.display()))?,
+        )),
+        None => None,
+    };
+    let started = std::time::Instant::now();
     let ui = tokio::spawn(async move {
         let mut phase = String::from("pre-flight");
         let mut bytes = 0u64;
         while let Some(p) = rx.recv().await {
+            if let Progress::Bytes(b) = p {
+                bytes = b;
+            }
+            if let Some(w) = events.as_mut() {
+                write_event(w, started.elapsed(), bytes, &p);
+            }
             match p {
                 Progress::Phase(ph) => phase = ph.to_string(),
                 Progress::Mode(c) => bar.println(format!("mode {}: {}", c.mode, c.reason)),

@@ -203,8 +203,9 @@ fn the_cli_migrates_for_real_and_refuses_a_wrong_key_or_a_missing_service() {
     let c = w.counter().unwrap();
     assert!(w.counter_passes(c, Duration::from_secs(10)).is_some());
 
-    // The real thing.
+    // The real thing, with its events as JSON lines.
     let before = w.counter().unwrap();
+    let events = dir.path().join("events.jsonl");
     let r = phaul(
         dir.path(),
         Some(&hosts.src),
@@ -215,10 +216,41 @@ fn the_cli_migrates_for_real_and_refuses_a_wrong_key_or_a_missing_service() {
             key.to_str().unwrap(),
             "--mode",
             "stop-copy",
+            "--events",
+            events.to_str().unwrap(),
             "pid",
             &pid,
         ],
     );
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&events)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let named = |e: &str| lines.iter().filter(|l| l["event"] == e).count();
+    assert!(
+        named("phase") >= 4 && named("frozen") == 1 && named("resumed") == 1,
+        "{lines:?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["event"] == "phase" && l["value"] == "image-transfer")
+    );
+    let sent: Vec<u64> = lines
+        .iter()
+        .map(|l| l["bytes_sent"].as_u64().unwrap())
+        .collect();
+    assert!(
+        sent.windows(2).all(|p| p[0] <= p[1]),
+        "bytes_sent went back: {sent:?}"
+    );
+    assert!(*sent.last().unwrap() >= 32 << 20, "{sent:?}");
+    let times: Vec<f64> = lines
+        .iter()
+        .map(|l| l["elapsed_ms"].as_f64().unwrap())
+        .collect();
+    assert!(times.windows(2).all(|p| p[0] <= p[1]));
     assert_eq!(r.status, 0, "{}\n{}", r.stderr, r.json);
     assert_report_keys(&r.json);
     assert_eq!(r.json["success"], true);

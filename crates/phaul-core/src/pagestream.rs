@@ -102,6 +102,13 @@ impl PageRelay {
         self.counters.sent.load(Ordering::Relaxed)
     }
 
+    /// What reads [`PageRelay::sent`] from elsewhere (a progress ticker),
+    /// as the relay goes on.
+    pub(crate) fn sent_counter(&self) -> impl Fn() -> u64 + Send + 'static {
+        let c = self.counters.clone();
+        move || c.sent.load(Ordering::Relaxed)
+    }
+
     /// Bytes received from the peer so far.
     pub(crate) fn received(&self) -> u64 {
         self.counters.received.load(Ordering::Relaxed)

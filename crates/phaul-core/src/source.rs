@@ -35,7 +35,13 @@ use crate::policy::{ConvergencePolicy, Decision, IterationSample, PhaulRules};
 use crate::stats::{IterationReport, Ongoing, Phase, Report};
 
 /// What a running migration reports as it goes.
-#[derive(Debug, Clone, PartialEq)]
+///
+/// As JSON (serde), each event is an object whose `event` names it
+/// (`"phase"`, `"bytes"`, `"resumed"`, ...) and whose `value` carries its
+/// data; durations are milliseconds. The names and shapes are a stable
+/// interface for scripts and orchestrators.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(tag = "event", content = "value", rename_all = "kebab-case")]
 #[non_exhaustive]
 pub enum Progress {
     /// A new phase began.
@@ -44,18 +50,61 @@ pub enum Progress {
     Mode(ModeChoice),
     /// An iteration (pre-dump or final dump) ended.
     Iteration(IterationReport),
-    /// Bytes sent to the target so far (memory and images).
+    /// Bytes sent to the target so far (memory and images); while memory
+    /// streams, at least every [`BYTES_TICK`].
     Bytes(u64),
     /// Pre-copy decided how to go on, and why.
     Decision(Decision),
     /// The source is frozen (the final dump started).
     Frozen,
-    /// The target runs the tree; the downtime was this long.
-    Resumed(Duration),
+    /// The target runs the tree; the downtime was this long (ms in JSON).
+    Resumed(#[serde(serialize_with = "millis")] Duration),
     /// Rolling back: the source is being resumed.
     RollingBack(String),
     /// A pre-flight check failed and [`Migration::force`] went on anyway.
     Warning(String),
+}
+
+/// How often [`Progress::Bytes`] comes while memory streams to the target.
+pub const BYTES_TICK: Duration = Duration::from_millis(200);
+
+fn millis<S: serde::Serializer>(d: &Duration, s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64() * 1000.0)
+}
+
+/// Emits [`Progress::Bytes`] every [`BYTES_TICK`] while a page relay runs:
+/// `base` plus what the relay has sent. Stops when dropped.
+struct BytesTicker(Option<tokio::task::JoinHandle<()>>);
+
+impl BytesTicker {
+    fn start(
+        progress: Option<mpsc::UnboundedSender<Progress>>,
+        base: u64,
+        sent: impl Fn() -> u64 + Send + 'static,
+    ) -> Self {
+        let Some(tx) = progress else {
+            return Self(None);
+        };
+        Self(Some(tokio::spawn(async move {
+            let mut last = None;
+            loop {
+                tokio::time::sleep(BYTES_TICK).await;
+                let now = base + sent();
+                if last != Some(now) && tx.send(Progress::Bytes(now)).is_err() {
+                    return;
+                }
+                last = Some(now);
+            }
+        })))
+    }
+}
+
+impl Drop for BytesTicker {
+    fn drop(&mut self) {
+        if let Some(h) = self.0.take() {
+            h.abort();
+        }
+    }
 }
 
 /// Cancels a running [`Migration`] from elsewhere.
@@ -694,6 +743,8 @@ impl<C: SourceCriu> Migration<C> {
             .await?;
             let (criu_end, ours) = socketpair()?;
             let relay = PageRelay::spawn(pages, ours);
+            let _ticker =
+                BytesTicker::start(self.progress.clone(), stats.bytes(), relay.sent_counter());
             let spec = self.spec(ctx, i, true, true)?;
             let t0 = Instant::now();
             let st = self
@@ -756,6 +807,7 @@ impl<C: SourceCriu> Migration<C> {
         .await?;
         let (criu_end, ours) = socketpair()?;
         let relay = PageRelay::spawn(pages, ours);
+        let ticker = BytesTicker::start(self.progress.clone(), stats.bytes(), relay.sent_counter());
         let spec = self.spec(ctx, i, pre_copied, pre_copied)?;
         let images_dir = spec.images_dir.clone();
         self.write_files_before_dump(&images_dir).await?;
@@ -777,6 +829,7 @@ impl<C: SourceCriu> Migration<C> {
                 return Err(e);
             }
         };
+        drop(ticker);
         let pages_sent = relay.sent();
         stats.add_bytes(pages_sent);
         let to_target = async {
@@ -873,6 +926,8 @@ impl<C: SourceCriu> Migration<C> {
         }
         let (committed_tx, committed_rx) = watch::channel(false);
         let relay = PageRelay::spawn_guarded(pages, local, committed_rx);
+        let _ticker =
+            BytesTicker::start(self.progress.clone(), stats.bytes(), relay.sent_counter());
         let to_target = async {
             self.fs_pass(stats, ctx, Pass::Final).await?;
             self.write_meta_files(&images_dir).await?;
