@@ -1,37 +1,97 @@
 //! Running the tools of container managers (lxc-*, runc).
+//!
+//! Every tool runs with a time limit ([`TOOL_TIMEOUT`]) in a process group
+//! of its own: a hung `runc checkpoint` or LXC tool (and the CRIU it runs)
+//! is killed, whole, instead of holding the migration, and the caller's
+//! error path resumes the container.
 
-use std::io::{Read, Seek};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 use crate::{Error, Result};
 
-/// Runs `tool` with `args` (never through a shell); its stdout on success,
-/// a [`Error::Command`] with the end of its stderr on failure.
-///
-/// Output goes to temporary files, not pipes: `lxc-start`, `lxc-checkpoint
-/// -r` and `runc restore -d` leave processes behind that inherit them, and
-/// a pipe would then never reach end-of-file.
-pub(crate) fn run(tool: &Path, args: &[&std::ffi::OsStr]) -> Result<String> {
-    run_with(tool, args, None)
+/// The longest one manager tool may run: far longer than a dump or restore
+/// of several GiB takes here, short enough that a hung tool ends.
+pub const TOOL_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// How one tool runs, beyond its argument vector.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits<'a> {
+    /// Its standard input (else `/dev/null`).
+    pub input: Option<&'a [u8]>,
+    /// A directory put first on the `PATH` it inherits: a manager that runs
+    /// `criu` from `PATH` (liblxc does) then runs ours.
+    pub first_on_path: Option<&'a Path>,
+    /// The longest it may run.
+    pub time: Duration,
+    /// The most it may print; more is an error (a hostile or broken tool
+    /// cannot fill our memory).
+    pub output: u64,
 }
 
-/// [`run`], with `first_on_path` put before the `PATH` the tool inherits:
-/// a manager that runs `criu` from `PATH` (liblxc does) then runs ours.
+impl Default for Limits<'_> {
+    fn default() -> Self {
+        Self {
+            input: None,
+            first_on_path: None,
+            time: TOOL_TIMEOUT,
+            output: 16 << 20,
+        }
+    }
+}
+
+/// Runs `tool` with `args` (never through a shell); its stdout on success,
+/// a [`Error::Command`] with the end of its stderr on failure.
+pub(crate) fn run(tool: &Path, args: &[&std::ffi::OsStr]) -> Result<String> {
+    exec(tool, args, Limits::default()).map(|v| String::from_utf8_lossy(&v).into_owned())
+}
+
+/// [`run`], with `first_on_path` put before the `PATH` the tool inherits.
 pub(crate) fn run_with(
     tool: &Path,
     args: &[&std::ffi::OsStr],
     first_on_path: Option<&Path>,
 ) -> Result<String> {
+    let limits = Limits {
+        first_on_path,
+        ..Limits::default()
+    };
+    exec(tool, args, limits).map(|v| String::from_utf8_lossy(&v).into_owned())
+}
+
+/// The one way a manager's tool runs: argv only, its own process group,
+/// `limits` enforced. Output goes to temporary files, not pipes:
+/// `lxc-start`, `lxc-checkpoint -r` and `runc restore -d` leave processes
+/// behind that inherit them, and a pipe would then never reach end-of-file.
+pub(crate) fn exec(tool: &Path, args: &[&std::ffi::OsStr], limits: Limits<'_>) -> Result<Vec<u8>> {
     let name = tool.display().to_string();
+    let command = || {
+        std::iter::once(name.clone())
+            .chain(args.iter().map(|a| a.to_string_lossy().into_owned()))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
     let io = |what: &str, source| Error::Io {
         what: format!("{what} for {name}"),
         source,
     };
-    let mut out = tempfile::tempfile().map_err(|e| io("a temporary file", e))?;
-    let mut err = tempfile::tempfile().map_err(|e| io("a temporary file", e))?;
+    let temp = || tempfile::tempfile().map_err(|e| io("a temporary file", e));
+    let (mut out, mut err) = (temp()?, temp()?);
+    let stdin = match limits.input {
+        None => std::process::Stdio::null(),
+        Some(bytes) => {
+            let mut f = temp()?;
+            f.write_all(bytes)
+                .and_then(|()| f.seek(SeekFrom::Start(0)).map(drop))
+                .map_err(|e| io("writing the input", e))?;
+            std::process::Stdio::from(f)
+        }
+    };
     let mut cmd = Command::new(tool);
-    if let Some(dir) = first_on_path {
+    if let Some(dir) = limits.first_on_path {
         let mut path = std::ffi::OsString::from(dir);
         if let Some(old) = std::env::var_os("PATH") {
             path.push(":");
@@ -39,36 +99,123 @@ pub(crate) fn run_with(
         }
         cmd.env("PATH", path);
     }
-    let status = cmd
+    let mut child = cmd
         .args(args)
-        .stdin(std::process::Stdio::null())
+        .process_group(0)
+        .stdin(stdin)
         .stdout(out.try_clone().map_err(|e| io("a temporary file", e))?)
         .stderr(err.try_clone().map_err(|e| io("a temporary file", e))?)
-        .status()
+        .spawn()
         .map_err(|source| Error::Io {
             what: format!("running {name} (scripts/setup.sh installs it)"),
             source,
         })?;
-    let read = |f: &mut std::fs::File| -> String {
-        let mut s = String::new();
-        let _ = f.seek(std::io::SeekFrom::Start(0));
-        let _ = f.read_to_string(&mut s);
-        s
+    let Some(status) = wait_limited(&mut child, limits.time).map_err(|e| io("waiting", e))? else {
+        return Err(Error::Command {
+            command: command(),
+            status: format!(
+                "killed after {} s (its time limit)",
+                limits.time.as_secs_f64()
+            ),
+            stderr: String::new(),
+        });
+    };
+    let read = |f: &mut std::fs::File| -> std::io::Result<Vec<u8>> {
+        let mut v = Vec::new();
+        f.seek(SeekFrom::Start(0))?;
+        f.take(limits.output + 1).read_to_end(&mut v)?;
+        Ok(v)
     };
     if !status.success() {
-        let text = read(&mut err);
+        let text = read(&mut err).unwrap_or_default();
+        let text = String::from_utf8_lossy(&text);
         let tail: Vec<&str> = text.lines().rev().take(3).collect();
         return Err(Error::Command {
-            command: format!(
-                "{name} {}",
-                args.iter()
-                    .map(|a| a.to_string_lossy())
-                    .collect::<Vec<_>>()
-                    .join(" ")
-            ),
+            command: command(),
             status: status.to_string(),
             stderr: tail.into_iter().rev().collect::<Vec<_>>().join(" / "),
         });
     }
-    Ok(read(&mut out))
+    let v = read(&mut out).map_err(|e| io("reading the output", e))?;
+    if v.len() as u64 > limits.output {
+        return Err(Error::Command {
+            command: command(),
+            status: format!("printed more than {} bytes", limits.output),
+            stderr: String::new(),
+        });
+    }
+    Ok(v)
+}
+
+/// Waits for `child` until `limit`; past it, kills its whole process group
+/// (the tool and what it started, CRIU included) and returns `None`.
+fn wait_limited(
+    child: &mut std::process::Child,
+    limit: Duration,
+) -> std::io::Result<Option<std::process::ExitStatus>> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(st) = child.try_wait()? {
+            return Ok(Some(st));
+        }
+        if Instant::now() >= deadline {
+            let group = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap_or(0));
+            let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
+            let _ = child.wait();
+            return Ok(None);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_hung_tool_and_what_it_started_are_killed_at_the_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("grandchild");
+        // A tool that starts a helper and hangs, as runc does with CRIU.
+        let script = format!("sleep 30 & echo $! > {}; wait", pidfile.display());
+        let t0 = Instant::now();
+        let limits = Limits {
+            time: Duration::from_millis(300),
+            ..Limits::default()
+        };
+        let e = exec(
+            Path::new("/bin/sh"),
+            &["-c".as_ref(), script.as_ref()],
+            limits,
+        )
+        .unwrap_err();
+        assert!(t0.elapsed() < Duration::from_secs(5));
+        assert!(e.to_string().contains("killed after 0.3 s"), "{e}");
+        let helper: i32 = std::fs::read_to_string(&pidfile)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        let state = std::fs::read_to_string(format!("/proc/{helper}/stat")).unwrap_or_default();
+        assert!(
+            state.is_empty() || state.contains(") Z "),
+            "the helper lives on: {state}"
+        );
+    }
+
+    #[test]
+    fn a_quick_tool_answers_as_before() {
+        let out = run(Path::new("/bin/echo"), &["hello".as_ref()]).unwrap();
+        assert_eq!(out, "hello\n");
+        let e = run(Path::new("/bin/false"), &[]).unwrap_err();
+        assert!(e.to_string().contains("/bin/false"), "{e}");
+        let small = Limits {
+            output: 4,
+            input: Some(b"abcdefgh"),
+            ..Limits::default()
+        };
+        let e = exec(Path::new("/bin/cat"), &[], small).unwrap_err();
+        assert!(e.to_string().contains("more than 4 bytes"), "{e}");
+    }
 }

@@ -44,10 +44,9 @@
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::registry::Paths;
 use crate::{CriuOptions, Error, Htype, Result, pid};
@@ -136,80 +135,13 @@ pub fn validate_ctid(s: &str) -> Result<()> {
 /// one: nothing the tool leaves behind can hold phaul up. A tool still
 /// running after [`TOOL_TIMEOUT`] is killed.
 fn run(tool: &Path, args: &[&OsStr], input: Option<&[u8]>) -> Result<Vec<u8>> {
-    let name = tool.display().to_string();
-    let command = || {
-        std::iter::once(name.clone())
-            .chain(args.iter().map(|a| a.to_string_lossy().into_owned()))
-            .collect::<Vec<_>>()
-            .join(" ")
+    let limits = crate::tool::Limits {
+        input,
+        time: TOOL_TIMEOUT,
+        output: MAX_VALUE,
+        ..crate::tool::Limits::default()
     };
-    let io = |what: &str, source| Error::Io {
-        what: format!("{what} for {name}"),
-        source,
-    };
-    let temp = || tempfile::tempfile().map_err(|e| io("a temporary file", e));
-    let mut out = temp()?;
-    let mut err = temp()?;
-    let stdin = match input {
-        None => Stdio::null(),
-        Some(bytes) => {
-            let mut f = temp()?;
-            f.write_all(bytes)
-                .and_then(|()| f.seek(SeekFrom::Start(0)).map(drop))
-                .map_err(|e| io("writing the input", e))?;
-            Stdio::from(f)
-        }
-    };
-    let mut child = Command::new(tool)
-        .args(args)
-        .stdin(stdin)
-        .stdout(out.try_clone().map_err(|e| io("a temporary file", e))?)
-        .stderr(err.try_clone().map_err(|e| io("a temporary file", e))?)
-        .spawn()
-        .map_err(|e| io("starting it", e))?;
-    let start = Instant::now();
-    let mut nap = Duration::from_millis(1);
-    let status = loop {
-        if let Some(status) = child.try_wait().map_err(|e| io("waiting", e))? {
-            break status;
-        }
-        if start.elapsed() > TOOL_TIMEOUT {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(Error::Command {
-                command: command(),
-                status: format!("killed after {} s", TOOL_TIMEOUT.as_secs()),
-                stderr: String::new(),
-            });
-        }
-        std::thread::sleep(nap);
-        nap = (nap * 2).min(Duration::from_millis(20));
-    };
-    let read = |f: &mut File| -> std::io::Result<Vec<u8>> {
-        let mut v = Vec::new();
-        f.seek(SeekFrom::Start(0))?;
-        f.take(MAX_VALUE + 1).read_to_end(&mut v)?;
-        Ok(v)
-    };
-    if !status.success() {
-        let text = read(&mut err).unwrap_or_default();
-        let text = String::from_utf8_lossy(&text);
-        let tail: Vec<&str> = text.lines().rev().take(3).collect();
-        return Err(Error::Command {
-            command: command(),
-            status: status.to_string(),
-            stderr: tail.into_iter().rev().collect::<Vec<_>>().join(" / "),
-        });
-    }
-    let v = read(&mut out).map_err(|e| io("reading the output", e))?;
-    if v.len() as u64 > MAX_VALUE {
-        return Err(Error::Command {
-            command: command(),
-            status: format!("printed more than {MAX_VALUE} bytes"),
-            stderr: String::new(),
-        });
-    }
-    Ok(v)
+    crate::tool::exec(tool, args, limits)
 }
 
 /// The text of an image to apply, if it is one short line of printable
