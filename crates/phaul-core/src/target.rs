@@ -253,6 +253,14 @@ fn keep_failed_logs(dir: &Path) -> bool {
 /// Renders an error with its causes, for the peer and the logs.
 pub use phaul_transport::error_chain;
 
+/// A request's answer, or the code and error the source gets instead.
+type Reply = std::result::Result<response::Body, (ErrorCode, Error)>;
+
+/// `e` as the answer to a request that failed (not a bad one).
+fn failed(e: Error) -> (ErrorCode, Error) {
+    (ErrorCode::Failed, e)
+}
+
 struct Session<T: TargetCriu> {
     svc: Arc<Service<T>>,
     sid: SessionId,
@@ -411,388 +419,402 @@ impl<T: TargetCriu> Session<T> {
         Ok(base.join(i.to_string()))
     }
 
-    async fn handle(
-        &mut self,
-        body: request::Body,
-    ) -> std::result::Result<response::Body, (ErrorCode, Error)> {
-        let failed = |e: Error| (ErrorCode::Failed, e);
+    /// Answers one request of the source: each kind of request has its own
+    /// method below.
+    async fn handle(&mut self, body: request::Body) -> Reply {
         match body {
-            request::Body::ListProcesses(_) => {
-                let lxcpath = self.svc.paths.lxcpath.clone();
-                let list = tokio::task::spawn_blocking(move || crate::hostinfo::list(&lxcpath))
-                    .await
-                    .map_err(|e| failed(Error::Protocol(format!("listing processes: {e}"))))?;
-                Ok(response::Body::ProcessList(list))
-            }
+            request::Body::ListProcesses(_) => self.on_list_processes().await,
             request::Body::Ping(p) => Ok(response::Body::Pong(proto::Pong { payload: p.payload })),
-            request::Body::Preflight(p) => {
-                let version = self.svc.criu.version().await.map_err(failed)?;
-                let caps = self.svc.criu.features().await.map_err(failed)?;
-                let (cpu_compatible, cpu_error) = if p.cpuinfo.is_empty() {
-                    (true, String::new())
-                } else {
-                    let scratch = self
-                        .svc
-                        .work_dir
-                        .join(format!("cpuinfo-{}", hex(&self.sid)));
-                    std::fs::create_dir_all(&scratch).map_err(|source| {
-                        failed(Error::Io {
-                            what: "scratch dir".into(),
-                            source,
-                        })
-                    })?;
-                    let r = self.svc.criu.cpuinfo_check(p.cpuinfo, &scratch).await;
-                    let _ = std::fs::remove_dir_all(&scratch);
-                    match r {
-                        Ok(()) => (true, String::new()),
-                        Err(e) => (false, error_chain(&e)),
-                    }
-                };
-                Ok(response::Body::Preflight(proto::PreflightReply {
-                    criu_version: version,
-                    mem_track: caps.mem_track,
-                    lazy_pages: caps.lazy_pages,
-                    cpu_compatible,
-                    cpu_error,
-                }))
-            }
-            request::Body::Begin(b) => {
-                if self.dir.is_some() {
-                    return Err((
-                        ErrorCode::BadRequest,
-                        Error::Protocol("a migration has already begun on this session".into()),
-                    ));
-                }
-                let params = b.params.into_iter().collect();
-                let h: Arc<dyn Htype> =
-                    phaul_htypes::registry::target_in(&b.htype, &params, &self.svc.paths)
-                        .map_err(|e| (ErrorCode::BadRequest, Error::Htype(e)))?
-                        .into();
-                b.mode
-                    .parse::<crate::mode::Mode>()
-                    .map_err(|e| (ErrorCode::BadRequest, e))?;
-                let dir = self.svc.work_dir.join(hex(&self.sid));
-                std::fs::create_dir_all(&dir).map_err(|source| {
-                    failed(Error::Io {
-                        what: format!("creating {}", dir.display()),
-                        source,
-                    })
-                })?;
-                info!(session = %hex(&self.sid), kind = h.kind(), mode = %b.mode, "migration begins");
-                if !b.fs_driver.is_empty() && b.fs_driver != "shared" {
-                    let root = h.fs_root().ok_or_else(|| {
-                        (
-                            ErrorCode::BadRequest,
-                            Error::Protocol(format!(
-                                "the {} kind has no file system to sync",
-                                h.kind()
-                            )),
-                        )
-                    })?;
-                    std::fs::create_dir_all(&root).map_err(|source| {
-                        failed(Error::Io {
-                            what: format!("creating {}", root.display()),
-                            source,
-                        })
-                    })?;
-                    let mut rx = self
-                        .fs_rx
-                        .take()
-                        .ok_or_else(|| failed(Error::Protocol("a second file system".into())))?;
-                    let driver = b.fs_driver.clone();
-                    let limits = self.svc.fs_limits;
-                    let sid = hex(&self.sid);
-                    self.fs_task = Some(tokio::spawn(async move {
-                        let Ok(Some(link)) = tokio::time::timeout(JOIN_TIMEOUT, rx.recv()).await
-                        else {
-                            warn!(session = %sid, "no file-system channel joined the session");
-                            return;
-                        };
-                        match crate::fs::serve(&driver, link, &root, &limits).await {
-                            Ok(st) => {
-                                info!(session = %sid, files = st.files, bytes = st.bytes, "file system received")
-                            }
-                            Err(e) => {
-                                warn!(session = %sid, error = %error_chain(&e), "file-system sync failed")
-                            }
-                        }
-                    }));
-                }
-                self.htype = Some(h);
-                self.dir = Some(dir.clone());
-                Ok(response::Body::Begun(proto::Begun {
-                    work_dir: dir.display().to_string(),
-                }))
-            }
-            request::Body::StartPageServer(p) => {
-                let dir = self.iter_dir(p.iteration)?;
-                mkdir(&dir).map_err(failed)?;
-                let parent =
-                    (p.has_parent && p.iteration > 0).then(|| format!("../{}", p.iteration - 1));
-                let (criu_end, ours) = socketpair().map_err(failed)?;
-                let serving = self
-                    .svc
-                    .criu
-                    .page_server(dir, parent, criu_end)
-                    .await
-                    .map_err(failed)?;
-                let link = self
-                    .next_pages()
-                    .await
-                    .map_err(|e| (ErrorCode::Protocol, e))?;
-                let relay = PageRelay::spawn(link, ours);
-                self.relays.push(tokio::spawn(async move {
-                    if let Err(e) = serving.wait().await {
-                        warn!(error = %e, "page server failed");
-                    }
-                    let _ = relay.finish(Duration::from_secs(5)).await;
-                }));
-                Ok(response::Body::PageServerReady(proto::PageServerReady {
-                    iteration: p.iteration,
-                }))
-            }
-            request::Body::Images(i) => {
-                let dir = self.iter_dir(i.iteration)?;
-                mkdir(&dir).map_err(failed)?;
-                if self.images.is_none() {
-                    let l = tokio::time::timeout(JOIN_TIMEOUT, self.images_rx.recv())
-                        .await
-                        .ok()
-                        .flatten()
-                        .ok_or((
-                            ErrorCode::Protocol,
-                            Error::Protocol("no image channel joined the session".into()),
-                        ))?;
-                    self.images = Some(l);
-                }
-                let link = self.images.as_mut().expect("set above");
-                let st = receive_batch_over(link, &dir, &self.svc.limits)
-                    .await
-                    .map_err(|e| {
-                        // The channel's state is unknown after a failed batch.
-                        self.images = None;
-                        (ErrorCode::Failed, Error::Link(e))
-                    })?;
-                Ok(response::Body::ImagesStored(proto::ImagesStored {
-                    files: st.files,
-                    bytes: st.bytes,
-                }))
-            }
-            request::Body::Restore(r) if r.cold => {
-                // Restart mode: no images, the kind starts anew from its
-                // synced files; it runs from here on.
-                if self.held.is_some() || self.custom.is_some() {
-                    return Err((
-                        ErrorCode::BadRequest,
-                        Error::Protocol("already restored".into()),
-                    ));
-                }
-                let h = self.htype.clone().ok_or((
-                    ErrorCode::BadRequest,
-                    Error::Protocol("no migration has begun".into()),
-                ))?;
-                if !h.can_restart() {
-                    return Err((
-                        ErrorCode::BadRequest,
-                        Error::Protocol(format!("the {} kind cannot be restarted", h.kind())),
-                    ));
-                }
-                let dir = self.iter_dir(r.iteration)?;
-                let t0 = Instant::now();
-                let pid = tokio::task::spawn_blocking(move || h.start_here(&dir))
-                    .await
-                    .map_err(|e| failed(Error::Protocol(format!("the start task: {e}"))))?
-                    .map_err(|e| failed(Error::Htype(e)))?;
-                self.custom = Some(pid);
-                let us = u64::try_from(t0.elapsed().as_micros()).unwrap_or(u64::MAX);
-                info!(session = %hex(&self.sid), pid, "started anew (restart mode)");
-                Ok(response::Body::Restored(proto::Restored {
-                    pid,
-                    restore_time_us: us,
-                }))
-            }
+            request::Body::Preflight(p) => self.on_preflight(p).await,
+            request::Body::Begin(b) => self.on_begin(b).await,
+            request::Body::StartPageServer(p) => self.on_start_page_server(p).await,
+            request::Body::Images(i) => self.on_images(i).await,
+            request::Body::Restore(r) if r.cold => self.on_restore_cold(r).await,
             request::Body::Restore(r)
                 if !r.lazy && self.htype.as_ref().is_some_and(|h| h.restores_itself()) =>
             {
-                // The kind restores by itself (so its manager knows the tree);
-                // it runs from here on, and the commit only confirms it.
-                if self.held.is_some() || self.custom.is_some() {
-                    return Err((
-                        ErrorCode::BadRequest,
-                        Error::Protocol("already restored".into()),
-                    ));
+                self.on_restore_by_kind(r).await
+            }
+            request::Body::Commit(_) if self.custom.is_some() => self.on_commit_by_kind(),
+            request::Body::Restore(r) => self.on_restore(r).await,
+            request::Body::Commit(_) => self.on_commit().await,
+            request::Body::Abort(a) => self.on_abort(a).await,
+        }
+    }
+
+    async fn on_list_processes(&mut self) -> Reply {
+        let lxcpath = self.svc.paths.lxcpath.clone();
+        let list = tokio::task::spawn_blocking(move || crate::hostinfo::list(&lxcpath))
+            .await
+            .map_err(|e| failed(Error::Protocol(format!("listing processes: {e}"))))?;
+        Ok(response::Body::ProcessList(list))
+    }
+
+    async fn on_preflight(&mut self, p: proto::Preflight) -> Reply {
+        let version = self.svc.criu.version().await.map_err(failed)?;
+        let caps = self.svc.criu.features().await.map_err(failed)?;
+        let (cpu_compatible, cpu_error) = if p.cpuinfo.is_empty() {
+            (true, String::new())
+        } else {
+            let scratch = self
+                .svc
+                .work_dir
+                .join(format!("cpuinfo-{}", hex(&self.sid)));
+            std::fs::create_dir_all(&scratch).map_err(|source| {
+                failed(Error::Io {
+                    what: "scratch dir".into(),
+                    source,
+                })
+            })?;
+            let r = self.svc.criu.cpuinfo_check(p.cpuinfo, &scratch).await;
+            let _ = std::fs::remove_dir_all(&scratch);
+            match r {
+                Ok(()) => (true, String::new()),
+                Err(e) => (false, error_chain(&e)),
+            }
+        };
+        Ok(response::Body::Preflight(proto::PreflightReply {
+            criu_version: version,
+            mem_track: caps.mem_track,
+            lazy_pages: caps.lazy_pages,
+            cpu_compatible,
+            cpu_error,
+        }))
+    }
+
+    async fn on_begin(&mut self, b: proto::Begin) -> Reply {
+        if self.dir.is_some() {
+            return Err((
+                ErrorCode::BadRequest,
+                Error::Protocol("a migration has already begun on this session".into()),
+            ));
+        }
+        let params = b.params.into_iter().collect();
+        let h: Arc<dyn Htype> =
+            phaul_htypes::registry::target_in(&b.htype, &params, &self.svc.paths)
+                .map_err(|e| (ErrorCode::BadRequest, Error::Htype(e)))?
+                .into();
+        b.mode
+            .parse::<crate::mode::Mode>()
+            .map_err(|e| (ErrorCode::BadRequest, e))?;
+        let dir = self.svc.work_dir.join(hex(&self.sid));
+        std::fs::create_dir_all(&dir).map_err(|source| {
+            failed(Error::Io {
+                what: format!("creating {}", dir.display()),
+                source,
+            })
+        })?;
+        info!(session = %hex(&self.sid), kind = h.kind(), mode = %b.mode, "migration begins");
+        if !b.fs_driver.is_empty() && b.fs_driver != "shared" {
+            let root = h.fs_root().ok_or_else(|| {
+                (
+                    ErrorCode::BadRequest,
+                    Error::Protocol(format!("the {} kind has no file system to sync", h.kind())),
+                )
+            })?;
+            std::fs::create_dir_all(&root).map_err(|source| {
+                failed(Error::Io {
+                    what: format!("creating {}", root.display()),
+                    source,
+                })
+            })?;
+            let mut rx = self
+                .fs_rx
+                .take()
+                .ok_or_else(|| failed(Error::Protocol("a second file system".into())))?;
+            let driver = b.fs_driver.clone();
+            let limits = self.svc.fs_limits;
+            let sid = hex(&self.sid);
+            self.fs_task = Some(tokio::spawn(async move {
+                let Ok(Some(link)) = tokio::time::timeout(JOIN_TIMEOUT, rx.recv()).await else {
+                    warn!(session = %sid, "no file-system channel joined the session");
+                    return;
+                };
+                match crate::fs::serve(&driver, link, &root, &limits).await {
+                    Ok(st) => {
+                        info!(session = %sid, files = st.files, bytes = st.bytes, "file system received")
+                    }
+                    Err(e) => {
+                        warn!(session = %sid, error = %error_chain(&e), "file-system sync failed")
+                    }
                 }
-                let dir = self.iter_dir(r.iteration)?;
-                let h = self.htype.clone().expect("checked above");
-                let t0 = Instant::now();
-                let logs_in = dir.clone();
-                let pid = tokio::task::spawn_blocking(move || h.restore(&dir))
+            }));
+        }
+        self.htype = Some(h);
+        self.dir = Some(dir.clone());
+        Ok(response::Body::Begun(proto::Begun {
+            work_dir: dir.display().to_string(),
+        }))
+    }
+
+    async fn on_start_page_server(&mut self, p: proto::StartPageServer) -> Reply {
+        let dir = self.iter_dir(p.iteration)?;
+        mkdir(&dir).map_err(failed)?;
+        let parent = (p.has_parent && p.iteration > 0).then(|| format!("../{}", p.iteration - 1));
+        let (criu_end, ours) = socketpair().map_err(failed)?;
+        let serving = self
+            .svc
+            .criu
+            .page_server(dir, parent, criu_end)
+            .await
+            .map_err(failed)?;
+        let link = self
+            .next_pages()
+            .await
+            .map_err(|e| (ErrorCode::Protocol, e))?;
+        let relay = PageRelay::spawn(link, ours);
+        self.relays.push(tokio::spawn(async move {
+            if let Err(e) = serving.wait().await {
+                warn!(error = %e, "page server failed");
+            }
+            let _ = relay.finish(Duration::from_secs(5)).await;
+        }));
+        Ok(response::Body::PageServerReady(proto::PageServerReady {
+            iteration: p.iteration,
+        }))
+    }
+
+    async fn on_images(&mut self, i: proto::Images) -> Reply {
+        let dir = self.iter_dir(i.iteration)?;
+        mkdir(&dir).map_err(failed)?;
+        if self.images.is_none() {
+            let l = tokio::time::timeout(JOIN_TIMEOUT, self.images_rx.recv())
+                .await
+                .ok()
+                .flatten()
+                .ok_or((
+                    ErrorCode::Protocol,
+                    Error::Protocol("no image channel joined the session".into()),
+                ))?;
+            self.images = Some(l);
+        }
+        let link = self.images.as_mut().expect("set above");
+        let st = receive_batch_over(link, &dir, &self.svc.limits)
+            .await
+            .map_err(|e| {
+                // The channel's state is unknown after a failed batch.
+                self.images = None;
+                (ErrorCode::Failed, Error::Link(e))
+            })?;
+        Ok(response::Body::ImagesStored(proto::ImagesStored {
+            files: st.files,
+            bytes: st.bytes,
+        }))
+    }
+
+    async fn on_restore_cold(&mut self, r: proto::Restore) -> Reply {
+        // Restart mode: no images, the kind starts anew from its
+        // synced files; it runs from here on.
+        if self.held.is_some() || self.custom.is_some() {
+            return Err((
+                ErrorCode::BadRequest,
+                Error::Protocol("already restored".into()),
+            ));
+        }
+        let h = self.htype.clone().ok_or((
+            ErrorCode::BadRequest,
+            Error::Protocol("no migration has begun".into()),
+        ))?;
+        if !h.can_restart() {
+            return Err((
+                ErrorCode::BadRequest,
+                Error::Protocol(format!("the {} kind cannot be restarted", h.kind())),
+            ));
+        }
+        let dir = self.iter_dir(r.iteration)?;
+        let t0 = Instant::now();
+        let pid = tokio::task::spawn_blocking(move || h.start_here(&dir))
+            .await
+            .map_err(|e| failed(Error::Protocol(format!("the start task: {e}"))))?
+            .map_err(|e| failed(Error::Htype(e)))?;
+        self.custom = Some(pid);
+        let us = u64::try_from(t0.elapsed().as_micros()).unwrap_or(u64::MAX);
+        info!(session = %hex(&self.sid), pid, "started anew (restart mode)");
+        Ok(response::Body::Restored(proto::Restored {
+            pid,
+            restore_time_us: us,
+        }))
+    }
+
+    async fn on_restore_by_kind(&mut self, r: proto::Restore) -> Reply {
+        // The kind restores by itself (so its manager knows the tree);
+        // it runs from here on, and the commit only confirms it.
+        if self.held.is_some() || self.custom.is_some() {
+            return Err((
+                ErrorCode::BadRequest,
+                Error::Protocol("already restored".into()),
+            ));
+        }
+        let dir = self.iter_dir(r.iteration)?;
+        let h = self.htype.clone().expect("checked above");
+        let t0 = Instant::now();
+        let logs_in = dir.clone();
+        let pid = tokio::task::spawn_blocking(move || h.restore(&dir))
+            .await
+            .map_err(|e| failed(Error::Protocol(format!("the restore task: {e}"))))?
+            .ok_or_else(|| failed(Error::Protocol("the kind has no restore of its own".into())))?
+            .map_err(|e| {
+                // LXC writes its CRIU's log beside the images, runc
+                // into the work dir it is given there.
+                let logs = ["restore.log", "restore-work/restore.log"].map(|l| logs_in.join(l));
+                failed(crate::logs::manager_error(e, &logs))
+            })?;
+        self.custom = Some(pid);
+        let us = u64::try_from(t0.elapsed().as_micros()).unwrap_or(u64::MAX);
+        info!(session = %hex(&self.sid), pid, "restored by the kind itself");
+        Ok(response::Body::Restored(proto::Restored {
+            pid,
+            restore_time_us: us,
+        }))
+    }
+
+    fn on_commit_by_kind(&mut self) -> Reply {
+        let pid = self.custom.take().expect("checked above");
+        self.committed = true;
+        info!(session = %hex(&self.sid), pid, "committed: the tree runs here");
+        self.remove_dir();
+        Ok(response::Body::Committed(proto::Committed {}))
+    }
+
+    async fn on_restore(&mut self, r: proto::Restore) -> Reply {
+        if self.held.is_some() {
+            return Err((
+                ErrorCode::BadRequest,
+                Error::Protocol("already restored".into()),
+            ));
+        }
+        let dir = self.iter_dir(r.iteration)?;
+        if !dir.is_dir() {
+            return Err((
+                ErrorCode::BadRequest,
+                Error::Protocol(format!("no images for iteration {}", r.iteration)),
+            ));
+        }
+        let options = self
+            .htype
+            .as_ref()
+            .map(|h| h.restore_options())
+            .unwrap_or_default();
+        let t0 = Instant::now();
+        if r.lazy {
+            let link = self
+                .next_pages()
+                .await
+                .map_err(|e| (ErrorCode::Protocol, e))?;
+            let listener =
+                tokio::net::TcpListener::bind("127.0.0.1:0")
                     .await
-                    .map_err(|e| failed(Error::Protocol(format!("the restore task: {e}"))))?
-                    .ok_or_else(|| {
-                        failed(Error::Protocol("the kind has no restore of its own".into()))
-                    })?
-                    .map_err(|e| {
-                        // LXC writes its CRIU's log beside the images, runc
-                        // into the work dir it is given there.
-                        let logs =
-                            ["restore.log", "restore-work/restore.log"].map(|l| logs_in.join(l));
-                        failed(crate::logs::manager_error(e, &logs))
+                    .map_err(|source| {
+                        failed(Error::Io {
+                            what: "a loopback listener for lazy pages".into(),
+                            source,
+                        })
                     })?;
-                self.custom = Some(pid);
+            let port = listener
+                .local_addr()
+                .map_err(|source| {
+                    failed(Error::Io {
+                        what: "listener".into(),
+                        source,
+                    })
+                })?
+                .port();
+            self.relays.push(tokio::spawn(async move {
+                // Only the lazy-pages daemon this session starts
+                // connects here, once.
+                if let Ok(Ok((conn, _))) =
+                    tokio::time::timeout(JOIN_TIMEOUT, listener.accept()).await
+                {
+                    let _ = conn.set_nodelay(true);
+                    let relay = PageRelay::spawn(link, conn);
+                    let _ = relay.finish(Duration::from_secs(24 * 3600)).await;
+                }
+            }));
+            self.daemon = Some(
+                self.svc
+                    .criu
+                    .lazy_pages(dir.clone(), port)
+                    .await
+                    .map_err(failed)?,
+            );
+        }
+        if let Some(h) = self.htype.clone() {
+            let d = dir.clone();
+            tokio::task::spawn_blocking(move || h.prepare_restore(&d))
+                .await
+                .map_err(|e| failed(Error::Protocol(format!("the prepare task: {e}"))))?
+                .map_err(|e| failed(Error::Htype(e)))?;
+        }
+        let spec = RestoreSpec {
+            images_dir: dir.clone(),
+            work_dir: dir,
+            lazy: r.lazy,
+            options,
+        };
+        match self.svc.criu.restore(spec).await {
+            Ok(held) => {
+                let pid = held.pid;
+                self.held = Some(held);
                 let us = u64::try_from(t0.elapsed().as_micros()).unwrap_or(u64::MAX);
-                info!(session = %hex(&self.sid), pid, "restored by the kind itself");
+                info!(session = %hex(&self.sid), pid, "restored; holding until commit");
                 Ok(response::Body::Restored(proto::Restored {
                     pid,
                     restore_time_us: us,
                 }))
             }
-            request::Body::Commit(_) if self.custom.is_some() => {
-                let pid = self.custom.take().expect("checked above");
-                self.committed = true;
-                info!(session = %hex(&self.sid), pid, "committed: the tree runs here");
-                self.remove_dir();
-                Ok(response::Body::Committed(proto::Committed {}))
-            }
-            request::Body::Restore(r) => {
-                if self.held.is_some() {
-                    return Err((
-                        ErrorCode::BadRequest,
-                        Error::Protocol("already restored".into()),
-                    ));
+            Err(e) => {
+                if let Some(d) = self.daemon.take() {
+                    d.kill().await;
                 }
-                let dir = self.iter_dir(r.iteration)?;
-                if !dir.is_dir() {
-                    return Err((
-                        ErrorCode::BadRequest,
-                        Error::Protocol(format!("no images for iteration {}", r.iteration)),
-                    ));
-                }
-                let options = self
-                    .htype
-                    .as_ref()
-                    .map(|h| h.restore_options())
-                    .unwrap_or_default();
-                let t0 = Instant::now();
-                if r.lazy {
-                    let link = self
-                        .next_pages()
-                        .await
-                        .map_err(|e| (ErrorCode::Protocol, e))?;
-                    let listener =
-                        tokio::net::TcpListener::bind("127.0.0.1:0")
-                            .await
-                            .map_err(|source| {
-                                failed(Error::Io {
-                                    what: "a loopback listener for lazy pages".into(),
-                                    source,
-                                })
-                            })?;
-                    let port = listener
-                        .local_addr()
-                        .map_err(|source| {
-                            failed(Error::Io {
-                                what: "listener".into(),
-                                source,
-                            })
-                        })?
-                        .port();
-                    self.relays.push(tokio::spawn(async move {
-                        // Only the lazy-pages daemon this session starts
-                        // connects here, once.
-                        if let Ok(Ok((conn, _))) =
-                            tokio::time::timeout(JOIN_TIMEOUT, listener.accept()).await
-                        {
-                            let _ = conn.set_nodelay(true);
-                            let relay = PageRelay::spawn(link, conn);
-                            let _ = relay.finish(Duration::from_secs(24 * 3600)).await;
-                        }
-                    }));
-                    self.daemon = Some(
-                        self.svc
-                            .criu
-                            .lazy_pages(dir.clone(), port)
-                            .await
-                            .map_err(failed)?,
-                    );
-                }
-                if let Some(h) = self.htype.clone() {
-                    let d = dir.clone();
-                    tokio::task::spawn_blocking(move || h.prepare_restore(&d))
-                        .await
-                        .map_err(|e| failed(Error::Protocol(format!("the prepare task: {e}"))))?
-                        .map_err(|e| failed(Error::Htype(e)))?;
-                }
-                let spec = RestoreSpec {
-                    images_dir: dir.clone(),
-                    work_dir: dir,
-                    lazy: r.lazy,
-                    options,
-                };
-                match self.svc.criu.restore(spec).await {
-                    Ok(held) => {
-                        let pid = held.pid;
-                        self.held = Some(held);
-                        let us = u64::try_from(t0.elapsed().as_micros()).unwrap_or(u64::MAX);
-                        info!(session = %hex(&self.sid), pid, "restored; holding until commit");
-                        Ok(response::Body::Restored(proto::Restored {
-                            pid,
-                            restore_time_us: us,
-                        }))
-                    }
-                    Err(e) => {
-                        if let Some(d) = self.daemon.take() {
-                            d.kill().await;
-                        }
-                        Err(failed(e))
-                    }
-                }
-            }
-            request::Body::Commit(_) => {
-                let held = self.held.take().ok_or((
-                    ErrorCode::BadRequest,
-                    Error::Protocol("nothing restored to commit".into()),
-                ))?;
-                let pid = held.pid;
-                if let Some(h) = self.htype.clone() {
-                    // Connected only now (see Htype::before_commit); a
-                    // failure leaves the held copy to the rollback.
-                    let connected = tokio::task::spawn_blocking(move || h.before_commit())
-                        .await
-                        .map_err(|e| failed(Error::Protocol(format!("the htype task: {e}"))));
-                    if let Err(e) = connected.and_then(|r| r.map_err(|e| failed(Error::Htype(e)))) {
-                        self.held = Some(held);
-                        return Err(e);
-                    }
-                }
-                held.commit().await.map_err(failed)?;
-                self.committed = true;
-                info!(session = %hex(&self.sid), pid, "committed: the tree runs here");
-                match self.daemon.take() {
-                    // Memory keeps arriving after the commit: the images
-                    // stay until the daemon has every page.
-                    Some(d) => {
-                        let dir = self.dir.take();
-                        let keep = self.svc.keep_images;
-                        tokio::spawn(async move {
-                            if let Err(e) = d.wait().await {
-                                warn!(error = %e, "lazy pages daemon failed after the commit");
-                            }
-                            if let (Some(d), false) = (dir, keep) {
-                                let _ = std::fs::remove_dir_all(d);
-                            }
-                        });
-                    }
-                    None => self.remove_dir(),
-                }
-                Ok(response::Body::Committed(proto::Committed {}))
-            }
-            request::Body::Abort(a) => {
-                info!(session = %hex(&self.sid), reason = %a.reason, "source aborted the migration");
-                self.rollback().await;
-                Ok(response::Body::Aborted(proto::Aborted {}))
+                Err(failed(e))
             }
         }
+    }
+
+    async fn on_commit(&mut self) -> Reply {
+        let held = self.held.take().ok_or((
+            ErrorCode::BadRequest,
+            Error::Protocol("nothing restored to commit".into()),
+        ))?;
+        let pid = held.pid;
+        if let Some(h) = self.htype.clone() {
+            // Connected only now (see Htype::before_commit); a
+            // failure leaves the held copy to the rollback.
+            let connected = tokio::task::spawn_blocking(move || h.before_commit())
+                .await
+                .map_err(|e| failed(Error::Protocol(format!("the htype task: {e}"))));
+            if let Err(e) = connected.and_then(|r| r.map_err(|e| failed(Error::Htype(e)))) {
+                self.held = Some(held);
+                return Err(e);
+            }
+        }
+        held.commit().await.map_err(failed)?;
+        self.committed = true;
+        info!(session = %hex(&self.sid), pid, "committed: the tree runs here");
+        match self.daemon.take() {
+            // Memory keeps arriving after the commit: the images
+            // stay until the daemon has every page.
+            Some(d) => {
+                let dir = self.dir.take();
+                let keep = self.svc.keep_images;
+                tokio::spawn(async move {
+                    if let Err(e) = d.wait().await {
+                        warn!(error = %e, "lazy pages daemon failed after the commit");
+                    }
+                    if let (Some(d), false) = (dir, keep) {
+                        let _ = std::fs::remove_dir_all(d);
+                    }
+                });
+            }
+            None => self.remove_dir(),
+        }
+        Ok(response::Body::Committed(proto::Committed {}))
+    }
+
+    async fn on_abort(&mut self, a: proto::Abort) -> Reply {
+        info!(session = %hex(&self.sid), reason = %a.reason, "source aborted the migration");
+        self.rollback().await;
+        Ok(response::Body::Aborted(proto::Aborted {}))
     }
 
     async fn next_pages(&mut self) -> Result<Link> {
