@@ -455,32 +455,14 @@ impl<C: SourceCriu> Migration<C> {
         )))
     }
 
-    async fn drive(&self, stats: &mut Ongoing, dir: &Path) -> Result<()> {
-        self.enter(stats, Phase::Preflight);
-        self.hook(|h| h.check()).await?;
-        mkdir(dir)?;
-        // An inherited descriptor is one connection, and a migration opens
-        // one per channel: parsing `fd:N` again for each would wrap the same
-        // socket (and close it) several times.
-        if self.target.starts_with("fd:") {
-            return Err(Error::Link(phaul_transport::Error::Address(format!(
-                "{}: a migration opens a connection per channel (control, images, pages, \
-                 file system); give the service as HOST:PORT or unix:PATH",
-                self.target
-            ))));
-        }
-        let endpoint = Endpoint::parse(&self.target)?;
-        let link = self
-            .step(self.timeouts.request, "connecting to the target", async {
-                Link::connect(endpoint, &self.link, Channel::Control, None)
-                    .await
-                    .map_err(Error::Link)
-            })
-            .await?;
-        let sid = link.session();
-        let mut ctl = ControlClient::new(link);
-
-        // Pre-flight: CRIU versions, features, CPUs.
+    /// Pre-flight: both hosts' CRIU versions, features and CPUs, checked
+    /// before anything is frozen; then the plan (the mode and why).
+    async fn preflight(
+        &self,
+        stats: &mut Ongoing,
+        ctl: &mut ControlClient,
+        dir: &Path,
+    ) -> Result<ModeChoice> {
         let version = self.criu.version().await?;
         self.check_inet_sockets(&version, dir).await?;
         let caps = self.criu.features().await?;
@@ -493,7 +475,7 @@ impl<C: SourceCriu> Migration<C> {
         };
         let reply = match self
             .call(
-                &mut ctl,
+                ctl,
                 request::Body::Preflight(proto::Preflight {
                     criu_version: version.clone(),
                     mem_track: caps.mem_track,
@@ -549,6 +531,35 @@ impl<C: SourceCriu> Migration<C> {
         info!(mode = %choice.mode, reason = %choice.reason, "mode chosen");
         stats.set_mode(choice.clone());
         self.emit(Progress::Mode(choice.clone()));
+        Ok(choice)
+    }
+
+    async fn drive(&self, stats: &mut Ongoing, dir: &Path) -> Result<()> {
+        self.enter(stats, Phase::Preflight);
+        self.hook(|h| h.check()).await?;
+        mkdir(dir)?;
+        // An inherited descriptor is one connection, and a migration opens
+        // one per channel: parsing `fd:N` again for each would wrap the same
+        // socket (and close it) several times.
+        if self.target.starts_with("fd:") {
+            return Err(Error::Link(phaul_transport::Error::Address(format!(
+                "{}: a migration opens a connection per channel (control, images, pages, \
+                 file system); give the service as HOST:PORT or unix:PATH",
+                self.target
+            ))));
+        }
+        let endpoint = Endpoint::parse(&self.target)?;
+        let link = self
+            .step(self.timeouts.request, "connecting to the target", async {
+                Link::connect(endpoint, &self.link, Channel::Control, None)
+                    .await
+                    .map_err(Error::Link)
+            })
+            .await?;
+        let sid = link.session();
+        let mut ctl = ControlClient::new(link);
+
+        let choice = self.preflight(stats, &mut ctl, dir).await?;
 
         let fs_root = self.htype.fs_root();
         let fs_name = if fs_root.is_some() {
