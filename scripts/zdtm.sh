@@ -20,10 +20,11 @@
 #   itself into new pid, mount, uts, ipc and net namespaces, pivots into a
 #   root made for it, and CRIU restores that with --root and an external
 #   /dev. phaul's pid kind has no --root, and CRIU cannot restore a mount
-#   namespace without it, so the mount namespace is the only one left out:
-#   the test runs in new pid, uts and ipc namespaces (and the time namespace
-#   the zdtm library makes itself), on the host's file system and /proc,
-#   in the source host's network namespace (so that it moves between hosts).
+#   namespace without it, so the test has no mount namespace of its own;
+#   and it has no network namespace of its own on purpose: it runs in the
+#   source host's, so that it moves between hosts. It runs in new pid, uts
+#   and ipc namespaces (and the time namespace the zdtm library makes
+#   itself), on the host's file system and /proc.
 # - The namespace's init is the test binary itself, as in the ns flavour:
 #   ZDTM_NEWNS=2 is what the library's own clone()d child runs with
 #   (ns_init: it makes a time namespace, forks the test, reports on fd 255
@@ -52,6 +53,8 @@
 # - Not reproduced from zdtm.py: .hook scripts (image checks, cgroup and
 #   iptables set-up), the fd/maps comparison before and after, pre-dumps.
 set -euo pipefail
+# This script's absolute path: it runs itself for each test (see the end).
+SELF=$(cd "$(dirname "$0")" && pwd)/$(basename "$0")
 cd "$(dirname "$0")/.."
 REPO=$PWD
 
@@ -496,7 +499,7 @@ run_one() {
         # copied from this one now (the test's mounts included, shared ones
         # still peers of the source's, so that a restored test can unmount
         # them) with a pty instance of its own (see new_devpts).
-        unshare --mount --propagation unchanged -- "$0" --devpts-exec \
+        unshare --mount --propagation unchanged -- "$SELF" --devpts-exec \
             nsenter --net="/run/netns/$TGT_NS" "$BIN/phaul-service" --listen "$TGT_IP:7070" --key-file "$T/key" \
             --work-dir "$T/tgt-work" --criu "$CRIU" >"$T/service.log" 2>&1 &
         SVC=$!
@@ -574,7 +577,7 @@ for name in "${TESTS[@]}"; do
     # The child keeps its own deadline; this one is for a child that hangs
     # in its clean-up.
     line=$(timeout -k 10 $((TIMEOUT + 60)) unshare --mount --propagation private -- \
-        "$0" --one "$COUNT" --dir "$dir" "${child[@]}" -- "$name") || rc=$?
+        "$SELF" --one "$COUNT" --dir "$dir" "${child[@]}" -- "$name") || rc=$?
     rm -rf --one-file-system "$dir"
     case "$line" in
         "PASS $name") PASSED=$((PASSED + 1)); echo "$line" ;;
