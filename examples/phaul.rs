@@ -153,6 +153,19 @@ struct PidFlags {
     /// IN=OUT[@BRIDGE]. Repeatable.
     #[arg(long, value_name = "IN=OUT[@BRIDGE]")]
     veth: Vec<String>,
+    /// The largest deleted-but-open file copied into the images, in bytes
+    /// (CRIU's default: 1 MiB).
+    #[arg(long, value_name = "BYTES")]
+    ghost_limit: Option<u32>,
+    /// Resolve inotify watches by path (needed when inodes change).
+    #[arg(long)]
+    force_irmap: bool,
+    /// Where to look for inotify watches' paths. Repeatable.
+    #[arg(long, value_name = "PATH")]
+    irmap_scan_path: Vec<String>,
+    /// Restore mounts the way CRIU did before 4.0.
+    #[arg(long)]
+    mntns_compat_mode: bool,
 }
 
 impl PidFlags {
@@ -182,6 +195,10 @@ impl PidFlags {
             },
             ext_mounts: self.ext_mount.clone(),
             veths,
+            ghost_limit: self.ghost_limit,
+            force_irmap: self.force_irmap,
+            irmap_scan_paths: self.irmap_scan_path.clone(),
+            mntns_compat_mode: self.mntns_compat_mode,
         })
     }
 }

@@ -294,7 +294,19 @@ map_opts() {
             # What the pid kind always does (established TCP moves, in-flight
             # connections are skipped, file locks move, link remap on).
             --tcp-established|--skip-in-flight|--file-locks|--link-remap) ;;
-            --tcp-close|--ext-unix-sk|--shell-job) PHAUL_FLAGS+=("$o") ;;
+            --tcp-close|--ext-unix-sk|--shell-job|--force-irmap|--mntns-compat-mode)
+                PHAUL_FLAGS+=("$o") ;;
+            --irmap-scan-path)
+                PHAUL_FLAGS+=("$o" "${words[$((i + 1))]:-}"); i=$((i + 1)) ;;
+            # CRIU takes K/M/G suffixes; phaul takes bytes.
+            --ghost-limit)
+                a=${words[$((i + 1))]:-}
+                case "$a" in
+                    *K) a=$(( ${a%K} << 10 )) ;;
+                    *M) a=$(( ${a%M} << 20 )) ;;
+                    *G) a=$(( ${a%G} << 30 )) ;;
+                esac
+                PHAUL_FLAGS+=("$o" "$a"); i=$((i + 1)) ;;
             # The two --external forms the pid kind has flags for: a veth
             # recreated on restore, a mount bound from the same path.
             --external)
@@ -308,8 +320,8 @@ map_opts() {
                 fi
                 i=$((i + 1)) ;;
             # Options with a separate argument: name the option with it.
-            --ghost-limit|--network-lock|--join-ns|--cgroup-root|--cgroup-yard|\
-            --ext-mount-map|--irmap-scan-path|--enable-fs|--lsm-mount-context)
+            --network-lock|--join-ns|--cgroup-root|--cgroup-yard|\
+            --ext-mount-map|--enable-fs|--lsm-mount-context)
                 UNSUPPORTED+=("$o ${words[$((i + 1))]:-}"); i=$((i + 1)) ;;
             *) UNSUPPORTED+=("$o") ;;
         esac
@@ -323,7 +335,8 @@ map_opts() {
         while [ $j -lt ${#PHAUL_FLAGS[@]} ]; do
             f=${PHAUL_FLAGS[$j]}
             case "$f" in
-                --veth|--ext-mount) f+=" ${PHAUL_FLAGS[$((j + 1))]}"; j=$((j + 1)) ;;
+                --veth|--ext-mount|--irmap-scan-path|--ghost-limit)
+                    f+=" ${PHAUL_FLAGS[$((j + 1))]}"; j=$((j + 1)) ;;
             esac
             if [ -z "${seen[$f]:-}" ]; then
                 seen[$f]=1

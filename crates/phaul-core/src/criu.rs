@@ -795,5 +795,11 @@ pub fn opts_from(options: &CriuOptions) -> Opts {
     for fs in &options.enable_fs {
         o = o.enable_fs(fs.clone());
     }
+    for p in &options.irmap_scan_paths {
+        o = o.irmap_scan_path(p.clone());
+    }
+    if options.mntns_compat_mode {
+        o = o.mntns_compat_mode(true);
+    }
     o
 }

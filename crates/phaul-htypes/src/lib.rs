@@ -135,6 +135,10 @@ pub struct CriuOptions {
     pub ext_masters: bool,
     /// File systems CRIU may dump and restore (`--enable-fs`).
     pub enable_fs: Vec<String>,
+    /// Where CRIU looks for inotify watches' paths (`--irmap-scan-path`).
+    pub irmap_scan_paths: Vec<String>,
+    /// Restore mounts the pre-4.0 way (`--mntns-compat-mode`).
+    pub mntns_compat_mode: bool,
 }
 
 /// One kind of thing phaul migrates.

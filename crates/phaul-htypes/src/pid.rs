@@ -70,6 +70,16 @@ pub struct PidOptions {
     /// while the source's still runs (a failed restore would otherwise let
     /// the switches learn it there, and the tree's clients would be reset).
     pub veths: Vec<(String, String)>,
+    /// The largest deleted-but-open file copied into the images, in bytes
+    /// (`--ghost-limit`; CRIU's default is 1 MiB).
+    pub ghost_limit: Option<u32>,
+    /// Resolve inotify watches by path (`--force-irmap`), looking below
+    /// these paths (`--irmap-scan-path`).
+    pub force_irmap: bool,
+    /// See `force_irmap`.
+    pub irmap_scan_paths: Vec<String>,
+    /// Restore mounts the pre-4.0 way (`--mntns-compat-mode`).
+    pub mntns_compat_mode: bool,
 }
 
 impl Default for PidOptions {
@@ -82,6 +92,10 @@ impl Default for PidOptions {
             shell_job: None,
             ext_mounts: Vec::new(),
             veths: Vec::new(),
+            ghost_limit: None,
+            force_irmap: false,
+            irmap_scan_paths: Vec::new(),
+            mntns_compat_mode: false,
         }
     }
 }
@@ -91,7 +105,7 @@ impl PidOptions {
     /// without `:` (CRIU's separator) or control characters, device names
     /// are kernel interface names.
     pub fn validate(&self) -> Result<()> {
-        for m in &self.ext_mounts {
+        for m in self.ext_mounts.iter().chain(&self.irmap_scan_paths) {
             let ok = m.starts_with('/')
                 && !m.contains(':')
                 && !m.chars().any(char::is_control)
@@ -141,6 +155,17 @@ impl PidOptions {
             let v: Vec<String> = self.veths.iter().map(|(i, o)| format!("{i}={o}")).collect();
             p.insert("veths".into(), v.join("\n"));
         }
+        if let Some(g) = self.ghost_limit {
+            p.insert("ghost_limit".into(), g.to_string());
+        }
+        p.insert("force_irmap".into(), self.force_irmap.to_string());
+        if !self.irmap_scan_paths.is_empty() {
+            p.insert("irmap_scan_paths".into(), self.irmap_scan_paths.join("\n"));
+        }
+        p.insert(
+            "mntns_compat_mode".into(),
+            self.mntns_compat_mode.to_string(),
+        );
     }
 
     /// Reads what [`PidOptions::to_params`] wrote; a missing key keeps its
@@ -173,6 +198,18 @@ impl PidOptions {
         o.file_locks = flag("file_locks", o.file_locks)?;
         if let Some(m) = p.get("ext_mounts") {
             o.ext_mounts = m.split('\n').map(str::to_string).collect();
+        }
+        o.force_irmap = flag("force_irmap", o.force_irmap)?;
+        o.mntns_compat_mode = flag("mntns_compat_mode", o.mntns_compat_mode)?;
+        if let Some(m) = p.get("irmap_scan_paths") {
+            o.irmap_scan_paths = m.split('\n').map(str::to_string).collect();
+        }
+        if let Some(g) = p.get("ghost_limit") {
+            o.ghost_limit = Some(g.parse().map_err(|_| Error::BadParam {
+                name: "ghost_limit",
+                value: g.clone(),
+                reason: "a number of bytes below 4 GiB".into(),
+            })?);
         }
         if let Some(v) = p.get("veths") {
             for pair in v.split('\n') {
@@ -209,6 +246,10 @@ impl PidOptions {
             file_locks: self.file_locks,
             link_remap: true,
             external,
+            ghost_limit: self.ghost_limit,
+            force_irmap: self.force_irmap,
+            irmap_scan_paths: self.irmap_scan_paths.clone(),
+            mntns_compat_mode: self.mntns_compat_mode && restore,
             ..Default::default()
         }
     }
@@ -472,6 +513,10 @@ mod option_tests {
             shell_job: None,
             ext_mounts: vec!["/srv/data".into(), "/etc/app".into()],
             veths: vec![("eth0".into(), "veth9@br0".into())],
+            ghost_limit: Some(8 << 20),
+            force_irmap: true,
+            irmap_scan_paths: vec!["/srv".into()],
+            mntns_compat_mode: true,
         }
     }
 
