@@ -27,7 +27,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use crate::{Hosts, kill_tree, wait_until};
+use crate::{Hosts, wait_until};
 
 /// The client host and switch of a [`Hosts::with_lan`] pair.
 #[derive(Debug)]
@@ -251,11 +251,7 @@ impl ServiceTree {
 
 impl Drop for ServiceTree {
     fn drop(&mut self) {
-        for pid in std::iter::once(self.pid).chain(self.extra.iter().copied()) {
-            kill_tree(pid);
-        }
-        let _ = self.unshare.kill();
-        let _ = self.unshare.wait();
+        crate::end_all(self.pid, &self.extra, &mut self.unshare);
     }
 }
 

@@ -248,12 +248,18 @@ impl Workload {
 
 impl Drop for Workload {
     fn drop(&mut self) {
-        for pid in std::iter::once(self.pid).chain(self.extra.iter().copied()) {
-            kill_tree(pid);
-        }
-        let _ = self.unshare.kill();
-        let _ = self.unshare.wait();
+        end_all(self.pid, &self.extra, &mut self.unshare);
     }
+}
+
+/// Kills a tree started under `unshare` (its root `pid`), its restored
+/// copies `extra`, and reaps `unshare`.
+pub(crate) fn end_all(pid: i32, extra: &[i32], unshare: &mut Child) {
+    for p in std::iter::once(pid).chain(extra.iter().copied()) {
+        kill_tree(p);
+    }
+    let _ = unshare.kill();
+    let _ = unshare.wait();
 }
 
 /// Two "hosts" for migration tests: network namespaces `src` and `tgt`
@@ -628,33 +634,25 @@ impl LxcContainer {
         )?;
         // stdio inside the container must not be ours (CRIU cannot dump a
         // process holding the harness's files).
-        lxc_tool(
-            "lxc-attach",
-            &[
+        let detach = |script: &str| {
+            let cmd = format!("exec </dev/null >/dev/null 2>/dev/null; setsid {script} &");
+            let args = [
                 "-P".as_ref(),
                 p,
                 "-n".as_ref(),
                 name.as_ref(),
                 "--".as_ref(),
+            ];
+            let tail = [
                 "/bin/sh".as_ref(),
                 "-c".as_ref(),
-                "exec </dev/null >/dev/null 2>/dev/null; setsid /bin/counter.sh &".as_ref(),
-            ],
-        )?;
+                std::ffi::OsStr::new(&cmd),
+            ];
+            lxc_tool("lxc-attach", &[&args[..], &tail[..]].concat())
+        };
+        detach("/bin/counter.sh")?;
         if net.is_some() {
-            lxc_tool(
-                "lxc-attach",
-                &[
-                    "-P".as_ref(),
-                    p,
-                    "-n".as_ref(),
-                    name.as_ref(),
-                    "--".as_ref(),
-                    "/bin/sh".as_ref(),
-                    "-c".as_ref(),
-                    "exec </dev/null >/dev/null 2>/dev/null; setsid /bin/redis.sh &".as_ref(),
-                ],
-            )?;
+            detach("/bin/redis.sh")?;
         }
         let count = me.count_file();
         wait_until(Duration::from_secs(20), || {
