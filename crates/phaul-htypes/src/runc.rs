@@ -73,6 +73,42 @@ fn network_of(config: &serde_json::Value) -> Network {
     }
 }
 
+/// Locks (`on`) or unlocks the network namespace at `path`: every packet
+/// but loopback's is dropped, both ways (IPv4 and IPv6), by rules marked
+/// `phaul-lock`.
+///
+/// Why: `runc checkpoint --leave-running`, which keeps the source whole
+/// until the target runs, has CRIU unlock the network when its dump ends. A
+/// namespace that is the container's own dies with it, but a namespace
+/// named by path (the orchestrator's) lives on: its kernel would take the
+/// clients' packets into the paused source's sockets (data the target never
+/// gets) and answer them with resets when the source is killed. So it is
+/// locked from before the dump; a rollback unlocks it, and after a
+/// migration it stays locked for the orchestrator to remove.
+fn lock_netns(path: &str, on: bool) -> Result<()> {
+    let verb = if on { "-I" } else { "-D" };
+    let rules = format!(
+        "*filter\n{verb} INPUT ! -i lo -m comment --comment phaul-lock -j DROP\n\
+         {verb} OUTPUT ! -o lo -m comment --comment phaul-lock -j DROP\nCOMMIT\n"
+    );
+    let ns = format!("--net={path}");
+    for tool in ["iptables-restore", "ip6tables-restore"] {
+        let args = [
+            OsStr::new(&ns),
+            OsStr::new(tool),
+            OsStr::new("-w"),
+            OsStr::new("--noflush"),
+        ];
+        let limits = crate::tool::Limits {
+            input: Some(rules.as_bytes()),
+            ..crate::tool::Limits::default()
+        };
+        crate::tool::exec(Path::new("nsenter"), &args, limits)?;
+    }
+    tracing::info!(netns = %path, locked = on, "the container's network namespace");
+    Ok(())
+}
+
 /// The prestart hook that brings loopback up in a restored container's new
 /// network namespace. runc hands a hook the container's state (JSON, with
 /// its `pid`) on stdin; the script is fixed text, nothing of a user's or a
@@ -220,6 +256,15 @@ impl Runc {
         })
     }
 
+    /// Lets the named namespace's traffic through again (a rollback).
+    fn unlock(&self) {
+        if let Some(p) = &self.netns_path {
+            if let Err(e) = lock_netns(p, false) {
+                tracing::warn!(netns = %p, error = %e, "could not unlock the container's network");
+            }
+        }
+    }
+
     fn kill_and_delete(&self) {
         let _ = self.run(&[OsStr::new("kill"), OsStr::new(&self.id), OsStr::new("KILL")]);
         let _ = self.run(&[OsStr::new("delete"), OsStr::new("-f"), OsStr::new(&self.id)]);
@@ -269,7 +314,13 @@ impl Htype for Runc {
     }
 
     fn dump_self(&self, images_dir: &Path, work_dir: &Path) -> Result<()> {
-        self.run(&[OsStr::new("pause"), OsStr::new(&self.id)])?;
+        if let Some(p) = &self.netns_path {
+            lock_netns(p, true)?;
+        }
+        if let Err(e) = self.run(&[OsStr::new("pause"), OsStr::new(&self.id)]) {
+            self.unlock();
+            return Err(e);
+        }
         let r = self.run(&[
             OsStr::new("--criu"),
             self.criu.as_os_str(),
@@ -292,8 +343,11 @@ impl Htype for Runc {
     }
 
     fn resume_source(&self) -> Result<()> {
-        self.run(&[OsStr::new("resume"), OsStr::new(&self.id)])
-            .map(drop)
+        let r = self
+            .run(&[OsStr::new("resume"), OsStr::new(&self.id)])
+            .map(drop);
+        self.unlock();
+        r
     }
 
     fn restores_itself(&self) -> bool {
