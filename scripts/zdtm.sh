@@ -107,7 +107,8 @@ STATIC=$ZDTM/static
 DESC=(/usr/bin/python3 "$REPO/scripts/zdtm/desc.py")
 
 LOGS=${LOGS:-/tmp/phaul-zdtm-logs.$$}
-BIN=$REPO/target/release/examples
+# Where cargo puts them (CARGO_TARGET_DIR moves the whole target dir).
+BIN=${CARGO_TARGET_DIR:-$REPO/target}/release/examples
 
 if [ -z "$ONE" ]; then
 # --- build ------------------------------------------------------------------
