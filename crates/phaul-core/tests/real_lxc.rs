@@ -449,6 +449,54 @@ fn restart_mode_starts_the_container_again_on_the_source_when_the_target_cannot(
     assert!(!tgt.join(&name).exists(), "the target kept the container");
 }
 
+/// Two hosts on a LAN, each with its LXC path, and on the source a running
+/// container whose veth sits on the host's bridge with LAN address `.n`
+/// and MAC `02:70:68:61:75:n`, running Debian's redis-server with `keys`
+/// keys `ct:k{i}` = `v{i}`.
+struct NetworkedCt {
+    // Dropped first: the container, then its LXC paths and the hosts.
+    _ct: LxcContainer,
+    name: String,
+    ip: String,
+    hwaddr: String,
+    src: PathBuf,
+    tgt: PathBuf,
+    _dirs: (tempfile::TempDir, tempfile::TempDir),
+    hosts: Hosts,
+}
+
+impl NetworkedCt {
+    fn start(n: u8, keys: usize) -> Self {
+        let mut hosts = Hosts::with_lan().unwrap();
+        hosts.lan.as_mut().unwrap().enable_lxc().unwrap();
+        let lan = hosts.lan();
+        let (s, src) = lxcpath("src");
+        let (t, tgt) = lxcpath("tgt");
+        let ip = lan.ip(n);
+        let hwaddr = format!("02:70:68:61:75:{n:02x}");
+        let net = phaul_testkit::LxcNet {
+            link: lan.bridge.clone(),
+            hwaddr: hwaddr.clone(),
+            ipv4: format!("{ip}/24"),
+        };
+        let name = unique_name();
+        let mut ct = LxcContainer::start_networked(Some(&hosts.src), &src, &name, &net).unwrap();
+        ct.also.push((tgt.clone(), Some(hosts.tgt.clone())));
+        redis_ready_with(lan, &ip, "ct:k", keys)
+            .expect("redis in the container answers on the LAN");
+        Self {
+            _ct: ct,
+            name,
+            ip,
+            hwaddr,
+            src,
+            tgt,
+            _dirs: (s, t),
+            hosts,
+        }
+    }
+}
+
 /// An LXC container whose veth sits on its host's bridge, with its own
 /// address and MAC, running Debian's redis-server, moves there and back
 /// three times while a client on a third host keeps one connection open
@@ -463,22 +511,16 @@ fn an_lxc_container_on_the_bridge_moves_with_its_address_and_its_client() {
     if phaul_testkit::lan::require_redis(test).is_none() {
         return;
     }
-    let mut hosts = Hosts::with_lan().unwrap();
-    hosts.lan.as_mut().unwrap().enable_lxc().unwrap();
+    let nc = NetworkedCt::start(60, 500);
+    let hosts = &nc.hosts;
     let lan = hosts.lan();
-    let (_s, src) = lxcpath("src");
-    let (_t, tgt) = lxcpath("tgt");
-    let ip = lan.ip(60);
-    let hwaddr = "02:70:68:61:75:3c";
-    let net = phaul_testkit::LxcNet {
-        link: lan.bridge.clone(),
-        hwaddr: hwaddr.into(),
-        ipv4: format!("{ip}/24"),
-    };
-    let name = unique_name();
-    let mut ct = LxcContainer::start_networked(Some(&hosts.src), &src, &name, &net).unwrap();
-    ct.also.push((tgt.clone(), Some(hosts.tgt.clone())));
-    redis_ready_with(lan, &ip, "ct:k", 500).expect("redis in the container answers on the LAN");
+    let (src, tgt, name, ip) = (
+        nc.src.clone(),
+        nc.tgt.clone(),
+        nc.name.clone(),
+        nc.ip.clone(),
+    );
+    let hwaddr = nc.hwaddr.as_str();
     let client =
         phaul_testkit::lan::LanClient::start(lan, &ip, 6379, Duration::from_millis(5)).unwrap();
     let service = |ns: &str, addr: &str, lxcpath: &Path| {
@@ -573,27 +615,21 @@ fn a_failed_restore_of_a_networked_container_keeps_its_address_and_client() {
     if phaul_testkit::lan::require_redis(test).is_none() {
         return;
     }
-    let mut hosts = Hosts::with_lan().unwrap();
-    hosts.lan.as_mut().unwrap().enable_lxc().unwrap();
+    let nc = NetworkedCt::start(61, 0);
+    let hosts = &nc.hosts;
     let lan = hosts.lan();
-    let (_s, src) = lxcpath("src");
-    let (_t, tgt) = lxcpath("tgt");
-    let ip = lan.ip(61);
-    let net = phaul_testkit::LxcNet {
-        link: lan.bridge.clone(),
-        hwaddr: "02:70:68:61:75:3d".into(),
-        ipv4: format!("{ip}/24"),
-    };
-    let name = unique_name();
-    let mut ct = LxcContainer::start_networked(Some(&hosts.src), &src, &name, &net).unwrap();
-    ct.also.push((tgt.clone(), Some(hosts.tgt.clone())));
-    redis_ready_with(lan, &ip, "", 0).expect("redis in the container answers on the LAN");
+    let (src, tgt, name, ip) = (
+        nc.src.clone(),
+        nc.tgt.clone(),
+        nc.name.clone(),
+        nc.ip.clone(),
+    );
     assert_eq!(redis_cli(lan, &ip, &["SET", "ct:kept", "yes"]), "OK");
     let client =
         phaul_testkit::lan::LanClient::start(lan, &ip, 6379, Duration::from_millis(5)).unwrap();
     let (_standin, failing) = common::criu_failing_restores(&bin);
     let target = Target::start_with(
-        &hosts,
+        hosts,
         criu(&bin),
         Setup {
             paths: Some(Paths {
@@ -604,7 +640,7 @@ fn a_failed_restore_of_a_networked_container_keeps_its_address_and_client() {
             ..Setup::default()
         },
     );
-    let r = migrate(&hosts, &bin, &target.addr, &name, &src, FsChoice::Native);
+    let r = migrate(hosts, &bin, &target.addr, &name, &src, FsChoice::Native);
     assert!(!r.success, "the restore was expected to fail");
     assert_eq!(r.phase_reached, phaul_core::Phase::Rollback, "{r}");
     assert_eq!(
