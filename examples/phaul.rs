@@ -345,26 +345,10 @@ async fn migrate(m: Migrate) -> anyhow::Result<bool> {
             if let Some(w) = events.as_mut() {
                 write_event(w, started.elapsed(), bytes, &p);
             }
-            match p {
-                Progress::Phase(ph) => phase = ph.to_string(),
-                Progress::Mode(c) => bar.println(format!("mode {}: {}", c.mode, c.reason)),
-                Progress::Bytes(b) => bytes = b,
-                Progress::Iteration(it) => bar.println(format!(
-                    "iteration {} ({}): {} pages written, {:.1} MiB sent",
-                    it.iteration,
-                    it.kind,
-                    it.pages_written,
-                    it.bytes_sent as f64 / 1048576.0
-                )),
-                Progress::Decision(d) => bar.println(format!("pre-copy: {d:?}")),
-                Progress::Frozen => bar.println("source frozen"),
-                Progress::Resumed(d) => bar.println(format!(
-                    "target running; downtime {:.1} ms",
-                    d.as_secs_f64() * 1e3
-                )),
-                Progress::RollingBack(why) => bar.println(format!("rolling back: {why}")),
-                Progress::Warning(why) => bar.println(format!("warning: {why}")),
-                _ => {}
+            match &p {
+                Progress::Phase(ph) => phase = ph.describe().to_string(),
+                Progress::Bytes(_) => {}
+                other => bar.println(other.to_string()),
             }
             bar.set_message(format!("{phase}  {:.1} MiB", bytes as f64 / 1048576.0));
         }

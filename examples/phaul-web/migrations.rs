@@ -327,41 +327,28 @@ fn apply(s: &mut State, p: Progress) {
     match p {
         Progress::Phase(ph) => {
             s.phase = ph.to_string();
-            s.note(format!("phase {ph}"));
+            s.note(ph.describe().to_string());
         }
         Progress::Mode(c) => {
-            s.note(format!("mode {}: {}", c.mode, c.reason));
+            s.note(Progress::Mode(c.clone()).to_string());
             s.mode = Some(c.mode.to_string());
             s.mode_reason = Some(c.reason);
         }
         Progress::Iteration(it) => {
             s.iterations = s.iterations.max(it.iteration + 1);
-            s.note(format!(
-                "iteration {} ({}): {} pages written, {} lazy, {:.1} MiB sent",
-                it.iteration,
-                it.kind,
-                it.pages_written,
-                it.pages_lazy,
-                it.bytes_sent as f64 / 1048576.0
-            ));
             s.last_iteration = serde_json::to_value(&it).ok();
+            s.note(Progress::Iteration(it).to_string());
         }
         Progress::Bytes(b) => s.bytes = b,
-        Progress::Decision(d) => s.note(format!("pre-copy: {d:?}")),
         Progress::Frozen => {
             s.frozen_at = Some(Instant::now());
-            s.note("source frozen".into());
+            s.note(Progress::Frozen.to_string());
         }
         Progress::Resumed(d) => {
             s.downtime = Some(d);
-            s.note(format!(
-                "target running; downtime {:.1} ms",
-                d.as_secs_f64() * 1e3
-            ));
+            s.note(Progress::Resumed(d).to_string());
         }
-        Progress::RollingBack(why) => s.note(format!("rolling back: {why}")),
-        Progress::Warning(why) => s.note(format!("warning: {why}")),
-        other => s.note(format!("{other:?}")),
+        other => s.note(other.to_string()),
     }
 }
 

@@ -65,6 +65,36 @@ pub enum Progress {
     Warning(String),
 }
 
+/// One line for people, as the CLI and phaul-web show events (the JSON form
+/// is for tools).
+impl std::fmt::Display for Progress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Progress::Phase(p) => write!(f, "{}", p.describe()),
+            Progress::Mode(c) => write!(f, "mode {}: {}", c.mode, c.reason),
+            Progress::Iteration(it) => write!(
+                f,
+                "iteration {} ({}): {} pages written, {} lazy, {:.1} MiB sent",
+                it.iteration,
+                it.kind,
+                it.pages_written,
+                it.pages_lazy,
+                it.bytes_sent as f64 / 1048576.0
+            ),
+            Progress::Bytes(b) => write!(f, "{:.1} MiB sent", *b as f64 / 1048576.0),
+            Progress::Decision(d) => write!(f, "pre-copy: {d:?}"),
+            Progress::Frozen => write!(f, "source frozen"),
+            Progress::Resumed(d) => write!(
+                f,
+                "target running; downtime {:.1} ms",
+                d.as_secs_f64() * 1e3
+            ),
+            Progress::RollingBack(why) => write!(f, "rolling back: {why}"),
+            Progress::Warning(why) => write!(f, "warning: {why}"),
+        }
+    }
+}
+
 /// How often [`Progress::Bytes`] comes while memory streams to the target.
 pub const BYTES_TICK: Duration = Duration::from_millis(200);
 

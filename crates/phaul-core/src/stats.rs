@@ -49,6 +49,22 @@ pub enum Phase {
 }
 
 impl Phase {
+    /// What happens in the phase, in plain words, for people watching a
+    /// migration (the name, [`Phase::as_str`], is for tools).
+    pub const fn describe(self) -> &'static str {
+        match self {
+            Phase::Preflight => "checking both hosts",
+            Phase::PreCopy => "copying memory while the process runs",
+            Phase::FinalDump => "copying memory — the process is paused",
+            Phase::ImageTransfer => "sending the process's state — the process is paused",
+            Phase::Restore => "starting the copy on the target — the process is paused",
+            Phase::Commit => "switching over to the target",
+            Phase::LazyTransfer => "running on the target; the rest of its memory follows",
+            Phase::Rollback => "undoing: resuming the process on the source",
+            Phase::Done => "done",
+        }
+    }
+
     /// The phase's name, as in [`Display`](fmt::Display) and JSON.
     pub const fn as_str(self) -> &'static str {
         match self {
