@@ -28,9 +28,10 @@ const TCP_REPAIR: libc::c_int = 19;
 pub fn repair_off(root: i32) -> usize {
     let mut n = 0;
     for pid in crate::sockets::tree(root) {
-        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        let fds = crate::sockets::socket_fds(pid);
+        if fds.is_empty() {
             continue;
-        };
+        }
         // SAFETY: pidfd_open takes a PID and flags and returns a new fd or
         // -1; nothing is borrowed.
         let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
@@ -40,20 +41,10 @@ pub fn repair_off(root: i32) -> usize {
         if pidfd < 0 {
             continue;
         }
-        for e in fds.flatten() {
-            let is_socket = std::fs::read_link(e.path())
-                .is_ok_and(|l| l.to_string_lossy().starts_with("socket:"));
-            let Some(fd) = e
-                .file_name()
-                .to_str()
-                .and_then(|s| s.parse::<libc::c_int>().ok())
-            else {
-                continue;
-            };
-            if is_socket && repair_off_one(pidfd, fd) {
-                n += 1;
-            }
-        }
+        n += fds
+            .iter()
+            .filter(|(fd, _)| repair_off_one(pidfd, *fd))
+            .count();
         // SAFETY: pidfd is ours, opened above and closed once.
         unsafe { libc::close(pidfd) };
     }

@@ -14,14 +14,10 @@ use std::fs;
 /// Whether `criu` (as `"4.1.1"`) on kernel `release` (as `uname -r`) may
 /// fail on inet sockets, so that a probe must decide.
 pub fn inet_dump_doubtful(criu: &str, release: &str) -> bool {
-    let criu: Option<(u32, u32)> = {
-        let mut it = criu
-            .split(|c: char| !c.is_ascii_digit())
-            .filter(|s| !s.is_empty());
-        it.next()
-            .and_then(|a| a.parse().ok())
-            .zip(it.next().and_then(|b| b.parse().ok()))
-    };
+    let criu = criu
+        .parse::<criu_rpc::Version>()
+        .ok()
+        .map(|v| (v.major, v.minor));
     let kernel: Option<(u32, u32)> = {
         let mut it = release.split(['.', '-']);
         it.next()
@@ -96,15 +92,28 @@ pub(crate) fn tree(root: i32) -> Vec<i32> {
     out
 }
 
+/// The socket inodes of the process `pid`'s descriptors.
 pub(crate) fn socket_inodes(pid: i32) -> HashSet<u64> {
+    socket_fds(pid).into_iter().map(|(_, ino)| ino).collect()
+}
+
+/// The descriptors of the process `pid` that are sockets, with their
+/// inodes.
+pub(crate) fn socket_fds(pid: i32) -> Vec<(i32, u64)> {
     let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else {
-        return HashSet::new();
+        return Vec::new();
     };
     fds.flatten()
-        .filter_map(|e| fs::read_link(e.path()).ok())
-        .filter_map(|l| {
-            let l = l.to_string_lossy().into_owned();
-            l.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
+        .filter_map(|e| {
+            let fd = e.file_name().to_str()?.parse().ok()?;
+            let link = fs::read_link(e.path()).ok()?;
+            let ino = link
+                .to_str()?
+                .strip_prefix("socket:[")?
+                .strip_suffix(']')?
+                .parse()
+                .ok()?;
+            Some((fd, ino))
         })
         .collect()
 }

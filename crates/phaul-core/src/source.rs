@@ -424,28 +424,37 @@ impl<C: SourceCriu> Migration<C> {
             .work_dir
             .join(format!("{}-{}", std::process::id(), unique()));
         let res = self.drive(&mut stats, &dir).await;
-        if res.is_err() && !self.keep_images && dir.exists() {
-            // The logs are the record of why CRIU failed; the images are
-            // the tree's memory and only fill the disk.
-            match crate::logs::keep_only_logs(&dir) {
-                Ok(n) if n > 0 => stats.set_logs(&dir),
-                Ok(_) => {
-                    let _ = std::fs::remove_dir_all(&dir);
-                }
-                Err(e) => {
-                    warn!(dir = %dir.display(), error = %e, "could not trim the failed migration's directory")
-                }
-            }
-        } else if res.is_err() {
-            stats.set_logs(&dir);
-        } else if !self.keep_images {
-            let _ = std::fs::remove_dir_all(&dir);
-        }
+        self.tidy(&mut stats, &dir, res.is_ok());
         let outcome = res.map_err(|e| crate::target::error_chain(&e));
         if let Err(e) = &outcome {
             warn!(error = %e, "migration failed");
         }
         stats.finalize(outcome)
+    }
+
+    /// What stays of the migration's directory: everything with
+    /// `keep_images`; after a failure CRIU's logs (the record of why it
+    /// failed; the images are the tree's memory and only fill the disk),
+    /// named in the report; else nothing.
+    fn tidy(&self, stats: &mut Ongoing, dir: &Path, succeeded: bool) {
+        let kept = match (succeeded, self.keep_images) {
+            (_, true) => dir.exists(),
+            (true, false) => false,
+            // Refused before anything was written: nothing to keep.
+            (false, false) if !dir.exists() => false,
+            (false, false) => match crate::logs::keep_only_logs(dir) {
+                Ok(n) => n > 0,
+                Err(e) => {
+                    warn!(dir = %dir.display(), error = %e, "could not trim the failed migration's directory");
+                    false
+                }
+            },
+        };
+        if !kept {
+            let _ = std::fs::remove_dir_all(dir);
+        } else if !succeeded {
+            stats.set_logs(dir);
+        }
     }
 
     /// After a lazy dump was rolled back and the tree resumed: CRIU left
@@ -1098,14 +1107,12 @@ impl<C: SourceCriu> Migration<C> {
         let t0 = Instant::now();
         self.freezing(stats, t0);
         let (d, w) = (dir.clone(), work.clone());
-        let dumped = tokio::task::spawn_blocking({
-            let h = self.htype.clone();
-            move || h.dump_self(&d, &w)
-        })
-        .await
-        .map_err(|e| Error::Protocol(format!("an htype task: {e}")))
-        .and_then(|r| r.map_err(|e| crate::logs::manager_error(e, &[work.join("dump.log")])));
-        if let Err(e) = dumped {
+        let dumped = self.hook(move |h| h.dump_self(&d, &w)).await;
+        if let Err(e) = dumped.map_err(|e| match e {
+            // The manager only says "criu failed": its CRIU's log says why.
+            Error::Htype(h) => crate::logs::manager_error(h, &[work.join("dump.log")]),
+            other => other,
+        }) {
             // The kind has resumed the tree itself.
             self.abort_target(ctl, &e).await;
             return Err(e);

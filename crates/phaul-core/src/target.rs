@@ -279,7 +279,7 @@ struct Session<T: TargetCriu> {
     relays: Vec<tokio::task::JoinHandle<()>>,
     committed: bool,
     /// A request failed: the session's CRIU logs are kept.
-    failed: bool,
+    request_failed: bool,
     /// When the `Restored` answer went out: the commit's lease counts from
     /// here (see [`proto::Commit::valid_for_ms`]).
     restored_at: Option<Instant>,
@@ -308,7 +308,7 @@ impl<T: TargetCriu> Session<T> {
             daemon: None,
             relays: Vec::new(),
             committed: false,
-            failed: false,
+            request_failed: false,
             restored_at: None,
         }
     }
@@ -332,7 +332,7 @@ impl<T: TargetCriu> Session<T> {
             let sent = match res {
                 Ok(r) => ctl.reply(id, r).await,
                 Err((code, e)) => {
-                    self.failed = true;
+                    self.request_failed = true;
                     let msg = error_chain(&e);
                     warn!(session = %hex(&self.sid), error = %msg, "request failed");
                     ctl.error(id, code, &msg).await
@@ -404,7 +404,7 @@ impl<T: TargetCriu> Session<T> {
         if let Some(d) = self.dir.take() {
             if self.svc.keep_images {
                 info!(dir = %d.display(), "keeping images");
-            } else if self.failed && keep_failed_logs(&d) {
+            } else if self.request_failed && keep_failed_logs(&d) {
             } else if let Err(e) = std::fs::remove_dir_all(&d) {
                 warn!(dir = %d.display(), error = %e, "could not remove a session directory");
             }
