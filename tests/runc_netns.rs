@@ -15,10 +15,10 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use phaul_testkit::lan::{LanClient, redis_cli, redis_ready_with, require_redis};
-use phaul_testkit::{Hosts, require_criu, wait_until};
+use phaul_testkit::{Hosts, require_criu};
 
 mod common;
-use common::{Killed, example, key_file};
+use common::{Killed, example, key_file, wait_listening};
 
 const MAC: &str = "02:70:68:61:75:46";
 
@@ -214,13 +214,7 @@ fn a_runc_container_in_a_named_network_namespace_keeps_its_client() {
         .spawn()
         .unwrap();
     let _svc = Killed(svc);
-    wait_until(Duration::from_secs(20), || {
-        std::fs::read_to_string(&log)
-            .ok()
-            .filter(|s| s.contains("listening on"))
-            .map(drop)
-    })
-    .expect("phaul-service did not start");
+    wait_listening(&log);
 
     let out = Hosts::command(&hosts.src, example("phaul"))
         .args([

@@ -73,12 +73,17 @@ pub fn service(
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    wait_listening(&log);
+    (Killed(child), format!("{}:7070", hosts.tgt_ip))
+}
+
+/// Waits until the `phaul-service` writing `log` listens.
+pub fn wait_listening(log: &Path) {
     wait_until(Duration::from_secs(20), || {
-        std::fs::read_to_string(&log)
+        std::fs::read_to_string(log)
             .ok()
             .filter(|s| s.contains("listening on"))
             .map(drop)
     })
     .expect("phaul-service did not start");
-    (Killed(child), format!("{}:7070", hosts.tgt_ip))
 }
