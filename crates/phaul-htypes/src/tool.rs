@@ -9,7 +9,7 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::{Error, Result};
 
@@ -148,24 +148,30 @@ pub(crate) fn exec(tool: &Path, args: &[&std::ffi::OsStr], limits: Limits<'_>) -
 }
 
 /// Waits for `child` until `limit`; past it, kills its whole process group
-/// (the tool and what it started, CRIU included) and returns `None`.
+/// (the tool and what it started, CRIU included) and returns `None`. A
+/// watchdog thread keeps the time, so a tool that ends is seen at once (no
+/// polling: some of these calls are inside a migration's downtime).
 fn wait_limited(
     child: &mut std::process::Child,
     limit: Duration,
 ) -> std::io::Result<Option<std::process::ExitStatus>> {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(st) = child.try_wait()? {
-            return Ok(Some(st));
-        }
-        if Instant::now() >= deadline {
-            let group = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap_or(0));
+    let group = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap_or(0));
+    let (done, ended) = std::sync::mpsc::channel::<()>();
+    let watchdog = std::thread::spawn(move || {
+        let expired = matches!(
+            ended.recv_timeout(limit),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout)
+        );
+        if expired {
             let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
-            let _ = child.wait();
-            return Ok(None);
         }
-        std::thread::sleep(Duration::from_millis(10));
-    }
+        expired
+    });
+    let status = child.wait();
+    let _ = done.send(());
+    let expired = watchdog.join().unwrap_or(false);
+    let status = status?;
+    Ok((!expired).then_some(status))
 }
 
 #[cfg(test)]
@@ -178,7 +184,7 @@ mod tests {
         let pidfile = dir.path().join("grandchild");
         // A tool that starts a helper and hangs, as runc does with CRIU.
         let script = format!("sleep 30 & echo $! > {}; wait", pidfile.display());
-        let t0 = Instant::now();
+        let t0 = std::time::Instant::now();
         let limits = Limits {
             time: Duration::from_millis(300),
             ..Limits::default()
