@@ -188,8 +188,9 @@ pub struct Migration<C: SourceCriu> {
     force: bool,
     timeouts: Timeouts,
     freeze_timeout: Duration,
-    /// When the source froze, plus `freeze_timeout`: set at the freeze.
-    freeze_deadline: std::sync::Mutex<Option<tokio::time::Instant>>,
+    /// When the source froze, plus `freeze_timeout`: set once, at the
+    /// freeze (a migration runs once).
+    freeze_deadline: std::sync::OnceLock<tokio::time::Instant>,
     progress: Option<mpsc::UnboundedSender<Progress>>,
     fs: FsChoice,
     cancel_tx: Arc<watch::Sender<bool>>,
@@ -233,7 +234,7 @@ impl<C: SourceCriu> Migration<C> {
             force: false,
             timeouts: Timeouts::default(),
             freeze_timeout: DEFAULT_FREEZE_TIMEOUT,
-            freeze_deadline: std::sync::Mutex::new(None),
+            freeze_deadline: std::sync::OnceLock::new(),
             progress: None,
             fs: FsChoice::default(),
             cancel_tx: Arc::new(tx),
@@ -346,15 +347,14 @@ impl<C: SourceCriu> Migration<C> {
     fn freezing(&self, stats: &mut Ongoing, t0: Instant) {
         stats.source_frozen(t0).ok();
         stats.set_freeze_timeout(self.freeze_timeout);
-        let deadline = tokio::time::Instant::from_std(t0) + self.freeze_timeout;
-        if let Ok(mut d) = self.freeze_deadline.lock() {
-            *d = Some(deadline);
-        }
+        let _ = self
+            .freeze_deadline
+            .set(tokio::time::Instant::from_std(t0) + self.freeze_timeout);
         self.emit(Progress::Frozen);
     }
 
     fn deadline(&self) -> Option<tokio::time::Instant> {
-        self.freeze_deadline.lock().ok().and_then(|d| *d)
+        self.freeze_deadline.get().copied()
     }
 
     /// Runs `fut`, a step taken while the source is frozen, unless the
