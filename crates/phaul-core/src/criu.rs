@@ -352,6 +352,26 @@ fn dump_stats(work: &Path) -> Option<DumpStatsEntry> {
         .ok()
 }
 
+/// A lazy dump's statistics. CRIU's stats-dump counts no pages after a
+/// lazy dump; its pagemaps say what it wrote and what it served later.
+fn lazy_dump_stats(work: &Path, images: &Path) -> Option<DumpStatsEntry> {
+    let mut st = dump_stats(work).unwrap_or_default();
+    if st.pages_scanned == 0 && st.pages_lazy == 0 {
+        match criu_rpc::image::read_pagemaps(images) {
+            Ok(t) => {
+                st.pages_scanned = t.pages;
+                st.pages_written = t.present;
+                st.pages_lazy = t.lazy;
+                st.pages_skipped_parent = t.in_parent;
+            }
+            Err(e) => {
+                warn!(dir = %images.display(), error = %e, "reading the lazy dump's pagemaps")
+            }
+        }
+    }
+    Some(st)
+}
+
 /// Waits for the engine's decision on a held notification and answers it:
 /// success to go on, failure (also when the engine is gone) to roll back.
 async fn answer_held(
@@ -548,6 +568,7 @@ impl SourceCriu for Criu {
         let (ready_tx, ready_rx) = oneshot::channel::<Result<()>>();
         let (done_tx, done_rx) = oneshot::channel();
         let work = spec.work_dir.clone();
+        let images = spec.images_dir.clone();
         tokio::spawn(async move {
             let mut ready_tx = Some(ready_tx);
             let outcome = loop {
@@ -578,7 +599,7 @@ impl SourceCriu for Criu {
                     )));
                 }
                 (Ok(()), None) => {
-                    let _ = done_tx.send(Ok(dump_stats(&work)));
+                    let _ = done_tx.send(Ok(lazy_dump_stats(&work, &images)));
                 }
             }
         });

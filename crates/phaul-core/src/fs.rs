@@ -35,6 +35,15 @@ impl FsChoice {
             Self::Shared => "shared",
         }
     }
+
+    /// Its place in the plan.
+    pub fn files(&self) -> crate::plan::Files {
+        match self {
+            Self::Native => crate::plan::Files::Native,
+            Self::Rsync { .. } => crate::plan::Files::Rsync,
+            Self::Shared => crate::plan::Files::Shared,
+        }
+    }
 }
 
 /// The source side of one migration's file system.

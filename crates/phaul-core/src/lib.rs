@@ -28,6 +28,7 @@
 //! - [`criu`]: the CRIU seam and the real implementation.
 //! - [`standin`]: a scripted stand-in for CRIU, for tests.
 //! - [`mode`]: the modes and how `auto` chooses.
+//! - [`plan`]: the plan both sides obey, as it travels in `Begin`.
 //! - [`policy`]: convergence policies.
 //! - [`stats`]: statistics as a state machine, finalized into a [`Report`].
 //! - [`pagestream`]: relaying CRIU's page-server traffic.
@@ -46,6 +47,7 @@ pub mod logs;
 pub mod mode;
 pub mod netlock;
 pub mod pagestream;
+pub mod plan;
 pub mod policy;
 pub mod sockets;
 pub mod source;

@@ -13,6 +13,8 @@
 use std::fmt;
 use std::str::FromStr;
 
+use phaul_htypes::{Caps, DumpBy, RestoreBy};
+
 use crate::error::{Error, Result};
 
 /// How memory moves from the source to the target.
@@ -137,29 +139,34 @@ pub fn choose(
     plan(requested, fallback, source, target, KindCaps::any())
 }
 
-/// What a kind of thing can do, as data: the engine reads it from the
-/// htype once, and [`plan`] weighs it beside the hosts' features.
+/// A kind's name and what it can do ([`Caps`], as the htype says): [`plan`]
+/// weighs it beside the hosts' features.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KindCaps {
     /// The kind's name, for reasons (`"runc"`).
     pub name: &'static str,
-    /// It can be pre-dumped (pre-copy, hybrid).
-    pub pre_dump: bool,
-    /// It can be restored lazily by CRIU (post-copy, hybrid); a kind whose
-    /// manager restores it cannot.
-    pub lazy_restore: bool,
-    /// Its manager makes its dump itself, in one stop-and-copy step.
-    pub own_dump: bool,
+    /// What it can do.
+    pub caps: Caps,
 }
 
 impl KindCaps {
-    /// A kind with no limits of its own (a plain tree).
+    /// A kind with no limits of its own: what the hosts allow decides
+    /// (see [`choose`]).
     pub const fn any() -> Self {
         Self {
-            name: "pid",
-            pre_dump: true,
-            lazy_restore: true,
-            own_dump: false,
+            name: "any",
+            caps: Caps {
+                restart: true,
+                ..Caps::PLAIN
+            },
+        }
+    }
+
+    /// The kind of `htype`.
+    pub fn of(htype: &dyn phaul_htypes::Htype) -> Self {
+        Self {
+            name: htype.kind(),
+            caps: htype.caps(),
         }
     }
 }
@@ -208,21 +215,23 @@ struct Limits {
 
 impl Limits {
     fn new(source: HostCaps, target: HostCaps, kind: KindCaps) -> Self {
-        let own = kind.own_dump.then(|| {
+        let caps = kind.caps;
+        let own = (caps.dump_by == DumpBy::Manager).then(|| {
             format!(
                 "the {} kind makes its own dump (its manager runs CRIU), in one stop-and-copy step",
                 kind.name
             )
         });
         let mem = own.clone().or_else(|| {
-            (!kind.pre_dump).then(|| format!("the {} kind cannot be pre-dumped", kind.name))
+            (!caps.pre_dump).then(|| format!("the {} kind cannot be pre-dumped", kind.name))
         });
         let lazy = own.or_else(|| {
-            (!kind.lazy_restore).then(|| {
-                format!(
-                    "the {} kind cannot be restored lazily (its manager restores it)",
-                    kind.name
-                )
+            (!caps.lazy_restore).then(|| {
+                let manager = match caps.restore_by {
+                    RestoreBy::Manager => " (its manager restores it)",
+                    RestoreBy::Criu => "",
+                };
+                format!("the {} kind cannot be restored lazily{manager}", kind.name)
             })
         });
         Self {
@@ -321,6 +330,25 @@ pub fn plan(
              copied, and no kernel feature beyond what a dump needs is required"
                 .to_owned(),
         ),
+        Mode::Restart if !kind.caps.restart => {
+            let missing = format!(
+                "a restart (cold) handler for the {} kind; only container kinds have one",
+                kind.name
+            );
+            if !fallback {
+                return Err(Error::UnsupportedMode {
+                    mode: requested,
+                    missing,
+                });
+            }
+            let (mode, why) = limits.best();
+            (
+                mode,
+                format!(
+                    "restart is not possible here (it needs {missing}): falling back to {mode}; {why}"
+                ),
+            )
+        }
         Mode::Restart => (
             Mode::Restart,
             "restart was asked for: the process is stopped on the source and started \
@@ -614,16 +642,39 @@ mod tests {
 
     const LXC: KindCaps = KindCaps {
         name: "lxc",
-        pre_dump: true,
-        lazy_restore: false,
-        own_dump: false,
+        caps: Caps {
+            lazy_restore: false,
+            restore_by: RestoreBy::Manager,
+            restart: true,
+            ..Caps::PLAIN
+        },
     };
     const RUNC: KindCaps = KindCaps {
         name: "runc",
-        pre_dump: false,
-        lazy_restore: false,
-        own_dump: true,
+        caps: Caps {
+            pre_dump: false,
+            lazy_restore: false,
+            dump_by: DumpBy::Manager,
+            restore_by: RestoreBy::Manager,
+            restart: false,
+        },
     };
+
+    #[test]
+    fn restart_needs_a_kind_that_can_restart() {
+        let pid = KindCaps {
+            name: "pid",
+            caps: Caps::PLAIN,
+        };
+        let e = plan(Mode::Restart, false, NONE, NONE, pid).unwrap_err();
+        assert!(e.to_string().contains("restart (cold) handler"), "{e}");
+        let c = plan(Mode::Restart, true, NONE, NONE, RUNC).unwrap();
+        assert_eq!((c.mode, c.requested), (Mode::StopCopy, Mode::Restart));
+        assert_eq!(
+            plan(Mode::Restart, false, NONE, NONE, LXC).unwrap().mode,
+            Mode::Restart
+        );
+    }
 
     #[test]
     fn a_kind_without_lazy_restore_says_so_and_not_that_the_hosts_lack_lazy_pages() {
@@ -688,9 +739,10 @@ mod tests {
         };
         let no_pre_dump = KindCaps {
             name: "runc",
-            pre_dump: false,
-            lazy_restore: true,
-            own_dump: false,
+            caps: Caps {
+                pre_dump: false,
+                ..Caps::PLAIN
+            },
         };
         let c = plan(Mode::Auto, false, track_only, track_only, no_pre_dump).unwrap();
         assert_eq!(c.mode, Mode::StopCopy);
@@ -709,9 +761,11 @@ mod tests {
         };
         let no_pre_dump = KindCaps {
             name: "vz",
-            pre_dump: false,
-            lazy_restore: false,
-            own_dump: false,
+            caps: Caps {
+                pre_dump: false,
+                lazy_restore: false,
+                ..Caps::PLAIN
+            },
         };
         let c = plan(Mode::PreCopy, true, both, both, no_pre_dump).unwrap();
         assert_eq!(c.mode, Mode::StopCopy);

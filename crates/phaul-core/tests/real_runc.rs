@@ -120,7 +120,42 @@ impl Drop for Cleanup {
     }
 }
 
+/// After a failed migration: runc runs the container on the source again,
+/// and it counts on.
+fn assert_runs_on_source(src: &Paths, id: &str, bundle: &Path) {
+    assert_eq!(
+        status(&src.runc_root, id).as_deref(),
+        Some("running"),
+        "not resumed on the source"
+    );
+    let c = counter(bundle).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || counter(bundle)
+            .filter(|x| *x > c))
+        .is_some(),
+        "the source does not count"
+    );
+}
+
 fn migrate(hosts: &Hosts, bin: &Path, id: &str, src: &Paths, tgt: &Paths) -> Report {
+    migrate_frozen_at_most(
+        hosts,
+        bin,
+        id,
+        src,
+        tgt,
+        phaul_core::source::DEFAULT_FREEZE_TIMEOUT,
+    )
+}
+
+fn migrate_frozen_at_most(
+    hosts: &Hosts,
+    bin: &Path,
+    id: &str,
+    src: &Paths,
+    tgt: &Paths,
+    freeze: Duration,
+) -> Report {
     let target = Target::start_with(
         hosts,
         criu(bin),
@@ -140,6 +175,7 @@ fn migrate(hosts: &Hosts, bin: &Path, id: &str, src: &Paths, tgt: &Paths) -> Rep
         let htype = source_in("runc", &id, &p).unwrap();
         let m = Migration::new(criu(&bin), addr, cfg(), htype)
             .mode(Mode::Auto)
+            .freeze_timeout(freeze)
             .work_dir(&w);
         tokio::time::timeout(Duration::from_secs(300), m.run())
             .await
@@ -273,20 +309,55 @@ fn a_runc_restore_failing_on_the_target_resumes_the_source() {
     let r = migrate(&hosts, &bin, &id, &src, &tgt);
     assert!(!r.success, "the restore was expected to fail");
     assert_eq!(r.phase_reached, Phase::Rollback, "{:?}", r.error);
-    assert_eq!(
-        status(&src.runc_root, &id).as_deref(),
-        Some("running"),
-        "not resumed on the source"
-    );
-    let c = counter(&src_bundle).unwrap();
-    assert!(
-        wait_until(Duration::from_secs(10), || counter(&src_bundle)
-            .filter(|x| *x > c))
-        .is_some(),
-        "the source does not count"
-    );
+    assert_runs_on_source(&src, &id, &src_bundle);
     assert!(
         !tgt.runc_bundles.join(&id).exists(),
         "the target kept the bundle"
+    );
+}
+
+/// A `runc checkpoint` that hangs (its CRIU never answers) is killed, with
+/// the CRIU it started, when the freeze limit passes; the container runs on
+/// the source again and nothing of it is left on the target.
+#[test]
+fn a_hung_runc_checkpoint_is_killed_at_the_freeze_limit_and_the_container_resumed() {
+    let Some(bin) = require_criu(
+        "a_hung_runc_checkpoint_is_killed_at_the_freeze_limit_and_the_container_resumed",
+    ) else {
+        return;
+    };
+    let hosts = Hosts::new().unwrap();
+    let (base, id, src, tgt, src_bundle) = setup("h", &bin);
+    let _cleanup = Cleanup(
+        id.clone(),
+        vec![src.runc_root.clone(), tgt.runc_root.clone()],
+    );
+    // runc on the source runs this as its CRIU: it never answers.
+    let hung = base.path().join("hung-criu");
+    std::fs::write(&hung, "#!/bin/sh\nexec sleep 600\n").unwrap();
+    std::fs::set_permissions(&hung, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let src = Paths {
+        criu: hung.clone(),
+        ..src
+    };
+    let limit = Duration::from_secs(3);
+    let t0 = std::time::Instant::now();
+    let r = migrate_frozen_at_most(&hosts, &bin, &id, &src, &tgt, limit);
+    let took = t0.elapsed();
+    assert!(!r.success, "a hung checkpoint cannot succeed");
+    let error = r.error.clone().unwrap_or_default();
+    assert!(error.contains("freeze timeout"), "{error}");
+    // Pre-flight and connecting take a second or two; the freeze the rest.
+    assert!(took < limit + Duration::from_secs(15), "took {took:?}");
+    assert_runs_on_source(&src, &id, &src_bundle);
+    assert_eq!(status(&tgt.runc_root, &id), None, "the target has a copy");
+    let left = std::process::Command::new("pgrep")
+        .args(["-f", &hung.display().to_string()])
+        .output()
+        .unwrap();
+    assert!(
+        left.stdout.is_empty(),
+        "the hung CRIU lives on: {}",
+        String::from_utf8_lossy(&left.stdout)
     );
 }

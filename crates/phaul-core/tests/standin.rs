@@ -431,3 +431,86 @@ async fn an_inherited_descriptor_is_refused_as_a_migration_target() {
     );
     assert!(nix::fcntl::fcntl(std::io::stdin(), nix::fcntl::FcntlArg::F_GETFD).is_ok());
 }
+
+/// The target follows the plan it was sent and its session's order: a
+/// request out of either is refused (BAD_REQUEST) and changes nothing, and
+/// the session is undone when the source goes.
+#[tokio::test]
+async fn the_target_refuses_requests_out_of_order_or_out_of_plan() {
+    use phaul_transport::proto::{self, request, response};
+    use phaul_transport::{Channel, ControlClient, Endpoint, ErrorCode, Link};
+    let work = tempfile::tempdir().unwrap();
+    let listener = Listener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let svc = Service::new(StandIn::new(ALL), cfg(), work.path().join("target"));
+    let server = tokio::spawn(svc.serve(listener, async {
+        let _ = stop_rx.await;
+    }));
+    let link = Link::connect(Endpoint::Tcp(addr), &cfg(), Channel::Control, None)
+        .await
+        .unwrap();
+    let mut ctl = ControlClient::new(link);
+    let refused = |r: Result<response::Body, phaul_transport::Error>, what: &str| match r {
+        Err(phaul_transport::Error::Remote { code, message }) => {
+            assert_eq!(code, ErrorCode::BadRequest, "{message}");
+            assert!(message.contains(what), "{message}");
+        }
+        other => panic!("expected a refusal naming {what:?}, got {other:?}"),
+    };
+    let restore = |lazy| request::Body::Restore(proto::Restore { iteration: 0, lazy });
+    let commit = request::Body::Commit(proto::Commit { valid_for_ms: 0 });
+    // Nothing has begun.
+    refused(ctl.call(restore(false)).await, "no migration has begun");
+    refused(ctl.call(commit.clone()).await, "nothing restored");
+    // A Begin whose plan is invalid (version 1's strings leave it 0).
+    let sleeper = Sleeper::new();
+    let mut begin = proto::Begin {
+        htype: "pid".into(),
+        params: [("pid".to_string(), sleeper.pid())].into(),
+        ..Default::default()
+    };
+    refused(
+        ctl.call(request::Body::Begin(begin.clone())).await,
+        "invalid mode",
+    );
+    // A plan the kind here cannot carry out: pids are restored by CRIU.
+    let by_manager = phaul_core::plan::Plan {
+        mode: Mode::StopCopy,
+        restorer: phaul_core::plan::Restorer::Manager,
+        files: phaul_core::plan::Files::None,
+    };
+    by_manager.to_wire(&mut begin);
+    refused(
+        ctl.call(request::Body::Begin(begin.clone())).await,
+        "restored by",
+    );
+    // A good one, then a second.
+    let plan = phaul_core::plan::Plan::new(
+        Mode::StopCopy,
+        phaul_htypes::Caps::PLAIN,
+        phaul_core::plan::Files::None,
+    );
+    plan.to_wire(&mut begin);
+    let begun = ctl.call(request::Body::Begin(begin.clone())).await.unwrap();
+    let response::Body::Begun(b) = begun else {
+        panic!("{begun:?}")
+    };
+    assert!(std::path::Path::new(&b.work_dir).is_dir());
+    refused(ctl.call(request::Body::Begin(begin)).await, "already begun");
+    // A lazy restore in a stop-copy, and a commit before any restore.
+    refused(ctl.call(restore(true)).await, "does not belong");
+    refused(ctl.call(commit).await, "nothing restored");
+    // The source goes: the session is undone.
+    ctl.close().await;
+    let gone = async {
+        while std::path::Path::new(&b.work_dir).exists() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), gone)
+        .await
+        .expect("the session's directory outlived it");
+    let _ = stop_tx.send(());
+    server.await.unwrap().unwrap();
+}

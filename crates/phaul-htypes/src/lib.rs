@@ -2,9 +2,12 @@
 //!
 //! An htype says how to find the process tree of one kind of thing, which
 //! CRIU options its dump and restore need, and how to validate what a
-//! request names before anything is touched. The engine holds htypes as
-//! trait objects made by the [`registry`]; every trait method but `kind` and
-//! `root_pid` has a default, so a kind overrides only what it needs.
+//! request names before anything is touched. What a kind can do is data
+//! ([`Caps`]: who dumps it, who restores it, which modes it allows); what it
+//! does is two small sets of hooks, one per side ([`SourceHooks`],
+//! [`TargetHooks`]). The engine holds htypes as trait objects made by the
+//! [`registry`]; every hook but `root_pid` has a default, so a kind
+//! overrides only what it needs.
 //!
 //! Kinds so far: [`pid::Pid`], a process tree by the PID of its root;
 //! [`lxc::Lxc`], an LXC container with its root file system; and
@@ -13,7 +16,9 @@
 //! with its bundle.
 //!
 //! # Layout
-//! - [`Htype`]: the trait, and [`CriuOptions`], the CRIU options an htype asks for.
+//! - [`Htype`], [`Caps`], [`SourceHooks`], [`TargetHooks`]: a kind, what it
+//!   can do, and its steps on each side; [`CriuOptions`], the CRIU options
+//!   it asks for.
 //! - [`registry`]: making an htype from its name and parameters.
 //! - [`pid`]: the process-tree htype.
 //! - [`lxc`]: the LXC container htype.
@@ -29,6 +34,8 @@ pub mod pid;
 pub mod registry;
 pub mod runc;
 mod tool;
+
+pub use tool::Interrupt;
 pub mod vz;
 
 /// Errors of the htypes: what a request names is not acceptable.
@@ -73,6 +80,11 @@ pub enum Error {
         /// The end of what it wrote to stderr.
         stderr: String,
     },
+
+    /// The kind has no such step (the engine's plan asked it of a kind
+    /// whose [`Caps`] say it cannot).
+    #[error("this kind has no way of {0}")]
+    Unsupported(&'static str),
 
     /// Reading the process's state failed.
     #[error("reading {what}")]
@@ -141,12 +153,62 @@ pub struct CriuOptions {
     pub mntns_compat_mode: bool,
 }
 
-/// One kind of thing phaul migrates.
+/// Who makes a kind's final dump.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DumpBy {
+    /// The engine, through CRIU's RPC (held at `post-dump` until the commit).
+    Criu,
+    /// The kind's manager runs CRIU itself, as `runc checkpoint` does
+    /// ([`SourceHooks::dump_self`]), in one stop-and-copy step.
+    Manager,
+}
+
+/// Who restores a kind on the target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RestoreBy {
+    /// The engine, through CRIU's RPC (held at `post-restore` until the
+    /// commit).
+    Criu,
+    /// The kind's manager, so that it knows the tree (`lxc-checkpoint -r`,
+    /// `runc restore`): [`TargetHooks::restore`]. The tree runs from then on.
+    Manager,
+}
+
+/// What a kind can do, as data: the engine reads it once and plans with it
+/// beside the hosts' features.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Caps {
+    /// Iterative pre-dumps make sense for it (pre-copy, hybrid).
+    pub pre_dump: bool,
+    /// The target can restore it lazily (post-copy, hybrid).
+    pub lazy_restore: bool,
+    /// Who makes its final dump.
+    pub dump_by: DumpBy,
+    /// Who restores it.
+    pub restore_by: RestoreBy,
+    /// It can be migrated cold (restart mode): stopped on the source, its
+    /// files synced, started anew on the target.
+    pub restart: bool,
+}
+
+impl Caps {
+    /// A plain tree: CRIU dumps and restores it, in every mode but restart.
+    pub const PLAIN: Caps = Caps {
+        pre_dump: true,
+        lazy_restore: true,
+        dump_by: DumpBy::Criu,
+        restore_by: RestoreBy::Criu,
+        restart: false,
+    };
+}
+
+/// One kind of thing phaul migrates: what it is and what it can do, with
+/// its [`SourceHooks`] and [`TargetHooks`].
 ///
 /// The source side makes it from a user's request ([`registry::source`]),
 /// the target side from the name and parameters the source sent
 /// ([`registry::target`]); both validate what they are given.
-pub trait Htype: Send + Sync + Debug {
+pub trait Htype: SourceHooks + TargetHooks + Send + Sync + Debug {
     /// The kind's name on the wire and the command line (`"pid"`).
     fn kind(&self) -> &'static str;
 
@@ -155,23 +217,24 @@ pub trait Htype: Send + Sync + Debug {
         BTreeMap::new()
     }
 
+    /// What it can do.
+    fn caps(&self) -> Caps {
+        Caps::PLAIN
+    }
+
+    /// The directory tree that travels with it (a container's root file
+    /// system): on the source, what to send; on the target, where it goes.
+    fn fs_root(&self) -> Option<std::path::PathBuf> {
+        None
+    }
+}
+
+/// The source's side of a kind: finding the tree, what its dump needs, and
+/// the steps its manager takes. Every method but `root_pid` has a default
+/// that does nothing.
+pub trait SourceHooks {
     /// The PID of the tree's root on the source.
     fn root_pid(&self) -> Result<i32>;
-
-    /// Whether iterative pre-dumps make sense for this kind.
-    fn can_pre_dump(&self) -> bool {
-        true
-    }
-
-    /// Options for CRIU's dumps (pre-dumps and the final dump).
-    fn dump_options(&self) -> CriuOptions {
-        CriuOptions::default()
-    }
-
-    /// Options for CRIU's restore on the target.
-    fn restore_options(&self) -> CriuOptions {
-        CriuOptions::default()
-    }
 
     /// Checks, on the source, that the tree can still be migrated (it may
     /// have exited since the htype was made).
@@ -179,10 +242,9 @@ pub trait Htype: Send + Sync + Debug {
         self.root_pid().map(drop)
     }
 
-    /// The directory tree that travels with it (a container's root file
-    /// system): on the source, what to send; on the target, where it goes.
-    fn fs_root(&self) -> Option<std::path::PathBuf> {
-        None
+    /// Options for CRIU's dumps (pre-dumps and the final dump).
+    fn dump_options(&self) -> CriuOptions {
+        CriuOptions::default()
     }
 
     /// Extra files for the final dump's images, made just *before* the
@@ -193,107 +255,84 @@ pub trait Htype: Send + Sync + Debug {
         Vec::new()
     }
 
-    /// Target: prepares for the restore from `images_dir` (applies what the
-    /// kind's extra files carry) before CRIU restores.
-    fn prepare_restore(&self, images_dir: &std::path::Path) -> Result<()> {
-        let _ = images_dir;
-        Ok(())
-    }
-
     /// Extra files to send with the final dump's images (name, content),
     /// made while the tree is frozen; names are plain file names.
     fn meta_files(&self) -> Result<Vec<(String, Vec<u8>)>> {
         Ok(Vec::new())
     }
 
-    /// Whether the target can restore this kind lazily (post-copy).
-    fn can_restore_lazily(&self) -> bool {
-        !self.restores_itself()
-    }
-
-    /// Whether [`Htype::restore`] restores by itself (then CRIU's RPC
-    /// restore, and its hold until the commit, are not used).
-    fn restores_itself(&self) -> bool {
-        false
-    }
-
-    /// Target: restores from `images_dir` itself instead of through CRIU's
-    /// RPC, returning the root PID; `None` means "use CRIU's RPC". A kind
-    /// whose manager must know the restored tree (LXC) restores this way.
-    fn restore(&self, images_dir: &std::path::Path) -> Option<Result<i32>> {
-        let _ = images_dir;
-        None
-    }
-
-    /// Target: undoes what [`Htype::restore`] and the file-system sync made
-    /// (the migration failed before its commit).
-    fn abort(&self) -> Result<()> {
-        Ok(())
-    }
-
-    /// Whether this kind makes its final dump itself (its manager runs
-    /// CRIU, as `runc checkpoint` does) instead of through CRIU's RPC.
-    fn dumps_itself(&self) -> bool {
-        false
-    }
-
-    /// Source: makes the final dump into `images_dir` (with `work_dir` for
-    /// logs), leaving the tree frozen but alive; if it fails, the tree must
-    /// be running again when this returns.
+    /// [`DumpBy::Manager`]: makes the final dump into `images_dir` (with
+    /// `work_dir` for logs), leaving the tree frozen but alive; if it fails,
+    /// the tree must be running again when this returns.
     fn dump_self(&self, images_dir: &std::path::Path, work_dir: &std::path::Path) -> Result<()> {
         let _ = (images_dir, work_dir);
-        Err(Error::BadParam {
-            name: "kind",
-            value: self.kind().into(),
-            reason: "it does not dump itself".into(),
-        })
+        Err(Error::Unsupported("dumping itself"))
     }
 
-    /// Source: resumes the tree [`Htype::dump_self`] left frozen (the
+    /// Resumes the tree [`SourceHooks::dump_self`] left frozen (the
     /// migration failed before its commit).
     fn resume_source(&self) -> Result<()> {
         Ok(())
     }
 
-    /// Target: the restored copy is about to run (the commit). What was
-    /// held apart until now is connected here: the `pid` kind puts its
-    /// veths' host ends on their bridges, so a copy that never runs never
-    /// shows its MAC and address on the network.
-    fn before_commit(&self) -> Result<()> {
-        Ok(())
-    }
-
-    /// Whether this kind can be migrated cold (restart mode): stopped on
-    /// the source, its files synced, started anew on the target.
-    fn can_restart(&self) -> bool {
-        false
-    }
-
-    /// Source, restart mode: stops it (its files then stop changing).
+    /// Restart mode: stops it (its files then stop changing).
     fn stop(&self) -> Result<()> {
         Ok(())
     }
 
-    /// Source, restart mode: starts it again (the migration failed after
-    /// [`Htype::stop`]).
+    /// Restart mode: starts it again (the migration failed after
+    /// [`SourceHooks::stop`]).
     fn start(&self) -> Result<()> {
         Ok(())
     }
 
-    /// Target, restart mode: starts it from the synced files and the meta
-    /// files in `dir`; returns its root PID.
-    fn start_here(&self, dir: &std::path::Path) -> Result<i32> {
-        let _ = dir;
-        Err(Error::BadParam {
-            name: "kind",
-            value: self.kind().into(),
-            reason: "it cannot be restarted".into(),
-        })
-    }
-
-    /// Source: after the commit, removes what remains of the tree here (a
+    /// After the commit, removes what remains of the tree here (a
     /// container's definition and files).
     fn cleanup_source(&self) -> Result<()> {
         Ok(())
+    }
+}
+
+/// The target's side of a kind: what its restore needs, the restore its
+/// manager makes, and undoing it. Every method has a default.
+pub trait TargetHooks {
+    /// Options for CRIU's restore on the target.
+    fn restore_options(&self) -> CriuOptions {
+        CriuOptions::default()
+    }
+
+    /// Prepares for the restore from `images_dir` (applies what the kind's
+    /// extra files carry) before CRIU restores.
+    fn prepare_restore(&self, images_dir: &std::path::Path) -> Result<()> {
+        let _ = images_dir;
+        Ok(())
+    }
+
+    /// [`RestoreBy::Manager`]: restores from `images_dir`, returning the
+    /// root PID.
+    fn restore(&self, images_dir: &std::path::Path) -> Result<i32> {
+        let _ = images_dir;
+        Err(Error::Unsupported("restoring itself"))
+    }
+
+    /// The restored copy is about to run (the commit). What was held apart
+    /// until now is connected here: the `pid` kind puts its veths' host
+    /// ends on their bridges, so a copy that never runs never shows its MAC
+    /// and address on the network.
+    fn before_commit(&self) -> Result<()> {
+        Ok(())
+    }
+
+    /// Undoes what [`TargetHooks::restore`] and the file-system sync made
+    /// (the migration failed before its commit).
+    fn abort(&self) -> Result<()> {
+        Ok(())
+    }
+
+    /// Restart mode: starts it from the synced files and the meta files in
+    /// `dir`; returns its root PID.
+    fn start_here(&self, dir: &std::path::Path) -> Result<i32> {
+        let _ = dir;
+        Err(Error::Unsupported("being restarted"))
     }
 }

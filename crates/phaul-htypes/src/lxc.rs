@@ -21,7 +21,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use crate::{CriuOptions, Error, Htype, Result};
+use crate::{Caps, CriuOptions, Error, Htype, RestoreBy, Result, SourceHooks, TargetHooks};
 
 /// Where LXC keeps containers unless told otherwise.
 pub const DEFAULT_LXCPATH: &str = "/var/lib/lxc";
@@ -347,10 +347,30 @@ impl Htype for Lxc {
         "lxc"
     }
 
+    fn caps(&self) -> Caps {
+        // LXC must know the restored container, so lxc-checkpoint restores
+        // it; it restores eagerly.
+        Caps {
+            lazy_restore: false,
+            restore_by: RestoreBy::Manager,
+            restart: true,
+            ..Caps::PLAIN
+        }
+    }
+
     fn params(&self) -> BTreeMap<String, String> {
         BTreeMap::from([("name".to_string(), self.name.clone())])
     }
 
+    fn fs_root(&self) -> Option<PathBuf> {
+        match &self.source {
+            Some(s) => Some(s.rootfs.clone()),
+            None => Some(self.dir().join("rootfs")),
+        }
+    }
+}
+
+impl SourceHooks for Lxc {
     fn root_pid(&self) -> Result<i32> {
         self.init_pid()
     }
@@ -373,13 +393,6 @@ impl Htype for Lxc {
             .unwrap_or_default()
     }
 
-    fn fs_root(&self) -> Option<PathBuf> {
-        match &self.source {
-            Some(s) => Some(s.rootfs.clone()),
-            None => Some(self.dir().join("rootfs")),
-        }
-    }
-
     fn meta_files(&self) -> Result<Vec<(String, Vec<u8>)>> {
         let s = self.source.as_ref().ok_or_else(|| Error::BadParam {
             name: "container",
@@ -393,24 +406,6 @@ impl Htype for Lxc {
         ])
     }
 
-    fn restores_itself(&self) -> bool {
-        true
-    }
-
-    fn restore(&self, images_dir: &Path) -> Option<Result<i32>> {
-        Some((|| {
-            self.install_config(images_dir)?;
-            let mut a = self.args(&["-r", "-D"]);
-            a.push(images_dir.as_os_str());
-            crate::tool::run_with(Path::new("lxc-checkpoint"), &a, self.criu_dir.as_deref())?;
-            self.init_pid()
-        })())
-    }
-
-    fn can_restart(&self) -> bool {
-        true
-    }
-
     fn stop(&self) -> Result<()> {
         lxc("lxc-stop", &self.args(&["-t", "30"])).map(drop)
     }
@@ -418,6 +413,23 @@ impl Htype for Lxc {
     fn start(&self) -> Result<()> {
         lxc("lxc-start", &self.args(&[]))?;
         lxc("lxc-wait", &self.args(&["-s", "RUNNING", "-t", "30"])).map(drop)
+    }
+
+    fn cleanup_source(&self) -> Result<()> {
+        // CRIU has ended the tasks; wait for LXC to see it, then remove the
+        // container here.
+        let _ = lxc("lxc-wait", &self.args(&["-s", "STOPPED", "-t", "10"]));
+        lxc("lxc-destroy", &self.args(&[])).map(drop)
+    }
+}
+
+impl TargetHooks for Lxc {
+    fn restore(&self, images_dir: &Path) -> Result<i32> {
+        self.install_config(images_dir)?;
+        let mut a = self.args(&["-r", "-D"]);
+        a.push(images_dir.as_os_str());
+        crate::tool::run_with(Path::new("lxc-checkpoint"), &a, self.criu_dir.as_deref())?;
+        self.init_pid()
     }
 
     fn start_here(&self, dir: &Path) -> Result<i32> {
@@ -435,13 +447,6 @@ impl Htype for Lxc {
             what: format!("removing {}", self.dir().display()),
             source,
         })
-    }
-
-    fn cleanup_source(&self) -> Result<()> {
-        // CRIU has ended the tasks; wait for LXC to see it, then remove the
-        // container here.
-        let _ = lxc("lxc-wait", &self.args(&["-s", "STOPPED", "-t", "10"]));
-        lxc("lxc-destroy", &self.args(&[])).map(drop)
     }
 }
 

@@ -21,7 +21,7 @@
 use std::collections::BTreeMap;
 use std::fs;
 
-use crate::{CriuOptions, Error, Htype, Result};
+use crate::{CriuOptions, Error, Htype, Result, SourceHooks, TargetHooks};
 
 /// A process tree by its root's PID.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -392,7 +392,9 @@ impl Htype for Pid {
         self.opts.to_params(&mut p);
         p
     }
+}
 
+impl SourceHooks for Pid {
     fn root_pid(&self) -> Result<i32> {
         Ok(self.pid)
     }
@@ -401,6 +403,19 @@ impl Htype for Pid {
         self.opts.criu(self.shell_job, false)
     }
 
+    fn check(&self) -> Result<()> {
+        let f = stat_fields(self.pid)?;
+        match f.first().map(String::as_str) {
+            Some("Z" | "X") => Err(Error::Refused {
+                pid: self.pid,
+                reason: "it has exited".into(),
+            }),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl TargetHooks for Pid {
     fn before_commit(&self) -> Result<()> {
         for (_, outer) in &self.opts.veths {
             let Some((dev, bridge)) = outer.split_once('@') else {
@@ -415,17 +430,6 @@ impl Htype for Pid {
 
     fn restore_options(&self) -> CriuOptions {
         self.opts.criu(self.shell_job, true)
-    }
-
-    fn check(&self) -> Result<()> {
-        let f = stat_fields(self.pid)?;
-        match f.first().map(String::as_str) {
-            Some("Z" | "X") => Err(Error::Refused {
-                pid: self.pid,
-                reason: "it has exited".into(),
-            }),
-            _ => Ok(()),
-        }
     }
 }
 

@@ -35,7 +35,7 @@ use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 
 use crate::registry::Paths;
-use crate::{Error, Htype, Result};
+use crate::{Caps, DumpBy, Error, Htype, RestoreBy, Result, SourceHooks, TargetHooks};
 
 /// A runc container.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -276,6 +276,18 @@ impl Htype for Runc {
         "runc"
     }
 
+    fn caps(&self) -> Caps {
+        // runc checkpoints and restores its containers itself, in one
+        // stop-and-copy step.
+        Caps {
+            pre_dump: false,
+            lazy_restore: false,
+            dump_by: DumpBy::Manager,
+            restore_by: RestoreBy::Manager,
+            restart: false,
+        }
+    }
+
     fn params(&self) -> BTreeMap<String, String> {
         let mut p = BTreeMap::from([("id".to_string(), self.id.clone())]);
         if let Some(n) = &self.netns_path {
@@ -284,6 +296,12 @@ impl Htype for Runc {
         p
     }
 
+    fn fs_root(&self) -> Option<PathBuf> {
+        Some(self.bundle.clone())
+    }
+}
+
+impl SourceHooks for Runc {
     fn root_pid(&self) -> Result<i32> {
         Ok(self.state()?.1)
     }
@@ -297,20 +315,6 @@ impl Htype for Runc {
                 reason: format!("it is {s}, not running"),
             }),
         }
-    }
-
-    /// runc's checkpoint makes one dump; pre-dumps would need runc's own
-    /// `--pre-dump`, not done.
-    fn can_pre_dump(&self) -> bool {
-        false
-    }
-
-    fn fs_root(&self) -> Option<PathBuf> {
-        Some(self.bundle.clone())
-    }
-
-    fn dumps_itself(&self) -> bool {
-        true
     }
 
     fn dump_self(&self, images_dir: &Path, work_dir: &Path) -> Result<()> {
@@ -350,61 +354,62 @@ impl Htype for Runc {
         r
     }
 
-    fn restores_itself(&self) -> bool {
-        true
+    fn cleanup_source(&self) -> Result<()> {
+        self.kill_and_delete();
+        Ok(())
     }
+}
 
-    fn restore(&self, images_dir: &Path) -> Option<Result<i32>> {
-        Some((|| {
-            // The source's cgroup may still exist (it is frozen there):
-            // this copy gets a path of its own.
-            let config = self.bundle.join("config.json");
-            let text = std::fs::read_to_string(&config).map_err(|source| Error::Io {
-                what: format!("reading {}", config.display()),
-                source,
+impl TargetHooks for Runc {
+    fn restore(&self, images_dir: &Path) -> Result<i32> {
+        // The source's cgroup may still exist (it is frozen there):
+        // this copy gets a path of its own.
+        let config = self.bundle.join("config.json");
+        let text = std::fs::read_to_string(&config).map_err(|source| Error::Io {
+            what: format!("reading {}", config.display()),
+            source,
+        })?;
+        let mut v: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| Error::BadParam {
+                name: "config.json",
+                value: config.display().to_string(),
+                reason: e.to_string(),
             })?;
-            let mut v: serde_json::Value =
-                serde_json::from_str(&text).map_err(|e| Error::BadParam {
-                    name: "config.json",
-                    value: config.display().to_string(),
-                    reason: e.to_string(),
-                })?;
-            let nanos = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos());
-            v["linux"]["cgroupsPath"] =
-                serde_json::Value::String(format!("/phaul/{}-{nanos}", self.id));
-            if network_of(&v) == Network::Own {
-                add_loopback_hook(&mut v);
-            }
-            std::fs::write(&config, serde_json::to_vec_pretty(&v).unwrap_or_default()).map_err(
-                |source| Error::Io {
-                    what: format!("writing {}", config.display()),
-                    source,
-                },
-            )?;
-            let work = images_dir.join("restore-work");
-            std::fs::create_dir_all(&work).map_err(|source| Error::Io {
-                what: "a work dir".into(),
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        v["linux"]["cgroupsPath"] =
+            serde_json::Value::String(format!("/phaul/{}-{nanos}", self.id));
+        if network_of(&v) == Network::Own {
+            add_loopback_hook(&mut v);
+        }
+        std::fs::write(&config, serde_json::to_vec_pretty(&v).unwrap_or_default()).map_err(
+            |source| Error::Io {
+                what: format!("writing {}", config.display()),
                 source,
-            })?;
-            self.run(&[
-                OsStr::new("--criu"),
-                self.criu.as_os_str(),
-                OsStr::new("restore"),
-                OsStr::new("-d"),
-                OsStr::new("--tcp-established"),
-                OsStr::new("--file-locks"),
-                OsStr::new("--image-path"),
-                images_dir.as_os_str(),
-                OsStr::new("--work-path"),
-                work.as_os_str(),
-                OsStr::new("--bundle"),
-                self.bundle.as_os_str(),
-                OsStr::new(&self.id),
-            ])?;
-            Ok(self.state()?.1)
-        })())
+            },
+        )?;
+        let work = images_dir.join("restore-work");
+        std::fs::create_dir_all(&work).map_err(|source| Error::Io {
+            what: "a work dir".into(),
+            source,
+        })?;
+        self.run(&[
+            OsStr::new("--criu"),
+            self.criu.as_os_str(),
+            OsStr::new("restore"),
+            OsStr::new("-d"),
+            OsStr::new("--tcp-established"),
+            OsStr::new("--file-locks"),
+            OsStr::new("--image-path"),
+            images_dir.as_os_str(),
+            OsStr::new("--work-path"),
+            work.as_os_str(),
+            OsStr::new("--bundle"),
+            self.bundle.as_os_str(),
+            OsStr::new(&self.id),
+        ])?;
+        Ok(self.state()?.1)
     }
 
     fn abort(&self) -> Result<()> {
@@ -415,11 +420,6 @@ impl Htype for Runc {
                 source,
             })?;
         }
-        Ok(())
-    }
-
-    fn cleanup_source(&self) -> Result<()> {
-        self.kill_and_delete();
         Ok(())
     }
 }

@@ -3,15 +3,64 @@
 //! Every tool runs with a time limit ([`TOOL_TIMEOUT`]) in a process group
 //! of its own: a hung `runc checkpoint` or LXC tool (and the CRIU it runs)
 //! is killed, whole, instead of holding the migration, and the caller's
-//! error path resumes the container.
+//! error path resumes the container. The engine can end it sooner: a hook
+//! run inside [`Interrupt::scope`] has its tools killed by
+//! [`Interrupt::fire`] (the migration was cancelled, a step timed out, the
+//! freeze limit passed).
 
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::Command;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::{Error, Result};
+
+/// Ends, from another thread, the tools a hook is running: the engine's
+/// cancel and its time limits reach into blocking htype code this way.
+#[derive(Debug, Clone, Default)]
+pub struct Interrupt(Arc<Mutex<Vec<i32>>>);
+
+thread_local! {
+    static CURRENT: std::cell::RefCell<Option<Interrupt>> = const { std::cell::RefCell::new(None) };
+}
+
+impl Interrupt {
+    /// Runs `f` (an htype hook) on this thread, its tools within reach of
+    /// [`Interrupt::fire`].
+    pub fn scope<R>(&self, f: impl FnOnce() -> R) -> R {
+        let before = CURRENT.with(|c| c.replace(Some(self.clone())));
+        let r = f();
+        CURRENT.with(|c| c.replace(before));
+        r
+    }
+
+    /// Kills, whole, every tool running in its scope now. Tools started
+    /// afterwards run: they are the hook's error path (resuming a container).
+    pub fn fire(&self) {
+        let groups = std::mem::take(&mut *self.0.lock().unwrap_or_else(|p| p.into_inner()));
+        for g in groups {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(g),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+
+    fn running(group: i32, on: bool) {
+        CURRENT.with(|c| {
+            if let Some(i) = c.borrow().as_ref() {
+                let mut v = i.0.lock().unwrap_or_else(|p| p.into_inner());
+                if on {
+                    v.push(group);
+                } else {
+                    v.retain(|g| *g != group);
+                }
+            }
+        });
+    }
+}
 
 /// The longest one manager tool may run: far longer than a dump or restore
 /// of several GiB takes here, short enough that a hung tool ends.
@@ -110,7 +159,11 @@ pub(crate) fn exec(tool: &Path, args: &[&std::ffi::OsStr], limits: Limits<'_>) -
             what: format!("running {name} (scripts/setup.sh installs it)"),
             source,
         })?;
-    let Some(status) = wait_limited(&mut child, limits.time).map_err(|e| io("waiting", e))? else {
+    let group = i32::try_from(child.id()).unwrap_or(0);
+    Interrupt::running(group, true);
+    let waited = wait_limited(&mut child, limits.time);
+    Interrupt::running(group, false);
+    let Some(status) = waited.map_err(|e| io("waiting", e))? else {
         return Err(Error::Command {
             command: command(),
             status: format!(
@@ -208,6 +261,27 @@ mod tests {
             state.is_empty() || state.contains(") Z "),
             "the helper lives on: {state}"
         );
+    }
+
+    #[test]
+    fn an_interrupt_kills_the_running_tool_and_spares_the_next() {
+        let interrupt = Interrupt::default();
+        let fire = interrupt.clone();
+        let t0 = std::time::Instant::now();
+        let firing = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            fire.fire();
+        });
+        let (hung, after) = interrupt.scope(|| {
+            let hung = run(Path::new("/bin/sleep"), &["30".as_ref()]);
+            // The hook's error path: it runs although the interrupt fired.
+            (hung, run(Path::new("/bin/echo"), &["resumed".as_ref()]))
+        });
+        firing.join().unwrap();
+        assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+        let e = hung.unwrap_err();
+        assert!(e.to_string().contains("signal: 9"), "{e}");
+        assert_eq!(after.unwrap(), "resumed\n");
     }
 
     #[test]

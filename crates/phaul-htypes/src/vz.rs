@@ -49,7 +49,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::registry::Paths;
-use crate::{CriuOptions, Error, Htype, Result, pid};
+use crate::{CriuOptions, Error, Htype, Result, SourceHooks, TargetHooks, pid};
 
 /// Where Virtuozzo writes each running container's init PID
 /// (`CTID.init.pid`).
@@ -270,7 +270,9 @@ impl Htype for Vz {
     fn params(&self) -> BTreeMap<String, String> {
         BTreeMap::from([("ctid".to_string(), self.ctid.clone())])
     }
+}
 
+impl SourceHooks for Vz {
     fn root_pid(&self) -> Result<i32> {
         self.init_pid()
     }
@@ -278,18 +280,6 @@ impl Htype for Vz {
     fn dump_options(&self) -> CriuOptions {
         CriuOptions {
             freeze_cgroup: Some(self.freezer().to_string_lossy().into_owned()),
-            ..self.common_options()
-        }
-    }
-
-    fn restore_options(&self) -> CriuOptions {
-        // The container's root is where Virtuozzo mounts its file system;
-        // restoring outside it would give the tree the host's files. A
-        // tree without such a mount (the tests' workloads) lives in the
-        // host's root, so it is restored into "/".
-        let root = self.paths.ve_root.join(&self.ctid);
-        CriuOptions {
-            root: root.is_dir().then(|| root.to_string_lossy().into_owned()),
             ..self.common_options()
         }
     }
@@ -325,6 +315,20 @@ impl Htype for Vz {
                 );
                 Ok(Vec::new())
             }
+        }
+    }
+}
+
+impl TargetHooks for Vz {
+    fn restore_options(&self) -> CriuOptions {
+        // The container's root is where Virtuozzo mounts its file system;
+        // restoring outside it would give the tree the host's files. A
+        // tree without such a mount (the tests' workloads) lives in the
+        // host's root, so it is restored into "/".
+        let root = self.paths.ve_root.join(&self.ctid);
+        CriuOptions {
+            root: root.is_dir().then(|| root.to_string_lossy().into_owned()),
+            ..self.common_options()
         }
     }
 

@@ -15,7 +15,7 @@ use std::process::{Child, Command};
 
 use phaul_htypes::registry::{Paths, source_in, target_in};
 use phaul_htypes::vz::{self, Vz, validate_ctid};
-use phaul_htypes::{Error, Htype};
+use phaul_htypes::{Error, Htype, SourceHooks, TargetHooks};
 
 fn standin(tool: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -35,10 +35,12 @@ pub const MAX_PAYLOAD: u32 = 16 << 20;
 /// The version field of `Hello` and `HelloReply` frames, fixed forever so
 /// any two phaul versions can negotiate.
 pub const HELLO_VERSION: u16 = 1;
-/// The protocol versions this build speaks.
-pub const MIN_VERSION: u16 = 1;
+/// The protocol versions this build speaks: 2 only, since version 1's
+/// `Begin` carried the plan as strings, which a version-2 peer would read
+/// as an invalid plan.
+pub const MIN_VERSION: u16 = 2;
 /// See [`MIN_VERSION`].
-pub const MAX_VERSION: u16 = 1;
+pub const MAX_VERSION: u16 = 2;
 
 /// What a frame's payload is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -43,7 +43,8 @@
 //! every later frame carries that version. A change that an older peer would
 //! misread gets a new version number; adding an optional field or a new
 //! request type that the peer can refuse with `BAD_REQUEST` does not. This
-//! build speaks version 1 only.
+//! build speaks version 2 only (version 1's `Begin` carried the plan as
+//! strings).
 //!
 //! # Migration sequences (control channel, with the streams beside it)
 //!
@@ -62,8 +63,8 @@
 //!  source                                            target
 //!    | -- Preflight {criu version, features, cpuinfo} ->|  CPUINFO_CHECK
 //!    | <- PreflightReply {version, features, cpu ok} ---|
-//!    | -- Begin {htype, params, mode} ----------------->|  validates the htype
-//!    | <- Begun ----------------------------------------|
+//!    | -- Begin {htype, params, plan} ----------------->|  checks the plan
+//!    | <- Begun ----------------------------------------|  against its htype
 //!    |    (PAGES channel joins the session)
 //!    | -- StartPageServer {iteration 0} --------------->|  PAGE_SERVER_CHLD on
 //!    | <- PageServerReady ------------------------------|  a socketpair (ps.fd)
@@ -78,6 +79,11 @@
 //!    | <- Committed ------------------------------------|
 //!    |    post-dump: answer success (source ended)
 //! ```
+//!
+//! The plan in `Begin` (mode, who restores, how files travel) is the
+//! source's, computed once; the target follows it and refuses what is out
+//! of order or out of plan (`BAD_REQUEST`): a lazy restore in a stop-copy,
+//! a commit before a restore, a second `Begin`.
 //!
 //! Pre-copy: iterations `0..n-1` are pre-dumps while the tree runs, each
 //! with its own PAGES channel and `StartPageServer {i, has_parent}`; the

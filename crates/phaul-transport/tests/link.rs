@@ -4,7 +4,9 @@
 use std::time::Duration;
 
 use bytes::{BufMut, BytesMut};
-use phaul_transport::frame::{HEADER_LEN, Header, Kind, MAGIC, MAX_PAYLOAD};
+use phaul_transport::frame::{
+    HEADER_LEN, Header, Kind, MAGIC, MAX_PAYLOAD, MAX_VERSION, MIN_VERSION,
+};
 use phaul_transport::proto::{self, Hello, Request, request, response};
 use phaul_transport::{
     Channel, ControlClient, ControlServer, Endpoint, Error, ErrorCode, Identity, Link, LinkConfig,
@@ -67,7 +69,7 @@ async fn the_right_key_works_over_tcp_with_tls() {
     let (s, c) = pair(cfg(), &cfg(), Channel::Control, None).await;
     assert_eq!(s.session(), c.session());
     assert_eq!(s.channel(), Channel::Control);
-    assert_eq!(c.version(), 1);
+    assert_eq!(c.version(), MAX_VERSION);
     ping(&mut ControlClient::new(c), &mut ControlServer::new(s)).await;
 }
 
@@ -243,6 +245,16 @@ fn raw_frame(version: u16, kind: u16, payload: &[u8]) -> Vec<u8> {
     b.to_vec()
 }
 
+/// A hello offering every version this build speaks, in a frame of
+/// `version`.
+fn hello_frame(version: u16) -> Vec<u8> {
+    raw_frame(
+        version,
+        Kind::Hello as u16,
+        &hello(MIN_VERSION.into(), MAX_VERSION.into()),
+    )
+}
+
 fn hello(min: u32, max: u32) -> Vec<u8> {
     Hello {
         min_version: min,
@@ -283,15 +295,20 @@ async fn a_message_before_authentication_is_refused() {
     assert_eq!(error_code_in(&answer), Some(ErrorCode::Protocol));
 
     // A hello, then a request instead of the proof.
-    let mut bytes = raw_frame(1, Kind::Hello as u16, &hello(1, 1));
-    bytes.extend(raw_frame(1, Kind::Request as u16, &req.encode_to_vec()));
+    let mut bytes = hello_frame(1);
+    bytes.extend(raw_frame(
+        MAX_VERSION,
+        Kind::Request as u16,
+        &req.encode_to_vec(),
+    ));
     let (s, answer) = raw_exchange(bytes).await;
     assert!(matches!(s, Err(Error::Protocol(_))), "{s:?}");
     assert_eq!(error_code_in(&answer), Some(ErrorCode::Protocol));
 
     // Two hellos.
-    let mut bytes = raw_frame(1, Kind::Hello as u16, &hello(1, 1));
-    bytes.extend(raw_frame(1, Kind::Hello as u16, &hello(1, 1)));
+    let mut bytes = hello_frame(1);
+    // (the second in the negotiated version, so that it is read as a frame)
+    bytes.extend(hello_frame(MAX_VERSION));
     let (s, answer) = raw_exchange(bytes).await;
     assert!(matches!(s, Err(Error::Protocol(_))), "{s:?}");
     assert_eq!(error_code_in(&answer), Some(ErrorCode::Protocol));
@@ -313,7 +330,7 @@ async fn an_unknown_version_is_refused() {
     );
     assert_eq!(error_code_in(&answer), Some(ErrorCode::Version));
     // A header claiming version 0 is malformed on its face.
-    let (s, _) = raw_exchange(raw_frame(0, Kind::Hello as u16, &hello(1, 1))).await;
+    let (s, _) = raw_exchange(hello_frame(0)).await;
     assert!(
         matches!(
             s,
@@ -367,7 +384,7 @@ async fn garbage_unknown_kinds_oversize_and_truncated_frames_are_refused() {
         "{s:?}"
     );
 
-    let mut cut = raw_frame(1, Kind::Hello as u16, &hello(1, 1));
+    let mut cut = hello_frame(1);
     cut.truncate(cut.len() - 5);
     let (s, _) = raw_exchange(cut).await;
     assert!(
@@ -408,7 +425,7 @@ async fn a_silent_peer_is_dropped_after_the_handshake_timeout() {
 async fn a_second_hello_after_authentication_is_a_protocol_violation() {
     let (mut s, mut c) = pair(cfg(), &cfg(), Channel::Control, None).await;
     c.writer
-        .write_frame(Kind::Hello, &hello(1, 1))
+        .write_frame(Kind::Hello, &hello(MIN_VERSION.into(), MAX_VERSION.into()))
         .await
         .unwrap();
     assert!(matches!(s.reader.recv().await, Err(Error::Protocol(_))));
@@ -445,8 +462,9 @@ async fn every_message_round_trips_through_a_link() {
         request::Body::Begin(proto::Begin {
             htype: "pid".into(),
             params: [("pid".to_string(), "42".to_string())].into(),
-            mode: "post-copy".into(),
-            fs_driver: "native".into(),
+            mode: proto::Mode::PostCopy.into(),
+            fs_driver: proto::FsDriver::Native.into(),
+            restore_by: proto::RestoreBy::Criu.into(),
         }),
         request::Body::StartPageServer(proto::StartPageServer {
             iteration: 3,
@@ -455,7 +473,6 @@ async fn every_message_round_trips_through_a_link() {
         request::Body::Restore(proto::Restore {
             iteration: 3,
             lazy: true,
-            cold: false,
         }),
         request::Body::Commit(proto::Commit {
             valid_for_ms: 30_000,

@@ -1,0 +1,373 @@
+//! The final step of every mode, as one template.
+//!
+//! However a mode got here (straight away, after pre-dumps, after file
+//! passes), it ends the same way: the source is stopped in one of four
+//! ways ([`Final`]), then, bounded by the freeze limit, the last file-system
+//! pass, the kind's meta files, the images, the restore and the commit.
+//! What differs is only how the source was stopped, and so how it is ended
+//! after the commit or resumed after a failure: that lives in [`Stopped`].
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use criu_rpc::proto::DumpStatsEntry;
+use phaul_transport::proto;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use super::lazy::{PortGuard, free_port, poison_direct};
+use super::progress::BytesTicker;
+use super::{Migration, Run, iteration_report, mkdir};
+use crate::criu::{HeldDump, LazyDump, SourceCriu};
+use crate::error::{Error, Result};
+use crate::fs::Pass;
+use crate::pagestream::{PageRelay, reset_on_close};
+use crate::source::Progress;
+use crate::stats::Phase;
+
+/// How the source is stopped for the final step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Final {
+    /// CRIU dumps it and holds it frozen at `post-dump`; the pages stream
+    /// to the target's page server.
+    Dump,
+    /// CRIU dumps it lazily: the memory stays here and is served after the
+    /// target resumes (post-copy).
+    Lazy,
+    /// Its manager (runc) dumps it and leaves it frozen.
+    Manager,
+    /// Its manager stops it (restart mode); it starts anew on the target.
+    Stop,
+}
+
+/// The source, stopped: what ends it after the commit or resumes it.
+enum Stopped {
+    Dump {
+        held: HeldDump,
+        relay: PageRelay,
+        /// Pages the relay had sent when the dump returned.
+        pages_sent: u64,
+    },
+    Lazy {
+        lazy: LazyDump,
+        relay: PageRelay,
+        _guard: PortGuard,
+        /// Tells the relay the target committed: from then on a broken
+        /// link must not roll the source back.
+        committed: watch::Sender<bool>,
+        _ticker: BytesTicker,
+    },
+    Manager,
+    Stop,
+}
+
+impl Stopped {
+    fn restore(&self, iteration: u32) -> proto::Restore {
+        proto::Restore {
+            iteration,
+            lazy: matches!(self, Stopped::Lazy { .. }),
+        }
+    }
+
+    fn committed(&self) {
+        if let Stopped::Lazy { committed, .. } = self {
+            let _ = committed.send(true);
+        }
+    }
+}
+
+impl<C: SourceCriu> Migration<C> {
+    /// Stops the source `how`, sends the rest, restores and commits; any
+    /// failure before the commit resumes the source and aborts the target.
+    pub(super) async fn final_step(
+        &self,
+        run: &mut Run<'_>,
+        how: Final,
+        i: u32,
+        pre_copied: bool,
+    ) -> Result<()> {
+        self.enter(run.stats, Phase::FinalDump);
+        let (stopped, dir, t0) = match self.stop_source(run, how, i, pre_copied).await {
+            Ok(x) => x,
+            Err(e) => {
+                // Nothing holds the source stopped: CRIU or the kind has
+                // resumed it (or never stopped it).
+                self.abort_target(&mut run.ctl, &e).await;
+                return Err(e);
+            }
+        };
+        let restore = stopped.restore(i);
+        let to_target = async {
+            self.fs_pass(run, Pass::Final).await?;
+            self.write_files(&dir, true).await?;
+            self.transfer_images(run, &dir, i).await?;
+            self.restore_and_commit(run, restore).await?;
+            stopped.committed();
+            Ok(())
+        };
+        match self.while_frozen(to_target).await {
+            Ok(()) => {
+                self.end_source(run, stopped, i, t0).await?;
+                self.cleanup_source().await;
+                Ok(())
+            }
+            Err(e) => {
+                self.enter(run.stats, Phase::Rollback);
+                self.emit(Progress::RollingBack(e.to_string()));
+                self.resume_source(run, stopped, &e).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// The first half of the final step: the source stops. Returns how,
+    /// the images' directory and when the freeze began.
+    async fn stop_source(
+        &self,
+        run: &mut Run<'_>,
+        how: Final,
+        i: u32,
+        pre_copied: bool,
+    ) -> Result<(Stopped, PathBuf, Instant)> {
+        match how {
+            Final::Dump => self.dump(run, i, pre_copied).await,
+            Final::Lazy => self.lazy_dump(run, i, pre_copied).await,
+            Final::Manager => {
+                let (dir, work) = (run.dir.join("0"), run.dir.join("0.work"));
+                mkdir(&dir)?;
+                mkdir(&work)?;
+                let t0 = Instant::now();
+                self.freezing(run.stats, t0);
+                let (d, w) = (dir.clone(), work.clone());
+                self.hook(move |h| h.dump_self(&d, &w))
+                    .await
+                    .map_err(|e| match e {
+                        // The manager only says "criu failed": its CRIU's
+                        // log says why.
+                        Error::Htype(h) => crate::logs::manager_error(h, &[work.join("dump.log")]),
+                        other => other,
+                    })?;
+                Ok((Stopped::Manager, dir, t0))
+            }
+            Final::Stop => {
+                let t0 = Instant::now();
+                // Not a freeze: the kind stops and starts anew, so no freeze
+                // limit applies.
+                run.stats.source_frozen(t0).ok();
+                self.emit(Progress::Frozen);
+                self.hook(|h| h.stop()).await?;
+                let dir = run.dir.join("0");
+                mkdir(&dir)?;
+                Ok((Stopped::Stop, dir, t0))
+            }
+        }
+    }
+
+    async fn dump(
+        &self,
+        run: &mut Run<'_>,
+        i: u32,
+        pre_copied: bool,
+    ) -> Result<(Stopped, PathBuf, Instant)> {
+        let (criu_end, relay) = self.page_server(run, i, pre_copied && i > 0).await?;
+        let ticker = self.ticker(run, &relay);
+        let spec = self.spec(run, i, pre_copied, pre_copied)?;
+        let dir = spec.images_dir.clone();
+        self.write_files(&dir, false).await?;
+        let t0 = Instant::now();
+        self.freezing(run.stats, t0);
+        let dumped = self
+            .while_frozen(self.step(
+                self.timeouts.transfer,
+                "the final dump",
+                self.criu.dump(spec, criu_end),
+            ))
+            .await;
+        let held = match dumped {
+            Ok(h) => h,
+            Err(e) => {
+                // CRIU did not get to post-dump: it has resumed the tree.
+                relay.stop();
+                return Err(e);
+            }
+        };
+        drop(ticker);
+        let pages_sent = relay.sent();
+        run.stats.add_bytes(pages_sent);
+        let stopped = Stopped::Dump {
+            held,
+            relay,
+            pages_sent,
+        };
+        Ok((stopped, dir, t0))
+    }
+
+    async fn lazy_dump(
+        &self,
+        run: &mut Run<'_>,
+        i: u32,
+        pre_copied: bool,
+    ) -> Result<(Stopped, PathBuf, Instant)> {
+        let port = free_port()?;
+        // CRIU's lazy page server listens on every interface of this network
+        // namespace: only loopback (our relay) may reach it.
+        let guard = PortGuard::install(port)?;
+        let spec = self.spec(run, i, pre_copied, pre_copied)?;
+        let dir = spec.images_dir.clone();
+        self.write_files(&dir, false).await?;
+        // The page channel's handshake is done before the freeze: the
+        // target keeps the link until its lazy-pages daemon asks for it.
+        let pages = self
+            .connect(phaul_transport::Channel::Pages, Some(run.sid))
+            .await?;
+        let t0 = Instant::now();
+        self.freezing(run.stats, t0);
+        let lazy = self
+            .while_frozen(self.step(
+                self.timeouts.transfer,
+                "the lazy dump",
+                self.criu.lazy_dump(spec, port),
+            ))
+            .await?;
+        // Be CRIU's one and only page-server client, at once: whatever
+        // happens next, this connection is how the tree is resumed.
+        let local = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .map_err(|source| Error::Io {
+                // Without a connection CRIU would wait forever; nothing can
+                // resume the tree but ending CRIU's wait, so report loudly.
+                what: format!("connecting to CRIU's lazy page server on port {port}"),
+                source,
+            })?;
+        let _ = local.set_nodelay(true);
+        if let Err(e) = reset_on_close(&local) {
+            poison_direct(local).await;
+            let _ = lazy.wait().await;
+            self.release_network_lock(run.pid).await;
+            return Err(e);
+        }
+        let (committed, committed_rx) = watch::channel(false);
+        let relay = PageRelay::spawn_guarded(pages, local, committed_rx);
+        let ticker = self.ticker(run, &relay);
+        let stopped = Stopped::Lazy {
+            lazy,
+            relay,
+            _guard: guard,
+            committed,
+            _ticker: ticker,
+        };
+        Ok((stopped, dir, t0))
+    }
+
+    /// After the commit: the source's copy ends (CRIU's dump finishes, or
+    /// serves the rest of the memory first), and the final iteration is
+    /// recorded.
+    async fn end_source(
+        &self,
+        run: &mut Run<'_>,
+        stopped: Stopped,
+        i: u32,
+        t0: Instant,
+    ) -> Result<()> {
+        let report = match stopped {
+            Stopped::Dump {
+                held,
+                relay,
+                pages_sent,
+            } => {
+                let st = held.commit().await?;
+                let (sent, _) = relay
+                    .finish(Duration::from_secs(5))
+                    .await
+                    .unwrap_or((pages_sent, 0));
+                run.stats.add_bytes(sent.saturating_sub(pages_sent));
+                iteration_report(i, "dump", &st.unwrap_or_default(), sent, t0.elapsed())
+            }
+            Stopped::Lazy {
+                lazy,
+                relay,
+                _guard,
+                _ticker,
+                ..
+            } => {
+                self.enter(run.stats, Phase::LazyTransfer);
+                let st = lazy.wait().await;
+                let (sent, _) = relay
+                    .finish(Duration::from_secs(10))
+                    .await
+                    .unwrap_or((0, 0));
+                run.stats.add_bytes(sent);
+                drop(_guard);
+                let st = st.map_err(|e| {
+                    Error::Target(format!(
+                        "the target runs the tree, but sending it the rest of its memory failed \
+                         ({}); CRIU resumed the source copy",
+                        crate::target::error_chain(&e)
+                    ))
+                })?;
+                let mut report =
+                    iteration_report(i, "lazy-dump", &st.unwrap_or_default(), sent, t0.elapsed());
+                // CRIU's frozen_time is meaningless after a lazy dump (it
+                // counts from an unset start); ours is the real freeze.
+                report.frozen_us = run
+                    .stats
+                    .downtime_so_far()
+                    .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
+                report
+            }
+            Stopped::Manager => {
+                iteration_report(0, "dump", &DumpStatsEntry::default(), 0, t0.elapsed())
+            }
+            Stopped::Stop => return Ok(()),
+        };
+        self.record(run, report);
+        Ok(())
+    }
+
+    /// A failure before the commit: the source runs again, and the target
+    /// drops its copy.
+    async fn resume_source(&self, run: &mut Run<'_>, stopped: Stopped, why: &Error) {
+        match stopped {
+            Stopped::Dump { held, relay, .. } => {
+                // The source first: the freeze limit counts, and the target
+                // may be the one that hangs.
+                if let Err(re) = held.rollback().await {
+                    warn!(error = %re, "rolling the source back");
+                }
+                relay.stop();
+            }
+            Stopped::Lazy {
+                lazy,
+                relay,
+                _guard,
+                ..
+            } => {
+                relay.poison().await;
+                match tokio::time::timeout(Duration::from_secs(30), lazy.wait()).await {
+                    Ok(Ok(_)) => warn!("the lazy dump finished although it was rolled back"),
+                    Ok(Err(_)) => info!("the source tree was resumed"),
+                    Err(_) => warn!("the lazy dump did not end after the rollback"),
+                }
+                self.release_network_lock(run.pid).await;
+                drop(_guard);
+            }
+            // A manager's copy and a restarted one run on their own on the
+            // target: it must stop before the source runs again.
+            Stopped::Manager => {
+                self.abort_target(&mut run.ctl, why).await;
+                if let Err(re) = self.undo(|h| h.resume_source()).await {
+                    warn!(error = %re, "resuming the source");
+                }
+                return;
+            }
+            Stopped::Stop => {
+                self.abort_target(&mut run.ctl, why).await;
+                if let Err(se) = self.undo(|h| h.start()).await {
+                    warn!(error = %se, "starting it again on the source");
+                }
+                return;
+            }
+        }
+        self.abort_target(&mut run.ctl, why).await;
+    }
+}

@@ -1,0 +1,961 @@
+//! The source side: a migration of one thing to one target.
+//!
+//! [`Migration`] is built with the target's address, the link's
+//! configuration and the htype, then [`Migration::run`] drives it to the end
+//! and always returns a [`Report`], successful or not.
+//!
+//! The source is never lost: until the target has the tree running, every
+//! failure — target error, lost connection, timeout, [`CancelHandle`] —
+//! resumes it. For a final dump that is CRIU's held `post-dump` answered
+//! "failure"; for a lazy (post-copy) dump, whose `post-dump` has to be
+//! answered before pages can be served, it is an invalid command written to
+//! CRIU's page-server connection (see [`crate::pagestream`]). The commit
+//! point is the target's answer to `Commit`: only then is the source's copy
+//! ended. If that answer is lost, the source resumes (two copies may then
+//! run, which is recoverable; none would not be).
+//!
+//! # Layout
+//! - this file: [`Migration`], its builder, and the steps every mode shares
+//!   (pre-flight, connecting, pre-copy's iterations, file-system passes,
+//!   images, restore and commit);
+//! - `finish.rs`: the final step, one template for every mode: stop the
+//!   source, send the rest, restore and commit, or roll back;
+//! - `lazy.rs`: post-copy's guard rails (the page server's port, the
+//!   command that ends a dump that cannot be relayed);
+//! - `progress.rs`: [`Progress`] events and the bytes ticker.
+
+mod finish;
+mod lazy;
+mod progress;
+
+pub use progress::{BYTES_TICK, Progress};
+
+use finish::Final;
+use progress::BytesTicker;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criu_rpc::proto::DumpStatsEntry;
+use phaul_htypes::{DumpBy, Htype};
+use phaul_transport::images::send_dir_over;
+use phaul_transport::proto::{self, request, response};
+use phaul_transport::{Channel, ControlClient, Endpoint, Link, LinkConfig, SessionId};
+use tokio::sync::{mpsc, watch};
+use tracing::{info, warn};
+
+use crate::criu::{DumpSpec, SourceCriu};
+use crate::error::{Error, Result};
+use crate::fs::{FsChoice, Pass, SourceFs};
+use crate::mode::{self, HostCaps, Mode, ModeChoice};
+use crate::pagestream::{PageRelay, socketpair};
+use crate::plan::{Files, Plan};
+use crate::policy::{ConvergencePolicy, Decision, IterationSample, PhaulRules};
+use crate::stats::{IterationReport, Ongoing, Phase, Report};
+/// Cancels a running [`Migration`] from elsewhere.
+#[derive(Debug, Clone)]
+pub struct CancelHandle(Arc<watch::Sender<bool>>);
+
+impl CancelHandle {
+    /// Asks the migration to stop; it rolls back unless it has already
+    /// committed.
+    pub fn cancel(&self) {
+        let _ = self.0.send(true);
+    }
+}
+
+/// Timeouts of a migration's steps.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// Connecting and one control request.
+    pub request: Duration,
+    /// A dump, an image transfer or a restore (these scale with memory).
+    pub transfer: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            request: Duration::from_secs(30),
+            transfer: Duration::from_secs(600),
+        }
+    }
+}
+
+/// How long the source may stay frozen unless told otherwise: far longer
+/// than a healthy migration of a few GiB takes here, far shorter than a
+/// production service should hang because a peer is stuck.
+pub const DEFAULT_FREEZE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A migration of one htype to one target.
+pub struct Migration<C: SourceCriu> {
+    criu: C,
+    target: String,
+    link: LinkConfig,
+    htype: Arc<dyn Htype>,
+    mode: Mode,
+    fallback: bool,
+    policy: Box<dyn ConvergencePolicy>,
+    work_dir: PathBuf,
+    keep_images: bool,
+    skip_cpu_check: bool,
+    skip_version_check: bool,
+    force: bool,
+    timeouts: Timeouts,
+    freeze_timeout: Duration,
+    /// When the source froze, plus `freeze_timeout`: set once, at the
+    /// freeze (a migration runs once).
+    freeze_deadline: std::sync::OnceLock<tokio::time::Instant>,
+    progress: Option<mpsc::UnboundedSender<Progress>>,
+    fs: FsChoice,
+    cancel_tx: Arc<watch::Sender<bool>>,
+    cancel_rx: watch::Receiver<bool>,
+}
+
+impl<C: SourceCriu> std::fmt::Debug for Migration<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Migration")
+            .field("target", &self.target)
+            .field("htype", &self.htype)
+            .field("mode", &self.mode)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<C: SourceCriu> Migration<C> {
+    /// Migrates `htype` to the service at `target` (`HOST:PORT` or
+    /// `unix:PATH`), mode `auto`, P.Haul's convergence rules. (`fd:N`,
+    /// which phaul-transport takes for one link, is refused here: a
+    /// migration needs a connection per channel.)
+    pub fn new(
+        criu: C,
+        target: impl Into<String>,
+        link: LinkConfig,
+        htype: Box<dyn Htype>,
+    ) -> Self {
+        let (tx, rx) = watch::channel(false);
+        Self {
+            criu,
+            target: target.into(),
+            link,
+            htype: Arc::from(htype),
+            mode: Mode::Auto,
+            fallback: false,
+            policy: Box::new(PhaulRules::default()),
+            work_dir: std::env::temp_dir().join("phaul"),
+            keep_images: false,
+            skip_cpu_check: false,
+            skip_version_check: false,
+            force: false,
+            timeouts: Timeouts::default(),
+            freeze_timeout: DEFAULT_FREEZE_TIMEOUT,
+            freeze_deadline: std::sync::OnceLock::new(),
+            progress: None,
+            fs: FsChoice::default(),
+            cancel_tx: Arc::new(tx),
+            cancel_rx: rx,
+        }
+    }
+
+    /// The longest the source may stay frozen ([`DEFAULT_FREEZE_TIMEOUT`]
+    /// unless set). When the target has not let the tree run by then, the
+    /// migration gives up, rolls back and resumes the source; the target
+    /// gets the rest of the limit as a lease on its commit, so a target
+    /// that wakes up later does not run a second copy.
+    pub fn freeze_timeout(mut self, limit: Duration) -> Self {
+        self.freeze_timeout = limit;
+        self
+    }
+
+    /// The mode to use (`auto` picks the best both hosts support).
+    pub fn mode(mut self, mode: Mode) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    /// When the mode asked for is not possible here, use the best one that
+    /// is instead of failing.
+    pub fn fallback(mut self, on: bool) -> Self {
+        self.fallback = on;
+        self
+    }
+
+    /// When pre-copy stops iterating.
+    pub fn policy(mut self, policy: Box<dyn ConvergencePolicy>) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// Where the source keeps its images (a directory per migration is
+    /// made inside).
+    pub fn work_dir(mut self, dir: impl AsRef<Path>) -> Self {
+        self.work_dir = dir.as_ref().to_path_buf();
+        self
+    }
+
+    /// Keep the source's images afterwards.
+    pub fn keep_images(mut self, keep: bool) -> Self {
+        self.keep_images = keep;
+        self
+    }
+
+    /// Skip the CPU compatibility check.
+    pub fn skip_cpu_check(mut self, skip: bool) -> Self {
+        self.skip_cpu_check = skip;
+        self
+    }
+
+    /// Skip the CRIU version check (source not newer than target).
+    pub fn skip_version_check(mut self, skip: bool) -> Self {
+        self.skip_version_check = skip;
+        self
+    }
+
+    /// Run the pre-flight checks, but go on when the CRIU version or CPU
+    /// check fails: each failure is logged and reported as a
+    /// [`Progress::Warning`] instead of ending the migration. (A restore
+    /// that then fails on the target still rolls back.)
+    pub fn force(mut self, force: bool) -> Self {
+        self.force = force;
+        self
+    }
+
+    /// Step timeouts.
+    pub fn timeouts(mut self, t: Timeouts) -> Self {
+        self.timeouts = t;
+        self
+    }
+
+    /// How the htype's file system travels (if it has one): `native` by
+    /// default.
+    pub fn fs(mut self, choice: FsChoice) -> Self {
+        self.fs = choice;
+        self
+    }
+
+    /// Receive [`Progress`] events.
+    pub fn progress(mut self, tx: mpsc::UnboundedSender<Progress>) -> Self {
+        self.progress = Some(tx);
+        self
+    }
+
+    /// A handle that cancels this migration.
+    pub fn cancel_handle(&self) -> CancelHandle {
+        CancelHandle(self.cancel_tx.clone())
+    }
+
+    fn emit(&self, p: Progress) {
+        if let Some(tx) = &self.progress {
+            let _ = tx.send(p);
+        }
+    }
+
+    fn enter(&self, stats: &mut Ongoing, phase: Phase) {
+        if let Err(e) = stats.enter(phase) {
+            warn!(error = %e, "statistics");
+        }
+        self.emit(Progress::Phase(phase));
+    }
+
+    /// The source freezes now: from here on, [`Migration::while_frozen`]
+    /// bounds every step by the freeze limit.
+    fn freezing(&self, stats: &mut Ongoing, t0: Instant) {
+        stats.source_frozen(t0).ok();
+        stats.set_freeze_timeout(self.freeze_timeout);
+        let _ = self
+            .freeze_deadline
+            .set(tokio::time::Instant::from_std(t0) + self.freeze_timeout);
+        self.emit(Progress::Frozen);
+    }
+
+    fn deadline(&self) -> Option<tokio::time::Instant> {
+        self.freeze_deadline.get().copied()
+    }
+
+    /// Runs `fut`, a step taken while the source is frozen, unless the
+    /// freeze limit passes first.
+    async fn while_frozen<T>(
+        &self,
+        fut: impl std::future::Future<Output = Result<T>>,
+    ) -> Result<T> {
+        match self.deadline() {
+            Some(d) => tokio::time::timeout_at(d, fut)
+                .await
+                .unwrap_or(Err(Error::FreezeTimeout {
+                    limit: self.freeze_timeout,
+                })),
+            None => fut.await,
+        }
+    }
+
+    /// The lease a commit gets: what is left of the freeze limit, less a
+    /// margin for the target's answer to come back; `Err` when too little
+    /// is left to commit at all.
+    fn commit_lease(&self) -> Result<u64> {
+        let Some(d) = self.deadline() else {
+            return Ok(0);
+        };
+        let margin = (self.freeze_timeout / 10).min(Duration::from_secs(1));
+        let left = d.saturating_duration_since(tokio::time::Instant::now());
+        match left.checked_sub(margin) {
+            Some(l) if !l.is_zero() => Ok(u64::try_from(l.as_millis()).unwrap_or(u64::MAX).max(1)),
+            _ => Err(Error::FreezeTimeout {
+                limit: self.freeze_timeout,
+            }),
+        }
+    }
+
+    /// Runs `fut` unless the migration is cancelled first.
+    async fn step<T>(
+        &self,
+        limit: Duration,
+        what: &str,
+        fut: impl std::future::Future<Output = Result<T>>,
+    ) -> Result<T> {
+        let mut rx = self.cancel_rx.clone();
+        if *rx.borrow() {
+            return Err(Error::Cancelled);
+        }
+        tokio::select! {
+            r = tokio::time::timeout(limit, fut) => r.map_err(|_| Error::Timeout(what.to_string()))?,
+            _ = rx.wait_for(|c| *c) => Err(Error::Cancelled),
+        }
+    }
+
+    /// Runs the migration to its end.
+    pub async fn run(self) -> Report {
+        let provisional = ModeChoice {
+            mode: self.mode,
+            requested: self.mode,
+            reason: "not chosen yet".into(),
+        };
+        let mut stats = Ongoing::start(provisional);
+        let dir = self
+            .work_dir
+            .join(format!("{}-{}", std::process::id(), unique()));
+        let res = self.drive(&mut stats, &dir).await;
+        self.tidy(&mut stats, &dir, res.is_ok());
+        let outcome = res.map_err(|e| crate::target::error_chain(&e));
+        if let Err(e) = &outcome {
+            warn!(error = %e, "migration failed");
+        }
+        stats.finalize(outcome)
+    }
+
+    /// What stays of the migration's directory: everything with
+    /// `keep_images`; after a failure CRIU's logs (the record of why it
+    /// failed; the images are the tree's memory and only fill the disk),
+    /// named in the report; else nothing.
+    fn tidy(&self, stats: &mut Ongoing, dir: &Path, succeeded: bool) {
+        let kept = match (succeeded, self.keep_images) {
+            (_, true) => dir.exists(),
+            (true, false) => false,
+            // Refused before anything was written: nothing to keep.
+            (false, false) if !dir.exists() => false,
+            (false, false) => match crate::logs::keep_only_logs(dir) {
+                Ok(n) => n > 0,
+                Err(e) => {
+                    warn!(dir = %dir.display(), error = %e, "could not trim the failed migration's directory");
+                    false
+                }
+            },
+        };
+        if !kept {
+            let _ = std::fs::remove_dir_all(dir);
+        } else if !succeeded {
+            stats.set_logs(dir);
+        }
+    }
+
+    /// After a lazy dump was rolled back and the tree resumed: CRIU left
+    /// its network lock in place (see [`crate::netlock`]).
+    async fn release_network_lock(&self, pid: i32) {
+        let _ = tokio::task::spawn_blocking(move || crate::netlock::release(pid)).await;
+    }
+
+    /// Refuses, before anything is frozen, a CRIU that cannot dump the
+    /// tree's TCP and UDP sockets on this kernel (see [`crate::sockets`]).
+    async fn check_inet_sockets(&self, version: &str, root: i32, dir: &Path) -> Result<()> {
+        let release = crate::sockets::kernel_release();
+        if !crate::sockets::inet_dump_doubtful(version, &release) {
+            return Ok(());
+        }
+        let held = crate::sockets::inet_sockets(root, 3);
+        if held.is_empty() {
+            return Ok(());
+        }
+        let scratch = dir.join("inet-probe");
+        mkdir(&scratch)?;
+        let Err(why) = self.criu.probe_inet_dump(&scratch).await else {
+            return Ok(());
+        };
+        Err(Error::Preflight(format!(
+            "CRIU {version} cannot dump TCP or UDP sockets on Linux {release}, and this tree \
+             holds some ({}). Linux 6.16 and later answer SO_PASSCRED/SO_PASSSEC only for unix \
+             and netlink sockets, and CRIU before 4.2 asks every socket; install CRIU 4.2 or \
+             later (scripts/setup.sh does). A dump of a test socket failed: {}",
+            held.join(", "),
+            crate::target::error_chain(&why)
+        )))
+    }
+
+    /// Pre-flight: both hosts' CRIU versions, features and CPUs, checked
+    /// before anything is frozen; then the plan (the mode and why).
+    async fn preflight(
+        &self,
+        stats: &mut Ongoing,
+        ctl: &mut ControlClient,
+        pid: i32,
+        dir: &Path,
+    ) -> Result<ModeChoice> {
+        let version = self.criu.version().await?;
+        self.check_inet_sockets(&version, pid, dir).await?;
+        let caps = self.criu.features().await?;
+        let scratch = dir.join("cpuinfo");
+        mkdir(&scratch)?;
+        let cpuinfo = if self.skip_cpu_check {
+            Vec::new()
+        } else {
+            self.criu.cpuinfo(&scratch).await?
+        };
+        let reply = match self
+            .call(
+                ctl,
+                request::Body::Preflight(proto::Preflight {
+                    criu_version: version.clone(),
+                    mem_track: caps.mem_track,
+                    lazy_pages: caps.lazy_pages,
+                    cpuinfo,
+                }),
+            )
+            .await?
+        {
+            response::Body::Preflight(r) => r,
+            other => return Err(unexpected("Preflight", &other)),
+        };
+        let mut failed = Vec::new();
+        let parse = |v: &str| {
+            v.parse::<criu_rpc::Version>()
+                .map_err(|e| Error::Preflight(e.to_string()))
+        };
+        if !self.skip_version_check
+            && parse(&version)?.as_number() > parse(&reply.criu_version)?.as_number()
+        {
+            failed.push(format!(
+                "CRIU {version} here is newer than CRIU {} on the target; images may not restore there",
+                reply.criu_version
+            ));
+        }
+        if !self.skip_cpu_check && !reply.cpu_compatible {
+            failed.push(format!(
+                "the target's CPU cannot run this tree: {}",
+                reply.cpu_error
+            ));
+        }
+        if !self.force {
+            if let Some(first) = failed.into_iter().next() {
+                return Err(Error::Preflight(first));
+            }
+        } else {
+            for why in failed {
+                warn!(check = %why, "pre-flight check failed; going on (forced)");
+                self.emit(Progress::Warning(why));
+            }
+        }
+        let target_caps = HostCaps {
+            mem_track: reply.mem_track,
+            lazy_pages: reply.lazy_pages,
+        };
+        let kind = mode::KindCaps::of(self.htype.as_ref());
+        let choice = mode::plan(self.mode, self.fallback, caps, target_caps, kind)?;
+        info!(mode = %choice.mode, reason = %choice.reason, "mode chosen");
+        stats.set_mode(choice.clone());
+        self.emit(Progress::Mode(choice.clone()));
+        Ok(choice)
+    }
+
+    async fn drive(&self, stats: &mut Ongoing, dir: &Path) -> Result<()> {
+        self.enter(stats, Phase::Preflight);
+        self.hook(|h| h.check()).await?;
+        // Asked once: kinds look it up with their tools (lxc-info).
+        let pid = self.hook(|h| h.root_pid()).await?;
+        stats.set_source_pid(pid);
+        mkdir(dir)?;
+        // An inherited descriptor is one connection, and a migration opens
+        // one per channel: parsing `fd:N` again for each would wrap the same
+        // socket (and close it) several times.
+        if self.target.starts_with("fd:") {
+            return Err(Error::Link(phaul_transport::Error::Address(format!(
+                "{}: a migration opens a connection per channel (control, images, pages, \
+                 file system); give the service as HOST:PORT or unix:PATH",
+                self.target
+            ))));
+        }
+        let link = self.connect(Channel::Control, None).await?;
+        let sid = link.session();
+        let mut ctl = ControlClient::new(link);
+        let choice = self.preflight(stats, &mut ctl, pid, dir).await?;
+        let fs_root = self.htype.fs_root();
+        let files = match fs_root {
+            Some(_) => self.fs.files(),
+            None => Files::None,
+        };
+        let plan = Plan::new(choice.mode, self.htype.caps(), files);
+        let mut begin = proto::Begin {
+            htype: self.htype.kind().to_string(),
+            params: self.htype.params().into_iter().collect(),
+            ..Default::default()
+        };
+        plan.to_wire(&mut begin);
+        self.call(&mut ctl, request::Body::Begin(begin)).await?;
+        let images = self.connect(Channel::Images, Some(sid)).await?;
+        let fs = match (&fs_root, &self.fs) {
+            (None, _) => SourceFs::None,
+            (Some(_), FsChoice::Shared) => SourceFs::Shared(phaul_fs::Shared),
+            (Some(root), choice) => {
+                let link = self.connect(Channel::Fs, Some(sid)).await?;
+                SourceFs::open(choice, link, root.clone())?
+            }
+        };
+        let mut run = Run {
+            stats,
+            ctl,
+            images,
+            sid,
+            pid,
+            dir: dir.to_path_buf(),
+            force_irmap: !fs.inodes_survive(),
+            fs,
+        };
+        // The first pass, while the tree runs: the bulk of the files.
+        let mut res = self.fs_pass(&mut run, Pass::First).await.map(|_| ());
+        if res.is_ok() {
+            res = self.run_mode(&mut run, plan).await;
+        }
+        // Close both channels cleanly, so the target sees an orderly end.
+        let _ = run.images.writer.shutdown().await;
+        run.ctl.close().await;
+        res
+    }
+
+    /// Opens one of the migration's channels to the target.
+    async fn connect(&self, channel: Channel, sid: Option<SessionId>) -> Result<Link> {
+        let what = match channel {
+            Channel::Control => "connecting to the target",
+            Channel::Images => "opening the image channel",
+            Channel::Pages => "opening a page channel",
+            _ => "opening the file-system channel",
+        };
+        self.step(self.timeouts.request, what, async {
+            Link::connect(Endpoint::parse(&self.target)?, &self.link, channel, sid)
+                .await
+                .map_err(Error::Link)
+        })
+        .await
+    }
+
+    /// Each mode is a way to reach the final step: pre-copy and hybrid
+    /// first iterate, restart first syncs files.
+    async fn run_mode(&self, run: &mut Run<'_>, plan: Plan) -> Result<()> {
+        let stop_copy = match self.htype.caps().dump_by {
+            DumpBy::Manager => Final::Manager,
+            DumpBy::Criu => Final::Dump,
+        };
+        match plan.mode {
+            Mode::StopCopy => self.final_step(run, stop_copy, 0, false).await,
+            Mode::PostCopy => self.final_step(run, Final::Lazy, 0, false).await,
+            Mode::PreCopy => {
+                let (n, _) = self.pre_copy(run).await?;
+                self.final_step(run, Final::Dump, n, true).await
+            }
+            Mode::Hybrid => {
+                let (n, decision) = self.pre_copy(run).await?;
+                let how = match decision {
+                    Decision::Converged(_) => Final::Dump,
+                    _ => Final::Lazy,
+                };
+                self.final_step(run, how, n, true).await
+            }
+            // The plan has checked that the kind can restart.
+            Mode::Restart => {
+                self.restart_passes(run).await?;
+                self.final_step(run, Final::Stop, 0, false).await
+            }
+            Mode::Auto => Err(Error::Protocol("auto was not resolved to a mode".into())),
+        }
+    }
+
+    async fn call(&self, ctl: &mut ControlClient, body: request::Body) -> Result<response::Body> {
+        let limit = match body {
+            request::Body::Restore(_) | request::Body::Images(_) | request::Body::Commit(_) => {
+                self.timeouts.transfer
+            }
+            _ => self.timeouts.request,
+        };
+        self.step(limit, "a request to the target", async {
+            ctl.call(body).await.map_err(remote)
+        })
+        .await
+    }
+
+    /// A page channel, and the target's page server for iteration `i`
+    /// behind it; returns our end of the relay CRIU writes into.
+    async fn page_server(
+        &self,
+        run: &mut Run<'_>,
+        i: u32,
+        has_parent: bool,
+    ) -> Result<(std::os::fd::OwnedFd, PageRelay)> {
+        let pages = self.connect(Channel::Pages, Some(run.sid)).await?;
+        self.call(
+            &mut run.ctl,
+            request::Body::StartPageServer(proto::StartPageServer {
+                iteration: i,
+                has_parent,
+            }),
+        )
+        .await?;
+        let (criu_end, ours) = socketpair()?;
+        Ok((criu_end, PageRelay::spawn(pages, ours)))
+    }
+
+    fn spec(&self, run: &Run<'_>, i: u32, parent: bool, track_mem: bool) -> Result<DumpSpec> {
+        let images_dir = run.dir.join(i.to_string());
+        let work_dir = run.dir.join(format!("{i}.work"));
+        mkdir(&images_dir)?;
+        mkdir(&work_dir)?;
+        Ok(DumpSpec {
+            pid: run.pid,
+            images_dir,
+            work_dir,
+            parent: (parent && i > 0).then(|| format!("../{}", i - 1)),
+            track_mem,
+            options: {
+                let mut o = self.htype.dump_options();
+                o.force_irmap |= run.force_irmap;
+                o
+            },
+            iteration: i,
+        })
+    }
+
+    /// Pre-dumps until the policy says stop; returns the next iteration's
+    /// number and the last decision.
+    async fn pre_copy(&self, run: &mut Run<'_>) -> Result<(u32, Decision)> {
+        self.enter(run.stats, Phase::PreCopy);
+        let mut history: Vec<IterationSample> = Vec::new();
+        for i in 0u32.. {
+            let (criu_end, relay) = self.page_server(run, i, i > 0).await?;
+            let _ticker = self.ticker(run, &relay);
+            let spec = self.spec(run, i, true, true)?;
+            let t0 = Instant::now();
+            let st = self
+                .step(
+                    self.timeouts.transfer,
+                    "a pre-dump",
+                    self.criu.pre_dump(spec, criu_end),
+                )
+                .await;
+            let st = match st {
+                Ok(s) => s,
+                Err(e) => {
+                    relay.stop();
+                    return Err(e);
+                }
+            };
+            let (sent, _) = relay.finish(Duration::from_secs(10)).await?;
+            run.stats.add_bytes(sent);
+            let report = iteration_report(i, "pre-dump", &st, sent, t0.elapsed());
+            self.record(run, report.clone());
+            self.emit(Progress::Bytes(run.stats.bytes()));
+            // The file system follows memory, iteration by iteration.
+            self.fs_pass(run, Pass::Iteration).await?;
+            history.push(IterationSample::from(&report));
+            let decision = self.policy.decide(&history);
+            run.stats
+                .set_predicted_downtime(self.policy.predicted_downtime(&history));
+            info!(
+                iteration = i,
+                pages = st.pages_written,
+                ?decision,
+                "pre-dump done"
+            );
+            self.emit(Progress::Decision(decision.clone()));
+            if decision != Decision::Continue {
+                return Ok((i + 1, decision));
+            }
+        }
+        unreachable!("the loop returns")
+    }
+
+    /// Restart mode's passes while the tree runs. P.Haul's rule: stop once
+    /// a pass moves at most 1 MiB, grows by more than 10%, or after 8.
+    async fn restart_passes(&self, run: &mut Run<'_>) -> Result<()> {
+        self.enter(run.stats, Phase::PreCopy);
+        let mut prev: Option<u64> = None;
+        for _ in 0..8 {
+            let Some(st) = self.fs_pass(run, Pass::Iteration).await? else {
+                break;
+            };
+            if st.bytes <= 1 << 20 || prev.is_some_and(|p| st.bytes > p + p / 10) {
+                break;
+            }
+            prev = Some(st.bytes);
+        }
+        Ok(())
+    }
+
+    /// Reports `relay`'s bytes as they go, on top of what was sent before.
+    fn ticker(&self, run: &Run<'_>, relay: &PageRelay) -> BytesTicker {
+        BytesTicker::start(
+            self.progress.clone(),
+            run.stats.bytes(),
+            relay.sent_counter(),
+        )
+    }
+
+    /// An iteration ended: into the stats and out as an event.
+    fn record(&self, run: &mut Run<'_>, report: IterationReport) {
+        run.stats.record_iteration(report.clone());
+        self.emit(Progress::Iteration(report));
+    }
+
+    /// One file-system pass, recorded in the stats.
+    async fn fs_pass(&self, run: &mut Run<'_>, which: Pass) -> Result<Option<phaul_fs::SyncStats>> {
+        let driver = run.fs.name();
+        let limit = self.timeouts.transfer;
+        let st = self
+            .step(limit, "syncing the file system", run.fs.pass(which))
+            .await?;
+        if let Some(st) = &st {
+            info!(
+                driver,
+                files = st.files,
+                bytes = st.bytes,
+                deleted = st.deleted,
+                ?which,
+                "file-system pass"
+            );
+            run.stats
+                .record_fs(driver, st.files, st.bytes, st.deleted, which == Pass::Final);
+            self.emit(Progress::Bytes(run.stats.bytes()));
+        }
+        Ok(st)
+    }
+
+    /// Runs a blocking htype hook off the runtime's threads, as a step:
+    /// when the migration is cancelled, the step's time runs out or the
+    /// freeze limit passes, the manager tools it runs are killed
+    /// ([`phaul_htypes::Interrupt`]), and its own error path (a container
+    /// resumed) runs to its end before the error returns.
+    async fn hook<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&dyn Htype) -> phaul_htypes::Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let interrupt = phaul_htypes::Interrupt::default();
+        let mut task = self.blocking(interrupt.clone(), f);
+        let mut cancel = self.cancel_rx.clone();
+        let freeze = async {
+            match self.deadline() {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        let stopped = tokio::select! {
+            r = &mut task => return r,
+            _ = cancel.wait_for(|c| *c) => Error::Cancelled,
+            () = tokio::time::sleep(self.timeouts.transfer) => {
+                Error::Timeout(format!("the {} kind's step", self.htype.kind()))
+            }
+            () = freeze => Error::FreezeTimeout { limit: self.freeze_timeout },
+        };
+        warn!(error = %stopped, kind = self.htype.kind(), "stopping the kind's tools");
+        interrupt.fire();
+        if let Err(e) = task.await {
+            warn!(error = %crate::target::error_chain(&e), "the interrupted step");
+        }
+        Err(stopped)
+    }
+
+    /// Runs a hook that undoes or tidies (resuming the source, removing
+    /// what remains after the commit): neither cancel nor the freeze limit
+    /// stops it, only the tool runner's own time limit.
+    async fn undo<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&dyn Htype) -> phaul_htypes::Result<T> + Send + 'static,
+    ) -> Result<T> {
+        self.blocking(phaul_htypes::Interrupt::default(), f).await
+    }
+
+    fn blocking<T: Send + 'static>(
+        &self,
+        interrupt: phaul_htypes::Interrupt,
+        f: impl FnOnce(&dyn Htype) -> phaul_htypes::Result<T> + Send + 'static,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<T>> + Send>> {
+        let h = self.htype.clone();
+        let task = tokio::task::spawn_blocking(move || interrupt.scope(|| f(h.as_ref())));
+        Box::pin(async move {
+            task.await
+                .map_err(|e| Error::Protocol(format!("an htype task: {e}")))?
+                .map_err(Error::Htype)
+        })
+    }
+
+    /// Writes the htype's extra files into the images: those made just
+    /// before the final dump, or those made while the tree is frozen (a
+    /// container's config, its console). A bad name is refused.
+    async fn write_files(&self, dir: &Path, meta: bool) -> Result<()> {
+        let files = self
+            .hook(move |h| {
+                if meta {
+                    h.meta_files()
+                } else {
+                    Ok(h.files_before_dump())
+                }
+            })
+            .await?;
+        for (name, content) in files {
+            phaul_transport::images::check_name(&name)?;
+            std::fs::write(dir.join(&name), content).map_err(|source| Error::Io {
+                what: format!("writing {name} into the images"),
+                source,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// After the commit: what remains of the tree here is removed (a
+    /// container's definition). A failure is reported but changes nothing:
+    /// the target runs the tree.
+    async fn cleanup_source(&self) {
+        if let Err(e) = self.undo(|h| h.cleanup_source()).await {
+            warn!(error = %e, "removing what remains on the source");
+        }
+    }
+
+    async fn transfer_images(&self, run: &mut Run<'_>, dir: &Path, i: u32) -> Result<()> {
+        self.enter(run.stats, Phase::ImageTransfer);
+        let t = Instant::now();
+        let send = async {
+            send_dir_over(&mut run.images, dir)
+                .await
+                .map_err(Error::Link)
+        };
+        let ask = self.call(
+            &mut run.ctl,
+            request::Body::Images(proto::Images { iteration: i }),
+        );
+        let (sent, _) = self
+            .step(self.timeouts.transfer, "sending the images", async {
+                tokio::try_join!(send, ask)
+            })
+            .await?;
+        run.stats.set_image_transfer(t.elapsed());
+        run.stats.add_bytes(sent.bytes);
+        self.emit(Progress::Bytes(run.stats.bytes()));
+        Ok(())
+    }
+
+    async fn restore_and_commit(&self, run: &mut Run<'_>, restore: proto::Restore) -> Result<()> {
+        self.enter(run.stats, Phase::Restore);
+        match self
+            .call(&mut run.ctl, request::Body::Restore(restore))
+            .await?
+        {
+            response::Body::Restored(r) => {
+                run.stats.set_target_pid(r.pid);
+                run.stats
+                    .set_restore_time(Duration::from_micros(r.restore_time_us));
+            }
+            other => return Err(unexpected("Restore", &other)),
+        }
+        self.enter(run.stats, Phase::Commit);
+        let valid_for_ms = self.commit_lease()?;
+        match self
+            .call(
+                &mut run.ctl,
+                request::Body::Commit(proto::Commit { valid_for_ms }),
+            )
+            .await?
+        {
+            response::Body::Committed(_) => {
+                run.stats.target_resumed(Instant::now()).ok();
+                if let Some(d) = run.stats.downtime_so_far() {
+                    self.emit(Progress::Resumed(d));
+                }
+                Ok(())
+            }
+            other => Err(unexpected("Commit", &other)),
+        }
+    }
+
+    /// Tells the target to give up, if it can still hear us.
+    async fn abort_target(&self, ctl: &mut ControlClient, why: &Error) {
+        let body = request::Body::Abort(proto::Abort {
+            reason: why.to_string(),
+        });
+        let _ = tokio::time::timeout(Duration::from_secs(5), ctl.call(body)).await;
+    }
+}
+
+/// One connected migration: what every step after the handshake works on.
+struct Run<'a> {
+    stats: &'a mut Ongoing,
+    ctl: ControlClient,
+    images: Link,
+    sid: SessionId,
+    pid: i32,
+    dir: PathBuf,
+    /// The file system is copied, so inodes change: CRIU must resolve
+    /// inotify watches by path.
+    force_irmap: bool,
+    fs: SourceFs,
+}
+
+fn remote(e: phaul_transport::Error) -> Error {
+    match e {
+        phaul_transport::Error::Remote { message, .. } => Error::Target(message),
+        other => Error::Link(other),
+    }
+}
+
+fn unexpected(req: &str, got: &response::Body) -> Error {
+    Error::Protocol(format!("unexpected answer to {req}: {got:?}"))
+}
+
+fn iteration_report(
+    i: u32,
+    kind: &str,
+    st: &DumpStatsEntry,
+    bytes: u64,
+    wall: Duration,
+) -> IterationReport {
+    IterationReport {
+        iteration: i,
+        kind: kind.to_string(),
+        pages_scanned: st.pages_scanned,
+        pages_written: st.pages_written,
+        pages_skipped_parent: st.pages_skipped_parent,
+        pages_lazy: st.pages_lazy,
+        freezing_us: u64::from(st.freezing_time),
+        frozen_us: u64::from(st.frozen_time),
+        memdump_us: u64::from(st.memdump_time),
+        memwrite_us: u64::from(st.memwrite_time),
+        bytes_sent: bytes,
+        duration_us: u64::try_from(wall.as_micros()).unwrap_or(u64::MAX),
+    }
+}
+
+fn mkdir(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|source| Error::Io {
+        what: format!("creating {}", dir.display()),
+        source,
+    })
+}
+
+fn unique() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}

@@ -1,0 +1,114 @@
+//! What a running migration tells its caller: [`Progress`] events, and the
+//! ticker that reports bytes while memory streams.
+
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+use crate::mode::ModeChoice;
+use crate::policy::Decision;
+use crate::stats::{IterationReport, Phase};
+
+/// What a running migration reports as it goes.
+///
+/// As JSON (serde), each event is an object whose `event` names it
+/// (`"phase"`, `"bytes"`, `"resumed"`, ...) and whose `value` carries its
+/// data; durations are milliseconds. The names and shapes are a stable
+/// interface for scripts and orchestrators.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "event", content = "value", rename_all = "kebab-case")]
+#[non_exhaustive]
+pub enum Progress {
+    /// A new phase began.
+    Phase(Phase),
+    /// The mode was chosen, and why.
+    Mode(ModeChoice),
+    /// An iteration (pre-dump or final dump) ended.
+    Iteration(IterationReport),
+    /// Bytes sent to the target so far (memory and images); while memory
+    /// streams, at least every [`BYTES_TICK`].
+    Bytes(u64),
+    /// Pre-copy decided how to go on, and why.
+    Decision(Decision),
+    /// The source is frozen (the final dump started).
+    Frozen,
+    /// The target runs the tree; the downtime was this long (ms in JSON).
+    Resumed(#[serde(serialize_with = "millis")] Duration),
+    /// Rolling back: the source is being resumed.
+    RollingBack(String),
+    /// A pre-flight check failed and [`Migration::force`] went on anyway.
+    Warning(String),
+}
+
+/// One line for people, as the CLI and phaul-web show events (the JSON form
+/// is for tools).
+impl std::fmt::Display for Progress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Progress::Phase(p) => write!(f, "{}", p.describe()),
+            Progress::Mode(c) => write!(f, "mode {}: {}", c.mode, c.reason),
+            Progress::Iteration(it) => write!(
+                f,
+                "iteration {} ({}): {} pages written, {} lazy, {:.1} MiB sent",
+                it.iteration,
+                it.kind,
+                it.pages_written,
+                it.pages_lazy,
+                it.bytes_sent as f64 / 1048576.0
+            ),
+            Progress::Bytes(b) => write!(f, "{:.1} MiB sent", *b as f64 / 1048576.0),
+            Progress::Decision(d) => write!(f, "pre-copy: {d:?}"),
+            Progress::Frozen => write!(f, "source frozen"),
+            Progress::Resumed(d) => write!(
+                f,
+                "target running; downtime {:.1} ms",
+                d.as_secs_f64() * 1e3
+            ),
+            Progress::RollingBack(why) => write!(f, "rolling back: {why}"),
+            Progress::Warning(why) => write!(f, "warning: {why}"),
+        }
+    }
+}
+
+/// How often [`Progress::Bytes`] comes while memory streams to the target.
+pub const BYTES_TICK: Duration = Duration::from_millis(200);
+
+fn millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64() * 1000.0)
+}
+
+/// Emits [`Progress::Bytes`] every [`BYTES_TICK`] while a page relay runs:
+/// `base` plus what the relay has sent. Stops when dropped.
+pub(super) struct BytesTicker(Option<tokio::task::JoinHandle<()>>);
+
+impl BytesTicker {
+    pub(super) fn start(
+        progress: Option<mpsc::UnboundedSender<Progress>>,
+        base: u64,
+        sent: impl Fn() -> u64 + Send + 'static,
+    ) -> Self {
+        let Some(tx) = progress else {
+            return Self(None);
+        };
+        Self(Some(tokio::spawn(async move {
+            let mut last = None;
+            loop {
+                tokio::time::sleep(BYTES_TICK).await;
+                let now = base + sent();
+                if last != Some(now) && tx.send(Progress::Bytes(now)).is_err() {
+                    return;
+                }
+                last = Some(now);
+            }
+        })))
+    }
+}
+
+impl Drop for BytesTicker {
+    fn drop(&mut self) {
+        if let Some(h) = self.0.take() {
+            h.abort();
+        }
+    }
+}

@@ -1,0 +1,268 @@
+//! The target side: a service that accepts migrations, several at once.
+//!
+//! Each migration is one session: a control channel plus the data channels
+//! (images, pages) that join it. The service restores the tree but holds it
+//! stopped at CRIU's `post-restore` until the source says `Commit`; if the
+//! session ends any other way (`Abort`, a lost connection, an error), the
+//! restored tree is killed and the session's directory removed, so the
+//! source's resumed copy is the only one.
+//!
+//! # Layout
+//! - this file: [`Service`], which accepts links and routes each to its
+//!   session;
+//! - `session.rs`: one migration, a typed state machine that follows the
+//!   plan the source sent.
+
+mod session;
+
+use session::Session;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use phaul_transport::images::ImageLimits;
+use phaul_transport::tls::hex;
+use phaul_transport::{Channel, ControlServer, ErrorCode, Link, LinkConfig, Listener, SessionId};
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use crate::criu::TargetCriu;
+use crate::error::{Error, Result};
+
+/// How long a data channel may take to arrive after it is expected.
+const JOIN_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[derive(Debug)]
+struct Inbox {
+    images: mpsc::Sender<Link>,
+    pages: mpsc::Sender<Link>,
+    fs: mpsc::Sender<Link>,
+}
+
+type Sessions = Arc<Mutex<HashMap<SessionId, Inbox>>>;
+
+/// A migration target.
+#[derive(Debug)]
+pub struct Service<T: TargetCriu> {
+    criu: Arc<T>,
+    cfg: LinkConfig,
+    work_dir: PathBuf,
+    keep_images: bool,
+    limits: ImageLimits,
+    paths: phaul_htypes::registry::Paths,
+    fs_limits: phaul_fs::FsLimits,
+}
+
+impl<T: TargetCriu> Service<T> {
+    /// A service restoring with `criu`, accepting links configured by `cfg`
+    /// (its key, TLS identity), keeping each migration's images under
+    /// `work_dir`.
+    pub fn new(criu: T, cfg: LinkConfig, work_dir: impl AsRef<Path>) -> Self {
+        Self {
+            criu: Arc::new(criu),
+            cfg,
+            work_dir: work_dir.as_ref().to_path_buf(),
+            keep_images: false,
+            // Not durable: a target that crashes fails the migration and
+            // the source still holds the tree, so fsyncs would only add to
+            // the downtime.
+            limits: ImageLimits {
+                durable: false,
+                ..ImageLimits::default()
+            },
+            paths: phaul_htypes::registry::Paths::default(),
+            fs_limits: phaul_fs::FsLimits::default(),
+        }
+    }
+
+    /// Limits on what one file-system pass may bring.
+    pub fn fs_limits(mut self, limits: phaul_fs::FsLimits) -> Self {
+        self.fs_limits = limits;
+        self
+    }
+
+    /// Where the kinds keep their things on this host (LXC's path).
+    pub fn htype_paths(mut self, paths: phaul_htypes::registry::Paths) -> Self {
+        self.paths = paths;
+        self
+    }
+
+    /// Keep each migration's images after it ends (for debugging).
+    pub fn keep_images(mut self, keep: bool) -> Self {
+        self.keep_images = keep;
+        self
+    }
+
+    /// Limits on what one image batch may hold, and whether it is fsynced
+    /// (by default it is not: see the field's note in `Service::new`).
+    pub fn image_limits(mut self, limits: ImageLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Serves connections from `listener` until `shutdown` completes.
+    pub async fn serve(
+        self,
+        listener: Listener,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> Result<()> {
+        std::fs::create_dir_all(&self.work_dir).map_err(|source| Error::Io {
+            what: format!("creating {}", self.work_dir.display()),
+            source,
+        })?;
+        let _lock = lock_work_dir(&self.work_dir)?;
+        remove_stale_sessions(&self.work_dir);
+        let this = Arc::new(self);
+        let sessions: Sessions = Arc::default();
+        tokio::pin!(shutdown);
+        info!(addr = %listener.local_addr().unwrap_or_default(), "phaul service listening");
+        loop {
+            tokio::select! {
+                () = &mut shutdown => break,
+                r = listener.accept() => {
+                    let (stream, peer) = match r {
+                        Ok(x) => x,
+                        Err(e) => {
+                            warn!(error = %e, "accept failed");
+                            continue;
+                        }
+                    };
+                    let this = this.clone();
+                    let sessions = sessions.clone();
+                    tokio::spawn(async move {
+                        let Ok(link) = Link::accept(stream, peer, &this.cfg).await else {
+                            // Already logged by the handshake.
+                            return;
+                        };
+                        this.route(link, sessions).await;
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn route(self: Arc<Self>, mut link: Link, sessions: Sessions) {
+        let sid = link.session();
+        match link.channel() {
+            Channel::Control => {
+                let (itx, irx) = mpsc::channel(4);
+                let (ptx, prx) = mpsc::channel(4);
+                let (ftx, frx) = mpsc::channel(1);
+                sessions.lock().expect("not poisoned").insert(
+                    sid,
+                    Inbox {
+                        images: itx,
+                        pages: ptx,
+                        fs: ftx,
+                    },
+                );
+                info!(session = %hex(&sid), peer = %link.peer(), "migration session opened");
+                let mut s = Session::new(self.clone(), sid, irx, prx, frx);
+                s.run(ControlServer::new(link)).await;
+                sessions.lock().expect("not poisoned").remove(&sid);
+            }
+            ch => {
+                let tx = {
+                    let map = sessions.lock().expect("not poisoned");
+                    map.get(&sid).map(|i| match ch {
+                        Channel::Images => i.images.clone(),
+                        Channel::Fs => i.fs.clone(),
+                        _ => i.pages.clone(),
+                    })
+                };
+                match (tx, ch) {
+                    (Some(tx), Channel::Images | Channel::Pages | Channel::Fs) => {
+                        let _ = tx.send(link).await;
+                    }
+                    (None, _) => {
+                        warn!(session = %hex(&sid), "a data channel for an unknown session");
+                        let _ = link
+                            .writer
+                            .send_error(ErrorCode::UnknownSession, "no such session", 0)
+                            .await;
+                    }
+                    (Some(_), other) => {
+                        let _ = link
+                            .writer
+                            .send_error(
+                                ErrorCode::BadRequest,
+                                &format!("{other:?} channels are not served"),
+                                0,
+                            )
+                            .await;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Holds the work directory for this service alone: a second service on
+/// the same directory would remove the first one's sessions.
+fn lock_work_dir(dir: &Path) -> Result<nix::fcntl::Flock<std::fs::File>> {
+    let path = dir.join(".phaul-service.lock");
+    let f = std::fs::File::create(&path).map_err(|source| Error::Io {
+        what: format!("creating {}", path.display()),
+        source,
+    })?;
+    nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(|(_, e)| {
+        Error::Io {
+            what: format!("another phaul-service already uses {}", dir.display()),
+            source: e.into(),
+        }
+    })
+}
+
+/// Removes what a previous service on this directory left when it died
+/// (its sessions' images); a live service removes its own as it goes.
+fn remove_stale_sessions(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let id = name.strip_prefix("cpuinfo-").unwrap_or(&name);
+        if id.len() == 32
+            && id.bytes().all(|b| b.is_ascii_hexdigit())
+            && !e.path().join(FAILED_MARK).exists()
+        {
+            warn!(dir = %e.path().display(), "removing a session left by a previous service");
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
+/// Marks a failed session's directory whose CRIU logs are kept.
+const FAILED_MARK: &str = ".phaul-failed";
+
+/// Keeps only the CRIU logs of a failed session, where they are (the error
+/// the source reports names them there), marked so that the next service's
+/// clean-up leaves them for a person to read. Returns false when nothing was
+/// worth keeping.
+fn keep_failed_logs(dir: &Path) -> bool {
+    match crate::logs::keep_only_logs(dir) {
+        Ok(0) => false,
+        Ok(_) => {
+            let _ = std::fs::write(dir.join(FAILED_MARK), b"");
+            info!(dir = %dir.display(), "kept the failed session's CRIU logs");
+            true
+        }
+        Err(e) => {
+            warn!(dir = %dir.display(), error = %e, "could not keep the failed session's logs");
+            false
+        }
+    }
+}
+
+/// Renders an error with its causes, for the peer and the logs.
+pub use phaul_transport::error_chain;
+
+fn mkdir(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|source| Error::Io {
+        what: format!("creating {}", dir.display()),
+        source,
+    })
+}

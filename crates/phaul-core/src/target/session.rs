@@ -1,0 +1,596 @@
+//! One migration on the target: a typed state machine driven by the
+//! source's requests.
+//!
+//! ```text
+//!   Idle --Begin--> Begun --Restore--> Restored --Commit--> Committed
+//!                   |  ^                  |
+//!                   +--+ StartPageServer, |
+//!                        Images           |
+//!   any state but Committed --Abort, lost link, error--> rolled back
+//! ```
+//!
+//! `Begin` carries the plan ([`Plan`]); the session checks it against its
+//! own htype and then follows it: the restore it makes is the one the plan
+//! names, and a request out of order or out of plan is refused
+//! (`BAD_REQUEST`), changing nothing.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use phaul_htypes::Htype;
+use phaul_transport::images::receive_batch_over;
+use phaul_transport::proto::{self, request, response};
+use phaul_transport::tls::hex;
+use phaul_transport::{ControlServer, ErrorCode, Link, SessionId};
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use super::{JOIN_TIMEOUT, Service, error_chain, keep_failed_logs, mkdir};
+use crate::criu::{HeldRestore, LazyDaemon, RestoreSpec, TargetCriu};
+use crate::error::{Error, Result};
+use crate::pagestream::{PageRelay, socketpair};
+use crate::plan::{Plan, Restorer};
+
+/// A request's answer, or the code and error the source gets instead.
+type Reply = std::result::Result<response::Body, (ErrorCode, Error)>;
+
+/// `e` as the answer to a request that failed (not a bad one).
+fn failed(e: Error) -> (ErrorCode, Error) {
+    (ErrorCode::Failed, e)
+}
+
+/// A request that does not fit the session's state or plan.
+fn bad(why: impl Into<String>) -> (ErrorCode, Error) {
+    (ErrorCode::BadRequest, Error::Protocol(why.into()))
+}
+
+/// Where a session is.
+enum State {
+    /// No migration has begun.
+    Idle,
+    /// A migration has begun: its plan, kind and directory.
+    Begun(Begun),
+    /// The tree is restored and waits for the commit.
+    Restored(Begun, Box<Restored>),
+    /// The tree runs here; nothing is undone any more.
+    Committed,
+}
+
+struct Begun {
+    plan: Plan,
+    htype: Arc<dyn Htype>,
+    dir: PathBuf,
+    /// Serving the source's file-system passes, while the migration runs.
+    fs_task: Option<tokio::task::JoinHandle<()>>,
+}
+
+struct Restored {
+    how: Restoration,
+    pid: i32,
+    /// When the `Restored` answer went out: the commit's lease counts from
+    /// here (see [`proto::Commit::valid_for_ms`]).
+    at: Instant,
+}
+
+/// How the tree came back, which says how it is committed or undone.
+enum Restoration {
+    /// CRIU holds it at `post-restore`; post-copy's daemon serves its
+    /// memory.
+    Held(Box<HeldRestore>, Option<LazyDaemon>),
+    /// The kind's manager restored it, or started it anew: it runs, and
+    /// only the kind's abort undoes it.
+    ByKind,
+}
+
+pub(super) struct Session<T: TargetCriu> {
+    svc: Arc<Service<T>>,
+    sid: SessionId,
+    images_rx: mpsc::Receiver<Link>,
+    pages_rx: mpsc::Receiver<Link>,
+    fs_rx: Option<mpsc::Receiver<Link>>,
+    /// The image channel, once it joined.
+    images: Option<Link>,
+    relays: Vec<tokio::task::JoinHandle<()>>,
+    state: State,
+    /// A request failed: the session's CRIU logs are kept.
+    request_failed: bool,
+}
+
+impl<T: TargetCriu> Session<T> {
+    pub(super) fn new(
+        svc: Arc<Service<T>>,
+        sid: SessionId,
+        images_rx: mpsc::Receiver<Link>,
+        pages_rx: mpsc::Receiver<Link>,
+        fs_rx: mpsc::Receiver<Link>,
+    ) -> Self {
+        Self {
+            svc,
+            sid,
+            images_rx,
+            pages_rx,
+            fs_rx: Some(fs_rx),
+            images: None,
+            relays: Vec::new(),
+            state: State::Idle,
+            request_failed: false,
+        }
+    }
+
+    pub(super) async fn run(&mut self, mut ctl: ControlServer) {
+        loop {
+            let (id, body) = match ctl.next().await {
+                Ok(Some(x)) => x,
+                Ok(None) => break,
+                Err(e) => {
+                    warn!(session = %hex(&self.sid), error = %e, "control channel failed");
+                    break;
+                }
+            };
+            let abort = matches!(body, request::Body::Abort(_));
+            let res = self.handle(body).await;
+            let restored = matches!(res, Ok(response::Body::Restored(_)));
+            let sent = match res {
+                Ok(r) => ctl.reply(id, r).await,
+                Err((code, e)) => {
+                    self.request_failed = true;
+                    let msg = error_chain(&e);
+                    warn!(session = %hex(&self.sid), error = %msg, "request failed");
+                    ctl.error(id, code, &msg).await
+                }
+            };
+            if let (true, State::Restored(_, r)) = (restored, &mut self.state) {
+                r.at = Instant::now();
+            }
+            if abort || sent.is_err() {
+                break;
+            }
+        }
+        self.rollback().await;
+        for r in self.relays.drain(..) {
+            r.abort();
+        }
+        debug!(session = %hex(&self.sid), "session closed");
+    }
+
+    /// Answers one request of the source: each has its own method below,
+    /// and each checks the state it needs.
+    async fn handle(&mut self, body: request::Body) -> Reply {
+        match body {
+            request::Body::ListProcesses(_) => self.on_list_processes().await,
+            request::Body::Ping(p) => Ok(response::Body::Pong(proto::Pong { payload: p.payload })),
+            request::Body::Preflight(p) => self.on_preflight(p).await,
+            request::Body::Begin(b) => self.on_begin(b).await,
+            request::Body::StartPageServer(p) => self.on_start_page_server(p).await,
+            request::Body::Images(i) => self.on_images(i).await,
+            request::Body::Restore(r) => self.on_restore(r).await,
+            request::Body::Commit(c) => self.on_commit(c).await,
+            request::Body::Abort(a) => {
+                info!(session = %hex(&self.sid), reason = %a.reason, "source aborted the migration");
+                self.rollback().await;
+                Ok(response::Body::Aborted(proto::Aborted {}))
+            }
+        }
+    }
+
+    fn begun(&self) -> std::result::Result<&Begun, (ErrorCode, Error)> {
+        match &self.state {
+            State::Begun(b) => Ok(b),
+            State::Idle => Err(bad("no migration has begun")),
+            State::Restored(..) => Err(bad("already restored")),
+            State::Committed => Err(bad("already committed")),
+        }
+    }
+
+    /// Undoes whatever the session made, unless it committed.
+    async fn rollback(&mut self) {
+        let begun = match std::mem::replace(&mut self.state, State::Idle) {
+            State::Idle => return,
+            State::Committed => {
+                self.state = State::Committed;
+                return;
+            }
+            State::Begun(b) => b,
+            State::Restored(b, r) => {
+                if let Restoration::Held(held, daemon) = r.how {
+                    info!(session = %hex(&self.sid), pid = r.pid, "aborting the held restore");
+                    held.abort().await;
+                    if let Some(d) = daemon {
+                        d.kill().await;
+                    }
+                }
+                b
+            }
+        };
+        if let Some(t) = begun.fs_task {
+            t.abort();
+            let _ = t.await;
+        }
+        // Also removes a synced file system when nothing was restored.
+        if let Err(e) = blocking(&begun.htype, |h| h.abort()).await {
+            warn!(session = %hex(&self.sid), error = %e, "undoing the htype's work");
+        }
+        self.remove_dir(&begun.dir);
+    }
+
+    fn remove_dir(&self, d: &std::path::Path) {
+        if self.svc.keep_images {
+            info!(dir = %d.display(), "keeping images");
+        } else if self.request_failed && keep_failed_logs(d) {
+        } else if let Err(e) = std::fs::remove_dir_all(d) {
+            warn!(dir = %d.display(), error = %e, "could not remove a session directory");
+        }
+    }
+
+    async fn on_list_processes(&mut self) -> Reply {
+        let lxcpath = self.svc.paths.lxcpath.clone();
+        let list = tokio::task::spawn_blocking(move || crate::hostinfo::list(&lxcpath))
+            .await
+            .map_err(|e| failed(Error::Protocol(format!("listing processes: {e}"))))?;
+        Ok(response::Body::ProcessList(list))
+    }
+
+    async fn on_preflight(&mut self, p: proto::Preflight) -> Reply {
+        let version = self.svc.criu.version().await.map_err(failed)?;
+        let caps = self.svc.criu.features().await.map_err(failed)?;
+        let (cpu_compatible, cpu_error) = if p.cpuinfo.is_empty() {
+            (true, String::new())
+        } else {
+            let scratch = self
+                .svc
+                .work_dir
+                .join(format!("cpuinfo-{}", hex(&self.sid)));
+            mkdir(&scratch).map_err(failed)?;
+            let r = self.svc.criu.cpuinfo_check(p.cpuinfo, &scratch).await;
+            let _ = std::fs::remove_dir_all(&scratch);
+            match r {
+                Ok(()) => (true, String::new()),
+                Err(e) => (false, error_chain(&e)),
+            }
+        };
+        Ok(response::Body::Preflight(proto::PreflightReply {
+            criu_version: version,
+            mem_track: caps.mem_track,
+            lazy_pages: caps.lazy_pages,
+            cpu_compatible,
+            cpu_error,
+        }))
+    }
+
+    async fn on_begin(&mut self, b: proto::Begin) -> Reply {
+        if !matches!(self.state, State::Idle) {
+            return Err(bad("a migration has already begun on this session"));
+        }
+        let plan = Plan::from_wire(&b).map_err(|e| (ErrorCode::BadRequest, e))?;
+        let params = b.params.into_iter().collect();
+        let h: Arc<dyn Htype> =
+            phaul_htypes::registry::target_in(&b.htype, &params, &self.svc.paths)
+                .map_err(|e| (ErrorCode::BadRequest, Error::Htype(e)))?
+                .into();
+        let root = h.fs_root();
+        plan.check_kind(h.kind(), h.caps(), root.is_some())
+            .map_err(|e| (ErrorCode::BadRequest, e))?;
+        let dir = self.svc.work_dir.join(hex(&self.sid));
+        mkdir(&dir).map_err(failed)?;
+        info!(session = %hex(&self.sid), kind = h.kind(), mode = %plan.mode, restorer = ?plan.restorer, "migration begins");
+        let fs_task = match (plan.fs_driver(), root) {
+            (Some(driver), Some(root)) => {
+                mkdir(&root).map_err(failed)?;
+                let rx = self
+                    .fs_rx
+                    .take()
+                    .ok_or_else(|| failed(Error::Protocol("a second file system".into())))?;
+                Some(self.serve_fs(driver, rx, root))
+            }
+            _ => None,
+        };
+        self.state = State::Begun(Begun {
+            plan,
+            htype: h,
+            dir: dir.clone(),
+            fs_task,
+        });
+        Ok(response::Body::Begun(proto::Begun {
+            work_dir: dir.display().to_string(),
+        }))
+    }
+
+    /// Serves the source's file-system passes into `root`, in the
+    /// background, once its channel joins.
+    fn serve_fs(
+        &self,
+        driver: &'static str,
+        mut rx: mpsc::Receiver<Link>,
+        root: PathBuf,
+    ) -> tokio::task::JoinHandle<()> {
+        let limits = self.svc.fs_limits;
+        let sid = hex(&self.sid);
+        tokio::spawn(async move {
+            let Ok(Some(link)) = tokio::time::timeout(JOIN_TIMEOUT, rx.recv()).await else {
+                warn!(session = %sid, "no file-system channel joined the session");
+                return;
+            };
+            match crate::fs::serve(driver, link, &root, &limits).await {
+                Ok(st) => {
+                    info!(session = %sid, files = st.files, bytes = st.bytes, "file system received")
+                }
+                Err(e) => {
+                    warn!(session = %sid, error = %error_chain(&e), "file-system sync failed")
+                }
+            }
+        })
+    }
+
+    fn iter_dir(&self, i: u32) -> std::result::Result<PathBuf, (ErrorCode, Error)> {
+        Ok(self.begun()?.dir.join(i.to_string()))
+    }
+
+    async fn on_start_page_server(&mut self, p: proto::StartPageServer) -> Reply {
+        let dir = self.iter_dir(p.iteration)?;
+        mkdir(&dir).map_err(failed)?;
+        let parent = (p.has_parent && p.iteration > 0).then(|| format!("../{}", p.iteration - 1));
+        let (criu_end, ours) = socketpair().map_err(failed)?;
+        let serving = self
+            .svc
+            .criu
+            .page_server(dir, parent, criu_end)
+            .await
+            .map_err(failed)?;
+        let link = self
+            .next_pages()
+            .await
+            .map_err(|e| (ErrorCode::Protocol, e))?;
+        let relay = PageRelay::spawn(link, ours);
+        self.relays.push(tokio::spawn(async move {
+            if let Err(e) = serving.wait().await {
+                warn!(error = %e, "page server failed");
+            }
+            let _ = relay.finish(Duration::from_secs(5)).await;
+        }));
+        Ok(response::Body::PageServerReady(proto::PageServerReady {
+            iteration: p.iteration,
+        }))
+    }
+
+    async fn on_images(&mut self, i: proto::Images) -> Reply {
+        let dir = self.iter_dir(i.iteration)?;
+        mkdir(&dir).map_err(failed)?;
+        if self.images.is_none() {
+            let l = tokio::time::timeout(JOIN_TIMEOUT, self.images_rx.recv())
+                .await
+                .ok()
+                .flatten()
+                .ok_or((
+                    ErrorCode::Protocol,
+                    Error::Protocol("no image channel joined the session".into()),
+                ))?;
+            self.images = Some(l);
+        }
+        let link = self.images.as_mut().expect("set above");
+        let st = receive_batch_over(link, &dir, &self.svc.limits)
+            .await
+            .map_err(|e| {
+                // The channel's state is unknown after a failed batch.
+                self.images = None;
+                (ErrorCode::Failed, Error::Link(e))
+            })?;
+        Ok(response::Body::ImagesStored(proto::ImagesStored {
+            files: st.files,
+            bytes: st.bytes,
+        }))
+    }
+
+    /// The restore the plan names: by CRIU (held until the commit, lazily
+    /// where the plan allows), by the kind's manager, or a cold start.
+    async fn on_restore(&mut self, r: proto::Restore) -> Reply {
+        let begun = self.begun()?;
+        begun
+            .plan
+            .check_restore(r.lazy)
+            .map_err(|e| (ErrorCode::BadRequest, e))?;
+        let (restorer, h) = (begun.plan.restorer, begun.htype.clone());
+        let dir = self.iter_dir(r.iteration)?;
+        if restorer != Restorer::ColdStart && !dir.is_dir() {
+            return Err(bad(format!("no images for iteration {}", r.iteration)));
+        }
+        let t0 = Instant::now();
+        let (how, pid) = match restorer {
+            Restorer::Criu => self.restore_with_criu(&h, dir, r.lazy).await?,
+            Restorer::Manager => {
+                let logs_in = dir.clone();
+                let pid = blocking(&h, move |h| h.restore(&dir)).await.map_err(|e| {
+                    // LXC writes its CRIU's log beside the images, runc
+                    // into the work dir it is given there.
+                    let logs = ["restore.log", "restore-work/restore.log"].map(|l| logs_in.join(l));
+                    match e {
+                        Error::Htype(e) => failed(crate::logs::manager_error(e, &logs)),
+                        other => failed(other),
+                    }
+                })?;
+                (Restoration::ByKind, pid)
+            }
+            Restorer::ColdStart => {
+                let pid = blocking(&h, move |h| h.start_here(&dir))
+                    .await
+                    .map_err(failed)?;
+                (Restoration::ByKind, pid)
+            }
+        };
+        let us = u64::try_from(t0.elapsed().as_micros()).unwrap_or(u64::MAX);
+        info!(session = %hex(&self.sid), pid, ?restorer, "restored; waiting for the commit");
+        let State::Begun(b) = std::mem::replace(&mut self.state, State::Idle) else {
+            unreachable!("checked by begun() above, and nothing since changes the state")
+        };
+        self.state = State::Restored(b, Box::new(Restored { how, pid, at: t0 }));
+        Ok(response::Body::Restored(proto::Restored {
+            pid,
+            restore_time_us: us,
+        }))
+    }
+
+    async fn restore_with_criu(
+        &mut self,
+        h: &Arc<dyn Htype>,
+        dir: PathBuf,
+        lazy: bool,
+    ) -> std::result::Result<(Restoration, i32), (ErrorCode, Error)> {
+        let daemon = if lazy {
+            Some(self.lazy_daemon(&dir).await?)
+        } else {
+            None
+        };
+        let d = dir.clone();
+        let prepared = blocking(h, move |h| h.prepare_restore(&d)).await;
+        let spec = RestoreSpec {
+            images_dir: dir.clone(),
+            work_dir: dir,
+            lazy,
+            options: h.restore_options(),
+        };
+        let restored = match prepared {
+            Ok(()) => self.svc.criu.restore(spec).await,
+            Err(e) => Err(e),
+        };
+        match restored {
+            Ok(held) => {
+                let pid = held.pid;
+                Ok((Restoration::Held(Box::new(held), daemon), pid))
+            }
+            Err(e) => {
+                if let Some(d) = daemon {
+                    d.kill().await;
+                }
+                Err(failed(e))
+            }
+        }
+    }
+
+    /// Post-copy: CRIU's lazy-pages daemon for `dir`, fetching pages from a
+    /// loopback port that relays the source's page channel.
+    async fn lazy_daemon(
+        &mut self,
+        dir: &std::path::Path,
+    ) -> std::result::Result<LazyDaemon, (ErrorCode, Error)> {
+        let link = self
+            .next_pages()
+            .await
+            .map_err(|e| (ErrorCode::Protocol, e))?;
+        let io = |what: &str| {
+            let what = what.to_string();
+            move |source| failed(Error::Io { what, source })
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(io("a loopback listener for lazy pages"))?;
+        let port = listener.local_addr().map_err(io("listener"))?.port();
+        self.relays.push(tokio::spawn(async move {
+            // Only the lazy-pages daemon this session starts connects
+            // here, once.
+            if let Ok(Ok((conn, _))) = tokio::time::timeout(JOIN_TIMEOUT, listener.accept()).await {
+                let _ = conn.set_nodelay(true);
+                let relay = PageRelay::spawn(link, conn);
+                let _ = relay.finish(Duration::from_secs(24 * 3600)).await;
+            }
+        }));
+        self.svc
+            .criu
+            .lazy_pages(dir.to_path_buf(), port)
+            .await
+            .map_err(failed)
+    }
+
+    async fn on_commit(&mut self, c: proto::Commit) -> Reply {
+        let r = match &self.state {
+            State::Restored(_, r) => r,
+            State::Committed => return Err(bad("already committed")),
+            _ => return Err(bad("nothing restored to commit")),
+        };
+        if let Some(e) = late_commit(&c, r.at) {
+            warn!(session = %hex(&self.sid), "a commit came after its lease");
+            return Err((ErrorCode::BadRequest, e));
+        }
+        let State::Restored(b, r) = std::mem::replace(&mut self.state, State::Idle) else {
+            unreachable!("matched above")
+        };
+        let pid = r.pid;
+        let daemon = match r.how {
+            Restoration::ByKind => None,
+            Restoration::Held(held, daemon) => {
+                // Connected only now (see TargetHooks::before_commit); a
+                // failure leaves the held copy to the rollback.
+                if let Err(e) = blocking(&b.htype, |h| h.before_commit()).await {
+                    let how = Restoration::Held(held, daemon);
+                    self.state = State::Restored(b, Box::new(Restored { how, ..*r }));
+                    return Err(failed(e));
+                }
+                if let Err(e) = held.commit().await {
+                    // CRIU is gone with the tree: what is left to undo is
+                    // the kind's and the directory.
+                    if let Some(d) = daemon {
+                        d.kill().await;
+                    }
+                    self.state = State::Begun(b);
+                    return Err(failed(e));
+                }
+                daemon
+            }
+        };
+        self.state = State::Committed;
+        info!(session = %hex(&self.sid), pid, "committed: the tree runs here");
+        match daemon {
+            // Memory keeps arriving after the commit: the images stay
+            // until the daemon has every page.
+            Some(d) => {
+                let keep = self.svc.keep_images;
+                let dir = b.dir;
+                tokio::spawn(async move {
+                    if let Err(e) = d.wait().await {
+                        warn!(error = %e, "lazy pages daemon failed after the commit");
+                    }
+                    if !keep {
+                        let _ = std::fs::remove_dir_all(dir);
+                    }
+                });
+            }
+            None => self.remove_dir(&b.dir),
+        }
+        Ok(response::Body::Committed(proto::Committed {}))
+    }
+
+    async fn next_pages(&mut self) -> Result<Link> {
+        tokio::time::timeout(JOIN_TIMEOUT, self.pages_rx.recv())
+            .await
+            .ok()
+            .flatten()
+            .ok_or_else(|| Error::Protocol("no page channel joined the session".into()))
+    }
+}
+
+/// A commit whose lease ran out: the source gave up its freeze limit
+/// before this could be read (this service was stopped, or slow), has
+/// resumed its own copy, and this one must not run.
+fn late_commit(c: &proto::Commit, restored_at: Instant) -> Option<Error> {
+    let since = restored_at.elapsed();
+    let lease = Duration::from_millis(c.valid_for_ms);
+    (c.valid_for_ms > 0 && since >= lease).then(|| {
+        Error::Protocol(format!(
+            "the commit came {:.1} s after the restore, past the source's freeze limit \
+             ({:.1} s left then): the source has resumed its own copy, so this one does not run",
+            since.as_secs_f64(),
+            lease.as_secs_f64()
+        ))
+    })
+}
+
+/// Runs a blocking htype hook off the runtime's threads.
+async fn blocking<R: Send + 'static>(
+    h: &Arc<dyn Htype>,
+    f: impl FnOnce(&dyn Htype) -> phaul_htypes::Result<R> + Send + 'static,
+) -> Result<R> {
+    let h = h.clone();
+    tokio::task::spawn_blocking(move || f(h.as_ref()))
+        .await
+        .map_err(|e| Error::Protocol(format!("an htype task: {e}")))?
+        .map_err(Error::Htype)
+}
