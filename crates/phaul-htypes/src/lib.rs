@@ -309,9 +309,11 @@ pub trait TargetHooks {
     }
 
     /// [`RestoreBy::Manager`]: restores from `images_dir`, returning the
-    /// root PID.
-    fn restore(&self, images_dir: &std::path::Path) -> Result<i32> {
-        let _ = images_dir;
+    /// root PID. `lazy` (post-copy, only where [`Caps::lazy_restore`]): the
+    /// manager's CRIU restores with lazy pages, served by the lazy-pages
+    /// daemon the engine started for `images_dir`.
+    fn restore(&self, images_dir: &std::path::Path, lazy: bool) -> Result<i32> {
+        let _ = (images_dir, lazy);
         Err(Error::Unsupported("restoring itself"))
     }
 

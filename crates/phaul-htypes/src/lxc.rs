@@ -7,7 +7,9 @@
 //! into its own LXC path and lets LXC restore the images
 //! (`lxc-checkpoint -r`), so the container is LXC's own there: `lxc-info`
 //! shows it RUNNING, `lxc-stop` stops it. After the commit the source's
-//! container is destroyed.
+//! container is destroyed. LXC restores lazily too (post-copy): liblxc has
+//! no option for it, but the CRIU it runs reads `lazy-pages` from the file
+//! `CRIU_CONFIG_FILE` names.
 //!
 //! LXC lets two containers of the same name exist on one machine (in two
 //! LXC paths): it gives the second a fresh cgroup (`lxc.payload.NAME-1`),
@@ -28,6 +30,10 @@ pub const DEFAULT_LXCPATH: &str = "/var/lib/lxc";
 
 /// The images-batch file carrying the container's config.
 pub const CONFIG_FILE: &str = "lxc.config";
+
+/// The CRIU configuration file that makes LXC's restore lazy (post-copy),
+/// written beside the images.
+const LAZY_CONF: &str = "phaul-lazy.conf";
 /// The images-batch file naming the console's tty (read by `lxc-checkpoint -r`).
 pub const TTY_INFO: &str = "tty.info";
 
@@ -349,9 +355,8 @@ impl Htype for Lxc {
 
     fn caps(&self) -> Caps {
         // LXC must know the restored container, so lxc-checkpoint restores
-        // it; it restores eagerly.
+        // it, lazily too (see `restore`).
         Caps {
-            lazy_restore: false,
             restore_by: RestoreBy::Manager,
             restart: true,
             ..Caps::PLAIN
@@ -424,11 +429,30 @@ impl SourceHooks for Lxc {
 }
 
 impl TargetHooks for Lxc {
-    fn restore(&self, images_dir: &Path) -> Result<i32> {
+    fn restore(&self, images_dir: &Path, lazy: bool) -> Result<i32> {
         self.install_config(images_dir)?;
         let mut a = self.args(&["-r", "-D"]);
         a.push(images_dir.as_os_str());
-        crate::tool::run_with(Path::new("lxc-checkpoint"), &a, self.criu_dir.as_deref())?;
+        // liblxc has no lazy-pages option of its own; CRIU reads extra
+        // options from the file this variable names, also when liblxc runs
+        // it. Its work dir is the images dir, where the engine's lazy-pages
+        // daemon put its socket.
+        let conf = images_dir.join(LAZY_CONF);
+        let env: Vec<(&str, &std::ffi::OsStr)> = if lazy {
+            std::fs::write(&conf, "lazy-pages\n").map_err(|source| Error::Io {
+                what: format!("writing {}", conf.display()),
+                source,
+            })?;
+            vec![("CRIU_CONFIG_FILE", conf.as_os_str())]
+        } else {
+            Vec::new()
+        };
+        crate::tool::run_with(
+            Path::new("lxc-checkpoint"),
+            &a,
+            self.criu_dir.as_deref(),
+            &env,
+        )?;
         self.init_pid()
     }
 

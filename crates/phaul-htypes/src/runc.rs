@@ -361,7 +361,10 @@ impl SourceHooks for Runc {
 }
 
 impl TargetHooks for Runc {
-    fn restore(&self, images_dir: &Path) -> Result<i32> {
+    fn restore(&self, images_dir: &Path, lazy: bool) -> Result<i32> {
+        if lazy {
+            return Err(Error::Unsupported("restoring lazily"));
+        }
         // The source's cgroup may still exist (it is frozen there):
         // this copy gets a path of its own.
         let config = self.bundle.join("config.json");

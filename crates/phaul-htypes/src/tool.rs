@@ -74,6 +74,9 @@ pub(crate) struct Limits<'a> {
     /// A directory put first on the `PATH` it inherits: a manager that runs
     /// `criu` from `PATH` (liblxc does) then runs ours.
     pub first_on_path: Option<&'a Path>,
+    /// Variables added to the environment it inherits (and passes on to
+    /// the CRIU it runs).
+    pub env: &'a [(&'a str, &'a std::ffi::OsStr)],
     /// The longest it may run.
     pub time: Duration,
     /// The most it may print; more is an error (a hostile or broken tool
@@ -86,6 +89,7 @@ impl Default for Limits<'_> {
         Self {
             input: None,
             first_on_path: None,
+            env: &[],
             time: TOOL_TIMEOUT,
             output: 16 << 20,
         }
@@ -98,14 +102,17 @@ pub(crate) fn run(tool: &Path, args: &[&std::ffi::OsStr]) -> Result<String> {
     exec(tool, args, Limits::default()).map(|v| String::from_utf8_lossy(&v).into_owned())
 }
 
-/// [`run`], with `first_on_path` put before the `PATH` the tool inherits.
+/// [`run`], with `first_on_path` put before the `PATH` the tool inherits
+/// and `env` added to its environment.
 pub(crate) fn run_with(
     tool: &Path,
     args: &[&std::ffi::OsStr],
     first_on_path: Option<&Path>,
+    env: &[(&str, &std::ffi::OsStr)],
 ) -> Result<String> {
     let limits = Limits {
         first_on_path,
+        env,
         ..Limits::default()
     };
     exec(tool, args, limits).map(|v| String::from_utf8_lossy(&v).into_owned())
@@ -148,6 +155,7 @@ pub(crate) fn exec(tool: &Path, args: &[&std::ffi::OsStr], limits: Limits<'_>) -
         }
         cmd.env("PATH", path);
     }
+    cmd.envs(limits.env.iter().copied());
     let mut child = cmd
         .args(args)
         .process_group(0)

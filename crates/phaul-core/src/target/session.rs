@@ -67,6 +67,9 @@ struct Begun {
 
 struct Restored {
     how: Restoration,
+    /// Post-copy: CRIU's lazy-pages daemon, serving the tree's memory from
+    /// the source until the last page is here.
+    daemon: Option<LazyDaemon>,
     pid: i32,
     /// When the `Restored` answer went out: the commit's lease counts from
     /// here (see [`proto::Commit::valid_for_ms`]).
@@ -75,9 +78,8 @@ struct Restored {
 
 /// How the tree came back, which says how it is committed or undone.
 enum Restoration {
-    /// CRIU holds it at `post-restore`; post-copy's daemon serves its
-    /// memory.
-    Held(Box<HeldRestore>, Option<LazyDaemon>),
+    /// CRIU holds it at `post-restore`.
+    Held(Box<HeldRestore>),
     /// The kind's manager restored it, or started it anew: it runs, and
     /// only the kind's abort undoes it.
     ByKind,
@@ -193,12 +195,12 @@ impl<T: TargetCriu> Session<T> {
             }
             State::Begun(b) => b,
             State::Restored(b, r) => {
-                if let Restoration::Held(held, daemon) = r.how {
+                if let Restoration::Held(held) = r.how {
                     info!(session = %hex(&self.sid), pid = r.pid, "aborting the held restore");
                     held.abort().await;
-                    if let Some(d) = daemon {
-                        d.kill().await;
-                    }
+                }
+                if let Some(d) = r.daemon {
+                    d.kill().await;
                 }
                 b
             }
@@ -395,26 +397,24 @@ impl<T: TargetCriu> Session<T> {
             return Err(bad(format!("no images for iteration {}", r.iteration)));
         }
         let t0 = Instant::now();
-        let (how, pid) = match restorer {
-            Restorer::Criu => self.restore_with_criu(&h, dir, r.lazy).await?,
-            Restorer::Manager => {
-                let logs_in = dir.clone();
-                let pid = blocking(&h, move |h| h.restore(&dir)).await.map_err(|e| {
-                    // LXC writes its CRIU's log beside the images, runc
-                    // into the work dir it is given there.
-                    let logs = ["restore.log", "restore-work/restore.log"].map(|l| logs_in.join(l));
-                    match e {
-                        Error::Htype(e) => failed(crate::logs::manager_error(e, &logs)),
-                        other => failed(other),
-                    }
-                })?;
-                (Restoration::ByKind, pid)
-            }
-            Restorer::ColdStart => {
-                let pid = blocking(&h, move |h| h.start_here(&dir))
-                    .await
-                    .map_err(failed)?;
-                (Restoration::ByKind, pid)
+        let daemon = match r.lazy {
+            true => Some(self.lazy_daemon(&dir).await?),
+            false => None,
+        };
+        let restored = match restorer {
+            Restorer::Criu => self.restore_with_criu(&h, dir, r.lazy).await,
+            Restorer::Manager => restore_by_manager(&h, dir, r.lazy).await,
+            Restorer::ColdStart => blocking(&h, move |h| h.start_here(&dir))
+                .await
+                .map(|pid| (Restoration::ByKind, pid)),
+        };
+        let (how, pid) = match restored {
+            Ok(x) => x,
+            Err(e) => {
+                if let Some(d) = daemon {
+                    d.kill().await;
+                }
+                return Err(failed(e));
             }
         };
         let us = u64::try_from(t0.elapsed().as_micros()).unwrap_or(u64::MAX);
@@ -422,7 +422,13 @@ impl<T: TargetCriu> Session<T> {
         let State::Begun(b) = std::mem::replace(&mut self.state, State::Idle) else {
             unreachable!("checked by begun() above, and nothing since changes the state")
         };
-        self.state = State::Restored(b, Box::new(Restored { how, pid, at: t0 }));
+        let restored = Restored {
+            how,
+            daemon,
+            pid,
+            at: t0,
+        };
+        self.state = State::Restored(b, Box::new(restored));
         Ok(response::Body::Restored(proto::Restored {
             pid,
             restore_time_us: us,
@@ -430,40 +436,22 @@ impl<T: TargetCriu> Session<T> {
     }
 
     async fn restore_with_criu(
-        &mut self,
+        &self,
         h: &Arc<dyn Htype>,
         dir: PathBuf,
         lazy: bool,
-    ) -> std::result::Result<(Restoration, i32), (ErrorCode, Error)> {
-        let daemon = if lazy {
-            Some(self.lazy_daemon(&dir).await?)
-        } else {
-            None
-        };
+    ) -> Result<(Restoration, i32)> {
         let d = dir.clone();
-        let prepared = blocking(h, move |h| h.prepare_restore(&d)).await;
+        blocking(h, move |h| h.prepare_restore(&d)).await?;
         let spec = RestoreSpec {
             images_dir: dir.clone(),
             work_dir: dir,
             lazy,
             options: h.restore_options(),
         };
-        let restored = match prepared {
-            Ok(()) => self.svc.criu.restore(spec).await,
-            Err(e) => Err(e),
-        };
-        match restored {
-            Ok(held) => {
-                let pid = held.pid;
-                Ok((Restoration::Held(Box::new(held), daemon), pid))
-            }
-            Err(e) => {
-                if let Some(d) = daemon {
-                    d.kill().await;
-                }
-                Err(failed(e))
-            }
-        }
+        let held = self.svc.criu.restore(spec).await?;
+        let pid = held.pid;
+        Ok((Restoration::Held(Box::new(held)), pid))
     }
 
     /// Post-copy: CRIU's lazy-pages daemon for `dir`, fetching pages from a
@@ -513,29 +501,27 @@ impl<T: TargetCriu> Session<T> {
         let State::Restored(b, r) = std::mem::replace(&mut self.state, State::Idle) else {
             unreachable!("matched above")
         };
-        let pid = r.pid;
-        let daemon = match r.how {
-            Restoration::ByKind => None,
-            Restoration::Held(held, daemon) => {
-                // Connected only now (see TargetHooks::before_commit); a
-                // failure leaves the held copy to the rollback.
-                if let Err(e) = blocking(&b.htype, |h| h.before_commit()).await {
-                    let how = Restoration::Held(held, daemon);
-                    self.state = State::Restored(b, Box::new(Restored { how, ..*r }));
-                    return Err(failed(e));
-                }
-                if let Err(e) = held.commit().await {
-                    // CRIU is gone with the tree: what is left to undo is
-                    // the kind's and the directory.
-                    if let Some(d) = daemon {
-                        d.kill().await;
-                    }
-                    self.state = State::Begun(b);
-                    return Err(failed(e));
-                }
-                daemon
+        let Restored {
+            how, daemon, pid, ..
+        } = *r;
+        if let Restoration::Held(held) = how {
+            // Connected only now (see TargetHooks::before_commit); a
+            // failure leaves the held copy to the rollback.
+            if let Err(e) = blocking(&b.htype, |h| h.before_commit()).await {
+                let how = Restoration::Held(held);
+                self.state = State::Restored(b, Box::new(Restored { how, daemon, ..*r }));
+                return Err(failed(e));
             }
-        };
+            if let Err(e) = held.commit().await {
+                // CRIU is gone with the tree: what is left to undo is the
+                // kind's and the directory.
+                if let Some(d) = daemon {
+                    d.kill().await;
+                }
+                self.state = State::Begun(b);
+                return Err(failed(e));
+            }
+        }
         self.state = State::Committed;
         info!(session = %hex(&self.sid), pid, "committed: the tree runs here");
         match daemon {
@@ -581,6 +567,28 @@ fn late_commit(c: &proto::Commit, restored_at: Instant) -> Option<Error> {
             lease.as_secs_f64()
         ))
     })
+}
+
+/// The kind's manager restores (so that it knows the tree), lazily when
+/// the plan says so; its CRIU's log says why it failed.
+async fn restore_by_manager(
+    h: &Arc<dyn Htype>,
+    dir: PathBuf,
+    lazy: bool,
+) -> Result<(Restoration, i32)> {
+    let logs_in = dir.clone();
+    let pid = blocking(h, move |h| h.restore(&dir, lazy))
+        .await
+        .map_err(|e| match e {
+            // LXC writes its CRIU's log beside the images, runc into the
+            // work dir it is given there.
+            Error::Htype(e) => {
+                let logs = ["restore.log", "restore-work/restore.log"].map(|l| logs_in.join(l));
+                crate::logs::manager_error(e, &logs)
+            }
+            other => other,
+        })?;
+    Ok((Restoration::ByKind, pid))
 }
 
 /// Runs a blocking htype hook off the runtime's threads.
