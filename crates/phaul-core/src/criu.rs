@@ -243,6 +243,12 @@ pub trait SourceCriu: Send + Sync + 'static {
         let _ = scratch;
         async { Ok(()) }
     }
+    /// What a dump made by another hand (a container manager's CRIU) holds,
+    /// read from its files: its stats-dump in `work_dir`, and after a lazy
+    /// dump the page counts of its pagemaps in `images_dir`.
+    fn image_stats(&self, work_dir: &Path, images_dir: &Path) -> DumpStatsEntry {
+        lazy_dump_stats(work_dir, images_dir).unwrap_or_default()
+    }
 }
 
 /// What the engine needs of CRIU on the target.

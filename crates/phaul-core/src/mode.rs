@@ -216,23 +216,24 @@ struct Limits {
 impl Limits {
     fn new(source: HostCaps, target: HostCaps, kind: KindCaps) -> Self {
         let caps = kind.caps;
+        // A manager that dumps its kind itself never pre-dumps here, and
+        // post-copies only when the kind says it can.
         let own = (caps.dump_by == DumpBy::Manager).then(|| {
             format!(
-                "the {} kind makes its own dump (its manager runs CRIU), in one stop-and-copy step",
+                "the {} kind makes its own dump (its manager runs CRIU), without pre-dumps",
                 kind.name
             )
         });
         let mem = own.clone().or_else(|| {
             (!caps.pre_dump).then(|| format!("the {} kind cannot be pre-dumped", kind.name))
         });
-        let lazy = own.or_else(|| {
-            (!caps.lazy_restore).then(|| {
-                let manager = match caps.restore_by {
-                    RestoreBy::Manager => " (its manager restores it)",
-                    RestoreBy::Criu => "",
-                };
-                format!("the {} kind cannot be restored lazily{manager}", kind.name)
-            })
+        let lazy = (!caps.lazy_restore).then(|| match (&own, caps.restore_by) {
+            (Some(own), _) => own.clone(),
+            (None, RestoreBy::Manager) => format!(
+                "the {} kind cannot be restored lazily (its manager restores it)",
+                kind.name
+            ),
+            (None, RestoreBy::Criu) => format!("the {} kind cannot be restored lazily", kind.name),
         });
         Self {
             mem: Blocked::of(MEM_TRACK, source, target, mem),

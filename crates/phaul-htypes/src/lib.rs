@@ -35,7 +35,7 @@ pub mod registry;
 pub mod runc;
 mod tool;
 
-pub use tool::Interrupt;
+pub use tool::{Interrupt, Running};
 pub mod vz;
 
 /// Errors of the htypes: what a request names is not acceptable.
@@ -159,7 +159,7 @@ pub enum DumpBy {
     /// The engine, through CRIU's RPC (held at `post-dump` until the commit).
     Criu,
     /// The kind's manager runs CRIU itself, as `runc checkpoint` does
-    /// ([`SourceHooks::dump_self`]), in one stop-and-copy step.
+    /// ([`SourceHooks::dump_self`], or [`SourceHooks::dump_self_lazy`]).
     Manager,
 }
 
@@ -267,6 +267,23 @@ pub trait SourceHooks {
     fn dump_self(&self, images_dir: &std::path::Path, work_dir: &std::path::Path) -> Result<()> {
         let _ = (images_dir, work_dir);
         Err(Error::Unsupported("dumping itself"))
+    }
+
+    /// [`DumpBy::Manager`] with post-copy ([`Caps::lazy_restore`]): the
+    /// manager dumps all but the memory into `images_dir` and returns once
+    /// its CRIU serves the memory on `127.0.0.1:port`. The returned tool
+    /// ends when every page was served, or when the page-server connection
+    /// fails (the tree then runs again, frozen as [`SourceHooks::dump_self`]
+    /// leaves it). If it fails to start, the tree must be running again
+    /// when this returns.
+    fn dump_self_lazy(
+        &self,
+        images_dir: &std::path::Path,
+        work_dir: &std::path::Path,
+        port: u16,
+    ) -> Result<tool::Running> {
+        let _ = (images_dir, work_dir, port);
+        Err(Error::Unsupported("dumping itself lazily"))
     }
 
     /// Resumes the tree [`SourceHooks::dump_self`] left frozen (the

@@ -257,6 +257,43 @@ impl Runc {
     }
 
     /// Lets the named namespace's traffic through again (a rollback).
+    /// Locks its network (as CRIU would) and pauses it, for a checkpoint
+    /// by runc; unlocked again if the pause fails.
+    fn pause(&self) -> Result<()> {
+        if let Some(p) = &self.netns_path {
+            lock_netns(p, true)?;
+        }
+        self.run(&[OsStr::new("pause"), OsStr::new(&self.id)])
+            .map(drop)
+            .inspect_err(|_| self.unlock())
+    }
+
+    /// `runc checkpoint`'s arguments, with `extra` options.
+    fn checkpoint_args<'a>(
+        &'a self,
+        images_dir: &'a Path,
+        work_dir: &'a Path,
+        extra: &[&'a OsStr],
+    ) -> Vec<&'a OsStr> {
+        let mut v = vec![
+            OsStr::new("--criu"),
+            self.criu.as_os_str(),
+            OsStr::new("checkpoint"),
+            OsStr::new("--leave-running"),
+            OsStr::new("--tcp-established"),
+            OsStr::new("--file-locks"),
+        ];
+        v.extend_from_slice(extra);
+        v.extend([
+            OsStr::new("--image-path"),
+            images_dir.as_os_str(),
+            OsStr::new("--work-path"),
+            work_dir.as_os_str(),
+            OsStr::new(&self.id),
+        ]);
+        v
+    }
+
     fn unlock(&self) {
         if let Some(p) = &self.netns_path {
             if let Err(e) = lock_netns(p, false) {
@@ -277,11 +314,11 @@ impl Htype for Runc {
     }
 
     fn caps(&self) -> Caps {
-        // runc checkpoints and restores its containers itself, in one
-        // stop-and-copy step.
+        // runc checkpoints and restores its containers itself: in one
+        // stop-and-copy step, or lazily (post-copy).
         Caps {
             pre_dump: false,
-            lazy_restore: false,
+            lazy_restore: true,
             dump_by: DumpBy::Manager,
             restore_by: RestoreBy::Manager,
             restart: false,
@@ -318,32 +355,39 @@ impl SourceHooks for Runc {
     }
 
     fn dump_self(&self, images_dir: &Path, work_dir: &Path) -> Result<()> {
-        if let Some(p) = &self.netns_path {
-            lock_netns(p, true)?;
-        }
-        if let Err(e) = self.run(&[OsStr::new("pause"), OsStr::new(&self.id)]) {
-            self.unlock();
-            return Err(e);
-        }
-        let r = self.run(&[
-            OsStr::new("--criu"),
-            self.criu.as_os_str(),
-            OsStr::new("checkpoint"),
-            OsStr::new("--leave-running"),
-            OsStr::new("--tcp-established"),
-            OsStr::new("--file-locks"),
-            OsStr::new("--image-path"),
-            images_dir.as_os_str(),
-            OsStr::new("--work-path"),
-            work_dir.as_os_str(),
-            OsStr::new(&self.id),
-        ]);
+        self.pause()?;
+        let args = self.checkpoint_args(images_dir, work_dir, &[]);
+        let r = self.run(&args);
         if r.is_err() {
             // A failed checkpoint leaves it paused: running again before
             // the error goes up.
             let _ = self.resume_source();
         }
         r.map(drop)
+    }
+
+    fn dump_self_lazy(
+        &self,
+        images_dir: &Path,
+        work_dir: &Path,
+        port: u16,
+    ) -> Result<crate::Running> {
+        self.pause()?;
+        let server = format!("127.0.0.1:{port}");
+        let lazy = [
+            OsStr::new("--lazy-pages"),
+            OsStr::new("--page-server"),
+            OsStr::new(&server),
+            OsStr::new("--status-fd"),
+            OsStr::new(crate::tool::STATUS_FD),
+        ];
+        let mut args = vec![OsStr::new("--root"), self.root.as_os_str()];
+        args.extend(self.checkpoint_args(images_dir, work_dir, &lazy));
+        let r = crate::tool::spawn_ready(&self.runc, &args, crate::tool::TOOL_TIMEOUT);
+        if r.is_err() {
+            let _ = self.resume_source();
+        }
+        r
     }
 
     fn resume_source(&self) -> Result<()> {
@@ -362,9 +406,6 @@ impl SourceHooks for Runc {
 
 impl TargetHooks for Runc {
     fn restore(&self, images_dir: &Path, lazy: bool) -> Result<i32> {
-        if lazy {
-            return Err(Error::Unsupported("restoring lazily"));
-        }
         // The source's cgroup may still exist (it is frozen there):
         // this copy gets a path of its own.
         let config = self.bundle.join("config.json");
@@ -392,18 +433,28 @@ impl TargetHooks for Runc {
                 source,
             },
         )?;
-        let work = images_dir.join("restore-work");
+        // Lazily, CRIU finds the engine's lazy-pages daemon by its socket
+        // in the work dir, which the daemon shares with the images.
+        let work = match lazy {
+            true => images_dir.to_path_buf(),
+            false => images_dir.join("restore-work"),
+        };
         std::fs::create_dir_all(&work).map_err(|source| Error::Io {
             what: "a work dir".into(),
             source,
         })?;
-        self.run(&[
+        let mut args = vec![
             OsStr::new("--criu"),
             self.criu.as_os_str(),
             OsStr::new("restore"),
             OsStr::new("-d"),
             OsStr::new("--tcp-established"),
             OsStr::new("--file-locks"),
+        ];
+        if lazy {
+            args.push(OsStr::new("--lazy-pages"));
+        }
+        args.extend([
             OsStr::new("--image-path"),
             images_dir.as_os_str(),
             OsStr::new("--work-path"),
@@ -411,7 +462,8 @@ impl TargetHooks for Runc {
             OsStr::new("--bundle"),
             self.bundle.as_os_str(),
             OsStr::new(&self.id),
-        ])?;
+        ]);
+        self.run(&args)?;
         Ok(self.state()?.1)
     }
 

@@ -188,14 +188,7 @@ pub(crate) fn exec(tool: &Path, args: &[&std::ffi::OsStr], limits: Limits<'_>) -
         Ok(v)
     };
     if !status.success() {
-        let text = read(&mut err).unwrap_or_default();
-        let text = String::from_utf8_lossy(&text);
-        let tail: Vec<&str> = text.lines().rev().take(3).collect();
-        return Err(Error::Command {
-            command: command(),
-            status: status.to_string(),
-            stderr: tail.into_iter().rev().collect::<Vec<_>>().join(" / "),
-        });
+        return Err(failure(&command(), &status.to_string(), &mut err));
     }
     let v = read(&mut out).map_err(|e| io("reading the output", e))?;
     if v.len() as u64 > limits.output {
@@ -206,6 +199,159 @@ pub(crate) fn exec(tool: &Path, args: &[&std::ffi::OsStr], limits: Limits<'_>) -
         });
     }
     Ok(v)
+}
+
+/// A manager tool that goes on after it said it is ready (`runc checkpoint
+/// --lazy-pages` serves memory until the target has all of it): its own
+/// process group, in reach of the [`Interrupt`] of the hook that started it
+/// while it starts, and of [`Running::kill`] after.
+#[derive(Debug)]
+pub struct Running {
+    child: std::process::Child,
+    command: String,
+    err: std::fs::File,
+}
+
+impl Running {
+    /// Waits for it to end (at most [`TOOL_TIMEOUT`]); its failure, with the
+    /// end of its stderr, is an error.
+    pub fn wait(mut self) -> Result<()> {
+        let status = wait_limited(&mut self.child, TOOL_TIMEOUT).map_err(|source| Error::Io {
+            what: format!("waiting for {}", self.command),
+            source,
+        })?;
+        match status {
+            Some(s) if s.success() => Ok(()),
+            Some(s) => Err(failure(&self.command, &s.to_string(), &mut self.err)),
+            None => Err(failure(
+                &self.command,
+                "killed at its time limit",
+                &mut self.err,
+            )),
+        }
+    }
+
+    /// Kills it and what it started.
+    pub fn kill(&self) {
+        let group = nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).unwrap_or(0));
+        let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
+    }
+}
+
+/// A [`Error::Command`] with the last lines of what `err` holds.
+fn failure(command: &str, status: &str, err: &mut std::fs::File) -> Error {
+    let mut v = Vec::new();
+    let _ = err
+        .seek(SeekFrom::Start(0))
+        .and_then(|_| err.take(1 << 20).read_to_end(&mut v));
+    let text = String::from_utf8_lossy(&v);
+    let tail: Vec<&str> = text.lines().rev().take(3).collect();
+    Error::Command {
+        command: command.to_string(),
+        status: status.to_string(),
+        stderr: tail.into_iter().rev().collect::<Vec<_>>().join(" / "),
+    }
+}
+
+/// Starts `tool` with `args`, where `STATUS_FD` among them stands for the
+/// descriptor on which it reports readiness with one byte (`--status-fd`),
+/// and returns once it has (or fails when it ends first, or after
+/// `limit`).
+pub(crate) fn spawn_ready(
+    tool: &Path,
+    args: &[&std::ffi::OsStr],
+    limit: Duration,
+) -> Result<Running> {
+    let command = std::iter::once(tool.display().to_string())
+        .chain(args.iter().map(|a| a.to_string_lossy().into_owned()))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let name = command.clone();
+    let io = |what: &str, source: std::io::Error| Error::Io {
+        what: format!("{what} for {name}"),
+        source,
+    };
+    // Without close-on-exec, so that the tool inherits the write end at the
+    // same number.
+    let (rd, wr) = nix::unistd::pipe().map_err(|e| io("a status pipe", e.into()))?;
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&wr).to_string();
+    let args: Vec<&std::ffi::OsStr> = args
+        .iter()
+        .map(|a| if *a == STATUS_FD { fd.as_ref() } else { *a })
+        .collect();
+    let err = tempfile::tempfile().map_err(|e| io("a temporary file", e))?;
+    let mut child = Command::new(tool)
+        .args(&args)
+        .process_group(0)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(err.try_clone().map_err(|e| io("a temporary file", e))?)
+        .spawn()
+        .map_err(|e| io("running it (scripts/setup.sh installs it)", e))?;
+    drop(wr);
+    let group = i32::try_from(child.id()).unwrap_or(0);
+    Interrupt::running(group, true);
+    let ready = wait_ready(&mut child, std::fs::File::from(rd), limit);
+    Interrupt::running(group, false);
+    let mut running = Running {
+        child,
+        command,
+        err,
+    };
+    match ready {
+        Ok(true) => Ok(running),
+        Ok(false) => {
+            let status = running
+                .child
+                .wait()
+                .map_or_else(|e| e.to_string(), |s| s.to_string());
+            Err(failure(&running.command, &status, &mut running.err))
+        }
+        Err(e) => {
+            running.kill();
+            let _ = running.child.wait();
+            Err(io("waiting for it to get ready", e))
+        }
+    }
+}
+
+/// Stands for the status descriptor's number in [`spawn_ready`]'s `args`
+/// (not a number, so it cannot be mistaken for a real argument).
+pub(crate) const STATUS_FD: &str = "{status-fd}";
+
+/// Waits for one byte on `status` (ready: true) or for the child to end
+/// first (false), at most `limit`.
+fn wait_ready(
+    child: &mut std::process::Child,
+    mut status: std::fs::File,
+    limit: Duration,
+) -> std::io::Result<bool> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    // A blocking read in a thread of its own: the child may end without
+    // writing, and then the read ends with it.
+    std::thread::spawn(move || {
+        let mut b = [0u8; 1];
+        let _ = tx.send(matches!(status.read(&mut b), Ok(1)));
+    });
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        match rx.recv_timeout(Duration::from_millis(20)) {
+            Ok(true) => return Ok(true),
+            Ok(false) => return Ok(false),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return Ok(false),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+        }
+        if child.try_wait()?.is_some() {
+            // It may have written just before it ended.
+            return Ok(rx.recv_timeout(Duration::from_millis(50)).unwrap_or(false));
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "it did not get ready in time",
+            ));
+        }
+    }
 }
 
 /// Waits for `child` until `limit`; past it, kills its whole process group

@@ -10,7 +10,6 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use criu_rpc::proto::DumpStatsEntry;
 use phaul_transport::proto;
 use tokio::sync::watch;
 use tracing::{info, warn};
@@ -18,6 +17,8 @@ use tracing::{info, warn};
 use super::lazy::{PortGuard, free_port, poison_direct};
 use super::progress::BytesTicker;
 use super::{Migration, Run, iteration_report, mkdir};
+use phaul_htypes::RestoreBy;
+
 use crate::criu::{HeldDump, LazyDump, SourceCriu};
 use crate::error::{Error, Result};
 use crate::fs::Pass;
@@ -36,6 +37,9 @@ pub(super) enum Final {
     Lazy,
     /// Its manager (runc) dumps it and leaves it frozen.
     Manager,
+    /// Its manager dumps it lazily: its CRIU serves the memory after the
+    /// target resumes (post-copy).
+    ManagerLazy,
     /// Its manager stops it (restart mode); it starts anew on the target.
     Stop,
 }
@@ -57,7 +61,17 @@ enum Stopped {
         committed: watch::Sender<bool>,
         _ticker: BytesTicker,
     },
-    Manager,
+    Manager {
+        work: PathBuf,
+    },
+    ManagerLazy {
+        /// The manager's tool, serving the memory until the last page.
+        dumping: tokio::task::JoinHandle<phaul_htypes::Result<()>>,
+        work: PathBuf,
+        relay: PageRelay,
+        committed: watch::Sender<bool>,
+        _ticker: BytesTicker,
+    },
     Stop,
 }
 
@@ -65,12 +79,12 @@ impl Stopped {
     fn restore(&self, iteration: u32) -> proto::Restore {
         proto::Restore {
             iteration,
-            lazy: matches!(self, Stopped::Lazy { .. }),
+            lazy: matches!(self, Stopped::Lazy { .. } | Stopped::ManagerLazy { .. }),
         }
     }
 
     fn committed(&self) {
-        if let Stopped::Lazy { committed, .. } = self {
+        if let Stopped::Lazy { committed, .. } | Stopped::ManagerLazy { committed, .. } = self {
             let _ = committed.send(true);
         }
     }
@@ -147,8 +161,9 @@ impl<C: SourceCriu> Migration<C> {
                         Error::Htype(h) => crate::logs::manager_error(h, &[work.join("dump.log")]),
                         other => other,
                     })?;
-                Ok((Stopped::Manager, dir, t0))
+                Ok((Stopped::Manager { work }, dir, t0))
             }
+            Final::ManagerLazy => self.manager_lazy_dump(run).await,
             Final::Stop => {
                 let t0 = Instant::now();
                 // Not a freeze: the kind stops and starts anew, so no freeze
@@ -259,6 +274,62 @@ impl<C: SourceCriu> Migration<C> {
         Ok((stopped, dir, t0))
     }
 
+    async fn manager_lazy_dump(&self, run: &mut Run<'_>) -> Result<(Stopped, PathBuf, Instant)> {
+        let (dir, work) = (run.dir.join("0"), run.dir.join("0.work"));
+        mkdir(&dir)?;
+        mkdir(&work)?;
+        // The manager's CRIU serves on loopback only (it is told the
+        // address), so no port guard is needed.
+        let port = free_port()?;
+        let pages = self
+            .connect(phaul_transport::Channel::Pages, Some(run.sid))
+            .await?;
+        let t0 = Instant::now();
+        self.freezing(run.stats, t0);
+        let (d, w) = (dir.clone(), work.clone());
+        let tool = self
+            .hook(move |h| h.dump_self_lazy(&d, &w, port))
+            .await
+            .map_err(|e| match e {
+                Error::Htype(h) => crate::logs::manager_error(h, &[work.join("dump.log")]),
+                other => other,
+            })?;
+        let dumping = tokio::task::spawn_blocking(move || tool.wait());
+        let local = match tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+            Ok(s) => s,
+            Err(source) => {
+                // The page server never got its client: it waits, so the
+                // tool is ended and the kind resumes the tree.
+                dumping.abort();
+                self.undo_manager_dump().await;
+                return Err(Error::Io {
+                    what: format!("connecting to the manager's lazy page server on port {port}"),
+                    source,
+                });
+            }
+        };
+        let _ = local.set_nodelay(true);
+        reset_on_close(&local)?;
+        let (committed, committed_rx) = watch::channel(false);
+        let relay = PageRelay::spawn_guarded(pages, local, committed_rx);
+        let ticker = self.ticker(run, &relay);
+        let stopped = Stopped::ManagerLazy {
+            dumping,
+            work,
+            relay,
+            committed,
+            _ticker: ticker,
+        };
+        Ok((stopped, dir, t0))
+    }
+
+    /// A manager's dump failed to start serving: the kind resumes its tree.
+    async fn undo_manager_dump(&self) {
+        if let Err(re) = self.undo(|h| h.resume_source()).await {
+            warn!(error = %re, "resuming the source");
+        }
+    }
+
     /// After the commit: the source's copy ends (CRIU's dump finishes, or
     /// serves the rest of the memory first), and the final iteration is
     /// recorded.
@@ -298,25 +369,39 @@ impl<C: SourceCriu> Migration<C> {
                     .unwrap_or((0, 0));
                 run.stats.add_bytes(sent);
                 drop(_guard);
-                let st = st.map_err(|e| {
-                    Error::Target(format!(
-                        "the target runs the tree, but sending it the rest of its memory failed \
-                         ({}); CRIU resumed the source copy",
-                        crate::target::error_chain(&e)
-                    ))
-                })?;
+                let st = st.map_err(|e| lazy_failed(&e))?;
                 let mut report =
                     iteration_report(i, "lazy-dump", &st.unwrap_or_default(), sent, t0.elapsed());
-                // CRIU's frozen_time is meaningless after a lazy dump (it
-                // counts from an unset start); ours is the real freeze.
-                report.frozen_us = run
-                    .stats
-                    .downtime_so_far()
-                    .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
+                report.frozen_us = frozen_us(run);
                 report
             }
-            Stopped::Manager => {
-                iteration_report(0, "dump", &DumpStatsEntry::default(), 0, t0.elapsed())
+            Stopped::Manager { work } => {
+                let st = self.criu.image_stats(&work, &run.dir.join("0"));
+                iteration_report(0, "dump", &st, 0, t0.elapsed())
+            }
+            Stopped::ManagerLazy {
+                dumping,
+                work,
+                relay,
+                _ticker,
+                ..
+            } => {
+                self.enter(run.stats, Phase::LazyTransfer);
+                let done = dumping.await;
+                let (sent, _) = relay
+                    .finish(Duration::from_secs(10))
+                    .await
+                    .unwrap_or((0, 0));
+                run.stats.add_bytes(sent);
+                match done {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => return Err(lazy_failed(&Error::Htype(e))),
+                    Err(e) => return Err(lazy_failed(&Error::Protocol(e.to_string()))),
+                }
+                let st = self.criu.image_stats(&work, &run.dir.join("0"));
+                let mut report = iteration_report(0, "lazy-dump", &st, sent, t0.elapsed());
+                report.frozen_us = frozen_us(run);
+                report
             }
             Stopped::Stop => return Ok(()),
         };
@@ -342,6 +427,12 @@ impl<C: SourceCriu> Migration<C> {
                 _guard,
                 ..
             } => {
+                // A manager's restore (LXC) runs the tree at once: it stops
+                // there before it runs here again.
+                let by_manager = self.htype.caps().restore_by == RestoreBy::Manager;
+                if by_manager {
+                    self.abort_target(&mut run.ctl, why).await;
+                }
                 relay.poison().await;
                 match tokio::time::timeout(Duration::from_secs(30), lazy.wait()).await {
                     Ok(Ok(_)) => warn!("the lazy dump finished although it was rolled back"),
@@ -350,14 +441,26 @@ impl<C: SourceCriu> Migration<C> {
                 }
                 self.release_network_lock(run.pid).await;
                 drop(_guard);
+                if by_manager {
+                    return;
+                }
             }
             // A manager's copy and a restarted one run on their own on the
             // target: it must stop before the source runs again.
-            Stopped::Manager => {
+            Stopped::Manager { .. } => {
                 self.abort_target(&mut run.ctl, why).await;
-                if let Err(re) = self.undo(|h| h.resume_source()).await {
-                    warn!(error = %re, "resuming the source");
+                self.undo_manager_dump().await;
+                return;
+            }
+            Stopped::ManagerLazy { dumping, relay, .. } => {
+                self.abort_target(&mut run.ctl, why).await;
+                relay.poison().await;
+                match tokio::time::timeout(Duration::from_secs(30), dumping).await {
+                    Ok(Ok(Ok(()))) => warn!("the lazy dump finished although it was rolled back"),
+                    Ok(_) => info!("the manager's lazy dump ended"),
+                    Err(_) => warn!("the manager's lazy dump did not end after the rollback"),
                 }
+                self.undo_manager_dump().await;
                 return;
             }
             Stopped::Stop => {
@@ -370,4 +473,21 @@ impl<C: SourceCriu> Migration<C> {
         }
         self.abort_target(&mut run.ctl, why).await;
     }
+}
+
+/// The target runs the tree, but the rest of its memory did not get there.
+fn lazy_failed(e: &Error) -> Error {
+    Error::Target(format!(
+        "the target runs the tree, but sending it the rest of its memory failed ({}); CRIU \
+         resumed the source copy",
+        crate::target::error_chain(e)
+    ))
+}
+
+/// Our freeze, in µs: CRIU's frozen_time is meaningless after a lazy dump
+/// (it counts from an unset start).
+fn frozen_us(run: &Run<'_>) -> u64 {
+    run.stats
+        .downtime_so_far()
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
 }

@@ -558,13 +558,13 @@ impl<C: SourceCriu> Migration<C> {
     /// Each mode is a way to reach the final step: pre-copy and hybrid
     /// first iterate, restart first syncs files.
     async fn run_mode(&self, run: &mut Run<'_>, plan: Plan) -> Result<()> {
-        let stop_copy = match self.htype.caps().dump_by {
-            DumpBy::Manager => Final::Manager,
-            DumpBy::Criu => Final::Dump,
+        let (stop_copy, post_copy) = match self.htype.caps().dump_by {
+            DumpBy::Manager => (Final::Manager, Final::ManagerLazy),
+            DumpBy::Criu => (Final::Dump, Final::Lazy),
         };
         match plan.mode {
             Mode::StopCopy => self.final_step(run, stop_copy, 0, false).await,
-            Mode::PostCopy => self.final_step(run, Final::Lazy, 0, false).await,
+            Mode::PostCopy => self.final_step(run, post_copy, 0, false).await,
             Mode::PreCopy => {
                 let (n, _) = self.pre_copy(run).await?;
                 self.final_step(run, Final::Dump, n, true).await
