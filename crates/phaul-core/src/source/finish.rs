@@ -100,7 +100,7 @@ impl<C: SourceCriu> Migration<C> {
         i: u32,
         pre_copied: bool,
     ) -> Result<()> {
-        self.enter(run.stats, Phase::FinalDump);
+        self.enter(run.stats, Phase::FinalDump)?;
         let (stopped, dir, t0) = match self.stop_source(run, how, i, pre_copied).await {
             Ok(x) => x,
             Err(e) => {
@@ -126,7 +126,7 @@ impl<C: SourceCriu> Migration<C> {
                 Ok(())
             }
             Err(e) => {
-                self.enter(run.stats, Phase::Rollback);
+                self.enter_anyway(run.stats, Phase::Rollback);
                 self.emit(Progress::RollingBack(e.to_string()));
                 self.resume_source(run, stopped, &e).await;
                 Err(e)
@@ -151,7 +151,7 @@ impl<C: SourceCriu> Migration<C> {
                 mkdir(&dir)?;
                 mkdir(&work)?;
                 let t0 = Instant::now();
-                self.freezing(run.stats, t0);
+                self.freezing(run.stats, t0)?;
                 let (d, w) = (dir.clone(), work.clone());
                 self.hook(move |h| h.dump_self(&d, &w))
                     .await
@@ -168,7 +168,7 @@ impl<C: SourceCriu> Migration<C> {
                 let t0 = Instant::now();
                 // Not a freeze: the kind stops and starts anew, so no freeze
                 // limit applies.
-                run.stats.source_frozen(t0).ok();
+                run.stats.source_frozen(t0)?;
                 self.emit(Progress::Frozen);
                 self.hook(|h| h.stop()).await?;
                 let dir = run.dir.join("0");
@@ -190,7 +190,7 @@ impl<C: SourceCriu> Migration<C> {
         let dir = spec.images_dir.clone();
         self.write_files(&dir, false).await?;
         let t0 = Instant::now();
-        self.freezing(run.stats, t0);
+        self.freezing(run.stats, t0)?;
         let dumped = self
             .while_frozen(self.step(
                 self.timeouts.transfer,
@@ -236,7 +236,7 @@ impl<C: SourceCriu> Migration<C> {
             .connect(phaul_transport::Channel::Pages, Some(run.sid))
             .await?;
         let t0 = Instant::now();
-        self.freezing(run.stats, t0);
+        self.freezing(run.stats, t0)?;
         let lazy = self
             .while_frozen(self.step(
                 self.timeouts.transfer,
@@ -285,7 +285,7 @@ impl<C: SourceCriu> Migration<C> {
             .connect(phaul_transport::Channel::Pages, Some(run.sid))
             .await?;
         let t0 = Instant::now();
-        self.freezing(run.stats, t0);
+        self.freezing(run.stats, t0)?;
         let (d, w) = (dir.clone(), work.clone());
         let tool = self
             .hook(move |h| h.dump_self_lazy(&d, &w, port))
@@ -361,7 +361,7 @@ impl<C: SourceCriu> Migration<C> {
                 _ticker,
                 ..
             } => {
-                self.enter(run.stats, Phase::LazyTransfer);
+                self.enter_anyway(run.stats, Phase::LazyTransfer);
                 let st = lazy.wait().await;
                 let (sent, _) = relay
                     .finish(Duration::from_secs(10))
@@ -386,7 +386,7 @@ impl<C: SourceCriu> Migration<C> {
                 _ticker,
                 ..
             } => {
-                self.enter(run.stats, Phase::LazyTransfer);
+                self.enter_anyway(run.stats, Phase::LazyTransfer);
                 let done = dumping.await;
                 let (sent, _) = relay
                     .finish(Duration::from_secs(10))

@@ -251,7 +251,18 @@ impl<C: SourceCriu> Migration<C> {
         }
     }
 
-    fn enter(&self, stats: &mut Ongoing, phase: Phase) {
+    /// Enters the next phase. The record refuses a phase out of order, and
+    /// so does the migration: such a fault fails it (and rolls back) rather
+    /// than go on from a state no one planned.
+    fn enter(&self, stats: &mut Ongoing, phase: Phase) -> Result<()> {
+        stats.enter(phase)?;
+        self.emit(Progress::Phase(phase));
+        Ok(())
+    }
+
+    /// Enters a phase that must run whatever the record says: a rollback,
+    /// or memory following after the commit.
+    fn enter_anyway(&self, stats: &mut Ongoing, phase: Phase) {
         if let Err(e) = stats.enter(phase) {
             warn!(error = %e, "statistics");
         }
@@ -260,13 +271,14 @@ impl<C: SourceCriu> Migration<C> {
 
     /// The source freezes now: from here on, [`Migration::while_frozen`]
     /// bounds every step by the freeze limit.
-    fn freezing(&self, stats: &mut Ongoing, t0: Instant) {
-        stats.source_frozen(t0).ok();
+    fn freezing(&self, stats: &mut Ongoing, t0: Instant) -> Result<()> {
+        stats.source_frozen(t0)?;
         stats.set_freeze_timeout(self.freeze_timeout);
         let _ = self
             .freeze_deadline
             .set(tokio::time::Instant::from_std(t0) + self.freeze_timeout);
         self.emit(Progress::Frozen);
+        Ok(())
     }
 
     fn deadline(&self) -> Option<tokio::time::Instant> {
@@ -476,7 +488,7 @@ impl<C: SourceCriu> Migration<C> {
     }
 
     async fn drive(&self, stats: &mut Ongoing, dir: &Path) -> Result<()> {
-        self.enter(stats, Phase::Preflight);
+        self.enter(stats, Phase::Preflight)?;
         self.hook(|h| h.check()).await?;
         // Asked once: kinds look it up with their tools (lxc-info).
         let pid = self.hook(|h| h.root_pid()).await?;
@@ -643,7 +655,7 @@ impl<C: SourceCriu> Migration<C> {
     /// Pre-dumps until the policy says stop; returns the next iteration's
     /// number and the last decision.
     async fn pre_copy(&self, run: &mut Run<'_>) -> Result<(u32, Decision)> {
-        self.enter(run.stats, Phase::PreCopy);
+        self.enter(run.stats, Phase::PreCopy)?;
         let mut history: Vec<IterationSample> = Vec::new();
         for i in 0u32.. {
             let (criu_end, relay) = self.page_server(run, i, i > 0).await?;
@@ -692,7 +704,7 @@ impl<C: SourceCriu> Migration<C> {
     /// Restart mode's passes while the tree runs. P.Haul's rule: stop once
     /// a pass moves at most 1 MiB, grows by more than 10%, or after 8.
     async fn restart_passes(&self, run: &mut Run<'_>) -> Result<()> {
-        self.enter(run.stats, Phase::PreCopy);
+        self.enter(run.stats, Phase::PreCopy)?;
         let mut prev: Option<u64> = None;
         for _ in 0..8 {
             let Some(st) = self.fs_pass(run, Pass::Iteration).await? else {
@@ -835,7 +847,7 @@ impl<C: SourceCriu> Migration<C> {
     }
 
     async fn transfer_images(&self, run: &mut Run<'_>, dir: &Path, i: u32) -> Result<()> {
-        self.enter(run.stats, Phase::ImageTransfer);
+        self.enter(run.stats, Phase::ImageTransfer)?;
         let t = Instant::now();
         let send = async {
             send_dir_over(&mut run.images, dir)
@@ -858,7 +870,7 @@ impl<C: SourceCriu> Migration<C> {
     }
 
     async fn restore_and_commit(&self, run: &mut Run<'_>, restore: proto::Restore) -> Result<()> {
-        self.enter(run.stats, Phase::Restore);
+        self.enter(run.stats, Phase::Restore)?;
         match self
             .call(&mut run.ctl, request::Body::Restore(restore))
             .await?
@@ -870,7 +882,7 @@ impl<C: SourceCriu> Migration<C> {
             }
             other => return Err(unexpected("Restore", &other)),
         }
-        self.enter(run.stats, Phase::Commit);
+        self.enter(run.stats, Phase::Commit)?;
         let valid_for_ms = self.commit_lease()?;
         match self
             .call(
