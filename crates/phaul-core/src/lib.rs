@@ -57,6 +57,6 @@ pub mod target;
 
 pub use error::{Error, Result};
 pub use mode::{Mode, ModeChoice};
-pub use source::{CancelHandle, Migration, Progress, Timeouts};
-pub use stats::{Phase, Report};
+pub use source::{CancelHandle, Event, Failure, Migration, MigrationRun, Progress, Timeouts};
+pub use stats::{Outcome, Phase, Report};
 pub use target::Service;

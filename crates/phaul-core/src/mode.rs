@@ -18,7 +18,7 @@ use phaul_htypes::{Caps, DumpBy, RestoreBy};
 use crate::error::{Error, Result};
 
 /// How memory moves from the source to the target.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Mode {
     /// Pick the best mode both hosts support: post-copy, else pre-copy,
@@ -88,7 +88,7 @@ impl FromStr for Mode {
 }
 
 /// What CRIU's `FEATURE_CHECK` said on one host.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct HostCaps {
     /// Memory change tracking (soft-dirty pages, CRIU's `mem_track`):
     /// needed for pre-dumps.
@@ -107,7 +107,7 @@ impl From<criu_rpc::Features> for HostCaps {
 }
 
 /// The mode a migration will use, the mode that was asked for, and why.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ModeChoice {
     /// The mode to use; never [`Mode::Auto`].
     pub mode: Mode,

@@ -42,7 +42,7 @@ pub struct IterationSample {
 }
 
 /// What to do after a pre-dump.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Decision {
     /// Do another pre-dump.

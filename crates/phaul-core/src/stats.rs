@@ -22,7 +22,7 @@ use crate::policy::IterationSample;
 /// The phases of a migration, in the order they happen. A mode may skip
 /// some (stop-copy has no pre-copy; only post-copy has a lazy transfer);
 /// [`Phase::Rollback`] can follow any phase but [`Phase::Done`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Phase {
     /// Checks of both hosts (CPU, CRIU versions, features) before anything
@@ -106,7 +106,7 @@ impl fmt::Display for Phase {
 /// One CRIU dump iteration: a pre-dump, the final dump, or the final dump
 /// of post-copy (which leaves memory behind), with CRIU's `stats-dump`
 /// numbers and ours.
-#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct IterationReport {
     /// The iteration index, 0 for the first dump of any kind.
     pub iteration: u32,
@@ -182,13 +182,35 @@ pub struct Ongoing {
     fs: FsReport,
     logs: Option<std::path::PathBuf>,
     freeze_timeout: Option<Duration>,
+    migration_id: String,
+    /// The source asked the target to commit: from here on, a failure may
+    /// leave the tree running on both hosts.
+    commit_sent: bool,
+}
+
+/// How a migration ended, and so where its tree runs now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Outcome {
+    /// The tree runs on the target only.
+    Succeeded,
+    /// Refused or failed before the source was frozen: the tree ran on the
+    /// source all along, and the target kept nothing.
+    NotStarted,
+    /// Failed after the freeze, before the commit: the source runs the tree
+    /// again and the target dropped its copy.
+    RolledBack,
+    /// Failed at or after the commit (the target's answer lost, or the rest
+    /// of a post-copy's memory not delivered): the tree may run on both
+    /// hosts or only partly on the target. Someone must look.
+    Diverged,
 }
 
 /// The file-system passes of a migration, added up.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct FsReport {
     /// The driver ("native", "rsync", "shared"), or "" without one.
-    pub driver: &'static str,
+    pub driver: String,
     /// Passes run (the first, one per pre-dump, the final one).
     pub passes: u32,
     /// Files created or updated on the target, all passes together.
@@ -222,6 +244,29 @@ impl Ongoing {
             fs: FsReport::default(),
             logs: None,
             freeze_timeout: None,
+            migration_id: String::new(),
+            commit_sent: false,
+        }
+    }
+
+    /// The migration's id, for the report.
+    pub fn set_migration_id(&mut self, id: &str) {
+        id.clone_into(&mut self.migration_id);
+    }
+
+    /// The source sent `Commit` (`true`), or the target refused it in so
+    /// many words (`false`: it does not run the tree).
+    pub fn commit_sent(&mut self, sent: bool) {
+        self.commit_sent = sent;
+    }
+
+    /// How a migration that ended now, with `succeeded`, ended.
+    pub fn outcome(&self, succeeded: bool) -> Outcome {
+        match (succeeded, self.frozen_at, self.commit_sent) {
+            (true, ..) => Outcome::Succeeded,
+            (false, None, _) => Outcome::NotStarted,
+            (false, Some(_), false) => Outcome::RolledBack,
+            (false, Some(_), true) => Outcome::Diverged,
         }
     }
 
@@ -235,7 +280,9 @@ impl Ongoing {
         deleted: u64,
         final_pass: bool,
     ) {
-        self.fs.driver = driver;
+        if self.fs.driver != driver {
+            self.fs.driver = driver.to_owned();
+        }
         self.fs.passes += 1;
         self.fs.files += files;
         self.fs.bytes += bytes;
@@ -415,6 +462,9 @@ impl Ongoing {
             _ => None,
         };
         Report {
+            schema: Report::SCHEMA,
+            outcome: self.outcome(outcome.is_ok()),
+            migration_id: self.migration_id,
             success: outcome.is_ok(),
             mode: self.choice.mode.to_string(),
             requested_mode: self.choice.requested.to_string(),
@@ -449,8 +499,15 @@ fn ms(d: Duration) -> f64 {
 /// Its JSON form ([`Report::to_json`]) is the stable interface: the keys
 /// `success`, `mode`, `downtime_ms`, `total_ms`, `iterations`,
 /// `bytes_transferred` and `error` will keep their names and meaning.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Report {
+    /// The version of this form ([`Report::SCHEMA`]); a reader refuses
+    /// one it does not know.
+    pub schema: u32,
+    /// The migration's id, the same in the target's logs and events.
+    pub migration_id: String,
+    /// How it ended, and so where the tree runs now.
+    pub outcome: Outcome,
     /// Whether the process now runs on the target.
     pub success: bool,
     /// The mode used, e.g. `pre-copy`.
@@ -495,6 +552,9 @@ pub struct Report {
 }
 
 impl Report {
+    /// The version of the report's form that this build writes.
+    pub const SCHEMA: u32 = 1;
+
     /// The report as pretty-printed JSON: the stable interface.
     pub fn to_json(&self) -> String {
         // Cannot fail: every field is a string, number, bool, option,

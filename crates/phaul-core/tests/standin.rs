@@ -64,25 +64,14 @@ async fn migrate_with(
     policy: Option<Box<dyn phaul_core::policy::ConvergencePolicy>>,
     tweak: impl FnOnce(Migration<StandIn>) -> Migration<StandIn>,
 ) -> (Report, Vec<Progress>) {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_env("PHAUL_TEST_LOG"))
-        .with_test_writer()
-        .try_init();
-    let work = tempfile::tempdir().unwrap();
-    let listener = Listener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let svc = Service::new(target, cfg(), work.path().join("target"));
-    let server = tokio::spawn(svc.serve(listener, async {
-        let _ = stop_rx.await;
-    }));
+    let target = TestTarget::start(target).await;
     let sleeper = Sleeper::new();
     let htype = phaul_htypes::registry::source("pid", &sleeper.pid()).unwrap();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let mut m = Migration::new(source, addr, cfg(), htype)
+    let mut m = Migration::new(source, target.addr.clone(), cfg(), htype)
         .mode(mode)
         .fallback(fallback)
-        .work_dir(work.path().join("source"))
+        .work_dir(target.work.path().join("source"))
         .progress(tx);
     if let Some(p) = policy {
         m = m.policy(p);
@@ -95,20 +84,55 @@ async fn migrate_with(
     while let Ok(e) = rx.try_recv() {
         events.push(e);
     }
-    // Give the target's session a moment to wind down, then check it left
-    // nothing behind.
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    // The service's lock file is its own, not a migration's.
-    let left: Vec<_> = std::fs::read_dir(work.path().join("target"))
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name())
-        .filter(|n| n != ".phaul-service.lock")
-        .collect();
-    assert!(left.is_empty(), "the target left {left:?}");
-    let _ = stop_tx.send(());
-    server.await.unwrap().unwrap();
+    target.finish().await;
     (report, events)
+}
+
+/// A service with the stand-in on loopback, in a directory of its own.
+struct TestTarget {
+    addr: String,
+    work: tempfile::TempDir,
+    stop: tokio::sync::oneshot::Sender<()>,
+    server: tokio::task::JoinHandle<phaul_core::Result<()>>,
+}
+
+impl TestTarget {
+    async fn start(criu: StandIn) -> Self {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_env("PHAUL_TEST_LOG"))
+            .with_test_writer()
+            .try_init();
+        let work = tempfile::tempdir().unwrap();
+        let listener = Listener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let svc = Service::new(criu, cfg(), work.path().join("target"));
+        let server = tokio::spawn(svc.serve(listener, async {
+            let _ = stop_rx.await;
+        }));
+        Self {
+            addr,
+            work,
+            stop,
+            server,
+        }
+    }
+
+    /// Checks that its sessions left nothing behind, and stops it.
+    async fn finish(self) {
+        // Give the target's session a moment to wind down.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        // The service's lock file is its own, not a migration's.
+        let left: Vec<_> = std::fs::read_dir(self.work.path().join("target"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .filter(|n| n != ".phaul-service.lock")
+            .collect();
+        assert!(left.is_empty(), "the target left {left:?}");
+        let _ = self.stop.send(());
+        self.server.await.unwrap().unwrap();
+    }
 }
 
 fn kinds(r: &Report) -> Vec<(String, u64)> {
@@ -280,6 +304,7 @@ async fn pre_copy_without_soft_dirty_is_refused_or_falls_back() {
     let err = r.error.unwrap();
     assert!(err.contains("soft-dirty"), "{err}");
     assert_eq!(r.iterations, 0);
+    assert_eq!(r.outcome, phaul_core::Outcome::NotStarted);
 
     let src = StandIn::new(here);
     let (r, _) = migrate(src.clone(), StandIn::new(here), Mode::PreCopy, true, None).await;
@@ -338,6 +363,7 @@ async fn a_failed_restore_resumes_the_source_in_every_final_mode() {
         );
         assert!(events.iter().any(|e| matches!(e, Progress::RollingBack(_))));
         assert_eq!(r.phase_reached, phaul_core::Phase::Rollback);
+        assert_eq!(r.outcome, phaul_core::Outcome::RolledBack);
         assert!(r.downtime_ms.is_none());
     }
 }
@@ -513,4 +539,81 @@ async fn the_target_refuses_requests_out_of_order_or_out_of_plan() {
         .expect("the session's directory outlived it");
     let _ = stop_tx.send(());
     server.await.unwrap().unwrap();
+}
+
+/// What an embedder holds: a migration started in the background, its
+/// events (with the form's version and the migration's id), and its typed
+/// end; events and reports read back from their JSON.
+#[tokio::test]
+async fn a_started_migration_streams_events_and_ends_typed() {
+    use phaul_core::{Event, Outcome, Report};
+    // Succeeded.
+    let target = TestTarget::start(StandIn::new(ALL)).await;
+    let sleeper = Sleeper::new();
+    let htype = phaul_htypes::registry::source("pid", &sleeper.pid()).unwrap();
+    let m = Migration::new(StandIn::new(ALL), target.addr.clone(), cfg(), htype)
+        .work_dir(target.work.path().join("source"))
+        .with_id("job-42")
+        .unwrap();
+    let mut run = m.start();
+    assert_eq!(run.id(), "job-42");
+    let mut events = Vec::new();
+    while let Some(e) = run.next_event().await {
+        events.push(e);
+    }
+    let report = run.await.expect("the stand-in migration succeeds");
+    assert_eq!(report.outcome, Outcome::Succeeded);
+    assert_eq!((report.schema, report.migration_id.as_str()), (1, "job-42"));
+    assert!(
+        events
+            .iter()
+            .all(|e| e.migration == "job-42" && e.schema == 1)
+    );
+    assert_eq!(
+        events.last().map(|e| &e.progress),
+        Some(&Progress::Phase(phaul_core::Phase::Done))
+    );
+    for e in &events {
+        let json = serde_json::to_string(e).unwrap();
+        assert_eq!(&serde_json::from_str::<Event>(&json).unwrap(), e, "{json}");
+    }
+    let back: Report = serde_json::from_str(&report.to_json()).unwrap();
+    assert_eq!(back, report);
+    target.finish().await;
+
+    // Rolled back, with the typed error kept.
+    let target = TestTarget::start(StandIn::new(ALL).failing_restore()).await;
+    let htype = phaul_htypes::registry::source("pid", &sleeper.pid()).unwrap();
+    let failure = Migration::new(StandIn::new(ALL), target.addr.clone(), cfg(), htype)
+        .work_dir(target.work.path().join("source"))
+        .start()
+        .await
+        .unwrap_err();
+    assert_eq!(failure.outcome, Outcome::RolledBack);
+    assert!(
+        matches!(failure.error, phaul_core::Error::Target(_)),
+        "{failure}"
+    );
+    assert_eq!(failure.report.outcome, Outcome::RolledBack);
+    target.finish().await;
+
+    // Refused before anything started: a bad id, then a mode the hosts lack.
+    let htype = phaul_htypes::registry::source("pid", &sleeper.pid()).unwrap();
+    let m = Migration::new(StandIn::new(ALL), "127.0.0.1:1", cfg(), htype);
+    assert!(m.with_id("a b").is_err());
+    let target = TestTarget::start(StandIn::new(ALL)).await;
+    let none = HostCaps::default();
+    let htype = phaul_htypes::registry::source("pid", &sleeper.pid()).unwrap();
+    let failure = Migration::new(StandIn::new(none), target.addr.clone(), cfg(), htype)
+        .work_dir(target.work.path().join("source"))
+        .mode(Mode::PostCopy)
+        .run_typed()
+        .await
+        .unwrap_err();
+    assert_eq!(failure.outcome, Outcome::NotStarted);
+    assert!(
+        matches!(failure.error, phaul_core::Error::UnsupportedMode { .. }),
+        "{failure}"
+    );
+    target.finish().await;
 }

@@ -465,6 +465,7 @@ async fn every_message_round_trips_through_a_link() {
             mode: proto::Mode::PostCopy.into(),
             fs_driver: proto::FsDriver::Native.into(),
             restore_by: proto::RestoreBy::Criu.into(),
+            migration_id: "job-42".into(),
         }),
         request::Body::StartPageServer(proto::StartPageServer {
             iteration: 3,

@@ -24,7 +24,7 @@ use crate::error::{Error, Result};
 use crate::fs::Pass;
 use crate::pagestream::{PageRelay, reset_on_close};
 use crate::source::Progress;
-use crate::stats::Phase;
+use crate::stats::{Outcome, Phase};
 
 /// How the source is stopped for the final step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,6 +106,10 @@ impl<C: SourceCriu> Migration<C> {
             Err(e) => {
                 // Nothing holds the source stopped: CRIU or the kind has
                 // resumed it (or never stopped it).
+                if run.stats.outcome(false) != Outcome::NotStarted {
+                    self.enter_anyway(run.stats, Phase::Rollback);
+                    self.emit(Progress::RollingBack(e.to_string()));
+                }
                 self.abort_target(&mut run.ctl, &e).await;
                 return Err(e);
             }

@@ -22,13 +22,18 @@
 //!   source, send the rest, restore and commit, or roll back;
 //! - `lazy.rs`: post-copy's guard rails (the page server's port, the
 //!   command that ends a dump that cannot be relayed);
-//! - `progress.rs`: [`Progress`] events and the bytes ticker.
+//! - `progress.rs`: [`Progress`] events, their [`Event`] envelope, and the
+//!   bytes ticker;
+//! - `handle.rs`: [`MigrationRun`], a migration started in the background,
+//!   and [`Failure`], its typed end.
 
 mod finish;
+mod handle;
 mod lazy;
 mod progress;
 
-pub use progress::{BYTES_TICK, Progress};
+pub use handle::{Failure, MigrationRun};
+pub use progress::{BYTES_TICK, Event, Progress};
 
 use finish::Final;
 use progress::BytesTicker;
@@ -108,6 +113,9 @@ pub struct Migration<C: SourceCriu> {
     /// freeze (a migration runs once).
     freeze_deadline: std::sync::OnceLock<tokio::time::Instant>,
     progress: Option<mpsc::UnboundedSender<Progress>>,
+    events: Option<mpsc::UnboundedSender<Event>>,
+    /// Shared with the target (in `Begin`), the report and every event.
+    id: String,
     fs: FsChoice,
     cancel_tx: Arc<watch::Sender<bool>>,
     cancel_rx: watch::Receiver<bool>,
@@ -152,6 +160,8 @@ impl<C: SourceCriu> Migration<C> {
             freeze_timeout: DEFAULT_FREEZE_TIMEOUT,
             freeze_deadline: std::sync::OnceLock::new(),
             progress: None,
+            events: None,
+            id: new_id(),
             fs: FsChoice::default(),
             cancel_tx: Arc::new(tx),
             cancel_rx: rx,
@@ -245,7 +255,36 @@ impl<C: SourceCriu> Migration<C> {
         CancelHandle(self.cancel_tx.clone())
     }
 
+    /// The migration's id: in its report, its events and the target's logs.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Gives the migration an id of the caller's (an orchestrator's job
+    /// name): at most 64 letters, digits, `.`, `_` or `-`.
+    pub fn with_id(mut self, id: &str) -> Result<Self> {
+        let ok = !id.is_empty()
+            && id.len() <= 64
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+        if !ok {
+            return Err(Error::Protocol(format!(
+                "bad migration id {id:?}: at most 64 letters, digits, '.', '_' or '-'"
+            )));
+        }
+        id.clone_into(&mut self.id);
+        Ok(self)
+    }
+
     fn emit(&self, p: Progress) {
+        if let Some(tx) = &self.events {
+            let _ = tx.send(Event {
+                schema: Event::SCHEMA,
+                migration: self.id.clone(),
+                progress: p.clone(),
+            });
+        }
         if let Some(tx) = &self.progress {
             let _ = tx.send(p);
         }
@@ -335,24 +374,61 @@ impl<C: SourceCriu> Migration<C> {
         }
     }
 
-    /// Runs the migration to its end.
+    /// Runs the migration to its end and returns its report, successful or
+    /// not (see [`Migration::run_typed`] for the typed end).
     pub async fn run(self) -> Report {
+        match self.run_typed().await {
+            Ok(r) => r,
+            Err(f) => *f.report,
+        }
+    }
+
+    /// Runs the migration to its end: `Ok` with the report when the tree
+    /// runs on the target, else the [`Failure`], which says how it ended
+    /// and keeps the typed error.
+    pub async fn run_typed(self) -> std::result::Result<Report, Failure> {
         let provisional = ModeChoice {
             mode: self.mode,
             requested: self.mode,
             reason: "not chosen yet".into(),
         };
         let mut stats = Ongoing::start(provisional);
+        stats.set_migration_id(&self.id);
         let dir = self
             .work_dir
             .join(format!("{}-{}", std::process::id(), unique()));
         let res = self.drive(&mut stats, &dir).await;
         self.tidy(&mut stats, &dir, res.is_ok());
-        let outcome = res.map_err(|e| crate::target::error_chain(&e));
-        if let Err(e) = &outcome {
-            warn!(error = %e, "migration failed");
+        let outcome = stats.outcome(res.is_ok());
+        self.emit(Progress::Phase(Phase::Done));
+        match res {
+            Ok(()) => Ok(stats.finalize(Ok(()))),
+            Err(error) => {
+                let text = crate::target::error_chain(&error);
+                warn!(migration = %self.id, error = %text, ?outcome, "migration failed");
+                Err(Failure {
+                    outcome,
+                    error,
+                    report: Box::new(stats.finalize(Err(text))),
+                })
+            }
         }
-        stats.finalize(outcome)
+    }
+
+    /// Starts the migration in the background (on the current tokio
+    /// runtime): its events come from the handle, and awaiting the handle
+    /// gives its typed end.
+    pub fn start(mut self) -> MigrationRun {
+        let (tx, events) = mpsc::unbounded_channel();
+        self.events = Some(tx);
+        let id = self.id.clone();
+        let cancel = self.cancel_handle();
+        MigrationRun {
+            id,
+            events,
+            cancel,
+            task: tokio::spawn(self.run_typed()),
+        }
     }
 
     /// What stays of the migration's directory: everything with
@@ -517,6 +593,7 @@ impl<C: SourceCriu> Migration<C> {
         let mut begin = proto::Begin {
             htype: self.htype.kind().to_string(),
             params: self.htype.params().into_iter().collect(),
+            migration_id: self.id.clone(),
             ..Default::default()
         };
         plan.to_wire(&mut begin);
@@ -884,13 +961,18 @@ impl<C: SourceCriu> Migration<C> {
         }
         self.enter(run.stats, Phase::Commit)?;
         let valid_for_ms = self.commit_lease()?;
-        match self
+        run.stats.commit_sent(true);
+        let answer = self
             .call(
                 &mut run.ctl,
                 request::Body::Commit(proto::Commit { valid_for_ms }),
             )
-            .await?
-        {
+            .await;
+        if let Err(Error::Target(_)) = &answer {
+            // An answer, if a refusal: the target does not run the tree.
+            run.stats.commit_sent(false);
+        }
+        match answer? {
             response::Body::Committed(_) => {
                 run.stats.target_resumed(Instant::now()).ok();
                 if let Some(d) = run.stats.downtime_so_far() {
@@ -964,6 +1046,15 @@ fn mkdir(dir: &Path) -> Result<()> {
         what: format!("creating {}", dir.display()),
         source,
     })
+}
+
+/// A fresh migration id: unique on this host and, with the time in it,
+/// practically across hosts (not a secret).
+fn new_id() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("{nanos:x}-{:x}-{:x}", std::process::id(), unique())
 }
 
 fn unique() -> u64 {

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use crate::mode::ModeChoice;
@@ -16,7 +16,7 @@ use crate::stats::{IterationReport, Phase};
 /// (`"phase"`, `"bytes"`, `"resumed"`, ...) and whose `value` carries its
 /// data; durations are milliseconds. The names and shapes are a stable
 /// interface for scripts and orchestrators.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "event", content = "value", rename_all = "kebab-case")]
 #[non_exhaustive]
 pub enum Progress {
@@ -34,7 +34,7 @@ pub enum Progress {
     /// The source is frozen (the final dump started).
     Frozen,
     /// The target runs the tree; the downtime was this long (ms in JSON).
-    Resumed(#[serde(serialize_with = "millis")] Duration),
+    Resumed(#[serde(serialize_with = "millis", deserialize_with = "from_millis")] Duration),
     /// Rolling back: the source is being resumed.
     RollingBack(String),
     /// A pre-flight check failed and [`Migration::force`] went on anyway.
@@ -76,6 +76,30 @@ pub const BYTES_TICK: Duration = Duration::from_millis(200);
 
 fn millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_f64(d.as_secs_f64() * 1000.0)
+}
+
+fn from_millis<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let ms = f64::deserialize(d)?;
+    Duration::try_from_secs_f64(ms / 1000.0).map_err(serde::de::Error::custom)
+}
+
+/// One [`Progress`] event as it leaves the process: with the form's version
+/// and the migration's id, which the target's logs carry too. In JSON the
+/// event's own keys (`event`, `value`) sit beside `schema` and `migration`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// The version of this form ([`Event::SCHEMA`]).
+    pub schema: u32,
+    /// The migration's id.
+    pub migration: String,
+    /// What happened.
+    #[serde(flatten)]
+    pub progress: Progress,
+}
+
+impl Event {
+    /// The version of the event form this build writes.
+    pub const SCHEMA: u32 = 1;
 }
 
 /// Emits [`Progress::Bytes`] every [`BYTES_TICK`] while a page relay runs:

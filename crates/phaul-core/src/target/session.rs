@@ -265,6 +265,10 @@ impl<T: TargetCriu> Session<T> {
             return Err(bad("a migration has already begun on this session"));
         }
         let plan = Plan::from_wire(&b).map_err(|e| (ErrorCode::BadRequest, e))?;
+        let migration = b.migration_id.clone();
+        if migration.len() > 64 || migration.chars().any(char::is_control) {
+            return Err(bad("a migration id of at most 64 printable characters"));
+        }
         let params = b.params.into_iter().collect();
         let h: Arc<dyn Htype> =
             phaul_htypes::registry::target_in(&b.htype, &params, &self.svc.paths)
@@ -275,7 +279,7 @@ impl<T: TargetCriu> Session<T> {
             .map_err(|e| (ErrorCode::BadRequest, e))?;
         let dir = self.svc.work_dir.join(hex(&self.sid));
         mkdir(&dir).map_err(failed)?;
-        info!(session = %hex(&self.sid), kind = h.kind(), mode = %plan.mode, restorer = ?plan.restorer, "migration begins");
+        info!(session = %hex(&self.sid), %migration, kind = h.kind(), mode = %plan.mode, restorer = ?plan.restorer, "migration begins");
         let fs_task = match (plan.fs_driver(), root) {
             (Some(driver), Some(root)) => {
                 mkdir(&root).map_err(failed)?;
