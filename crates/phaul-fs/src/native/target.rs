@@ -19,14 +19,15 @@ use nix::unistd::{Gid, Uid, UnlinkatFlags, fchown, fchownat, linkat, symlinkat, 
 use phaul_transport::Link;
 use phaul_transport::link::FrameWriter;
 use tokio::sync::mpsc;
-use tracing::{debug, info, warn};
+use tracing::debug;
 
 use super::BUFFER;
 use crate::error::{Error, Result};
+use crate::pass::{ServePass, serve_passes};
 use crate::path::{DIR_FLAGS, Dirs, MAX_PATH, RelPath};
 use crate::tree::{self, Entry, Kind, Meta};
 use crate::wire::{ManifestEntry, Msg, MsgReader};
-use crate::{FsLimits, SyncStats, blocking, describe};
+use crate::{FsLimits, SyncStats, blocking};
 
 /// Serves the native driver's passes into the tree at `root` until the
 /// source's final pass (then returns the totals of all passes), an error
@@ -38,59 +39,40 @@ use crate::{FsLimits, SyncStats, blocking, describe};
 /// `root` must exist; it is the only place anything is written (see the
 /// guarantees in [`crate::native`]). Meant to run as one task of a
 /// service, with the session's `FS` channel.
-pub async fn serve_native(mut link: Link, root: &Path, limits: &FsLimits) -> Result<SyncStats> {
-    let mut total = SyncStats::default();
-    let mut mr = MsgReader::new();
-    let mut expect = 0u32;
-    loop {
-        let res = async {
-            let (pass, last) = match mr.next(&mut link.reader).await? {
-                Msg::PassBegin { pass, last } => (pass, last),
-                other => {
-                    return Err(Error::Protocol(format!(
-                        "expected PassBegin, got a message of tag {}",
-                        other.tag()
-                    )));
-                }
-            };
-            if pass != expect {
+pub async fn serve_native(link: Link, root: &Path, limits: &FsLimits) -> Result<SyncStats> {
+    let server = Server {
+        mr: MsgReader::new(),
+        root,
+        limits,
+    };
+    serve_passes("native", link, root, server).await
+}
+
+/// The target's side of the native driver's passes.
+struct Server<'a> {
+    mr: MsgReader,
+    root: &'a Path,
+    limits: &'a FsLimits,
+}
+
+impl ServePass for Server<'_> {
+    async fn serve_pass(&mut self, link: &mut Link, expect: u32) -> Result<(SyncStats, bool)> {
+        let (pass, last) = match self.mr.next(&mut link.reader).await? {
+            Msg::PassBegin { pass, last } => (pass, last),
+            other => {
                 return Err(Error::Protocol(format!(
-                    "pass {pass} where {expect} was due"
+                    "expected PassBegin, got a message of tag {}",
+                    other.tag()
                 )));
             }
-            let stats = target_pass(&mut link, &mut mr, root, limits, last).await?;
-            info!(
-                driver = "native",
-                side = "target",
-                pass,
-                last,
-                files = stats.files,
-                bytes = stats.bytes,
-                deleted = stats.deleted,
-                scanned = stats.scanned,
-                ms = stats.duration.as_millis() as u64,
-                "file-system pass applied"
-            );
-            Ok((stats, last))
+        };
+        if pass != expect {
+            return Err(Error::Protocol(format!(
+                "pass {pass} where {expect} was due"
+            )));
         }
-        .await;
-        match res {
-            Ok((stats, last)) => {
-                total.merge(&stats);
-                expect += 1;
-                if last {
-                    return Ok(total);
-                }
-            }
-            Err(e) => {
-                warn!(root = %root.display(), error = %describe(&e), "file-system sync failed");
-                if e.worth_reporting() {
-                    // Best effort: the link is going away either way.
-                    link.refuse(e.code(), &describe(&e)).await;
-                }
-                return Err(e);
-            }
-        }
+        let stats = target_pass(link, &mut self.mr, self.root, self.limits, last).await?;
+        Ok((stats, last))
     }
 }
 
