@@ -13,39 +13,26 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use phaul_core::{Migration, Mode, Report};
+use phaul_core::{Mode, Report};
 use phaul_htypes::pid::PidOptions;
 use phaul_testkit::lan::{LanClient, ServiceTree, redis_cli, redis_ready_with, require_redis};
-use phaul_testkit::{Hosts, alive, in_netns, require_criu, wait_until};
+use phaul_testkit::{Hosts, alive, require_criu, wait_until};
 
 mod common;
-use common::{Setup, Target, cfg, criu};
+use common::{Setup, Target, criu, migrate_from};
 
 /// Moves the tree rooted at `pid` from host `from` to the service at `to`.
 fn migrate(from: &str, bin: &Path, to: &str, pid: i32, outer: &str) -> Report {
-    let (bin, to, outer) = (bin.to_path_buf(), to.to_string(), outer.to_string());
-    let work = tempfile::Builder::new()
-        .prefix("phaul-source-")
-        .tempdir()
-        .unwrap();
-    let w = work.path().to_path_buf();
-    in_netns(from, move || async move {
+    let outer = outer.to_string();
+    let open = move || {
         let opts = PidOptions {
             veths: vec![("eth0".into(), outer)],
             ..PidOptions::default()
         };
         let paths = phaul_htypes::registry::Paths::default();
-        let htype =
-            phaul_htypes::registry::source_with("pid", &pid.to_string(), &paths, &opts).unwrap();
-        let m = Migration::new(criu(&bin), to, cfg(), htype)
-            .mode(Mode::Auto)
-            .work_dir(&w);
-        tokio::time::timeout(Duration::from_secs(300), m.run())
-            .await
-            .expect("the migration hung")
-    })
-    .join()
-    .expect("the source thread panicked")
+        phaul_htypes::registry::source_with("pid", &pid.to_string(), &paths, &opts).unwrap()
+    };
+    migrate_from(from, bin, to, open, |m| m.mode(Mode::Auto)).0
 }
 
 fn device_gone(ns: &str, dev: &str) -> bool {
