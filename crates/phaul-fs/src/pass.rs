@@ -92,6 +92,10 @@ impl PassGate {
     /// Takes a pass's result: a failure for which `link_in_step` says no
     /// closes the gate for good, a final pass that succeeded closes it
     /// after itself. Stamps the stats with the pass's time and logs them.
+    #[expect(
+        clippy::needless_pass_by_value,
+        reason = "closing a pass uses up its ticket"
+    )]
     pub(crate) fn close(
         &mut self,
         t: Ticket,
