@@ -279,22 +279,12 @@ impl RsyncSource {
             .await?;
         match recv_msg(link).await? {
             Msg::RsyncAccepted => {}
-            other => {
-                return Err(Error::Protocol(format!(
-                    "expected RsyncAccepted, got a message of tag {}",
-                    other.tag()
-                )));
-            }
+            other => return Err(other.unexpected("RsyncAccepted")),
         }
         relay(link, rd, wr).await?;
         let (code, remote_err) = match recv_msg(link).await? {
             Msg::RsyncExit { code, stderr } => (code, stderr),
-            other => {
-                return Err(Error::Protocol(format!(
-                    "expected RsyncExit, got a message of tag {}",
-                    other.tag()
-                )));
-            }
+            other => return Err(other.unexpected("RsyncExit")),
         };
         let st = child.wait().await.map_err(|e| Error::io(&self.rsync, e))?;
         let stdout = out.await.unwrap_or_default();
@@ -380,12 +370,7 @@ async fn serve_one(
 ) -> Result<(SyncStats, bool)> {
     let (last, argv) = match recv_msg(link).await? {
         Msg::RsyncCommand { last, argv } => (last, argv),
-        other => {
-            return Err(Error::Protocol(format!(
-                "expected RsyncCommand, got a message of tag {}",
-                other.tag()
-            )));
-        }
+        other => return Err(other.unexpected("RsyncCommand")),
     };
     let started = Instant::now();
     let args = check_remote_command(&argv, root)?;

@@ -145,10 +145,7 @@ impl NativeSource {
                     duration: Duration::ZERO,
                 })
             }
-            other => Err(Error::Protocol(format!(
-                "expected PassDone, got a message of tag {}",
-                other.tag()
-            ))),
+            other => Err(other.unexpected("PassDone")),
         }
     }
 }

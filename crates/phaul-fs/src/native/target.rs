@@ -59,12 +59,7 @@ impl ServePass for Server<'_> {
     async fn serve_pass(&mut self, link: &mut Link, expect: u32) -> Result<(SyncStats, bool)> {
         let (pass, last) = match self.mr.next(&mut link.reader).await? {
             Msg::PassBegin { pass, last } => (pass, last),
-            other => {
-                return Err(Error::Protocol(format!(
-                    "expected PassBegin, got a message of tag {}",
-                    other.tag()
-                )));
-            }
+            other => return Err(other.unexpected("PassBegin")),
         };
         if pass != expect {
             return Err(Error::Protocol(format!(
@@ -304,6 +299,42 @@ fn place(parent: BorrowedFd<'_>, tmp: &[u8], name: &[u8], path: &RelPath) -> Res
     Ok(())
 }
 
+/// Gives a new temporary entry (a symlink or node made under `tmp`) its
+/// owner, mode (with `chmod`) and mtime, never following it, and renames
+/// it over `name`; on failure the temporary entry is removed.
+fn finish_tmp(
+    parent: BorrowedFd<'_>,
+    tmp: &[u8],
+    name: &[u8],
+    path: &RelPath,
+    meta: &Meta,
+    chmod: bool,
+) -> Result<()> {
+    let (uid, gid) = owner(meta);
+    let set = fchownat(parent, tmp, uid, gid, AtFlags::AT_SYMLINK_NOFOLLOW)
+        .and_then(|()| {
+            if chmod {
+                fchmodat(parent, tmp, mode(meta), FchmodatFlags::NoFollowSymlink)
+            } else {
+                Ok(())
+            }
+        })
+        .and_then(|()| {
+            utimensat(
+                parent,
+                tmp,
+                &TimeSpec::UTIME_OMIT,
+                &time(meta),
+                UtimensatFlags::NoFollowSymlink,
+            )
+        });
+    if let Err(e) = set {
+        let _ = unlinkat(parent, tmp, UnlinkatFlags::NoRemoveDir);
+        return Err(Error::io(path.to_path(), e));
+    }
+    place(parent, tmp, name, path)
+}
+
 impl Applier {
     fn new(root: &Path, limits: FsLimits) -> Result<Self> {
         Ok(Self {
@@ -479,28 +510,8 @@ impl Applier {
         let (parent, name) = self.dirs.parent(p)?;
         let err = |e: Errno| Error::io(p.to_path(), e);
         let ((), tmp) = at_tmp(seq, |n| symlinkat(target, parent, n)).map_err(err)?;
-        let (uid, gid) = owner(meta);
-        let set = fchownat(
-            parent,
-            tmp.as_slice(),
-            uid,
-            gid,
-            AtFlags::AT_SYMLINK_NOFOLLOW,
-        )
-        .and_then(|()| {
-            utimensat(
-                parent,
-                tmp.as_slice(),
-                &TimeSpec::UTIME_OMIT,
-                &time(meta),
-                UtimensatFlags::NoFollowSymlink,
-            )
-        });
-        if let Err(e) = set {
-            let _ = unlinkat(parent, tmp.as_slice(), UnlinkatFlags::NoRemoveDir);
-            return Err(err(e));
-        }
-        place(parent, &tmp, name, p)
+        // A symlink's own mode bits mean nothing on Linux.
+        finish_tmp(parent, &tmp, name, p, meta, false)
     }
 
     fn link(&mut self, p: &RelPath, to: &RelPath) -> Result<()> {
@@ -554,36 +565,7 @@ impl Applier {
             mknodat(parent, n, flag, Mode::from_bits_truncate(0o600), rdev)
         })
         .map_err(err)?;
-        let (uid, gid) = owner(meta);
-        let set = fchownat(
-            parent,
-            tmp.as_slice(),
-            uid,
-            gid,
-            AtFlags::AT_SYMLINK_NOFOLLOW,
-        )
-        .and_then(|()| {
-            fchmodat(
-                parent,
-                tmp.as_slice(),
-                mode(meta),
-                FchmodatFlags::NoFollowSymlink,
-            )
-        })
-        .and_then(|()| {
-            utimensat(
-                parent,
-                tmp.as_slice(),
-                &TimeSpec::UTIME_OMIT,
-                &time(meta),
-                UtimensatFlags::NoFollowSymlink,
-            )
-        });
-        if let Err(e) = set {
-            let _ = unlinkat(parent, tmp.as_slice(), UnlinkatFlags::NoRemoveDir);
-            return Err(err(e));
-        }
-        place(parent, &tmp, name, p)
+        finish_tmp(parent, &tmp, name, p, meta, true)
     }
 
     fn set_meta(&mut self, p: &RelPath, meta: &Meta) -> Result<()> {
