@@ -249,6 +249,13 @@ impl LinkConfig {
     }
 }
 
+/// A link half's `Debug`: its version (its stream has none).
+fn debug_half(f: &mut std::fmt::Formatter<'_>, name: &str, version: u16) -> std::fmt::Result {
+    f.debug_struct(name)
+        .field("version", &version)
+        .finish_non_exhaustive()
+}
+
 /// Reads frames.
 pub struct FrameReader {
     inner: tokio::io::BufReader<ReadHalf<BoxStream>>,
@@ -258,9 +265,7 @@ pub struct FrameReader {
 
 impl std::fmt::Debug for FrameReader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FrameReader")
-            .field("version", &self.version)
-            .finish_non_exhaustive()
+        debug_half(f, "FrameReader", self.version)
     }
 }
 
@@ -411,9 +416,7 @@ pub struct FrameWriter {
 
 impl std::fmt::Debug for FrameWriter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FrameWriter")
-            .field("version", &self.version)
-            .finish_non_exhaustive()
+        debug_half(f, "FrameWriter", self.version)
     }
 }
 
