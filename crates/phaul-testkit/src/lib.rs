@@ -721,13 +721,15 @@ impl LxcContainer {
         lxcpath.join(name).join("rootfs/tmp/count")
     }
 
-    /// The counter's value as written in `lxcpath`'s copy.
+    /// The counter's value as written in `lxcpath`'s copy. The shell's
+    /// `echo > file` truncates before it writes, so a read can fall in
+    /// between and find the file empty: such a read is retried for up to a
+    /// second.
     pub fn counter_in(lxcpath: &Path, name: &str) -> Option<u64> {
-        fs::read_to_string(Self::count_file_in(lxcpath, name))
-            .ok()?
-            .trim()
-            .parse()
-            .ok()
+        let file = Self::count_file_in(lxcpath, name);
+        wait_until(Duration::from_secs(1), || {
+            fs::read_to_string(&file).ok()?.trim().parse().ok()
+        })
     }
 
     /// LXC's state for container `name` in `lxcpath`, asked inside host
