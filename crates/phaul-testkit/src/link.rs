@@ -30,10 +30,11 @@ pub async fn link_pair(cfg: &LinkConfig, channel: Channel) -> (Link, Link) {
     )
 }
 
-/// `len` deterministic, incompressible bytes from `seed` (xorshift64; any
-/// seed, 0 included, gives a non-zero stream).
+/// `len` deterministic, incompressible bytes from `seed` (xorshift64). The
+/// seed is spread first, so small seeds, 0 included, start with no run of
+/// near-zero words.
 pub fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed | 1;
+    let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
     let mut out = Vec::with_capacity(len + 8);
     while out.len() < len {
         state ^= state << 13;

@@ -588,19 +588,10 @@ impl Link {
         channel: Channel,
         session: Option<SessionId>,
     ) -> impl Future<Output = Result<Self>> + Send + 'static {
-        // The configuration is cloned (it is a few Arcs) so the future
-        // borrows nothing and can be spawned.
-        let cfg = cfg.clone();
-        async move {
-            let peer = format!("{endpoint:?}");
-            let fut = async {
-                let raw = open_stream(endpoint).await?;
-                client_handshake(raw, &cfg, channel, session, peer.clone()).await
-            };
-            tokio::time::timeout(cfg.handshake_timeout, fut)
-                .await
-                .map_err(|_| Error::Timeout("connecting and authenticating"))?
-        }
+        let peer = format!("{endpoint:?}");
+        let open = async move { open_stream(endpoint).await };
+        let doing = "connecting and authenticating";
+        Self::client(open, cfg, channel, session, peer, doing)
     }
 
     /// Runs the client side over a stream the caller opened.
@@ -610,14 +601,38 @@ impl Link {
         channel: Channel,
         session: Option<SessionId>,
     ) -> impl Future<Output = Result<Self>> + Send + 'static {
+        let open = std::future::ready(Ok(raw));
+        Self::client(
+            open,
+            cfg,
+            channel,
+            session,
+            "stream".into(),
+            "authenticating",
+        )
+    }
+
+    /// Opens a stream with `open` and runs the client side over it, both
+    /// within the handshake's time (else [`Error::Timeout`] of `doing`).
+    fn client(
+        open: impl Future<Output = Result<BoxStream>> + Send + 'static,
+        cfg: &LinkConfig,
+        channel: Channel,
+        session: Option<SessionId>,
+        peer: String,
+        doing: &'static str,
+    ) -> impl Future<Output = Result<Self>> + Send + 'static {
+        // The configuration is cloned (it is a few Arcs) so the future
+        // borrows nothing and can be spawned.
         let cfg = cfg.clone();
         async move {
-            tokio::time::timeout(
-                cfg.handshake_timeout,
-                client_handshake(raw, &cfg, channel, session, "stream".into()),
-            )
-            .await
-            .map_err(|_| Error::Timeout("authenticating"))?
+            let fut = async {
+                let raw = open.await?;
+                client_handshake(raw, &cfg, channel, session, peer).await
+            };
+            tokio::time::timeout(cfg.handshake_timeout, fut)
+                .await
+                .map_err(|_| Error::Timeout(doing))?
         }
     }
 
