@@ -481,12 +481,9 @@ impl NetworkedCt {
 #[test]
 fn an_lxc_container_on_the_bridge_moves_with_its_address_and_its_client() {
     let test = "an_lxc_container_on_the_bridge_moves_with_its_address_and_its_client";
-    let Some(bin) = require_criu(test) else {
+    let Some((bin, _)) = phaul_testkit::lan::require_criu_and_redis(test) else {
         return;
     };
-    if phaul_testkit::lan::require_redis(test).is_none() {
-        return;
-    }
     let nc = NetworkedCt::start(60, 500);
     let hosts = &nc.hosts;
     let lan = hosts.lan();
@@ -586,12 +583,9 @@ fn an_lxc_container_on_the_bridge_moves_with_its_address_and_its_client() {
 #[test]
 fn a_failed_restore_of_a_networked_container_keeps_its_address_and_client() {
     let test = "a_failed_restore_of_a_networked_container_keeps_its_address_and_client";
-    let Some(bin) = require_criu(test) else {
+    let Some((bin, _)) = phaul_testkit::lan::require_criu_and_redis(test) else {
         return;
     };
-    if phaul_testkit::lan::require_redis(test).is_none() {
-        return;
-    }
     let nc = NetworkedCt::start(61, 0);
     let hosts = &nc.hosts;
     let lan = hosts.lan();

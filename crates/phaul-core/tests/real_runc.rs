@@ -88,13 +88,7 @@ fn status(root: &Path, id: &str) -> Option<String> {
 
 /// The last number the container's loopback connection carried.
 fn received(bundle: &Path) -> Option<u64> {
-    std::fs::read_to_string(bundle.join("rootfs/tmp/recv"))
-        .ok()?
-        .lines()
-        .last()?
-        .trim()
-        .parse()
-        .ok()
+    phaul_testkit::last_number_in(&bundle.join("rootfs/tmp/recv"))
 }
 
 fn counter(bundle: &Path) -> Option<u64> {

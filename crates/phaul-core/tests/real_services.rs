@@ -15,7 +15,9 @@ use std::time::Duration;
 
 use phaul_core::{Mode, Report};
 use phaul_htypes::pid::PidOptions;
-use phaul_testkit::lan::{LanClient, ServiceTree, redis_cli, redis_ready_with, require_redis};
+use phaul_testkit::lan::{
+    LanClient, ServiceTree, redis_cli, redis_ready_with, require_criu_and_redis, require_redis,
+};
 use phaul_testkit::{Hosts, alive, require_criu, wait_until};
 
 mod common;
@@ -46,10 +48,7 @@ fn device_gone(ns: &str, dev: &str) -> bool {
 #[test]
 fn redis_moves_there_and_back_with_its_client_connected() {
     let test = "redis_moves_there_and_back_with_its_client_connected";
-    let Some(bin) = require_criu(test) else {
-        return;
-    };
-    let Some(redis) = require_redis(test) else {
+    let Some((bin, redis)) = require_criu_and_redis(test) else {
         return;
     };
     let hosts = Hosts::with_lan().unwrap();
@@ -201,10 +200,7 @@ fn a_failed_restore_leaves_the_server_and_its_client_connection_on_the_source() 
         .with_env_filter(tracing_subscriber::EnvFilter::from_env("PHAUL_TEST_LOG"))
         .with_test_writer()
         .try_init();
-    let Some(bin) = require_criu(test) else {
-        return;
-    };
-    let Some(redis) = require_redis(test) else {
+    let Some((bin, redis)) = require_criu_and_redis(test) else {
         return;
     };
     let hosts = Hosts::with_lan().unwrap();
@@ -268,10 +264,7 @@ fn a_failed_restore_leaves_the_server_and_its_client_connection_on_the_source() 
 #[test]
 fn a_tree_talking_over_unix_sockets_and_pipes_moves_with_its_client() {
     let test = "a_tree_talking_over_unix_sockets_and_pipes_moves_with_its_client";
-    let Some(bin) = require_criu(test) else {
-        return;
-    };
-    let Some(redis) = require_redis(test) else {
+    let Some((bin, redis)) = require_criu_and_redis(test) else {
         return;
     };
     let hosts = Hosts::with_lan().unwrap();
@@ -309,15 +302,7 @@ fn a_tree_talking_over_unix_sockets_and_pipes_moves_with_its_client() {
         &["sh", "-c", &script, "sh", &inner],
     )
     .unwrap();
-    let last_inner = || -> Option<u64> {
-        std::fs::read_to_string(&out)
-            .ok()?
-            .lines()
-            .last()?
-            .trim()
-            .parse()
-            .ok()
-    };
+    let last_inner = || phaul_testkit::last_number_in(&out);
     let started = wait_until(Duration::from_secs(20), || last_inner().filter(|n| *n > 20))
         .expect("the inner client counts over the unix socket");
     let client = LanClient::start(lan, &ip, 6379, Duration::from_millis(5)).unwrap();

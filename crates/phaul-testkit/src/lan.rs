@@ -257,6 +257,13 @@ pub fn require_redis(test: &str) -> Option<&'static str> {
     None
 }
 
+/// [`crate::require_criu`] and [`require_redis`] both: CRIU's binary and
+/// redis-server's, or `None` (the test is skipped, or fails under `CI`).
+pub fn require_criu_and_redis(test: &str) -> Option<(std::path::PathBuf, &'static str)> {
+    let criu = crate::require_criu(test)?;
+    Some((criu, require_redis(test)?))
+}
+
 /// `redis-cli -h IP ARGS...` run on the LAN's client host; its output,
 /// trimmed (empty when it could not run).
 pub fn redis_cli(lan: &Lan, ip: &str, args: &[&str]) -> String {

@@ -18,7 +18,8 @@
 //!   one connection to it and measures its stalls.
 //! - [`link`]: a connected pair of links and incompressible bytes, for
 //!   tests of what travels on a link.
-//! - [`process_state`], [`kill_tree`], [`wait_until`]: small /proc helpers.
+//! - [`process_state`], [`kill_tree`], [`wait_until`], [`last_number_in`]:
+//!   small /proc and file helpers.
 
 pub mod lan;
 pub mod link;
@@ -128,6 +129,18 @@ pub(crate) fn spawn_in(mut cmd: Command, dir: &Path) -> std::io::Result<(Child, 
 pub(crate) fn first_child(pid: i32) -> Option<i32> {
     let kids = fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).ok()?;
     kids.split_whitespace().next()?.parse().ok()
+}
+
+/// The number on the last line of `file`: what a workload that logs one
+/// number a line (or rewrites one) wrote last. `None` when there is none.
+pub fn last_number_in(file: &Path) -> Option<u64> {
+    fs::read_to_string(file)
+        .ok()?
+        .lines()
+        .last()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// Polls `f` every 20 ms until it returns `Some`, or `timeout` passes.
@@ -727,9 +740,7 @@ impl LxcContainer {
     /// second.
     pub fn counter_in(lxcpath: &Path, name: &str) -> Option<u64> {
         let file = Self::count_file_in(lxcpath, name);
-        wait_until(Duration::from_secs(1), || {
-            fs::read_to_string(&file).ok()?.trim().parse().ok()
-        })
+        wait_until(Duration::from_secs(1), || last_number_in(&file))
     }
 
     /// LXC's state for container `name` in `lxcpath`, asked inside host
