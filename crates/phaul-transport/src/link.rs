@@ -816,6 +816,26 @@ async fn server_handshake(
     }
 }
 
+/// The client's next handshake frame, which must be of `kind` (any other
+/// arrived before `step`): the frame and its message, or the code to
+/// refuse the peer with.
+async fn handshake_msg<M: Message + Default>(
+    rd: &mut FrameReader,
+    kind: Kind,
+    step: &str,
+) -> std::result::Result<(Frame, M), (ErrorCode, Error)> {
+    let f = rd
+        .read_frame()
+        .await
+        .map_err(|e| (ErrorCode::Protocol, e))?;
+    if f.kind != kind {
+        let e = Error::Protocol(format!("{:?} frame before {step}", f.kind));
+        return Err((ErrorCode::Protocol, e));
+    }
+    let m = expect_msg(&f, kind).map_err(|e| (ErrorCode::Protocol, e))?;
+    Ok((f, m))
+}
+
 /// The server's half of the handshake; an error carries the code to send.
 async fn server_steps(
     rd: &mut FrameReader,
@@ -824,14 +844,7 @@ async fn server_steps(
     binding: &[u8],
 ) -> std::result::Result<(Channel, SessionId), (ErrorCode, Error)> {
     let proto = |m: String| (ErrorCode::Protocol, Error::Protocol(m));
-    let f = rd
-        .read_frame()
-        .await
-        .map_err(|e| (ErrorCode::Protocol, e))?;
-    if f.kind != Kind::Hello {
-        return Err(proto(format!("{:?} frame before the hello", f.kind)));
-    }
-    let hello: Hello = expect_msg(&f, Kind::Hello).map_err(|e| (ErrorCode::Protocol, e))?;
+    let (f, hello): (_, Hello) = handshake_msg(rd, Kind::Hello, "the hello").await?;
     let lo = hello.min_version.max(u32::from(MIN_VERSION));
     let hi = hello.max_version.min(u32::from(MAX_VERSION));
     if lo > hi {
@@ -878,14 +891,7 @@ async fn server_steps(
     wr.version = version;
 
     let t = transcript(&[&f.payload, &reply_bytes, binding]);
-    let f = rd
-        .read_frame()
-        .await
-        .map_err(|e| (ErrorCode::Protocol, e))?;
-    if f.kind != Kind::Auth {
-        return Err(proto(format!("{:?} frame before authentication", f.kind)));
-    }
-    let auth: Auth = expect_msg(&f, Kind::Auth).map_err(|e| (ErrorCode::Protocol, e))?;
+    let (_, auth): (_, Auth) = handshake_msg(rd, Kind::Auth, "authentication").await?;
     if !cfg.key.verify(Role::Client, &t, &auth.proof) {
         return Err((
             ErrorCode::AuthFailed,
