@@ -691,10 +691,7 @@ async fn client_handshake(
             .connect(server_name(), raw)
             .await
             .map_err(|e| tls_error(e, "server"))?;
-        let mut b = vec![0u8; 32];
-        tls.get_ref()
-            .1
-            .export_keying_material(&mut b[..], EXPORTER_LABEL, None)?;
+        let b = tls_binding(&**tls.get_ref().1)?;
         (Box::pin(tls), b)
     } else {
         (raw, Vec::new())
@@ -786,10 +783,7 @@ async fn server_handshake(
                 .accept(raw)
                 .await
                 .map_err(|e| tls_error(e, "client"))?;
-            let mut b = vec![0u8; 32];
-            tls.get_ref()
-                .1
-                .export_keying_material(&mut b[..], EXPORTER_LABEL, None)?;
+            let b = tls_binding(&**tls.get_ref().1)?;
             (Box::pin(tls), b)
         }
         None => (raw, Vec::new()),
@@ -907,6 +901,14 @@ async fn server_steps(
     .await
     .map_err(|e| (ErrorCode::Protocol, e))?;
     Ok((channel, session))
+}
+
+/// What both ends' key proofs are bound to under TLS: 32 bytes of keying
+/// material exported from the session, the same on both ends of it only.
+fn tls_binding<D>(conn: &rustls::ConnectionCommon<D>) -> Result<Vec<u8>> {
+    let mut b = vec![0u8; 32];
+    conn.export_keying_material(&mut b[..], EXPORTER_LABEL, None)?;
+    Ok(b)
 }
 
 fn tls_error(e: std::io::Error, side: &str) -> Error {

@@ -506,12 +506,8 @@ impl Applier {
                 reason: "a symlink target that is empty, too long or holds NUL".into(),
             });
         }
-        let seq = &mut self.seq;
-        let (parent, name) = self.dirs.parent(p)?;
-        let err = |e: Errno| Error::io(p.to_path(), e);
-        let ((), tmp) = at_tmp(seq, |n| symlinkat(target, parent, n)).map_err(err)?;
         // A symlink's own mode bits mean nothing on Linux.
-        finish_tmp(parent, &tmp, name, p, meta, false)
+        self.make_at(p, meta, false, |parent, n| symlinkat(target, parent, n))
     }
 
     fn link(&mut self, p: &RelPath, to: &RelPath) -> Result<()> {
@@ -557,15 +553,26 @@ impl Applier {
                 reason: "device nodes are not allowed on this target".into(),
             });
         }
-        let seq = &mut self.seq;
-        let (parent, name) = self.dirs.parent(p)?;
-        let err = |e: Errno| Error::io(p.to_path(), e);
         let rdev = if kind.is_device() { rdev } else { 0 };
-        let ((), tmp) = at_tmp(seq, |n| {
+        self.make_at(p, meta, true, |parent, n| {
             mknodat(parent, n, flag, Mode::from_bits_truncate(0o600), rdev)
         })
-        .map_err(err)?;
-        finish_tmp(parent, &tmp, name, p, meta, true)
+    }
+
+    /// Makes entry `p` with `make` under a temporary name in its parent,
+    /// gives it `meta` (its mode only with `chmod`) and renames it into
+    /// place.
+    fn make_at(
+        &mut self,
+        p: &RelPath,
+        meta: &Meta,
+        chmod: bool,
+        mut make: impl FnMut(BorrowedFd<'_>, &[u8]) -> nix::Result<()>,
+    ) -> Result<()> {
+        let seq = &mut self.seq;
+        let (parent, name) = self.dirs.parent(p)?;
+        let ((), tmp) = at_tmp(seq, |n| make(parent, n)).map_err(|e| Error::io(p.to_path(), e))?;
+        finish_tmp(parent, &tmp, name, p, meta, chmod)
     }
 
     fn set_meta(&mut self, p: &RelPath, meta: &Meta) -> Result<()> {
