@@ -59,6 +59,7 @@ use phaul_fs::{
     FsDriver, FsLimits, NativeSource, RsyncSource, RsyncTarget, SyncStats, serve_native,
     serve_rsync,
 };
+use phaul_testkit::noise;
 use phaul_transport::{Channel, Endpoint, Identity, Link, LinkConfig, Listener, SharedKey};
 
 /// The goal for native/rsync wall time: at most this.
@@ -272,20 +273,6 @@ async fn link_pair(server_cfg: &LinkConfig, client_cfg: &LinkConfig) -> Result<(
     let client = Link::connect(Endpoint::Tcp(addr), client_cfg, Channel::Fs, Some(SESSION));
     let (client, server) = tokio::join!(client, server);
     Ok((client.context("connecting")?, server.context("accepting")?))
-}
-
-/// Deterministic incompressible bytes (xorshift64).
-fn noise(len: usize, mut seed: u64) -> Vec<u8> {
-    seed = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        out.extend_from_slice(&seed.to_le_bytes());
-    }
-    out.truncate(len);
-    out
 }
 
 struct Sizes {

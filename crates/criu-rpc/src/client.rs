@@ -340,25 +340,13 @@ impl Session {
 
     /// `FEATURE_CHECK` for every feature CRIU knows how to check.
     pub async fn feature_check(&mut self) -> Result<Features> {
-        let scratch = scratch()?;
         let all = CriuFeatures {
             mem_track: Some(true),
             lazy_pages: Some(true),
             pidfd_store: Some(true),
         };
-        let prepared = Opts::new()
-            .images_dir(scratch.path())
-            .prepare(self.conn.passed.as_ref())?;
-        let req = CriuReq {
-            r#type: CriuReqType::FeatureCheck as i32,
-            opts: Some(prepared.raw.clone()),
-            keep_open: Some(true),
-            features: Some(all),
-            ..Default::default()
-        };
         let resp = self
-            .conn
-            .call(req, CriuReqType::FeatureCheck, prepared.log_path.as_deref())
+            .scratch_call(CriuReqType::FeatureCheck, Some(all))
             .await?;
         let f = resp
             .features
@@ -418,19 +406,29 @@ impl Session {
 
     /// `CHECK`: whether CRIU can work on this kernel. Ends the session.
     pub async fn check(mut self) -> Result<()> {
+        self.scratch_call(CriuReqType::Check, None).await.map(drop)
+    }
+
+    /// A request whose images dir only holds CRIU's log: a scratch dir,
+    /// removed afterwards. The session stays open only for a feature
+    /// check (a `CHECK` ends it).
+    async fn scratch_call(
+        &mut self,
+        ty: CriuReqType,
+        features: Option<CriuFeatures>,
+    ) -> Result<CriuResp> {
         let scratch = scratch()?;
         let prepared = Opts::new()
             .images_dir(scratch.path())
             .prepare(self.conn.passed.as_ref())?;
         let req = CriuReq {
-            r#type: CriuReqType::Check as i32,
+            r#type: ty as i32,
             opts: Some(prepared.raw.clone()),
+            keep_open: features.is_some().then_some(true),
+            features,
             ..Default::default()
         };
-        self.conn
-            .call(req, CriuReqType::Check, prepared.log_path.as_deref())
-            .await
-            .map(drop)
+        self.conn.call(req, ty, prepared.log_path.as_deref()).await
     }
 
     /// `WAIT_PID`: reaps a page server this session started with

@@ -7,13 +7,13 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use phaul_core::fs::FsChoice;
-use phaul_core::{Migration, Mode, Report};
+use phaul_core::{Mode, Report};
 use phaul_htypes::registry::{Paths, source_in};
 use phaul_testkit::lan::{redis_cli, redis_ready_with};
-use phaul_testkit::{Hosts, LxcContainer, in_netns, require_criu, wait_until};
+use phaul_testkit::{Hosts, LxcContainer, require_criu, wait_until};
 
 mod common;
-use common::{Setup, Target, cfg, criu};
+use common::{Setup, Target, criu, migrate_from};
 
 fn unique_name() -> String {
     use std::sync::atomic::{AtomicU32, Ordering};
@@ -61,45 +61,16 @@ fn migrate_mode(
     fs: FsChoice,
     mode: Mode,
 ) -> Report {
-    let (bin, to, name, src_lxc) = (
-        bin.to_path_buf(),
-        to.to_string(),
-        name.to_string(),
-        src_lxc.to_path_buf(),
-    );
-    let work = tempfile::Builder::new()
-        .prefix("phaul-lxc-source-")
-        .tempdir()
-        .unwrap();
-    let w = work.path().to_path_buf();
-    // PHAUL_KEEP=1 keeps the images and CRIU's logs for a look afterwards.
-    let _work = if std::env::var_os("PHAUL_KEEP").is_some() {
-        let _ = work.keep();
-        None
-    } else {
-        Some(work)
+    let name = name.to_string();
+    let lxcpath = src_lxc.to_path_buf();
+    let open = move || {
+        let paths = Paths {
+            lxcpath,
+            ..Paths::default()
+        };
+        source_in("lxc", &name, &paths).unwrap()
     };
-    in_netns(from, move || async move {
-        let htype = source_in(
-            "lxc",
-            &name,
-            &Paths {
-                lxcpath: src_lxc,
-                ..Paths::default()
-            },
-        )
-        .unwrap();
-        let m = Migration::new(criu(&bin), to, cfg(), htype)
-            .mode(mode)
-            .fs(fs)
-            .work_dir(&w)
-            .keep_images(std::env::var_os("PHAUL_KEEP").is_some());
-        tokio::time::timeout(Duration::from_secs(300), m.run())
-            .await
-            .expect("the migration hung")
-    })
-    .join()
-    .unwrap()
+    migrate_from(from, bin, to, open, move |m| m.mode(mode).fs(fs)).0
 }
 
 fn lxcpath(tag: &str) -> (tempfile::TempDir, PathBuf) {
@@ -510,12 +481,9 @@ impl NetworkedCt {
 #[test]
 fn an_lxc_container_on_the_bridge_moves_with_its_address_and_its_client() {
     let test = "an_lxc_container_on_the_bridge_moves_with_its_address_and_its_client";
-    let Some(bin) = require_criu(test) else {
+    let Some((bin, _)) = phaul_testkit::lan::require_criu_and_redis(test) else {
         return;
     };
-    if phaul_testkit::lan::require_redis(test).is_none() {
-        return;
-    }
     let nc = NetworkedCt::start(60, 500);
     let hosts = &nc.hosts;
     let lan = hosts.lan();
@@ -615,12 +583,9 @@ fn an_lxc_container_on_the_bridge_moves_with_its_address_and_its_client() {
 #[test]
 fn a_failed_restore_of_a_networked_container_keeps_its_address_and_client() {
     let test = "a_failed_restore_of_a_networked_container_keeps_its_address_and_client";
-    let Some(bin) = require_criu(test) else {
+    let Some((bin, _)) = phaul_testkit::lan::require_criu_and_redis(test) else {
         return;
     };
-    if phaul_testkit::lan::require_redis(test).is_none() {
-        return;
-    }
     let nc = NetworkedCt::start(61, 0);
     let hosts = &nc.hosts;
     let lan = hosts.lan();

@@ -15,7 +15,7 @@ use phaul_core::{Migration, Mode, Phase, Progress, Report};
 use phaul_testkit::{Hosts, Workload, alive, in_netns, require_criu, wait_until};
 
 mod common;
-use common::{Setup, Target, cfg, criu};
+use common::{Setup, Target, cfg, criu, migrate_from};
 
 /// Runs a migration from the source host and returns its report.
 fn migrate(
@@ -26,24 +26,9 @@ fn migrate(
     mode: Mode,
     tweak: impl FnOnce(Migration<Criu>) -> Migration<Criu> + Send + 'static,
 ) -> (Report, PathBuf) {
-    let work = tempfile::Builder::new()
-        .prefix("phaul-source-")
-        .tempdir()
-        .unwrap()
-        .keep();
-    let (bin, to, w) = (bin.to_path_buf(), to.to_string(), work.clone());
-    let report = in_netns(src_ns, move || async move {
-        let htype = phaul_htypes::registry::source("pid", &pid.to_string()).unwrap();
-        let m = Migration::new(criu(&bin), to, cfg(), htype)
-            .mode(mode)
-            .work_dir(&w);
-        tokio::time::timeout(Duration::from_secs(300), tweak(m).run())
-            .await
-            .expect("the migration hung")
-    })
-    .join()
-    .expect("the source thread panicked");
-    (report, work)
+    let open = move || phaul_htypes::registry::source("pid", &pid.to_string()).unwrap();
+    let (report, work) = migrate_from(src_ns, bin, to, open, move |m| tweak(m.mode(mode)));
+    (report, work.keep())
 }
 
 /// The workload now runs as `pid` in the target host, intact, counting on.

@@ -6,12 +6,12 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use phaul_core::{Migration, Mode, Phase, Report};
+use phaul_core::{Mode, Phase, Report};
 use phaul_htypes::registry::{Paths, source_in};
-use phaul_testkit::{Hosts, in_netns, require_criu, wait_until};
+use phaul_testkit::{Hosts, require_criu, wait_until};
 
 mod common;
-use common::{Setup, Target, cfg, criu};
+use common::{Setup, Target, criu, migrate_from};
 
 fn run(cmd: &mut std::process::Command) -> String {
     let out = cmd.stdin(std::process::Stdio::null()).output().unwrap();
@@ -88,13 +88,7 @@ fn status(root: &Path, id: &str) -> Option<String> {
 
 /// The last number the container's loopback connection carried.
 fn received(bundle: &Path) -> Option<u64> {
-    std::fs::read_to_string(bundle.join("rootfs/tmp/recv"))
-        .ok()?
-        .lines()
-        .last()?
-        .trim()
-        .parse()
-        .ok()
+    phaul_testkit::last_number_in(&bundle.join("rootfs/tmp/recv"))
 }
 
 fn counter(bundle: &Path) -> Option<u64> {
@@ -172,25 +166,11 @@ fn migrate_with(
             ..Setup::default()
         },
     );
-    let addr = target.addr.clone();
-    let (bin, id, p) = (bin.to_path_buf(), id.to_string(), src.clone());
-    let source_work = tempfile::Builder::new()
-        .prefix("phaul-runc-source-")
-        .tempdir()
-        .unwrap();
-    let w = source_work.path().to_path_buf();
-    let report = in_netns(&hosts.src, move || async move {
-        let htype = source_in("runc", &id, &p).unwrap();
-        let m = Migration::new(criu(&bin), addr, cfg(), htype)
-            .mode(mode)
-            .freeze_timeout(freeze)
-            .work_dir(&w);
-        tokio::time::timeout(Duration::from_secs(300), m.run())
-            .await
-            .expect("the migration hung")
-    })
-    .join()
-    .unwrap();
+    let (id, p) = (id.to_string(), src.clone());
+    let open = move || source_in("runc", &id, &p).unwrap();
+    let (report, _work) = migrate_from(&hosts.src, bin, &target.addr, open, move |m| {
+        m.mode(mode).freeze_timeout(freeze)
+    });
     drop(target);
     report
 }

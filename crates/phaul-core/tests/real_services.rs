@@ -13,39 +13,28 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use phaul_core::{Migration, Mode, Report};
+use phaul_core::{Mode, Report};
 use phaul_htypes::pid::PidOptions;
-use phaul_testkit::lan::{LanClient, ServiceTree, redis_cli, redis_ready_with, require_redis};
-use phaul_testkit::{Hosts, alive, in_netns, require_criu, wait_until};
+use phaul_testkit::lan::{
+    LanClient, ServiceTree, redis_cli, redis_ready_with, require_criu_and_redis, require_redis,
+};
+use phaul_testkit::{Hosts, alive, require_criu, wait_until};
 
 mod common;
-use common::{Setup, Target, cfg, criu};
+use common::{Setup, Target, criu, migrate_from};
 
 /// Moves the tree rooted at `pid` from host `from` to the service at `to`.
 fn migrate(from: &str, bin: &Path, to: &str, pid: i32, outer: &str) -> Report {
-    let (bin, to, outer) = (bin.to_path_buf(), to.to_string(), outer.to_string());
-    let work = tempfile::Builder::new()
-        .prefix("phaul-source-")
-        .tempdir()
-        .unwrap();
-    let w = work.path().to_path_buf();
-    in_netns(from, move || async move {
+    let outer = outer.to_string();
+    let open = move || {
         let opts = PidOptions {
             veths: vec![("eth0".into(), outer)],
             ..PidOptions::default()
         };
         let paths = phaul_htypes::registry::Paths::default();
-        let htype =
-            phaul_htypes::registry::source_with("pid", &pid.to_string(), &paths, &opts).unwrap();
-        let m = Migration::new(criu(&bin), to, cfg(), htype)
-            .mode(Mode::Auto)
-            .work_dir(&w);
-        tokio::time::timeout(Duration::from_secs(300), m.run())
-            .await
-            .expect("the migration hung")
-    })
-    .join()
-    .expect("the source thread panicked")
+        phaul_htypes::registry::source_with("pid", &pid.to_string(), &paths, &opts).unwrap()
+    };
+    migrate_from(from, bin, to, open, |m| m.mode(Mode::Auto)).0
 }
 
 fn device_gone(ns: &str, dev: &str) -> bool {
@@ -59,10 +48,7 @@ fn device_gone(ns: &str, dev: &str) -> bool {
 #[test]
 fn redis_moves_there_and_back_with_its_client_connected() {
     let test = "redis_moves_there_and_back_with_its_client_connected";
-    let Some(bin) = require_criu(test) else {
-        return;
-    };
-    let Some(redis) = require_redis(test) else {
+    let Some((bin, redis)) = require_criu_and_redis(test) else {
         return;
     };
     let hosts = Hosts::with_lan().unwrap();
@@ -214,10 +200,7 @@ fn a_failed_restore_leaves_the_server_and_its_client_connection_on_the_source() 
         .with_env_filter(tracing_subscriber::EnvFilter::from_env("PHAUL_TEST_LOG"))
         .with_test_writer()
         .try_init();
-    let Some(bin) = require_criu(test) else {
-        return;
-    };
-    let Some(redis) = require_redis(test) else {
+    let Some((bin, redis)) = require_criu_and_redis(test) else {
         return;
     };
     let hosts = Hosts::with_lan().unwrap();
@@ -281,10 +264,7 @@ fn a_failed_restore_leaves_the_server_and_its_client_connection_on_the_source() 
 #[test]
 fn a_tree_talking_over_unix_sockets_and_pipes_moves_with_its_client() {
     let test = "a_tree_talking_over_unix_sockets_and_pipes_moves_with_its_client";
-    let Some(bin) = require_criu(test) else {
-        return;
-    };
-    let Some(redis) = require_redis(test) else {
+    let Some((bin, redis)) = require_criu_and_redis(test) else {
         return;
     };
     let hosts = Hosts::with_lan().unwrap();
@@ -322,15 +302,7 @@ fn a_tree_talking_over_unix_sockets_and_pipes_moves_with_its_client() {
         &["sh", "-c", &script, "sh", &inner],
     )
     .unwrap();
-    let last_inner = || -> Option<u64> {
-        std::fs::read_to_string(&out)
-            .ok()?
-            .lines()
-            .last()?
-            .trim()
-            .parse()
-            .ok()
-    };
+    let last_inner = || phaul_testkit::last_number_in(&out);
     let started = wait_until(Duration::from_secs(20), || last_inner().filter(|n| *n > 20))
         .expect("the inner client counts over the unix socket");
     let client = LanClient::start(lan, &ip, 6379, Duration::from_millis(5)).unwrap();

@@ -12,12 +12,12 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use phaul_core::{Migration, Mode, Report};
+use phaul_core::{Mode, Report};
 use phaul_htypes::registry::{Paths, source_in};
-use phaul_testkit::{Hosts, Workload, alive, in_netns, require_criu, wait_until};
+use phaul_testkit::{Hosts, Workload, alive, require_criu, wait_until};
 
 mod common;
-use common::{Setup, Target, cfg, criu};
+use common::{Setup, Target, criu, migrate_from};
 
 fn standin(tool: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -75,24 +75,11 @@ fn migrate_vz(hosts: &Hosts, bin: &Path, run: &Path, ctid: &str) -> Report {
             ..Setup::default()
         },
     );
-    let addr = target.addr.clone();
-    let (bin, ctid, p) = (bin.to_path_buf(), ctid.to_string(), paths(run));
-    let source_work = tempfile::Builder::new()
-        .prefix("phaul-vz-source-")
-        .tempdir()
-        .unwrap();
-    let w = source_work.path().to_path_buf();
-    let report = in_netns(&hosts.src, move || async move {
-        let htype = source_in("vz", &ctid, &p).unwrap();
-        let m = Migration::new(criu(&bin), addr, cfg(), htype)
-            .mode(Mode::StopCopy)
-            .work_dir(&w);
-        tokio::time::timeout(Duration::from_secs(300), m.run())
-            .await
-            .expect("the migration hung")
-    })
-    .join()
-    .unwrap();
+    let (ctid, p) = (ctid.to_string(), paths(run));
+    let open = move || source_in("vz", &ctid, &p).unwrap();
+    let (report, _work) = migrate_from(&hosts.src, bin, &target.addr, open, |m| {
+        m.mode(Mode::StopCopy)
+    });
     drop(target);
     report
 }

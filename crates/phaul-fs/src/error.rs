@@ -89,6 +89,15 @@ pub enum Error {
     #[error("rsync remote-shell helper: {0}")]
     Helper(String),
 
+    /// A driver name that is not in [`crate::registry::NAMES`].
+    #[error("unknown file-system driver {name:?} (known: {known})")]
+    UnknownDriver {
+        /// The name asked for.
+        name: String,
+        /// The known names, comma-separated.
+        known: String,
+    },
+
     /// An earlier pass of this driver failed, leaving the link in an
     /// unknown state; a new link is needed.
     #[error("an earlier pass failed; the file-system link is unusable")]

@@ -3,9 +3,11 @@
 //! frozen, at the same points of a migration as its memory.
 //!
 //! The migration engine holds one [`FsDriver`] on the source and calls
-//! [`FsDriver::start`] while the workload runs, [`FsDriver::next_iteration`]
-//! after each pre-dump, and [`FsDriver::final_sync`] while it is frozen.
-//! Each pass returns [`SyncStats`]. Three drivers:
+//! [`FsDriver::pass`] with [`Pass::First`] while the workload runs,
+//! [`Pass::Iteration`] after each pre-dump, and [`Pass::Final`] while it
+//! is frozen. Each pass returns [`SyncStats`]. Three drivers, found by
+//! name in the [`registry`] (a [`Choice`] opens a [`Source`]; the target
+//! serves a name with [`registry::serve`]):
 //!
 //! - [`Shared`]: both hosts see the same storage; nothing is copied and
 //!   inodes survive.
@@ -24,6 +26,8 @@
 //!
 //! # Layout
 //! - [`FsDriver`], [`SyncStats`], [`FsLimits`], [`Shared`]: here.
+//! - [`pass`]: [`Pass`], and the order of passes both copying drivers keep.
+//! - [`registry`]: the drivers by name, for the source and the target.
 //! - [`native`]: the native driver and its protocol.
 //! - [`rsync`]: the rsync driver, its remote-command validation and the
 //!   remote-shell helper's body (`phaul-rsync-rsh`).
@@ -37,13 +41,17 @@ use std::time::Duration;
 
 pub mod error;
 pub mod native;
+pub mod pass;
 pub mod path;
+pub mod registry;
 pub mod rsync;
 pub mod tree;
 pub mod wire;
 
 pub use error::{Error, Result};
 pub use native::{NativeSource, serve_native};
+pub use pass::Pass;
+pub use registry::{Choice, Source};
 pub use rsync::{RsyncSource, RsyncTarget, serve_rsync};
 
 /// What one pass (or, from a target's service loop, all passes) did.
@@ -78,9 +86,12 @@ impl SyncStats {
 /// engine at the same points as memory.
 ///
 /// Every pass is a complete sync of the tree as it is at that moment; the
-/// iterative passes only make the final one (while frozen) short.
+/// iterative passes only make the final one (while frozen) short. A driver
+/// implements [`FsDriver::pass`]; `start`, `next_iteration` and
+/// `final_sync` name its three uses.
 pub trait FsDriver: Send {
-    /// The driver's name, for logs and reports.
+    /// The driver's name, for logs and reports (one of
+    /// [`registry::NAMES`] for the drivers here).
     fn name(&self) -> &'static str;
 
     /// Whether files keep their inode numbers on the target. CRIU needs
@@ -89,19 +100,24 @@ pub trait FsDriver: Send {
         false
     }
 
-    /// The first pass, while the workload runs.
-    fn start(&mut self) -> impl Future<Output = Result<SyncStats>> + Send;
+    /// One pass. A pass after the final one, or after a failure that
+    /// left the link unusable, is refused.
+    fn pass(&mut self, which: Pass) -> impl Future<Output = Result<SyncStats>> + Send;
 
-    /// Another pass while the workload runs (after each pre-dump
-    /// iteration). By default the same as [`FsDriver::start`].
-    fn next_iteration(&mut self) -> impl Future<Output = Result<SyncStats>> + Send {
-        self.start()
+    /// The first pass, while the workload runs.
+    fn start(&mut self) -> impl Future<Output = Result<SyncStats>> + Send {
+        self.pass(Pass::First)
     }
 
-    /// The last pass, while the workload is frozen. By default the same as
-    /// [`FsDriver::next_iteration`].
+    /// Another pass while the workload runs (after each pre-dump
+    /// iteration).
+    fn next_iteration(&mut self) -> impl Future<Output = Result<SyncStats>> + Send {
+        self.pass(Pass::Iteration)
+    }
+
+    /// The last pass, while the workload is frozen.
     fn final_sync(&mut self) -> impl Future<Output = Result<SyncStats>> + Send {
-        self.next_iteration()
+        self.pass(Pass::Final)
     }
 }
 
@@ -119,7 +135,7 @@ impl FsDriver for Shared {
         true
     }
 
-    fn start(&mut self) -> impl Future<Output = Result<SyncStats>> + Send {
+    fn pass(&mut self, _: Pass) -> impl Future<Output = Result<SyncStats>> + Send {
         std::future::ready(Ok(SyncStats::default()))
     }
 }
@@ -154,31 +170,6 @@ impl Default for FsLimits {
             allow_devices: nix::unistd::Uid::effective().is_root(),
         }
     }
-}
-
-/// Stamps a finished pass with its duration and logs it, the same way for
-/// every driver.
-pub(crate) fn pass_done(
-    driver: &'static str,
-    pass: u32,
-    last: bool,
-    started: std::time::Instant,
-    res: Result<SyncStats>,
-) -> Result<SyncStats> {
-    let mut stats = res?;
-    stats.duration = started.elapsed();
-    tracing::info!(
-        driver,
-        pass,
-        last,
-        files = stats.files,
-        bytes = stats.bytes,
-        deleted = stats.deleted,
-        scanned = stats.scanned,
-        ms = u64::try_from(stats.duration.as_millis()).unwrap_or(u64::MAX),
-        "file-system pass done"
-    );
-    Ok(stats)
 }
 
 /// An error and its causes, on one line (for `Error` frames and logs).

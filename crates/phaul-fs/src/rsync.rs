@@ -70,12 +70,13 @@ use std::time::{Duration, Instant};
 use phaul_transport::{Link, RelayOptions, relay_parts};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::UnixListener;
-use tracing::{debug, info, warn};
+use tracing::debug;
 
 use crate::error::{Error, Result};
+use crate::pass::{PassGate, ServePass, serve_passes};
 use crate::path::{Dirs, RelPath};
 use crate::wire::{MAX_ARGS, Msg, decode_frame};
-use crate::{FsDriver, SyncStats, describe};
+use crate::{FsDriver, Pass, SyncStats, describe};
 
 /// The environment variable that tells the helper which socket to
 /// connect to.
@@ -126,13 +127,6 @@ const LONG_OPTIONS: &[&str] = &[
 /// that starts rsync's capability string. None takes a value.
 const SHORT_OPTIONS: &str = "vqlHogDtpAXrcdWuxSzCmnIOJUNEi";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum State {
-    Ready,
-    Broken,
-    Finished,
-}
-
 /// The source side of the rsync driver (see the module).
 #[derive(Debug)]
 pub struct RsyncSource {
@@ -141,8 +135,7 @@ pub struct RsyncSource {
     helper: PathBuf,
     rsync: PathBuf,
     sock_dir: tempfile::TempDir,
-    pass: u32,
-    state: State,
+    gate: PassGate,
     /// Whether the current pass has put anything on the link: until then a
     /// failure leaves the link in step and the next pass can run.
     on_link: bool,
@@ -181,8 +174,7 @@ impl RsyncSource {
             helper,
             rsync: find_rsync(),
             sock_dir,
-            pass: 0,
-            state: State::Ready,
+            gate: PassGate::new("rsync"),
             on_link: false,
         })
     }
@@ -204,30 +196,16 @@ impl RsyncSource {
             .find(|p| p.is_file())
     }
 
-    async fn pass(&mut self, last: bool) -> Result<SyncStats> {
-        match self.state {
-            State::Broken => return Err(Error::Broken),
-            State::Finished => {
-                return Err(Error::Protocol("the final sync has already run".into()));
-            }
-            State::Ready => {}
-        }
-        let started = Instant::now();
-        let pass = self.pass;
-        self.pass += 1;
+    async fn gated_pass(&mut self, which: Pass) -> Result<SyncStats> {
+        let t = self.gate.open(which)?;
         self.on_link = false;
-        let res = self.run_pass(pass, last).await;
-        match &res {
-            // The link is in step when nothing went on it, or when rsync
-            // failed cleanly (the target reported its exit); any other
-            // failure on the link leaves it anywhere.
-            Err(Error::Rsync { .. }) => {}
-            Err(_) if self.on_link => self.state = State::Broken,
-            Err(_) => {}
-            Ok(_) if last => self.state = State::Finished,
-            Ok(_) => {}
-        }
-        crate::pass_done("rsync", pass, last, started, res)
+        let res = self.run_pass(t.number, t.last).await;
+        // The link is in step when nothing went on it, or when rsync
+        // failed cleanly (the target reported its exit); any other failure
+        // on the link leaves it anywhere.
+        let on_link = self.on_link;
+        self.gate
+            .close(t, res, |e| matches!(e, Error::Rsync { .. }) || !on_link)
     }
 
     async fn run_pass(&mut self, pass: u32, last: bool) -> Result<SyncStats> {
@@ -301,22 +279,12 @@ impl RsyncSource {
             .await?;
         match recv_msg(link).await? {
             Msg::RsyncAccepted => {}
-            other => {
-                return Err(Error::Protocol(format!(
-                    "expected RsyncAccepted, got a message of tag {}",
-                    other.tag()
-                )));
-            }
+            other => return Err(other.unexpected("RsyncAccepted")),
         }
         relay(link, rd, wr).await?;
         let (code, remote_err) = match recv_msg(link).await? {
             Msg::RsyncExit { code, stderr } => (code, stderr),
-            other => {
-                return Err(Error::Protocol(format!(
-                    "expected RsyncExit, got a message of tag {}",
-                    other.tag()
-                )));
-            }
+            other => return Err(other.unexpected("RsyncExit")),
         };
         let st = child.wait().await.map_err(|e| Error::io(&self.rsync, e))?;
         let stdout = out.await.unwrap_or_default();
@@ -337,20 +305,8 @@ impl FsDriver for RsyncSource {
         "rsync"
     }
 
-    fn inodes_survive(&self) -> bool {
-        false
-    }
-
-    fn start(&mut self) -> impl Future<Output = Result<SyncStats>> + Send {
-        self.pass(false)
-    }
-
-    fn next_iteration(&mut self) -> impl Future<Output = Result<SyncStats>> + Send {
-        self.pass(false)
-    }
-
-    fn final_sync(&mut self) -> impl Future<Output = Result<SyncStats>> + Send {
-        self.pass(true)
+    fn pass(&mut self, which: Pass) -> impl Future<Output = Result<SyncStats>> + Send {
+        self.gated_pass(which)
     }
 }
 
@@ -386,38 +342,35 @@ impl Default for RsyncTarget {
 /// the source's to parse), or on the first error (reported to the source
 /// first when the link still works). Meant to run as one task of a
 /// service, with the session's `FS` channel.
-pub async fn serve_rsync(mut link: Link, root: &Path, target: &RsyncTarget) -> Result<SyncStats> {
-    let mut total = SyncStats::default();
-    loop {
-        match serve_one(&mut link, root, target).await {
-            Ok((duration, last)) => {
-                total.duration += duration;
-                if last {
-                    return Ok(total);
-                }
-            }
-            Err(e) => {
-                warn!(root = %root.display(), error = %describe(&e), "rsync pass failed");
-                if e.worth_reporting() {
-                    // Best effort: the link is going away either way.
-                    link.refuse(e.code(), &describe(&e)).await;
-                }
-                return Err(e);
-            }
-        }
+pub async fn serve_rsync(link: Link, root: &Path, target: &RsyncTarget) -> Result<SyncStats> {
+    serve_passes("rsync", link, root, Server { root, target }).await
+}
+
+/// The target's side of the rsync driver's passes.
+struct Server<'a> {
+    root: &'a Path,
+    target: &'a RsyncTarget,
+}
+
+impl ServePass for Server<'_> {
+    fn serve_pass(
+        &mut self,
+        link: &mut Link,
+        _: u32,
+    ) -> impl Future<Output = Result<(SyncStats, bool)>> + Send {
+        serve_one(link, self.root, self.target)
     }
 }
 
 /// One rsync run on the target.
-async fn serve_one(link: &mut Link, root: &Path, target: &RsyncTarget) -> Result<(Duration, bool)> {
+async fn serve_one(
+    link: &mut Link,
+    root: &Path,
+    target: &RsyncTarget,
+) -> Result<(SyncStats, bool)> {
     let (last, argv) = match recv_msg(link).await? {
         Msg::RsyncCommand { last, argv } => (last, argv),
-        other => {
-            return Err(Error::Protocol(format!(
-                "expected RsyncCommand, got a message of tag {}",
-                other.tag()
-            )));
-        }
+        other => return Err(other.unexpected("RsyncCommand")),
     };
     let started = Instant::now();
     let args = check_remote_command(&argv, root)?;
@@ -454,15 +407,11 @@ async fn serve_one(link: &mut Link, root: &Path, target: &RsyncTarget) -> Result
     link.writer
         .send_data(&Msg::RsyncExit { code, stderr }.to_vec())
         .await?;
-    info!(
-        driver = "rsync",
-        side = "target",
-        last,
-        code,
-        ms = started.elapsed().as_millis() as u64,
-        "rsync pass served"
-    );
-    Ok((started.elapsed(), last))
+    let stats = SyncStats {
+        duration: started.elapsed(),
+        ..SyncStats::default()
+    };
+    Ok((stats, last))
 }
 
 /// Receives a control message, which has a `DATA` frame of its own.

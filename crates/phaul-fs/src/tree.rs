@@ -41,52 +41,36 @@ pub enum Kind {
     Socket = 7,
 }
 
+/// Every kind with its `S_IF*` file type, in wire order.
+const KINDS: [(Kind, SFlag); 7] = [
+    (Kind::Dir, SFlag::S_IFDIR),
+    (Kind::File, SFlag::S_IFREG),
+    (Kind::Symlink, SFlag::S_IFLNK),
+    (Kind::Fifo, SFlag::S_IFIFO),
+    (Kind::Char, SFlag::S_IFCHR),
+    (Kind::Block, SFlag::S_IFBLK),
+    (Kind::Socket, SFlag::S_IFSOCK),
+];
+
 impl Kind {
     /// The kind for a wire value.
     pub fn from_u8(v: u8) -> Option<Self> {
-        Some(match v {
-            1 => Self::Dir,
-            2 => Self::File,
-            3 => Self::Symlink,
-            4 => Self::Fifo,
-            5 => Self::Char,
-            6 => Self::Block,
-            7 => Self::Socket,
-            _ => return None,
-        })
+        KINDS.iter().map(|(k, _)| *k).find(|k| *k as u8 == v)
     }
 
     /// The kind of a `st_mode`.
     pub fn of_mode(mode: u32) -> Option<Self> {
         let t = SFlag::from_bits_truncate(mode) & SFlag::S_IFMT;
-        Some(if t == SFlag::S_IFDIR {
-            Self::Dir
-        } else if t == SFlag::S_IFREG {
-            Self::File
-        } else if t == SFlag::S_IFLNK {
-            Self::Symlink
-        } else if t == SFlag::S_IFIFO {
-            Self::Fifo
-        } else if t == SFlag::S_IFCHR {
-            Self::Char
-        } else if t == SFlag::S_IFBLK {
-            Self::Block
-        } else if t == SFlag::S_IFSOCK {
-            Self::Socket
-        } else {
-            return None;
-        })
+        KINDS.iter().find(|(_, f)| *f == t).map(|(k, _)| *k)
     }
 
-    /// The `S_IF*` type for `mknod`, for the kinds made with it.
+    /// The `S_IF*` type for `mknod`, for the kinds made with it (not
+    /// directories, files or symlinks).
     pub(crate) fn node_flag(self) -> Option<SFlag> {
-        match self {
-            Self::Fifo => Some(SFlag::S_IFIFO),
-            Self::Char => Some(SFlag::S_IFCHR),
-            Self::Block => Some(SFlag::S_IFBLK),
-            Self::Socket => Some(SFlag::S_IFSOCK),
-            _ => None,
+        if matches!(self, Self::Dir | Self::File | Self::Symlink) {
+            return None;
         }
+        KINDS.iter().find(|(k, _)| *k == self).map(|(_, f)| *f)
     }
 
     /// A device node (char or block).
@@ -294,4 +278,24 @@ fn list(dir: &mut Dir, path: &RelPath, strict: bool) -> Result<Vec<Entry>> {
         out.push(Entry::new(child, &st, kind, link));
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_map_to_wire_values_and_file_types_and_back() {
+        for (k, flag) in KINDS {
+            assert_eq!(Kind::from_u8(k as u8), Some(k));
+            assert_eq!(Kind::of_mode(flag.bits() | 0o644), Some(k));
+        }
+        assert_eq!(Kind::from_u8(0), None);
+        assert_eq!(Kind::from_u8(8), None);
+        assert_eq!(Kind::of_mode(0o644), None);
+        assert_eq!(Kind::Fifo.node_flag(), Some(SFlag::S_IFIFO));
+        assert_eq!(Kind::Block.node_flag(), Some(SFlag::S_IFBLK));
+        assert_eq!(Kind::Dir.node_flag(), None);
+        assert_eq!(Kind::Symlink.node_flag(), None);
+    }
 }

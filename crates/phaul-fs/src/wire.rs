@@ -361,6 +361,14 @@ impl Msg {
         v
     }
 
+    /// The protocol error for this message where `expected` was due.
+    pub fn unexpected(&self, expected: &str) -> Error {
+        Error::Protocol(format!(
+            "expected {expected}, got a message of tag {}",
+            self.tag()
+        ))
+    }
+
     /// Decodes a body of `tag`; the body must be consumed exactly.
     pub fn decode(tag: u8, body: Bytes) -> Result<Self> {
         if tag == tag::DATA {
@@ -593,6 +601,10 @@ impl MsgReader {
                 return Ok(m);
             }
             match rd.recv_data().await? {
+                // The sender fills each frame with whole messages, so the
+                // buffer is mostly empty here: the frame's own buffer then
+                // becomes it, and file content is not copied on its way.
+                Some(b) if self.buf.is_empty() => self.buf = BytesMut::from(b),
                 Some(b) => self.buf.extend_from_slice(&b),
                 None => return Err(Error::Protocol("unexpected end of the data stream".into())),
             }

@@ -185,22 +185,13 @@ impl ServiceTree {
         let dir = tempfile::Builder::new()
             .prefix("phaul-service-tree-")
             .tempdir()?;
-        let unshare = Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{ns}"))
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net=/run/netns/{ns}"))
             .args(["unshare", "--net", "--pid", "--fork", "setsid"])
-            .args(argv)
-            // CRIU's parasite makes a fixed-name directory in the cwd.
-            .current_dir(dir.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?;
-        let uid = i32::try_from(unshare.id()).unwrap_or(0);
-        let pid = wait_until(Duration::from_secs(10), || {
-            let kids = fs::read_to_string(format!("/proc/{uid}/task/{uid}/children")).ok()?;
-            kids.split_whitespace().next()?.parse::<i32>().ok()
-        })
-        .ok_or_else(|| std::io::Error::other("the service tree did not start"))?;
+            .args(argv);
+        let (unshare, uid) = crate::spawn_in(cmd, dir.path())?;
+        let pid = wait_until(Duration::from_secs(10), || crate::first_child(uid))
+            .ok_or_else(|| std::io::Error::other("the service tree did not start"))?;
         let mut tree = Self {
             unshare,
             pid,
@@ -262,15 +253,15 @@ pub fn require_redis(test: &str) -> Option<&'static str> {
     if std::path::Path::new(bin).exists() {
         return Some(bin);
     }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "{test}: {bin} is missing (scripts/setup.sh installs redis-server)"
-    );
-    #[allow(clippy::print_stderr)]
-    {
-        eprintln!("SKIPPED {test}: {bin} is missing; run scripts/setup.sh");
-    }
+    crate::unavailable(test, bin, "scripts/setup.sh installs redis-server");
     None
+}
+
+/// [`crate::require_criu`] and [`require_redis`] both: CRIU's binary and
+/// redis-server's, or `None` (the test is skipped, or fails under `CI`).
+pub fn require_criu_and_redis(test: &str) -> Option<(std::path::PathBuf, &'static str)> {
+    let criu = crate::require_criu(test)?;
+    Some((criu, require_redis(test)?))
 }
 
 /// `redis-cli -h IP ARGS...` run on the LAN's client host; its output,

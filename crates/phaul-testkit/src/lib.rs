@@ -5,7 +5,8 @@
 //! a missing dependency is a failure, so CI never goes green by skipping.
 //!
 //! # Layout
-//! - [`require_criu`]: the gate.
+//! - [`require_criu`], [`require_root`], [`require_program`]: the gate,
+//!   all saying why through [`unavailable`].
 //! - [`Workload`]: a real process in its own PID namespace that holds memory
 //!   with a known pattern and keeps a counter, so a test can check that its
 //!   state survived a dump and restore.
@@ -15,9 +16,15 @@
 //! - [`lan`]: that LAN, a [`lan::ServiceTree`] (a server with a network
 //!   namespace and address of its own) and a [`lan::LanClient`] that keeps
 //!   one connection to it and measures its stalls.
-//! - [`process_state`], [`kill_tree`], [`wait_until`]: small /proc helpers.
+//! - [`link`]: a connected pair of links and incompressible bytes, for
+//!   tests of what travels on a link.
+//! - [`process_state`], [`kill_tree`], [`wait_until`], [`last_number_in`]:
+//!   small /proc and file helpers.
 
 pub mod lan;
+pub mod link;
+
+pub use link::{link_config, link_pair, noise};
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -48,27 +55,92 @@ fn criu_major(binary: &Path) -> Option<u32> {
 /// why the test is skipped and returns `None`.
 pub fn require_criu(test: &str) -> Option<PathBuf> {
     let why = if !is_root() {
-        Some("not running as root".to_string())
+        "not running as root".to_string()
     } else {
         let bin = criu_rpc::default_binary();
         match criu_major(&bin) {
             Some(m) if m >= 4 => return Some(bin),
-            Some(m) => Some(format!(
-                "{} is CRIU {m}.x; 4 or newer is needed",
-                bin.display()
-            )),
-            None => Some(format!("no working CRIU at {}", bin.display())),
+            Some(m) => format!("{} is CRIU {m}.x; 4 or newer is needed", bin.display()),
+            None => format!("no working CRIU at {}", bin.display()),
         }
     };
-    let why = why.unwrap_or_default();
-    if std::env::var_os("CI").is_some() {
-        panic!("{test}: CI requires root and CRIU >= 4 ({why}); run scripts/setup.sh as root");
+    unavailable(
+        test,
+        &format!("root and CRIU >= 4 ({why})"),
+        "run scripts/setup.sh as root",
+    );
+    None
+}
+
+/// Whether this test can run as root (to chown, make device nodes, enter
+/// namespaces); gated as [`require_criu`].
+pub fn require_root(test: &str) -> bool {
+    if is_root() {
+        return true;
     }
+    unavailable(test, "root (not running as root)", "run the tests as root");
+    false
+}
+
+/// Whether `program` runs here (`program --version` succeeds); gated as
+/// [`require_criu`], `hint` saying how to install it.
+pub fn require_program(test: &str, program: &str, hint: &str) -> bool {
+    let runs = Command::new(program)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !runs {
+        unavailable(test, &format!("{program} (it does not run)"), hint);
+    }
+    runs
+}
+
+/// A test cannot run for want of `what`: under `CI` that is a failure;
+/// elsewhere the test is skipped with a line saying why and what to do.
+pub fn unavailable(test: &str, what: &str, hint: &str) {
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{test}: CI requires {what}; {hint}"
+    );
     #[allow(clippy::print_stderr)]
     {
-        eprintln!("SKIPPED {test}: {why} (run scripts/setup.sh as root)");
+        eprintln!("SKIPPED {test}: needs {what}; {hint}");
     }
-    None
+}
+
+/// Spawns `cmd` (an `unshare`) with no stdio, in `dir`: CRIU's parasite
+/// makes a fixed-name directory in a task's working directory to mount
+/// /proc for a task in another PID namespace, so concurrent dumps of tasks
+/// sharing a cwd collide. Returns the child and its pid.
+pub(crate) fn spawn_in(mut cmd: Command, dir: &Path) -> std::io::Result<(Child, i32)> {
+    let child = cmd
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let pid = i32::try_from(child.id()).unwrap_or(0);
+    Ok((child, pid))
+}
+
+/// The first child of `pid`: for `unshare --fork`, its namespace's init.
+pub(crate) fn first_child(pid: i32) -> Option<i32> {
+    let kids = fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).ok()?;
+    kids.split_whitespace().next()?.parse().ok()
+}
+
+/// The number on the last line of `file`: what a workload that logs one
+/// number a line (or rewrites one) wrote last. `None` when there is none.
+pub fn last_number_in(file: &Path) -> Option<u64> {
+    fs::read_to_string(file)
+        .ok()?
+        .lines()
+        .last()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// Polls `f` every 20 ms until it returns `Some`, or `timeout` passes.
@@ -156,29 +228,19 @@ impl Workload {
             }
             None => Command::new("unshare"),
         };
-        let mut unshare = cmd
-            .args(["--pid", "--fork", "setsid", "python3"])
+        cmd.args(["--pid", "--fork", "setsid", "python3"])
             .arg(&script)
             .arg(&out)
             .arg(mib.to_string())
-            .arg(period.as_secs_f64().to_string())
-            // CRIU's parasite makes a fixed-name directory in a task's
-            // working directory to mount /proc for a task in another PID
-            // namespace; concurrent dumps of tasks sharing a cwd collide.
-            .current_dir(dir.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?;
-        let uid = i32::try_from(unshare.id()).unwrap_or(0);
+            .arg(period.as_secs_f64().to_string());
+        let (mut unshare, uid) = spawn_in(cmd, dir.path())?;
         let ready = out.with_extension("ready");
         let wait = Duration::from_secs(30 + u64::from(mib) / 16);
         let found = wait_until(wait, || {
             if !ready.exists() {
                 return None;
             }
-            let kids = fs::read_to_string(format!("/proc/{uid}/task/{uid}/children")).ok()?;
-            kids.split_whitespace().next()?.parse::<i32>().ok()
+            first_child(uid)
         });
         let token = found.and_then(|_| {
             wait_until(wait, || {
@@ -672,13 +734,13 @@ impl LxcContainer {
         lxcpath.join(name).join("rootfs/tmp/count")
     }
 
-    /// The counter's value as written in `lxcpath`'s copy.
+    /// The counter's value as written in `lxcpath`'s copy. The shell's
+    /// `echo > file` truncates before it writes, so a read can fall in
+    /// between and find the file empty: such a read is retried for up to a
+    /// second.
     pub fn counter_in(lxcpath: &Path, name: &str) -> Option<u64> {
-        fs::read_to_string(Self::count_file_in(lxcpath, name))
-            .ok()?
-            .trim()
-            .parse()
-            .ok()
+        let file = Self::count_file_in(lxcpath, name);
+        wait_until(Duration::from_secs(1), || last_number_in(&file))
     }
 
     /// LXC's state for container `name` in `lxcpath`, asked inside host

@@ -272,6 +272,16 @@ fn precheck(dir: &Path, names: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// Logs a batch at its end, on either side (`what` it was there).
+fn log_batch(dir: &Path, stats: &BatchStats, what: &str) {
+    debug!(
+        dir = %dir.display(),
+        files = stats.files,
+        bytes = stats.bytes,
+        "image batch {what}"
+    );
+}
+
 fn not_regular(path: PathBuf, ft: &std::fs::FileType) -> Error {
     let source = io::Error::new(
         io::ErrorKind::InvalidInput,
@@ -317,12 +327,7 @@ async fn send_checked(
             stats.files, stats.bytes, ack.files, ack.bytes
         )));
     }
-    debug!(
-        dir = %dir.display(),
-        files = stats.files,
-        bytes = stats.bytes,
-        "image batch acknowledged"
-    );
+    log_batch(dir, &stats, "acknowledged");
     Ok(stats)
 }
 
@@ -467,12 +472,7 @@ pub async fn receive_batch(
                     },
                 )
                 .await?;
-            debug!(
-                dir = %dir.display(),
-                files = stats.files,
-                bytes = stats.bytes,
-                "image batch received"
-            );
+            log_batch(dir, &stats, "received");
             Ok(stats)
         }
         Err((code, e)) => {

@@ -249,6 +249,13 @@ impl LinkConfig {
     }
 }
 
+/// A link half's `Debug`: its version (its stream has none).
+fn debug_half(f: &mut std::fmt::Formatter<'_>, name: &str, version: u16) -> std::fmt::Result {
+    f.debug_struct(name)
+        .field("version", &version)
+        .finish_non_exhaustive()
+}
+
 /// Reads frames.
 pub struct FrameReader {
     inner: tokio::io::BufReader<ReadHalf<BoxStream>>,
@@ -258,9 +265,7 @@ pub struct FrameReader {
 
 impl std::fmt::Debug for FrameReader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FrameReader")
-            .field("version", &self.version)
-            .finish_non_exhaustive()
+        debug_half(f, "FrameReader", self.version)
     }
 }
 
@@ -411,9 +416,7 @@ pub struct FrameWriter {
 
 impl std::fmt::Debug for FrameWriter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FrameWriter")
-            .field("version", &self.version)
-            .finish_non_exhaustive()
+        debug_half(f, "FrameWriter", self.version)
     }
 }
 
@@ -585,19 +588,10 @@ impl Link {
         channel: Channel,
         session: Option<SessionId>,
     ) -> impl Future<Output = Result<Self>> + Send + 'static {
-        // The configuration is cloned (it is a few Arcs) so the future
-        // borrows nothing and can be spawned.
-        let cfg = cfg.clone();
-        async move {
-            let peer = format!("{endpoint:?}");
-            let fut = async {
-                let raw = open_stream(endpoint).await?;
-                client_handshake(raw, &cfg, channel, session, peer.clone()).await
-            };
-            tokio::time::timeout(cfg.handshake_timeout, fut)
-                .await
-                .map_err(|_| Error::Timeout("connecting and authenticating"))?
-        }
+        let peer = format!("{endpoint:?}");
+        let open = async move { open_stream(endpoint).await };
+        let doing = "connecting and authenticating";
+        Self::client(open, cfg, channel, session, peer, doing)
     }
 
     /// Runs the client side over a stream the caller opened.
@@ -607,14 +601,38 @@ impl Link {
         channel: Channel,
         session: Option<SessionId>,
     ) -> impl Future<Output = Result<Self>> + Send + 'static {
+        let open = std::future::ready(Ok(raw));
+        Self::client(
+            open,
+            cfg,
+            channel,
+            session,
+            "stream".into(),
+            "authenticating",
+        )
+    }
+
+    /// Opens a stream with `open` and runs the client side over it, both
+    /// within the handshake's time (else [`Error::Timeout`] of `doing`).
+    fn client(
+        open: impl Future<Output = Result<BoxStream>> + Send + 'static,
+        cfg: &LinkConfig,
+        channel: Channel,
+        session: Option<SessionId>,
+        peer: String,
+        doing: &'static str,
+    ) -> impl Future<Output = Result<Self>> + Send + 'static {
+        // The configuration is cloned (it is a few Arcs) so the future
+        // borrows nothing and can be spawned.
         let cfg = cfg.clone();
         async move {
-            tokio::time::timeout(
-                cfg.handshake_timeout,
-                client_handshake(raw, &cfg, channel, session, "stream".into()),
-            )
-            .await
-            .map_err(|_| Error::Timeout("authenticating"))?
+            let fut = async {
+                let raw = open.await?;
+                client_handshake(raw, &cfg, channel, session, peer).await
+            };
+            tokio::time::timeout(cfg.handshake_timeout, fut)
+                .await
+                .map_err(|_| Error::Timeout(doing))?
         }
     }
 
@@ -673,10 +691,7 @@ async fn client_handshake(
             .connect(server_name(), raw)
             .await
             .map_err(|e| tls_error(e, "server"))?;
-        let mut b = vec![0u8; 32];
-        tls.get_ref()
-            .1
-            .export_keying_material(&mut b[..], EXPORTER_LABEL, None)?;
+        let b = tls_binding(&**tls.get_ref().1)?;
         (Box::pin(tls), b)
     } else {
         (raw, Vec::new())
@@ -768,10 +783,7 @@ async fn server_handshake(
                 .accept(raw)
                 .await
                 .map_err(|e| tls_error(e, "client"))?;
-            let mut b = vec![0u8; 32];
-            tls.get_ref()
-                .1
-                .export_keying_material(&mut b[..], EXPORTER_LABEL, None)?;
+            let b = tls_binding(&**tls.get_ref().1)?;
             (Box::pin(tls), b)
         }
         None => (raw, Vec::new()),
@@ -798,6 +810,26 @@ async fn server_handshake(
     }
 }
 
+/// The client's next handshake frame, which must be of `kind` (any other
+/// arrived before `step`): the frame and its message, or the code to
+/// refuse the peer with.
+async fn handshake_msg<M: Message + Default>(
+    rd: &mut FrameReader,
+    kind: Kind,
+    step: &str,
+) -> std::result::Result<(Frame, M), (ErrorCode, Error)> {
+    let f = rd
+        .read_frame()
+        .await
+        .map_err(|e| (ErrorCode::Protocol, e))?;
+    if f.kind != kind {
+        let e = Error::Protocol(format!("{:?} frame before {step}", f.kind));
+        return Err((ErrorCode::Protocol, e));
+    }
+    let m = expect_msg(&f, kind).map_err(|e| (ErrorCode::Protocol, e))?;
+    Ok((f, m))
+}
+
 /// The server's half of the handshake; an error carries the code to send.
 async fn server_steps(
     rd: &mut FrameReader,
@@ -806,14 +838,7 @@ async fn server_steps(
     binding: &[u8],
 ) -> std::result::Result<(Channel, SessionId), (ErrorCode, Error)> {
     let proto = |m: String| (ErrorCode::Protocol, Error::Protocol(m));
-    let f = rd
-        .read_frame()
-        .await
-        .map_err(|e| (ErrorCode::Protocol, e))?;
-    if f.kind != Kind::Hello {
-        return Err(proto(format!("{:?} frame before the hello", f.kind)));
-    }
-    let hello: Hello = expect_msg(&f, Kind::Hello).map_err(|e| (ErrorCode::Protocol, e))?;
+    let (f, hello): (_, Hello) = handshake_msg(rd, Kind::Hello, "the hello").await?;
     let lo = hello.min_version.max(u32::from(MIN_VERSION));
     let hi = hello.max_version.min(u32::from(MAX_VERSION));
     if lo > hi {
@@ -860,14 +885,7 @@ async fn server_steps(
     wr.version = version;
 
     let t = transcript(&[&f.payload, &reply_bytes, binding]);
-    let f = rd
-        .read_frame()
-        .await
-        .map_err(|e| (ErrorCode::Protocol, e))?;
-    if f.kind != Kind::Auth {
-        return Err(proto(format!("{:?} frame before authentication", f.kind)));
-    }
-    let auth: Auth = expect_msg(&f, Kind::Auth).map_err(|e| (ErrorCode::Protocol, e))?;
+    let (_, auth): (_, Auth) = handshake_msg(rd, Kind::Auth, "authentication").await?;
     if !cfg.key.verify(Role::Client, &t, &auth.proof) {
         return Err((
             ErrorCode::AuthFailed,
@@ -883,6 +901,14 @@ async fn server_steps(
     .await
     .map_err(|e| (ErrorCode::Protocol, e))?;
     Ok((channel, session))
+}
+
+/// What both ends' key proofs are bound to under TLS: 32 bytes of keying
+/// material exported from the session, the same on both ends of it only.
+fn tls_binding<D>(conn: &rustls::ConnectionCommon<D>) -> Result<Vec<u8>> {
+    let mut b = vec![0u8; 32];
+    conn.export_keying_material(&mut b[..], EXPORTER_LABEL, None)?;
+    Ok(b)
 }
 
 fn tls_error(e: std::io::Error, side: &str) -> Error {

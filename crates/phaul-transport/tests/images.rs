@@ -8,41 +8,18 @@ use std::os::unix::fs::{PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use phaul_testkit::{link_config, noise};
 use phaul_transport::frame::Kind;
 use phaul_transport::images::{
     BatchStats, ImageLimits, receive_batch_over, send_dir_over, send_files_over,
 };
 use phaul_transport::link::FrameWriter;
 use phaul_transport::proto::{BatchEnd, FileBegin, FileEnd};
-use phaul_transport::{Channel, Error, ErrorCode, Link, LinkConfig, SharedKey};
-
-fn cfg() -> LinkConfig {
-    LinkConfig::new(SharedKey::new(b"0123456789abcdef").unwrap())
-        .handshake_timeout(Duration::from_secs(10))
-}
+use phaul_transport::{Channel, Error, ErrorCode, Link, LinkConfig};
 
 /// A connected images channel over a socketpair: (source's end, target's).
 async fn pair(cfg: LinkConfig) -> (Link, Link) {
-    let (a, b) = tokio::net::UnixStream::pair().unwrap();
-    let server_cfg = cfg.clone();
-    let (server, client) = tokio::join!(
-        Link::accept(Box::pin(a), "test".into(), &server_cfg),
-        Link::connect_stream(Box::pin(b), &cfg, Channel::Images, Some([7; 16]))
-    );
-    (client.unwrap(), server.unwrap())
-}
-
-/// Deterministic incompressible bytes (xorshift64).
-fn noise(len: usize, mut seed: u64) -> Vec<u8> {
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        out.extend_from_slice(&seed.to_le_bytes());
-    }
-    out.truncate(len);
-    out
+    phaul_testkit::link_pair(&cfg, Channel::Images).await
 }
 
 fn write_file(dir: &Path, name: &str, data: &[u8], mode: u32) {
@@ -255,23 +232,23 @@ async fn round_trip_with(cfg: LinkConfig, limits: ImageLimits) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_directory_round_trips_over_tls() {
-    round_trip(cfg()).await;
+    round_trip(link_config()).await;
 }
 
 #[tokio::test]
 async fn a_directory_round_trips_in_plaintext() {
-    round_trip(cfg().plaintext()).await;
+    round_trip(link_config().plaintext()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_directory_round_trips_compressed() {
-    round_trip(cfg().compress(true)).await;
+    round_trip(link_config().compress(true)).await;
 }
 
 #[tokio::test]
 async fn a_directory_round_trips_without_fsyncs() {
     round_trip_with(
-        cfg(),
+        link_config(),
         ImageLimits {
             durable: false,
             ..ImageLimits::default()
@@ -284,7 +261,7 @@ async fn a_directory_round_trips_without_fsyncs() {
 async fn an_empty_batch_is_acknowledged() {
     let src = tempfile::tempdir().unwrap();
     let scene = Scene::new();
-    let (mut a, mut b) = pair(cfg()).await;
+    let (mut a, mut b) = pair(link_config()).await;
     let limits = ImageLimits::default();
     let (sent, received) = tokio::join!(
         send_files_over(&mut a, src.path(), &[]),
@@ -311,7 +288,7 @@ async fn the_receiver_refuses_names_that_are_not_plain() {
             end: true,
         };
         let (received, sent) = refused_raw(
-            cfg(),
+            link_config(),
             &scene.target,
             ImageLimits::default(),
             &[file],
@@ -338,7 +315,7 @@ async fn the_sender_refuses_a_bad_name_before_sending_anything() {
     write_file(root.path(), "x", b"outside", 0o644);
     write_file(&src, "core-1.img", b"core", 0o600);
     let scene = Scene::new();
-    let (mut a, mut b) = pair(cfg()).await;
+    let (mut a, mut b) = pair(link_config()).await;
     let limits = ImageLimits::default();
     let sender = async {
         let bad = send_files_over(&mut a, &src, &["../x".to_string()]).await;
@@ -376,7 +353,7 @@ async fn modes_beyond_permission_bits_are_refused() {
             end: true,
         };
         let (received, sent) = refused_raw(
-            cfg(),
+            link_config(),
             &scene.target,
             ImageLimits::default(),
             &[file],
@@ -405,7 +382,7 @@ async fn a_symlink_in_the_target_is_never_followed_nor_replaced() {
 
     let src = tempfile::tempdir().unwrap();
     write_file(src.path(), "core-1.img", b"overwrite attempt", 0o600);
-    let (mut a, mut b) = pair(cfg()).await;
+    let (mut a, mut b) = pair(link_config()).await;
     let limits = ImageLimits::default();
     let names = ["core-1.img".to_string()];
     let (sent, received) = tokio::join!(
@@ -431,7 +408,7 @@ async fn a_symlink_in_the_source_is_refused_by_name_and_skipped_by_directory() {
     symlink("/etc/passwd", src.path().join("evil.img")).unwrap();
     write_file(src.path(), "core-1.img", b"core", 0o600);
     let scene = Scene::new();
-    let (mut a, mut b) = pair(cfg()).await;
+    let (mut a, mut b) = pair(link_config()).await;
     let limits = ImageLimits::default();
     let sender = async {
         match send_files_over(&mut a, src.path(), &["evil.img".to_string()]).await {
@@ -473,7 +450,7 @@ async fn a_file_larger_than_announced_is_refused_and_removed() {
         },
     ];
     let (received, sent) = refused_raw(
-        cfg(),
+        link_config(),
         &scene.target,
         ImageLimits::default(),
         &files,
@@ -507,7 +484,7 @@ async fn a_file_shorter_than_announced_is_refused_and_removed() {
         end: true,
     };
     let (received, sent) = refused_raw(
-        cfg().plaintext(),
+        link_config().plaintext(),
         &scene.target,
         ImageLimits::default(),
         &[file],
@@ -536,7 +513,7 @@ async fn a_batch_end_that_miscounts_is_refused() {
         end: true,
     };
     let (received, sent) = refused_raw(
-        cfg(),
+        link_config(),
         &scene.target,
         ImageLimits::default(),
         &[file],
@@ -568,7 +545,7 @@ async fn a_new_file_before_the_last_one_ended_is_refused() {
         },
     ];
     let (received, sent) = refused_raw(
-        cfg(),
+        link_config(),
         &scene.target,
         ImageLimits::default(),
         &files,
@@ -586,7 +563,7 @@ async fn a_new_file_before_the_last_one_ended_is_refused() {
 /// `limits`, which must refuse with a LIMIT error.
 async fn refused_by_limit(src: &Path, limits: ImageLimits) -> Scene {
     let scene = Scene::new();
-    let (mut a, mut b) = pair(cfg()).await;
+    let (mut a, mut b) = pair(link_config()).await;
     let (sent, received) = tokio::join!(
         send_dir_over(&mut a, src),
         receive_batch_over(&mut b, &scene.target, &limits)
@@ -663,7 +640,7 @@ async fn a_missing_or_symlinked_target_directory_fails() {
     let link = scene.root.path().join("link");
     symlink(&scene.target, &link).unwrap();
     for dir in [scene.root.path().join("missing"), link] {
-        let (mut a, mut b) = pair(cfg().plaintext()).await;
+        let (mut a, mut b) = pair(link_config().plaintext()).await;
         let src = tempfile::tempdir().unwrap();
         write_file(src.path(), "a.img", b"a", 0o600);
         let limits = ImageLimits::default();
@@ -681,7 +658,7 @@ async fn a_missing_or_symlinked_target_directory_fails() {
 async fn a_sender_that_fails_mid_file_gets_its_partial_file_removed() {
     let scene = Scene::new();
     let before = snapshot(scene.root.path());
-    let (mut src, mut dst) = pair(cfg()).await;
+    let (mut src, mut dst) = pair(link_config()).await;
     let sender = async {
         let begin = FileBegin {
             name: "core-1.img".into(),

@@ -91,8 +91,9 @@ fn main() {
             request::Body::Begin(proto::Begin {
                 htype: "pid".into(),
                 params: HashMap::from([("pid".to_string(), "1234".to_string())]),
-                mode: "stop-copy".into(),
-                fs_driver: String::new(),
+                mode: proto::Mode::StopCopy.into(),
+                fs_driver: proto::FsDriver::NoFs.into(),
+                restore_by: proto::RestoreBy::Criu.into(),
             }),
         ),
     );

@@ -8,8 +8,9 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc as std_mpsc;
 use std::time::Duration;
 
-use phaul_core::Service;
 use phaul_core::criu::{Criu, TargetCriu};
+use phaul_core::{Migration, Report, Service};
+use phaul_htypes::Htype;
 use phaul_htypes::registry::Paths;
 use phaul_testkit::{Hosts, in_netns};
 use phaul_transport::{LinkConfig, Listener, SharedKey};
@@ -25,6 +26,38 @@ pub fn cfg() -> LinkConfig {
 /// The engine's CRIU with `bin`, its stderr kept out of the test output.
 pub fn criu(bin: &Path) -> Criu {
     Criu::new(criu_rpc::Criu::with_binary(bin).quiet(true))
+}
+
+/// Runs a migration from host `ns` to the service at `to`: of the kind
+/// `open` returns (called inside that host), shaped by `tweak`, with a
+/// fresh source work dir. Returns the report and that dir, which with
+/// `PHAUL_KEEP` set outlives the test, its images and CRIU's logs kept for
+/// a look afterwards. Panics when the migration hangs for 5 minutes.
+pub fn migrate_from(
+    ns: &str,
+    bin: &Path,
+    to: &str,
+    open: impl FnOnce() -> Box<dyn Htype> + Send + 'static,
+    tweak: impl FnOnce(Migration<Criu>) -> Migration<Criu> + Send + 'static,
+) -> (Report, tempfile::TempDir) {
+    let keep = std::env::var_os("PHAUL_KEEP").is_some();
+    let work = tempfile::Builder::new()
+        .prefix("phaul-source-")
+        .disable_cleanup(keep)
+        .tempdir()
+        .unwrap();
+    let (bin, to, w) = (bin.to_path_buf(), to.to_string(), work.path().to_path_buf());
+    let report = in_netns(ns, move || async move {
+        let m = Migration::new(criu(&bin), to, cfg(), open())
+            .work_dir(&w)
+            .keep_images(keep);
+        tokio::time::timeout(Duration::from_secs(300), tweak(m).run())
+            .await
+            .expect("the migration hung")
+    })
+    .join()
+    .expect("the source thread panicked");
+    (report, work)
 }
 
 /// How a [`Target`] is set up.

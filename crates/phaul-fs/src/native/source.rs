@@ -4,7 +4,7 @@ use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::Read;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nix::errno::Errno;
 use nix::fcntl::{OFlag, openat};
@@ -17,21 +17,15 @@ use tracing::debug;
 use super::plan::{Manifest, Op, plan};
 use super::{BUFFER, CONTENT_CHUNK};
 use crate::error::{Error, Result};
+use crate::pass::PassGate;
 use crate::path::{Dirs, RelPath};
 use crate::tree::{self, Entry, Meta};
 use crate::wire::{Msg, MsgReader, put_data_header};
-use crate::{FsDriver, FsLimits, SyncStats, blocking, describe};
+use crate::{FsDriver, FsLimits, Pass, SyncStats, blocking, describe};
 
 /// How long a source whose sending failed waits for the target's `Error`
 /// frame, which usually says why better than a broken pipe.
 const ERROR_GRACE: Duration = Duration::from_secs(5);
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum State {
-    Ready,
-    Broken,
-    Finished,
-}
 
 /// The source side of the native driver: walks `root` and sends the
 /// difference to the target's [`serve_native`](super::serve_native) over
@@ -48,8 +42,7 @@ pub struct NativeSource {
     root: PathBuf,
     limits: FsLimits,
     reader: MsgReader,
-    pass: u32,
-    state: State,
+    gate: PassGate,
 }
 
 /// What the generator sent.
@@ -69,8 +62,7 @@ impl NativeSource {
             root,
             limits: FsLimits::default(),
             reader: MsgReader::new(),
-            pass: 0,
-            state: State::Ready,
+            gate: PassGate::new("native"),
         }
     }
 
@@ -81,32 +73,19 @@ impl NativeSource {
         self
     }
 
-    /// One pass; `last` for the final sync.
-    async fn pass(&mut self, last: bool) -> Result<SyncStats> {
-        match self.state {
-            State::Broken => return Err(Error::Broken),
-            State::Finished => {
-                return Err(Error::Protocol("the final sync has already run".into()));
+    /// One pass through the gate. Any failure leaves the link out of
+    /// step: the target may be anywhere in the pass.
+    async fn gated_pass(&mut self, which: Pass) -> Result<SyncStats> {
+        let t = self.gate.open(which)?;
+        let res = self.run_pass(t.number, t.last).await;
+        if let Err(e) = &res {
+            if e.worth_reporting() {
+                // Best effort: the pass has failed either way, and the
+                // target aborts (removing its partial file) on it.
+                let _ = self.link.writer.send_error(e.code(), &describe(e), 0).await;
             }
-            State::Ready => {}
         }
-        let started = Instant::now();
-        let pass = self.pass;
-        self.pass += 1;
-        let res = self.run_pass(pass, last).await;
-        match &res {
-            Err(e) => {
-                self.state = State::Broken;
-                if e.worth_reporting() {
-                    // Best effort: the pass has failed either way, and the
-                    // target aborts (removing its partial file) on it.
-                    let _ = self.link.writer.send_error(e.code(), &describe(e), 0).await;
-                }
-            }
-            Ok(_) if last => self.state = State::Finished,
-            Ok(_) => {}
-        }
-        crate::pass_done("native", pass, last, started, res)
+        self.gate.close(t, res, |_| false)
     }
 
     async fn run_pass(&mut self, pass: u32, last: bool) -> Result<SyncStats> {
@@ -166,10 +145,7 @@ impl NativeSource {
                     duration: Duration::ZERO,
                 })
             }
-            other => Err(Error::Protocol(format!(
-                "expected PassDone, got a message of tag {}",
-                other.tag()
-            ))),
+            other => Err(other.unexpected("PassDone")),
         }
     }
 }
@@ -179,20 +155,8 @@ impl FsDriver for NativeSource {
         "native"
     }
 
-    fn inodes_survive(&self) -> bool {
-        false
-    }
-
-    fn start(&mut self) -> impl Future<Output = Result<SyncStats>> + Send {
-        self.pass(false)
-    }
-
-    fn next_iteration(&mut self) -> impl Future<Output = Result<SyncStats>> + Send {
-        self.pass(false)
-    }
-
-    fn final_sync(&mut self) -> impl Future<Output = Result<SyncStats>> + Send {
-        self.pass(true)
+    fn pass(&mut self, which: Pass) -> impl Future<Output = Result<SyncStats>> + Send {
+        self.gated_pass(which)
     }
 }
 

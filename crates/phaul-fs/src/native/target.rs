@@ -19,14 +19,15 @@ use nix::unistd::{Gid, Uid, UnlinkatFlags, fchown, fchownat, linkat, symlinkat, 
 use phaul_transport::Link;
 use phaul_transport::link::FrameWriter;
 use tokio::sync::mpsc;
-use tracing::{debug, info, warn};
+use tracing::debug;
 
 use super::BUFFER;
 use crate::error::{Error, Result};
+use crate::pass::{ServePass, serve_passes};
 use crate::path::{DIR_FLAGS, Dirs, MAX_PATH, RelPath};
 use crate::tree::{self, Entry, Kind, Meta};
 use crate::wire::{ManifestEntry, Msg, MsgReader};
-use crate::{FsLimits, SyncStats, blocking, describe};
+use crate::{FsLimits, SyncStats, blocking};
 
 /// Serves the native driver's passes into the tree at `root` until the
 /// source's final pass (then returns the totals of all passes), an error
@@ -38,59 +39,35 @@ use crate::{FsLimits, SyncStats, blocking, describe};
 /// `root` must exist; it is the only place anything is written (see the
 /// guarantees in [`crate::native`]). Meant to run as one task of a
 /// service, with the session's `FS` channel.
-pub async fn serve_native(mut link: Link, root: &Path, limits: &FsLimits) -> Result<SyncStats> {
-    let mut total = SyncStats::default();
-    let mut mr = MsgReader::new();
-    let mut expect = 0u32;
-    loop {
-        let res = async {
-            let (pass, last) = match mr.next(&mut link.reader).await? {
-                Msg::PassBegin { pass, last } => (pass, last),
-                other => {
-                    return Err(Error::Protocol(format!(
-                        "expected PassBegin, got a message of tag {}",
-                        other.tag()
-                    )));
-                }
-            };
-            if pass != expect {
-                return Err(Error::Protocol(format!(
-                    "pass {pass} where {expect} was due"
-                )));
-            }
-            let stats = target_pass(&mut link, &mut mr, root, limits, last).await?;
-            info!(
-                driver = "native",
-                side = "target",
-                pass,
-                last,
-                files = stats.files,
-                bytes = stats.bytes,
-                deleted = stats.deleted,
-                scanned = stats.scanned,
-                ms = stats.duration.as_millis() as u64,
-                "file-system pass applied"
-            );
-            Ok((stats, last))
+pub async fn serve_native(link: Link, root: &Path, limits: &FsLimits) -> Result<SyncStats> {
+    let server = Server {
+        mr: MsgReader::new(),
+        root,
+        limits,
+    };
+    serve_passes("native", link, root, server).await
+}
+
+/// The target's side of the native driver's passes.
+struct Server<'a> {
+    mr: MsgReader,
+    root: &'a Path,
+    limits: &'a FsLimits,
+}
+
+impl ServePass for Server<'_> {
+    async fn serve_pass(&mut self, link: &mut Link, expect: u32) -> Result<(SyncStats, bool)> {
+        let (pass, last) = match self.mr.next(&mut link.reader).await? {
+            Msg::PassBegin { pass, last } => (pass, last),
+            other => return Err(other.unexpected("PassBegin")),
+        };
+        if pass != expect {
+            return Err(Error::Protocol(format!(
+                "pass {pass} where {expect} was due"
+            )));
         }
-        .await;
-        match res {
-            Ok((stats, last)) => {
-                total.merge(&stats);
-                expect += 1;
-                if last {
-                    return Ok(total);
-                }
-            }
-            Err(e) => {
-                warn!(root = %root.display(), error = %describe(&e), "file-system sync failed");
-                if e.worth_reporting() {
-                    // Best effort: the link is going away either way.
-                    link.refuse(e.code(), &describe(&e)).await;
-                }
-                return Err(e);
-            }
-        }
+        let stats = target_pass(link, &mut self.mr, self.root, self.limits, last).await?;
+        Ok((stats, last))
     }
 }
 
@@ -322,6 +299,42 @@ fn place(parent: BorrowedFd<'_>, tmp: &[u8], name: &[u8], path: &RelPath) -> Res
     Ok(())
 }
 
+/// Gives a new temporary entry (a symlink or node made under `tmp`) its
+/// owner, mode (with `chmod`) and mtime, never following it, and renames
+/// it over `name`; on failure the temporary entry is removed.
+fn finish_tmp(
+    parent: BorrowedFd<'_>,
+    tmp: &[u8],
+    name: &[u8],
+    path: &RelPath,
+    meta: &Meta,
+    chmod: bool,
+) -> Result<()> {
+    let (uid, gid) = owner(meta);
+    let set = fchownat(parent, tmp, uid, gid, AtFlags::AT_SYMLINK_NOFOLLOW)
+        .and_then(|()| {
+            if chmod {
+                fchmodat(parent, tmp, mode(meta), FchmodatFlags::NoFollowSymlink)
+            } else {
+                Ok(())
+            }
+        })
+        .and_then(|()| {
+            utimensat(
+                parent,
+                tmp,
+                &TimeSpec::UTIME_OMIT,
+                &time(meta),
+                UtimensatFlags::NoFollowSymlink,
+            )
+        });
+    if let Err(e) = set {
+        let _ = unlinkat(parent, tmp, UnlinkatFlags::NoRemoveDir);
+        return Err(Error::io(path.to_path(), e));
+    }
+    place(parent, tmp, name, path)
+}
+
 impl Applier {
     fn new(root: &Path, limits: FsLimits) -> Result<Self> {
         Ok(Self {
@@ -493,32 +506,8 @@ impl Applier {
                 reason: "a symlink target that is empty, too long or holds NUL".into(),
             });
         }
-        let seq = &mut self.seq;
-        let (parent, name) = self.dirs.parent(p)?;
-        let err = |e: Errno| Error::io(p.to_path(), e);
-        let ((), tmp) = at_tmp(seq, |n| symlinkat(target, parent, n)).map_err(err)?;
-        let (uid, gid) = owner(meta);
-        let set = fchownat(
-            parent,
-            tmp.as_slice(),
-            uid,
-            gid,
-            AtFlags::AT_SYMLINK_NOFOLLOW,
-        )
-        .and_then(|()| {
-            utimensat(
-                parent,
-                tmp.as_slice(),
-                &TimeSpec::UTIME_OMIT,
-                &time(meta),
-                UtimensatFlags::NoFollowSymlink,
-            )
-        });
-        if let Err(e) = set {
-            let _ = unlinkat(parent, tmp.as_slice(), UnlinkatFlags::NoRemoveDir);
-            return Err(err(e));
-        }
-        place(parent, &tmp, name, p)
+        // A symlink's own mode bits mean nothing on Linux.
+        self.make_at(p, meta, false, |parent, n| symlinkat(target, parent, n))
     }
 
     fn link(&mut self, p: &RelPath, to: &RelPath) -> Result<()> {
@@ -564,44 +553,26 @@ impl Applier {
                 reason: "device nodes are not allowed on this target".into(),
             });
         }
-        let seq = &mut self.seq;
-        let (parent, name) = self.dirs.parent(p)?;
-        let err = |e: Errno| Error::io(p.to_path(), e);
         let rdev = if kind.is_device() { rdev } else { 0 };
-        let ((), tmp) = at_tmp(seq, |n| {
+        self.make_at(p, meta, true, |parent, n| {
             mknodat(parent, n, flag, Mode::from_bits_truncate(0o600), rdev)
         })
-        .map_err(err)?;
-        let (uid, gid) = owner(meta);
-        let set = fchownat(
-            parent,
-            tmp.as_slice(),
-            uid,
-            gid,
-            AtFlags::AT_SYMLINK_NOFOLLOW,
-        )
-        .and_then(|()| {
-            fchmodat(
-                parent,
-                tmp.as_slice(),
-                mode(meta),
-                FchmodatFlags::NoFollowSymlink,
-            )
-        })
-        .and_then(|()| {
-            utimensat(
-                parent,
-                tmp.as_slice(),
-                &TimeSpec::UTIME_OMIT,
-                &time(meta),
-                UtimensatFlags::NoFollowSymlink,
-            )
-        });
-        if let Err(e) = set {
-            let _ = unlinkat(parent, tmp.as_slice(), UnlinkatFlags::NoRemoveDir);
-            return Err(err(e));
-        }
-        place(parent, &tmp, name, p)
+    }
+
+    /// Makes entry `p` with `make` under a temporary name in its parent,
+    /// gives it `meta` (its mode only with `chmod`) and renames it into
+    /// place.
+    fn make_at(
+        &mut self,
+        p: &RelPath,
+        meta: &Meta,
+        chmod: bool,
+        mut make: impl FnMut(BorrowedFd<'_>, &[u8]) -> nix::Result<()>,
+    ) -> Result<()> {
+        let seq = &mut self.seq;
+        let (parent, name) = self.dirs.parent(p)?;
+        let ((), tmp) = at_tmp(seq, |n| make(parent, n)).map_err(|e| Error::io(p.to_path(), e))?;
+        finish_tmp(parent, &tmp, name, p, meta, chmod)
     }
 
     fn set_meta(&mut self, p: &RelPath, meta: &Meta) -> Result<()> {

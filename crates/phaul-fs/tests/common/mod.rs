@@ -1,5 +1,5 @@
-//! Shared fixtures of the integration tests: the root gate, a connected
-//! pair of FS links (TLS on), and a snapshot of a tree that compares
+//! Shared fixtures of the integration tests: the gates and a connected pair
+//! of FS links (from phaul-testkit), and a snapshot of a tree that compares
 //! everything the drivers preserve.
 
 #![allow(dead_code)]
@@ -9,79 +9,22 @@ use std::fs;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
-use phaul_transport::{Channel, Link, LinkConfig, SharedKey};
+use phaul_transport::{Channel, Link};
 
-/// Whether this test can run: it needs root (it chowns and makes device
-/// nodes). Under `CI` a missing requirement fails the test; elsewhere it is
-/// skipped with a message.
-pub fn require_root(test: &str) -> bool {
-    if phaul_testkit::is_root() {
-        return true;
-    }
-    if std::env::var_os("CI").is_some() {
-        panic!("{test}: CI requires root; run the tests as root");
-    }
-    #[allow(clippy::print_stderr)]
-    {
-        eprintln!("SKIPPED {test}: not running as root");
-    }
-    false
-}
+#[allow(unused_imports)]
+pub use phaul_testkit::{noise, require_root};
 
-/// [`require_root`], and rsync installed (scripts/setup.sh installs it).
+/// [`require_root`], and rsync installed.
 pub fn require_root_and_rsync(test: &str) -> bool {
-    if !require_root(test) {
-        return false;
-    }
-    let ok = std::process::Command::new("rsync")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if ok {
-        return true;
-    }
-    if std::env::var_os("CI").is_some() {
-        panic!("{test}: CI requires rsync; run scripts/setup.sh");
-    }
-    #[allow(clippy::print_stderr)]
-    {
-        eprintln!("SKIPPED {test}: no rsync (run scripts/setup.sh)");
-    }
-    false
-}
-
-pub fn cfg() -> LinkConfig {
-    LinkConfig::new(SharedKey::new(b"0123456789abcdef0123456789abcdef").unwrap())
-        .handshake_timeout(Duration::from_secs(10))
+    require_root(test)
+        && phaul_testkit::require_program(test, "rsync", "scripts/setup.sh installs it")
 }
 
 /// A connected FS channel over a socketpair, TLS on: (source's end,
 /// target's end).
 pub async fn pair() -> (Link, Link) {
-    let (a, b) = tokio::net::UnixStream::pair().unwrap();
-    let cfg = cfg();
-    let server_cfg = cfg.clone();
-    let (server, client) = tokio::join!(
-        Link::accept(Box::pin(a), "test".into(), &server_cfg),
-        Link::connect_stream(Box::pin(b), &cfg, Channel::Fs, Some([9; 16]))
-    );
-    (client.unwrap(), server.unwrap())
-}
-
-/// Deterministic incompressible bytes (xorshift64).
-pub fn noise(len: usize, mut seed: u64) -> Vec<u8> {
-    seed |= 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        out.extend_from_slice(&seed.to_le_bytes());
-    }
-    out.truncate(len);
-    out
+    phaul_testkit::link_pair(&phaul_testkit::link_config(), Channel::Fs).await
 }
 
 /// Writes a file with an exact mode (`set_permissions` ignores the umask).
