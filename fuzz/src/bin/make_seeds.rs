@@ -94,6 +94,7 @@ fn main() {
                 mode: proto::Mode::StopCopy.into(),
                 fs_driver: proto::FsDriver::NoFs.into(),
                 restore_by: proto::RestoreBy::Criu.into(),
+                migration_id: "seed-1".into(),
             }),
         ),
     );
