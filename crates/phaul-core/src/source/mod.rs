@@ -58,6 +58,7 @@ use crate::pagestream::{PageRelay, socketpair};
 use crate::plan::{Files, Plan};
 use crate::policy::{ConvergencePolicy, Decision, IterationSample, PhaulRules};
 use crate::stats::{IterationReport, Ongoing, Phase, Report};
+use phaul_fs::FsDriver;
 /// Cancels a running [`Migration`] from elsewhere.
 #[derive(Debug, Clone)]
 pub struct CancelHandle(Arc<watch::Sender<bool>>);
@@ -586,7 +587,7 @@ impl<C: SourceCriu> Migration<C> {
         let choice = self.preflight(stats, &mut ctl, pid, dir).await?;
         let fs_root = self.htype.fs_root();
         let files = match fs_root {
-            Some(_) => self.fs.files(),
+            Some(_) => crate::fs::files(&self.fs),
             None => Files::None,
         };
         let plan = Plan::new(choice.mode, self.htype.caps(), files);
@@ -600,11 +601,11 @@ impl<C: SourceCriu> Migration<C> {
         self.call(&mut ctl, request::Body::Begin(begin)).await?;
         let images = self.connect(Channel::Images, Some(sid)).await?;
         let fs = match (&fs_root, &self.fs) {
-            (None, _) => SourceFs::None,
-            (Some(_), FsChoice::Shared) => SourceFs::Shared(phaul_fs::Shared),
+            (None, _) => None,
+            (Some(_), FsChoice::Shared) => Some(SourceFs::Shared(phaul_fs::Shared)),
             (Some(root), choice) => {
                 let link = self.connect(Channel::Fs, Some(sid)).await?;
-                SourceFs::open(choice, link, root.clone())?
+                Some(SourceFs::open(choice, link, root.clone()).map_err(Error::Fs)?)
             }
         };
         let mut run = Run {
@@ -614,7 +615,7 @@ impl<C: SourceCriu> Migration<C> {
             sid,
             pid,
             dir: dir.to_path_buf(),
-            force_irmap: !fs.inodes_survive(),
+            force_irmap: !fs.as_ref().is_none_or(FsDriver::inodes_survive),
             fs,
         };
         // The first pass, while the tree runs: the bulk of the files.
@@ -812,10 +813,15 @@ impl<C: SourceCriu> Migration<C> {
 
     /// One file-system pass, recorded in the stats.
     async fn fs_pass(&self, run: &mut Run<'_>, which: Pass) -> Result<Option<phaul_fs::SyncStats>> {
-        let driver = run.fs.name();
+        let Some(fs) = run.fs.as_mut() else {
+            return Ok(None);
+        };
+        let driver = fs.name();
         let limit = self.timeouts.transfer;
         let st = self
-            .step(limit, "syncing the file system", run.fs.pass(which))
+            .step(limit, "syncing the file system", async {
+                fs.pass(which).await.map(Some).map_err(Error::Fs)
+            })
             .await?;
         if let Some(st) = &st {
             info!(
@@ -1004,7 +1010,8 @@ struct Run<'a> {
     /// The file system is copied, so inodes change: CRIU must resolve
     /// inotify watches by path.
     force_irmap: bool,
-    fs: SourceFs,
+    /// `None` when the kind has no file system of its own.
+    fs: Option<SourceFs>,
 }
 
 fn remote(e: phaul_transport::Error) -> Error {

@@ -317,7 +317,7 @@ impl<T: TargetCriu> Session<T> {
                 warn!(session = %sid, "no file-system channel joined the session");
                 return;
             };
-            match crate::fs::serve(driver, link, &root, &limits).await {
+            match phaul_fs::registry::serve(driver, link, &root, &limits).await {
                 Ok(st) => {
                     info!(session = %sid, files = st.files, bytes = st.bytes, "file system received")
                 }
