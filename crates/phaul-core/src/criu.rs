@@ -413,6 +413,27 @@ fn route_failure<R, D>(
     }
 }
 
+/// Where a CRIU driver's end goes: a failure as [`route_failure`] says; an
+/// end before the notification someone still waits for, as an error
+/// (`early`) to them; else `done()` to the outcome's receiver.
+fn route_end<R, D>(
+    outcome: Result<()>,
+    ready: Option<oneshot::Sender<Result<R>>>,
+    done_tx: oneshot::Sender<Result<D>>,
+    early: &str,
+    done: impl FnOnce() -> D,
+) {
+    match (outcome, ready) {
+        (Err(e), ready) => route_failure(e, ready, done_tx),
+        (Ok(()), Some(tx)) => {
+            let _ = tx.send(Err(Error::Protocol(early.into())));
+        }
+        (Ok(()), None) => {
+            let _ = done_tx.send(Ok(done()));
+        }
+    }
+}
+
 impl SourceCriu for Criu {
     async fn probe_inet_dump(&self, scratch: &Path) -> Result<()> {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|source| Error::Io {
@@ -597,17 +618,13 @@ impl SourceCriu for Criu {
                     Err(e) => break Err(src(e)),
                 }
             };
-            match (outcome, ready_tx.take()) {
-                (Err(e), ready) => route_failure(e, ready, done_tx),
-                (Ok(()), Some(tx)) => {
-                    let _ = tx.send(Err(Error::Protocol(
-                        "the lazy dump ended before serving pages".into(),
-                    )));
-                }
-                (Ok(()), None) => {
-                    let _ = done_tx.send(Ok(lazy_dump_stats(&work, &images)));
-                }
-            }
+            route_end(
+                outcome,
+                ready_tx.take(),
+                done_tx,
+                "the lazy dump ended before serving pages",
+                || lazy_dump_stats(&work, &images),
+            );
         });
         ready_rx
             .await
@@ -758,17 +775,13 @@ impl TargetCriu for Criu {
                     Err(e) => break Err(tgt(e)),
                 }
             };
-            match (outcome, ready_tx.take()) {
-                (Err(e), ready) => route_failure(e, ready, done_tx),
-                (Ok(()), Some(tx)) => {
-                    let _ = tx.send(Err(Error::Protocol(
-                        "restore ended without post-restore".into(),
-                    )));
-                }
-                (Ok(()), None) => {
-                    let _ = done_tx.send(Ok(read_restore_stats(&work).ok()));
-                }
-            }
+            route_end(
+                outcome,
+                ready_tx.take(),
+                done_tx,
+                "restore ended without post-restore",
+                || read_restore_stats(&work).ok(),
+            );
         });
         let pid = ready_rx
             .await

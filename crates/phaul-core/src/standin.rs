@@ -101,6 +101,27 @@ impl StandIn {
         self.log.lock().expect("not poisoned").push(s);
     }
 
+    /// A held step (a final dump, a restore): the engine's decision comes
+    /// on the first channel; the outcome (`stats` on a commit) goes back on
+    /// the second, noted as `ended` or `undone`.
+    #[allow(clippy::type_complexity)]
+    fn hold<T: Send + 'static>(
+        &self,
+        ended: &'static str,
+        undone: &'static str,
+        stats: impl FnOnce(&Self) -> T + Send + 'static,
+    ) -> (oneshot::Sender<bool>, oneshot::Receiver<Result<Option<T>>>) {
+        let (decide_tx, decide_rx) = oneshot::channel();
+        let (done_tx, done_rx) = oneshot::channel();
+        let this = self.clone();
+        tokio::spawn(async move {
+            let commit = decide_rx.await.unwrap_or(false);
+            this.note(if commit { ended } else { undone }.into());
+            let _ = done_tx.send(Ok(commit.then(|| stats(&this))));
+        });
+        (decide_tx, done_rx)
+    }
+
     fn next_pages(&self) -> u64 {
         self.pages
             .lock()
@@ -193,18 +214,8 @@ impl SourceCriu for StandIn {
         self.note(Self::describe("dump", &spec));
         write_images(&spec.images_dir, spec.pid)?;
         send_bytes(pages, n as usize * BYTES_PER_PAGE).await?;
-        let (decide_tx, decide_rx) = oneshot::channel();
-        let (done_tx, done_rx) = oneshot::channel();
-        let this = self.clone();
-        tokio::spawn(async move {
-            let commit = decide_rx.await.unwrap_or(false);
-            this.note(if commit {
-                "source ended".into()
-            } else {
-                "source resumed".into()
-            });
-            let _ = done_tx.send(Ok(commit.then(|| Self::stats(n))));
-        });
+        let (decide_tx, done_rx) =
+            self.hold("source ended", "source resumed", move |_| Self::stats(n));
         Ok(HeldDump::new(decide_tx, done_rx))
     }
 
@@ -345,20 +356,9 @@ impl TargetCriu for StandIn {
         if !spec.images_dir.join("core-1.img").exists() {
             return Err(Error::Target("stand-in: no images".into()));
         }
-        let (decide_tx, decide_rx) = oneshot::channel();
-        let (done_tx, done_rx) = oneshot::channel();
-        let this = self.clone();
-        tokio::spawn(async move {
-            let commit = decide_rx.await.unwrap_or(false);
-            this.note(if commit {
-                "target runs".into()
-            } else {
-                "target killed".into()
-            });
-            if commit {
-                this.running.notify_one();
-            }
-            let _ = done_tx.send(Ok(commit.then(RestoreStatsEntry::default)));
+        let (decide_tx, done_rx) = self.hold("target runs", "target killed", |this| {
+            this.running.notify_one();
+            RestoreStatsEntry::default()
         });
         Ok(HeldRestore::new(4242, decide_tx, done_rx))
     }

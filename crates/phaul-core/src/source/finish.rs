@@ -193,23 +193,11 @@ impl<C: SourceCriu> Migration<C> {
         let spec = self.spec(run, i, pre_copied, pre_copied)?;
         let dir = spec.images_dir.clone();
         self.write_files(&dir, false).await?;
-        let t0 = Instant::now();
-        self.freezing(run.stats, t0)?;
         let dumped = self
-            .while_frozen(self.step(
-                self.timeouts.transfer,
-                "the final dump",
-                self.criu.dump(spec, criu_end),
-            ))
+            .freeze_with(run, "the final dump", self.criu.dump(spec, criu_end))
             .await;
-        let held = match dumped {
-            Ok(h) => h,
-            Err(e) => {
-                // CRIU did not get to post-dump: it has resumed the tree.
-                relay.stop();
-                return Err(e);
-            }
-        };
+        // If CRIU did not get to post-dump, it has resumed the tree.
+        let ((held, t0), relay) = super::or_stop(dumped, relay)?;
         drop(ticker);
         let pages_sent = relay.sent();
         run.stats.add_bytes(pages_sent);
@@ -219,6 +207,23 @@ impl<C: SourceCriu> Migration<C> {
             pages_sent,
         };
         Ok((stopped, dir, t0))
+    }
+
+    /// Freezes the source by `fut` (a final dump), bounded by the freeze
+    /// limit from this moment on; returns what it gave and when the freeze
+    /// began.
+    async fn freeze_with<T>(
+        &self,
+        run: &mut Run<'_>,
+        what: &str,
+        fut: impl std::future::Future<Output = Result<T>>,
+    ) -> Result<(T, Instant)> {
+        let t0 = Instant::now();
+        self.freezing(run.stats, t0)?;
+        let r = self
+            .while_frozen(self.step(self.timeouts.transfer, what, fut))
+            .await?;
+        Ok((r, t0))
     }
 
     async fn lazy_dump(
@@ -239,14 +244,8 @@ impl<C: SourceCriu> Migration<C> {
         let pages = self
             .connect(phaul_transport::Channel::Pages, Some(run.sid))
             .await?;
-        let t0 = Instant::now();
-        self.freezing(run.stats, t0)?;
-        let lazy = self
-            .while_frozen(self.step(
-                self.timeouts.transfer,
-                "the lazy dump",
-                self.criu.lazy_dump(spec, port),
-            ))
+        let (lazy, t0) = self
+            .freeze_with(run, "the lazy dump", self.criu.lazy_dump(spec, port))
             .await?;
         // Be CRIU's one and only page-server client, at once: whatever
         // happens next, this connection is how the tree is resumed.

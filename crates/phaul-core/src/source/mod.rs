@@ -747,13 +747,7 @@ impl<C: SourceCriu> Migration<C> {
                     self.criu.pre_dump(spec, criu_end),
                 )
                 .await;
-            let st = match st {
-                Ok(s) => s,
-                Err(e) => {
-                    relay.stop();
-                    return Err(e);
-                }
-            };
+            let (st, relay) = or_stop(st, relay)?;
             let (sent, _) = relay.finish(Duration::from_secs(10)).await?;
             run.stats.add_bytes(sent);
             let report = iteration_report(i, "pre-dump", &st, sent, t0.elapsed());
@@ -1053,6 +1047,18 @@ fn mkdir(dir: &Path) -> Result<()> {
         what: format!("creating {}", dir.display()),
         source,
     })
+}
+
+/// `r` with the relay that carries its pages, or, when it failed, its error
+/// with the relay stopped.
+fn or_stop<T>(r: Result<T>, relay: PageRelay) -> Result<(T, PageRelay)> {
+    match r {
+        Ok(x) => Ok((x, relay)),
+        Err(e) => {
+            relay.stop();
+            Err(e)
+        }
+    }
 }
 
 /// A fresh migration id: unique on this host and, with the time in it,
