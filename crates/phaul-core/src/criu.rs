@@ -434,6 +434,24 @@ fn route_end<R, D>(
     }
 }
 
+impl Criu {
+    /// CRIU's version, if it is one phaul works with; errors as `side`
+    /// (the source's CRIU or the target's) names them.
+    async fn checked_version(&self, side: fn(criu_rpc::Error) -> Error) -> Result<String> {
+        self.rpc
+            .ensure_version(&criu_rpc::Version::MINIMUM)
+            .await
+            .map(|v| v.to_string())
+            .map_err(side)
+    }
+
+    /// What CRIU's feature check says this host can do.
+    async fn host_caps(&self, side: fn(criu_rpc::Error) -> Error) -> Result<HostCaps> {
+        let mut s = self.rpc.connect().await.map_err(side)?;
+        s.feature_check().await.map(caps).map_err(side)
+    }
+}
+
 impl SourceCriu for Criu {
     async fn probe_inet_dump(&self, scratch: &Path) -> Result<()> {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|source| Error::Io {
@@ -487,16 +505,11 @@ impl SourceCriu for Criu {
     }
 
     async fn version(&self) -> Result<String> {
-        self.rpc
-            .ensure_version(&criu_rpc::Version::MINIMUM)
-            .await
-            .map(|v| v.to_string())
-            .map_err(src)
+        self.checked_version(src).await
     }
 
     async fn features(&self) -> Result<HostCaps> {
-        let mut s = self.rpc.connect().await.map_err(src)?;
-        s.feature_check().await.map(caps).map_err(src)
+        self.host_caps(src).await
     }
 
     async fn cpuinfo(&self, scratch: &Path) -> Result<Vec<u8>> {
@@ -635,16 +648,11 @@ impl SourceCriu for Criu {
 
 impl TargetCriu for Criu {
     async fn version(&self) -> Result<String> {
-        self.rpc
-            .ensure_version(&criu_rpc::Version::MINIMUM)
-            .await
-            .map(|v| v.to_string())
-            .map_err(tgt)
+        self.checked_version(tgt).await
     }
 
     async fn features(&self) -> Result<HostCaps> {
-        let mut s = self.rpc.connect().await.map_err(tgt)?;
-        s.feature_check().await.map(caps).map_err(tgt)
+        self.host_caps(tgt).await
     }
 
     async fn cpuinfo_check(&self, cpuinfo: Vec<u8>, scratch: &Path) -> Result<()> {

@@ -97,6 +97,34 @@ pub enum Error {
     },
 }
 
+/// Checks a name a manager knows a thing by (`what`): 1 to `max`
+/// characters of `[A-Za-z0-9._-]`, starting with a letter or a digit, so
+/// it can never be read as an option, a path or shell syntax.
+pub(crate) fn check_name(what: &'static str, name: &str, max: usize) -> Result<()> {
+    let bad = |reason: String| Error::BadParam {
+        name: what,
+        value: name.to_string(),
+        reason,
+    };
+    if name.is_empty() || name.len() > max {
+        return Err(bad(format!("must be 1 to {max} characters")));
+    }
+    if !name
+        .bytes()
+        .next()
+        .is_some_and(|b| b.is_ascii_alphanumeric())
+    {
+        return Err(bad("must start with a letter or a digit".into()));
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    {
+        return Err(bad("may hold only letters, digits, '.', '_' and '-'".into()));
+    }
+    Ok(())
+}
+
 /// Shorthand for results of this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 

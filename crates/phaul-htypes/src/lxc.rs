@@ -60,28 +60,7 @@ struct SourceState {
 /// Checks a container name: 1 to 64 characters of `[A-Za-z0-9._-]`,
 /// starting with a letter or digit.
 pub fn validate_name(name: &str) -> Result<()> {
-    let bad = |reason: &str| Error::BadParam {
-        name: "container name",
-        value: name.to_string(),
-        reason: reason.to_string(),
-    };
-    if name.is_empty() || name.len() > 64 {
-        return Err(bad("must be 1 to 64 characters"));
-    }
-    if !name
-        .bytes()
-        .next()
-        .is_some_and(|b| b.is_ascii_alphanumeric())
-    {
-        return Err(bad("must start with a letter or a digit"));
-    }
-    if !name
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-    {
-        return Err(bad("may hold only letters, digits, '.', '_' and '-'"));
-    }
-    Ok(())
+    crate::check_name("container name", name, 64)
 }
 
 fn check_lxcpath(p: &Path) -> Result<()> {

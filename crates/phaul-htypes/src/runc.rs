@@ -135,24 +135,7 @@ fn add_loopback_hook(config: &mut serde_json::Value) {
 /// Checks a container id: 1 to 128 characters of `[A-Za-z0-9._-]`,
 /// starting with a letter or a digit.
 pub fn validate_id(id: &str) -> Result<()> {
-    let bad = |reason: &str| Error::BadParam {
-        name: "container id",
-        value: id.to_string(),
-        reason: reason.to_string(),
-    };
-    if id.is_empty() || id.len() > 128 {
-        return Err(bad("must be 1 to 128 characters"));
-    }
-    if !id.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric()) {
-        return Err(bad("must start with a letter or a digit"));
-    }
-    if !id
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-    {
-        return Err(bad("may hold only letters, digits, '.', '_' and '-'"));
-    }
-    Ok(())
+    crate::check_name("container id", id, 128)
 }
 
 impl Runc {
@@ -268,6 +251,20 @@ impl Runc {
             .inspect_err(|_| self.unlock())
     }
 
+    /// A runc command that runs CRIU (`checkpoint`, `restore`), with its
+    /// own first option: our CRIU, and what both ends need alike
+    /// (established TCP connections, file locks).
+    fn criu_command<'a>(&'a self, action: &'static str, first: &'a OsStr) -> Vec<&'a OsStr> {
+        vec![
+            OsStr::new("--criu"),
+            self.criu.as_os_str(),
+            OsStr::new(action),
+            first,
+            OsStr::new("--tcp-established"),
+            OsStr::new("--file-locks"),
+        ]
+    }
+
     /// `runc checkpoint`'s arguments, with `extra` options.
     fn checkpoint_args<'a>(
         &'a self,
@@ -275,14 +272,7 @@ impl Runc {
         work_dir: &'a Path,
         extra: &[&'a OsStr],
     ) -> Vec<&'a OsStr> {
-        let mut v = vec![
-            OsStr::new("--criu"),
-            self.criu.as_os_str(),
-            OsStr::new("checkpoint"),
-            OsStr::new("--leave-running"),
-            OsStr::new("--tcp-established"),
-            OsStr::new("--file-locks"),
-        ];
+        let mut v = self.criu_command("checkpoint", OsStr::new("--leave-running"));
         v.extend_from_slice(extra);
         v.extend([
             OsStr::new("--image-path"),
@@ -443,14 +433,7 @@ impl TargetHooks for Runc {
             what: "a work dir".into(),
             source,
         })?;
-        let mut args = vec![
-            OsStr::new("--criu"),
-            self.criu.as_os_str(),
-            OsStr::new("restore"),
-            OsStr::new("-d"),
-            OsStr::new("--tcp-established"),
-            OsStr::new("--file-locks"),
-        ];
+        let mut args = self.criu_command("restore", OsStr::new("-d"));
         if lazy {
             args.push(OsStr::new("--lazy-pages"));
         }
