@@ -168,8 +168,12 @@ impl Criu {
             .collect();
 
         let mut cmd = tokio::process::Command::new(binary);
+        // A process group of its own: a terminal's Ctrl-C, or a service
+        // manager's signal to the caller's group, must not reach CRIU in
+        // the middle of a dump or a restore; the caller decides how it ends.
         cmd.arg("swrk")
             .arg(SWRK_SOCKET_FD.to_string())
+            .process_group(0)
             .stdin(Stdio::null());
         if self.quiet {
             cmd.stdout(Stdio::null()).stderr(Stdio::null());

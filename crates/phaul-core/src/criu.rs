@@ -718,6 +718,8 @@ impl TargetCriu for Criu {
             .arg("-W")
             .arg(&dir)
             .args(["-o", "lazy-pages.log", &format!("-v{}", self.log_level)])
+            // Like `criu swrk`: signals to our group are not CRIU's.
+            .process_group(0)
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())

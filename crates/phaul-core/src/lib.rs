@@ -59,4 +59,4 @@ pub use error::{Error, Result};
 pub use mode::{Mode, ModeChoice};
 pub use source::{CancelHandle, Event, Failure, Migration, MigrationRun, Progress, Timeouts};
 pub use stats::{Outcome, Phase, Report};
-pub use target::Service;
+pub use target::{Service, ServiceEvent};

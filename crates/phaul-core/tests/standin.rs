@@ -94,6 +94,7 @@ struct TestTarget {
     work: tempfile::TempDir,
     stop: tokio::sync::oneshot::Sender<()>,
     server: tokio::task::JoinHandle<phaul_core::Result<()>>,
+    events: tokio::sync::mpsc::UnboundedReceiver<phaul_core::ServiceEvent>,
 }
 
 impl TestTarget {
@@ -106,7 +107,8 @@ impl TestTarget {
         let listener = Listener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let svc = Service::new(criu, cfg(), work.path().join("target"));
+        let (events_tx, events) = tokio::sync::mpsc::unbounded_channel();
+        let svc = Service::new(criu, cfg(), work.path().join("target")).events(events_tx);
         let server = tokio::spawn(svc.serve(listener, async {
             let _ = stop_rx.await;
         }));
@@ -115,6 +117,7 @@ impl TestTarget {
             work,
             stop,
             server,
+            events,
         }
     }
 
@@ -469,7 +472,8 @@ async fn the_target_refuses_requests_out_of_order_or_out_of_plan() {
     let listener = Listener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let svc = Service::new(StandIn::new(ALL), cfg(), work.path().join("target"));
+    let (events_tx, mut events) = tokio::sync::mpsc::unbounded_channel();
+    let svc = Service::new(StandIn::new(ALL), cfg(), work.path().join("target")).events(events_tx);
     let server = tokio::spawn(svc.serve(listener, async {
         let _ = stop_rx.await;
     }));
@@ -527,18 +531,23 @@ async fn the_target_refuses_requests_out_of_order_or_out_of_plan() {
     // A lazy restore in a stop-copy, and a commit before any restore.
     refused(ctl.call(restore(true)).await, "does not belong");
     refused(ctl.call(commit).await, "nothing restored");
-    // The source goes: the session is undone.
-    ctl.close().await;
-    let gone = async {
-        while std::path::Path::new(&b.work_dir).exists() {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(5), gone)
-        .await
-        .expect("the session's directory outlived it");
+    // The service stops while the source is still there: it returns only
+    // once the session is undone.
     let _ = stop_tx.send(());
     server.await.unwrap().unwrap();
+    assert!(
+        !std::path::Path::new(&b.work_dir).exists(),
+        "the session's directory outlived the service"
+    );
+    let mut seen = Vec::new();
+    while let Ok(e) = events.try_recv() {
+        seen.push(e);
+    }
+    assert!(
+        matches!(&seen[..], [phaul_core::ServiceEvent::Began { kind, .. }, phaul_core::ServiceEvent::RolledBack { .. }] if kind == "pid"),
+        "{seen:?}"
+    );
+    drop(ctl);
 }
 
 /// What an embedder holds: a migration started in the background, its
@@ -579,6 +588,12 @@ async fn a_started_migration_streams_events_and_ends_typed() {
     }
     let back: Report = serde_json::from_str(&report.to_json()).unwrap();
     assert_eq!(back, report);
+    let mut target = target;
+    let mut seen = Vec::new();
+    while let Ok(e) = target.events.try_recv() {
+        seen.push(serde_json::to_value(&e).unwrap()["event"].clone());
+    }
+    assert_eq!(seen, ["began", "restored", "committed"]);
     target.finish().await;
 
     // Rolled back, with the typed error kept.

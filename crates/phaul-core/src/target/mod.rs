@@ -25,7 +25,7 @@ use std::time::Duration;
 use phaul_transport::images::ImageLimits;
 use phaul_transport::tls::hex;
 use phaul_transport::{Channel, ControlServer, ErrorCode, Link, LinkConfig, Listener, SessionId};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
 use crate::criu::TargetCriu;
@@ -53,6 +53,46 @@ pub struct Service<T: TargetCriu> {
     limits: ImageLimits,
     paths: phaul_htypes::registry::Paths,
     fs_limits: phaul_fs::FsLimits,
+    events: Option<mpsc::UnboundedSender<ServiceEvent>>,
+}
+
+/// What happens on a target, for an embedder that runs the service
+/// in-process. Serde both ways; `session` is the link's session id (hex),
+/// as the logs show it, and `migration` the source's id for it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "event", rename_all = "kebab-case")]
+#[non_exhaustive]
+pub enum ServiceEvent {
+    /// A migration began: its kind and the plan's mode.
+    Began {
+        /// The session.
+        session: String,
+        /// The source's id for the migration.
+        migration: String,
+        /// The kind (`pid`, `lxc`, ...).
+        kind: String,
+        /// The mode.
+        mode: crate::mode::Mode,
+    },
+    /// The tree was restored here, and waits for the commit.
+    Restored {
+        /// The session.
+        session: String,
+        /// Its root's PID here.
+        pid: i32,
+    },
+    /// The tree runs here.
+    Committed {
+        /// The session.
+        session: String,
+        /// Its root's PID here.
+        pid: i32,
+    },
+    /// The session was undone: nothing of it stays here.
+    RolledBack {
+        /// The session.
+        session: String,
+    },
 }
 
 impl<T: TargetCriu> Service<T> {
@@ -73,8 +113,16 @@ impl<T: TargetCriu> Service<T> {
                 ..ImageLimits::default()
             },
             paths: phaul_htypes::registry::Paths::default(),
+            events: None,
             fs_limits: phaul_fs::FsLimits::default(),
         }
+    }
+
+    /// Receive [`ServiceEvent`]s: each session's beginning, restore,
+    /// commit or rollback.
+    pub fn events(mut self, tx: mpsc::UnboundedSender<ServiceEvent>) -> Self {
+        self.events = Some(tx);
+        self
     }
 
     /// Limits on what one file-system pass may bring.
@@ -116,11 +164,14 @@ impl<T: TargetCriu> Service<T> {
         remove_stale_sessions(&self.work_dir);
         let this = Arc::new(self);
         let sessions: Sessions = Arc::default();
+        let (stop, stopping) = watch::channel(false);
+        let mut tasks = tokio::task::JoinSet::new();
         tokio::pin!(shutdown);
         info!(addr = %listener.local_addr().unwrap_or_default(), "phaul service listening");
         loop {
             tokio::select! {
                 () = &mut shutdown => break,
+                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
                 r = listener.accept() => {
                     let (stream, peer) = match r {
                         Ok(x) => x,
@@ -131,20 +182,38 @@ impl<T: TargetCriu> Service<T> {
                     };
                     let this = this.clone();
                     let sessions = sessions.clone();
-                    tokio::spawn(async move {
+                    let stopping = stopping.clone();
+                    tasks.spawn(async move {
                         let Ok(link) = Link::accept(stream, peer, &this.cfg).await else {
                             // Already logged by the handshake.
                             return;
                         };
-                        this.route(link, sessions).await;
+                        this.route(link, sessions, stopping).await;
                     });
                 }
             }
         }
+        // Drain: no session outlives the service half-done. Each one not
+        // committed rolls back (its restored copy killed, its files
+        // removed) before this returns.
+        let _ = stop.send(true);
+        drop(listener);
+        if !tasks.is_empty() {
+            info!(
+                sessions = tasks.len(),
+                "stopping: undoing the sessions under way"
+            );
+        }
+        while tasks.join_next().await.is_some() {}
         Ok(())
     }
 
-    async fn route(self: Arc<Self>, mut link: Link, sessions: Sessions) {
+    async fn route(
+        self: Arc<Self>,
+        mut link: Link,
+        sessions: Sessions,
+        stopping: watch::Receiver<bool>,
+    ) {
         let sid = link.session();
         match link.channel() {
             Channel::Control => {
@@ -161,7 +230,7 @@ impl<T: TargetCriu> Service<T> {
                 );
                 info!(session = %hex(&sid), peer = %link.peer(), "migration session opened");
                 let mut s = Session::new(self.clone(), sid, irx, prx, frx);
-                s.run(ControlServer::new(link)).await;
+                s.run(ControlServer::new(link), stopping).await;
                 sessions.lock().expect("not poisoned").remove(&sid);
             }
             ch => {

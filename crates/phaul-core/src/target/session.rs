@@ -26,7 +26,7 @@ use phaul_transport::{ControlServer, ErrorCode, Link, SessionId};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
-use super::{JOIN_TIMEOUT, Service, error_chain, keep_failed_logs, mkdir};
+use super::{JOIN_TIMEOUT, Service, ServiceEvent, error_chain, keep_failed_logs, mkdir};
 use crate::criu::{HeldRestore, LazyDaemon, RestoreSpec, TargetCriu};
 use crate::error::{Error, Result};
 use crate::pagestream::{PageRelay, socketpair};
@@ -120,9 +120,20 @@ impl<T: TargetCriu> Session<T> {
         }
     }
 
-    pub(super) async fn run(&mut self, mut ctl: ControlServer) {
+    pub(super) async fn run(
+        &mut self,
+        mut ctl: ControlServer,
+        mut stopping: tokio::sync::watch::Receiver<bool>,
+    ) {
         loop {
-            let (id, body) = match ctl.next().await {
+            let next = tokio::select! {
+                n = ctl.next() => n,
+                _ = stopping.wait_for(|s| *s) => {
+                    info!(session = %hex(&self.sid), "the service stops: undoing the session");
+                    break;
+                }
+            };
+            let (id, body) = match next {
                 Ok(Some(x)) => x,
                 Ok(None) => break,
                 Err(e) => {
@@ -176,6 +187,12 @@ impl<T: TargetCriu> Session<T> {
         }
     }
 
+    fn emit(&self, e: impl FnOnce(String) -> ServiceEvent) {
+        if let Some(tx) = &self.svc.events {
+            let _ = tx.send(e(hex(&self.sid)));
+        }
+    }
+
     fn begun(&self) -> std::result::Result<&Begun, (ErrorCode, Error)> {
         match &self.state {
             State::Begun(b) => Ok(b),
@@ -214,6 +231,7 @@ impl<T: TargetCriu> Session<T> {
             warn!(session = %hex(&self.sid), error = %e, "undoing the htype's work");
         }
         self.remove_dir(&begun.dir);
+        self.emit(|session| ServiceEvent::RolledBack { session });
     }
 
     fn remove_dir(&self, d: &std::path::Path) {
@@ -291,11 +309,18 @@ impl<T: TargetCriu> Session<T> {
             }
             _ => None,
         };
+        let kind = h.kind().to_owned();
         self.state = State::Begun(Begun {
             plan,
             htype: h,
             dir: dir.clone(),
             fs_task,
+        });
+        self.emit(|session| ServiceEvent::Began {
+            session,
+            migration,
+            kind,
+            mode: plan.mode,
         });
         Ok(response::Body::Begun(proto::Begun {
             work_dir: dir.display().to_string(),
@@ -433,6 +458,7 @@ impl<T: TargetCriu> Session<T> {
             at: t0,
         };
         self.state = State::Restored(b, Box::new(restored));
+        self.emit(|session| ServiceEvent::Restored { session, pid });
         Ok(response::Body::Restored(proto::Restored {
             pid,
             restore_time_us: us,
@@ -528,6 +554,7 @@ impl<T: TargetCriu> Session<T> {
         }
         self.state = State::Committed;
         info!(session = %hex(&self.sid), pid, "committed: the tree runs here");
+        self.emit(|session| ServiceEvent::Committed { session, pid });
         match daemon {
             // Memory keeps arriving after the commit: the images stay
             // until the daemon has every page.
