@@ -31,6 +31,10 @@ use tracing::{info, warn};
 use crate::criu::TargetCriu;
 use crate::error::{Error, Result};
 
+/// The longest a stopping service waits for its sessions to be undone (a
+/// kind's tool that hangs in its abort is killed at its own limit, later).
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// How long a data channel may take to arrive after it is expected.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -204,7 +208,10 @@ impl<T: TargetCriu> Service<T> {
                 "stopping: undoing the sessions under way"
             );
         }
-        while tasks.join_next().await.is_some() {}
+        let drained = async { while tasks.join_next().await.is_some() {} };
+        if tokio::time::timeout(DRAIN_TIMEOUT, drained).await.is_err() {
+            warn!("sessions still undoing at the drain limit; the next service on this directory removes what they leave");
+        }
         Ok(())
     }
 

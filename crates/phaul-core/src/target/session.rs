@@ -142,7 +142,15 @@ impl<T: TargetCriu> Session<T> {
                 }
             };
             let abort = matches!(body, request::Body::Abort(_));
-            let res = self.handle(body).await;
+            // A step under way (a restore) is given up too when the service
+            // stops: what it left is undone below, like any failure.
+            let res = tokio::select! {
+                r = self.handle(body) => r,
+                _ = stopping.wait_for(|s| *s) => {
+                    info!(session = %hex(&self.sid), "the service stops: a request is abandoned");
+                    break;
+                }
+            };
             let restored = matches!(res, Ok(response::Body::Restored(_)));
             let sent = match res {
                 Ok(r) => ctl.reply(id, r).await,
