@@ -1,4 +1,5 @@
-//! The `phaul-web` example, as a browser and an attacker use it.
+//! The `phaul-web` example (the `phaul-web` and `phaul-archive` crates behind
+//! a thin binary), as a browser and an attacker use it.
 //!
 //! - Refusals (no root needed): no or a wrong token, another origin or host
 //!   name, bad PIDs, container names with shell characters, hostile
@@ -579,6 +580,7 @@ fn the_api_refuses_strangers_other_origins_and_bad_input() {
             t
         }),
         ("not a tar", b"just some bytes, not an archive".to_vec()),
+        ("a garbage inventory.img", tar(&[good.clone()])),
         (
             "no CRIU images",
             tar(&[tar_entry("hello.txt", b'0', "", b"hello")]),

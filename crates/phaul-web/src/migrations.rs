@@ -137,11 +137,12 @@ pub struct Migrations {
     target: String,
     link: LinkConfig,
     work_dir: PathBuf,
+    criu: Criu,
 }
 
 impl Migrations {
     /// Migrations to the service at `target`, working in `work_dir`.
-    pub fn new(target: String, link: LinkConfig, work_dir: PathBuf) -> Self {
+    pub fn new(target: String, link: LinkConfig, work_dir: PathBuf, criu: Criu) -> Self {
         let (events, _) = broadcast::channel(256);
         Self {
             next: AtomicU64::new(1),
@@ -152,6 +153,7 @@ impl Migrations {
             target,
             link,
             work_dir,
+            criu,
         }
     }
 
@@ -257,9 +259,8 @@ impl Migrations {
         let what = format!("{} {}", htype.kind(), name.map_or("", String::as_str));
         let source_pid = htype.root_pid().ok();
         let (tx, mut rx) = mpsc::unbounded_channel();
-        let rpc = criu_rpc::Criu::new().quiet(true);
         let mig = Migration::new(
-            Criu::new(rpc),
+            self.criu.clone(),
             self.target.clone(),
             self.link.clone(),
             htype,
