@@ -580,7 +580,7 @@ fn the_api_refuses_strangers_other_origins_and_bad_input() {
             t
         }),
         ("not a tar", b"just some bytes, not an archive".to_vec()),
-        ("a garbage inventory.img", tar(&[good.clone()])),
+        ("a garbage inventory.img", tar(std::slice::from_ref(&good))),
         (
             "no CRIU images",
             tar(&[tar_entry("hello.txt", b'0', "", b"hello")]),

@@ -342,7 +342,7 @@ async fn checkpoint(State(app): State<Arc<Shared>>, body: Bytes) -> ApiResult {
         .store
         .checkpoint(n.pid, &options, !stop)
         .await
-        .map_err(archive_error)?;
+        .map_err(|e| archive_error(&e))?;
     info!(
         pid = n.pid,
         id = c.id,
@@ -363,8 +363,8 @@ async fn checkpoint(State(app): State<Arc<Shared>>, body: Bytes) -> ApiResult {
 
 /// An archive the input made unusable is the client's fault (400, with the
 /// reason); anything else is this host's (500, with CRIU's message).
-fn archive_error(e: phaul_archive::Error) -> ApiError {
-    let text = error_chain(&e);
+fn archive_error(e: &phaul_archive::Error) -> ApiError {
+    let text = error_chain(e);
     if e.is_refusal() {
         warn!(error = %text, "refused");
         bad(text)
@@ -429,7 +429,7 @@ async fn restore(State(app): State<Arc<Shared>>, headers: HeaderMap, body: Body)
     if declared.is_some_and(|n| n > cap) {
         return Err(too_large());
     }
-    let dir = app.store.new_restore().map_err(archive_error)?;
+    let dir = app.store.new_restore().map_err(|e| archive_error(&e))?;
     match store_upload(body, &dir.upload(), cap).await {
         Ok(n) => info!(bytes = n, id = dir.id(), "archive uploaded"),
         Err(resp) => {
@@ -437,7 +437,11 @@ async fn restore(State(app): State<Arc<Shared>>, headers: HeaderMap, body: Body)
             return Err(resp.unwrap_or_else(too_large));
         }
     }
-    let pid = app.store.restore(dir).await.map_err(archive_error)?;
+    let pid = app
+        .store
+        .restore(dir)
+        .await
+        .map_err(|e| archive_error(&e))?;
     info!(pid, "restored");
     Ok(axum::Json(json!({ "pid": pid })).into_response())
 }
