@@ -174,54 +174,44 @@ struct Named {
     pid: i32,
 }
 
+/// The htype `kind` names `id` on this host (looked up off the runtime:
+/// it reads `/proc` and may run the manager's tool), with its root PID.
+async fn lookup(app: &Shared, kind: &'static str, id: String) -> Result<Named, ApiError> {
+    let key = format!("{kind}:{id}");
+    let paths = app.cfg.paths.clone();
+    let htype =
+        tokio::task::spawn_blocking(move || phaul_htypes::registry::source_in(kind, &id, &paths))
+            .await
+            .map_err(|e| api_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+            .map_err(|e| bad(e.to_string()))?;
+    let pid = htype.root_pid().map_err(|e| bad(e.to_string()))?;
+    Ok(Named { htype, key, pid })
+}
+
 /// Validates `{"pid": ...}` or `{"container": ...}`: the PID through the
 /// pid htype (a positive decimal, exists, not init, not phaul-web or its
 /// ancestors, not a kernel thread) and against this host's process list;
 /// the container name with LXC's rules, then through the lxc htype.
 async fn named(app: &Shared, body: &serde_json::Map<String, Value>) -> Result<Named, ApiError> {
-    let paths = app.cfg.paths.clone();
     match (body.get("pid"), body.get("container")) {
         (Some(p), None) => {
-            let text = pid_text(p)?;
-            let t = text.clone();
-            let htype = tokio::task::spawn_blocking(move || {
-                phaul_htypes::registry::source_in("pid", &t, &paths)
-            })
-            .await
-            .map_err(|e| api_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
-            .map_err(|e| bad(e.to_string()))?;
-            let pid = htype.root_pid().map_err(|e| bad(e.to_string()))?;
+            let mut n = lookup(app, "pid", pid_text(p)?).await?;
+            // Busy by the PID itself, however it was written ("042", 42).
+            n.key = format!("pid:{}", n.pid);
             let list = host_list(app.cfg.paths.lxcpath.clone()).await?;
-            if !list.processes.iter().any(|p| p.pid == pid) {
+            if !list.processes.iter().any(|p| p.pid == n.pid) {
                 return Err(bad(format!(
-                    "PID {pid} does not run on this host (it is not in this host's network namespace)"
+                    "PID {} does not run on this host (it is not in this host's network namespace)",
+                    n.pid
                 )));
             }
-            Ok(Named {
-                htype,
-                key: format!("pid:{pid}"),
-                pid,
-            })
+            Ok(n)
         }
-        (None, Some(c)) => {
-            let Value::String(name) = c else {
-                return Err(bad("container must be a string"));
-            };
+        (None, Some(Value::String(name))) => {
             phaul_htypes::lxc::validate_name(name).map_err(|e| bad(e.to_string()))?;
-            let n = name.clone();
-            let htype = tokio::task::spawn_blocking(move || {
-                phaul_htypes::registry::source_in("lxc", &n, &paths)
-            })
-            .await
-            .map_err(|e| api_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
-            .map_err(|e| bad(e.to_string()))?;
-            let pid = htype.root_pid().map_err(|e| bad(e.to_string()))?;
-            Ok(Named {
-                htype,
-                key: format!("lxc:{name}"),
-                pid,
-            })
+            lookup(app, "lxc", name.clone()).await
         }
+        (None, Some(_)) => Err(bad("container must be a string")),
         _ => Err(bad("name exactly one of \"pid\" and \"container\"")),
     }
 }
