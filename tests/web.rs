@@ -640,6 +640,23 @@ fn the_api_refuses_strangers_other_origins_and_bad_input() {
 }
 
 #[test]
+fn the_help_offers_only_addresses_the_engine_accepts() {
+    // The source opens a link per channel, so a file descriptor cannot
+    // name the target (phaul-core refuses fd:N).
+    for bin in ["phaul-web", "phaul"] {
+        let mut cmd = Command::new(example(bin));
+        if bin == "phaul" {
+            cmd.arg("migrate");
+        }
+        let out = cmd.arg("--help").output().unwrap();
+        let help = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{bin}: {help}");
+        assert!(help.contains("HOST:PORT or unix:PATH"), "{bin}: {help}");
+        assert!(!help.contains("fd:"), "{bin}: {help}");
+    }
+}
+
+#[test]
 fn a_token_file_must_be_private_and_long() {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
