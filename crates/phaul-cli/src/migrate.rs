@@ -267,10 +267,21 @@ mod tests {
     }
 
     #[test]
+    fn fs_names_the_drivers_phaul_fs_registers() {
+        use clap::ValueEnum;
+        let names: Vec<_> = FsArg::value_variants()
+            .iter()
+            .map(|v| v.to_possible_value().unwrap().get_name().to_string())
+            .collect();
+        assert_eq!(names, phaul_fs::registry::NAMES);
+    }
+
+    #[test]
     fn a_refusal_report_says_it_failed_and_why() {
         let r = parse(&["--mode", "pre-copy"]).refusal("no such process".into());
         assert!(!r.success);
         assert_eq!(r.error.as_deref(), Some("no such process"));
         assert_eq!(r.mode, "pre-copy");
+        assert_eq!(r.outcome, phaul_core::Outcome::NotStarted);
     }
 }
