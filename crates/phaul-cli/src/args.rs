@@ -120,28 +120,20 @@ impl HostArgs {
     }
 }
 
-/// `--fs`: how a container's file system travels.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum FsArg {
-    /// phaul's own incremental sync over the link.
-    Native,
-    /// rsync, over the phaul link.
-    Rsync,
-    /// The same storage on both hosts: nothing is copied.
-    Shared,
-}
-
-impl FsArg {
-    /// The engine's choice. rsync runs this very program as its remote
-    /// shell, so a binary offering `--fs rsync` must call
-    /// `phaul_fs::rsync::run_as_rsh_if_called` first thing in `main`.
-    pub fn choice(self) -> Result<FsChoice> {
-        Ok(match self {
-            Self::Native => FsChoice::Native,
-            Self::Rsync => FsChoice::Rsync {
-                helper: std::env::current_exe().map_err(Error::CurrentExe)?,
-            },
-            Self::Shared => FsChoice::Shared,
+/// `--fs NAME`: the file-system driver named, from phaul-fs's registry.
+/// rsync runs this very program as its remote shell, so a binary offering
+/// `--fs rsync` must call `phaul_fs::rsync::run_as_rsh_if_called` first
+/// thing in `main`.
+pub fn fs_choice(name: &str) -> Result<FsChoice> {
+    let mut exe_error = None;
+    let choice = FsChoice::named(name, || {
+        std::env::current_exe().unwrap_or_else(|e| {
+            exe_error = Some(e);
+            PathBuf::new()
         })
+    })?;
+    match exe_error {
+        Some(e) => Err(Error::CurrentExe(e)),
+        None => Ok(choice),
     }
 }

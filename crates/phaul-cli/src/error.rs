@@ -15,6 +15,9 @@ pub enum Error {
     /// What to migrate could not be found or is refused.
     #[error(transparent)]
     Htype(#[from] phaul_htypes::Error),
+    /// A file-system driver that phaul-fs does not have.
+    #[error(transparent)]
+    Fs(#[from] phaul_fs::Error),
     /// CRIU could not be reached or is too old.
     #[error("checking CRIU")]
     Criu(#[source] criu_rpc::Error),

@@ -11,7 +11,7 @@
 //!
 //! # Layout
 //! - [`args`]: argument groups: [`KeyArgs`], [`LinkArgs`], [`CriuArgs`],
-//!   [`HostArgs`], [`FsArg`].
+//!   [`HostArgs`], and [`fs_choice`] for `--fs`.
 //! - [`migrate`]: [`MigrateArgs`], everything `phaul migrate` accepts, and
 //!   the [`Migration`](phaul_core::Migration) it builds.
 //! - [`progress`]: [`ProgressDisplay`], a spinner line and an optional JSON
@@ -23,7 +23,7 @@ pub mod error;
 pub mod migrate;
 pub mod progress;
 
-pub use args::{CriuArgs, FsArg, HostArgs, KeyArgs, LinkArgs, TARGET_HELP};
+pub use args::{CriuArgs, HostArgs, KeyArgs, LinkArgs, TARGET_HELP, fs_choice};
 pub use error::{Error, Result};
 pub use migrate::{MigrateArgs, PidFlags};
 pub use progress::ProgressDisplay;
