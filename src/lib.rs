@@ -11,8 +11,15 @@
 //! - [`htypes`]: what is migrated: a process tree, LXC, Virtuozzo, runc.
 //! - [`fs`]: file-system drivers: shared, native, rsync.
 //! - [`transport`]: the authenticated link between source and target.
+//! - [`archive`]: checkpoint a process tree into a tar archive and restore
+//!   one.
+//!
+//! The binaries' own layers, `phaul-cli` (arguments, set-up, progress
+//! display) and `phaul-web` (the web GUI's server), are not re-exported:
+//! they serve `examples/`, not orchestrators.
 
 pub use criu_rpc;
+pub use phaul_archive as archive;
 pub use phaul_core as core;
 pub use phaul_fs as fs;
 pub use phaul_htypes as htypes;

@@ -1,4 +1,5 @@
-//! The `phaul-web` example, as a browser and an attacker use it.
+//! The `phaul-web` example (the `phaul-web` and `phaul-archive` crates behind
+//! a thin binary), as a browser and an attacker use it.
 //!
 //! - Refusals (no root needed): no or a wrong token, another origin or host
 //!   name, bad PIDs, container names with shell characters, hostile
@@ -579,6 +580,7 @@ fn the_api_refuses_strangers_other_origins_and_bad_input() {
             t
         }),
         ("not a tar", b"just some bytes, not an archive".to_vec()),
+        ("a garbage inventory.img", tar(std::slice::from_ref(&good))),
         (
             "no CRIU images",
             tar(&[tar_entry("hello.txt", b'0', "", b"hello")]),
@@ -635,6 +637,23 @@ fn the_api_refuses_strangers_other_origins_and_bad_input() {
     assert_json_error(&r, 413, "an upload over --max-upload, sent");
     assert!(tree(&work.join("restores")).is_empty());
     assert!(web.log().contains("refused"), "{}", web.log());
+}
+
+#[test]
+fn the_help_offers_only_addresses_the_engine_accepts() {
+    // The source opens a link per channel, so a file descriptor cannot
+    // name the target (phaul-core refuses fd:N).
+    for bin in ["phaul-web", "phaul"] {
+        let mut cmd = Command::new(example(bin));
+        if bin == "phaul" {
+            cmd.arg("migrate");
+        }
+        let out = cmd.arg("--help").output().unwrap();
+        let help = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{bin}: {help}");
+        assert!(help.contains("HOST:PORT or unix:PATH"), "{bin}: {help}");
+        assert!(!help.contains("fd:"), "{bin}: {help}");
+    }
 }
 
 #[test]
@@ -888,7 +907,8 @@ fn dragging_an_lxc_container_onto_the_target_migrates_it_for_real() {
         run.log,
         web.log()
     );
-    assert_eq!(run.result["mode"], "stop-copy", "{}", run.result);
+    // auto: both hosts have lazy pages, and LXC restores lazily (42cae12).
+    assert_eq!(run.result["mode"], "post-copy", "{}", run.result);
     // LXC runs it on the target, with its files, counting on from where it
     // was (the counter lives in the shell's memory); the source's is gone.
     assert_eq!(

@@ -45,6 +45,8 @@
 //! - [`notify`]: [`Script`], the notification names.
 //! - [`image`]: CRIU image files: `stats-dump`, `stats-restore`, `inventory.img`,
 //!   and the sum of the `pagemap-<id>.img` files.
+//! - [`summary`]: [`Summary`](summary::Summary), all of those for one images
+//!   directory, present, absent or unreadable, with a text rendering.
 //! - [`log`]: [`LogExcerpt`], the end of CRIU's log for a failed request.
 //! - [`version`]: CRIU's [`Version`], ordered by number.
 //! - [`error`]: [`Error`], this crate's one error type.
@@ -58,6 +60,7 @@ pub mod notify;
 pub mod opts;
 pub mod proto;
 mod socket;
+pub mod summary;
 pub mod version;
 
 pub use client::{

@@ -65,6 +65,37 @@ struct State {
 }
 
 impl State {
+    fn new(
+        id: u64,
+        what: String,
+        mode: Mode,
+        source_pid: Option<i32>,
+        cancel: Option<CancelHandle>,
+    ) -> Self {
+        Self {
+            id,
+            what,
+            requested_mode: mode,
+            mode: None,
+            mode_reason: None,
+            phase: "starting".into(),
+            iterations: 0,
+            last_iteration: None,
+            bytes: 0,
+            frozen_at: None,
+            downtime: None,
+            status: Status::Running,
+            error: None,
+            report: None,
+            source_pid,
+            target_pid: None,
+            started: Instant::now(),
+            finished: None,
+            log: Vec::new(),
+            cancel,
+        }
+    }
+
     fn note(&mut self, line: String) {
         if self.log.len() >= LOG_LINES {
             self.log.remove(0);
@@ -137,11 +168,12 @@ pub struct Migrations {
     target: String,
     link: LinkConfig,
     work_dir: PathBuf,
+    criu: Criu,
 }
 
 impl Migrations {
     /// Migrations to the service at `target`, working in `work_dir`.
-    pub fn new(target: String, link: LinkConfig, work_dir: PathBuf) -> Self {
+    pub fn new(target: String, link: LinkConfig, work_dir: PathBuf, criu: Criu) -> Self {
         let (events, _) = broadcast::channel(256);
         Self {
             next: AtomicU64::new(1),
@@ -152,6 +184,7 @@ impl Migrations {
             target,
             link,
             work_dir,
+            criu,
         }
     }
 
@@ -257,9 +290,8 @@ impl Migrations {
         let what = format!("{} {}", htype.kind(), name.map_or("", String::as_str));
         let source_pid = htype.root_pid().ok();
         let (tx, mut rx) = mpsc::unbounded_channel();
-        let rpc = criu_rpc::Criu::new().quiet(true);
         let mig = Migration::new(
-            Criu::new(rpc),
+            self.criu.clone(),
             self.target.clone(),
             self.link.clone(),
             htype,
@@ -270,28 +302,8 @@ impl Migrations {
         let cancel = mig.cancel_handle();
         {
             let mut states = self.states.lock().expect("states");
-            let s = State {
-                id,
-                what: what.clone(),
-                requested_mode: mode,
-                mode: None,
-                mode_reason: None,
-                phase: "starting".into(),
-                iterations: 0,
-                last_iteration: None,
-                bytes: 0,
-                frozen_at: None,
-                downtime: None,
-                status: Status::Running,
-                error: None,
-                report: None,
-                source_pid,
-                target_pid: None,
-                started: Instant::now(),
-                finished: None,
-                log: vec![format!("migrating {what} to {} (mode {mode})", self.target)],
-                cancel: Some(cancel),
-            };
+            let mut s = State::new(id, what.clone(), mode, source_pid, Some(cancel));
+            s.note(format!("migrating {what} to {} (mode {mode})", self.target));
             self.publish(&s);
             states.insert(id, s);
             // Forget the oldest finished ones.
@@ -390,5 +402,82 @@ fn finish(s: &mut State, report: Result<Report, tokio::task::JoinError>) {
             s.error = Some(format!("the migration task ended abnormally: {e}"));
             s.note(s.error.clone().unwrap_or_default());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use phaul_core::ModeChoice;
+    use phaul_core::stats::{Ongoing, Phase};
+
+    use super::*;
+
+    fn state() -> State {
+        State::new(7, "pid 42".into(), Mode::Auto, Some(42), None)
+    }
+
+    #[test]
+    fn progress_events_become_the_pages_state() {
+        let mut s = state();
+        apply(&mut s, Progress::Phase(Phase::FinalDump));
+        apply(
+            &mut s,
+            Progress::Mode(ModeChoice {
+                mode: Mode::StopCopy,
+                requested: Mode::Auto,
+                reason: "no memory tracking".into(),
+            }),
+        );
+        apply(&mut s, Progress::Bytes(4096));
+        apply(&mut s, Progress::Frozen);
+        let v = s.to_json();
+        assert_eq!(v["mode"], "stop-copy");
+        assert_eq!(v["mode_reason"], "no memory tracking");
+        assert_eq!(v["bytes"], 4096);
+        assert_eq!(v["frozen"], true);
+        assert!(v["downtime_ms"].as_f64().is_some());
+        assert_eq!(v["downtime_final"], false);
+        apply(&mut s, Progress::Resumed(Duration::from_millis(12)));
+        let v = s.to_json();
+        assert_eq!(v["frozen"], false);
+        assert_eq!(v["downtime_ms"], 12.0);
+        assert_eq!(v["downtime_final"], true);
+        assert_eq!(v["log"].as_array().unwrap().len(), 4, "{v}");
+    }
+
+    #[test]
+    fn a_failed_report_ends_the_state_with_its_error() {
+        let mut s = state();
+        let report = Ongoing::start(ModeChoice {
+            mode: Mode::StopCopy,
+            requested: Mode::StopCopy,
+            reason: "asked".into(),
+        })
+        .finalize(Err("CRIU dump failed".into()));
+        finish(&mut s, Ok(report));
+        let v = s.to_json();
+        assert_eq!(v["status"], "failed");
+        assert_eq!(v["error"], "CRIU dump failed");
+        assert_eq!(v["report"]["success"], false);
+        assert!(
+            v["log"]
+                .as_array()
+                .unwrap()
+                .last()
+                .unwrap()
+                .as_str()
+                .unwrap()
+                .starts_with("failed: ")
+        );
+    }
+
+    #[test]
+    fn the_log_keeps_only_the_last_lines() {
+        let mut s = state();
+        for i in 0..LOG_LINES + 5 {
+            s.note(format!("line {i}"));
+        }
+        assert_eq!(s.log.len(), LOG_LINES);
+        assert_eq!(s.log[0], "line 5");
     }
 }

@@ -1,0 +1,284 @@
+//! Everything `phaul migrate` accepts, and the [`Migration`] it describes.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use phaul_core::policy::{DowntimeBudget, PhaulRules};
+use phaul_core::stats::Ongoing;
+use phaul_core::{Migration, Mode, ModeChoice, Report};
+use phaul_htypes::pid::{PidOptions, TcpConnections};
+
+use crate::args::{CriuArgs, HostArgs, LinkArgs, TARGET_HELP, fs_choice};
+use crate::error::{Error, Result};
+
+/// The arguments of `phaul migrate`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct MigrateArgs {
+    #[arg(long, help = TARGET_HELP)]
+    #[allow(missing_docs)]
+    pub to: String,
+    /// The key, TLS and the pinned certificate.
+    #[command(flatten)]
+    pub link: LinkArgs,
+    /// auto, stop-copy, post-copy, pre-copy, hybrid or restart.
+    #[arg(long, default_value = "auto")]
+    pub mode: Mode,
+    /// If the mode is not possible here, use the best one that is.
+    #[arg(long)]
+    pub fallback: bool,
+    /// Write the final report as JSON to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Write every progress event to this file as a JSON line, with
+    /// `elapsed_ms` and `bytes_sent` (bytes update at least every 200 ms
+    /// while memory streams).
+    #[arg(long)]
+    pub events: Option<PathBuf>,
+    /// Pre-copy stops when the predicted downtime fits this many ms
+    /// (default: P.Haul's rules).
+    #[arg(long)]
+    pub downtime_ms: Option<u64>,
+    /// The longest the source may stay frozen, in seconds: past it phaul
+    /// gives up, rolls back and resumes the source (a target that wakes up
+    /// later refuses to run its copy).
+    #[arg(long, default_value_t = phaul_core::source::DEFAULT_FREEZE_TIMEOUT.as_secs_f64())]
+    pub freeze_timeout: f64,
+    /// Cap the bytes per second this side sends.
+    #[arg(long)]
+    pub bandwidth: Option<u64>,
+    /// Compress memory pages with lz4.
+    #[arg(long)]
+    pub compress: bool,
+    /// Where the source keeps its images.
+    #[arg(long, default_value = "/var/tmp/phaul")]
+    pub work_dir: PathBuf,
+    /// Keep the source's images afterwards.
+    #[arg(long)]
+    pub keep_images: bool,
+    /// Skip the CPU compatibility check.
+    #[arg(long)]
+    pub skip_cpu_check: bool,
+    /// Skip the CRIU version check.
+    #[arg(long)]
+    pub skip_criu_check: bool,
+    /// Run the pre-flight checks but go on when the CRIU version or CPU
+    /// check fails (printed as warnings).
+    #[arg(long)]
+    pub force: bool,
+    /// Which CRIU.
+    #[command(flatten)]
+    pub criu: CriuArgs,
+    /// Container managers' state.
+    #[command(flatten)]
+    pub host: HostArgs,
+    /// How a container's file system travels: native, rsync (over the
+    /// phaul link) or shared (the same storage on both hosts).
+    #[arg(
+        long,
+        default_value = "native",
+        value_parser = clap::builder::PossibleValuesParser::new(phaul_fs::registry::NAMES)
+    )]
+    pub fs: String,
+    /// CRIU options of a `pid` tree.
+    #[command(flatten)]
+    pub pid_opts: PidFlags,
+    /// What to migrate: KIND ID, e.g. `pid 4242`, `lxc web1`, `runc web1`
+    /// or `vz 101`.
+    #[arg(num_args = 2, value_names = ["KIND", "ID"], required = true)]
+    pub what: Vec<String>,
+}
+
+impl MigrateArgs {
+    /// The migration these arguments describe, not started: the caller adds
+    /// its progress channel and runs it.
+    pub fn migration(&self) -> Result<Migration<phaul_core::criu::Criu>> {
+        let htype = phaul_htypes::registry::source_with(
+            &self.what[0],
+            &self.what[1],
+            &self.host.paths(),
+            &self.pid_opts.options()?,
+        )?;
+        let link = self
+            .link
+            .config()?
+            .bandwidth(self.bandwidth)
+            .compress(self.compress);
+        let freeze_timeout = Duration::try_from_secs_f64(self.freeze_timeout)
+            .ok()
+            .filter(|d| !d.is_zero())
+            .ok_or(Error::FreezeTimeout(self.freeze_timeout))?;
+        let mig = Migration::new(self.criu.criu(), self.to.clone(), link, htype)
+            .mode(self.mode)
+            .fallback(self.fallback)
+            .work_dir(&self.work_dir)
+            .keep_images(self.keep_images)
+            .skip_cpu_check(self.skip_cpu_check)
+            .skip_version_check(self.skip_criu_check)
+            .force(self.force)
+            .freeze_timeout(freeze_timeout)
+            .fs(fs_choice(&self.fs)?);
+        Ok(match self.downtime_ms {
+            Some(ms) => mig.policy(Box::new(DowntimeBudget {
+                budget: Duration::from_millis(ms),
+                ..Default::default()
+            })),
+            None => mig.policy(Box::new(PhaulRules::default())),
+        })
+    }
+
+    /// The report of a migration refused before anything started, so that
+    /// an orchestrator reading `--json` always finds one.
+    pub fn refusal(&self, error: String) -> Report {
+        Ongoing::start(ModeChoice {
+            mode: self.mode,
+            requested: self.mode,
+            reason: "refused before anything started".into(),
+        })
+        .finalize(Err(error))
+    }
+}
+
+/// CRIU options of a `pid` tree (containers get their manager's). The
+/// defaults suit a server with clients attached.
+#[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "Options of the pid kind")]
+pub struct PidFlags {
+    /// Restore established TCP connections closed (peers see a reset)
+    /// instead of moving them open.
+    #[arg(long)]
+    pub tcp_close: bool,
+    /// Refuse a tree with connections still in a listening socket's accept
+    /// queue instead of skipping them.
+    #[arg(long)]
+    pub no_skip_in_flight: bool,
+    /// Allow unix sockets whose peer is outside the tree.
+    #[arg(long)]
+    pub ext_unix_sk: bool,
+    /// Do not move file locks.
+    #[arg(long)]
+    pub no_file_locks: bool,
+    /// Treat the tree as a shell job (default: when it has a controlling terminal).
+    #[arg(long, overrides_with = "no_shell_job")]
+    pub shell_job: bool,
+    /// Never treat the tree as a shell job.
+    #[arg(long)]
+    pub no_shell_job: bool,
+    /// A mount point bound into the tree's mount namespace from outside;
+    /// the same path must exist on the target. Repeatable.
+    #[arg(long, value_name = "PATH")]
+    pub ext_mount: Vec<String>,
+    /// A veth of the tree's network namespace to recreate on the target:
+    /// IN=OUT[@BRIDGE]. Repeatable.
+    #[arg(long, value_name = "IN=OUT[@BRIDGE]")]
+    pub veth: Vec<String>,
+    /// The largest deleted-but-open file copied into the images, in bytes
+    /// (CRIU's default: 1 MiB).
+    #[arg(long, value_name = "BYTES")]
+    pub ghost_limit: Option<u32>,
+    /// Resolve inotify watches by path (needed when inodes change).
+    #[arg(long)]
+    pub force_irmap: bool,
+    /// Where to look for inotify watches' paths. Repeatable.
+    #[arg(long, value_name = "PATH")]
+    pub irmap_scan_path: Vec<String>,
+    /// Restore mounts the way CRIU did before 4.0.
+    #[arg(long)]
+    pub mntns_compat_mode: bool,
+}
+
+impl PidFlags {
+    /// The pid htype's options.
+    pub fn options(&self) -> Result<PidOptions> {
+        let veths = self
+            .veth
+            .iter()
+            .map(|v| {
+                v.split_once('=')
+                    .map(|(i, o)| (i.to_string(), o.to_string()))
+                    .ok_or_else(|| Error::Veth(v.clone()))
+            })
+            .collect::<Result<_>>()?;
+        Ok(PidOptions {
+            tcp: if self.tcp_close {
+                TcpConnections::Close
+            } else {
+                TcpConnections::Migrate
+            },
+            skip_in_flight: !self.no_skip_in_flight,
+            ext_unix_sk: self.ext_unix_sk,
+            file_locks: !self.no_file_locks,
+            shell_job: match (self.shell_job, self.no_shell_job) {
+                (true, _) => Some(true),
+                (_, true) => Some(false),
+                _ => None,
+            },
+            ext_mounts: self.ext_mount.clone(),
+            veths,
+            ghost_limit: self.ghost_limit,
+            force_irmap: self.force_irmap,
+            irmap_scan_paths: self.irmap_scan_path.clone(),
+            mntns_compat_mode: self.mntns_compat_mode,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        m: MigrateArgs,
+    }
+
+    fn parse(extra: &[&str]) -> MigrateArgs {
+        let mut argv = vec!["phaul", "--to", "unix:/x", "--key-file", "/k"];
+        argv.extend_from_slice(extra);
+        argv.extend_from_slice(&["pid", "1"]);
+        Cli::try_parse_from(argv).expect("valid arguments").m
+    }
+
+    #[test]
+    fn a_veth_without_an_equals_sign_is_refused_by_name() {
+        let m = parse(&["--veth", "eth0"]);
+        let e = m.pid_opts.options().unwrap_err();
+        assert!(matches!(&e, Error::Veth(v) if v == "eth0"), "{e}");
+        let m = parse(&["--veth", "eth0=veth9@br0", "--no-shell-job"]);
+        let o = m.pid_opts.options().unwrap();
+        assert_eq!(o.veths, vec![("eth0".into(), "veth9@br0".into())]);
+        assert_eq!(o.shell_job, Some(false));
+    }
+
+    #[test]
+    fn fs_takes_only_the_drivers_phaul_fs_registers() {
+        assert_eq!(parse(&[]).fs, "native");
+        for name in phaul_fs::registry::NAMES {
+            let m = parse(&["--fs", name]);
+            assert_eq!(fs_choice(&m.fs).unwrap().name(), name);
+        }
+        let argv = [
+            "phaul",
+            "--to",
+            "a:1",
+            "--key-file",
+            "/k",
+            "--fs",
+            "nfs",
+            "pid",
+            "1",
+        ];
+        assert!(Cli::try_parse_from(argv).is_err());
+    }
+
+    #[test]
+    fn a_refusal_report_says_it_failed_and_why() {
+        let r = parse(&["--mode", "pre-copy"]).refusal("no such process".into());
+        assert!(!r.success);
+        assert_eq!(r.error.as_deref(), Some("no such process"));
+        assert_eq!(r.mode, "pre-copy");
+        assert_eq!(r.outcome, phaul_core::Outcome::NotStarted);
+    }
+}
