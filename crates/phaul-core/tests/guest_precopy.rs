@@ -19,7 +19,12 @@ use std::time::{Duration, Instant};
 
 use criu_rpc::image::{PagemapTotals, read_dump_stats, read_pagemaps};
 use criu_rpc::proto::DumpStatsEntry;
-use phaul_testkit::{alive, kill_tree, require_criu, wait_until};
+use phaul_core::stats::IterationReport;
+use phaul_core::{Migration, Mode, Report};
+use phaul_testkit::{Hosts, alive, in_netns, kill_tree, require_criu, wait_until};
+
+mod common;
+use common::{Target, cfg, criu};
 
 /// The workload with a controlled dirty set (see the file).
 const DIRTY_PY: &str = include_str!("guest/dirty.py");
@@ -93,7 +98,9 @@ struct Dirtier {
 }
 
 impl Dirtier {
-    fn start(mib: u32, percent: u32) -> Self {
+    /// Starts one holding `mib` MiB, `percent` of it hot, inside host
+    /// `netns` (a name under `/run/netns`) or in ours.
+    fn start(netns: Option<&str>, mib: u32, percent: u32) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("phaul-dirty-")
             .tempdir()
@@ -102,7 +109,16 @@ impl Dirtier {
         let script = dir.path().join("dirty.py");
         fs::write(&script, DIRTY_PY).unwrap();
         let out = dir.path().join("out");
-        let mut unshare = Command::new("unshare")
+        let mut cmd = match netns {
+            // nsenter execs unshare in place, so the child is still ours.
+            Some(ns) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net=/run/netns/{ns}")).arg("unshare");
+                c
+            }
+            None => Command::new("unshare"),
+        };
+        let mut unshare = cmd
             .args(["--pid", "--fork", "setsid", "python3"])
             .arg(&script)
             .arg(&out)
@@ -262,7 +278,7 @@ fn predump_chain_writes_only_the_dirty_set() {
             "no soft-dirty tracking in the guest: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let mut w = Dirtier::start(64, 5);
+        let mut w = Dirtier::start(None, 64, 5);
         let images = tempfile::tempdir().unwrap();
         let d: Vec<PathBuf> = ["pre1", "pre2", "dump"]
             .iter()
@@ -334,4 +350,92 @@ fn restore(criu: &Path, dir: &Path) -> i32 {
         .trim()
         .parse()
         .unwrap()
+}
+
+/// phaul's own pre-copy (the engine, P.Haul's rules by default) moves a
+/// workload that rewrites 5% of its 64 MiB from one network-namespace host
+/// to another: the first pre-dump sends everything, the later ones and the
+/// final dump only the hot set, and the workload goes on on the target with
+/// every page from the right iteration.
+#[test]
+fn engine_pre_copy_sends_only_the_dirty_set() {
+    in_guest("engine_pre_copy_sends_only_the_dirty_set", || {
+        let bin = guest_criu("engine_pre_copy_sends_only_the_dirty_set");
+        let hosts = Hosts::new().unwrap();
+        let target = Target::start(&hosts, criu(&bin));
+        let mut w = Dirtier::start(Some(&hosts.src), 64, 5);
+        let before = w.sweep_on(1);
+        let r = migrate(&hosts.src, &bin, &target.addr, w.pid, Mode::PreCopy);
+        print_report(&r);
+        assert!(r.success, "pre-copy failed: {:?}", r.error);
+        assert_eq!(r.mode, "pre-copy", "{}", r.mode_reason);
+        let its = &r.per_iteration;
+        assert!(its.len() >= 2, "no pre-dump before the dump: {its:?}");
+        let (first, last) = (&its[0], &its[its.len() - 1]);
+        assert_eq!(first.kind, IterationReport::PRE_DUMP);
+        assert_eq!(last.kind, IterationReport::DUMP);
+        assert!(first.pages_written >= w.pages, "{first:?}");
+        for it in &its[1..] {
+            assert!(
+                it.pages_written >= w.hot,
+                "the hot set was not sent: {it:?}"
+            );
+            assert!(
+                it.pages_written * 4 <= first.pages_written,
+                "a later iteration sent too much: {it:?}"
+            );
+            assert!(it.pages_skipped_parent >= w.pages - w.hot, "{it:?}");
+        }
+        let pid = r.target_pid.expect("a target pid");
+        w.restored.push(pid);
+        assert!(
+            Hosts::runs_in(&hosts.tgt, pid),
+            "not restored in the target host"
+        );
+        assert!(
+            w.sweep_on(1) > before,
+            "the moved workload does not sweep on"
+        );
+        let v = w.verdict(pid);
+        assert!(v.starts_with("ok "), "moved memory is wrong: {v}");
+    });
+}
+
+/// Runs a migration of `pid` from host `src_ns` to the service at `to`.
+fn migrate(src_ns: &str, bin: &Path, to: &str, pid: i32, mode: Mode) -> Report {
+    let work = tempfile::Builder::new()
+        .prefix("phaul-source-")
+        .tempdir()
+        .unwrap();
+    let (bin, to, dir) = (bin.to_path_buf(), to.to_string(), work.path().to_owned());
+    in_netns(src_ns, move || async move {
+        let htype = phaul_htypes::registry::source("pid", &pid.to_string()).unwrap();
+        let m = Migration::new(criu(&bin), to, cfg(), htype)
+            .mode(mode)
+            .work_dir(&dir);
+        tokio::time::timeout(Duration::from_secs(200), m.run())
+            .await
+            .expect("the migration hung")
+    })
+    .join()
+    .expect("the source thread panicked")
+}
+
+fn print_report(r: &Report) {
+    println!(
+        "{} ({}): {} iterations, downtime {:?} ms (predicted {:?} ms), total {:.0} ms",
+        r.mode, r.mode_reason, r.iterations, r.downtime_ms, r.predicted_downtime_ms, r.total_ms
+    );
+    println!("iteration  kind       written  skipped(parent)  frozen      took");
+    for it in &r.per_iteration {
+        println!(
+            "{:>9}  {:<9} {:>8} {:>16}  {:>6.1} ms {:>6.0} ms",
+            it.iteration,
+            it.kind,
+            it.pages_written,
+            it.pages_skipped_parent,
+            it.frozen_us as f64 / 1000.0,
+            it.duration_us as f64 / 1000.0
+        );
+    }
 }
