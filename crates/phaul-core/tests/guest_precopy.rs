@@ -1,12 +1,15 @@
 //! Real pre-dumps, which this host's kernel cannot do (it has no soft-dirty
-//! tracking): each test re-runs itself inside the guest of
-//! `scripts/guest.sh` (Debian 12's kernel under QEMU) and checks there what
-//! CRIU's images say. Under `CI` a machine that cannot run the guest fails
-//! the tests; elsewhere they are skipped with the reason.
+//! tracking), inside the guest of `scripts/guest.sh` (Debian 12's kernel
+//! under QEMU): CRIU's pre-dump chains, and phaul's pre-copy and hybrid
+//! between two network-namespace hosts, on workloads whose dirty set is
+//! known (`guest/dirty.py`).
 //!
-//! A test body runs only inside the guest (`PHAUL_IN_GUEST` set); outside,
-//! the same test boots the guest with this test binary (the guest sees the
-//! host's files read-only) and asks for that one test.
+//! [`pre_copy_in_the_guest`] boots the guest once, on this test binary (the
+//! guest sees the host's files read-only), and runs there the tests named
+//! in [`IN_GUEST`]. Those are ignored outside the guest; each can also be
+//! run alone (`cargo test --test guest_precopy -- --ignored NAME`), which
+//! boots a guest for it. Under `CI` a machine that cannot run the guest
+//! fails; elsewhere the tests are skipped with the reason.
 // What each iteration wrote is the point of the output, and the guest's run
 // is relayed through stdout.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
@@ -19,8 +22,9 @@ use std::time::{Duration, Instant};
 
 use criu_rpc::image::{PagemapTotals, read_dump_stats, read_pagemaps};
 use criu_rpc::proto::DumpStatsEntry;
+use phaul_core::policy::{ConvergencePolicy, Decision, DowntimeBudget, PhaulRules};
 use phaul_core::stats::IterationReport;
-use phaul_core::{Migration, Mode, Report};
+use phaul_core::{Migration, Mode, Progress, Report};
 use phaul_testkit::{Hosts, alive, in_netns, kill_tree, require_criu, wait_until};
 
 mod common;
@@ -28,27 +32,47 @@ use common::{Target, cfg, criu};
 
 /// The workload with a controlled dirty set (see the file).
 const DIRTY_PY: &str = include_str!("guest/dirty.py");
-/// The guest's time limit for one test, boot included (TCG is slow, and
-/// the host's cores are shared).
-const GUEST_TIMEOUT_SECS: u32 = 300;
+/// The tests that run inside the guest, in one boot.
+const IN_GUEST: &[&str] = &[
+    "predump_chain_writes_only_the_dirty_set",
+    "pre_copy_sends_only_the_dirty_set",
+    "budget_converges_on_a_quiet_workload",
+    "phaul_rules_stop_a_growing_dirty_set",
+    "hybrid_moves_what_never_converges",
+];
+/// The guest's time limit per test, boot included (TCG is slow, and the
+/// host's cores are shared).
+const GUEST_SECS_PER_TEST: usize = 240;
 /// What `scripts/guest.sh` answers when this machine cannot run the guest.
 const GUEST_UNSUPPORTED: i32 = 77;
 
-/// Runs `body` inside the guest: directly when this already is the guest,
-/// else by booting it on this test binary with `name` as the filter.
+#[test]
+fn pre_copy_in_the_guest() {
+    boot_guest(IN_GUEST);
+}
+
+/// Runs `body` when this is the guest; else boots one for this test alone.
 fn in_guest(name: &str, body: impl FnOnce()) {
-    if std::env::var_os("PHAUL_IN_GUEST").is_some() {
-        body();
-        println!("GUEST-PASSED {name}");
+    if std::env::var_os("PHAUL_IN_GUEST").is_none() {
+        boot_guest(&[name]);
         return;
     }
+    body();
+    println!("GUEST-PASSED {name}");
+}
+
+/// Boots the guest on this test binary, runs the (ignored) tests `names`
+/// there one at a time, and checks that each passed.
+fn boot_guest(names: &[&str]) {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/guest.sh");
     let exe = std::env::current_exe().unwrap();
     let started = Instant::now();
+    let timeout = GUEST_SECS_PER_TEST * names.len();
     let out = Command::new(&script)
-        .args(["--timeout", &GUEST_TIMEOUT_SECS.to_string(), "--"])
+        .args(["--timeout", &timeout.to_string(), "--"])
         .arg(&exe)
-        .args([name, "--exact", "--nocapture", "--test-threads=1"])
+        .args(["--ignored", "--exact", "--nocapture", "--test-threads=1"])
+        .args(names)
         .stdin(Stdio::null())
         .stderr(Stdio::inherit())
         .output()
@@ -58,22 +82,25 @@ fn in_guest(name: &str, body: impl FnOnce()) {
     if out.status.code() == Some(GUEST_UNSUPPORTED) {
         assert!(
             std::env::var_os("CI").is_none(),
-            "{name}: CI requires the guest, and this machine cannot run it (see above)"
+            "CI requires the guest, and this machine cannot run it (see above)"
         );
-        eprintln!("SKIPPED {name}: this machine cannot run scripts/guest.sh (see above)");
+        eprintln!("SKIPPED {names:?}: this machine cannot run scripts/guest.sh (see above)");
         return;
     }
     assert!(
         out.status.success(),
-        "{name} failed in the guest ({})",
+        "the guest's tests failed ({})",
         out.status
     );
-    assert!(
-        stdout.contains(&format!("GUEST-PASSED {name}")),
-        "{name} did not run in the guest"
-    );
+    for name in names {
+        assert!(
+            stdout.contains(&format!("GUEST-PASSED {name}\n")),
+            "{name} did not run in the guest"
+        );
+    }
     println!(
-        "{name}: the guest run took {:.1} s",
+        "{} guest test(s) in {:.1} s, boot included",
+        names.len(),
         started.elapsed().as_secs_f64()
     );
 }
@@ -98,9 +125,10 @@ struct Dirtier {
 }
 
 impl Dirtier {
-    /// Starts one holding `mib` MiB, `percent` of it hot, inside host
-    /// `netns` (a name under `/run/netns`) or in ours.
-    fn start(netns: Option<&str>, mib: u32, percent: u32) -> Self {
+    /// Starts one holding `mib` MiB, `percent` of it hot (growing by
+    /// `grow`% a second once told to), inside host `netns` (a name under
+    /// `/run/netns`) or in ours.
+    fn start(netns: Option<&str>, mib: u32, percent: u32, grow: u32) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("phaul-dirty-")
             .tempdir()
@@ -124,6 +152,7 @@ impl Dirtier {
             .arg(&out)
             .arg(mib.to_string())
             .arg(percent.to_string())
+            .arg(grow.to_string())
             .current_dir(dir.path())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -266,6 +295,7 @@ fn print_chain(chain: &[Iteration]) {
 /// and the restore from the chain brings back memory in which every page
 /// comes from the right iteration.
 #[test]
+#[ignore = "runs in scripts/guest.sh's guest: pre_copy_in_the_guest runs it"]
 fn predump_chain_writes_only_the_dirty_set() {
     in_guest("predump_chain_writes_only_the_dirty_set", || {
         let criu = guest_criu("predump_chain_writes_only_the_dirty_set");
@@ -278,7 +308,7 @@ fn predump_chain_writes_only_the_dirty_set() {
             "no soft-dirty tracking in the guest: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let mut w = Dirtier::start(None, 64, 5);
+        let mut w = Dirtier::start(None, 64, 5, 0);
         let images = tempfile::tempdir().unwrap();
         let d: Vec<PathBuf> = ["pre1", "pre2", "dump"]
             .iter()
@@ -352,90 +382,290 @@ fn restore(criu: &Path, dir: &Path) -> i32 {
         .unwrap()
 }
 
-/// phaul's own pre-copy (the engine, P.Haul's rules by default) moves a
-/// workload that rewrites 5% of its 64 MiB from one network-namespace host
-/// to another: the first pre-dump sends everything, the later ones and the
-/// final dump only the hot set, and the workload goes on on the target with
-/// every page from the right iteration.
-#[test]
-fn engine_pre_copy_sends_only_the_dirty_set() {
-    in_guest("engine_pre_copy_sends_only_the_dirty_set", || {
-        let bin = guest_criu("engine_pre_copy_sends_only_the_dirty_set");
-        let hosts = Hosts::new().unwrap();
-        let target = Target::start(&hosts, criu(&bin));
-        let mut w = Dirtier::start(Some(&hosts.src), 64, 5);
-        let before = w.sweep_on(1);
-        let r = migrate(&hosts.src, &bin, &target.addr, w.pid, Mode::PreCopy);
-        print_report(&r);
-        assert!(r.success, "pre-copy failed: {:?}", r.error);
-        assert_eq!(r.mode, "pre-copy", "{}", r.mode_reason);
-        let its = &r.per_iteration;
-        assert!(its.len() >= 2, "no pre-dump before the dump: {its:?}");
-        let (first, last) = (&its[0], &its[its.len() - 1]);
-        assert_eq!(first.kind, IterationReport::PRE_DUMP);
-        assert_eq!(last.kind, IterationReport::DUMP);
-        assert!(first.pages_written >= w.pages, "{first:?}");
-        for it in &its[1..] {
-            assert!(
-                it.pages_written >= w.hot,
-                "the hot set was not sent: {it:?}"
-            );
-            assert!(
-                it.pages_written * 4 <= first.pages_written,
-                "a later iteration sent too much: {it:?}"
-            );
-            assert!(it.pages_skipped_parent >= w.pages - w.hot, "{it:?}");
-        }
-        let pid = r.target_pid.expect("a target pid");
-        w.restored.push(pid);
-        assert!(
-            Hosts::runs_in(&hosts.tgt, pid),
-            "not restored in the target host"
-        );
-        assert!(
-            w.sweep_on(1) > before,
-            "the moved workload does not sweep on"
-        );
-        let v = w.verdict(pid);
-        assert!(v.starts_with("ok "), "moved memory is wrong: {v}");
-    });
+/// A migration's report, and the decision pre-copy announced.
+struct Moved {
+    report: Report,
+    decision: Option<Decision>,
 }
 
-/// Runs a migration of `pid` from host `src_ns` to the service at `to`.
-fn migrate(src_ns: &str, bin: &Path, to: &str, pid: i32, mode: Mode) -> Report {
+/// Migrates the workload `w` from `hosts.src` to the service at `to` in
+/// `mode` under `policy`; `after_first` runs once the first iteration
+/// ended (while the migration goes on).
+fn migrate(
+    hosts: &Hosts,
+    bin: &Path,
+    to: &str,
+    w: &Dirtier,
+    mode: Mode,
+    policy: Box<dyn ConvergencePolicy>,
+    after_first: impl FnOnce() + Send + 'static,
+) -> Moved {
     let work = tempfile::Builder::new()
         .prefix("phaul-source-")
         .tempdir()
         .unwrap();
-    let (bin, to, dir) = (bin.to_path_buf(), to.to_string(), work.path().to_owned());
-    in_netns(src_ns, move || async move {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let events = std::thread::spawn(move || {
+        let (mut hook, mut decision) = (Some(after_first), None);
+        while let Some(p) = rx.blocking_recv() {
+            match p {
+                Progress::Iteration(_) => {
+                    if let Some(f) = hook.take() {
+                        f();
+                    }
+                }
+                Progress::Decision(d) if d.is_final() => decision = Some(d),
+                _ => {}
+            }
+        }
+        decision
+    });
+    let (bin, to, dir, pid) = (bin.to_owned(), to.to_owned(), work.path().to_owned(), w.pid);
+    let report = in_netns(&hosts.src, move || async move {
         let htype = phaul_htypes::registry::source("pid", &pid.to_string()).unwrap();
         let m = Migration::new(criu(&bin), to, cfg(), htype)
             .mode(mode)
+            .policy(policy)
+            .progress(tx)
             .work_dir(&dir);
         tokio::time::timeout(Duration::from_secs(200), m.run())
             .await
             .expect("the migration hung")
     })
     .join()
-    .expect("the source thread panicked")
+    .expect("the source thread panicked");
+    let decision = events.join().unwrap();
+    print_report(&report, decision.as_ref());
+    Moved { report, decision }
 }
 
-fn print_report(r: &Report) {
+fn print_report(r: &Report, decision: Option<&Decision>) {
     println!(
-        "{} ({}): {} iterations, downtime {:?} ms (predicted {:?} ms), total {:.0} ms",
-        r.mode, r.mode_reason, r.iterations, r.downtime_ms, r.predicted_downtime_ms, r.total_ms
+        "{}: {} iterations, downtime {:.0} ms, predicted {:.0} ms, total {:.0} ms; {decision:?}",
+        r.mode,
+        r.iterations,
+        r.downtime_ms.unwrap_or(f64::NAN),
+        r.predicted_downtime_ms.unwrap_or(f64::NAN),
+        r.total_ms
     );
-    println!("iteration  kind       written  skipped(parent)  frozen      took");
+    println!("iteration  kind        written  skipped(parent)     lazy   frozen     took");
     for it in &r.per_iteration {
         println!(
-            "{:>9}  {:<9} {:>8} {:>16}  {:>6.1} ms {:>6.0} ms",
+            "{:>9}  {:<9} {:>9} {:>16} {:>8} {:>6.0} ms {:>6.0} ms",
             it.iteration,
             it.kind,
             it.pages_written,
             it.pages_skipped_parent,
+            it.pages_lazy,
             it.frozen_us as f64 / 1000.0,
             it.duration_us as f64 / 1000.0
         );
     }
+}
+
+/// The workload runs on the target host now, sweeping on, with every page
+/// from the right iteration.
+fn assert_moved(w: &mut Dirtier, hosts: &Hosts, r: &Report) {
+    assert!(r.success, "{} failed: {:?}", r.mode, r.error);
+    let pid = r.target_pid.expect("a target pid");
+    w.restored.push(pid);
+    assert!(
+        Hosts::runs_in(&hosts.tgt, pid),
+        "not restored in the target host"
+    );
+    let dumped_at = w.sweeps().unwrap_or(0);
+    assert!(
+        w.sweep_on(1) > dumped_at,
+        "the moved workload does not sweep on"
+    );
+    let v = w.verdict(pid);
+    assert!(v.starts_with("ok "), "moved memory is wrong: {v}");
+}
+
+/// The first pre-dump sent the whole buffer, each later iteration at least
+/// the hot set and at most a quarter of the first; the rest was in the
+/// parent images.
+fn assert_only_dirty_sent(its: &[IterationReport], w: &Dirtier) {
+    let first = &its[0];
+    assert_eq!(first.kind, IterationReport::PRE_DUMP);
+    assert!(first.pages_written >= w.pages, "{first:?}");
+    for it in &its[1..] {
+        let sent = it.pages_written + it.pages_lazy;
+        assert!(sent >= w.hot, "the hot set was not sent: {it:?}");
+        assert!(
+            sent * 4 <= first.pages_written,
+            "a later iteration sent too much: {it:?}"
+        );
+        assert!(it.pages_skipped_parent >= w.pages - w.hot, "{it:?}");
+    }
+}
+
+/// A fresh pair of hosts, a target service, and a workload on the source
+/// with `percent` of 32 MiB hot, growing by `grow`% a second once told to.
+fn set_up(test: &str, percent: u32, grow: u32) -> (PathBuf, Hosts, Target, Dirtier) {
+    let bin = guest_criu(test);
+    let hosts = Hosts::new().unwrap();
+    let target = Target::start(&hosts, criu(&bin));
+    let w = Dirtier::start(Some(&hosts.src), 32, percent, grow);
+    w.sweep_on(1);
+    (bin, hosts, target, w)
+}
+
+fn phaul_rules(max_iterations: u32) -> Box<dyn ConvergencePolicy> {
+    Box::new(PhaulRules {
+        max_iterations,
+        ..PhaulRules::default()
+    })
+}
+
+/// phaul's pre-copy, under P.Haul's rules, moves a workload that rewrites
+/// 5% of its memory all the time: the pages written never shrink to
+/// P.Haul's 64, so the iteration limit ends pre-copy; every iteration after
+/// the first sent only the hot set.
+#[test]
+#[ignore = "runs in scripts/guest.sh's guest: pre_copy_in_the_guest runs it"]
+fn pre_copy_sends_only_the_dirty_set() {
+    in_guest("pre_copy_sends_only_the_dirty_set", || {
+        let (bin, hosts, target, mut w) = set_up("pre_copy_sends_only_the_dirty_set", 5, 0);
+        let m = migrate(
+            &hosts,
+            &bin,
+            &target.addr,
+            &w,
+            Mode::PreCopy,
+            phaul_rules(2),
+            || {},
+        );
+        let r = &m.report;
+        assert_eq!(r.mode, "pre-copy", "{}", r.mode_reason);
+        assert_moved(&mut w, &hosts, r);
+        let its = &r.per_iteration;
+        assert_eq!(
+            its.len(),
+            4,
+            "three pre-dumps (indexes 0 to 2), then the dump"
+        );
+        assert_eq!(its[3].kind, IterationReport::DUMP);
+        assert_only_dirty_sent(its, &w);
+        let why = m.decision.and_then(|d| d.reason().map(str::to_owned));
+        assert!(
+            why.as_deref()
+                .is_some_and(|w| w.contains("too many iterations")),
+            "{why:?}"
+        );
+    });
+}
+
+/// The downtime budget ends pre-copy as soon as the predicted downtime
+/// fits: a workload that stopped writing its buffer needs one pre-dump
+/// after the first. The budget is generous because under emulation a
+/// pre-dump's fixed costs alone take seconds.
+#[test]
+#[ignore = "runs in scripts/guest.sh's guest: pre_copy_in_the_guest runs it"]
+fn budget_converges_on_a_quiet_workload() {
+    in_guest("budget_converges_on_a_quiet_workload", || {
+        let (bin, hosts, target, mut w) = set_up("budget_converges_on_a_quiet_workload", 0, 0);
+        let budget = Box::new(DowntimeBudget {
+            budget: Duration::from_secs(5),
+            ..DowntimeBudget::default()
+        });
+        let m = migrate(&hosts, &bin, &target.addr, &w, Mode::PreCopy, budget, || {});
+        let r = &m.report;
+        assert_moved(&mut w, &hosts, r);
+        assert!(
+            matches!(&m.decision, Some(Decision::Converged(why)) if why.contains("fits the budget")),
+            "{:?}",
+            m.decision
+        );
+        let its = &r.per_iteration;
+        assert_eq!(its.len(), 3, "two pre-dumps, then the dump: {its:?}");
+        assert_only_dirty_sent(its, &w);
+        let predicted = r.predicted_downtime_ms.expect("a predicted downtime");
+        assert!(predicted <= 5_000.0, "{predicted} ms");
+    });
+}
+
+/// P.Haul's growth rule: once the workload's hot part starts growing (after
+/// the first pre-dump), a pre-dump writes over 10% more than the one before
+/// and pre-copy stops there with its final dump.
+#[test]
+#[ignore = "runs in scripts/guest.sh's guest: pre_copy_in_the_guest runs it"]
+fn phaul_rules_stop_a_growing_dirty_set() {
+    in_guest("phaul_rules_stop_a_growing_dirty_set", || {
+        let (bin, hosts, target, mut w) = set_up("phaul_rules_stop_a_growing_dirty_set", 5, 3);
+        let pid = w.pid;
+        let grow = move || {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGUSR2,
+            );
+        };
+        let m = migrate(
+            &hosts,
+            &bin,
+            &target.addr,
+            &w,
+            Mode::PreCopy,
+            phaul_rules(8),
+            grow,
+        );
+        let r = &m.report;
+        assert_moved(&mut w, &hosts, r);
+        let why = m.decision.and_then(|d| d.reason().map(str::to_owned));
+        assert!(
+            why.as_deref()
+                .is_some_and(|w| w.contains("iteration grows")),
+            "{why:?}"
+        );
+        let its = &r.per_iteration;
+        let pre: Vec<u64> = its[..its.len() - 1]
+            .iter()
+            .map(|i| i.pages_written)
+            .collect();
+        let (last, prev) = (pre[pre.len() - 1], pre[pre.len() - 2]);
+        assert!(
+            last * 10 > prev * 11,
+            "the last pre-dump did not grow: {pre:?}"
+        );
+        assert!(
+            pre.len() < 9,
+            "stopped by the iteration limit instead: {pre:?}"
+        );
+    });
+}
+
+/// Hybrid: pre-copy while it helps, then post-copy for a workload whose
+/// dirty set never shrinks: the final phase is a lazy dump, the workload
+/// runs on the target at once and its pages follow.
+#[test]
+#[ignore = "runs in scripts/guest.sh's guest: pre_copy_in_the_guest runs it"]
+fn hybrid_moves_what_never_converges() {
+    in_guest("hybrid_moves_what_never_converges", || {
+        let (bin, hosts, target, mut w) = set_up("hybrid_moves_what_never_converges", 5, 0);
+        let m = migrate(
+            &hosts,
+            &bin,
+            &target.addr,
+            &w,
+            Mode::Hybrid,
+            phaul_rules(2),
+            || {},
+        );
+        let r = &m.report;
+        assert_eq!(r.mode, "hybrid", "{}", r.mode_reason);
+        assert_moved(&mut w, &hosts, r);
+        assert!(
+            matches!(m.decision, Some(Decision::NotConverging(_))),
+            "{:?}",
+            m.decision
+        );
+        let its = &r.per_iteration;
+        let last = &its[its.len() - 1];
+        assert_eq!(last.kind, IterationReport::LAZY_DUMP, "{its:?}");
+        assert!(
+            last.pages_lazy > 0,
+            "nothing was left for post-copy: {last:?}"
+        );
+        assert_only_dirty_sent(its, &w);
+    });
 }
