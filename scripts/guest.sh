@@ -138,6 +138,9 @@ boot() {
     [ "$accel" = kvm ] && cpu=host
     cp "$HERE/guest/stage2" "$run/stage2"
     printf '%s\0' "$CACHE/$KVER/root/lib/modules/$KVER" >"$run/modules"
+    # The host's transparent huge page mode, the word in brackets.
+    sed -n 's/.*\[\([a-z]*\)\].*/\1/p' /sys/kernel/mm/transparent_hugepage/enabled \
+        >"$run/thp" 2>/dev/null || true
     : >"$run/stdout"
     : >"$run/stderr"
     # setpriv: the guest dies with this script, whatever kills it.
