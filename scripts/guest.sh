@@ -24,8 +24,9 @@
 # back as it runs.
 #
 # Exit status: COMMAND's own; 77 when this machine cannot run the guest (the
-# message says why); 124 when the time limit ended the guest; 125 when the
-# guest failed before COMMAND could report a status.
+# message says why; a COMMAND's own 77 comes back as is, so a caller that
+# must tell them apart runs --check first); 124 when the time limit ended
+# the guest; 125 when the guest failed before COMMAND could report a status.
 set -euo pipefail
 
 # Debian 12's kernel, pinned: package, version, sha256 of the .deb.
