@@ -14,6 +14,9 @@
 #     lock), rsync, lxc, busybox-static, iproute2.
 #   * fs.pipe-max-size >= 4 MiB: CRIU's lazy-pages tee pipe is 4 MiB and
 #     root here lacks CAP_SYS_RESOURCE to go past the limit.
+#   * what scripts/guest.sh needs to boot Debian 12's kernel (which has
+#     soft-dirty tracking, for real pre-dumps): qemu, kmod and the pinned
+#     kernel package, unpacked in /var/cache/phaul/guest.
 set -euo pipefail
 
 # CRIU: 4.2.1 from Debian's newer suites, pinned by sha256; when no suite
@@ -286,6 +289,18 @@ cur=$(sysctl -n fs.pipe-max-size)
 if [ "$cur" -lt "$PIPE_MAX" ]; then
     sysctl -q -w fs.pipe-max-size="$PIPE_MAX"
 fi
+
+# --- the guest with Debian 12's kernel (scripts/guest.sh) --------------------
+# This kernel has no soft-dirty tracking, so CRIU's pre-dumps run for real
+# only in that guest. qemu and kmod here, the pinned kernel package in
+# /var/cache/phaul/guest (fetched once). A machine that cannot have it says
+# so and set-up goes on: the guest adds a kernel, it replaces nothing.
+install_pkgs qemu-system-x86 kmod busybox-static
+if ! guest_out=$("$PHAUL_ROOT/scripts/guest.sh" --prepare 2>&1); then
+    log "$guest_out"
+    log "the guest cannot be prepared here: its tests skip (and fail with CI set)"
+fi
+# --- end of the guest ---------------------------------------------------------
 
 # --- phaul-web's browser test (tests/web.rs runs web/e2e.mjs) ---------------
 # Debian's chromium, which playwright-core drives (it downloads no browser),
