@@ -210,7 +210,9 @@ impl<T: TargetCriu> Service<T> {
         }
         let drained = async { while tasks.join_next().await.is_some() {} };
         if tokio::time::timeout(DRAIN_TIMEOUT, drained).await.is_err() {
-            warn!("sessions still undoing at the drain limit; the next service on this directory removes what they leave");
+            warn!(
+                "sessions still undoing at the drain limit; the next service on this directory removes what they leave"
+            );
         }
         Ok(())
     }
