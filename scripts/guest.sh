@@ -17,8 +17,8 @@
 # keeps the run directory.
 #
 # The guest sees the host's whole file system read-only (virtio-9p) under a
-# tmpfs overlay: it can write anywhere, the host sees none of it. /tmp, /run
-# and /dev/shm are its own. COMMAND runs in the caller's working directory
+# tmpfs overlay: it can write anywhere, the host sees none of it. /run and
+# /dev/shm are its own. COMMAND runs in the caller's working directory
 # with the caller's PATH, HOME, TERM, LANG, CI and RUST_*, CARGO_*, CRIU_*,
 # PHAUL_* variables, plus PHAUL_IN_GUEST=1. Its stdout and stderr stream
 # back as it runs.
