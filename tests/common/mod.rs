@@ -70,7 +70,8 @@ pub fn service(
         .args(extra)
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(&log).unwrap())
-        .stderr(Stdio::null())
+        // Its tracing, kept beside the log for a look after a failure.
+        .stderr(std::fs::File::create(work.join("service.err")).unwrap())
         .spawn()
         .unwrap();
     wait_listening(&log);

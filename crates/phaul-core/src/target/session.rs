@@ -97,6 +97,8 @@ pub(super) struct Session<T: TargetCriu> {
     state: State,
     /// A request failed: the session's CRIU logs are kept.
     request_failed: bool,
+    /// A committed session's directory, removed once the answer is out.
+    after_reply: Option<PathBuf>,
 }
 
 impl<T: TargetCriu> Session<T> {
@@ -117,6 +119,7 @@ impl<T: TargetCriu> Session<T> {
             relays: Vec::new(),
             state: State::Idle,
             request_failed: false,
+            after_reply: None,
         }
     }
 
@@ -152,6 +155,10 @@ impl<T: TargetCriu> Session<T> {
                 }
             };
             let restored = matches!(res, Ok(response::Body::Restored(_)));
+            // The commit's lease counts from just before the answer goes
+            // out: a service stopped while writing it must not count from
+            // when it woke up.
+            let answered = Instant::now();
             let sent = match res {
                 Ok(r) => ctl.reply(id, r).await,
                 Err((code, e)) => {
@@ -162,7 +169,10 @@ impl<T: TargetCriu> Session<T> {
                 }
             };
             if let (true, State::Restored(_, r)) = (restored, &mut self.state) {
-                r.at = Instant::now();
+                r.at = answered;
+            }
+            if let Some(d) = self.after_reply.take() {
+                self.remove_dir(&d);
             }
             if abort || sent.is_err() {
                 break;
@@ -540,15 +550,25 @@ impl<T: TargetCriu> Session<T> {
             unreachable!("matched above")
         };
         let Restored {
-            how, daemon, pid, ..
+            how,
+            daemon,
+            pid,
+            at,
         } = *r;
         if let Restoration::Held(held) = how {
             // Connected only now (see TargetHooks::before_commit); a
             // failure leaves the held copy to the rollback.
-            if let Err(e) = blocking(&b.htype, |h| h.before_commit()).await {
+            let connected = blocking(&b.htype, |h| h.before_commit()).await;
+            // The lease again, as late as can be: this service may have
+            // been stopped in between.
+            let refused = match connected {
+                Err(e) => Some(failed(e)),
+                Ok(()) => late_commit(&c, at).map(|e| (ErrorCode::BadRequest, e)),
+            };
+            if let Some(refusal) = refused {
                 let how = Restoration::Held(held);
                 self.state = State::Restored(b, Box::new(Restored { how, daemon, ..*r }));
-                return Err(failed(e));
+                return Err(refusal);
             }
             if let Err(e) = held.commit().await {
                 // CRIU is gone with the tree: what is left to undo is the
@@ -559,6 +579,18 @@ impl<T: TargetCriu> Session<T> {
                 self.state = State::Begun(b);
                 return Err(failed(e));
             }
+        }
+        if let Some(e) = late_commit(&c, at) {
+            // Stopped between the last check and the commit: the source
+            // has given up and runs its own copy, so this one must not run
+            // on. It ran for a moment; the source's copy is the one kept.
+            warn!(session = %hex(&self.sid), pid, "committed past the lease: ending this copy");
+            kill_tree(pid);
+            if let Some(d) = daemon {
+                d.kill().await;
+            }
+            self.state = State::Begun(b);
+            return Err((ErrorCode::BadRequest, e));
         }
         self.state = State::Committed;
         info!(session = %hex(&self.sid), pid, "committed: the tree runs here");
@@ -578,7 +610,8 @@ impl<T: TargetCriu> Session<T> {
                     }
                 });
             }
-            None => self.remove_dir(&b.dir),
+            // After the answer: the source's copy waits for it, frozen.
+            None => self.after_reply = Some(b.dir),
         }
         Ok(response::Body::Committed(proto::Committed {}))
     }
@@ -628,6 +661,16 @@ async fn restore_by_manager(
             other => other,
         })?;
     Ok((Restoration::ByKind, pid))
+}
+
+/// Ends a tree that runs here, its descendants first found from /proc.
+fn kill_tree(root: i32) {
+    for p in crate::sockets::tree(root) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(p),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
 }
 
 /// Runs a blocking htype hook off the runtime's threads.
