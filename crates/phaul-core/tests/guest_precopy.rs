@@ -566,8 +566,8 @@ fn pre_copy_sends_only_the_dirty_set() {
 }
 
 /// The downtime budget ends pre-copy as soon as the predicted downtime
-/// fits: a workload that does not write its buffer needs one pre-dump
-/// after the first. The budget is generous because under emulation a
+/// fits: a workload that does not write its buffer needs at most one
+/// pre-dump after the first. The budget is generous because under emulation a
 /// pre-dump's fixed costs alone take a second or more (and the first
 /// pre-dump, of 32 MiB, over ten).
 #[test]
@@ -584,8 +584,17 @@ fn budget_converges_on_a_quiet_workload() {
             "{:?}",
             m.decision
         );
+        // One pre-dump may already predict a fitting downtime (the first
+        // sends all 32 MiB: its bandwidth decides), or a second does.
         let its = &m.report.per_iteration;
-        assert_eq!(its.len(), 3, "two pre-dumps, then the dump: {its:?}");
+        assert!(
+            (2..=3).contains(&its.len()),
+            "one or two pre-dumps, then the dump: {its:?}"
+        );
+        assert_eq!(
+            its.last().map(|i| i.kind.as_str()),
+            Some(IterationReport::DUMP)
+        );
         bed.assert_only_dirty_sent(its);
         let predicted = m
             .report
