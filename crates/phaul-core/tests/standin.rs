@@ -612,6 +612,23 @@ async fn a_started_migration_streams_events_and_ends_typed() {
     assert_eq!(failure.report.outcome, Outcome::RolledBack);
     target.finish().await;
 
+    // A dry run says what a migration would do, and touches nothing.
+    let target = TestTarget::start(StandIn::new(ALL)).await;
+    let src = StandIn::new(ALL);
+    let pid = i32::try_from(sleeper.0.id()).unwrap();
+    let htype = Box::new(phaul_htypes::pid::Pid::new(pid).unwrap());
+    let m = Migration::new(src.clone(), target.addr.clone(), cfg(), htype)
+        .work_dir(target.work.path().join("source"));
+    let plan = m.dry_run().await.unwrap();
+    assert_eq!(plan.mode, Mode::PostCopy, "{}", plan.reason);
+    assert!(
+        src.calls().iter().all(|c| !c.contains("dump")),
+        "{:?}",
+        src.calls()
+    );
+    target.finish().await;
+    assert!(phaul_htypes::pid::Pid::new(1).is_err());
+
     // Refused before anything started: a bad id, then a mode the hosts lack.
     let htype = phaul_htypes::registry::source("pid", &sleeper.pid()).unwrap();
     let m = Migration::new(StandIn::new(ALL), "127.0.0.1:1", cfg(), htype);

@@ -308,6 +308,12 @@ fn stat_fields(pid: i32) -> Result<Vec<String>> {
 }
 
 impl Pid {
+    /// The tree rooted at `pid` on this host, for a program that holds the
+    /// PID as a number: the same checks as [`Pid::source`].
+    pub fn new(pid: i32) -> Result<Self> {
+        Self::source(&pid.to_string())
+    }
+
     /// Validates `text` as the root of a tree to migrate from this host,
     /// with the default [`PidOptions`].
     pub fn source(text: &str) -> Result<Self> {

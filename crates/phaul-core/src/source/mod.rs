@@ -416,6 +416,35 @@ impl<C: SourceCriu> Migration<C> {
         }
     }
 
+    /// A dry run: checks both hosts (CRIU versions, features, the CPU, a
+    /// CRIU that can dump the tree's sockets) and returns the mode this
+    /// migration would use and why, or why it cannot start. Nothing is
+    /// frozen or sent but the checks; the target keeps nothing.
+    pub async fn dry_run(&self) -> Result<ModeChoice> {
+        let provisional = ModeChoice {
+            mode: self.mode,
+            requested: self.mode,
+            reason: "not chosen yet".into(),
+        };
+        let mut stats = Ongoing::start(provisional);
+        self.hook(|h| h.check()).await?;
+        let pid = self.hook(|h| h.root_pid()).await?;
+        let dir = self
+            .work_dir
+            .join(format!("{}-{}-dry", std::process::id(), unique()));
+        mkdir(&dir)?;
+        let checked = async {
+            let link = self.connect(Channel::Control, None).await?;
+            let mut ctl = ControlClient::new(link);
+            let plan = self.preflight(&mut stats, &mut ctl, pid, &dir).await;
+            ctl.close().await;
+            plan
+        }
+        .await;
+        let _ = std::fs::remove_dir_all(&dir);
+        checked
+    }
+
     /// Starts the migration in the background (on the current tokio
     /// runtime): its events come from the handle, and awaiting the handle
     /// gives its typed end.
