@@ -461,8 +461,8 @@ function applyFilter() {
     r.li.classList.toggle('filter-open', open.has(pid));
     r.row.classList.toggle('match', shown.has(pid) && matches(m.byPid.get(pid), q));
   }
-  document.querySelectorAll('#local-containers li[data-container]').forEach((li) => {
-    li.hidden = !li.dataset.container.toLowerCase().includes(q);
+  document.querySelectorAll('#local-containers li[data-ct]').forEach((li) => {
+    li.hidden = !li.dataset.ct.toLowerCase().includes(q);
   });
   setText(count, hits === 0 ? 'nothing matches' : plural(hits, 'match'));
 }
@@ -513,11 +513,11 @@ function renderContainers(which, list) {
       });
       ct.addEventListener('click', () => openConfirm(what));
     }
-    return el('li', { 'data-container': c.name }, ct);
+    return el('li', { 'data-ct': c.name }, ct);
   });
   ul.replaceChildren(...items);
   if (focusName) {
-    const again = ul.querySelector('[data-container="' + CSS.escape(focusName) + '"] .ct, .ct[data-container="' + CSS.escape(focusName) + '"]');
+    const again = ul.querySelector('.ct[data-container="' + CSS.escape(focusName) + '"]');
     if (again) again.focus();
   }
   if (local) applyFilter();
@@ -850,7 +850,14 @@ function renderMigration(m) {
   card.setAttribute('data-status', m.status);
   card.setAttribute('data-phase', m.phase);
   if (m.target_pid) card.setAttribute('data-target-pid', m.target_pid);
-  setText(q('.title'), (m.status === 'succeeded' ? 'Moved ' : 'Moving ') + (m.title || m.what) + ' → target');
+  const who = m.title || m.what;
+  const titles = {
+    running: 'Moving ' + who + ' to the target',
+    succeeded: 'Moved ' + who + ' to the target',
+    failed: 'Could not move ' + who,
+    cancelled: 'Cancelled moving ' + who,
+  };
+  setText(q('.title'), titles[m.status] || who);
   setText(q('.badge'), m.status === 'running' && m.cancel_asked ? 'cancelling' : m.status);
   const mode = m.mode ? (m.mode === m.requested_mode ? m.mode : m.requested_mode + ' → ' + m.mode)
     : m.requested_mode;
@@ -862,7 +869,7 @@ function renderMigration(m) {
   const detail = [];
   if (m.status === 'failed') {
     if (m.error) detail.push('Cause: ' + m.error);
-    if (m.logs) detail.push('CRIU\'s logs are kept in ' + m.logs);
+    if (m.logs) detail.push('This host kept its CRIU logs in ' + m.logs);
   }
   setText(q('.detail'), detail.join('\n'));
   q('.actions').hidden = !m.cancellable;
