@@ -327,6 +327,17 @@ async function layouts() {
     check(over <= 0, `at ${w} px nothing overflows sideways (${over} px)`);
     await snap(name);
   }
+  // The confirmation fits a phone too.
+  await row(treePid).focus();
+  await page.keyboard.press('Enter');
+  await page.locator('#confirm').waitFor({ state: 'visible', timeout: 10000 });
+  const box = await page.locator('#confirm').boundingBox();
+  check(box.x >= 0 && box.x + box.width <= 390, `the confirmation fits the phone (${Math.round(box.width)} px wide)`);
+  await page.locator('#confirm-plan.ok, #confirm-plan.bad').waitFor({ timeout: 30000 });
+  await snap('phone-confirm');
+  await page.keyboard.press('Escape');
+  await page.locator('#confirm').waitFor({ state: 'hidden', timeout: 5000 });
+  check(await page.locator('.migration[data-id]').count() === 0, 'Escape backs out');
   await page.setViewportSize({ width: 1400, height: 1000 });
 }
 

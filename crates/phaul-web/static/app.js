@@ -651,8 +651,8 @@ function openConfirm(what) {
     ...row('Container', f.container ? f.container : 'none (a plain process tree)'));
   setText($('confirm-scope'), f.count > 1
     ? 'The whole tree moves: ' + f.title + ' and ' + plural(f.count - 1, 'process', 'processes') +
-      ' below it. It is paused while its last memory is copied.'
-    : f.title + ' moves alone. It is paused while its last memory is copied.');
+      ' below it, paused together for the switch-over.'
+    : f.title + ' moves alone; it is paused for the switch-over.');
   const fsSel = $('confirm-fs');
   fsSel.disabled = !f.fs;
   setText($('confirm-fs-note'), f.fs
