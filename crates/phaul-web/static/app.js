@@ -107,7 +107,7 @@ function mib(bytes) {
 
 function fmtMs(v) {
   if (v === null || v === undefined) return '—';
-  if (v >= 10000) return (v / 1000).toFixed(1) + ' s';
+  if (v >= 1000) return (v / 1000).toFixed(v >= 10000 ? 1 : 2) + ' s';
   return v.toFixed(1) + ' ms';
 }
 
@@ -902,6 +902,8 @@ function renderLive(card, m) {
   q('.phase').setAttribute('data-phase', m.phase);
   setText(q('.downtime-f .v'), fmtMs(liveDowntime(m)));
   q('.downtime-f').classList.add('downtime');
+  // Never paused, or paused and resumed here: no downtime to speak of.
+  q('.downtime-f').hidden = m.downtime_ms === null && !(m.status === 'running' && m.frozen);
   setText(q('.elapsed .v'), fmtMs(live(m, 'elapsed_ms')));
 }
 
