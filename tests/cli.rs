@@ -246,6 +246,24 @@ fn the_cli_migrates_for_real_and_refuses_a_wrong_key_or_a_missing_service() {
         "bytes_sent went back: {sent:?}"
     );
     assert!(*sent.last().unwrap() >= 32 << 20, "{sent:?}");
+    // The expected total comes before memory moves, and every line after
+    // it carries it: the workload's 32 MiB, give or take the interpreter.
+    let first = lines
+        .iter()
+        .position(|l| l["event"] == "expected")
+        .expect("an expected event");
+    assert!(
+        lines[..first].iter().all(|l| l["event"] != "bytes"),
+        "{lines:?}"
+    );
+    let expected = lines[first]["value"].as_u64().unwrap();
+    assert!((32 << 20..256 << 20).contains(&expected), "{expected}");
+    assert!(
+        lines[first..]
+            .iter()
+            .all(|l| l["expected_bytes"] == expected),
+        "{lines:?}"
+    );
     let times: Vec<f64> = lines
         .iter()
         .map(|l| l["elapsed_ms"].as_f64().unwrap())

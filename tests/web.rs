@@ -6,16 +6,22 @@
 //!   archives — each refused with the right status and a JSON error, and
 //!   nothing written outside the work directory. A small HTTP/1.1 client
 //!   written here talks to it.
-//! - A real migration driven from a real browser (Debian's chromium through
+//! - Real migrations driven from a real browser (Debian's chromium through
 //!   playwright-core, `web/e2e.mjs`): two network-namespace hosts,
-//!   `phaul-service` on the target, a workload and phaul-web on the source;
-//!   the script drags the workload onto the target tree and waits for the
-//!   success message; then the workload must run on the target with its
-//!   memory intact and its counter counting. A second run stops the service
-//!   before the drag: the page shows the failure and the workload still runs
-//!   on the source. A third drags a real LXC container from the containers
-//!   list: it must then run on the target with its files and its counter.
-//!   Screenshots: `target/web-e2e/{success,failure,container-success}.png`.
+//!   `phaul-service` on the target, a workload and phaul-web on the source,
+//!   which is made a busy host by a throwaway tree of 200 sleeping
+//!   processes. The console run filters the tree down to the workload,
+//!   drops the sleeping tree to read its confirmation (root, 201
+//!   processes, memory, no container, what `auto` picks and why) and backs
+//!   out, then migrates the workload with the keyboard alone; the workload
+//!   must then run on the target with its memory intact and its counter
+//!   counting. The big run starts a stop-copy of a 1 GiB workload and
+//!   cancels it (cancelled, not failed; it runs on here), then moves it for
+//!   real while the bar moves at least five times. Others: the service
+//!   stopped before the drag (a failure, the workload runs on), the target's
+//!   CRIU failing its restores (named as the restore's failure, with CRIU's
+//!   cause and its logs), a real LXC container dragged from the containers
+//!   list. Screenshots: `target/web-e2e/*.png`.
 //! - Checkpoint to an archive and restore from it, through the API.
 //!
 //! The real tests need root, CRIU 4, chromium and `web/node_modules`
@@ -31,7 +37,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use phaul_testkit::{Hosts, LxcContainer, Workload, alive, require_criu, wait_until};
+use phaul_testkit::{Hosts, LxcContainer, Workload, alive, kill_tree, require_criu, wait_until};
 
 mod common;
 use common::{example, service};
@@ -522,6 +528,46 @@ fn the_api_refuses_strangers_other_origins_and_bad_input() {
         b"pid=1",
     );
     assert_json_error(&r, 400, "not JSON");
+    // The confirmation's dry run and the file-system choice check the same.
+    for body in [
+        json!({"pid": "2", "fs": "nfs"}),
+        json!({"pid": "2", "fs": 1}),
+        json!({"pid": "2", "mode": "warp-speed"}),
+        json!({"pid": "$(id)"}),
+        json!({"pid": me}),
+        json!({"container": "a;b"}),
+        json!({}),
+    ] {
+        for path in ["/api/migrate", "/api/plan"] {
+            let r = post_json(&web, path, &body);
+            assert_json_error(&r, 400, &format!("{path} {body}"));
+        }
+    }
+    // Nothing to cancel; nothing to clear.
+    let r = post_json(&web, "/api/migrations/77/cancel", &json!({}));
+    assert_json_error(&r, 404, "cancelling no migration");
+    let r = http(
+        &web.addr,
+        "DELETE",
+        "/api/migrations",
+        &[("Authorization", &auth)],
+        b"",
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["removed"], 0);
+    // This host's list carries each process's memory.
+    let l = get(&web, "/api/local").json();
+    let mine = l["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["pid"] == me)
+        .expect("phaul-web lists itself");
+    assert!(mine["mem"].as_u64().unwrap() > 0, "{mine}");
+    assert_eq!(
+        get(&web, "/api/info").json()["fs_drivers"],
+        json!(["native", "shared"])
+    );
     for path in [
         "/api/checkpoints/..%2f..%2fetc/archive",
         "/api/checkpoints/ABC/archive",
@@ -757,8 +803,13 @@ fn e2e_with(
         expect.to_string()
     };
     let shot = shots.join(format!("{what}.png"));
-    let _ = std::fs::remove_file(&shot);
-    let _ = std::fs::remove_file(shots.join(format!("{what}-error.png")));
+    // This run's screenshots only: NAME.png and NAME-*.png.
+    for e in std::fs::read_dir(&shots).unwrap().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name == format!("{what}.png") || name.starts_with(&format!("{what}-")) {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
     let log = tempfile::NamedTempFile::new().unwrap();
     let mut child = Hosts::command(ns, "node")
         .arg(repo().join("web/e2e.mjs"))
@@ -810,30 +861,75 @@ fn e2e_with(
     E2e { ok, result, log }
 }
 
-#[test]
-fn dragging_the_workload_onto_the_target_migrates_it_for_real() {
-    let Some(Stage {
-        dir, hosts, key, ..
-    }) = stage("dragging_the_workload_onto_the_target_migrates_it_for_real")
-    else {
-        return;
-    };
-    let (mut svc, addr) = service(&hosts, &key, dir.path(), &[]);
-    let mut w = Workload::start_in(Some(&hosts.src), 64).unwrap();
-    let web = Web::start(Some(&hosts.src), &addr, &key, &dir.path().join("web"), &[]);
-    let before = w.counter().unwrap();
+/// A throwaway tree of sleeping processes in host `ns` (a shell and its
+/// `sleep` children), so that the source is a busy host; killed on drop.
+struct Sleepers {
+    child: Child,
+    /// The shell's PID: the tree's root.
+    pid: i32,
+}
 
-    let run = e2e(&hosts.src, &web, w.pid, "success", None);
-    assert!(
-        run.ok,
-        "the browser test failed: {}\n{}\nphaul-web:\n{}",
-        run.result,
-        run.log,
-        web.log()
-    );
+/// Processes the busy host must list (the "about 200").
+const BUSY: usize = 200;
+
+impl Sleepers {
+    fn start(ns: &str, n: usize) -> Self {
+        let child = Hosts::command(ns, "sh")
+            .args([
+                "-c",
+                &format!("for i in $(seq {n}); do sleep 600 & done; wait"),
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        // nsenter execs the shell in place: the child is the root.
+        let pid = i32::try_from(child.id()).unwrap();
+        let mut me = Self { child, pid };
+        let children = format!("/proc/{pid}/task/{pid}/children");
+        let all = wait_until(Duration::from_secs(30), || {
+            let kids = std::fs::read_to_string(&children).ok()?;
+            (kids.split_whitespace().count() >= n).then_some(())
+        });
+        if all.is_none() {
+            me.stop();
+            panic!("the {n} sleepers did not start");
+        }
+        me
+    }
+
+    fn stop(&mut self) {
+        let kids = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", self.pid))
+            .unwrap_or_default();
+        for k in kids.split_whitespace().filter_map(|k| k.parse().ok()) {
+            kill_tree(k);
+        }
+        kill_tree(self.pid);
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Sleepers {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The workload runs on the target, with its memory and its counter, and
+/// the source's copy ended; the API says the same.
+/// `cleared`: the page cleared the finished migrations, so the server
+/// must list none.
+fn assert_moved_by_page(
+    w: &mut Workload,
+    hosts: &Hosts,
+    web: &Web,
+    run: &E2e,
+    before: u64,
+    cleared: bool,
+) {
     let new = i32::try_from(run.result["target_pid"].as_i64().unwrap()).unwrap();
     w.adopt(new);
-    // It runs on the target host, with its memory and its counter.
     assert!(alive(new), "PID {new} runs");
     assert!(
         Hosts::runs_in(&hosts.tgt, new),
@@ -850,12 +946,162 @@ fn dragging_the_workload_onto_the_target_migrates_it_for_real() {
         wait_until(Duration::from_secs(20), || (!alive(w.pid)).then_some(())).is_some(),
         "the source copy ended"
     );
-    // The API tells the same story.
-    let m = get_in(&hosts.src, &web, "/api/migrations");
-    assert_eq!(m[0]["status"], "succeeded", "{m}");
-    assert_eq!(m[0]["target_pid"], new);
-    assert!(m[0]["report"]["downtime_ms"].as_f64().unwrap() > 0.0);
+    let m = get_in(&hosts.src, web, "/api/migrations");
+    if cleared {
+        assert_eq!(m, json!([]), "the page's clear reached the server");
+        return;
+    }
+    let last = m.as_array().unwrap().last().unwrap();
+    assert_eq!(last["status"], "succeeded", "{m}");
+    assert_eq!(last["target_pid"], new);
+    assert!(last["report"]["downtime_ms"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn on_a_busy_host_the_console_filters_confirms_and_migrates_by_keyboard() {
+    let Some(Stage {
+        dir, hosts, key, ..
+    }) = stage("on_a_busy_host_the_console_filters_confirms_and_migrates_by_keyboard")
+    else {
+        return;
+    };
+    let (mut svc, addr) = service(&hosts, &key, dir.path(), &[]);
+    let sleepers = Sleepers::start(&hosts.src, BUSY);
+    let mut w = Workload::start_in(Some(&hosts.src), 64).unwrap();
+    let web = Web::start(Some(&hosts.src), &addr, &key, &dir.path().join("web"), &[]);
+    let before = w.counter().unwrap();
+
+    let tree = sleepers.pid.to_string();
+    let min = BUSY.to_string();
+    let run = e2e_with(
+        &hosts.src,
+        &web,
+        w.pid,
+        "console",
+        None,
+        &[("PHAUL_WEB_TREE", &tree), ("PHAUL_WEB_MIN_PROCS", &min)],
+    );
+    assert!(
+        run.ok,
+        "the browser test failed: {}\n{}\nphaul-web:\n{}",
+        run.result,
+        run.log,
+        web.log()
+    );
+    assert!(run.result["processes"].as_u64().unwrap() >= BUSY as u64);
+    assert!(
+        run.result["confirm"]["facts"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("{} processes", BUSY + 1)),
+        "the confirmation counts the shell and its sleepers: {}",
+        run.result
+    );
+    // Backing out of the confirmation moved nothing: the sleepers are here.
+    assert!(alive(sleepers.pid) && Hosts::runs_in(&hosts.src, sleepers.pid));
+    assert_moved_by_page(&mut w, &hosts, &web, &run, before, true);
     svc.stop();
+}
+
+#[test]
+fn a_one_gib_stop_copy_is_cancelled_then_moves_with_a_moving_bar() {
+    let Some(Stage {
+        dir, hosts, key, ..
+    }) = stage("a_one_gib_stop_copy_is_cancelled_then_moves_with_a_moving_bar")
+    else {
+        return;
+    };
+    let (mut svc, addr) = service(&hosts, &key, dir.path(), &[]);
+    let _sleepers = Sleepers::start(&hosts.src, BUSY);
+    let mut w = Workload::start_in(Some(&hosts.src), 1024).unwrap();
+    let web = Web::start(Some(&hosts.src), &addr, &key, &dir.path().join("web"), &[]);
+    let before = w.counter().unwrap();
+    let min = BUSY.to_string();
+    let run = e2e_with(
+        &hosts.src,
+        &web,
+        w.pid,
+        "big",
+        None,
+        &[("PHAUL_WEB_MIN_PROCS", &min)],
+    );
+    assert!(
+        run.ok,
+        "the browser test failed: {}\n{}\nphaul-web:\n{}",
+        run.result,
+        run.log,
+        web.log()
+    );
+    assert!(
+        run.result["bar"].as_array().unwrap().len() >= 5,
+        "{}",
+        run.result
+    );
+    assert_eq!(run.result["mode"], "stop-copy", "{}", run.result);
+    assert_moved_by_page(&mut w, &hosts, &web, &run, before, false);
+    svc.stop();
+}
+
+#[test]
+fn a_restore_failing_on_the_target_is_named_as_such_in_the_page() {
+    let test = "a_restore_failing_on_the_target_is_named_as_such_in_the_page";
+    let Some(Stage {
+        dir, hosts, key, ..
+    }) = stage(test)
+    else {
+        return;
+    };
+    let bin = require_criu(test).expect("checked by the stage");
+    let failing = criu_failing_restores(dir.path(), &bin);
+    let (mut svc, addr) = service(
+        &hosts,
+        &key,
+        dir.path(),
+        &["--criu".as_ref(), failing.as_os_str()],
+    );
+    let _sleepers = Sleepers::start(&hosts.src, BUSY);
+    let w = Workload::start_in(Some(&hosts.src), 32).unwrap();
+    let web = Web::start(Some(&hosts.src), &addr, &key, &dir.path().join("web"), &[]);
+    let run = e2e(&hosts.src, &web, w.pid, "restore-failure", None);
+    assert!(
+        run.ok,
+        "the browser test failed: {}\n{}\nphaul-web:\n{}",
+        run.result,
+        run.log,
+        web.log()
+    );
+    // The source runs on, untouched; the API names the restore.
+    assert!(alive(w.pid) && Hosts::runs_in(&hosts.src, w.pid));
+    let c = w.counter().unwrap();
+    assert!(w.counter_passes(c, Duration::from_secs(10)).is_some());
+    assert_eq!(w.memory_intact(w.pid), Some(true));
+    let m = get_in(&hosts.src, &web, "/api/migrations");
+    assert_eq!(m[0]["status"], "failed", "{m}");
+    assert_eq!(m[0]["failed_phase"], "restore", "{m}");
+    let logs = m[0]["logs"].as_str().expect("the source's kept logs");
+    assert!(Path::new(logs).is_dir(), "{logs}");
+    svc.stop();
+}
+
+/// A stand-in in front of the real CRIU whose restores fail for real: it
+/// runs CRIU with a configuration naming an LSM profile this kernel lacks,
+/// which only a restore reads.
+fn criu_failing_restores(dir: &Path, bin: &Path) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let conf = dir.join("restore-fails.conf");
+    std::fs::write(&conf, "lsm-profile apparmor:phaul-test\n").unwrap();
+    let path = dir.join("criu-failing-restores");
+    std::fs::write(
+        &path,
+        format!(
+            "#!/bin/sh\nCRIU_CONFIG_FILE={} exec {} \"$@\"\n",
+            conf.display(),
+            bin.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
 }
 
 #[test]

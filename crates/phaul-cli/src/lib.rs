@@ -26,7 +26,7 @@ pub mod progress;
 pub use args::{CriuArgs, HostArgs, KeyArgs, LinkArgs, TARGET_HELP, fs_choice};
 pub use error::{Error, Result};
 pub use migrate::{MigrateArgs, PidFlags};
-pub use progress::ProgressDisplay;
+pub use progress::{ProgressDisplay, Sent};
 
 /// Logs go to stderr, filtered by `PHAUL_LOG` (an `EnvFilter` directive),
 /// else at `default_level` (`warn` for a command, `info` for a daemon).

@@ -30,8 +30,8 @@ pub struct MigrateArgs {
     #[arg(long)]
     pub json: Option<PathBuf>,
     /// Write every progress event to this file as a JSON line, with
-    /// `elapsed_ms` and `bytes_sent` (bytes update at least every 200 ms
-    /// while memory streams).
+    /// `elapsed_ms`, `bytes_sent` (updated at least every 200 ms while
+    /// memory streams) and, once the engine has said, `expected_bytes`.
     #[arg(long)]
     pub events: Option<PathBuf>,
     /// Pre-copy stops when the predicted downtime fits this many ms

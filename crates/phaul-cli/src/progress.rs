@@ -1,6 +1,8 @@
-//! The terminal's view of a running migration: one spinner line with the
-//! phase and the bytes sent, every other event printed above it, and
-//! optionally each event as a JSON line in a file.
+//! The terminal's view of a running migration: one line with the phase and
+//! the bytes sent (a bar with an ETA once the engine says how much it
+//! expects to send; bytes come at least every 200 ms while memory streams),
+//! every other event printed above it, and optionally each event as a JSON
+//! line in a file.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -52,6 +54,15 @@ impl ProgressDisplay {
     }
 }
 
+/// The bar once the total is known: bytes against the expected total.
+fn bar_style() -> ProgressStyle {
+    ProgressStyle::with_template(
+        "{spinner} {elapsed_precise} [{bar:30}] {bytes}/{total_bytes} ({eta} left)  {msg}",
+    )
+    .expect("a valid template")
+    .progress_chars("=> ")
+}
+
 async fn draw(
     bar: ProgressBar,
     mut rx: mpsc::UnboundedReceiver<Progress>,
@@ -59,38 +70,68 @@ async fn draw(
 ) {
     let started = Instant::now();
     let mut phase = String::from("pre-flight");
-    let mut bytes = 0u64;
+    let mut sent = Sent::default();
     while let Some(p) = rx.recv().await {
-        if let Progress::Bytes(b) = p {
-            bytes = b;
+        match &p {
+            Progress::Bytes(b) => sent.bytes = *b,
+            Progress::Expected(b) => {
+                sent.expected = Some(*b);
+                bar.set_style(bar_style());
+                bar.set_length((*b).max(1));
+            }
+            _ => {}
         }
         if let Some(w) = events.as_mut() {
-            if let Err(e) = write_event(w, started.elapsed(), bytes, &p) {
+            if let Err(e) = write_event(w, started.elapsed(), sent, &p) {
                 tracing::warn!(error = %e, "could not write an event line");
             }
         }
         match &p {
             Progress::Phase(ph) => phase = ph.describe().to_string(),
-            Progress::Bytes(_) => {}
+            Progress::Bytes(_) | Progress::Expected(_) => {}
             other => bar.println(other.to_string()),
         }
-        bar.set_message(format!("{phase}  {:.1} MiB", bytes as f64 / 1048576.0));
+        if sent.expected.is_some() {
+            // Dirtied pages and images can pass the estimate: the bar
+            // grows rather than stopping full.
+            if bar.length().is_some_and(|l| sent.bytes > l) {
+                bar.set_length(sent.bytes);
+            }
+            bar.set_position(sent.bytes);
+            bar.set_message(phase.clone());
+        } else {
+            bar.set_message(format!("{phase}  {:.1} MiB", sent.bytes as f64 / 1048576.0));
+        }
     }
     bar.finish_and_clear();
 }
 
+/// What an event line says of the bytes besides the event itself.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Sent {
+    /// Bytes sent so far.
+    pub bytes: u64,
+    /// What the engine expects to send in all, once it said
+    /// ([`Progress::Expected`]).
+    pub expected: Option<u64>,
+}
+
 /// One progress event as a JSON line: the event itself (`event`, `value`),
-/// `elapsed_ms` since the start and `bytes_sent` so far.
+/// `elapsed_ms` since the start, `bytes_sent` so far and, once known,
+/// `expected_bytes`.
 pub fn write_event(
     w: &mut impl Write,
     elapsed: Duration,
-    bytes: u64,
+    sent: Sent,
     p: &Progress,
 ) -> std::io::Result<()> {
     let mut line = serde_json::to_value(p).unwrap_or_default();
     if let Some(o) = line.as_object_mut() {
         o.insert("elapsed_ms".into(), (elapsed.as_secs_f64() * 1000.0).into());
-        o.insert("bytes_sent".into(), bytes.into());
+        o.insert("bytes_sent".into(), sent.bytes.into());
+        if let Some(e) = sent.expected {
+            o.insert("expected_bytes".into(), e.into());
+        }
     }
     // Flushed per line: a reader follows the file as the migration goes.
     writeln!(w, "{line}")?;
@@ -104,12 +145,69 @@ mod tests {
     #[test]
     fn an_event_line_is_the_event_with_time_and_bytes() {
         let mut out = Vec::new();
-        write_event(&mut out, Duration::from_millis(1500), 42, &Progress::Frozen).unwrap();
+        let sent = Sent {
+            bytes: 42,
+            expected: None,
+        };
+        write_event(
+            &mut out,
+            Duration::from_millis(1500),
+            sent,
+            &Progress::Frozen,
+        )
+        .unwrap();
         let text = String::from_utf8(out).unwrap();
         assert!(text.ends_with('\n'));
         let v: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
         assert_eq!(v["event"], "frozen");
         assert_eq!(v["elapsed_ms"], 1500.0);
         assert_eq!(v["bytes_sent"], 42);
+        assert!(v.get("expected_bytes").is_none(), "{v}");
+    }
+
+    #[test]
+    fn once_known_the_expected_total_is_on_every_line() {
+        let mut out = Vec::new();
+        let sent = Sent {
+            bytes: 7,
+            expected: Some(1 << 30),
+        };
+        write_event(&mut out, Duration::ZERO, sent, &Progress::Bytes(7)).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["event"], "bytes");
+        assert_eq!(v["value"], 7);
+        assert_eq!(v["expected_bytes"], 1u64 << 30);
+    }
+
+    #[tokio::test]
+    async fn the_display_draws_every_event_into_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("events.jsonl");
+        let (display, tx) = ProgressDisplay::start(Some(&file)).unwrap();
+        for p in [
+            Progress::Expected(100),
+            Progress::Bytes(40),
+            Progress::Bytes(140),
+            Progress::Frozen,
+        ] {
+            tx.send(p).unwrap();
+        }
+        drop(tx);
+        display.finish().await;
+        let lines: Vec<serde_json::Value> = std::fs::read_to_string(&file)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 4);
+        assert!(
+            lines.iter().all(|l| l["expected_bytes"] == 100),
+            "{lines:?}"
+        );
+        let sent: Vec<u64> = lines
+            .iter()
+            .map(|l| l["bytes_sent"].as_u64().unwrap())
+            .collect();
+        assert_eq!(sent, [0, 40, 140, 140]);
     }
 }

@@ -20,6 +20,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use futures_util::StreamExt;
 use phaul_core::Mode;
+use phaul_core::fs::FsChoice;
 use phaul_transport::error_chain;
 use phaul_transport::proto::ProcessList;
 use serde_json::{Value, json};
@@ -27,7 +28,8 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::{broadcast, watch};
 use tracing::{info, warn};
 
-use crate::migrations::StartError;
+use crate::memory::ProcTable;
+use crate::migrations::{CancelRefused, Feed, StartError, Subject};
 use crate::server::Shared;
 
 /// The API's routes, relative to `/api`.
@@ -36,8 +38,9 @@ pub(crate) fn routes() -> Router<Arc<Shared>> {
         .route("/info", get(info))
         .route("/local", get(local))
         .route("/remote", get(remote))
+        .route("/plan", post(plan))
         .route("/migrate", post(migrate))
-        .route("/migrations", get(migrations))
+        .route("/migrations", get(migrations).delete(clear))
         .route("/migrations/{id}", get(migration))
         .route("/migrations/{id}/cancel", post(cancel))
         .route("/events", get(events))
@@ -88,21 +91,43 @@ async fn info(State(app): State<Arc<Shared>>) -> Response {
         "target": app.cfg.target,
         "modes": Mode::ALL.iter().map(|m| m.as_str()).collect::<Vec<_>>(),
         "default_mode": Mode::Auto.as_str(),
+        "fs_drivers": FS_DRIVERS,
+        "default_fs": FS_DRIVERS[0],
         "max_upload": app.cfg.max_upload,
         "version": env!("CARGO_PKG_VERSION"),
     }))
     .into_response()
 }
 
-fn list_json(l: &ProcessList) -> Value {
+/// The file-system drivers the page offers. rsync is left out: its
+/// remote-shell helper is the `phaul` binary, which phaul-web is not.
+const FS_DRIVERS: [&str; 2] = ["native", "shared"];
+
+/// A host's list for the page. With `mem` (this host only), each process
+/// carries the memory a migration copies (`mem`: anonymous resident bytes),
+/// and a container's init the processes and memory of the whole container
+/// (`ct_procs`, `ct_mem`), whose other processes live in its own namespaces
+/// and are not listed.
+fn list_json(l: &ProcessList, mem: Option<&ProcTable>) -> Value {
     json!({
-        "processes": l.processes.iter().map(|p| json!({
-            "pid": p.pid,
-            "ppid": p.ppid,
-            "name": p.name,
-            "cmdline": p.cmdline,
-            "container": p.container,
-        })).collect::<Vec<_>>(),
+        "processes": l.processes.iter().map(|p| {
+            let mut v = json!({
+                "pid": p.pid,
+                "ppid": p.ppid,
+                "name": p.name,
+                "cmdline": p.cmdline,
+                "container": p.container,
+            });
+            if let Some(m) = mem {
+                v["mem"] = json!(m.rss(p.pid));
+                if !p.container.is_empty() {
+                    let (n, bytes) = m.tree(p.pid);
+                    v["ct_procs"] = json!(n);
+                    v["ct_mem"] = json!(bytes);
+                }
+            }
+            v
+        }).collect::<Vec<_>>(),
         "containers": l.containers.iter().map(|c| json!({
             "name": c.name,
             "state": c.state,
@@ -135,16 +160,23 @@ async fn host_list(lxcpath: PathBuf) -> Result<ProcessList, ApiError> {
         .map_err(|e| api_error(StatusCode::INTERNAL_SERVER_ERROR, format!("listing: {e}")))
 }
 
+async fn proc_table() -> Result<ProcTable, ApiError> {
+    tokio::task::spawn_blocking(ProcTable::read)
+        .await
+        .map_err(|e| api_error(StatusCode::INTERNAL_SERVER_ERROR, format!("listing: {e}")))
+}
+
 async fn local(State(app): State<Arc<Shared>>) -> ApiResult {
     let list = host_list(app.cfg.paths.lxcpath.clone()).await?;
-    let mut v = list_json(&list);
+    let mem = proc_table().await?;
+    let mut v = list_json(&list, Some(&mem));
     v["own"] = json!(own_lineage());
     Ok(axum::Json(v).into_response())
 }
 
 async fn remote(State(app): State<Arc<Shared>>) -> ApiResult {
     match app.remote.list().await {
-        Ok(l) => Ok(axum::Json(list_json(&l)).into_response()),
+        Ok(l) => Ok(axum::Json(list_json(&l, None)).into_response()),
         Err(e) => Err(api_error(StatusCode::BAD_GATEWAY, e)),
     }
 }
@@ -216,21 +248,85 @@ async fn named(app: &Shared, body: &serde_json::Map<String, Value>) -> Result<Na
     }
 }
 
+fn parse_mode(body: &serde_json::Map<String, Value>) -> Result<Mode, ApiError> {
+    match body.get("mode") {
+        None | Some(Value::Null) => Ok(Mode::Auto),
+        Some(Value::String(s)) => s.parse::<Mode>().map_err(|e| bad(e.to_string())),
+        Some(_) => Err(bad("mode must be a string")),
+    }
+}
+
+/// `"fs"`: one of [`FS_DRIVERS`], `native` when absent.
+fn parse_fs(body: &serde_json::Map<String, Value>) -> Result<FsChoice, ApiError> {
+    let name = match body.get("fs") {
+        None | Some(Value::Null) => FS_DRIVERS[0],
+        Some(Value::String(s)) if FS_DRIVERS.contains(&s.as_str()) => s.as_str(),
+        Some(_) => {
+            return Err(bad(format!("fs must be one of {}", FS_DRIVERS.join(", "))));
+        }
+    };
+    // Neither offered driver needs the helper program.
+    FsChoice::named(name, PathBuf::new).map_err(|e| bad(e.to_string()))
+}
+
+/// How the page names what moves, and the memory it holds now.
+async fn subject(n: &Named) -> Result<Subject, ApiError> {
+    let mem = proc_table().await?;
+    let (_, bytes) = mem.tree(n.pid);
+    let title = match n.key.strip_prefix("lxc:") {
+        Some(name) => format!("container {name}"),
+        None => {
+            let comm = std::fs::read_to_string(format!("/proc/{}/comm", n.pid))
+                .map(|c| c.trim().to_string())
+                .unwrap_or_default();
+            format!("{comm} (PID {})", n.pid)
+        }
+    };
+    Ok(Subject {
+        title,
+        expected_bytes: bytes,
+    })
+}
+
+/// What `auto` (or the mode asked) would come to, and why: a dry run
+/// against the target, nothing frozen. 502 when the target cannot say.
+async fn plan(State(app): State<Arc<Shared>>, body: Bytes) -> ApiResult {
+    not_stopping(&app)?;
+    let body = parse_body(&body)?;
+    let mode = parse_mode(&body)?;
+    let fs = parse_fs(&body)?;
+    let n = named(&app, &body).await?;
+    match app.migrations.plan(n.htype, mode, fs).await {
+        Ok(c) => Ok(axum::Json(json!({
+            "mode": c.mode.as_str(),
+            "requested": c.requested.as_str(),
+            "reason": c.reason,
+        }))
+        .into_response()),
+        Err(e) => Err(api_error(StatusCode::BAD_GATEWAY, e)),
+    }
+}
+
 async fn migrate(State(app): State<Arc<Shared>>, body: Bytes) -> ApiResult {
     not_stopping(&app)?;
     let body = parse_body(&body)?;
-    let mode = match body.get("mode") {
-        None | Some(Value::Null) => Mode::Auto,
-        Some(Value::String(s)) => s.parse::<Mode>().map_err(|e| bad(e.to_string()))?,
-        Some(_) => return Err(bad("mode must be a string")),
-    };
+    let mode = parse_mode(&body)?;
+    let fs = parse_fs(&body)?;
     let n = named(&app, &body).await?;
+    let subject = subject(&n).await?;
     let guard = app
         .migrations
         .claim(&n.key)
         .map_err(|StartError::Busy(m)| api_error(StatusCode::CONFLICT, m))?;
-    let id = app.migrations.start(n.htype, mode, guard);
+    let id = app.migrations.start(n.htype, subject, mode, fs, guard);
     Ok((StatusCode::ACCEPTED, axum::Json(json!({ "id": id }))).into_response())
+}
+
+/// Forgets the migrations that have ended (running ones stay).
+async fn clear(State(app): State<Arc<Shared>>) -> Response {
+    let removed = app.migrations.clear_finished();
+    info!(removed, "finished migrations cleared");
+    axum::Json(json!({ "removed": removed })).into_response()
 }
 
 async fn migrations(State(app): State<Arc<Shared>>) -> Response {
@@ -255,13 +351,17 @@ async fn migration(State(app): State<Arc<Shared>>, UrlPath(id): UrlPath<String>)
 
 async fn cancel(State(app): State<Arc<Shared>>, UrlPath(id): UrlPath<String>) -> ApiResult {
     let id = parse_id(&id)?;
-    if app.migrations.cancel(id) {
-        Ok(axum::Json(json!({ "cancelling": id })).into_response())
-    } else {
-        Err(api_error(
+    match app.migrations.cancel(id) {
+        Ok(()) => Ok(axum::Json(json!({ "cancelling": id })).into_response()),
+        Err(CancelRefused::Unknown) => Err(api_error(StatusCode::NOT_FOUND, "no such migration")),
+        Err(CancelRefused::Ended) => Err(api_error(
             StatusCode::CONFLICT,
             "that migration is not running",
-        ))
+        )),
+        Err(CancelRefused::Committed) => Err(api_error(
+            StatusCode::CONFLICT,
+            "too late to cancel: the target was told to take over",
+        )),
     }
 }
 
@@ -269,13 +369,18 @@ async fn cancel(State(app): State<Arc<Shared>>, UrlPath(id): UrlPath<String>) ->
 /// `migration` event per change (a new `snapshot` if this reader fell
 /// behind). Read with `fetch`, so the token travels in a header.
 async fn events(State(app): State<Arc<Shared>>) -> Response {
-    struct Feed {
+    struct Reader {
         first: Option<String>,
-        rx: broadcast::Receiver<String>,
+        rx: broadcast::Receiver<Feed>,
         stop: watch::Receiver<bool>,
         app: Arc<Shared>,
     }
-    let feed = Feed {
+    fn snapshot(app: &Shared) -> Event {
+        Event::default()
+            .event("snapshot")
+            .data(app.migrations.snapshot().to_string())
+    }
+    let feed = Reader {
         first: Some(app.migrations.snapshot().to_string()),
         rx: app.migrations.subscribe(),
         stop: app.shutdown.subscribe(),
@@ -293,10 +398,8 @@ async fn events(State(app): State<Arc<Shared>>) -> Response {
         }
         let ev = tokio::select! {
             r = f.rx.recv() => match r {
-                Ok(m) => Event::default().event("migration").data(m),
-                Err(broadcast::error::RecvError::Lagged(_)) => Event::default()
-                    .event("snapshot")
-                    .data(f.app.migrations.snapshot().to_string()),
+                Ok(Feed::One(m)) => Event::default().event("migration").data(m),
+                Ok(Feed::All) | Err(broadcast::error::RecvError::Lagged(_)) => snapshot(&f.app),
                 Err(broadcast::error::RecvError::Closed) => return None,
             },
             _ = f.stop.wait_for(|s| *s) => return None,

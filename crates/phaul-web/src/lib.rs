@@ -66,6 +66,7 @@
 pub mod api;
 pub mod error;
 pub mod guard;
+mod memory;
 pub mod migrations;
 pub mod remote;
 pub mod server;

@@ -1,6 +1,14 @@
 //! Migrations run from the page: each is a real [`Migration`] in this
 //! process, whose [`Progress`] events become a state that every open page
 //! receives over server-sent events.
+//!
+//! The state says what a person needs and no more: a title naming the tree
+//! (its command or its container), the phase in plain words, bytes sent
+//! against the tree's resident memory (the expected total, for a bar and an
+//! ETA), whether cancel can still do anything (not once the target was told
+//! to commit), and at the end how it went: succeeded, cancelled, or failed
+//! in the phase that was running when it failed (not "rollback", which only
+//! undid it), with CRIU's decisive line and where its logs were kept.
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
@@ -9,7 +17,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use phaul_core::criu::Criu;
-use phaul_core::{CancelHandle, Migration, Mode, Progress, Report};
+use phaul_core::fs::FsChoice;
+use phaul_core::{CancelHandle, Failure, Migration, Mode, ModeChoice, Phase, Progress, Report};
 use phaul_htypes::Htype;
 use phaul_transport::LinkConfig;
 use serde_json::{Value, json};
@@ -20,6 +29,8 @@ use tracing::{info, warn};
 const KEEP_FINISHED: usize = 50;
 /// Lines of a migration's log kept.
 const LOG_LINES: usize = 40;
+/// How long a plan (a dry run against the target) may take.
+const PLAN_LIMIT: Duration = Duration::from_secs(20);
 
 /// Where a migration stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,6 +38,8 @@ enum Status {
     Running,
     Succeeded,
     Failed,
+    /// Stopped on request, before the commit: the tree runs on the source.
+    Cancelled,
 }
 
 impl Status {
@@ -35,8 +48,61 @@ impl Status {
             Status::Running => "running",
             Status::Succeeded => "succeeded",
             Status::Failed => "failed",
+            Status::Cancelled => "cancelled",
         }
     }
+}
+
+/// What failed, said of the phase that was running when it failed.
+fn failure_words(phase: Option<Phase>) -> &'static str {
+    match phase {
+        None | Some(Phase::Preflight) => "the checks before the migration failed",
+        Some(Phase::PreCopy) => "copying memory while the process ran failed",
+        Some(Phase::FinalDump) => "the final dump of the paused process failed",
+        Some(Phase::ImageTransfer) => "sending the process's state to the target failed",
+        Some(Phase::Restore) => "the restore on the target failed",
+        Some(Phase::Commit) => "switching over to the target failed",
+        Some(Phase::LazyTransfer) => "sending the rest of the memory to the target failed",
+        Some(Phase::Rollback | Phase::Done) => "the migration failed",
+    }
+}
+
+/// Once the target is told to commit, cancel can no longer undo anything.
+fn committed(phase: Option<Phase>) -> bool {
+    matches!(
+        phase,
+        Some(Phase::Commit | Phase::LazyTransfer | Phase::Done)
+    )
+}
+
+/// What a page is told: one migration changed, or the set did.
+#[derive(Debug, Clone)]
+pub enum Feed {
+    /// One migration's state, as JSON.
+    One(String),
+    /// Migrations were removed: send everything again.
+    All,
+}
+
+/// What the page names a migration by, and how much memory it expects to
+/// move.
+#[derive(Debug, Clone, Default)]
+pub struct Subject {
+    /// `sleeper (PID 4242)` or `container web1`.
+    pub title: String,
+    /// The tree's resident memory when it started, in bytes.
+    pub expected_bytes: u64,
+}
+
+/// Why cancel was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelRefused {
+    /// No migration has that id.
+    Unknown,
+    /// It has ended.
+    Ended,
+    /// The target was told to commit: the tree is moving there.
+    Committed,
 }
 
 /// One migration's live state.
@@ -44,10 +110,19 @@ struct State {
     id: u64,
     /// `pid 4242` or `lxc web1`.
     what: String,
+    title: String,
+    expected_bytes: u64,
     requested_mode: Mode,
+    fs: String,
     mode: Option<String>,
     mode_reason: Option<String>,
-    phase: String,
+    /// `None` until the engine names its first phase.
+    phase: Option<Phase>,
+    /// The last phase that did work (not rollback, not done).
+    working_phase: Option<Phase>,
+    cancel_asked: bool,
+    outcome: Option<Value>,
+    logs: Option<String>,
     iterations: u32,
     last_iteration: Option<Value>,
     bytes: u64,
@@ -68,6 +143,7 @@ impl State {
     fn new(
         id: u64,
         what: String,
+        subject: Subject,
         mode: Mode,
         source_pid: Option<i32>,
         cancel: Option<CancelHandle>,
@@ -75,10 +151,17 @@ impl State {
         Self {
             id,
             what,
+            title: subject.title,
+            expected_bytes: subject.expected_bytes,
             requested_mode: mode,
+            fs: String::new(),
             mode: None,
             mode_reason: None,
-            phase: "starting".into(),
+            phase: None,
+            working_phase: None,
+            cancel_asked: false,
+            outcome: None,
+            logs: None,
             iterations: 0,
             last_iteration: None,
             bytes: 0,
@@ -110,13 +193,24 @@ impl State {
             (None, Some(t)) if self.status == Status::Running => Some(ms(now - t)),
             _ => None,
         };
+        let running = self.status == Status::Running;
         json!({
             "id": self.id,
             "what": self.what,
+            "title": self.title,
             "requested_mode": self.requested_mode.to_string(),
+            "fs": self.fs,
             "mode": self.mode,
             "mode_reason": self.mode_reason,
-            "phase": self.phase,
+            "phase": self.phase.map_or("starting", Phase::as_str),
+            "phase_text": self.phase.map_or("starting", Phase::describe),
+            "failed_phase": self.working_phase.map(Phase::as_str),
+            "failure": (self.status == Status::Failed).then(|| failure_words(self.working_phase)),
+            "cancellable": running && !committed(self.phase) && !self.cancel_asked,
+            "cancel_asked": self.cancel_asked,
+            "outcome": self.outcome,
+            "logs": self.logs,
+            "expected_bytes": self.expected_bytes,
             "iterations": self.iterations,
             "last_iteration": self.last_iteration,
             "bytes": self.bytes,
@@ -162,7 +256,7 @@ pub struct Migrations {
     next: AtomicU64,
     states: Mutex<BTreeMap<u64, State>>,
     busy: Arc<Mutex<HashSet<String>>>,
-    events: broadcast::Sender<String>,
+    events: broadcast::Sender<Feed>,
     /// Bumped when a migration ends, for [`Migrations::wait_idle`].
     ended: tokio::sync::Notify,
     target: String,
@@ -218,23 +312,40 @@ impl Migrations {
             .map(State::to_json)
     }
 
-    /// Live updates: each message is one migration's state as JSON.
-    pub fn subscribe(&self) -> broadcast::Receiver<String> {
+    /// Live updates: one migration's state, or "send them all again".
+    pub fn subscribe(&self) -> broadcast::Receiver<Feed> {
         self.events.subscribe()
     }
 
-    /// Asks migration `id` to stop; `false` when it is not running.
-    pub fn cancel(&self, id: u64) -> bool {
-        let states = self.states.lock().expect("states");
-        match states.get(&id) {
-            Some(s) if s.status == Status::Running => {
-                if let Some(c) = &s.cancel {
-                    c.cancel();
-                }
-                true
-            }
-            _ => false,
+    /// Asks migration `id` to stop. Refused once it ended or once the
+    /// target was told to commit (the tree is moving there; a cancel could
+    /// only leave it half-moved).
+    pub fn cancel(&self, id: u64) -> Result<(), CancelRefused> {
+        let mut states = self.states.lock().expect("states");
+        let s = states.get_mut(&id).ok_or(CancelRefused::Unknown)?;
+        if s.status != Status::Running {
+            return Err(CancelRefused::Ended);
         }
+        if committed(s.phase) {
+            return Err(CancelRefused::Committed);
+        }
+        if let Some(c) = &s.cancel {
+            c.cancel();
+        }
+        s.cancel_asked = true;
+        s.note("cancel asked: rolling back".into());
+        self.publish(s);
+        Ok(())
+    }
+
+    /// Forgets every migration that has ended; returns how many.
+    pub fn clear_finished(&self) -> usize {
+        let mut states = self.states.lock().expect("states");
+        let before = states.len();
+        states.retain(|_, s| s.status == Status::Running);
+        let removed = before - states.len();
+        let _ = self.events.send(Feed::All);
+        removed
     }
 
     /// Cancels every running migration (they roll back unless committed).
@@ -271,7 +382,7 @@ impl Migrations {
     }
 
     fn publish(&self, s: &State) {
-        let _ = self.events.send(s.to_json().to_string());
+        let _ = self.events.send(Feed::One(s.to_json().to_string()));
     }
 
     fn update(&self, id: u64, f: impl FnOnce(&mut State)) {
@@ -282,27 +393,60 @@ impl Migrations {
         }
     }
 
-    /// Starts migrating `htype` (already validated) in `mode`; returns its id.
-    pub fn start(self: &Arc<Self>, htype: Box<dyn Htype>, mode: Mode, guard: BusyGuard) -> u64 {
-        let id = self.next.fetch_add(1, Ordering::Relaxed);
-        let params = htype.params();
-        let name = params.get("name").or_else(|| params.get("pid"));
-        let what = format!("{} {}", htype.kind(), name.map_or("", String::as_str));
-        let source_pid = htype.root_pid().ok();
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        let mig = Migration::new(
+    fn migration(&self, htype: Box<dyn Htype>, mode: Mode, fs: FsChoice) -> Migration<Criu> {
+        Migration::new(
             self.criu.clone(),
             self.target.clone(),
             self.link.clone(),
             htype,
         )
         .mode(mode)
+        .fs(fs)
         .work_dir(&self.work_dir)
-        .progress(tx);
+    }
+
+    /// What `mode` would come to for `htype` and why, asked of both hosts
+    /// (nothing is frozen or kept); the error's text otherwise.
+    pub async fn plan(
+        &self,
+        htype: Box<dyn Htype>,
+        mode: Mode,
+        fs: FsChoice,
+    ) -> Result<ModeChoice, String> {
+        let mig = self.migration(htype, mode, fs);
+        match tokio::time::timeout(PLAN_LIMIT, mig.dry_run()).await {
+            Ok(Ok(choice)) => Ok(choice),
+            Ok(Err(e)) => Err(phaul_transport::error_chain(&e)),
+            Err(_) => Err(format!(
+                "the target did not answer within {} s",
+                PLAN_LIMIT.as_secs()
+            )),
+        }
+    }
+
+    /// Starts migrating `htype` (already validated) in `mode`, its files
+    /// by `fs`; returns its id.
+    pub fn start(
+        self: &Arc<Self>,
+        htype: Box<dyn Htype>,
+        subject: Subject,
+        mode: Mode,
+        fs: FsChoice,
+        guard: BusyGuard,
+    ) -> u64 {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let params = htype.params();
+        let name = params.get("name").or_else(|| params.get("pid"));
+        let what = format!("{} {}", htype.kind(), name.map_or("", String::as_str));
+        let source_pid = htype.root_pid().ok();
+        let fs_name = fs.name().to_string();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let mig = self.migration(htype, mode, fs).progress(tx);
         let cancel = mig.cancel_handle();
         {
             let mut states = self.states.lock().expect("states");
-            let mut s = State::new(id, what.clone(), mode, source_pid, Some(cancel));
+            let mut s = State::new(id, what.clone(), subject, mode, source_pid, Some(cancel));
+            s.fs = fs_name;
             s.note(format!("migrating {what} to {} (mode {mode})", self.target));
             self.publish(&s);
             states.insert(id, s);
@@ -319,7 +463,7 @@ impl Migrations {
             }
         }
         info!(id, %what, %mode, target = %self.target, "migration starts");
-        let run = tokio::spawn(mig.run());
+        let run = tokio::spawn(mig.run_typed());
         let this = self.clone();
         tokio::spawn(async move {
             // Ends when the migration drops its sender, i.e. when it ends.
@@ -338,7 +482,10 @@ impl Migrations {
 fn apply(s: &mut State, p: Progress) {
     match p {
         Progress::Phase(ph) => {
-            s.phase = ph.to_string();
+            s.phase = Some(ph);
+            if !matches!(ph, Phase::Rollback | Phase::Done) {
+                s.working_phase = Some(ph);
+            }
             s.note(ph.describe().to_string());
         }
         Progress::Mode(c) => {
@@ -352,6 +499,8 @@ fn apply(s: &mut State, p: Progress) {
             s.note(Progress::Iteration(it).to_string());
         }
         Progress::Bytes(b) => s.bytes = b,
+        // The engine's count, taken as it starts: it replaces the page's.
+        Progress::Expected(b) => s.expected_bytes = b,
         Progress::Frozen => {
             s.frozen_at = Some(Instant::now());
             s.note(Progress::Frozen.to_string());
@@ -364,56 +513,88 @@ fn apply(s: &mut State, p: Progress) {
     }
 }
 
-fn finish(s: &mut State, report: Result<Report, tokio::task::JoinError>) {
+fn finish(s: &mut State, end: Result<Result<Report, Failure>, tokio::task::JoinError>) {
     s.finished = Some(Instant::now());
     s.cancel = None;
-    match report {
-        Ok(r) => {
-            s.status = if r.success {
-                Status::Succeeded
-            } else {
-                Status::Failed
-            };
-            // The last phase entered; "done" once the target runs it.
-            s.phase = if r.success {
-                "done".to_string()
-            } else {
-                r.phase_reached.to_string()
-            };
-            s.bytes = s.bytes.max(r.bytes_transferred);
-            s.iterations = r.iterations;
-            s.target_pid = r.target_pid;
-            s.downtime = r.downtime_ms.map(|d| Duration::from_secs_f64(d / 1e3));
-            s.error = r.error.clone();
-            if r.success {
-                s.note(format!(
-                    "succeeded: PID {} runs on the target",
-                    r.target_pid.unwrap_or(0)
-                ));
-                info!(id = s.id, what = %s.what, target_pid = r.target_pid, "migration succeeded");
-            } else {
-                s.note(format!("failed: {}", r.error.as_deref().unwrap_or("")));
-                warn!(id = s.id, what = %s.what, error = r.error.as_deref().unwrap_or(""), "migration failed");
-            }
-            s.report = serde_json::to_value(&r).ok();
+    let (r, cancelled) = match end {
+        Ok(Ok(r)) => (r, false),
+        Ok(Err(f)) => {
+            // Only a cancel that was asked counts as one: the engine also
+            // stops with `Cancelled` when phaul-web itself is stopping.
+            let cancelled = s.cancel_asked && matches!(f.error, phaul_core::Error::Cancelled);
+            (*f.report, cancelled)
         }
         Err(e) => {
             s.status = Status::Failed;
             s.error = Some(format!("the migration task ended abnormally: {e}"));
             s.note(s.error.clone().unwrap_or_default());
+            return;
+        }
+    };
+    s.status = match (r.success, cancelled) {
+        (true, _) => Status::Succeeded,
+        (false, true) => Status::Cancelled,
+        (false, false) => Status::Failed,
+    };
+    s.phase = Some(Phase::Done);
+    s.bytes = s.bytes.max(r.bytes_transferred);
+    s.iterations = r.iterations;
+    s.target_pid = r.target_pid;
+    s.downtime = r.downtime_ms.map(|d| Duration::from_secs_f64(d / 1e3));
+    s.error = r.error.clone();
+    s.logs = r.logs.clone();
+    s.outcome = serde_json::to_value(r.outcome).ok();
+    match s.status {
+        Status::Succeeded => {
+            s.note(format!(
+                "succeeded: PID {} runs on the target",
+                r.target_pid.unwrap_or(0)
+            ));
+            info!(id = s.id, what = %s.what, target_pid = r.target_pid, "migration succeeded");
+        }
+        Status::Cancelled => {
+            s.note("cancelled: the tree runs on this host".into());
+            info!(id = s.id, what = %s.what, "migration cancelled");
+        }
+        _ => {
+            let words = failure_words(s.working_phase);
+            s.note(format!(
+                "failed: {words}: {}",
+                r.error.as_deref().unwrap_or("")
+            ));
+            warn!(
+                id = s.id,
+                what = %s.what,
+                phase = s.working_phase.map(Phase::as_str),
+                error = r.error.as_deref().unwrap_or(""),
+                "migration failed"
+            );
         }
     }
+    s.report = serde_json::to_value(&r).ok();
 }
 
 #[cfg(test)]
 mod tests {
-    use phaul_core::ModeChoice;
-    use phaul_core::stats::{Ongoing, Phase};
+    use phaul_core::stats::Ongoing;
 
     use super::*;
 
     fn state() -> State {
-        State::new(7, "pid 42".into(), Mode::Auto, Some(42), None)
+        let subject = Subject {
+            title: "sleeper (PID 42)".into(),
+            expected_bytes: 1 << 20,
+        };
+        State::new(7, "pid 42".into(), subject, Mode::Auto, Some(42), None)
+    }
+
+    fn failed_report(error: &str) -> Report {
+        Ongoing::start(ModeChoice {
+            mode: Mode::StopCopy,
+            requested: Mode::StopCopy,
+            reason: "asked".into(),
+        })
+        .finalize(Err(error.into()))
     }
 
     #[test]
@@ -429,8 +610,11 @@ mod tests {
             }),
         );
         apply(&mut s, Progress::Bytes(4096));
+        apply(&mut s, Progress::Expected(8192));
         apply(&mut s, Progress::Frozen);
         let v = s.to_json();
+        assert_eq!(v["expected_bytes"], 8192);
+        assert_eq!(v["phase_text"], "copying memory — the process is paused");
         assert_eq!(v["mode"], "stop-copy");
         assert_eq!(v["mode_reason"], "no memory tracking");
         assert_eq!(v["bytes"], 4096);
@@ -448,15 +632,10 @@ mod tests {
     #[test]
     fn a_failed_report_ends_the_state_with_its_error() {
         let mut s = state();
-        let report = Ongoing::start(ModeChoice {
-            mode: Mode::StopCopy,
-            requested: Mode::StopCopy,
-            reason: "asked".into(),
-        })
-        .finalize(Err("CRIU dump failed".into()));
-        finish(&mut s, Ok(report));
+        finish(&mut s, Ok(Ok(failed_report("CRIU dump failed"))));
         let v = s.to_json();
         assert_eq!(v["status"], "failed");
+        assert_eq!(v["title"], "sleeper (PID 42)");
         assert_eq!(v["error"], "CRIU dump failed");
         assert_eq!(v["report"]["success"], false);
         assert!(
@@ -479,5 +658,60 @@ mod tests {
         }
         assert_eq!(s.log.len(), LOG_LINES);
         assert_eq!(s.log[0], "line 5");
+    }
+
+    #[test]
+    fn a_failure_names_the_phase_that_failed_not_the_rollback() {
+        let mut s = state();
+        for ph in [
+            Phase::Preflight,
+            Phase::FinalDump,
+            Phase::ImageTransfer,
+            Phase::Restore,
+        ] {
+            apply(&mut s, Progress::Phase(ph));
+        }
+        assert_eq!(s.to_json()["cancellable"], true);
+        apply(&mut s, Progress::Phase(Phase::Rollback));
+        apply(&mut s, Progress::Phase(Phase::Done));
+        finish(
+            &mut s,
+            Ok(Ok(failed_report("CRIU on the target: restore failed"))),
+        );
+        let v = s.to_json();
+        assert_eq!(v["status"], "failed");
+        assert_eq!(v["failed_phase"], "restore");
+        assert_eq!(v["failure"], "the restore on the target failed");
+        assert_eq!(v["cancellable"], false);
+    }
+
+    #[test]
+    fn no_cancel_is_offered_once_the_target_was_told_to_commit() {
+        let mut s = state();
+        apply(&mut s, Progress::Phase(Phase::Restore));
+        assert_eq!(s.to_json()["cancellable"], true);
+        apply(&mut s, Progress::Phase(Phase::Commit));
+        assert_eq!(s.to_json()["cancellable"], false);
+        apply(&mut s, Progress::Phase(Phase::LazyTransfer));
+        assert_eq!(s.to_json()["cancellable"], false);
+    }
+
+    #[test]
+    fn an_asked_cancel_ends_as_cancelled_and_an_unasked_one_as_failed() {
+        let cancelled = |asked: bool| {
+            let mut s = state();
+            s.cancel_asked = asked;
+            let failure = Failure {
+                outcome: phaul_core::Outcome::RolledBack,
+                error: phaul_core::Error::Cancelled,
+                report: Box::new(failed_report("cancelled")),
+            };
+            finish(&mut s, Ok(Err(failure)));
+            s.to_json()
+        };
+        let v = cancelled(true);
+        assert_eq!(v["status"], "cancelled");
+        assert!(v["failure"].is_null(), "{v}");
+        assert_eq!(cancelled(false)["status"], "failed");
     }
 }

@@ -3,11 +3,13 @@
 //! ```text
 //! GET  /  /app.js  /style.css           the page (no token needed: no data)
 //! GET  /api/info                        target, modes, limits
-//! GET  /api/local                       this host's processes and containers
+//! GET  /api/local                       this host's processes and containers, with memory
 //! GET  /api/remote                      the target's, over the link (502 if unreachable)
-//! POST /api/migrate {pid|container, mode}  starts a migration: 202 {id}
+//! POST /api/plan {pid|container, mode, fs}  what the mode comes to here, and why (a dry run)
+//! POST /api/migrate {pid|container, mode, fs}  starts a migration: 202 {id}
 //! GET  /api/migrations[/{id}]           their state
-//! POST /api/migrations/{id}/cancel      rolls it back unless committed
+//! DELETE /api/migrations                forgets the ended ones
+//! POST /api/migrations/{id}/cancel      rolls it back; 409 once committed
 //! GET  /api/events                      server-sent events: every state change
 //! POST /api/checkpoint {pid, stop}      dumps into an archive: {id, archive, ...}
 //! GET  /api/checkpoints/{id}/archive    the archive (application/x-tar)

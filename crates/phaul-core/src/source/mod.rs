@@ -599,6 +599,12 @@ impl<C: SourceCriu> Migration<C> {
         // Asked once: kinds look it up with their tools (lxc-info).
         let pid = self.hook(|h| h.root_pid()).await?;
         stats.set_source_pid(pid);
+        if self.progress.is_some() || self.events.is_some() {
+            let expected = tokio::task::spawn_blocking(move || progress::tree_memory(pid))
+                .await
+                .unwrap_or(0);
+            self.emit(Progress::Expected(expected));
+        }
         mkdir(dir)?;
         // An inherited descriptor is one connection, and a migration opens
         // one per channel: parsing `fd:N` again for each would wrap the same

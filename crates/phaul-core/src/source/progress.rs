@@ -29,6 +29,11 @@ pub enum Progress {
     /// Bytes sent to the target so far (memory and images); while memory
     /// streams, at least every [`BYTES_TICK`].
     Bytes(u64),
+    /// About how many bytes the migration will send: the tree's anonymous
+    /// resident memory when it started (what CRIU copies; images, files and
+    /// pages the tree dirties meanwhile add to it). Comes once, before
+    /// memory moves, for a progress bar and an ETA.
+    Expected(u64),
     /// Pre-copy decided how to go on, and why.
     Decision(Decision),
     /// The source is frozen (the final dump started).
@@ -58,6 +63,9 @@ impl std::fmt::Display for Progress {
                 it.bytes_sent as f64 / 1048576.0
             ),
             Progress::Bytes(b) => write!(f, "{:.1} MiB sent", *b as f64 / 1048576.0),
+            Progress::Expected(b) => {
+                write!(f, "about {:.1} MiB to send", *b as f64 / 1048576.0)
+            }
             Progress::Decision(d) => write!(f, "pre-copy: {d:?}"),
             Progress::Frozen => write!(f, "source frozen"),
             Progress::Resumed(d) => write!(
@@ -100,6 +108,53 @@ pub struct Event {
 impl Event {
     /// The version of the event form this build writes.
     pub const SCHEMA: u32 = 1;
+}
+
+/// The anonymous resident bytes of the tree rooted at `root` (resident
+/// minus file-backed and shared pages, from `/proc/PID/statm`): what a dump
+/// copies. Processes that end while it reads are left out.
+pub(crate) fn tree_memory(root: i32) -> u64 {
+    let mut parent: Vec<(i32, i32)> = Vec::new();
+    if let Ok(entries) = std::fs::read_dir("/proc") {
+        for e in entries.flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+                continue;
+            };
+            let ppid = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|s| {
+                    // The name may hold spaces and parentheses.
+                    let rest = &s[s.rfind(')')? + 1..];
+                    rest.split_whitespace().nth(1)?.parse::<i32>().ok()
+                });
+            if let Some(ppid) = ppid {
+                parent.push((pid, ppid));
+            }
+        }
+    }
+    let mut tree = vec![root];
+    let mut i = 0;
+    while i < tree.len() {
+        let p = tree[i];
+        tree.extend(
+            parent
+                .iter()
+                .filter(|(c, pp)| *pp == p && *c != p)
+                .map(|(c, _)| *c),
+        );
+        i += 1;
+    }
+    // SAFETY: sysconf only reads a constant of the system.
+    let page = u64::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+    tree.iter()
+        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/statm")).ok())
+        .filter_map(|s| {
+            let mut f = s.split_whitespace().skip(1);
+            let resident: u64 = f.next()?.parse().ok()?;
+            let shared: u64 = f.next()?.parse().ok()?;
+            Some(resident.saturating_sub(shared) * page)
+        })
+        .sum()
 }
 
 /// Emits [`Progress::Bytes`] every [`BYTES_TICK`] while a page relay runs:
