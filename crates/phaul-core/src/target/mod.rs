@@ -47,9 +47,10 @@ struct Inbox {
 
 type Sessions = Arc<Mutex<HashMap<SessionId, Inbox>>>;
 
-/// A migration target.
+/// A migration target. `T` is how it reaches CRIU: the real one unless a
+/// test puts a stand-in there, so an embedder names just `Service`.
 #[derive(Debug)]
-pub struct Service<T: TargetCriu> {
+pub struct Service<T: TargetCriu = crate::criu::Criu> {
     criu: Arc<T>,
     cfg: LinkConfig,
     work_dir: PathBuf,
@@ -97,6 +98,15 @@ pub enum ServiceEvent {
         /// The session.
         session: String,
     },
+}
+
+impl Service {
+    /// A service restoring with `criu` from `PATH`
+    /// ([`Criu::default`](crate::criu::Criu)), accepting links configured
+    /// by `link`, keeping each migration's images under `work_dir`.
+    pub fn with_link(link: LinkConfig, work_dir: impl AsRef<Path>) -> Self {
+        Self::new(crate::criu::Criu::default(), link, work_dir)
+    }
 }
 
 impl<T: TargetCriu> Service<T> {
