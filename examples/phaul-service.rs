@@ -14,10 +14,9 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
+use phaul::htypes::registry::Paths;
+use phaul::{Listener, Service};
 use phaul_cli::{CriuArgs, HostArgs, KeyArgs};
-use phaul_core::Service;
-use phaul_htypes::registry::Paths;
-use phaul_transport::Listener;
 
 #[derive(Parser)]
 #[command(about = "Accept live migrations from `phaul migrate` and restore them here")]

@@ -91,7 +91,7 @@ pub struct MigrateArgs {
 impl MigrateArgs {
     /// The migration these arguments describe, not started: the caller adds
     /// its progress channel and runs it.
-    pub fn migration(&self) -> Result<Migration<phaul_core::criu::Criu>> {
+    pub fn migration(&self) -> Result<Migration> {
         let htype = phaul_htypes::registry::source_with(
             &self.what[0],
             &self.what[1],
