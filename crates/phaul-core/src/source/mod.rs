@@ -70,6 +70,12 @@ impl CancelHandle {
     pub fn cancel(&self) {
         let _ = self.0.send(true);
     }
+
+    /// A handle, and what its migration watches.
+    pub(crate) fn pair() -> (Self, watch::Receiver<bool>) {
+        let (tx, rx) = watch::channel(false);
+        (Self(Arc::new(tx)), rx)
+    }
 }
 
 /// Timeouts of a migration's steps.
