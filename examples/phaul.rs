@@ -3,6 +3,8 @@
 //! ```text
 //! cargo run --example phaul -- migrate --to 10.200.0.2:7070 --key-file key \
 //!     --mode auto --json report.json pid 4242
+//! cargo run --example phaul -- migrate --from 10.200.0.1:7070 --to 10.200.0.2:7070 \
+//!     --key-file key pid 4242     # from a third host: the source's service migrates
 //! ```
 //! Modes: auto, stop-copy, post-copy, pre-copy, hybrid, restart. Exit
 //! status, from the migration's [`Outcome`]: 0 only when the tree runs on
@@ -40,7 +42,11 @@ async fn main() -> ExitCode {
     phaul_fs::rsync::run_as_rsh_if_called();
     phaul_cli::init_tracing("warn");
     let Cmd::Migrate(m) = Cli::parse().cmd;
-    let end = match migrate(&m).await {
+    let started = match &m.from {
+        Some(from) => control(&m, from).await,
+        None => migrate(&m).await,
+    };
+    let end = match started {
         Ok(end) => end,
         Err(e) => {
             let why = phaul::transport::error_chain(&e);
@@ -85,6 +91,33 @@ async fn migrate(m: &MigrateArgs) -> phaul_cli::Result<Result<Report, Failure>> 
             run.await
         }
     };
+    display.finish().await;
+    Ok(end)
+}
+
+/// `--from`: orders the source's service to migrate, and follows it from
+/// here; ctrl-c cancels it there. A refused order is an `Err`: nothing
+/// started.
+async fn control(m: &MigrateArgs, from: &str) -> phaul_cli::Result<Result<Report, Failure>> {
+    let (order, link) = m.order()?;
+    let mut run = order
+        .send(from, &link)
+        .await
+        .map_err(phaul_cli::Error::Order)?;
+    let (display, tx) = ProgressDisplay::start(m.events.as_deref())?;
+    let cancel = run.cancel_handle();
+    let ctrl_c = tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!("cancelling: the source is resumed unless the target already runs it");
+            cancel.cancel();
+        }
+    });
+    while let Some(event) = run.next_event().await {
+        let _ = tx.send(event.progress);
+    }
+    drop(tx);
+    let end = run.finish().await;
+    ctrl_c.abort();
     display.finish().await;
     Ok(end)
 }
