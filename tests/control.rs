@@ -22,27 +22,49 @@ struct Run {
     json: serde_json::Value,
 }
 
-/// `phaul migrate --from FROM --to TO ...` inside host `ns`.
-fn controller(ns: &str, dir: &Path, from: &str, to: &str, key: &Path, what: &[&str]) -> Run {
+/// `phaul migrate --from FROM --to TO --json DIR/report-N.json ...` inside
+/// host `ns`, started; its report's path.
+fn start_controller(
+    ns: &str,
+    dir: &Path,
+    args: &[&str],
+    key: &Path,
+) -> (std::process::Child, std::path::PathBuf) {
     static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let json = dir.join(format!("report-{n}.json"));
-    let out = Hosts::command(ns, example("phaul"))
-        .args(["migrate", "--from", from, "--to", to, "--key-file"])
+    let child = Hosts::command(ns, example("phaul"))
+        .arg("migrate")
+        .arg("--key-file")
         .arg(key)
         .arg("--json")
         .arg(&json)
-        .args(what)
+        .args(args)
         .stdin(Stdio::null())
-        .output()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .unwrap();
+    (child, json)
+}
+
+fn finished(child: std::process::Child, json: &Path) -> Run {
+    let out = child.wait_with_output().unwrap();
     Run {
         status: out.status.code().unwrap_or(-1),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        json: std::fs::read_to_string(&json)
+        json: std::fs::read_to_string(json)
             .map(|s| serde_json::from_str(&s).unwrap())
             .unwrap_or(serde_json::Value::Null),
     }
+}
+
+/// `phaul migrate --from FROM --to TO ... WHAT` inside host `ns`, to its end.
+fn controller(ns: &str, dir: &Path, from: &str, to: &str, key: &Path, what: &[&str]) -> Run {
+    let mut args = vec!["--from", from, "--to", to];
+    args.extend_from_slice(what);
+    let (child, json) = start_controller(ns, dir, &args, key);
+    finished(child, &json)
 }
 
 /// Moves workload `w` of host `from_ns` to host `to_ns` by an order from
@@ -58,8 +80,27 @@ fn moved(
 ) {
     let before = w.counter().unwrap();
     let pid = w.pid.to_string();
-    let r = controller(&hosts.lan().client, dir, from, to, key, &["pid", &pid]);
+    let events = dir.join(format!("events-{pid}.jsonl"));
+    let r = controller(
+        &hosts.lan().client,
+        dir,
+        from,
+        to,
+        key,
+        &["--events", events.to_str().unwrap(), "pid", &pid],
+    );
     assert_eq!(r.status, 0, "{}\n{}", r.stderr, r.json);
+    // The source's service streamed the migration's events back.
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&events)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let named = |e: &str| lines.iter().filter(|l| l["event"] == e).count();
+    assert!(
+        named("mode") == 1 && named("frozen") == 1 && named("resumed") == 1 && named("phase") >= 3,
+        "{lines:?}"
+    );
     assert_eq!(r.json["outcome"], "succeeded", "{}", r.json);
     let new = i32::try_from(r.json["target_pid"].as_i64().unwrap()).unwrap();
     w.adopt(new);
@@ -146,6 +187,57 @@ fn a_controller_on_a_third_host_moves_trees_both_ways() {
     // The real thing, both ways, ordered from the client host.
     moved(&hosts, dir.path(), &key, &mut on_a, &a, &b, &hosts.tgt);
     moved(&hosts, dir.path(), &key, &mut on_b, &b, &a, &hosts.src);
+    svc_a.stop();
+    svc_b.stop();
+}
+
+#[test]
+fn a_controller_cancels_and_the_tree_stays_home() {
+    let Some(_) = require_criu("a_controller_cancels_and_the_tree_stays_home") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let hosts = Hosts::with_lan().unwrap();
+    let key = key_file(dir.path(), "the cluster's key, long enough!", 0o600);
+    let (mut svc_a, a) = service_on(&hosts.src, &hosts.src_ip, &key, dir.path(), "a");
+    let (mut svc_b, b) = service_on(&hosts.tgt, &hosts.tgt_ip, &key, dir.path(), "b");
+    // Large enough that the dump cannot end before the cancel arrives.
+    let w = Workload::start_in(Some(&hosts.src), 256).unwrap();
+    let pid = w.pid.to_string();
+    let args = ["--from", &a, "--to", &b, "--mode", "stop-copy", "pid", &pid];
+    let (child, json) = start_controller(&hosts.lan().client, dir.path(), &args, &key);
+    // Once A's migration has reached B, ctrl-c the controller: it sends
+    // the cancel, and A's service stops the migration.
+    let b_log = dir.path().join("b/service.err");
+    let reached = wait_until(Duration::from_secs(20), || {
+        std::fs::read_to_string(&b_log)
+            .ok()
+            .filter(|s| s.contains("migration session opened"))
+            .map(drop)
+    });
+    assert!(reached.is_some(), "the migration never reached B");
+    let controller_pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap());
+    nix::sys::signal::kill(controller_pid, nix::sys::signal::Signal::SIGINT).unwrap();
+    let r = finished(child, &json);
+    assert!(matches!(r.status, 1 | 2), "{}\n{}", r.stderr, r.json);
+    assert!(
+        matches!(
+            r.json["outcome"].as_str(),
+            Some("not-started" | "rolled-back")
+        ),
+        "{}",
+        r.json
+    );
+    assert!(
+        r.json["error"].as_str().unwrap().contains("cancelled"),
+        "{}",
+        r.json
+    );
+    // The tree runs on A, whole.
+    assert!(Hosts::runs_in(&hosts.src, w.pid));
+    let c = w.counter().unwrap();
+    assert!(w.counter_passes(c, Duration::from_secs(10)).is_some());
+    assert_eq!(w.memory_intact(w.pid), Some(true));
     svc_a.stop();
     svc_b.stop();
 }
