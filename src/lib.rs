@@ -2,8 +2,9 @@
 //!
 //! The names an embedder needs sit at the top of this crate: a source-side
 //! [`Migration`], its background [`MigrationRun`] with its [`Event`]s and
-//! typed end ([`Report`] or [`Failure`], told apart by [`Outcome`]), and a
-//! target-side [`Service`] with its [`ServiceEvent`]s. None of them asks for
+//! typed end ([`Report`] or [`Failure`], told apart by [`Outcome`]), a
+//! target-side [`Service`] with its [`ServiceEvent`]s, and a controller's
+//! [`Order`] that has another host's service migrate ([`RemoteRun`]). None of them asks for
 //! a CRIU type: they use `criu` from `PATH` ([`Criu::default`]) unless told
 //! otherwise ([`Migration::criu`], [`Service::new`]). The crates behind them
 //! stay reachable as modules for what the common path does not need.
@@ -103,7 +104,9 @@
 //! killed, its images removed) before `serve` returns, at most 60 s. Its
 //! [`ServiceEvent`]s say when a session began, restored (with the PID),
 //! committed or was undone. The service is remote root for whoever holds
-//! the key: it refuses peers that do not prove they hold it.
+//! the key: it refuses peers that do not prove they hold it. Made with
+//! [`Service::with_link`], it also takes controllers' orders
+//! ([`Service::controllable`]).
 //!
 //! ```no_run
 //! use phaul::{Identity, LinkConfig, Listener, Service, SharedKey};
@@ -123,6 +126,36 @@
 //!     .events(tx)
 //!     .serve(listener, async { tokio::signal::ctrl_c().await.unwrap_or(()) })
 //!     .await?; // returns once every unfinished session is undone
+//! # Ok(()) }
+//! ```
+//!
+//! # A controller: migrations between two other hosts
+//!
+//! From anywhere that holds the key, an [`Order`] asks the service of the
+//! host that holds a tree to move it to another service (a managed
+//! migration, as QEMU and libvirt call it); the [`RemoteRun`] follows it
+//! like a local one. The source's service checks the order as strictly as
+//! `phaul migrate` checks its arguments and refuses it otherwise (the error
+//! says why; nothing started). Dropping the run, or losing the link, cancels
+//! the migration there.
+//!
+//! ```no_run
+//! use phaul::{LinkConfig, Order, Outcome, SharedKey};
+//!
+//! # async fn f() -> Result<(), Box<dyn std::error::Error>> {
+//! let link = LinkConfig::new(SharedKey::from_file("/etc/phaul/key")?);
+//! let mut run = Order::new("10.0.0.2:7070", "pid", "4242")
+//!     .with_id("rebalance-7")
+//!     .send("10.0.0.1:7070", &link) // host A's service moves it to B
+//!     .await?;
+//! while let Some(event) = run.next_event().await {
+//!     println!("{}", serde_json::to_string(&event)?);
+//! }
+//! match run.finish().await {
+//!     Ok(report) => println!("on B as PID {:?}", report.target_pid),
+//!     Err(f) if f.outcome == Outcome::Diverged => eprintln!("look at both hosts: {f}"),
+//!     Err(f) => eprintln!("still on A: {f}"),
+//! }
 //! # Ok(()) }
 //! ```
 //!
@@ -212,8 +245,8 @@ pub use tokio;
 
 pub use phaul_core::criu::Criu;
 pub use phaul_core::{
-    CancelHandle, Error, Event, Failure, Migration, MigrationRun, Mode, ModeChoice, Outcome, Phase,
-    Progress, Report, Service, ServiceEvent, Timeouts,
+    CancelHandle, Error, Event, Failure, Migration, MigrationRun, Mode, ModeChoice, Order, Outcome,
+    Phase, Progress, RemoteRun, Report, Service, ServiceEvent, Timeouts,
 };
 pub use phaul_htypes::Htype;
 pub use phaul_htypes::pid::Pid;
