@@ -255,6 +255,8 @@ pub use phaul_transport::{Identity, LinkConfig, Listener, SharedKey};
 /// The thing to migrate named by its kind and id as the CLI takes them
 /// (`pid 4242`, `lxc web1`, `runc web1`, `vz 101`), checked on this host
 /// with the kinds' default paths: the same refusals as `phaul migrate`.
+/// It may run a container manager's tools, so async code calls it through
+/// `tokio::task::spawn_blocking`.
 ///
 /// ```no_run
 /// let tree = phaul::htype("pid", "4242")?;

@@ -145,6 +145,9 @@ impl<T: TargetCriu> Service<T> {
     /// another service (dumping with `criu`), follow it and cancel it. The
     /// order is checked as `phaul migrate` checks its arguments. Its images
     /// go under `work_dir/controlled`. Without this, orders are refused.
+    /// The service is then a source too, so it must run where a source
+    /// must: in the mount and network namespaces of the trees it may be
+    /// ordered to move (see the `phaul` crate's docs).
     pub fn controllable<C: crate::criu::SourceCriu + Clone>(mut self, criu: C) -> Self {
         self.launcher = Some(orders::Launcher::new(criu));
         self
