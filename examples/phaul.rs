@@ -100,11 +100,17 @@ async fn migrate(m: &MigrateArgs) -> phaul_cli::Result<Result<Report, Failure>> 
 /// started.
 async fn control(m: &MigrateArgs, from: &str) -> phaul_cli::Result<Result<Report, Failure>> {
     let (order, link) = m.order()?;
-    let mut run = order
-        .send(from, &link)
-        .await
-        .map_err(phaul_cli::Error::Order)?;
+    // The display first: once the order is accepted, nothing here may fail
+    // (dropping the run would cancel a migration that had started).
     let (display, tx) = ProgressDisplay::start(m.events.as_deref())?;
+    let mut run = match order.send(from, &link).await {
+        Ok(run) => run,
+        Err(e) => {
+            drop(tx);
+            display.finish().await;
+            return Err(phaul_cli::Error::Order(e));
+        }
+    };
     let cancel = run.cancel_handle();
     let ctrl_c = tokio::spawn(async move {
         if tokio::signal::ctrl_c().await.is_ok() {
