@@ -163,8 +163,8 @@
 //!
 //! A [`Report`] is serde both ways, carries its form's version
 //! ([`Report::SCHEMA`]), the migration's id and its [`Outcome`]; so does an
-//! [`Event`] ([`Event::SCHEMA`]). A controller that receives them from node
-//! agents reads them back:
+//! [`Event`] ([`Event::SCHEMA`]), and an [`Order`] ([`Order::SCHEMA`]). A
+//! controller that receives them from node agents reads them back:
 //!
 //! ```
 //! use phaul::{Event, Mode, ModeChoice, Outcome, Progress, Report};
@@ -176,6 +176,12 @@
 //! assert_eq!(back.schema, Report::SCHEMA);
 //! assert_eq!(back.outcome, Outcome::NotStarted);
 //! assert!(!back.success);
+//!
+//! // A controller's order, as a control plane passes it on.
+//! let order: phaul::Order = serde_json::from_str(
+//!     r#"{"schema":1,"target":"10.0.0.2:7070","kind":"pid","id":"4242","mode":"post-copy"}"#,
+//! ).unwrap();
+//! assert_eq!(order, phaul::Order::new("10.0.0.2:7070", "pid", "4242").mode(Mode::PostCopy));
 //!
 //! let line = r#"{"schema":1,"migration":"job-42","event":"bytes","value":1048576}"#;
 //! let event: Event = serde_json::from_str(line).unwrap();

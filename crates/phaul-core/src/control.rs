@@ -25,23 +25,37 @@ use crate::stats::{Ongoing, Outcome, Report};
 
 /// What a controller asks a source's service to do: move `kind` `id` of
 /// its host to the service at `target` (`HOST:PORT`).
-#[derive(Debug, Clone)]
+///
+/// Serde both ways, for a control plane that passes orders on: `schema`
+/// ([`Order::SCHEMA`]), `target`, `kind`, `id`, `mode`, and when set
+/// `fallback`, `migration_id`, `target_pin` (32 bytes) and
+/// `freeze_timeout_ms`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Order {
+    schema: u32,
     target: String,
     kind: String,
     id: String,
     mode: Mode,
+    #[serde(default)]
     fallback: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     migration_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     target_pin: Option<[u8; 32]>,
-    freeze_timeout: Option<Duration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    freeze_timeout_ms: Option<u64>,
 }
 
 impl Order {
+    /// The version of the order form this build writes.
+    pub const SCHEMA: u32 = 1;
+
     /// Move `kind` `id` (as `phaul migrate` takes them: `pid 4242`, `lxc
     /// web1`) to `target`, in mode `auto`.
     pub fn new(target: impl Into<String>, kind: impl Into<String>, id: impl Into<String>) -> Self {
         Self {
+            schema: Self::SCHEMA,
             target: target.into(),
             kind: kind.into(),
             id: id.into(),
@@ -49,7 +63,7 @@ impl Order {
             fallback: false,
             migration_id: None,
             target_pin: None,
-            freeze_timeout: None,
+            freeze_timeout_ms: None,
         }
     }
 
@@ -80,7 +94,8 @@ impl Order {
 
     /// The longest the source may stay frozen (at most 600 s).
     pub fn freeze_timeout(mut self, limit: Duration) -> Self {
-        self.freeze_timeout = Some(limit);
+        let ms = u64::try_from(limit.as_millis()).unwrap_or(u64::MAX).max(1);
+        self.freeze_timeout_ms = Some(ms);
         self
     }
 
@@ -89,6 +104,13 @@ impl Order {
     /// service accepted it. A refusal is [`Error::Link`] with the service's
     /// `BAD_REQUEST` and its reason: nothing was started.
     pub async fn send(self, from: &str, link: &LinkConfig) -> Result<RemoteRun> {
+        if self.schema != Self::SCHEMA {
+            return Err(Error::Protocol(format!(
+                "an order of form {} (this build writes {})",
+                self.schema,
+                Self::SCHEMA
+            )));
+        }
         let order = MigrateOrder {
             target: self.target,
             kind: self.kind,
@@ -97,9 +119,7 @@ impl Order {
             fallback: self.fallback,
             migration_id: self.migration_id.unwrap_or_default(),
             target_pin: self.target_pin.map(Vec::from).unwrap_or_default(),
-            freeze_timeout_ms: self.freeze_timeout.map_or(0, |d| {
-                u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
-            }),
+            freeze_timeout_ms: self.freeze_timeout_ms.unwrap_or(0),
         };
         let ordered = Controller::connect(Endpoint::parse(from)?, link)
             .await?
