@@ -5,6 +5,7 @@
 //! outcome says it is. Needs root and CRIU 4 (skipped locally without them,
 //! a failure under CI).
 
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -21,9 +22,12 @@ struct Run {
 }
 
 /// `embed TARGET KEY PID JOB` inside the source host; its stdout is JSON
-/// lines, the events and then the report.
-fn embed(hosts: &Hosts, args: &[&str]) -> Run {
+/// lines, the events and then the report. Its work directory (the
+/// default, under the temporary directory) is under `tmp`, where a failed
+/// migration's CRIU logs stay.
+fn embed(hosts: &Hosts, tmp: &Path, args: &[&str]) -> Run {
     let out = Hosts::command(&hosts.src, example("embed"))
+        .env("TMPDIR", tmp)
         .args(args)
         .stdin(Stdio::null())
         .output()
@@ -58,6 +62,7 @@ fn the_embedding_example_tells_its_three_outcomes_apart() {
     let wrong = key_file(dir.path(), "not the key the service holds!!!", 0o600);
     let r = embed(
         &hosts,
+        dir.path(),
         &[&addr, wrong.to_str().unwrap(), &pid, "job-refused"],
     );
     assert_eq!(r.status, 2, "{}", r.stderr);
@@ -84,7 +89,11 @@ fn the_embedding_example_tells_its_three_outcomes_apart() {
             .then_some(()))
         .is_some()
     );
-    let r = embed(&hosts, &[&addr, k, &sp.to_string(), "job-rolled-back"]);
+    let r = embed(
+        &hosts,
+        dir.path(),
+        &[&addr, k, &sp.to_string(), "job-rolled-back"],
+    );
     assert_eq!(r.status, 1, "{}\n{}", r.stderr, r.report);
     assert_eq!(r.report["outcome"], "rolled-back", "{}", r.report);
     assert!(
@@ -114,7 +123,7 @@ fn the_embedding_example_tells_its_three_outcomes_apart() {
 
     // The real thing: the workload runs on the target, its memory intact.
     let before = w.counter().unwrap();
-    let r = embed(&hosts, &[&addr, k, &pid, "job-42"]);
+    let r = embed(&hosts, dir.path(), &[&addr, k, &pid, "job-42"]);
     assert_eq!(r.status, 0, "{}\n{}", r.stderr, r.report);
     assert_eq!(r.report["outcome"], "succeeded");
     assert_eq!(r.report["schema"], 1);
