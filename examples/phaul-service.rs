@@ -2,7 +2,10 @@
 //!
 //! It restores what `phaul migrate` sends, as root, so it is remote root for
 //! whoever holds the key: it binds loopback unless told otherwise, and
-//! refuses peers that do not prove they hold the shared key.
+//! refuses peers that do not prove they hold the shared key. It also takes
+//! a controller's order (`phaul migrate --from THIS --to OTHER KIND ID`) to
+//! move a tree of this host to another service, checked as the CLI checks
+//! its arguments.
 //!
 //! ```text
 //! head -c 32 /dev/urandom | base64 > key && chmod 600 key
@@ -14,10 +17,9 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
+use phaul::htypes::registry::Paths;
+use phaul::{Listener, Service};
 use phaul_cli::{CriuArgs, HostArgs, KeyArgs};
-use phaul_core::Service;
-use phaul_htypes::registry::Paths;
-use phaul_transport::Listener;
 
 #[derive(Parser)]
 #[command(about = "Accept live migrations from `phaul migrate` and restore them here")]
@@ -59,7 +61,10 @@ async fn main() -> anyhow::Result<()> {
         runc_bundles: args.runc_bundles.clone(),
         ..args.host.paths()
     };
-    Service::new(criu, cfg, &args.work_dir)
+    // A controller holding the key may order this host's trees moved
+    // (`phaul migrate --from`): it could restore anything here already.
+    Service::new(criu.clone(), cfg, &args.work_dir)
+        .controllable(criu)
         .keep_images(args.keep_images)
         .htype_paths(paths)
         .serve(listener, phaul_cli::shutdown_signal())

@@ -3,20 +3,25 @@
 //! ```text
 //! cargo run --example phaul -- migrate --to 10.200.0.2:7070 --key-file key \
 //!     --mode auto --json report.json pid 4242
+//! cargo run --example phaul -- migrate --from 10.200.0.1:7070 --to 10.200.0.2:7070 \
+//!     --key-file key pid 4242     # from a third host: the source's service migrates
 //! ```
 //! Modes: auto, stop-copy, post-copy, pre-copy, hybrid, restart. Exit
-//! status: 0 only when the tree runs on the target; 1 when the migration
-//! failed (the source still runs it); 2 when the request was refused before
-//! anything started (a bad PID, an unreadable key). `--json` writes the
-//! report in every case. The arguments and the display are
-//! [`phaul_cli::MigrateArgs`] and [`phaul_cli::ProgressDisplay`].
+//! status, from the migration's [`Outcome`]: 0 only when the tree runs on
+//! the target; 2 when it was refused before anything started (a bad PID, an
+//! unreadable key, a pre-flight check, no service there); 1 when it failed
+//! and rolled back (the source runs it again); 3 when it failed at or after
+//! the commit (look at both hosts). `--json` writes the report in every
+//! case. The arguments and the display are [`phaul_cli::MigrateArgs`] and
+//! [`phaul_cli::ProgressDisplay`]; the migration is the facade's
+//! [`phaul::Migration`], started in the background as an embedder would.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use phaul::{Failure, Outcome, Report};
 use phaul_cli::{MigrateArgs, ProgressDisplay};
-use phaul_core::Report;
 
 #[derive(Parser)]
 #[command(about = "Live-migrate processes and containers with CRIU")]
@@ -37,10 +42,14 @@ async fn main() -> ExitCode {
     phaul_fs::rsync::run_as_rsh_if_called();
     phaul_cli::init_tracing("warn");
     let Cmd::Migrate(m) = Cli::parse().cmd;
-    let report = match migrate(&m).await {
-        Ok(r) => r,
+    let started = match &m.from {
+        Some(from) => control(&m, from).await,
+        None => migrate(&m).await,
+    };
+    let end = match started {
+        Ok(end) => end,
         Err(e) => {
-            let why = phaul_transport::error_chain(&e);
+            let why = phaul::transport::error_chain(&e);
             eprintln!("phaul: {why}");
             if let Some(p) = &m.json {
                 write_json(p, &m.refusal(why));
@@ -50,39 +59,73 @@ async fn main() -> ExitCode {
     };
     // Past this point the migration ran: its outcome decides the exit
     // status, never a failure to report it.
-    let Some(report) = report else {
-        return ExitCode::FAILURE;
+    let (status, report) = match end {
+        Ok(report) => (0, report),
+        Err(f) => {
+            let status = match f.outcome {
+                Outcome::NotStarted => 2,
+                Outcome::RolledBack => 1,
+                Outcome::Diverged | Outcome::Succeeded => 3,
+            };
+            (status, *f.report)
+        }
     };
     println!("{report}");
     if let Some(p) = &m.json {
         write_json(p, &report);
     }
-    if report.success {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    }
+    ExitCode::from(status)
 }
 
-/// Runs the migration, cancelled at ctrl-c; `None` if its task died.
-async fn migrate(m: &MigrateArgs) -> phaul_cli::Result<Option<Report>> {
+/// Runs the migration to its typed end, cancelled at ctrl-c.
+async fn migrate(m: &MigrateArgs) -> phaul_cli::Result<Result<Report, Failure>> {
     let mig = m.migration()?;
     let (display, tx) = ProgressDisplay::start(m.events.as_deref())?;
-    let mig = mig.progress(tx);
-    let cancel = mig.cancel_handle();
-    let mut run = tokio::spawn(mig.run());
-    let joined = tokio::select! {
-        r = &mut run => r,
+    let mut run = mig.progress(tx).start();
+    // The display reads the events; this end only waits for the outcome.
+    let end = tokio::select! {
+        end = &mut run => end,
         _ = tokio::signal::ctrl_c() => {
             eprintln!("cancelling: the source is resumed unless the target already runs it");
-            cancel.cancel();
+            run.cancel();
             run.await
         }
     };
     display.finish().await;
-    Ok(joined
-        .inspect_err(|e| eprintln!("phaul: the migration task failed: {e}"))
-        .ok())
+    Ok(end)
+}
+
+/// `--from`: orders the source's service to migrate, and follows it from
+/// here; ctrl-c cancels it there. A refused order is an `Err`: nothing
+/// started.
+async fn control(m: &MigrateArgs, from: &str) -> phaul_cli::Result<Result<Report, Failure>> {
+    let (order, link) = m.order()?;
+    // The display first: once the order is accepted, nothing here may fail
+    // (dropping the run would cancel a migration that had started).
+    let (display, tx) = ProgressDisplay::start(m.events.as_deref())?;
+    let mut run = match order.send(from, &link).await {
+        Ok(run) => run,
+        Err(e) => {
+            drop(tx);
+            display.finish().await;
+            return Err(phaul_cli::Error::Order(e));
+        }
+    };
+    let cancel = run.cancel_handle();
+    let ctrl_c = tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!("cancelling: the source is resumed unless the target already runs it");
+            cancel.cancel();
+        }
+    });
+    while let Some(event) = run.next_event().await {
+        let _ = tx.send(event.progress);
+    }
+    drop(tx);
+    let end = run.finish().await;
+    ctrl_c.abort();
+    display.finish().await;
+    Ok(end)
 }
 
 /// Writes the report for `--json`; a failure is said, not fatal.

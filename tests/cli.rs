@@ -166,8 +166,10 @@ fn the_cli_migrates_for_real_and_refuses_a_wrong_key_or_a_missing_service() {
             &pid,
         ],
     );
-    assert_eq!(r.status, 1, "{}", r.stderr);
+    // Refused at the handshake, before anything started: 2, not 1.
+    assert_eq!(r.status, 2, "{}", r.stderr);
     assert_report_keys(&r.json);
+    assert_eq!(r.json["outcome"], "not-started");
     assert!(
         r.json["error"]
             .as_str()
@@ -191,7 +193,8 @@ fn the_cli_migrates_for_real_and_refuses_a_wrong_key_or_a_missing_service() {
             &pid,
         ],
     );
-    assert_eq!(r.status, 1);
+    assert_eq!(r.status, 2, "{}", r.stderr);
+    assert_eq!(r.json["outcome"], "not-started");
     assert!(
         r.json["error"]
             .as_str()

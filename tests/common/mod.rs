@@ -78,6 +78,27 @@ pub fn service(
     (Killed(child), format!("{}:7070", hosts.tgt_ip))
 }
 
+/// `phaul-service` on `ip`:7070 inside host `ns`, its work directory, log
+/// and tracing under `work/name`; returns it and its address once it
+/// listens.
+pub fn service_on(ns: &str, ip: &str, key: &Path, work: &Path, name: &str) -> (Killed, String) {
+    let dir = work.join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let log = dir.join("service.log");
+    let child = Hosts::command(ns, example("phaul-service"))
+        .args(["--listen", &format!("{ip}:7070"), "--key-file"])
+        .arg(key)
+        .arg("--work-dir")
+        .arg(dir.join("work"))
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(std::fs::File::create(dir.join("service.err")).unwrap())
+        .spawn()
+        .unwrap();
+    wait_listening(&log);
+    (Killed(child), format!("{ip}:7070"))
+}
+
 /// Waits until the `phaul-service` writing `log` listens.
 pub fn wait_listening(log: &Path) {
     wait_until(Duration::from_secs(20), || {

@@ -24,6 +24,12 @@ pub enum Error {
     /// A `--veth` without `=`.
     #[error("--veth {0:?}: expected IN=OUT[@BRIDGE]")]
     Veth(String),
+    /// A flag that a controller's order (`--from`) does not carry.
+    #[error("{0} cannot be used with --from (the source's service migrates with its own settings)")]
+    NotWithFrom(&'static str),
+    /// The controller's order was refused or could not be sent.
+    #[error("the source's service")]
+    Order(#[source] phaul_core::Error),
     /// `--freeze-timeout` is not a positive number of seconds.
     #[error("--freeze-timeout {0}: a positive number of seconds")]
     FreezeTimeout(f64),

@@ -5,8 +5,9 @@ use std::time::Duration;
 
 use phaul_core::policy::{DowntimeBudget, PhaulRules};
 use phaul_core::stats::Ongoing;
-use phaul_core::{Migration, Mode, ModeChoice, Report};
+use phaul_core::{Migration, Mode, ModeChoice, Order, Report};
 use phaul_htypes::pid::{PidOptions, TcpConnections};
+use phaul_transport::LinkConfig;
 
 use crate::args::{CriuArgs, HostArgs, LinkArgs, TARGET_HELP, fs_choice};
 use crate::error::{Error, Result};
@@ -17,6 +18,16 @@ pub struct MigrateArgs {
     #[arg(long, help = TARGET_HELP)]
     #[allow(missing_docs)]
     pub to: String,
+    /// Migrate from another host: ask the phaul-service at SRC (HOST:PORT)
+    /// to move KIND ID of its host to --to, and follow it from here (a
+    /// controller; any host that holds the key). --pin is then the
+    /// target's, which the source's service checks.
+    #[arg(long, value_name = "SRC")]
+    pub from: Option<String>,
+    /// With --from: accept only a source service certificate with this
+    /// SHA-256 fingerprint.
+    #[arg(long, requires = "from", value_name = "SHA256")]
+    pub from_pin: Option<String>,
     /// The key, TLS and the pinned certificate.
     #[command(flatten)]
     pub link: LinkArgs,
@@ -91,7 +102,7 @@ pub struct MigrateArgs {
 impl MigrateArgs {
     /// The migration these arguments describe, not started: the caller adds
     /// its progress channel and runs it.
-    pub fn migration(&self) -> Result<Migration<phaul_core::criu::Criu>> {
+    pub fn migration(&self) -> Result<Migration> {
         let htype = phaul_htypes::registry::source_with(
             &self.what[0],
             &self.what[1],
@@ -124,6 +135,45 @@ impl MigrateArgs {
             })),
             None => mig.policy(Box::new(PhaulRules::default())),
         })
+    }
+
+    /// The order these arguments describe for `--from`'s service, and the
+    /// link to it. Flags the order does not carry are refused rather than
+    /// ignored.
+    pub fn order(&self) -> Result<(Order, LinkConfig)> {
+        let pid_opts = self.pid_opts.options()? != PidOptions::default();
+        let not_carried = [
+            ("--downtime-ms", self.downtime_ms.is_some()),
+            ("--bandwidth", self.bandwidth.is_some()),
+            ("--compress", self.compress),
+            ("--keep-images", self.keep_images),
+            ("--skip-cpu-check", self.skip_cpu_check),
+            ("--skip-criu-check", self.skip_criu_check),
+            ("--force", self.force),
+            ("--fs", self.fs != "native"),
+            ("--criu", self.criu.criu.is_some()),
+            ("the pid kind's options", pid_opts),
+        ];
+        if let Some((flag, _)) = not_carried.iter().find(|(_, set)| *set) {
+            return Err(Error::NotWithFrom(flag));
+        }
+        let freeze_timeout = Duration::try_from_secs_f64(self.freeze_timeout)
+            .ok()
+            .filter(|d| !d.is_zero())
+            .ok_or(Error::FreezeTimeout(self.freeze_timeout))?;
+        let mut order = Order::new(self.to.clone(), &self.what[0], &self.what[1])
+            .mode(self.mode)
+            .fallback(self.fallback)
+            .freeze_timeout(freeze_timeout);
+        if let Some(p) = &self.link.pin {
+            order = order.pin_target(phaul_transport::tls::parse_fingerprint(p)?);
+        }
+        let link = self.link.key.config()?;
+        let link = match &self.from_pin {
+            Some(p) => link.pin(phaul_transport::tls::parse_fingerprint(p)?),
+            None => link,
+        };
+        Ok((order, link))
     }
 
     /// The report of a migration refused before anything started, so that

@@ -289,6 +289,15 @@ pub struct Criu {
     log_level: i32,
 }
 
+/// `criu` on `PATH` at log level 2, its own output kept off the caller's
+/// terminal (its log files say what it did): what [`crate::Migration::to`]
+/// and [`crate::Service::with_link`] use.
+impl Default for Criu {
+    fn default() -> Self {
+        Self::new(criu_rpc::Criu::new().quiet(true))
+    }
+}
+
 impl Criu {
     /// CRIU reached through `rpc`, logging at CRIU's default level (2:
     /// errors and warnings). Debug logs (4) cost measurable time in large
@@ -804,8 +813,8 @@ impl TargetCriu for Criu {
 /// [`Htype::restore_options`]); the request's own fields (pid, dirs, log)
 /// are the caller's.
 ///
-/// [`Htype::dump_options`]: phaul_htypes::Htype::dump_options
-/// [`Htype::restore_options`]: phaul_htypes::Htype::restore_options
+/// [`Htype::dump_options`]: phaul_htypes::SourceHooks::dump_options
+/// [`Htype::restore_options`]: phaul_htypes::TargetHooks::restore_options
 pub fn opts_from(options: &CriuOptions) -> Opts {
     let mut o = Opts::new()
         .shell_job(options.shell_job)

@@ -56,6 +56,11 @@ pub enum Error {
     #[error("the target: {0}")]
     Target(String),
 
+    /// The service a controller ordered to migrate reported a failure
+    /// (its error, with its causes, as text).
+    #[error("the source's service: {0}")]
+    SourceService(String),
+
     /// Syncing the file system failed.
     #[error("file-system sync")]
     Fs(#[source] phaul_fs::Error),

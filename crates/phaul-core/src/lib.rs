@@ -24,7 +24,10 @@
 //!
 //! # Layout
 //! - [`source`]: [`Migration`], [`Progress`] events, [`CancelHandle`].
-//! - [`target`]: the target side, [`Service`].
+//! - [`target`]: the target side, [`Service`], which also takes
+//!   controllers' orders.
+//! - [`control`]: a controller's [`Order`] to a source's service, and its
+//!   [`RemoteRun`].
 //! - [`criu`]: the CRIU seam and the real implementation.
 //! - [`standin`]: a scripted stand-in for CRIU, for tests.
 //! - [`mode`]: the modes and how `auto` chooses.
@@ -39,6 +42,7 @@
 //! - [`fs`]: which `phaul-fs` driver carries an htype's file system.
 //! - [`error`]: the crate's [`Error`] type.
 
+pub mod control;
 pub mod criu;
 pub mod error;
 pub mod fs;
@@ -55,6 +59,7 @@ pub mod standin;
 pub mod stats;
 pub mod target;
 
+pub use control::{Order, RemoteRun};
 pub use error::{Error, Result};
 pub use mode::{Mode, ModeChoice};
 pub use source::{CancelHandle, Event, Failure, Migration, MigrationRun, Progress, Timeouts};

@@ -43,8 +43,29 @@
 //! every later frame carries that version. A change that an older peer would
 //! misread gets a new version number; adding an optional field or a new
 //! request type that the peer can refuse with `BAD_REQUEST` does not. This
-//! build speaks version 2 only (version 1's `Begin` carried the plan as
-//! strings).
+//! build speaks versions 2 and 3 (version 1's `Begin` carried the plan as
+//! strings). Version 3 adds the `MANAGE` channel, whose one request gets a
+//! stream of answers; a server refuses a `MANAGE` hello negotiated at
+//! version 2 with `Error{VERSION}`, so a controller never meets a service
+//! that would misread it.
+//!
+//! # A controller's requests (`MANAGE` channel, version 3)
+//!
+//! An orchestrator anywhere that holds the key asks the service of the
+//! host that holds a tree to move it to another service, follows it and
+//! may cancel it ([`manage`]):
+//!
+//! ```text
+//!  controller                                    source's service
+//!    | -- Request{1, MigrateOrder} ---------------->|  checked as the CLI
+//!    | <- Response{1, MigrationAccepted{id}} -------|  checks it, or
+//!    | <- Response{1, MigrationEvent{json}} ...     |  Error{BAD_REQUEST}
+//!    | -- Request{2, CancelMigration} (optional) -->|  answered by the end
+//!    | <- Response{1, MigrationEnded{outcome, report}}
+//! ```
+//!
+//! Closing the link before the end cancels the migration (it rolls back
+//! unless it had committed).
 //!
 //! # Migration sequences (control channel, with the streams beside it)
 //!
@@ -137,6 +158,8 @@
 //! - [`auth`]: [`SharedKey`] and the proofs.
 //! - [`tls`]: certificates and the rustls set-up.
 //! - [`control`]: request/response on the control channel.
+//! - [`manage`]: a controller's requests on the `MANAGE` channel, both
+//!   ends as typed state machines.
 //! - [`images`]: the image stream: a directory's files, checked, written,
 //!   and fsynced unless the receiver says otherwise ([`images::ImageLimits`]).
 //! - [`mod@relay`]: byte streams (pages, file systems).
@@ -149,6 +172,7 @@ pub mod error;
 pub mod frame;
 pub mod images;
 pub mod link;
+pub mod manage;
 pub mod proto;
 pub mod relay;
 pub mod tls;

@@ -860,7 +860,20 @@ async fn server_steps(
     if hello.nonce.len() != 32 {
         return Err(proto("the nonce is not 32 bytes".into()));
     }
-    let session: SessionId = if channel == Channel::Control {
+    if channel == Channel::Manage && version < crate::frame::MANAGE_VERSION {
+        return Err((
+            ErrorCode::Version,
+            Error::Version {
+                ours_min: crate::frame::MANAGE_VERSION,
+                ours_max: MAX_VERSION,
+                theirs_min: hello.min_version,
+                theirs_max: hello.max_version,
+            },
+        ));
+    }
+    // A controller's link, like a migration's control channel, starts a
+    // session of its own.
+    let session: SessionId = if matches!(channel, Channel::Control | Channel::Manage) {
         if !hello.session.is_empty() {
             return Err(proto("a control channel names a session".into()));
         }

@@ -483,6 +483,19 @@ async fn every_message_round_trips_through_a_link() {
         }),
         request::Body::ListProcesses(proto::ListProcesses {}),
         request::Body::Images(proto::Images { iteration: 2 }),
+        request::Body::Migrate(proto::MigrateOrder {
+            target: "10.0.0.2:7070".into(),
+            kind: "pid".into(),
+            id: "4242".into(),
+            mode: "post-copy".into(),
+            fallback: true,
+            migration_id: "job-7".into(),
+            target_pin: vec![7; 32],
+            freeze_timeout_ms: 5000,
+        }),
+        request::Body::CancelMigration(proto::CancelMigration {}),
+        // Twice, so that every answer has a request to pair with.
+        request::Body::CancelMigration(proto::CancelMigration {}),
     ];
     let responses = vec![
         response::Body::Pong(proto::Pong { payload: vec![4] }),
@@ -521,6 +534,17 @@ async fn every_message_round_trips_through_a_link() {
             files: 12,
             bytes: 1 << 33,
         }),
+        response::Body::MigrationAccepted(proto::MigrationAccepted {
+            migration_id: "job-7".into(),
+        }),
+        response::Body::MigrationEvent(proto::MigrationEvent {
+            event_json: r#"{"schema":1,"migration":"job-7","event":"frozen"}"#.into(),
+        }),
+        response::Body::MigrationEnded(proto::MigrationEnded {
+            outcome: proto::MigrationOutcome::RolledBack.into(),
+            report_json: "{}".into(),
+            error: "cancelled".into(),
+        }),
     ];
     // Every message once: the matches have no catch-all, so a message added
     // to link.proto fails to compile here until it is in the lists.
@@ -534,6 +558,8 @@ async fn every_message_round_trips_through_a_link() {
         request::Body::Abort(_) => 6,
         request::Body::ListProcesses(_) => 7,
         request::Body::Images(_) => 8,
+        request::Body::Migrate(_) => 9,
+        request::Body::CancelMigration(_) => 10,
     };
     let answers = |r: &response::Body| match r {
         response::Body::Pong(_) => 0,
@@ -545,22 +571,25 @@ async fn every_message_round_trips_through_a_link() {
         response::Body::Aborted(_) => 6,
         response::Body::ProcessList(_) => 7,
         response::Body::ImagesStored(_) => 8,
+        response::Body::MigrationAccepted(_) => 9,
+        response::Body::MigrationEvent(_) => 10,
+        response::Body::MigrationEnded(_) => 11,
     };
-    let all: std::collections::BTreeSet<_> = (0..9).collect();
     assert_eq!(
         requests
             .iter()
             .map(kinds)
             .collect::<std::collections::BTreeSet<_>>(),
-        all
+        (0..11).collect()
     );
     assert_eq!(
         responses
             .iter()
             .map(answers)
             .collect::<std::collections::BTreeSet<_>>(),
-        all
+        (0..12).collect()
     );
+    assert_eq!(requests.len(), responses.len());
     for (i, (rq, rs)) in requests.into_iter().zip(responses).enumerate() {
         let id = i as u64 + 1;
         let sent = proto::Request { id, body: Some(rq) };

@@ -1,8 +1,9 @@
 //! The source side: a migration of one thing to one target.
 //!
 //! [`Migration`] is built with the target's address, the link's
-//! configuration and the htype, then [`Migration::run`] drives it to the end
-//! and always returns a [`Report`], successful or not.
+//! configuration and the htype; [`Migration::start`] runs it in the
+//! background ([`MigrationRun`]: events, cancel, a typed end), and
+//! [`Migration::run_typed`] drives it to its end in place.
 //!
 //! The source is never lost: until the target has the tree running, every
 //! failure — target error, lost connection, timeout, [`CancelHandle`] —
@@ -69,6 +70,12 @@ impl CancelHandle {
     pub fn cancel(&self) {
         let _ = self.0.send(true);
     }
+
+    /// A handle, and what its migration watches.
+    pub(crate) fn pair() -> (Self, watch::Receiver<bool>) {
+        let (tx, rx) = watch::channel(false);
+        (Self(Arc::new(tx)), rx)
+    }
 }
 
 /// Timeouts of a migration's steps.
@@ -94,8 +101,10 @@ impl Default for Timeouts {
 /// production service should hang because a peer is stuck.
 pub const DEFAULT_FREEZE_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// A migration of one htype to one target.
-pub struct Migration<C: SourceCriu> {
+/// A migration of one htype to one target. `C` is how it reaches CRIU:
+/// the real one unless a test puts a stand-in there ([`Migration::criu`]),
+/// so an embedder names just `Migration`.
+pub struct Migration<C: SourceCriu = crate::criu::Criu> {
     criu: C,
     target: String,
     link: LinkConfig,
@@ -132,7 +141,44 @@ impl<C: SourceCriu> std::fmt::Debug for Migration<C> {
     }
 }
 
+impl Migration {
+    /// Migrates `htype` to the service at `target` with `criu` from `PATH`
+    /// ([`Criu::default`](crate::criu::Criu)); otherwise as
+    /// [`Migration::new`].
+    pub fn to(target: impl Into<String>, link: LinkConfig, htype: Box<dyn Htype>) -> Self {
+        Self::new(crate::criu::Criu::default(), target, link, htype)
+    }
+}
+
 impl<C: SourceCriu> Migration<C> {
+    /// The same migration reaching CRIU through `criu` instead (another
+    /// binary or log level, or a stand-in in tests).
+    pub fn criu<D: SourceCriu>(self, criu: D) -> Migration<D> {
+        Migration {
+            criu,
+            target: self.target,
+            link: self.link,
+            htype: self.htype,
+            mode: self.mode,
+            fallback: self.fallback,
+            policy: self.policy,
+            work_dir: self.work_dir,
+            keep_images: self.keep_images,
+            skip_cpu_check: self.skip_cpu_check,
+            skip_version_check: self.skip_version_check,
+            force: self.force,
+            timeouts: self.timeouts,
+            freeze_timeout: self.freeze_timeout,
+            freeze_deadline: self.freeze_deadline,
+            progress: self.progress,
+            events: self.events,
+            id: self.id,
+            fs: self.fs,
+            cancel_tx: self.cancel_tx,
+            cancel_rx: self.cancel_rx,
+        }
+    }
+
     /// Migrates `htype` to the service at `target` (`HOST:PORT` or
     /// `unix:PATH`), mode `auto`, P.Haul's convergence rules. (`fd:N`,
     /// which phaul-transport takes for one link, is refused here: a

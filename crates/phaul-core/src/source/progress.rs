@@ -42,7 +42,7 @@ pub enum Progress {
     Resumed(#[serde(serialize_with = "millis", deserialize_with = "from_millis")] Duration),
     /// Rolling back: the source is being resumed.
     RollingBack(String),
-    /// A pre-flight check failed and [`Migration::force`] went on anyway.
+    /// A pre-flight check failed and [`Migration::force`](super::Migration::force) went on anyway.
     Warning(String),
 }
 

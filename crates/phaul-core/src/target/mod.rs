@@ -11,8 +11,11 @@
 //! - this file: [`Service`], which accepts links and routes each to its
 //!   session;
 //! - `session.rs`: one migration, a typed state machine that follows the
-//!   plan the source sent.
+//!   plan the source sent;
+//! - `orders.rs`: a controller's orders (`MANAGE` channel): this service
+//!   as the source of a migration to another.
 
+mod orders;
 mod session;
 
 use session::Session;
@@ -47,9 +50,10 @@ struct Inbox {
 
 type Sessions = Arc<Mutex<HashMap<SessionId, Inbox>>>;
 
-/// A migration target.
+/// A migration target. `T` is how it reaches CRIU: the real one unless a
+/// test puts a stand-in there, so an embedder names just `Service`.
 #[derive(Debug)]
-pub struct Service<T: TargetCriu> {
+pub struct Service<T: TargetCriu = crate::criu::Criu> {
     criu: Arc<T>,
     cfg: LinkConfig,
     work_dir: PathBuf,
@@ -58,6 +62,8 @@ pub struct Service<T: TargetCriu> {
     paths: phaul_htypes::registry::Paths,
     fs_limits: phaul_fs::FsLimits,
     events: Option<mpsc::UnboundedSender<ServiceEvent>>,
+    /// Starts what controllers order; `None`: orders are refused.
+    launcher: Option<orders::Launcher>,
 }
 
 /// What happens on a target, for an embedder that runs the service
@@ -99,6 +105,17 @@ pub enum ServiceEvent {
     },
 }
 
+impl Service {
+    /// A service restoring with `criu` from `PATH`
+    /// ([`Criu::default`](crate::criu::Criu)), accepting links configured
+    /// by `link`, keeping each migration's images under `work_dir`.
+    /// It takes controllers' orders too ([`Service::controllable`]).
+    pub fn with_link(link: LinkConfig, work_dir: impl AsRef<Path>) -> Self {
+        Self::new(crate::criu::Criu::default(), link, work_dir)
+            .controllable(crate::criu::Criu::default())
+    }
+}
+
 impl<T: TargetCriu> Service<T> {
     /// A service restoring with `criu`, accepting links configured by `cfg`
     /// (its key, TLS identity), keeping each migration's images under
@@ -119,7 +136,21 @@ impl<T: TargetCriu> Service<T> {
             paths: phaul_htypes::registry::Paths::default(),
             events: None,
             fs_limits: phaul_fs::FsLimits::default(),
+            launcher: None,
         }
+    }
+
+    /// Takes controllers' orders: a peer that proves the key may ask this
+    /// service, on a `MANAGE` link, to migrate something of this host to
+    /// another service (dumping with `criu`), follow it and cancel it. The
+    /// order is checked as `phaul migrate` checks its arguments. Its images
+    /// go under `work_dir/controlled`. Without this, orders are refused.
+    /// The service is then a source too, so it must run where a source
+    /// must: in the mount and network namespaces of the trees it may be
+    /// ordered to move (see the `phaul` crate's docs).
+    pub fn controllable<C: crate::criu::SourceCriu + Clone>(mut self, criu: C) -> Self {
+        self.launcher = Some(orders::Launcher::new(criu));
+        self
     }
 
     /// Receive [`ServiceEvent`]s: each session's beginning, restore,
@@ -225,6 +256,7 @@ impl<T: TargetCriu> Service<T> {
     ) {
         let sid = link.session();
         match link.channel() {
+            Channel::Manage => self.serve_order(link, stopping).await,
             Channel::Control => {
                 let (itx, irx) = mpsc::channel(4);
                 let (ptx, prx) = mpsc::channel(4);

@@ -202,6 +202,9 @@ impl<T: TargetCriu> Session<T> {
                 self.rollback().await;
                 Ok(response::Body::Aborted(proto::Aborted {}))
             }
+            request::Body::Migrate(_) | request::Body::CancelMigration(_) => Err(bad(
+                "a controller's request belongs on a MANAGE channel, not a migration's",
+            )),
         }
     }
 
