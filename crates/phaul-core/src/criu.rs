@@ -16,6 +16,7 @@
 use std::future::Future;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use criu_rpc::image::{read_dump_stats, read_restore_stats};
@@ -26,6 +27,7 @@ use tokio::sync::oneshot;
 use tracing::{debug, warn};
 
 use crate::error::{Error, Result};
+use crate::freezer::Prefrozen;
 use crate::mode::HostCaps;
 
 /// One dump (or pre-dump) to make.
@@ -287,6 +289,9 @@ pub trait TargetCriu: Send + Sync + 'static {
 pub struct Criu {
     rpc: criu_rpc::Criu,
     log_level: i32,
+    /// Whether this CRIU locks networks with nftables: asked once, shared
+    /// by clones.
+    nftables: Arc<OnceLock<bool>>,
 }
 
 /// `criu` on `PATH` at log level 2, its own output kept off the caller's
@@ -303,7 +308,11 @@ impl Criu {
     /// errors and warnings). Debug logs (4) cost measurable time in large
     /// dumps and restores; ask for them with [`Criu::log_level`].
     pub fn new(rpc: criu_rpc::Criu) -> Self {
-        Self { rpc, log_level: 2 }
+        Self {
+            rpc,
+            log_level: 2,
+            nftables: Arc::default(),
+        }
     }
 
     /// CRIU's log level, 0 (none) to 4 (debug).
@@ -357,6 +366,8 @@ fn caps(f: criu_rpc::Features) -> HostCaps {
     HostCaps {
         mem_track: f.mem_track,
         lazy_pages: f.lazy_pages,
+        // Asked of the binary by `Criu::host_caps`.
+        nftables_lock: false,
     }
 }
 
@@ -457,7 +468,33 @@ impl Criu {
     /// What CRIU's feature check says this host can do.
     async fn host_caps(&self, side: fn(criu_rpc::Error) -> Error) -> Result<HostCaps> {
         let mut s = self.rpc.connect().await.map_err(side)?;
-        s.feature_check().await.map(caps).map_err(side)
+        let mut caps = s.feature_check().await.map(caps).map_err(side)?;
+        caps.nftables_lock = self.nftables_lock().await;
+        Ok(caps)
+    }
+
+    /// Whether this CRIU can lock a network with nftables. RPC's feature
+    /// check does not say, so its binary is asked (`criu check --feature
+    /// network_lock_nftables`), once: a CRIU reached through a service
+    /// socket has no binary here and keeps iptables.
+    async fn nftables_lock(&self) -> bool {
+        if let Some(&known) = self.nftables.get() {
+            return known;
+        }
+        let Some(bin) = self.rpc.binary().map(Path::to_path_buf) else {
+            return false;
+        };
+        let asked = tokio::process::Command::new(&bin)
+            .args(["check", "--feature", "network_lock_nftables"])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .status()
+            .await
+            .is_ok_and(|s| s.success());
+        debug!(criu = %bin.display(), nftables = asked, "network lock method probed");
+        *self.nftables.get_or_init(|| asked)
     }
 }
 
@@ -560,11 +597,19 @@ impl SourceCriu for Criu {
             .dump_opts(&spec, "dump.log")
             .page_server_fd(FIRST_PASSED_FD)
             .notify_scripts(true);
-        let mut ex = s.dump(opts).await.map_err(src)?;
+        let frozen = Prefrozen::freeze(spec.options.freeze_cgroup.as_deref().map(Path::new)).await;
+        let mut ex = match s.dump(opts).await {
+            Ok(ex) => ex,
+            Err(e) => {
+                frozen.thaw();
+                return Err(src(e));
+            }
+        };
         let (frozen_tx, frozen_rx) = oneshot::channel::<Result<()>>();
         let (decide_tx, decide_rx) = oneshot::channel::<bool>();
         let (done_tx, done_rx) = oneshot::channel();
         let work = spec.work_dir.clone();
+        let images = spec.images_dir.clone();
         tokio::spawn(async move {
             let mut frozen_tx = Some(frozen_tx);
             let mut decide_rx = Some(decide_rx);
@@ -572,6 +617,8 @@ impl SourceCriu for Criu {
             let outcome = loop {
                 match ex.next().await {
                     Ok(Event::Notify(n)) if *n.script() == Script::PostDump => {
+                        // The images are complete; none has been sent.
+                        frozen.fix_images(&images);
                         if let Some(tx) = frozen_tx.take() {
                             let _ = tx.send(Ok(()));
                         }
@@ -593,6 +640,9 @@ impl SourceCriu for Criu {
                     Err(e) => break Err(src(e)),
                 }
             };
+            if !committed {
+                frozen.thaw();
+            }
             match (outcome, frozen_tx.take()) {
                 (Err(e), ready) => route_failure(e, ready, done_tx),
                 (Ok(()), _) => {
@@ -613,7 +663,14 @@ impl SourceCriu for Criu {
             .lazy_pages(true)
             .page_server_port(port)
             .notify_scripts(true);
-        let mut ex = s.dump(opts).await.map_err(src)?;
+        let frozen = Prefrozen::freeze(spec.options.freeze_cgroup.as_deref().map(Path::new)).await;
+        let mut ex = match s.dump(opts).await {
+            Ok(ex) => ex,
+            Err(e) => {
+                frozen.thaw();
+                return Err(src(e));
+            }
+        };
         let (ready_tx, ready_rx) = oneshot::channel::<Result<()>>();
         let (done_tx, done_rx) = oneshot::channel();
         let work = spec.work_dir.clone();
@@ -624,6 +681,10 @@ impl SourceCriu for Criu {
                 match ex.next().await {
                     Ok(Event::Notify(n)) => {
                         let ready = *n.script() == Script::StatusReady;
+                        if *n.script() == Script::PostDump {
+                            // The images are complete; none has been sent.
+                            frozen.fix_images(&images);
+                        }
                         // post-dump is answered at once: the page server only
                         // starts after it. Rolling back from here on goes
                         // through the page-server connection (see the engine).
@@ -640,6 +701,9 @@ impl SourceCriu for Criu {
                     Err(e) => break Err(src(e)),
                 }
             };
+            if outcome.is_err() {
+                frozen.thaw();
+            }
             route_end(
                 outcome,
                 ready_tx.take(),
@@ -844,6 +908,9 @@ pub fn opts_from(options: &CriuOptions) -> Opts {
         .ext_masters(options.ext_masters);
     if let Some(mode) = options.manage_cgroups.as_deref().and_then(cgroup_mode) {
         o = o.manage_cgroups_mode(mode);
+    }
+    if options.network_lock_nftables {
+        o = o.network_lock(criu_rpc::opts::NetworkLock::Nftables);
     }
     for (ctrl, path) in &options.cgroup_roots {
         o = o.cgroup_root(ctrl.clone(), path.clone());

@@ -38,6 +38,8 @@
 //! - [`hostinfo`]: the processes and containers of this host.
 //! - [`logs`]: CRIU's logs kept after a failure, images dropped.
 //! - [`netlock`]: CRIU's network lock released after a rolled-back lazy dump.
+//! - `freezer`: a container's freezer cgroup frozen before CRIU's dump
+//!   (CRIU checks it every 100 ms).
 //! - [`sockets`]: pre-flight for trees with TCP and UDP sockets.
 //! - [`fs`]: which `phaul-fs` driver carries an htype's file system.
 //! - [`error`]: the crate's [`Error`] type.
@@ -45,6 +47,7 @@
 pub mod control;
 pub mod criu;
 pub mod error;
+mod freezer;
 pub mod fs;
 pub mod hostinfo;
 pub mod logs;

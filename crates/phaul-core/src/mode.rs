@@ -95,6 +95,11 @@ pub struct HostCaps {
     pub mem_track: bool,
     /// Lazy pages (userfaultfd, CRIU's `lazy_pages`): needed for post-copy.
     pub lazy_pages: bool,
+    /// CRIU can lock a tree's network with nftables, in process
+    /// (`criu check --feature network_lock_nftables`): cheaper than
+    /// iptables, and used when both hosts can.
+    #[serde(default)]
+    pub nftables_lock: bool,
 }
 
 impl From<criu_rpc::Features> for HostCaps {
@@ -102,6 +107,8 @@ impl From<criu_rpc::Features> for HostCaps {
         Self {
             mem_track: f.mem_track,
             lazy_pages: f.lazy_pages,
+            // Not in CRIU's FEATURE_CHECK: the real CRIU asks its binary.
+            nftables_lock: false,
         }
     }
 }
@@ -442,18 +449,22 @@ mod tests {
     const NONE: HostCaps = HostCaps {
         mem_track: false,
         lazy_pages: false,
+        nftables_lock: false,
     };
     const TRACK: HostCaps = HostCaps {
         mem_track: true,
         lazy_pages: false,
+        nftables_lock: false,
     };
     const LAZY: HostCaps = HostCaps {
         mem_track: false,
         lazy_pages: true,
+        nftables_lock: false,
     };
     const BOTH: HostCaps = HostCaps {
         mem_track: true,
         lazy_pages: true,
+        nftables_lock: false,
     };
 
     fn pick(requested: Mode, source: HostCaps, target: HostCaps, fallback: bool) -> ModeChoice {
@@ -682,6 +693,7 @@ mod tests {
         let lazy_only = HostCaps {
             mem_track: false,
             lazy_pages: true,
+            nftables_lock: false,
         };
         let c = plan(Mode::Auto, false, lazy_only, lazy_only, LXC).unwrap();
         assert_eq!(c.mode, Mode::StopCopy);
@@ -704,6 +716,7 @@ mod tests {
         let both = HostCaps {
             mem_track: true,
             lazy_pages: true,
+            nftables_lock: false,
         };
         assert_eq!(
             plan(Mode::Auto, false, both, both, LXC).unwrap().mode,
@@ -737,6 +750,7 @@ mod tests {
         let track_only = HostCaps {
             mem_track: true,
             lazy_pages: false,
+            nftables_lock: false,
         };
         let no_pre_dump = KindCaps {
             name: "runc",
@@ -759,6 +773,7 @@ mod tests {
         let both = HostCaps {
             mem_track: true,
             lazy_pages: true,
+            nftables_lock: false,
         };
         let no_pre_dump = KindCaps {
             name: "vz",

@@ -129,6 +129,41 @@ pub fn release(pid: i32) {
             }
         }
     }
+    release_nft(pid, &ns);
+}
+
+/// The nftables form of the lock (`--network-lock nftables`): a table
+/// `inet CRIU-<run id>` in the tree's namespace, removed whole.
+fn release_nft(pid: i32, ns: &str) {
+    let Ok(tables) = Command::new("nsenter")
+        .arg(format!("--net={ns}"))
+        .args(["nft", "list", "tables"])
+        .output()
+    else {
+        return;
+    };
+    for line in String::from_utf8_lossy(&tables.stdout).lines() {
+        let Some(name) = line
+            .strip_prefix("table inet ")
+            .filter(|n| n.starts_with("CRIU-") && !n.contains(char::is_whitespace))
+        else {
+            continue;
+        };
+        let gone = Command::new("nsenter")
+            .arg(format!("--net={ns}"))
+            .args(["nft", "delete", "table", "inet", name])
+            .status()
+            .is_ok_and(|s| s.success());
+        if gone {
+            info!(pid, table = name, "released CRIU's nftables network lock");
+        } else {
+            warn!(
+                pid,
+                table = name,
+                "could not release CRIU's nftables network lock"
+            );
+        }
+    }
 }
 
 fn run_with_input(ns: &str, tool: &str, input: &str) -> std::io::Result<()> {

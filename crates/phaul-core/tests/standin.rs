@@ -19,6 +19,7 @@ fn cfg() -> LinkConfig {
 const ALL: HostCaps = HostCaps {
     mem_track: true,
     lazy_pages: true,
+    nftables_lock: false,
 };
 
 /// A process to name: the stand-in never touches it, but the pid htype
@@ -294,6 +295,7 @@ async fn pre_copy_without_soft_dirty_is_refused_or_falls_back() {
     let here = HostCaps {
         mem_track: false,
         lazy_pages: true,
+        nftables_lock: false,
     };
     let (r, _) = migrate(
         StandIn::new(here),
@@ -323,6 +325,7 @@ async fn auto_picks_post_copy_with_lazy_pages_and_stop_copy_without() {
     let here = HostCaps {
         mem_track: false,
         lazy_pages: true,
+        nftables_lock: false,
     };
     let (r, _) = migrate(
         StandIn::new(here),

@@ -179,6 +179,11 @@ pub struct CriuOptions {
     pub irmap_scan_paths: Vec<String>,
     /// Restore mounts the pre-4.0 way (`--mntns-compat-mode`).
     pub mntns_compat_mode: bool,
+    /// Lock the tree's network with nftables, inside CRIU
+    /// (`--network-lock nftables`), not with iptables, which CRIU runs as a
+    /// program per rule set. Not a kind's choice: the engine sets it when
+    /// both hosts' CRIU can (a restore locks the way the dump did).
+    pub network_lock_nftables: bool,
 }
 
 /// Who makes a kind's final dump.

@@ -458,6 +458,7 @@ async fn every_message_round_trips_through_a_link() {
             mem_track: false,
             lazy_pages: true,
             cpuinfo: vec![9; 100],
+            nftables_lock: true,
         }),
         request::Body::Begin(proto::Begin {
             htype: "pid".into(),
@@ -505,6 +506,7 @@ async fn every_message_round_trips_through_a_link() {
             lazy_pages: true,
             cpu_compatible: false,
             cpu_error: "no".into(),
+            nftables_lock: true,
         }),
         response::Body::Begun(proto::Begun {
             work_dir: "/x".into(),

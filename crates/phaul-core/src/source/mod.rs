@@ -484,7 +484,7 @@ impl<C: SourceCriu> Migration<C> {
             let mut ctl = ControlClient::new(link);
             let plan = self.preflight(&mut stats, &mut ctl, pid, &dir).await;
             ctl.close().await;
-            plan
+            plan.map(|(choice, _)| choice)
         }
         .await;
         let _ = std::fs::remove_dir_all(&dir);
@@ -565,14 +565,15 @@ impl<C: SourceCriu> Migration<C> {
     }
 
     /// Pre-flight: both hosts' CRIU versions, features and CPUs, checked
-    /// before anything is frozen; then the plan (the mode and why).
+    /// before anything is frozen; then the plan (the mode and why), and
+    /// whether the dumps lock the network with nftables (both hosts can).
     async fn preflight(
         &self,
         stats: &mut Ongoing,
         ctl: &mut ControlClient,
         pid: i32,
         dir: &Path,
-    ) -> Result<ModeChoice> {
+    ) -> Result<(ModeChoice, bool)> {
         let version = self.criu.version().await?;
         self.check_inet_sockets(&version, pid, dir).await?;
         let caps = self.criu.features().await?;
@@ -591,6 +592,7 @@ impl<C: SourceCriu> Migration<C> {
                     mem_track: caps.mem_track,
                     lazy_pages: caps.lazy_pages,
                     cpuinfo,
+                    nftables_lock: caps.nftables_lock,
                 }),
             )
             .await?
@@ -630,13 +632,19 @@ impl<C: SourceCriu> Migration<C> {
         let target_caps = HostCaps {
             mem_track: reply.mem_track,
             lazy_pages: reply.lazy_pages,
+            nftables_lock: reply.nftables_lock,
         };
         let kind = mode::KindCaps::of(self.htype.as_ref());
         let choice = mode::plan(self.mode, self.fallback, caps, target_caps, kind)?;
         info!(mode = %choice.mode, reason = %choice.reason, "mode chosen");
         stats.set_mode(choice.clone());
         self.emit(Progress::Mode(choice.clone()));
-        Ok(choice)
+        let nftables = caps.nftables_lock && target_caps.nftables_lock;
+        info!(
+            nftables,
+            "network lock chosen (nftables when both hosts' CRIU can, else iptables)"
+        );
+        Ok((choice, nftables))
     }
 
     async fn drive(&self, stats: &mut Ongoing, dir: &Path) -> Result<()> {
@@ -665,7 +673,7 @@ impl<C: SourceCriu> Migration<C> {
         let link = self.connect(Channel::Control, None).await?;
         let sid = link.session();
         let mut ctl = ControlClient::new(link);
-        let choice = self.preflight(stats, &mut ctl, pid, dir).await?;
+        let (choice, nftables_lock) = self.preflight(stats, &mut ctl, pid, dir).await?;
         let fs_root = self.htype.fs_root();
         let files = match fs_root {
             Some(_) => crate::fs::files(&self.fs),
@@ -697,6 +705,7 @@ impl<C: SourceCriu> Migration<C> {
             pid,
             dir: dir.to_path_buf(),
             force_irmap: !fs.as_ref().is_none_or(FsDriver::inodes_survive),
+            nftables_lock,
             fs,
         };
         // The first pass, while the tree runs: the bulk of the files.
@@ -805,6 +814,7 @@ impl<C: SourceCriu> Migration<C> {
             options: {
                 let mut o = self.htype.dump_options();
                 o.force_irmap |= run.force_irmap;
+                o.network_lock_nftables = run.nftables_lock;
                 o
             },
             iteration: i,
@@ -1085,6 +1095,8 @@ struct Run<'a> {
     /// The file system is copied, so inodes change: CRIU must resolve
     /// inotify watches by path.
     force_irmap: bool,
+    /// Both hosts' CRIU lock networks with nftables: the dumps do.
+    nftables_lock: bool,
     /// `None` when the kind has no file system of its own.
     fs: Option<SourceFs>,
 }

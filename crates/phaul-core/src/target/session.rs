@@ -296,6 +296,7 @@ impl<T: TargetCriu> Session<T> {
             lazy_pages: caps.lazy_pages,
             cpu_compatible,
             cpu_error,
+            nftables_lock: caps.nftables_lock,
         }))
     }
 
