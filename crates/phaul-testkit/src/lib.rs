@@ -564,10 +564,11 @@ pub struct LxcNet {
 /// descriptors lxc-attach hands over are closed first (CRIU cannot dump
 /// the host's), then Debian's redis-server (the host's `/usr/bin` is bound
 /// in at `/opt/host-bin`) serves
-/// on port 6379, as root (see the README on this machine's root).
+/// on port 6379, as root (see the README on this machine's root), with
+/// `DEBUG` allowed so a bench can fill it (`DEBUG POPULATE`).
 const REDIS_IN_CONTAINER: &str = "#!/bin/sh\n\
 for f in /proc/$$/fd/*; do n=${f##*/}; [ \"$n\" -gt 2 ] 2>/dev/null && eval \"exec $n>&-\"; done\n\
-exec /opt/host-bin/redis-server --port 6379 --protected-mode no --save '' --appendonly no\n";
+exec /opt/host-bin/redis-server --port 6379 --protected-mode no --save '' --appendonly no --enable-debug-command yes\n";
 
 impl LxcContainer {
     /// Creates container `name` in `lxcpath` and starts it, with its
