@@ -33,7 +33,6 @@ fn balance(
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    eprintln!("balance {args:?}:\n{stdout}{stderr}");
     (out.status.code().unwrap_or(-1), stdout, stderr)
 }
 
@@ -93,8 +92,8 @@ fn the_controller_moves_the_larger_tree_to_the_emptier_host() {
 
     let mut args = candidates(&[small.pid, big.pid]);
     args.push("--dry-run".into());
-    let (code, out, _) = balance(&hosts, &key, &args, &a, &b);
-    assert_eq!(code, 0, "{out}");
+    let (code, out, err) = balance(&hosts, &key, &args, &a, &b);
+    assert_eq!(code, 0, "{out}\n{err}");
     assert!(out.contains(&format!("{a}: 2 candidate trees")), "{out}");
     assert!(out.contains(&format!("{b}: 0 candidate trees")), "{out}");
     let order = format!("moving PID {} (2 processes) from {a} to {b}", big.pid);
@@ -105,8 +104,8 @@ fn the_controller_moves_the_larger_tree_to_the_emptier_host() {
     );
 
     let before = big.counter().unwrap();
-    let (code, out, _) = balance(&hosts, &key, &candidates(&[small.pid, big.pid]), &a, &b);
-    assert_eq!(code, 0, "{out}");
+    let (code, out, err) = balance(&hosts, &key, &candidates(&[small.pid, big.pid]), &a, &b);
+    assert_eq!(code, 0, "{out}\n{err}");
     assert!(out.contains(&order), "{out}");
     // The last line is the migration's report.
     let report: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
