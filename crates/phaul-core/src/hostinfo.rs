@@ -143,18 +143,17 @@ pub fn tree_size(list: &ProcessList, root: i32) -> usize {
     if !list.processes.iter().any(|p| p.pid == root) {
         return 0;
     }
-    let mut seen = vec![root];
-    let mut next = 0;
-    // Breadth first over parent links; PIDs are unique, so no cycles.
-    while next < seen.len() {
-        let parent = seen[next];
-        next += 1;
-        seen.extend(
-            list.processes
-                .iter()
-                .filter(|p| p.ppid == parent && p.pid != parent)
-                .map(|p| p.pid),
-        );
+    let mut seen = std::collections::HashSet::from([root]);
+    let mut queue = vec![root];
+    // Depth first over parent links. The listing is read from /proc one
+    // process at a time, so a PID reused meanwhile could make a loop of
+    // parents: a process is counted once.
+    while let Some(parent) = queue.pop() {
+        for p in list.processes.iter().filter(|p| p.ppid == parent) {
+            if seen.insert(p.pid) {
+                queue.push(p.pid);
+            }
+        }
     }
     seen.len()
 }
@@ -250,5 +249,11 @@ mod tests {
         assert_eq!(tree_size(&list, 11), 2);
         assert_eq!(tree_size(&list, 20), 1);
         assert_eq!(tree_size(&list, 99), 0);
+        // A loop of parents (a PID reused while /proc was read) ends.
+        let looped = ProcessList {
+            processes: vec![process(30, 31), process(31, 30)],
+            containers: vec![],
+        };
+        assert_eq!(tree_size(&looped, 30), 2);
     }
 }
