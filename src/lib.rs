@@ -137,7 +137,8 @@
 //! like a local one. The source's service checks the order as strictly as
 //! `phaul migrate` checks its arguments and refuses it otherwise (the error
 //! says why; nothing started). Dropping the run, or losing the link, cancels
-//! the migration there.
+//! the migration there. [`list_processes`] asks a service what its host
+//! runs, to choose what to order (`examples/balance.rs` does both).
 //!
 //! ```no_run
 //! use phaul::{LinkConfig, Order, Outcome, SharedKey};
@@ -250,13 +251,36 @@ pub use phaul_transport as transport;
 pub use tokio;
 
 pub use phaul_core::criu::Criu;
+pub use phaul_core::hostinfo::tree_size;
 pub use phaul_core::{
     CancelHandle, Error, Event, Failure, Migration, MigrationRun, Mode, ModeChoice, Order, Outcome,
     Phase, Progress, RemoteRun, Report, Service, ServiceEvent, Timeouts,
 };
 pub use phaul_htypes::Htype;
 pub use phaul_htypes::pid::Pid;
+pub use phaul_transport::proto::{ContainerInfo, ProcessInfo, ProcessList};
 pub use phaul_transport::{Identity, LinkConfig, Listener, SharedKey};
+
+/// What runs on the host of the phaul-service at `service` (`HOST:PORT` or
+/// `unix:PATH`): its processes (kernel threads left out) and its LXC
+/// containers, asked over the link. A controller uses it to see hosts it
+/// does not run on before it sends an [`Order`]; [`tree_size`] measures a
+/// tree in the answer. It gives up after 10 s ([`Error::Timeout`]).
+///
+/// ```no_run
+/// use phaul::{LinkConfig, SharedKey};
+///
+/// # async fn f() -> Result<(), Box<dyn std::error::Error>> {
+/// let link = LinkConfig::new(SharedKey::from_file("/etc/phaul/key")?);
+/// let host = phaul::list_processes("10.0.0.1:7070", &link).await?;
+/// for p in host.processes.iter().filter(|p| p.name == "redis-server") {
+///     println!("{} ({} processes)", p.pid, phaul::tree_size(&host, p.pid));
+/// }
+/// # Ok(()) }
+/// ```
+pub async fn list_processes(service: &str, link: &LinkConfig) -> Result<ProcessList, Error> {
+    phaul_core::hostinfo::remote(service, link).await
+}
 
 /// The thing to migrate named by its kind and id as the CLI takes them
 /// (`pid 4242`, `lxc web1`, `runc web1`, `vz 101`), checked on this host

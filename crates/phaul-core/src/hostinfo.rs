@@ -6,11 +6,25 @@
 //! which share one `/proc`, it is what keeps them apart. Containers have
 //! network namespaces of their own, so they are listed separately, from
 //! LXC, with their init's PID.
+//!
+//! [`remote`] asks another host's phaul-service for its [`list`], so a
+//! controller can see hosts it does not run on.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
+use std::time::Duration;
 
-use phaul_transport::proto::{ContainerInfo, ProcessInfo, ProcessList};
+use phaul_transport::proto::{
+    ContainerInfo, ListProcesses, ProcessInfo, ProcessList, request, response,
+};
+use phaul_transport::{Channel, ControlClient, Endpoint, Link, LinkConfig};
+
+use crate::error::{Error, Result};
+
+/// How long connecting to a service and its answer may take together: a
+/// listing is one small request, so a service that takes longer is stuck
+/// or unreachable, and a controller polling several hosts must not hang.
+const REMOTE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The longest command line reported, in bytes.
 const CMDLINE_MAX: usize = 200;
@@ -97,6 +111,53 @@ pub fn list(lxcpath: &Path) -> ProcessList {
     }
 }
 
+/// What the phaul-service at `service` (`HOST:PORT` or `unix:PATH`) says
+/// runs on its host: its [`list`], asked over the authenticated link
+/// configured by `link` (a control channel, as phaul-web uses for the
+/// target's tree). The answer is a snapshot: processes come and go.
+pub async fn remote(service: &str, link: &LinkConfig) -> Result<ProcessList> {
+    let endpoint = Endpoint::parse(service)?;
+    let ask = async {
+        let link = Link::connect(endpoint, link, Channel::Control, None).await?;
+        let answer = ControlClient::new(link)
+            .call(request::Body::ListProcesses(ListProcesses {}))
+            .await?;
+        match answer {
+            response::Body::ProcessList(l) => Ok(l),
+            // Not printed whole: another answer may be large and says
+            // nothing useful here beyond being the wrong one.
+            _ => Err(Error::Protocol(format!(
+                "{service} answered a process listing with something else"
+            ))),
+        }
+    };
+    tokio::time::timeout(REMOTE_TIMEOUT, ask)
+        .await
+        .map_err(|_| Error::Timeout(format!("asking {service} for its processes")))?
+}
+
+/// How many processes of `list` are in the tree rooted at `root`, the root
+/// included (0 when `root` is not listed): a measure of a tree's size a
+/// controller can take from a remote listing, which carries no memory.
+pub fn tree_size(list: &ProcessList, root: i32) -> usize {
+    if !list.processes.iter().any(|p| p.pid == root) {
+        return 0;
+    }
+    let mut seen = std::collections::HashSet::from([root]);
+    let mut queue = vec![root];
+    // Depth first over parent links. The listing is read from /proc one
+    // process at a time, so a PID reused meanwhile could make a loop of
+    // parents: a process is counted once.
+    while let Some(parent) = queue.pop() {
+        for p in list.processes.iter().filter(|p| p.ppid == parent) {
+            if seen.insert(p.pid) {
+                queue.push(p.pid);
+            }
+        }
+    }
+    seen.len()
+}
+
 /// LXC's containers in `lxcpath`, with their state and init PID.
 fn containers(lxcpath: &Path) -> Vec<ContainerInfo> {
     let Ok(entries) = std::fs::read_dir(lxcpath) else {
@@ -160,5 +221,39 @@ mod tests {
         assert!(!l.processes.iter().any(|p| p.pid == 2));
         child.kill().unwrap();
         child.wait().unwrap();
+    }
+
+    fn process(pid: i32, ppid: i32) -> ProcessInfo {
+        ProcessInfo {
+            pid,
+            ppid,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_tree_counts_its_root_and_all_its_descendants() {
+        let list = ProcessList {
+            // 10 -> 11 -> 13, 10 -> 12; 20 alone; 1 -> 10 and 1 -> 20.
+            processes: vec![
+                process(1, 0),
+                process(10, 1),
+                process(11, 10),
+                process(12, 10),
+                process(13, 11),
+                process(20, 1),
+            ],
+            containers: vec![],
+        };
+        assert_eq!(tree_size(&list, 10), 4);
+        assert_eq!(tree_size(&list, 11), 2);
+        assert_eq!(tree_size(&list, 20), 1);
+        assert_eq!(tree_size(&list, 99), 0);
+        // A loop of parents (a PID reused while /proc was read) ends.
+        let looped = ProcessList {
+            processes: vec![process(30, 31), process(31, 30)],
+            containers: vec![],
+        };
+        assert_eq!(tree_size(&looped, 30), 2);
     }
 }

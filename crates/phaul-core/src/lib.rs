@@ -35,7 +35,8 @@
 //! - [`policy`]: convergence policies.
 //! - [`stats`]: statistics as a state machine, finalized into a [`Report`].
 //! - [`pagestream`]: relaying CRIU's page-server traffic.
-//! - [`hostinfo`]: the processes and containers of this host.
+//! - [`hostinfo`]: the processes and containers of this host, and of
+//!   another asked through its service.
 //! - [`logs`]: CRIU's logs kept after a failure, images dropped.
 //! - [`netlock`]: CRIU's network lock released after a rolled-back lazy dump.
 //! - `freezer`: a container's freezer cgroup frozen before CRIU's dump
