@@ -58,7 +58,6 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::mpsc as std_mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
@@ -67,7 +66,10 @@ use phaul_core::{Migration, Mode, Phase, Progress, Report, Service};
 use phaul_htypes::registry::{Paths, source_in};
 use phaul_testkit::lan::{LanClient, redis_cli, redis_ready_with};
 use phaul_testkit::{Hosts, LxcContainer, LxcNet, in_netns};
-use phaul_transport::{LinkConfig, Listener, SharedKey};
+use phaul_transport::{LinkConfig, SharedKey};
+
+mod common;
+use common::ServiceThread;
 
 /// The link's shared key (both hosts are ours).
 const KEY: &[u8] = b"phaul containers bench shared key";
@@ -411,42 +413,13 @@ fn phaul(bin: &Path, scene: &Scene, mode: Mode, keep: bool) -> Result<(f64, f64)
         .prefix("phaul-bench-ct-")
         .tempdir()?;
     let (tgt_dir, src_dir) = (work.path().join("target"), work.path().join("source"));
-    let (addr_tx, addr_rx) = std_mpsc::channel::<Result<String>>();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let (ip, b, paths) = (
-        scene.hosts.tgt_ip.clone(),
-        bin.to_path_buf(),
-        lxc_paths(&scene.tgt),
-    );
-    let service = in_netns(&scene.hosts.tgt, move || async move {
-        let bound = async {
-            let l = Listener::bind(&format!("{ip}:0")).await?;
-            let a = l.local_addr()?;
-            Ok::<_, anyhow::Error>((l, a))
-        }
-        .await;
-        let listener = match bound {
-            Ok((l, a)) => {
-                let _ = addr_tx.send(Ok(a));
-                l
-            }
-            Err(e) => {
-                let _ = addr_tx.send(Err(e));
-                return Ok(());
-            }
-        };
-        Service::new(engine_criu(&b), link_config()?, tgt_dir)
+    let (b, paths) = (bin.to_path_buf(), lxc_paths(&scene.tgt));
+    let service = ServiceThread::start(&scene.hosts.tgt, &scene.hosts.tgt_ip, move || {
+        Ok(Service::new(engine_criu(&b), link_config()?, tgt_dir)
             .htype_paths(paths)
-            .keep_images(keep)
-            .serve(listener, async {
-                let _ = stop_rx.await;
-            })
-            .await?;
-        Ok::<_, anyhow::Error>(())
-    });
-    let addr = addr_rx
-        .recv_timeout(Duration::from_secs(10))
-        .context("the target service did not start")??;
+            .keep_images(keep))
+    })?;
+    let addr = service.addr.clone();
     let (b, name, paths) = (bin.to_path_buf(), scene.name.clone(), lxc_paths(&scene.src));
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Progress>();
     // Events are timestamped as they come, on a thread of their own.
@@ -470,8 +443,7 @@ fn phaul(bin: &Path, scene: &Scene, mode: Mode, keep: bool) -> Result<(f64, f64)
     })
     .join()
     .map_err(|_| anyhow!("the source thread panicked"))?;
-    let _ = stop_tx.send(());
-    let _ = service.join();
+    let _ = service.stop();
     let events = recorder
         .join()
         .map_err(|_| anyhow!("the progress recorder panicked"))?;

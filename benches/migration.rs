@@ -114,14 +114,17 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, mpsc as std_mpsc};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use phaul_core::criu::Criu;
 use phaul_core::{Migration, Mode, Phase, Progress, Report, Service};
 use phaul_testkit::{Hosts, Workload, alive, in_netns, kill_tree, wait_until};
-use phaul_transport::{LinkConfig, Listener, SharedKey};
+use phaul_transport::{LinkConfig, SharedKey};
+
+mod common;
+use common::ServiceThread;
 
 /// The link's shared key (both hosts are ours).
 const KEY: &[u8] = b"phaul migration bench shared key";
@@ -796,71 +799,36 @@ fn engine_criu(bin: &Path) -> Criu {
 
 /// A target service on its own thread inside the target host.
 struct Target {
-    addr: String,
+    service: Option<ServiceThread>,
     _work: Scratch,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<Result<()>>>,
 }
 
 impl Target {
     fn start(hosts: &Hosts, bin: &Path, made: &mut Made) -> Result<Self> {
         let work = Scratch::new("phaul-bench-target-", made)?;
         let keep = made.keep;
-        let (dir, ip, bin) = (
-            work.path().to_path_buf(),
-            hosts.tgt_ip.clone(),
-            bin.to_path_buf(),
-        );
-        let (addr_tx, addr_rx) = std_mpsc::channel::<Result<String>>();
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let thread = in_netns(&hosts.tgt, move || async move {
-            let bound = async {
-                let l = Listener::bind(&format!("{ip}:0")).await?;
-                let a = l.local_addr()?;
-                Ok::<_, anyhow::Error>((l, a))
-            }
-            .await;
-            let listener = match bound {
-                Ok((l, a)) => {
-                    let _ = addr_tx.send(Ok(a));
-                    l
-                }
-                Err(e) => {
-                    let _ = addr_tx.send(Err(e));
-                    return Ok(());
-                }
-            };
-            Service::new(engine_criu(&bin), link_config()?, dir)
-                .keep_images(keep)
-                .serve(listener, async {
-                    let _ = stop_rx.await;
-                })
-                .await?;
-            Ok(())
-        });
-        let addr = addr_rx
-            .recv_timeout(Duration::from_secs(10))
-            .context("the target service did not start")??;
+        let (dir, bin) = (work.path().to_path_buf(), bin.to_path_buf());
+        let service = ServiceThread::start(&hosts.tgt, &hosts.tgt_ip, move || {
+            Ok(Service::new(engine_criu(&bin), link_config()?, dir).keep_images(keep))
+        })?;
         Ok(Self {
-            addr,
+            service: Some(service),
             _work: work,
-            stop: Some(stop_tx),
-            thread: Some(thread),
         })
+    }
+
+    fn addr(&self) -> String {
+        self.service
+            .as_ref()
+            .map(|s| s.addr.clone())
+            .unwrap_or_default()
     }
 }
 
 impl Drop for Target {
     fn drop(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            match t.join() {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => println!("  (the target service ended with an error: {e:#})"),
-                Err(_) => println!("  (the target service thread panicked)"),
-            }
+        if let Some(Err(e)) = self.service.take().map(ServiceThread::stop) {
+            println!("  ({e:#})");
         }
     }
 }
@@ -879,11 +847,7 @@ fn phaul(hosts: &Hosts, bin: &Path, pid: i32, mode: Mode, made: &mut Made) -> Re
         }
         events
     });
-    let (bin2, addr, dir) = (
-        bin.to_path_buf(),
-        target.addr.clone(),
-        work.path().to_path_buf(),
-    );
+    let (bin2, addr, dir) = (bin.to_path_buf(), target.addr(), work.path().to_path_buf());
     let report: Report = in_netns(&hosts.src, move || async move {
         let htype = phaul_htypes::registry::source("pid", &pid.to_string())?;
         let m = Migration::new(engine_criu(&bin2), addr, link_config()?, htype)

@@ -371,6 +371,24 @@ fn caps(f: criu_rpc::Features) -> HostCaps {
     }
 }
 
+/// Sends a final dump's request, the kind's freezer cgroup frozen first
+/// (see [`crate::freezer`]); thawed again if CRIU refuses it.
+async fn start_dump(
+    s: criu_rpc::Session,
+    opts: Opts,
+    spec: &DumpSpec,
+) -> Result<(criu_rpc::Exchange<criu_rpc::Dumped>, Prefrozen)> {
+    let cgroup = spec.options.freeze_cgroup.as_deref().map(Path::new);
+    let frozen = Prefrozen::freeze(cgroup).await;
+    match s.dump(opts).await {
+        Ok(ex) => Ok((ex, frozen)),
+        Err(e) => {
+            frozen.thaw();
+            Err(src(e))
+        }
+    }
+}
+
 /// Reads `stats-dump`, which CRIU writes after its answer; absent is `None`.
 fn dump_stats(work: &Path) -> Option<DumpStatsEntry> {
     read_dump_stats(work)
@@ -597,14 +615,7 @@ impl SourceCriu for Criu {
             .dump_opts(&spec, "dump.log")
             .page_server_fd(FIRST_PASSED_FD)
             .notify_scripts(true);
-        let frozen = Prefrozen::freeze(spec.options.freeze_cgroup.as_deref().map(Path::new)).await;
-        let mut ex = match s.dump(opts).await {
-            Ok(ex) => ex,
-            Err(e) => {
-                frozen.thaw();
-                return Err(src(e));
-            }
-        };
+        let (mut ex, frozen) = start_dump(s, opts, &spec).await?;
         let (frozen_tx, frozen_rx) = oneshot::channel::<Result<()>>();
         let (decide_tx, decide_rx) = oneshot::channel::<bool>();
         let (done_tx, done_rx) = oneshot::channel();
@@ -663,14 +674,7 @@ impl SourceCriu for Criu {
             .lazy_pages(true)
             .page_server_port(port)
             .notify_scripts(true);
-        let frozen = Prefrozen::freeze(spec.options.freeze_cgroup.as_deref().map(Path::new)).await;
-        let mut ex = match s.dump(opts).await {
-            Ok(ex) => ex,
-            Err(e) => {
-                frozen.thaw();
-                return Err(src(e));
-            }
-        };
+        let (mut ex, frozen) = start_dump(s, opts, &spec).await?;
         let (ready_tx, ready_rx) = oneshot::channel::<Result<()>>();
         let (done_tx, done_rx) = oneshot::channel();
         let work = spec.work_dir.clone();

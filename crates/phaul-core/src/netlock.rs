@@ -96,7 +96,6 @@ fn repair_off_one(pidfd: libc::c_int, fd: libc::c_int) -> bool {
 /// namespace keeps CRIU's per-connection rules (other migrations' rules
 /// may sit beside them).
 pub fn release(pid: i32) {
-    use std::os::unix::fs::MetadataExt;
     let repaired = repair_off(pid);
     if repaired > 0 {
         info!(
@@ -105,11 +104,10 @@ pub fn release(pid: i32) {
             "took the resumed tree's TCP sockets out of repair mode"
         );
     }
-    let ns = format!("/proc/{pid}/ns/net");
-    let ino = |p: &str| std::fs::metadata(p).map(|m| (m.dev(), m.ino())).ok();
-    if ino(&ns).is_none() || ino(&ns) == ino("/proc/self/ns/net") {
+    if !own_netns(pid) {
         return;
     }
+    let ns = format!("/proc/{pid}/ns/net");
     for (save, restore) in [
         ("iptables-save", "iptables-restore"),
         ("ip6tables-save", "ip6tables-restore"),
@@ -164,6 +162,17 @@ fn release_nft(pid: i32, ns: &str) {
             );
         }
     }
+}
+
+/// Whether `pid` has a network namespace other than ours (the host's).
+/// CRIU locks such a namespace whole, with a program per rule set under
+/// iptables; a tree in ours is locked per TCP connection, which costs
+/// nothing without connections under iptables but a table under nftables.
+pub(crate) fn own_netns(pid: i32) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let ino = |p: &str| std::fs::metadata(p).map(|m| (m.dev(), m.ino())).ok();
+    let theirs = ino(&format!("/proc/{pid}/ns/net"));
+    theirs.is_some() && theirs != ino("/proc/self/ns/net")
 }
 
 fn run_with_input(ns: &str, tool: &str, input: &str) -> std::io::Result<()> {

@@ -673,7 +673,9 @@ impl<C: SourceCriu> Migration<C> {
         let link = self.connect(Channel::Control, None).await?;
         let sid = link.session();
         let mut ctl = ControlClient::new(link);
-        let (choice, nftables_lock) = self.preflight(stats, &mut ctl, pid, dir).await?;
+        let (choice, nftables) = self.preflight(stats, &mut ctl, pid, dir).await?;
+        // Only a tree with its own network namespace: see netlock::own_netns.
+        let nftables_lock = nftables && crate::netlock::own_netns(pid);
         let fs_root = self.htype.fs_root();
         let files = match fs_root {
             Some(_) => crate::fs::files(&self.fs),

@@ -1,0 +1,85 @@
+//! What the benches share: a target service on a thread of its own inside
+//! a host (network namespace), as `phaul-service` would run there.
+
+use std::sync::mpsc as std_mpsc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow};
+use phaul_core::Service;
+use phaul_testkit::in_netns;
+use phaul_transport::Listener;
+
+/// A [`Service`] serving on `IP:0` inside a host until dropped.
+pub struct ServiceThread {
+    /// Where it listens.
+    pub addr: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<Result<()>>>,
+}
+
+impl ServiceThread {
+    /// Starts the service `make` builds, inside host `ns`, on `ip`.
+    pub fn start(
+        ns: &str,
+        ip: &str,
+        make: impl FnOnce() -> Result<Service> + Send + 'static,
+    ) -> Result<Self> {
+        let (addr_tx, addr_rx) = std_mpsc::channel::<Result<String>>();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let ip = ip.to_string();
+        let thread = in_netns(ns, move || async move {
+            let bound = async {
+                let l = Listener::bind(&format!("{ip}:0")).await?;
+                let a = l.local_addr()?;
+                Ok::<_, anyhow::Error>((l, a))
+            }
+            .await;
+            let listener = match bound {
+                Ok((l, a)) => {
+                    let _ = addr_tx.send(Ok(a));
+                    l
+                }
+                Err(e) => {
+                    let _ = addr_tx.send(Err(e));
+                    return Ok(());
+                }
+            };
+            make()?
+                .serve(listener, async {
+                    let _ = stop_rx.await;
+                })
+                .await?;
+            Ok(())
+        });
+        let addr = addr_rx
+            .recv_timeout(Duration::from_secs(10))
+            .context("the target service did not start")??;
+        Ok(Self {
+            addr,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        })
+    }
+
+    /// Stops it; how its thread ended.
+    pub fn stop(mut self) -> Result<()> {
+        self.halt()
+    }
+
+    fn halt(&mut self) -> Result<()> {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        match self.thread.take().map(std::thread::JoinHandle::join) {
+            None | Some(Ok(Ok(()))) => Ok(()),
+            Some(Ok(Err(e))) => Err(e.context("the target service ended with an error")),
+            Some(Err(_)) => Err(anyhow!("the target service's thread panicked")),
+        }
+    }
+}
+
+impl Drop for ServiceThread {
+    fn drop(&mut self) {
+        let _ = self.halt();
+    }
+}
