@@ -28,7 +28,7 @@
 //!     .with_id("job-42")? // else a fresh id; the target's logs carry it
 //!     .start(); // on the current tokio runtime
 //! while let Some(event) = run.next_event().await {
-//!     // {"schema":1,"migration":"job-42","event":"phase","value":"final-dump"}
+//!     // {"schema":1,"migration":"job-42","elapsed_ms":412.5,"event":"phase","value":"final-dump"}
 //!     println!("{}", serde_json::to_string(&event)?);
 //! }
 //! match run.await {

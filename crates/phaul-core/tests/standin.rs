@@ -581,6 +581,15 @@ async fn a_started_migration_streams_events_and_ends_typed() {
             .iter()
             .all(|e| e.migration == "job-42" && e.schema == 1)
     );
+    // The time since the start, never going back, and under the report's
+    // total.
+    assert!(
+        events
+            .windows(2)
+            .all(|w| w[0].elapsed_ms <= w[1].elapsed_ms)
+    );
+    assert!(events.first().is_some_and(|e| e.elapsed_ms < 50.0));
+    assert!(events.last().unwrap().elapsed_ms <= report.total_ms + 1.0);
     assert_eq!(
         events.last().map(|e| &e.progress),
         Some(&Progress::Phase(phaul_core::Phase::Done))

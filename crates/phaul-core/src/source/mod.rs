@@ -122,6 +122,9 @@ pub struct Migration<C: SourceCriu = crate::criu::Criu> {
     /// When the source froze, plus `freeze_timeout`: set once, at the
     /// freeze (a migration runs once).
     freeze_deadline: std::sync::OnceLock<tokio::time::Instant>,
+    /// When the first event went out (the run began): events carry the
+    /// time since.
+    started: std::sync::OnceLock<std::time::Instant>,
     progress: Option<mpsc::UnboundedSender<Progress>>,
     events: Option<mpsc::UnboundedSender<Event>>,
     /// Shared with the target (in `Begin`), the report and every event.
@@ -170,6 +173,7 @@ impl<C: SourceCriu> Migration<C> {
             timeouts: self.timeouts,
             freeze_timeout: self.freeze_timeout,
             freeze_deadline: self.freeze_deadline,
+            started: self.started,
             progress: self.progress,
             events: self.events,
             id: self.id,
@@ -206,6 +210,7 @@ impl<C: SourceCriu> Migration<C> {
             timeouts: Timeouts::default(),
             freeze_timeout: DEFAULT_FREEZE_TIMEOUT,
             freeze_deadline: std::sync::OnceLock::new(),
+            started: std::sync::OnceLock::new(),
             progress: None,
             events: None,
             id: new_id(),
@@ -326,9 +331,11 @@ impl<C: SourceCriu> Migration<C> {
 
     fn emit(&self, p: Progress) {
         if let Some(tx) = &self.events {
+            let started = *self.started.get_or_init(std::time::Instant::now);
             let _ = tx.send(Event {
                 schema: Event::SCHEMA,
                 migration: self.id.clone(),
+                elapsed_ms: started.elapsed().as_secs_f64() * 1000.0,
                 progress: p.clone(),
             });
         }

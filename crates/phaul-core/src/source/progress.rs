@@ -100,6 +100,10 @@ pub struct Event {
     pub schema: u32,
     /// The migration's id.
     pub migration: String,
+    /// Milliseconds since the migration's first event (absent, 0, from
+    /// writers before it was added).
+    #[serde(default)]
+    pub elapsed_ms: f64,
     /// What happened.
     #[serde(flatten)]
     pub progress: Progress,
