@@ -101,6 +101,7 @@ struct Inner {
     total: Histogram,
     bytes_images: u64,
     bytes_fs: u64,
+    bytes_pages: u64,
 }
 
 /// The service's metrics: a cheap handle ([`Clone`]) shared by the
@@ -117,6 +118,7 @@ impl Default for Metrics {
             total: Histogram::new(&TOTAL_BUCKETS),
             bytes_images: 0,
             bytes_fs: 0,
+            bytes_pages: 0,
         })))
     }
 }
@@ -167,6 +169,12 @@ impl Metrics {
         self.with(|m| m.bytes_fs += bytes);
     }
 
+    /// Bytes of memory pages received through a page relay (the page
+    /// server's, or post-copy's lazy pages), counted when the relay ends.
+    pub(crate) fn pages_received(&self, bytes: u64) {
+        self.with(|m| m.bytes_pages += bytes);
+    }
+
     /// Migrations under way now.
     pub fn running(&self) -> u64 {
         self.with(|m| m.running)
@@ -183,9 +191,10 @@ impl Metrics {
                 m.total.clone(),
                 m.bytes_images,
                 m.bytes_fs,
+                m.bytes_pages,
             )
         });
-        let (ended, running, downtime, total, images, fs) = m;
+        let (ended, running, downtime, total, images, fs, pages) = m;
         let mut out = String::new();
         out.push_str(
             "# HELP phaul_migrations_total Migrations this service received that ended, by kind, mode and outcome (committed: runs here; rolled_back: undone after the source aborted or the link was lost; failed: a request failed here and it was undone).\n\
@@ -216,13 +225,14 @@ impl Metrics {
             "Of each committed migration, from its beginning on this service (the source's Begin request) to the commit.",
         );
         out.push_str(
-            "# HELP phaul_received_bytes_total Bytes received by this service, by what they carried (images: CRIU image batches; fs: file-system passes). Pages through the page server or lazy pages are not counted.\n\
+            "# HELP phaul_received_bytes_total Bytes received by this service, by what they carried (images: CRIU image batches; pages: memory through the page server or post-copy's lazy pages, counted when each relay ends; fs: file-system passes).\n\
              # TYPE phaul_received_bytes_total counter\n",
         );
         let _ = writeln!(
             out,
             "phaul_received_bytes_total{{what=\"images\"}} {images}"
         );
+        let _ = writeln!(out, "phaul_received_bytes_total{{what=\"pages\"}} {pages}");
         let _ = writeln!(out, "phaul_received_bytes_total{{what=\"fs\"}} {fs}");
         out
     }
@@ -297,6 +307,7 @@ mod tests {
         m.images_received(1000);
         m.images_received(24);
         m.fs_received(7);
+        m.pages_received(4096);
         let text = m.render();
         assert_eq!(
             line(&text, "phaul_migrations_running "),
@@ -353,6 +364,10 @@ mod tests {
         assert_eq!(
             line(&text, "phaul_received_bytes_total{what=\"fs\"}"),
             "phaul_received_bytes_total{what=\"fs\"} 7"
+        );
+        assert_eq!(
+            line(&text, "phaul_received_bytes_total{what=\"pages\"}"),
+            "phaul_received_bytes_total{what=\"pages\"} 4096"
         );
         // Every sample line is NAME[{LABELS}] VALUE, the value a number.
         for l in text.lines().filter(|l| !l.starts_with('#')) {

@@ -412,11 +412,14 @@ impl<T: TargetCriu> Session<T> {
             .await
             .map_err(|e| (ErrorCode::Protocol, e))?;
         let relay = PageRelay::spawn(link, ours);
+        let metrics = self.svc.metrics.clone();
         self.relays.push(tokio::spawn(async move {
             if let Err(e) = serving.wait().await {
                 warn!(error = %e, "page server failed");
             }
-            let _ = relay.finish(Duration::from_secs(5)).await;
+            if let Ok((_, received)) = relay.finish(Duration::from_secs(5)).await {
+                metrics.pages_received(received);
+            }
         }));
         Ok(response::Body::PageServerReady(proto::PageServerReady {
             iteration: p.iteration,
@@ -543,13 +546,16 @@ impl<T: TargetCriu> Session<T> {
             .await
             .map_err(io("a loopback listener for lazy pages"))?;
         let port = listener.local_addr().map_err(io("listener"))?.port();
+        let metrics = self.svc.metrics.clone();
         self.relays.push(tokio::spawn(async move {
             // Only the lazy-pages daemon this session starts connects
             // here, once.
             if let Ok(Ok((conn, _))) = tokio::time::timeout(JOIN_TIMEOUT, listener.accept()).await {
                 let _ = conn.set_nodelay(true);
                 let relay = PageRelay::spawn(link, conn);
-                let _ = relay.finish(Duration::from_secs(24 * 3600)).await;
+                if let Ok((_, received)) = relay.finish(Duration::from_secs(24 * 3600)).await {
+                    metrics.pages_received(received);
+                }
             }
         }));
         self.svc
