@@ -11,7 +11,7 @@ use std::time::Duration;
 use phaul_testkit::{Hosts, Workload, alive, require_criu, require_program, wait_until};
 
 mod common;
-use common::{example, key_file, service};
+use common::{example, key_file, service, service_on};
 
 /// A stand-in in front of the real CRIU whose restores fail while `flag`
 /// exists: it then runs CRIU with a configuration naming an LSM profile
@@ -195,5 +195,43 @@ fn the_service_counts_a_failed_and_a_committed_migration_in_its_metrics() {
         w.counter_passes(before, Duration::from_secs(1))
     });
     assert!(moved.is_some(), "the counter goes on");
+    assert_eq!(sample(&text, "phaul_sent_bytes_total"), 0.0);
+
+    // Ordered by a controller, the service is a source: it moves the tree
+    // back to a service in the source host, and counts what it sent.
+    let (mut back, back_addr) = service_on(&hosts.src, &hosts.src_ip, &key, dir.path(), "back");
+    let json = dir.path().join("back.json");
+    let out = Hosts::command(&hosts.src, example("phaul"))
+        .arg("migrate")
+        .arg("--json")
+        .arg(&json)
+        .args(["--from", &addr, "--to", &back_addr, "--key-file"])
+        .arg(&key)
+        .args(["--mode", "stop-copy", "pid", &new.to_string()])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let home = i32::try_from(report["target_pid"].as_i64().unwrap()).unwrap();
+    w.adopt(home);
+    assert!(Hosts::runs_in(&hosts.src, home), "{report}");
+    let (_, _, text) = scrape(&hosts.tgt, url);
+    assert!(
+        sample(&text, "phaul_sent_bytes_total") >= f64::from(32 << 20),
+        "{text}"
+    );
+    // Sent, not received: the received counts and outcomes are as before.
+    assert_eq!(
+        sample(&text, &format!("{total},outcome=\"committed\"}}")),
+        1.0
+    );
+    assert_eq!(sample(&text, "phaul_migrations_running"), 0.0);
+    back.stop();
     svc.stop();
 }

@@ -102,6 +102,7 @@ struct Inner {
     bytes_images: u64,
     bytes_fs: u64,
     bytes_pages: u64,
+    bytes_sent: u64,
 }
 
 /// The service's metrics: a cheap handle ([`Clone`]) shared by the
@@ -119,6 +120,7 @@ impl Default for Metrics {
             bytes_images: 0,
             bytes_fs: 0,
             bytes_pages: 0,
+            bytes_sent: 0,
         })))
     }
 }
@@ -175,6 +177,12 @@ impl Metrics {
         self.with(|m| m.bytes_pages += bytes);
     }
 
+    /// Bytes this service sent as the source of a controller's order (its
+    /// report's `bytes_transferred`), counted when the migration ends.
+    pub(crate) fn sent(&self, bytes: u64) {
+        self.with(|m| m.bytes_sent += bytes);
+    }
+
     /// Migrations under way now.
     pub fn running(&self) -> u64 {
         self.with(|m| m.running)
@@ -192,9 +200,10 @@ impl Metrics {
                 m.bytes_images,
                 m.bytes_fs,
                 m.bytes_pages,
+                m.bytes_sent,
             )
         });
-        let (ended, running, downtime, total, images, fs, pages) = m;
+        let (ended, running, downtime, total, images, fs, pages, sent) = m;
         let mut out = String::new();
         out.push_str(
             "# HELP phaul_migrations_total Migrations this service received that ended, by kind, mode and outcome (committed: runs here; rolled_back: undone after the source aborted or the link was lost; failed: a request failed here and it was undone).\n\
@@ -234,6 +243,11 @@ impl Metrics {
         );
         let _ = writeln!(out, "phaul_received_bytes_total{{what=\"pages\"}} {pages}");
         let _ = writeln!(out, "phaul_received_bytes_total{{what=\"fs\"}} {fs}");
+        out.push_str(
+            "# HELP phaul_sent_bytes_total Bytes this service sent as the source of migrations a controller ordered (each report's bytes_transferred, counted when it ends).\n\
+             # TYPE phaul_sent_bytes_total counter\n",
+        );
+        let _ = writeln!(out, "phaul_sent_bytes_total {sent}");
         out
     }
 }
@@ -265,6 +279,7 @@ mod tests {
             ("phaul_migration_downtime_seconds", "histogram"),
             ("phaul_migration_duration_seconds", "histogram"),
             ("phaul_received_bytes_total", "counter"),
+            ("phaul_sent_bytes_total", "counter"),
         ] {
             assert!(text.contains(&format!("# TYPE {name} {ty}\n")), "{text}");
             assert!(text.contains(&format!("# HELP {name} ")), "{text}");
@@ -308,6 +323,8 @@ mod tests {
         m.images_received(24);
         m.fs_received(7);
         m.pages_received(4096);
+        m.sent(5);
+        m.sent(6);
         let text = m.render();
         assert_eq!(
             line(&text, "phaul_migrations_running "),
@@ -368,6 +385,10 @@ mod tests {
         assert_eq!(
             line(&text, "phaul_received_bytes_total{what=\"pages\"}"),
             "phaul_received_bytes_total{what=\"pages\"} 4096"
+        );
+        assert_eq!(
+            line(&text, "phaul_sent_bytes_total "),
+            "phaul_sent_bytes_total 11"
         );
         // Every sample line is NAME[{LABELS}] VALUE, the value a number.
         for l in text.lines().filter(|l| !l.starts_with('#')) {
