@@ -5,7 +5,8 @@
 //! refuses peers that do not prove they hold the shared key. It also takes
 //! a controller's order (`phaul migrate --from THIS --to OTHER KIND ID`) to
 //! move a tree of this host to another service, checked as the CLI checks
-//! its arguments.
+//! its arguments. `--metrics ADDR` serves its metrics (Prometheus' text
+//! format) at `GET /metrics` over plain HTTP, loopback for a bare port.
 //!
 //! ```text
 //! head -c 32 /dev/urandom | base64 > key && chmod 600 key
