@@ -5,7 +5,8 @@
 //! refuses peers that do not prove they hold the shared key. It also takes
 //! a controller's order (`phaul migrate --from THIS --to OTHER KIND ID`) to
 //! move a tree of this host to another service, checked as the CLI checks
-//! its arguments.
+//! its arguments. `--metrics ADDR` serves its metrics (Prometheus' text
+//! format) at `GET /metrics` over plain HTTP, loopback for a bare port.
 //!
 //! ```text
 //! head -c 32 /dev/urandom | base64 > key && chmod 600 key
@@ -42,6 +43,10 @@ struct Args {
     /// Where migrated runc bundles are put.
     #[arg(long, default_value = "/var/lib/phaul/runc")]
     runc_bundles: PathBuf,
+    /// Serve metrics (Prometheus' text format) at `GET /metrics` over plain
+    /// HTTP on this address: PORT (loopback) or HOST:PORT.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<String>,
 }
 
 #[tokio::main]
@@ -63,10 +68,18 @@ async fn main() -> anyhow::Result<()> {
     };
     // A controller holding the key may order this host's trees moved
     // (`phaul migrate --from`): it could restore anything here already.
-    Service::new(criu.clone(), cfg, &args.work_dir)
+    let service = Service::new(criu.clone(), cfg, &args.work_dir)
         .controllable(criu)
         .keep_images(args.keep_images)
-        .htype_paths(paths)
+        .htype_paths(paths);
+    if let Some(addr) = &args.metrics {
+        let addr = phaul_cli::metrics_addr(addr)?;
+        let (bound, server) =
+            phaul_cli::serve_metrics(addr, service.metrics(), phaul_cli::shutdown_signal()).await?;
+        println!("metrics on http://{bound}/metrics");
+        tokio::spawn(server);
+    }
+    service
         .serve(listener, phaul_cli::shutdown_signal())
         .await?;
     Ok(())

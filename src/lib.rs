@@ -106,7 +106,8 @@
 //! committed or was undone. The service is remote root for whoever holds
 //! the key: it refuses peers that do not prove they hold it. Made with
 //! [`Service::with_link`], it also takes controllers' orders
-//! ([`Service::controllable`]).
+//! ([`Service::controllable`]). [`Service::metrics`] is a handle to its
+//! counts ([`ServiceMetrics`]), rendered in Prometheus' text format.
 //!
 //! ```no_run
 //! use phaul::{Identity, LinkConfig, Listener, Service, SharedKey};
@@ -252,6 +253,7 @@ pub use tokio;
 
 pub use phaul_core::criu::Criu;
 pub use phaul_core::hostinfo::tree_size;
+pub use phaul_core::target::metrics::Metrics as ServiceMetrics;
 pub use phaul_core::{
     CancelHandle, Error, Event, Failure, Migration, MigrationRun, Mode, ModeChoice, Order, Outcome,
     Phase, Progress, RemoteRun, Report, Service, ServiceEvent, Timeouts,

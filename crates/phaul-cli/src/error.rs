@@ -33,6 +33,18 @@ pub enum Error {
     /// `--freeze-timeout` is not a positive number of seconds.
     #[error("--freeze-timeout {0}: a positive number of seconds")]
     FreezeTimeout(f64),
+    /// `--metrics` is neither a port nor `HOST:PORT`.
+    #[error("--metrics {0:?}: expected PORT (loopback) or HOST:PORT")]
+    MetricsAddr(String),
+    /// The metrics' address could not be bound.
+    #[error("serving metrics on {addr}")]
+    MetricsBind {
+        /// The address asked for.
+        addr: std::net::SocketAddr,
+        /// Why it could not be bound.
+        #[source]
+        source: std::io::Error,
+    },
     /// The `--events` file could not be created.
     #[error("--events {}", path.display())]
     Events {

@@ -14,17 +14,20 @@
 //!   [`HostArgs`], and [`fs_choice`] for `--fs`.
 //! - [`migrate`]: [`MigrateArgs`], everything `phaul migrate` accepts, and
 //!   the [`Migration`](phaul_core::Migration) it builds.
+//! - [`metrics`]: `--metrics`, a service's metrics at `GET /metrics`.
 //! - [`progress`]: [`ProgressDisplay`], a spinner line and an optional JSON
 //!   event log fed by [`Progress`](phaul_core::Progress) events.
 //! - [`error`]: [`Error`], this crate's one error type.
 
 pub mod args;
 pub mod error;
+pub mod metrics;
 pub mod migrate;
 pub mod progress;
 
 pub use args::{CriuArgs, HostArgs, KeyArgs, LinkArgs, TARGET_HELP, fs_choice};
 pub use error::{Error, Result};
+pub use metrics::{metrics_addr, serve_metrics};
 pub use migrate::{MigrateArgs, PidFlags};
 pub use progress::{ProgressDisplay, Sent};
 

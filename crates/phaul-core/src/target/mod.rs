@@ -12,9 +12,11 @@
 //!   session;
 //! - `session.rs`: one migration, a typed state machine that follows the
 //!   plan the source sent;
+//! - [`metrics`]: what the service counts, in Prometheus' text format;
 //! - `orders.rs`: a controller's orders (`MANAGE` channel): this service
 //!   as the source of a migration to another.
 
+pub mod metrics;
 mod orders;
 mod session;
 
@@ -64,6 +66,7 @@ pub struct Service<T: TargetCriu = crate::criu::Criu> {
     events: Option<mpsc::UnboundedSender<ServiceEvent>>,
     /// Starts what controllers order; `None`: orders are refused.
     launcher: Option<orders::Launcher>,
+    metrics: metrics::Metrics,
 }
 
 /// What happens on a target, for an embedder that runs the service
@@ -137,6 +140,7 @@ impl<T: TargetCriu> Service<T> {
             events: None,
             fs_limits: phaul_fs::FsLimits::default(),
             launcher: None,
+            metrics: metrics::Metrics::default(),
         }
     }
 
@@ -158,6 +162,13 @@ impl<T: TargetCriu> Service<T> {
     pub fn events(mut self, tx: mpsc::UnboundedSender<ServiceEvent>) -> Self {
         self.events = Some(tx);
         self
+    }
+
+    /// The service's metrics: a handle that stays valid while (and after)
+    /// it serves; [`Metrics::render`](metrics::Metrics::render) gives
+    /// Prometheus' text format.
+    pub fn metrics(&self) -> metrics::Metrics {
+        self.metrics.clone()
     }
 
     /// Limits on what one file-system pass may bring.

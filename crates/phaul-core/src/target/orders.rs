@@ -136,6 +136,11 @@ impl<T: TargetCriu> Service<T> {
         }
         let end = run.await;
         canceller.abort();
+        let report = match &end {
+            Ok(r) => r,
+            Err(f) => &*f.report,
+        };
+        self.metrics.sent(report.bytes_transferred);
         let ended = ended(&end);
         info!(session = %sid, outcome = ?ended.outcome(), "a controller's migration ended");
         if reporting {

@@ -26,6 +26,7 @@ use phaul_transport::{ControlServer, ErrorCode, Link, SessionId};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
+use super::metrics::Outcome;
 use super::{JOIN_TIMEOUT, Service, ServiceEvent, error_chain, keep_failed_logs, mkdir};
 use crate::criu::{HeldRestore, LazyDaemon, RestoreSpec, TargetCriu};
 use crate::error::{Error, Result};
@@ -63,6 +64,8 @@ struct Begun {
     dir: PathBuf,
     /// Serving the source's file-system passes, while the migration runs.
     fs_task: Option<tokio::task::JoinHandle<()>>,
+    /// When `Begin` came: the metrics' total time counts from here.
+    at: Instant,
 }
 
 struct Restored {
@@ -74,6 +77,9 @@ struct Restored {
     /// When the `Restored` answer went out: the commit's lease counts from
     /// here (see [`proto::Commit::valid_for_ms`]).
     at: Instant,
+    /// When the restore was asked for: the downtime this target sees
+    /// counts from here.
+    asked: Instant,
 }
 
 /// How the tree came back, which says how it is committed or undone.
@@ -253,6 +259,13 @@ impl<T: TargetCriu> Session<T> {
         }
         self.remove_dir(&begun.dir);
         self.emit(|session| ServiceEvent::RolledBack { session });
+        let outcome = match self.request_failed {
+            true => Outcome::Failed,
+            false => Outcome::RolledBack,
+        };
+        self.svc
+            .metrics
+            .ended(begun.htype.kind(), begun.plan.mode.as_str(), outcome, None);
     }
 
     fn remove_dir(&self, d: &std::path::Path) {
@@ -337,7 +350,9 @@ impl<T: TargetCriu> Session<T> {
             htype: h,
             dir: dir.clone(),
             fs_task,
+            at: Instant::now(),
         });
+        self.svc.metrics.began();
         self.emit(|session| ServiceEvent::Began {
             session,
             migration,
@@ -358,6 +373,7 @@ impl<T: TargetCriu> Session<T> {
         root: PathBuf,
     ) -> tokio::task::JoinHandle<()> {
         let limits = self.svc.fs_limits;
+        let metrics = self.svc.metrics.clone();
         let sid = hex(&self.sid);
         tokio::spawn(async move {
             let Ok(Some(link)) = tokio::time::timeout(JOIN_TIMEOUT, rx.recv()).await else {
@@ -366,6 +382,7 @@ impl<T: TargetCriu> Session<T> {
             };
             match phaul_fs::registry::serve(driver, link, &root, &limits).await {
                 Ok(st) => {
+                    metrics.fs_received(st.bytes);
                     info!(session = %sid, files = st.files, bytes = st.bytes, "file system received")
                 }
                 Err(e) => {
@@ -395,11 +412,14 @@ impl<T: TargetCriu> Session<T> {
             .await
             .map_err(|e| (ErrorCode::Protocol, e))?;
         let relay = PageRelay::spawn(link, ours);
+        let metrics = self.svc.metrics.clone();
         self.relays.push(tokio::spawn(async move {
             if let Err(e) = serving.wait().await {
                 warn!(error = %e, "page server failed");
             }
-            let _ = relay.finish(Duration::from_secs(5)).await;
+            if let Ok((_, received)) = relay.finish(Duration::from_secs(5)).await {
+                metrics.pages_received(received);
+            }
         }));
         Ok(response::Body::PageServerReady(proto::PageServerReady {
             iteration: p.iteration,
@@ -428,6 +448,7 @@ impl<T: TargetCriu> Session<T> {
                 self.images = None;
                 (ErrorCode::Failed, Error::Link(e))
             })?;
+        self.svc.metrics.images_received(st.bytes);
         Ok(response::Body::ImagesStored(proto::ImagesStored {
             files: st.files,
             bytes: st.bytes,
@@ -478,6 +499,7 @@ impl<T: TargetCriu> Session<T> {
             daemon,
             pid,
             at: t0,
+            asked: t0,
         };
         self.state = State::Restored(b, Box::new(restored));
         self.emit(|session| ServiceEvent::Restored { session, pid });
@@ -524,13 +546,16 @@ impl<T: TargetCriu> Session<T> {
             .await
             .map_err(io("a loopback listener for lazy pages"))?;
         let port = listener.local_addr().map_err(io("listener"))?.port();
+        let metrics = self.svc.metrics.clone();
         self.relays.push(tokio::spawn(async move {
             // Only the lazy-pages daemon this session starts connects
             // here, once.
             if let Ok(Ok((conn, _))) = tokio::time::timeout(JOIN_TIMEOUT, listener.accept()).await {
                 let _ = conn.set_nodelay(true);
                 let relay = PageRelay::spawn(link, conn);
-                let _ = relay.finish(Duration::from_secs(24 * 3600)).await;
+                if let Ok((_, received)) = relay.finish(Duration::from_secs(24 * 3600)).await {
+                    metrics.pages_received(received);
+                }
             }
         }));
         self.svc
@@ -558,6 +583,7 @@ impl<T: TargetCriu> Session<T> {
             daemon,
             pid,
             at,
+            asked,
         } = *r;
         if let Restoration::Held(held) = how {
             // Connected only now (see TargetHooks::before_commit); a
@@ -599,6 +625,13 @@ impl<T: TargetCriu> Session<T> {
         self.state = State::Committed;
         info!(session = %hex(&self.sid), pid, "committed: the tree runs here");
         self.emit(|session| ServiceEvent::Committed { session, pid });
+        let times = (asked.elapsed(), b.at.elapsed());
+        self.svc.metrics.ended(
+            b.htype.kind(),
+            b.plan.mode.as_str(),
+            Outcome::Committed,
+            Some(times),
+        );
         match daemon {
             // Memory keeps arriving after the commit: the images stay
             // until the daemon has every page.
