@@ -197,6 +197,7 @@ fn main() {
                 mem_track: true,
                 lazy_pages: true,
                 cpuinfo: vec![1, 2, 3, 4],
+                nftables_lock: true,
             }
             .encode_to_vec()
         }),
