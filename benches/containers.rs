@@ -61,15 +61,14 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
-use phaul_core::criu::Criu;
 use phaul_core::{Migration, Mode, Phase, Progress, Report, Service};
 use phaul_htypes::registry::{Paths, source_in};
 use phaul_testkit::lan::{LanClient, redis_cli, redis_ready_with};
 use phaul_testkit::{Hosts, LxcContainer, LxcNet, in_netns};
-use phaul_transport::{LinkConfig, SharedKey};
+use phaul_transport::LinkConfig;
 
 mod common;
-use common::ServiceThread;
+use common::{ServiceThread, engine_criu};
 
 /// The link's shared key (both hosts are ours).
 const KEY: &[u8] = b"phaul containers bench shared key";
@@ -389,15 +388,7 @@ fn run_case(bin: &Path, case: Case, mib: u32, keep: bool) -> Result<Sample> {
 // ---------------------------------------------------------------- phaul
 
 fn link_config() -> Result<LinkConfig> {
-    Ok(LinkConfig::new(SharedKey::new(KEY)?))
-}
-
-fn engine_criu(bin: &Path) -> Criu {
-    let level = std::env::var("PHAUL_BENCH_CRIU_LOG_LEVEL")
-        .ok()
-        .and_then(|l| l.parse().ok())
-        .unwrap_or(2);
-    Criu::new(criu_rpc::Criu::with_binary(bin).quiet(true)).log_level(level)
+    common::link_config(KEY)
 }
 
 fn lxc_paths(lxcpath: &Path) -> Paths {

@@ -118,13 +118,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
-use phaul_core::criu::Criu;
 use phaul_core::{Migration, Mode, Phase, Progress, Report, Service};
 use phaul_testkit::{Hosts, Workload, alive, in_netns, kill_tree, wait_until};
-use phaul_transport::{LinkConfig, SharedKey};
+use phaul_transport::LinkConfig;
 
 mod common;
-use common::ServiceThread;
+use common::{ServiceThread, engine_criu};
 
 /// The link's shared key (both hosts are ours).
 const KEY: &[u8] = b"phaul migration bench shared key";
@@ -786,15 +785,7 @@ impl Scratch {
 // ---------------------------------------------------------------- phaul
 
 fn link_config() -> Result<LinkConfig> {
-    Ok(LinkConfig::new(SharedKey::new(KEY)?))
-}
-
-fn engine_criu(bin: &Path) -> Criu {
-    let level = std::env::var("PHAUL_BENCH_CRIU_LOG_LEVEL")
-        .ok()
-        .and_then(|l| l.parse().ok())
-        .unwrap_or(2);
-    Criu::new(criu_rpc::Criu::with_binary(bin).quiet(true)).log_level(level)
+    common::link_config(KEY)
 }
 
 /// A target service on its own thread inside the target host.

@@ -1,13 +1,30 @@
-//! What the benches share: a target service on a thread of its own inside
-//! a host (network namespace), as `phaul-service` would run there.
+//! What the benches share: the engine's CRIU and link, and a target
+//! service on a thread of its own inside a host (network namespace), as
+//! `phaul-service` would run there.
 
 use std::sync::mpsc as std_mpsc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
 use phaul_core::Service;
+use phaul_core::criu::Criu;
 use phaul_testkit::in_netns;
-use phaul_transport::Listener;
+use phaul_transport::{LinkConfig, Listener, SharedKey};
+
+/// The link both hosts of a bench use, keyed by `key`.
+pub fn link_config(key: &[u8]) -> Result<LinkConfig> {
+    Ok(LinkConfig::new(SharedKey::new(key)?))
+}
+
+/// The engine's CRIU: `bin`, logging at `PHAUL_BENCH_CRIU_LOG_LEVEL` (2
+/// unless set; 4 gives timestamps to see where the time goes).
+pub fn engine_criu(bin: &std::path::Path) -> Criu {
+    let level = std::env::var("PHAUL_BENCH_CRIU_LOG_LEVEL")
+        .ok()
+        .and_then(|l| l.parse().ok())
+        .unwrap_or(2);
+    Criu::new(criu_rpc::Criu::with_binary(bin).quiet(true)).log_level(level)
+}
 
 /// A [`Service`] serving on `IP:0` inside a host until dropped.
 pub struct ServiceThread {
