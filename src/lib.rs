@@ -185,10 +185,13 @@
 //! ).unwrap();
 //! assert_eq!(order, phaul::Order::new("10.0.0.2:7070", "pid", "4242").mode(Mode::PostCopy));
 //!
-//! let line = r#"{"schema":1,"migration":"job-42","event":"bytes","value":1048576}"#;
+//! let line = r#"{"schema":1,"migration":"job-42","elapsed_ms":250.0,"event":"bytes","value":1048576}"#;
 //! let event: Event = serde_json::from_str(line).unwrap();
 //! assert_eq!(event.progress, Progress::Bytes(1 << 20));
 //! assert_eq!(serde_json::to_string(&event).unwrap(), line);
+//! // From a writer before `elapsed_ms`: read as 0.
+//! let old: Event = serde_json::from_str(r#"{"schema":1,"migration":"job-42","event":"frozen"}"#).unwrap();
+//! assert_eq!((old.elapsed_ms, old.progress), (0.0, Progress::Frozen));
 //! ```
 //!
 //! A [`Failure`] keeps the typed [`Error`] that ended the migration (its
