@@ -64,11 +64,11 @@ use anyhow::{Context, Result, anyhow, bail, ensure};
 use phaul_core::{Migration, Mode, Phase, Progress, Report, Service};
 use phaul_htypes::registry::{Paths, source_in};
 use phaul_testkit::lan::{LanClient, redis_cli, redis_ready_with};
-use phaul_testkit::{Hosts, LxcContainer, LxcNet, in_netns};
+use phaul_testkit::{Hosts, LxcContainer, LxcNet};
 use phaul_transport::LinkConfig;
 
 mod common;
-use common::{ServiceThread, engine_criu};
+use common::{ServiceThread, engine_criu, migrate_in};
 
 /// The link's shared key (both hosts are ours).
 const KEY: &[u8] = b"phaul containers bench shared key";
@@ -412,36 +412,18 @@ fn phaul(bin: &Path, scene: &Scene, mode: Mode, keep: bool) -> Result<(f64, f64)
     })?;
     let addr = service.addr.clone();
     let (b, name, paths) = (bin.to_path_buf(), scene.name.clone(), lxc_paths(&scene.src));
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Progress>();
-    // Events are timestamped as they come, on a thread of their own.
-    let recorder = std::thread::spawn(move || {
-        let mut events = Vec::new();
-        while let Some(p) = rx.blocking_recv() {
-            events.push((Instant::now(), p));
-        }
-        events
-    });
-    let report: Result<Report> = in_netns(&scene.hosts.src, move || async move {
+    let ran = migrate_in(&scene.hosts.src, STEP_TIMEOUT, move || {
         let htype = source_in("lxc", &name, &paths)?;
-        let m = Migration::new(engine_criu(&b), addr, link_config()?, htype)
+        Ok(Migration::new(engine_criu(&b), addr, link_config()?, htype)
             .mode(mode)
             .work_dir(&src_dir)
-            .keep_images(keep)
-            .progress(tx);
-        tokio::time::timeout(STEP_TIMEOUT, m.run())
-            .await
-            .map_err(|_| anyhow!("the migration hung"))
-    })
-    .join()
-    .map_err(|_| anyhow!("the source thread panicked"))?;
+            .keep_images(keep))
+    });
     let _ = service.stop();
-    let events = recorder
-        .join()
-        .map_err(|_| anyhow!("the progress recorder panicked"))?;
     if keep {
         println!("  kept: {}", work.keep().display());
     }
-    let report = report?;
+    let common::Ran { report, events, .. } = ran?;
     ensure!(
         report.success,
         "failed in phase {}: {}",

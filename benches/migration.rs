@@ -118,12 +118,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
-use phaul_core::{Migration, Mode, Phase, Progress, Report, Service};
-use phaul_testkit::{Hosts, Workload, alive, in_netns, kill_tree, wait_until};
+use phaul_core::{Migration, Mode, Phase, Progress, Service};
+use phaul_testkit::{Hosts, Workload, alive, kill_tree, wait_until};
 use phaul_transport::LinkConfig;
 
 mod common;
-use common::{ServiceThread, engine_criu};
+use common::{Ran, ServiceThread, engine_criu, migrate_in};
 
 /// The link's shared key (both hosts are ours).
 const KEY: &[u8] = b"phaul migration bench shared key";
@@ -829,33 +829,20 @@ fn phaul(hosts: &Hosts, bin: &Path, pid: i32, mode: Mode, made: &mut Made) -> Re
     let target = Target::start(hosts, bin, made)?;
     let work = Scratch::new("phaul-bench-source-", made)?;
     let keep = made.keep;
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Progress>();
-    // Events are timestamped as they are sent, on a thread of their own.
-    let recorder = std::thread::spawn(move || {
-        let mut events = Vec::new();
-        while let Some(p) = rx.blocking_recv() {
-            events.push((Instant::now(), p));
-        }
-        events
-    });
     let (bin2, addr, dir) = (bin.to_path_buf(), target.addr(), work.path().to_path_buf());
-    let report: Report = in_netns(&hosts.src, move || async move {
+    let Ran {
+        report,
+        events,
+        ended,
+    } = migrate_in(&hosts.src, STEP_TIMEOUT, move || {
         let htype = phaul_htypes::registry::source("pid", &pid.to_string())?;
-        let m = Migration::new(engine_criu(&bin2), addr, link_config()?, htype)
-            .mode(mode)
-            .work_dir(&dir)
-            .keep_images(keep)
-            .progress(tx);
-        tokio::time::timeout(STEP_TIMEOUT, m.run())
-            .await
-            .map_err(|_| anyhow!("the migration hung"))
-    })
-    .join()
-    .map_err(|_| anyhow!("the source thread panicked"))??;
-    let ended = Instant::now();
-    let events = recorder
-        .join()
-        .map_err(|_| anyhow!("the progress recorder panicked"))?;
+        Ok(
+            Migration::new(engine_criu(&bin2), addr, link_config()?, htype)
+                .mode(mode)
+                .work_dir(&dir)
+                .keep_images(keep),
+        )
+    })?;
     drop(target);
     ensure!(
         report.success,

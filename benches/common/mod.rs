@@ -3,11 +3,11 @@
 //! `phaul-service` would run there.
 
 use std::sync::mpsc as std_mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow};
-use phaul_core::Service;
 use phaul_core::criu::Criu;
+use phaul_core::{Migration, Progress, Report, Service};
 use phaul_testkit::in_netns;
 use phaul_transport::{LinkConfig, Listener, SharedKey};
 
@@ -24,6 +24,52 @@ pub fn engine_criu(bin: &std::path::Path) -> Criu {
         .and_then(|l| l.parse().ok())
         .unwrap_or(2);
     Criu::new(criu_rpc::Criu::with_binary(bin).quiet(true)).log_level(level)
+}
+
+/// What one migration through the engine gave: its report, its progress
+/// events each with the moment it came, and when the run returned.
+pub struct Ran {
+    pub report: Report,
+    pub events: Vec<(Instant, Progress)>,
+    /// Each bench compiles this module alone; the containers bench does
+    /// not time post-copy's background pull, so it never reads this.
+    #[allow(dead_code)]
+    pub ended: Instant,
+}
+
+/// Runs the migration `make` builds on a thread inside host `ns`, at most
+/// `limit`, recording its progress events as they are sent (on a thread of
+/// their own, so the timestamps are not the engine's).
+pub fn migrate_in(
+    ns: &str,
+    limit: Duration,
+    make: impl FnOnce() -> Result<Migration> + Send + 'static,
+) -> Result<Ran> {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Progress>();
+    let recorder = std::thread::spawn(move || {
+        let mut events = Vec::new();
+        while let Some(p) = rx.blocking_recv() {
+            events.push((Instant::now(), p));
+        }
+        events
+    });
+    let report = in_netns(ns, move || async move {
+        let m = make()?.progress(tx);
+        tokio::time::timeout(limit, m.run())
+            .await
+            .map_err(|_| anyhow!("the migration hung"))
+    })
+    .join()
+    .map_err(|_| anyhow!("the source thread panicked"))??;
+    let ended = Instant::now();
+    let events = recorder
+        .join()
+        .map_err(|_| anyhow!("the progress recorder panicked"))?;
+    Ok(Ran {
+        report,
+        events,
+        ended,
+    })
 }
 
 /// A [`Service`] serving on `IP:0` inside a host until dropped.
