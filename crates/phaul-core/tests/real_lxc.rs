@@ -73,6 +73,22 @@ fn migrate_mode(
     migrate_from(from, bin, to, open, move |m| m.mode(mode).fs(fs)).0
 }
 
+/// The first file named `name` below `dir`.
+fn find_file(dir: &Path, name: &str) -> Option<PathBuf> {
+    for e in std::fs::read_dir(dir).ok()?.flatten() {
+        let p = e.path();
+        if p.file_name().is_some_and(|n| n == name) {
+            return Some(p);
+        }
+        if p.is_dir()
+            && let Some(found) = find_file(&p, name)
+        {
+            return Some(found);
+        }
+    }
+    None
+}
+
 fn lxcpath(tag: &str) -> (tempfile::TempDir, PathBuf) {
     let d = tempfile::Builder::new()
         .prefix(&format!("phaul-lxc-{tag}-"))
@@ -105,17 +121,33 @@ fn moves_a_container(fs: &FsChoice, mode: Mode, expected: &str) {
     .unwrap();
     let before = LxcContainer::counter_in(&src, &name).unwrap();
     let target = lxc_target(&hosts, &bin, &tgt);
-    let r = migrate_mode(
-        &hosts.src,
-        &bin,
-        &target.addr,
-        &name,
-        &src,
-        fs.clone(),
-        mode,
-    );
+    let (n, lxcpath, f) = (name.clone(), src.clone(), fs.clone());
+    let open = move || {
+        let paths = Paths {
+            lxcpath,
+            ..Paths::default()
+        };
+        source_in("lxc", &n, &paths).unwrap()
+    };
+    let (r, work) = migrate_from(&hosts.src, &bin, &target.addr, open, move |m| {
+        m.mode(mode).fs(f).keep_images(true)
+    });
     assert!(r.success, "{:?}", r.error);
     assert_eq!(r.mode, expected, "{}", r.mode_reason);
+    // The container has a network namespace of its own, and both hosts'
+    // CRIU (the same binary here) lock with nftables where it can: the
+    // dump's inventory says which lock its restore had to undo.
+    let nft = std::process::Command::new(&bin)
+        .args(["check", "--feature", "network_lock_nftables"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    let inventory = find_file(work.path(), "inventory.img").expect("the dump's inventory, kept");
+    let lock = criu_rpc::image::read_inventory(inventory.parent().unwrap())
+        .unwrap()
+        .network_lock_method
+        .map(criu_rpc::summary::network_lock_name);
+    let want = if nft { "nftables" } else { "iptables" };
+    assert_eq!(lock.as_deref(), Some(want), "the dump's network lock");
     assert_eq!(r.fs.driver, fs.name());
     assert!(r.fs.passes >= 2, "{:?}", r.fs);
     // LXC knows it on the target, runs it, and it is gone from the source.
