@@ -5,6 +5,8 @@
 //!     --mode auto --json report.json pid 4242
 //! cargo run --example phaul -- migrate --from 10.200.0.1:7070 --to 10.200.0.2:7070 \
 //!     --key-file key pid 4242     # from a third host: the source's service migrates
+//! cargo run --example phaul -- migrate --to 10.200.0.2:7070 --key-file key \
+//!     pid 4242 lxc web1           # a group: both move, or neither does
 //! ```
 //! Modes: auto, stop-copy, post-copy, pre-copy, hybrid, restart. Exit
 //! status, from the migration's [`Outcome`]: 0 only when the tree runs on
@@ -12,7 +14,7 @@
 //! unreadable key, a pre-flight check, no service there); 1 when it failed
 //! and rolled back (the source runs it again); 3 when it failed at or after
 //! the commit (look at both hosts). `--json` writes the report in every
-//! case. The arguments and the display are [`phaul_cli::MigrateArgs`] and
+//! case (a group's report with one entry per member for a group). The arguments and the display are [`phaul_cli::MigrateArgs`] and
 //! [`phaul_cli::ProgressDisplay`]; the migration is the facade's
 //! [`phaul::Migration`], started in the background as an embedder would.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
@@ -42,6 +44,9 @@ async fn main() -> ExitCode {
     phaul_fs::rsync::run_as_rsh_if_called();
     phaul_cli::init_tracing("warn");
     let Cmd::Migrate(m) = Cli::parse().cmd;
+    if m.is_group() {
+        return group(&m).await;
+    }
     let started = match &m.from {
         Some(from) => control(&m, from).await,
         None => migrate(&m).await,
@@ -52,7 +57,7 @@ async fn main() -> ExitCode {
             let why = phaul::transport::error_chain(&e);
             eprintln!("phaul: {why}");
             if let Some(p) = &m.json {
-                write_json(p, &m.refusal(why));
+                write_json(p, &m.refusal(why).to_json());
             }
             return ExitCode::from(2);
         }
@@ -61,18 +66,63 @@ async fn main() -> ExitCode {
     // status, never a failure to report it.
     let (status, report) = match end {
         Ok(report) => (0, report),
-        Err(f) => {
-            let status = match f.outcome {
-                Outcome::NotStarted => 2,
-                Outcome::RolledBack => 1,
-                Outcome::Diverged | Outcome::Succeeded => 3,
-            };
-            (status, *f.report)
-        }
+        Err(f) => (exit_status(f.outcome), *f.report),
     };
     println!("{report}");
     if let Some(p) = &m.json {
-        write_json(p, &report);
+        write_json(p, &report.to_json());
+    }
+    ExitCode::from(status)
+}
+
+fn exit_status(o: Outcome) -> u8 {
+    match o {
+        Outcome::NotStarted => 2,
+        Outcome::RolledBack => 1,
+        Outcome::Diverged | Outcome::Succeeded => 3,
+    }
+}
+
+/// Several KIND ID pairs: one group, all or none; the exit status as for
+/// one migration, from the group's outcome.
+async fn group(m: &MigrateArgs) -> ExitCode {
+    let group = match m
+        .group()
+        .and_then(|g| Ok((g, ProgressDisplay::start(m.events.as_deref())?)))
+    {
+        Ok(x) => x,
+        Err(e) => {
+            let why = phaul::transport::error_chain(&e);
+            eprintln!("phaul: {why}");
+            if let Some(p) = &m.json {
+                write_json(p, &m.group_refusal(why).to_json());
+            }
+            return ExitCode::from(2);
+        }
+    };
+    let (group, (display, tx)) = group;
+    let mut run = group.start();
+    let cancel = run.cancel_handle();
+    let ctrl_c = tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!("cancelling: every source is resumed unless the targets already run them");
+            cancel.cancel();
+        }
+    });
+    while let Some(event) = run.next_event().await {
+        let _ = tx.send(event.progress);
+    }
+    drop(tx);
+    let end = run.await;
+    ctrl_c.abort();
+    display.finish().await;
+    let (status, report) = match end {
+        Ok(report) => (0, report),
+        Err(f) => (exit_status(f.outcome), *f.report),
+    };
+    println!("{report}");
+    if let Some(p) = &m.json {
+        write_json(p, &report.to_json());
     }
     ExitCode::from(status)
 }
@@ -129,8 +179,8 @@ async fn control(m: &MigrateArgs, from: &str) -> phaul_cli::Result<Result<Report
 }
 
 /// Writes the report for `--json`; a failure is said, not fatal.
-fn write_json(p: &std::path::Path, r: &Report) {
-    if let Err(e) = std::fs::write(p, r.to_json()) {
+fn write_json(p: &std::path::Path, json: &str) {
+    if let Err(e) = std::fs::write(p, json) {
         eprintln!("phaul: writing {}: {e}", p.display());
     }
 }

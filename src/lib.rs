@@ -214,6 +214,33 @@
 //! # let _ = worth_retrying;
 //! ```
 //!
+//! # Several trees as one
+//!
+//! A [`Group`] moves several trees or containers as one cut: every member
+//! is checked before any freezes, and none runs on its target until every
+//! member is restored there; one failure before that rolls every member
+//! back. The report has one entry per member and the group's downtime.
+//!
+//! ```no_run
+//! use phaul::{Group, LinkConfig, Migration, Outcome, Pid, SharedKey};
+//!
+//! # async fn f() -> Result<(), Box<dyn std::error::Error>> {
+//! let link = LinkConfig::new(SharedKey::from_file("/etc/phaul/key")?);
+//! let member = |pid| -> Result<Migration, phaul::htypes::Error> {
+//!     Ok(Migration::to("10.0.0.2:7070", link.clone(), Box::new(Pid::new(pid)?)))
+//! };
+//! let mut run = Group::new().member(member(4242)?).member(member(4343)?).start();
+//! while let Some(event) = run.next_event().await {
+//!     println!("{}: {:?}", event.migration, event.progress); // each names its member
+//! }
+//! match run.await {
+//!     Ok(group) => println!("all moved; down {:?} ms", group.downtime_ms),
+//!     Err(f) if f.outcome == Outcome::Diverged => eprintln!("split between hosts: {f}"),
+//!     Err(f) => eprintln!("every source runs its tree again: {f}"),
+//! }
+//! # Ok(()) }
+//! ```
+//!
 //! # Where each side must run
 //!
 //! - The **source** runs in the workload's mount and network namespaces.
@@ -258,8 +285,9 @@ pub use phaul_core::criu::Criu;
 pub use phaul_core::hostinfo::tree_size;
 pub use phaul_core::target::metrics::Metrics as ServiceMetrics;
 pub use phaul_core::{
-    CancelHandle, Error, Event, Failure, Migration, MigrationRun, Mode, ModeChoice, Order, Outcome,
-    Phase, Progress, RemoteRun, Report, Service, ServiceEvent, Timeouts,
+    CancelHandle, Error, Event, Failure, Group, GroupCancel, GroupFailure, GroupReport, GroupRun,
+    Migration, MigrationRun, Mode, ModeChoice, Order, Outcome, Phase, Progress, RemoteRun, Report,
+    Service, ServiceEvent, Timeouts,
 };
 pub use phaul_htypes::Htype;
 pub use phaul_htypes::pid::Pid;

@@ -291,3 +291,64 @@ fn the_cli_migrates_for_real_and_refuses_a_wrong_key_or_a_missing_service() {
     assert!(wait_until(Duration::from_secs(10), || (!alive(w.pid)).then_some(())).is_some());
     svc.stop();
 }
+
+/// Several KIND ID pairs are one group: a pair that names no process
+/// refuses the whole group before anything freezes (exit 2, the other tree
+/// untouched); two real trees move together (exit 0, a group report with
+/// an entry per member and the group's downtime).
+#[test]
+fn several_pairs_move_as_one_group_or_not_at_all() {
+    let Some(_) = require_criu("several_pairs_move_as_one_group_or_not_at_all") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let hosts = Hosts::new().unwrap();
+    let key = key_file(dir.path(), "the demo key, which is long enough", 0o600);
+    let (mut svc, addr) = service(&hosts, &key, dir.path(), &[]);
+    let mut a = Workload::start_in(Some(&hosts.src), 16).unwrap();
+    let mut b = Workload::start_in(Some(&hosts.src), 16).unwrap();
+    let (pa, pb) = (a.pid.to_string(), b.pid.to_string());
+    let key = key.to_str().unwrap();
+
+    let r = phaul(
+        dir.path(),
+        Some(&hosts.src),
+        &[
+            "--to",
+            &addr,
+            "--key-file",
+            key,
+            "pid",
+            &pa,
+            "pid",
+            "999999",
+        ],
+    );
+    assert_eq!(r.status, 2, "{}\n{}", r.stderr, r.json);
+    assert_eq!(r.json["outcome"], "not-started", "{}", r.json);
+    assert!(alive(a.pid));
+    let c = a.counter().unwrap();
+    assert!(a.counter_passes(c, Duration::from_secs(10)).is_some());
+
+    let r = phaul(
+        dir.path(),
+        Some(&hosts.src),
+        &["--to", &addr, "--key-file", key, "pid", &pa, "pid", &pb],
+    );
+    assert_eq!(r.status, 0, "{}\n{}", r.stderr, r.json);
+    assert_eq!(r.json["outcome"], "succeeded", "{}", r.json);
+    assert!(r.json["downtime_ms"].as_f64().unwrap() > 0.0, "{}", r.json);
+    let members = r.json["members"].as_array().unwrap();
+    assert_eq!(members.len(), 2, "{}", r.json);
+    for (m, w) in members.iter().zip([&mut a, &mut b]) {
+        assert_report_keys(m);
+        let before = w.counter().unwrap();
+        let new = i32::try_from(m["target_pid"].as_i64().unwrap()).unwrap();
+        w.adopt(new);
+        assert_eq!(w.memory_intact(new), Some(true));
+        assert!(w.counter_passes(before, Duration::from_secs(10)).is_some());
+        let old = w.pid;
+        assert!(wait_until(Duration::from_secs(10), || (!alive(old)).then_some(())).is_some());
+    }
+    svc.stop();
+}

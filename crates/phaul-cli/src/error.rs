@@ -21,6 +21,9 @@ pub enum Error {
     /// CRIU could not be reached or is too old.
     #[error("checking CRIU")]
     Criu(#[source] criu_rpc::Error),
+    /// What to migrate is not a list of KIND ID pairs.
+    #[error("expected KIND ID pairs, got an odd number of words: {0:?}")]
+    Pairs(Vec<String>),
     /// A `--veth` without `=`.
     #[error("--veth {0:?}: expected IN=OUT[@BRIDGE]")]
     Veth(String),

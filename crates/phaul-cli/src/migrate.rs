@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use phaul_core::policy::{DowntimeBudget, PhaulRules};
 use phaul_core::stats::Ongoing;
-use phaul_core::{Migration, Mode, ModeChoice, Order, Report};
+use phaul_core::{Group, GroupReport, Migration, Mode, ModeChoice, Order, Report};
 use phaul_htypes::pid::{PidOptions, TcpConnections};
 use phaul_transport::LinkConfig;
 
@@ -94,18 +94,53 @@ pub struct MigrateArgs {
     #[command(flatten)]
     pub pid_opts: PidFlags,
     /// What to migrate: KIND ID, e.g. `pid 4242`, `lxc web1`, `runc web1`
-    /// or `vz 101`.
-    #[arg(num_args = 2, value_names = ["KIND", "ID"], required = true)]
+    /// or `vz 101`. Several KIND ID pairs move as one group: all are
+    /// checked, frozen and restored before any runs on the target, and one
+    /// failure rolls them all back.
+    #[arg(num_args = 2.., value_names = ["KIND", "ID"], required = true)]
     pub what: Vec<String>,
 }
 
 impl MigrateArgs {
+    /// Whether several KIND ID pairs were given: a group migration.
+    pub fn is_group(&self) -> bool {
+        self.what.len() > 2
+    }
+
     /// The migration these arguments describe, not started: the caller adds
-    /// its progress channel and runs it.
+    /// its progress channel and runs it. With several KIND ID pairs, the
+    /// first one's (see [`MigrateArgs::group`]).
     pub fn migration(&self) -> Result<Migration> {
+        self.pairs()?;
+        self.migration_of(&self.what[0], &self.what[1])
+    }
+
+    /// The group these arguments describe: every KIND ID pair a member,
+    /// each with the same settings.
+    pub fn group(&self) -> Result<Group> {
+        self.pairs()?
+            .iter()
+            .try_fold(Group::new(), |g, (kind, id)| {
+                Ok(g.member(self.migration_of(kind, id)?))
+            })
+    }
+
+    /// The KIND ID pairs; an odd count is refused by name.
+    fn pairs(&self) -> Result<Vec<(&str, &str)>> {
+        if self.what.len() % 2 != 0 {
+            return Err(Error::Pairs(self.what.clone()));
+        }
+        Ok(self
+            .what
+            .chunks(2)
+            .map(|p| (p[0].as_str(), p[1].as_str()))
+            .collect())
+    }
+
+    fn migration_of(&self, kind: &str, id: &str) -> Result<Migration> {
         let htype = phaul_htypes::registry::source_with(
-            &self.what[0],
-            &self.what[1],
+            kind,
+            id,
             &self.host.paths(),
             &self.pid_opts.options()?,
         )?;
@@ -143,6 +178,7 @@ impl MigrateArgs {
     pub fn order(&self) -> Result<(Order, LinkConfig)> {
         let pid_opts = self.pid_opts.options()? != PidOptions::default();
         let not_carried = [
+            ("several KIND ID pairs (a group)", self.is_group()),
             ("--downtime-ms", self.downtime_ms.is_some()),
             ("--bandwidth", self.bandwidth.is_some()),
             ("--compress", self.compress),
@@ -185,6 +221,18 @@ impl MigrateArgs {
             reason: "refused before anything started".into(),
         })
         .finalize(Err(error))
+    }
+
+    /// The group report of a group refused before anything started.
+    pub fn group_refusal(&self, error: String) -> GroupReport {
+        GroupReport {
+            schema: GroupReport::SCHEMA,
+            group_id: String::new(),
+            outcome: phaul_core::Outcome::NotStarted,
+            success: false,
+            downtime_ms: None,
+            members: vec![self.refusal(error)],
+        }
     }
 }
 
@@ -330,5 +378,25 @@ mod tests {
         assert_eq!(r.error.as_deref(), Some("no such process"));
         assert_eq!(r.mode, "pre-copy");
         assert_eq!(r.outcome, phaul_core::Outcome::NotStarted);
+    }
+
+    #[test]
+    fn several_pairs_make_a_group_and_an_odd_count_is_refused() {
+        let m = parse(&["lxc", "web1"]);
+        assert!(m.is_group());
+        assert_eq!(m.pairs().unwrap(), vec![("lxc", "web1"), ("pid", "1")]);
+        let odd = parse(&["lxc"]);
+        let e = odd.group().unwrap_err();
+        assert!(matches!(&e, Error::Pairs(w) if w.len() == 3), "{e}");
+        assert!(odd.migration().is_err());
+        assert!(!parse(&[]).is_group());
+    }
+
+    #[test]
+    fn a_group_cannot_be_ordered_through_from() {
+        let mut m = parse(&["pid", "2"]);
+        m.from = Some("10.0.0.1:7070".into());
+        let e = m.order().unwrap_err();
+        assert!(matches!(e, Error::NotWithFrom(w) if w.contains("group")));
     }
 }

@@ -101,6 +101,12 @@ pub enum Error {
     /// The peer broke the migration protocol.
     #[error("protocol: {0}")]
     Protocol(String),
+
+    /// Another member of a group migration failed, so this one gave up
+    /// too (see [`crate::source::Group`]); the text names that member and
+    /// its error.
+    #[error("another member of the group failed: {0}")]
+    Group(String),
 }
 
 /// Shorthand for results of this crate.

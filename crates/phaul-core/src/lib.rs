@@ -23,7 +23,8 @@
 //! [`policy::ConvergencePolicy`]: P.Haul's rules or a downtime budget.
 //!
 //! # Layout
-//! - [`source`]: [`Migration`], [`Progress`] events, [`CancelHandle`].
+//! - [`source`]: [`Migration`], [`Progress`] events, [`CancelHandle`], and
+//!   [`Group`], several migrations moved as one.
 //! - [`target`]: the target side, [`Service`], which also takes
 //!   controllers' orders.
 //! - [`control`]: a controller's [`Order`] to a source's service, and its
@@ -66,6 +67,9 @@ pub mod target;
 pub use control::{Order, RemoteRun};
 pub use error::{Error, Result};
 pub use mode::{Mode, ModeChoice};
-pub use source::{CancelHandle, Event, Failure, Migration, MigrationRun, Progress, Timeouts};
+pub use source::{
+    CancelHandle, Event, Failure, Group, GroupCancel, GroupFailure, GroupReport, GroupRun,
+    Migration, MigrationRun, Progress, Timeouts,
+};
 pub use stats::{Outcome, Phase, Report};
 pub use target::{Service, ServiceEvent};

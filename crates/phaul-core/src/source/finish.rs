@@ -104,6 +104,7 @@ impl<C: SourceCriu> Migration<C> {
         let (stopped, dir, t0) = match self.stop_source(run, how, i, pre_copied).await {
             Ok(x) => x,
             Err(e) => {
+                self.group_failed(&e);
                 // Nothing holds the source stopped: CRIU or the kind has
                 // resumed it (or never stopped it).
                 if run.stats.outcome(false) != Outcome::NotStarted {
@@ -130,6 +131,8 @@ impl<C: SourceCriu> Migration<C> {
                 Ok(())
             }
             Err(e) => {
+                // The others roll back alongside, not after this one.
+                self.group_failed(&e);
                 self.enter_anyway(run.stats, Phase::Rollback);
                 self.emit(Progress::RollingBack(e.to_string()));
                 self.resume_source(run, stopped, &e).await;

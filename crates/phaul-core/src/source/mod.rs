@@ -25,14 +25,18 @@
 //!   command that ends a dump that cannot be relayed);
 //! - `progress.rs`: [`Progress`] events, their [`Event`] envelope, and the
 //!   bytes ticker;
+//! - `group.rs`: [`Group`], several migrations moved as one (a gate the
+//!   members pass before any freezes and before any commits);
 //! - `handle.rs`: [`MigrationRun`], a migration started in the background,
 //!   and [`Failure`], its typed end.
 
 mod finish;
+mod group;
 mod handle;
 mod lazy;
 mod progress;
 
+pub use group::{Group, GroupCancel, GroupFailure, GroupReport, GroupRun};
 pub use handle::{Failure, MigrationRun};
 pub use progress::{BYTES_TICK, Event, Progress};
 
@@ -132,6 +136,8 @@ pub struct Migration<C: SourceCriu = crate::criu::Criu> {
     fs: FsChoice,
     cancel_tx: Arc<watch::Sender<bool>>,
     cancel_rx: watch::Receiver<bool>,
+    /// The group this migration is a member of, if any.
+    group: Option<group::Gate>,
 }
 
 impl<C: SourceCriu> std::fmt::Debug for Migration<C> {
@@ -180,6 +186,7 @@ impl<C: SourceCriu> Migration<C> {
             fs: self.fs,
             cancel_tx: self.cancel_tx,
             cancel_rx: self.cancel_rx,
+            group: self.group,
         }
     }
 
@@ -217,6 +224,7 @@ impl<C: SourceCriu> Migration<C> {
             fs: FsChoice::default(),
             cancel_tx: Arc::new(tx),
             cancel_rx: rx,
+            group: None,
         }
     }
 
@@ -367,6 +375,9 @@ impl<C: SourceCriu> Migration<C> {
     fn freezing(&self, stats: &mut Ongoing, t0: Instant) -> Result<()> {
         stats.source_frozen(t0)?;
         stats.set_freeze_timeout(self.freeze_timeout);
+        if let Some(g) = &self.group {
+            g.froze(t0);
+        }
         let _ = self
             .freeze_deadline
             .set(tokio::time::Instant::from_std(t0) + self.freeze_timeout);
@@ -452,6 +463,9 @@ impl<C: SourceCriu> Migration<C> {
             .work_dir
             .join(format!("{}-{}", std::process::id(), unique()));
         let res = self.drive(&mut stats, &dir).await;
+        if let Err(e) = &res {
+            self.group_failed(e);
+        }
         self.tidy(&mut stats, &dir, res.is_ok());
         let outcome = stats.outcome(res.is_ok());
         self.emit(Progress::Phase(Phase::Done));
@@ -697,6 +711,10 @@ impl<C: SourceCriu> Migration<C> {
         };
         plan.to_wire(&mut begin);
         self.call(&mut ctl, request::Body::Begin(begin)).await?;
+        if let Err(e) = self.group_pass(group::Stage::Checked).await {
+            ctl.close().await;
+            return Err(e);
+        }
         let images = self.connect(Channel::Images, Some(sid)).await?;
         let fs = match (&fs_root, &self.fs) {
             (None, _) => None,
@@ -1059,6 +1077,7 @@ impl<C: SourceCriu> Migration<C> {
             }
             other => return Err(unexpected("Restore", &other)),
         }
+        self.group_pass(group::Stage::Restored).await?;
         self.enter(run.stats, Phase::Commit)?;
         let valid_for_ms = self.commit_lease()?;
         run.stats.commit_sent(true);
@@ -1074,13 +1093,41 @@ impl<C: SourceCriu> Migration<C> {
         }
         match answer? {
             response::Body::Committed(_) => {
-                run.stats.target_resumed(Instant::now()).ok();
+                let now = Instant::now();
+                run.stats.target_resumed(now).ok();
+                if let Some(g) = &self.group {
+                    g.resumed(now);
+                }
                 if let Some(d) = run.stats.downtime_so_far() {
                     self.emit(Progress::Resumed(d));
                 }
                 Ok(())
             }
             other => Err(unexpected("Commit", &other)),
+        }
+    }
+
+    /// Waits at the group's gate, if this migration is a group's member:
+    /// `Err` when another member failed (or this one is cancelled).
+    async fn group_pass(&self, stage: group::Stage) -> Result<()> {
+        let Some(g) = &self.group else {
+            return Ok(());
+        };
+        // Bounded by the other members' own limits (each fails the gate
+        // when it gives up) and, once frozen, by this one's freeze limit.
+        self.step(
+            Duration::from_secs(24 * 3600),
+            "waiting for the group",
+            g.pass(stage, &self.id),
+        )
+        .await
+    }
+
+    /// Tells the group, if any, that this member failed: the others give
+    /// up at once instead of at their gate's timeout.
+    fn group_failed(&self, e: &Error) {
+        if let Some(g) = &self.group {
+            g.fail(&self.id, e);
         }
     }
 
