@@ -30,8 +30,14 @@
 //!    Downtime and total: from the start of the checkpoint until the
 //!    restore returned.
 //!
+//! 4. **runc, phaul stop-copy** and 5. **runc, phaul post-copy**: the same
+//!    server in a runc container whose config joins a network namespace by
+//!    path (see `ct/runc.rs`), moved by phaul's `runc` kind to a service on
+//!    the target; 6. **runc by hand**: `runc checkpoint`, rsync of the
+//!    bundle and the images, `runc restore -d`.
+//!
 //! After each case the bench checks that the container runs on the target
-//! (`lxc-info` RUNNING there), that the server kept its data (a key set
+//! (`lxc-info` RUNNING there, or `runc state` running), that the server kept its data (a key set
 //! before the move) and its counter (the client saw no error: every `INCR`
 //! answered the previous value plus one), and that the client goes on.
 //!
@@ -49,7 +55,7 @@
 //! ```
 //!
 //! Narrowing: `PHAUL_BENCH_SIZES=128` (MiB, comma-separated),
-//! `PHAUL_BENCH_RUNS=N`, `PHAUL_BENCH_CASES=lxc-stop,lxc-post,lxc-seed`,
+//! `PHAUL_BENCH_RUNS=N`, `PHAUL_BENCH_CASES=lxc-stop,lxc-post,lxc-seed,runc-stop,runc-post,runc-hand`,
 //! `PHAUL_BENCH_KEEP=1` (keep phaul's image directories with CRIU's logs),
 //! `PHAUL_BENCH_CRIU_LOG_LEVEL=4` (the engine's CRIU logs with timestamps).
 
@@ -69,6 +75,8 @@ use phaul_transport::LinkConfig;
 
 mod common;
 use common::{ServiceThread, engine_criu, migrate_in};
+#[path = "ct/runc.rs"]
+mod runc;
 
 /// The link's shared key (both hosts are ours).
 const KEY: &[u8] = b"phaul containers bench shared key";
@@ -92,16 +100,29 @@ enum Case {
     LxcStop,
     LxcPost,
     LxcSeed,
+    RuncStop,
+    RuncPost,
+    RuncHand,
 }
 
 impl Case {
-    const ALL: [Case; 3] = [Case::LxcStop, Case::LxcPost, Case::LxcSeed];
+    const ALL: [Case; 6] = [
+        Case::LxcStop,
+        Case::LxcPost,
+        Case::LxcSeed,
+        Case::RuncStop,
+        Case::RuncPost,
+        Case::RuncHand,
+    ];
 
     fn name(self) -> &'static str {
         match self {
             Case::LxcStop => "lxc-stop",
             Case::LxcPost => "lxc-post",
             Case::LxcSeed => "lxc-seed",
+            Case::RuncStop => "runc-stop",
+            Case::RuncPost => "runc-post",
+            Case::RuncHand => "runc-hand",
         }
     }
 
@@ -110,8 +131,18 @@ impl Case {
             Case::LxcStop => "LXC, phaul stop-copy",
             Case::LxcPost => "LXC, phaul post-copy",
             Case::LxcSeed => "LXC, seed's method by hand",
+            Case::RuncStop => "runc, phaul stop-copy",
+            Case::RuncPost => "runc, phaul post-copy",
+            Case::RuncHand => "runc, by hand",
         }
     }
+
+    /// phaul's stop-copy and post-copy cases of a kind, and the by-hand
+    /// case they are compared with.
+    const KINDS: [(&'static str, [Case; 3]); 2] = [
+        ("LXC", [Case::LxcStop, Case::LxcPost, Case::LxcSeed]),
+        ("runc", [Case::RuncStop, Case::RuncPost, Case::RuncHand]),
+    ];
 }
 
 #[derive(Debug, Clone)]
@@ -169,6 +200,9 @@ struct Sample {
 }
 
 fn main() -> Result<()> {
+    if let Some(ready) = std::env::var_os(runc::SERVE_ENV) {
+        return runc::serve(&ready.to_string_lossy());
+    }
     let Some(bin) = ready()? else {
         return Ok(());
     };
@@ -237,7 +271,7 @@ fn ready() -> Result<Option<PathBuf>> {
     if let Err(e) = criu_version(&bin) {
         return skip(&format!("no working CRIU 4 at {} ({e:#})", bin.display()));
     }
-    for tool in ["lxc-checkpoint", "redis-server", "rsync"] {
+    for tool in ["lxc-checkpoint", "redis-server", "rsync", "runc", "busybox"] {
         if which(tool).is_none() {
             return skip(&format!("{tool} is missing"));
         }
@@ -363,11 +397,27 @@ impl Scene {
 }
 
 fn run_case(bin: &Path, case: Case, mib: u32, keep: bool) -> Result<Sample> {
+    let runc_case = |f: &dyn Fn(&mut runc::RuncScene) -> Result<(f64, f64)>| {
+        let mut scene = runc::RuncScene::start(mib).context("setting up")?;
+        let (downtime_ms, total_ms) = f(&mut scene)?;
+        Ok(Sample {
+            stall_ms: scene.check_moved()?,
+            downtime_ms,
+            total_ms,
+        })
+    };
+    match case {
+        Case::RuncStop => return runc_case(&|s| runc::phaul(bin, s, Mode::StopCopy)),
+        Case::RuncPost => return runc_case(&|s| runc::phaul(bin, s, Mode::PostCopy)),
+        Case::RuncHand => return runc_case(&|s| runc::by_hand(bin, s)),
+        _ => {}
+    }
     let scene = Scene::start(mib).context("setting up")?;
     let (downtime_ms, total_ms) = match case {
         Case::LxcStop => phaul(bin, &scene, Mode::StopCopy, keep)?,
         Case::LxcPost => phaul(bin, &scene, Mode::PostCopy, keep)?,
         Case::LxcSeed => seed_by_hand(bin, &scene)?,
+        Case::RuncStop | Case::RuncPost | Case::RuncHand => unreachable!("handled above"),
     };
     let moved = scene.check_moved();
     if moved.is_err() && std::env::var_os("PHAUL_BENCH_PAUSE").is_some() {
@@ -608,26 +658,28 @@ fn print_ratios(cfg: &Config, results: &BTreeMap<(u32, Case), Vec<Sample>>) {
     let stall: fn(&Sample) -> f64 = |s| s.stall_ms;
     let total: fn(&Sample) -> f64 = |s| s.total_ms;
     println!("--- ratios (same run) ---");
-    let seed = get(small, Case::LxcSeed, stall);
-    for case in [Case::LxcStop, Case::LxcPost] {
-        line(
-            &format!("{} stall / seed's method's, {small} MiB", case.label()),
-            get(small, case, stall) / seed,
-            GOAL_VS_SEED,
-        );
-        if large != small {
+    for (kind, [stop, post, by_hand]) in Case::KINDS {
+        let seed = get(small, by_hand, stall);
+        for case in [stop, post] {
             line(
-                &format!("{} stall, {large} MiB / {small} MiB", case.label()),
-                get(large, case, stall) / get(small, case, stall),
-                GOAL_FLAT,
+                &format!("{} stall / {}'s, {small} MiB", case.label(), by_hand.name()),
+                get(small, case, stall) / seed,
+                GOAL_VS_SEED,
+            );
+            if large != small {
+                line(
+                    &format!("{} stall, {large} MiB / {small} MiB", case.label()),
+                    get(large, case, stall) / get(small, case, stall),
+                    GOAL_FLAT,
+                );
+            }
+        }
+        for &mib in &cfg.sizes {
+            line(
+                &format!("{kind} post-copy total / stop-copy total, {mib} MiB"),
+                get(mib, post, total) / get(mib, stop, total),
+                GOAL_TOTAL,
             );
         }
-    }
-    for &mib in &cfg.sizes {
-        line(
-            &format!("LXC post-copy total / stop-copy total, {mib} MiB"),
-            get(mib, Case::LxcPost, total) / get(mib, Case::LxcStop, total),
-            GOAL_TOTAL,
-        );
     }
 }
