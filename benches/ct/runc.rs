@@ -14,6 +14,14 @@
 //! would keep its kernel from resetting the client's connection once the
 //! container is gone; phaul's `runc` kind locks the namespace instead).
 //!
+//! The client's stall is longer than the downtime here by about a second:
+//! runc runs the restored container at once, whose answer to the request
+//! it held goes out before the target's namespace is on the LAN and is
+//! lost, and TCP sends it again only at its retransmission timeout.
+//! Switching earlier is no cure: a namespace on the LAN before its sockets
+//! are restored answers the client with a reset (tried: the post-copy case
+//! lost its client).
+//!
 //! phaul's target service runs as a second process of this bench binary
 //! ([`SERVE_ENV`]): a process can enter a mount namespace only while it has
 //! one thread.

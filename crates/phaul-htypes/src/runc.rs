@@ -83,7 +83,7 @@ fn network_of(config: &serde_json::Value) -> Network {
 /// named by path (the orchestrator's) lives on: its kernel would take the
 /// clients' packets into the paused source's sockets (data the target never
 /// gets) and answer them with resets when the source is killed. So it is
-/// locked from before the dump; a rollback unlocks it, and after a
+/// locked once paused, before the dump; a rollback unlocks it, and after a
 /// migration it stays locked for the orchestrator to remove.
 fn lock_netns(path: &str, on: bool) -> Result<()> {
     let verb = if on { "-I" } else { "-D" };
@@ -240,15 +240,22 @@ impl Runc {
     }
 
     /// Lets the named namespace's traffic through again (a rollback).
-    /// Locks its network (as CRIU would) and pauses it, for a checkpoint
-    /// by runc; unlocked again if the pause fails.
+    /// Pauses it and then locks its network, for a checkpoint by runc;
+    /// resumed again if the lock fails.
+    ///
+    /// In that order, as CRIU does: what clients send while it pauses is
+    /// still taken into its sockets (and acknowledged), which the dump then
+    /// holds, rather than dropped, so a client that sent a request then
+    /// has no reason to retransmit into a locked namespace and back off.
     fn pause(&self) -> Result<()> {
+        self.run(&[OsStr::new("pause"), OsStr::new(&self.id)])?;
         if let Some(p) = &self.netns_path {
-            lock_netns(p, true)?;
+            if let Err(e) = lock_netns(p, true) {
+                let _ = self.run(&[OsStr::new("resume"), OsStr::new(&self.id)]);
+                return Err(e);
+            }
         }
-        self.run(&[OsStr::new("pause"), OsStr::new(&self.id)])
-            .map(drop)
-            .inspect_err(|_| self.unlock())
+        Ok(())
     }
 
     /// A runc command that runs CRIU (`checkpoint`, `restore`), with its
