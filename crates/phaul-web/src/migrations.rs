@@ -882,4 +882,31 @@ mod tests {
         assert!(v["failure"].is_null(), "{v}");
         assert_eq!(cancelled(false)["status"], "failed");
     }
+
+    #[test]
+    fn an_ordered_migration_ends_in_words_of_this_host() {
+        // The other host's service reports its error as text: an asked
+        // cancel is one that left the tree at home.
+        let ordered = |asked: bool, outcome: Outcome| {
+            let mut s = state();
+            s.direction = Direction::In;
+            s.cancel_asked = asked;
+            let failure = Failure {
+                outcome,
+                error: phaul_core::Error::SourceService("cancelled".into()),
+                report: Box::new(failed_report("cancelled")),
+            };
+            finish(&mut s, Err(failure));
+            s.to_json()
+        };
+        let v = ordered(true, Outcome::RolledBack);
+        assert_eq!(v["status"], "cancelled");
+        assert_eq!(v["direction"], "in");
+        assert_eq!(
+            v["log"].as_array().unwrap().last().unwrap(),
+            "cancelled: the tree runs on the other host"
+        );
+        assert_eq!(ordered(true, Outcome::Diverged)["status"], "failed");
+        assert_eq!(ordered(false, Outcome::RolledBack)["status"], "failed");
+    }
 }

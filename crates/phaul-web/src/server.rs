@@ -135,16 +135,7 @@ impl App {
             })?;
         let (origins, hosts) = guard::origins(cfg.addr, &cfg.allow_origins)?;
         if let Some(here) = &cfg.this_host {
-            // The other host's service dials it: only an address it can
-            // reach, never a local socket or a descriptor of this host
-            // (checked by hand: `Endpoint::parse` would take an `fd:N`).
-            let port = here.rsplit_once(':').map(|(h, p)| (h, p.parse::<u16>()));
-            let tcp = matches!(port, Some((h, Ok(p))) if !h.is_empty() && p > 0)
-                && !here.starts_with("unix:")
-                && !here.starts_with("fd:");
-            if !tcp {
-                return Err(Error::ThisHost(here.clone()));
-            }
+            check_this_host(here)?;
         }
         let criu = phaul_core::criu::Criu::new(cfg.criu.clone()).log_level(cfg.criu_log_level);
         let migrations = Arc::new(Migrations::new(
@@ -227,6 +218,46 @@ impl App {
     }
 }
 
+/// The other host's service dials `--this-host`: only an address it can
+/// reach (`HOST:PORT`), never a local socket or a descriptor of this host
+/// (checked by hand: `Endpoint::parse` would take over an `fd:N`).
+fn check_this_host(here: &str) -> Result<()> {
+    let port = here.rsplit_once(':').map(|(h, p)| (h, p.parse::<u16>()));
+    let tcp = matches!(port, Some((h, Ok(p))) if !h.is_empty() && p > 0)
+        && !here.starts_with("unix:")
+        && !here.starts_with("fd:");
+    if tcp {
+        Ok(())
+    } else {
+        Err(Error::ThisHost(here.to_string()))
+    }
+}
+
 fn page(content_type: &'static str, body: &'static str) -> Response {
     ([(header::CONTENT_TYPE, content_type)], body).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn this_host_is_an_address_the_other_host_can_dial() {
+        for ok in ["10.0.0.1:7070", "host.example:7070", "[::1]:7070"] {
+            assert!(check_this_host(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "10.0.0.1",
+            ":7070",
+            "10.0.0.1:0",
+            "unix:/run/x.sock",
+            "fd:3",
+            "h:70000",
+        ] {
+            assert!(
+                matches!(check_this_host(bad), Err(Error::ThisHost(_))),
+                "{bad}"
+            );
+        }
+    }
 }
