@@ -429,7 +429,7 @@ async fn migrate(State(app): State<Arc<Shared>>, body: Bytes) -> ApiResult {
     let body = parse_body(&body)?;
     let mode = parse_mode(&body)?;
     if from_remote(&body)? {
-        return pull(&app, &body, mode).await;
+        return move_here(&app, &body, mode).await;
     }
     let fs = parse_fs(&body)?;
     let n = named(&app, &body).await?;
@@ -441,7 +441,7 @@ async fn migrate(State(app): State<Arc<Shared>>, body: Bytes) -> ApiResult {
 
 /// Moves a tree of the other host here: an order to its service, whose
 /// file-system driver is its own (`fs` is refused rather than ignored).
-async fn pull(app: &Shared, body: &serde_json::Map<String, Value>, mode: Mode) -> ApiResult {
+async fn move_here(app: &Shared, body: &serde_json::Map<String, Value>, mode: Mode) -> ApiResult {
     if !matches!(body.get("fs"), None | Some(Value::Null)) {
         return Err(bad(
             "fs is for this host's trees: the other host's service picks its own driver",
