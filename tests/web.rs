@@ -22,6 +22,12 @@
 //!   CRIU failing its restores (named as the restore's failure, with CRIU's
 //!   cause and its logs), a real LXC container dragged from the containers
 //!   list. Screenshots: `target/web-e2e/*.png`.
+//! - Both ways from one phaul-web (#15): with `phaul-service` on both hosts
+//!   and `--this-host`, a workload of each host moves to the other, one
+//!   through a migration run in phaul-web, the other through an order to
+//!   the other host's service (the control API); memory and counters
+//!   survive, the originals are gone. Through the API (with a cancel of an
+//!   order, and what a pull refuses) and through the page's drags.
 //! - Checkpoint to an archive and restore from it, through the API.
 //!
 //! The real tests need root, CRIU 4, chromium and `web/node_modules`
@@ -40,7 +46,7 @@ use std::time::Duration;
 use phaul_testkit::{Hosts, LxcContainer, Workload, alive, kill_tree, require_criu, wait_until};
 
 mod common;
-use common::{example, service};
+use common::{example, service, service_on};
 use serde_json::{Value, json};
 
 /// The browser tests run one at a time: two chromiums and two migrations on
@@ -1249,6 +1255,254 @@ fn the_page_checkpoints_downloads_and_restores_an_archive() {
     assert!(Hosts::runs_in(&hosts.src, new), "restored on this host");
     assert_eq!(w.memory_intact(new), Some(true));
     assert!(w.counter_passes(before, Duration::from_secs(10)).is_some());
+}
+
+/// A POST of JSON from inside host `ns`: its status and body.
+fn post_in(ns: &str, web: &Web, path: &str, body: &Value) -> (u16, Value) {
+    let (addr, auth, path, body) = (web.addr.clone(), web.auth(), path.to_string(), body.clone());
+    phaul_testkit::in_netns(ns, move || async move {
+        let r = http(
+            &addr,
+            "POST",
+            &path,
+            &[
+                ("Authorization", &auth),
+                ("Content-Type", "application/json"),
+            ],
+            body.to_string().as_bytes(),
+        );
+        (r.status, r.json())
+    })
+    .join()
+    .unwrap()
+}
+
+/// Starts a migration through the API and waits for its end; its state.
+fn migrate_in(ns: &str, web: &Web, body: &Value) -> Value {
+    let (status, r) = post_in(ns, web, "/api/migrate", body);
+    assert_eq!(status, 202, "{body}: {r}\n{}", web.log());
+    let path = format!("/api/migrations/{}", r["id"]);
+    wait_until(Duration::from_secs(240), || {
+        let m = get_in(ns, web, &path);
+        (m["status"] != "running").then_some(m)
+    })
+    .expect("the migration ended")
+}
+
+/// Both hosts run `phaul-service`; phaul-web runs in the source host and
+/// knows both (`--target` the other's, `--this-host` its own). Fields drop
+/// in order: the processes before the hosts they run in.
+struct BothWays {
+    svc: [common::Killed; 2],
+    web: Web,
+    stage: Stage,
+}
+
+fn both_ways(test: &str, browser: bool) -> Option<BothWays> {
+    let stage = if browser {
+        stage(test)?
+    } else {
+        require_criu(test)?;
+        let one = E2E.lock().unwrap_or_else(|e| e.into_inner());
+        let dir = tempfile::tempdir().unwrap();
+        let key = key_file(dir.path());
+        Stage {
+            dir,
+            hosts: Hosts::new().unwrap(),
+            key,
+            _one: one,
+        }
+    };
+    let (h, key, dir) = (&stage.hosts, &stage.key, stage.dir.path());
+    let (svc_a, a) = service_on(&h.src, &h.src_ip, key, dir, "a");
+    let (svc_b, b) = service_on(&h.tgt, &h.tgt_ip, key, dir, "b");
+    let web = Web::start(
+        Some(&h.src),
+        &b,
+        key,
+        &dir.join("web"),
+        &["--this-host", &a],
+    );
+    Some(BothWays {
+        svc: [svc_a, svc_b],
+        web,
+        stage,
+    })
+}
+
+/// `w` (whose counter read `before`) runs as `new` in host `ns` with its
+/// memory, counts on, and its original is gone.
+fn assert_moved_to(w: &mut Workload, ns: &str, new: i32, before: u64) {
+    let old = w.pid;
+    w.adopt(new);
+    assert!(Hosts::runs_in(ns, new), "PID {new} runs in {ns}");
+    assert_eq!(w.memory_intact(new), Some(true), "its memory checksum");
+    assert!(
+        w.counter_passes(before, Duration::from_secs(10)).is_some(),
+        "its counter goes on"
+    );
+    assert!(
+        wait_until(Duration::from_secs(20), || (!alive(old)).then_some(())).is_some(),
+        "the original {old} ended"
+    );
+}
+
+#[test]
+fn the_api_moves_trees_both_ways_through_the_owners_service() {
+    let Some(mut bw) = both_ways(
+        "the_api_moves_trees_both_ways_through_the_owners_service",
+        false,
+    ) else {
+        return;
+    };
+    let (hosts, web) = (&bw.stage.hosts, &bw.web);
+    let src = hosts.src.clone();
+    let mut on_a = Workload::start_in(Some(&hosts.src), 16).unwrap();
+    let mut on_b = Workload::start_in(Some(&hosts.tgt), 16).unwrap();
+    let info = get_in(&src, web, "/api/info");
+    assert_eq!(info["pull"], true, "{info}");
+
+    // What a pull refuses, before anything is sent: the other host's init,
+    // a PID it does not run, a file-system driver (its service picks its
+    // own), a dry run (the control API has none).
+    let b_pid = on_b.pid;
+    for (body, expect) in [
+        (json!({"pid": 1, "from": "remote"}), "init"),
+        (
+            json!({"pid": "12; reboot", "from": "remote"}),
+            "positive decimal",
+        ),
+        (
+            json!({"pid": on_a.pid, "from": "remote"}),
+            "does not run on",
+        ),
+        (
+            json!({"pid": b_pid, "from": "remote", "fs": "native"}),
+            "fs is for",
+        ),
+        (json!({"pid": b_pid, "from": "elsewhere"}), "from must be"),
+    ] {
+        let (status, r) = post_in(&src, web, "/api/migrate", &body);
+        assert_eq!(status, 400, "{body}: {r}");
+        assert!(r["error"].as_str().unwrap().contains(expect), "{body}: {r}");
+    }
+    let (status, r) = post_in(
+        &src,
+        web,
+        "/api/plan",
+        &json!({"pid": b_pid, "from": "remote"}),
+    );
+    assert_eq!(status, 400, "{r}");
+
+    // Out: A's workload to B, run in phaul-web.
+    let before = on_a.counter().unwrap();
+    let m = migrate_in(&src, web, &json!({ "pid": on_a.pid }));
+    assert_eq!(m["status"], "succeeded", "{m}\n{}", web.log());
+    assert_eq!(m["direction"], "out");
+    let new = i32::try_from(m["target_pid"].as_i64().unwrap()).unwrap();
+    assert_moved_to(&mut on_a, &hosts.tgt, new, before);
+
+    // In: B's workload to A, by an order to B's service; its events fed
+    // the same state (phases, mode, downtime).
+    let before = on_b.counter().unwrap();
+    let m = migrate_in(&src, web, &json!({ "pid": on_b.pid, "from": "remote" }));
+    assert_eq!(m["status"], "succeeded", "{m}\n{}", web.log());
+    assert_eq!(m["direction"], "in");
+    assert!(
+        m["mode"].is_string() && m["downtime_ms"].as_f64().unwrap() > 0.0,
+        "{m}"
+    );
+    assert!(
+        m["expected_bytes"].as_u64().unwrap() > 0,
+        "B's service counted it: {m}"
+    );
+    assert!(!m["migration_id"].as_str().unwrap().is_empty(), "{m}");
+    let new = i32::try_from(m["target_pid"].as_i64().unwrap()).unwrap();
+    assert_moved_to(&mut on_b, &hosts.src, new, before);
+
+    // A cancelled order: B's service rolls back, the tree runs on at B.
+    let big = Workload::start_in(Some(&hosts.tgt), 256).unwrap();
+    let body = json!({ "pid": big.pid, "from": "remote", "mode": "stop-copy" });
+    let (status, r) = post_in(&src, web, "/api/migrate", &body);
+    assert_eq!(status, 202, "{r}\n{}", web.log());
+    let a_log = bw.stage.dir.path().join("a/service.err");
+    let reached = wait_until(Duration::from_secs(30), || {
+        std::fs::read_to_string(&a_log)
+            .ok()
+            .filter(|s| s.contains("migration session opened"))
+            .map(drop)
+    });
+    assert!(reached.is_some(), "the order never reached A's service");
+    let (status, c) = post_in(
+        &src,
+        web,
+        &format!("/api/migrations/{}/cancel", r["id"]),
+        &json!({}),
+    );
+    assert_eq!(status, 200, "{c}");
+    let path = format!("/api/migrations/{}", r["id"]);
+    let m = wait_until(Duration::from_secs(120), || {
+        let m = get_in(&src, web, &path);
+        (m["status"] != "running").then_some(m)
+    })
+    .unwrap();
+    assert_eq!(m["status"], "cancelled", "{m}\n{}", web.log());
+    assert!(Hosts::runs_in(&hosts.tgt, big.pid), "it runs on B");
+    let c = big.counter().unwrap();
+    assert!(big.counter_passes(c, Duration::from_secs(10)).is_some());
+    assert_eq!(big.memory_intact(big.pid), Some(true));
+    for s in &mut bw.svc {
+        s.stop();
+    }
+}
+
+#[test]
+fn the_page_drags_one_tree_there_and_another_back() {
+    let Some(mut bw) = both_ways("the_page_drags_one_tree_there_and_another_back", true) else {
+        return;
+    };
+    let (hosts, web) = (&bw.stage.hosts, &bw.web);
+    let mut on_a = Workload::start_in(Some(&hosts.src), 32).unwrap();
+    let mut on_b = Workload::start_in(Some(&hosts.tgt), 32).unwrap();
+    let (before_a, before_b) = (on_a.counter().unwrap(), on_b.counter().unwrap());
+    let remote = on_b.pid.to_string();
+    let run = e2e_with(
+        &hosts.src,
+        web,
+        on_a.pid,
+        "both",
+        None,
+        &[("PHAUL_WEB_REMOTE_PID", &remote)],
+    );
+    assert!(
+        run.ok,
+        "the browser test failed: {}\n{}\nphaul-web:\n{}",
+        run.result,
+        run.log,
+        web.log()
+    );
+    let there = i32::try_from(run.result["target_pid"].as_i64().unwrap()).unwrap();
+    let here = i32::try_from(run.result["pulled_pid"].as_i64().unwrap()).unwrap();
+    assert_moved_to(&mut on_a, &hosts.tgt, there, before_a);
+    assert_moved_to(&mut on_b, &hosts.src, here, before_b);
+    let m = get_in(&hosts.src, web, "/api/migrations");
+    let dirs: Vec<_> = m
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| (m["direction"].clone(), m["status"].clone()))
+        .collect();
+    assert_eq!(
+        dirs,
+        [
+            (json!("out"), json!("succeeded")),
+            (json!("in"), json!("succeeded"))
+        ],
+        "{m}"
+    );
+    for s in &mut bw.svc {
+        s.stop();
+    }
 }
 
 /// A GET from inside host `ns` (phaul-web listens on that host's loopback).

@@ -23,9 +23,14 @@
 //     restore-failure  the target's CRIU fails its restores: the failure
 //                is named as the restore's, with CRIU's cause and its logs
 //     checkpoint checkpoint with "stop", download the archive, restore it
+//     both       both ways from one page: drag the workload onto the other
+//                host, then drag PHAUL_WEB_REMOTE_PID of the other host onto
+//                this one (an order to the other host's service); both must
+//                succeed and each tree show up in the other host's tree
 //   PHAUL_WEB_CONTAINER  instead of a PID: an LXC container on the source host
 //                     to drag from the containers list (expect "success")
 //   PHAUL_WEB_TREE    console: the PID of the sleeping tree's root
+//   PHAUL_WEB_REMOTE_PID  both: the workload of the other host to move here
 //   PHAUL_WEB_MIN_PROCS  the processes the source must list (default 0)
 //   PHAUL_WEB_SHOT    where to write the screenshot of the outcome (PNG);
 //                     other screenshots go beside it (NAME-filter.png, ...)
@@ -51,13 +56,15 @@ const mode = process.env.PHAUL_WEB_MODE || 'auto';
 const treePid = process.env.PHAUL_WEB_TREE || '';
 const minProcs = Number(process.env.PHAUL_WEB_MIN_PROCS || '0');
 const waitGo = !!process.env.PHAUL_WEB_WAIT_GO;
-const EXPECTS = ['console', 'big', 'success', 'failure', 'restore-failure', 'checkpoint'];
+const remotePid = process.env.PHAUL_WEB_REMOTE_PID || '';
+const EXPECTS = ['console', 'big', 'success', 'failure', 'restore-failure', 'checkpoint', 'both'];
 if (!/^[0-9]+$/.test(pid)) fail('PHAUL_WEB_PID is not a PID: ' + pid);
 if (!EXPECTS.includes(expect)) fail('PHAUL_WEB_EXPECT must be one of ' + EXPECTS.join(', '));
 if (container && (!/^[A-Za-z0-9_.-]+$/.test(container) || expect !== 'success')) {
   fail('PHAUL_WEB_CONTAINER must be a plain container name, with PHAUL_WEB_EXPECT=success');
 }
 if (expect === 'console' && !/^[0-9]+$/.test(treePid)) fail('console needs PHAUL_WEB_TREE');
+if (expect === 'both' && !/^[0-9]+$/.test(remotePid)) fail('both needs PHAUL_WEB_REMOTE_PID');
 
 function need(name) {
   const v = process.env[name];
@@ -154,7 +161,10 @@ async function watchCard() {
   });
 }
 
-async function checkSucceeded(c, outcome, moved) {
+// `pull`: the tree came from the other host, so it must show up in this
+// host's tree and leave the other's.
+async function checkSucceeded(c, outcome, moved, pull = false) {
+  const [to, from] = pull ? ['#local-tree', '#remote-tree'] : ['#remote-tree', '#local-tree'];
   check(outcome.includes('Migration succeeded'), 'the page says "Migration succeeded"');
   const tpid = Number(await c.getAttribute('data-target-pid'));
   check(tpid > 0, 'the page gives the PID on the target: ' + tpid);
@@ -170,10 +180,10 @@ async function checkSucceeded(c, outcome, moved) {
   check(w.phases.length >= 3 && w.phases.every((p) => !/^[a-z]+-[a-z]+$/.test(p)),
     'the page followed the phases live, in plain words: ' + w.phases.join(' → '));
   check(!w.cancelAfterCommit, 'cancel was not offered after the commit');
-  await page.locator(`#remote-tree .node[data-pid="${tpid}"]`).waitFor({ state: 'attached', timeout: 20000 });
-  check(true, `PID ${tpid} is in the target tree`);
-  await page.locator(`#local-tree .node[data-pid="${moved}"]`).waitFor({ state: 'detached', timeout: 20000 });
-  check(true, `PID ${moved} left the local tree`);
+  await page.locator(`${to} .node[data-pid="${tpid}"]`).waitFor({ state: 'attached', timeout: 20000 });
+  check(true, `PID ${tpid} is in the ${to} tree`);
+  await page.locator(`${from} .node[data-pid="${moved}"]`).waitFor({ state: 'detached', timeout: 20000 });
+  check(true, `PID ${moved} left the ${from} tree`);
   return tpid;
 }
 
@@ -450,6 +460,59 @@ async function migrateByDrag() {
   await snap('');
 }
 
+// Both ways from one page: this host's workload onto the other host, then
+// the other host's workload onto this one. The second drag is an order to
+// the other host's service; its events come back into the same card.
+async function bothWays() {
+  const remoteRow = page.locator(`#remote-tree .node[data-pid="${remotePid}"]`);
+  await remoteRow.waitFor({ state: 'attached', timeout: 20000 });
+  check(await remoteRow.getAttribute('draggable') === 'true', `the other host's workload ${remotePid} is draggable`);
+  check((await page.locator('#this-addr').textContent()).includes(':'), 'the page names this host\'s service');
+  check(await page.locator('body.both-ways').count() === 1, 'the page offers both ways');
+
+  // Out: as before, a migration run here.
+  await watchCard();
+  await row(pid).scrollIntoViewIfNeeded();
+  await row(pid).dragTo(page.locator('#remote-panel'));
+  log('dragged the workload onto the other host');
+  await confirmAndGo(mode, 'click');
+  const out = await migrationOutcome();
+  check(out.status === 'succeeded', 'this host\'s workload moved there');
+  check(await out.card.getAttribute('data-direction') === 'out', 'its card says it went out');
+  const there = await checkSucceeded(out.card, out.outcome, pid);
+
+  // In: drag the other host's workload onto this host.
+  await watchCard();
+  await remoteRow.scrollIntoViewIfNeeded();
+  await remoteRow.dragTo(page.locator('#local-panel'));
+  log('dragged the other host\'s workload onto this host');
+  const d = page.locator('#confirm');
+  await d.waitFor({ state: 'visible', timeout: 10000 });
+  const title = await page.locator('#confirm-title').textContent();
+  check(/^Move .*PID [0-9]+.* to this host\?$/.test(title), 'the confirmation says it moves here: ' + title);
+  check(await page.locator('#confirm-fs').isDisabled(), 'no file-system choice for a tree of the other host');
+  await snap('confirm-in');
+  const plan = await confirmAndGo(mode, 'click');
+  check(/other host's service/.test(plan), 'the plan says the other host\'s service decides: ' + plan);
+  const c = page.locator('.migration[data-direction="in"]').first();
+  await c.waitFor({ timeout: 30000 });
+  check(/^Moving .* here$/.test(await c.locator('.title').textContent()), 'the card says it moves here');
+  const done = page.locator('.migration[data-direction="in"]:not([data-status="running"])').first();
+  await done.waitFor({ timeout: 240000 });
+  const status = await done.getAttribute('data-status');
+  const outcome = (await done.locator('.outcome').textContent()) || '';
+  log('outcome: ' + status + ': ' + outcome);
+  result.status = status;
+  check(status === 'succeeded', 'the other host\'s workload moved here');
+  check(/now runs on this host/.test(outcome), 'the page says it runs here: ' + outcome);
+  // checkSucceeded records the PID it checked as target_pid: put back the
+  // first one's.
+  result.pulled_pid = await checkSucceeded(done, outcome, remotePid, true);
+  result.target_pid = there;
+  await done.scrollIntoViewIfNeeded();
+  await snap('');
+}
+
 // Checkpoint with "stop after checkpoint", download the archive, restore it
 // from the downloaded file through the restore form.
 async function checkpointAndRestore(localNode) {
@@ -583,6 +646,7 @@ try {
     if (expect === 'checkpoint') await checkpointAndRestore(localNode);
     else if (expect === 'console') await consoleScenario();
     else if (expect === 'big') await bigScenario();
+    else if (expect === 'both') await bothWays();
     else await migrateByDrag();
   }
   // The refused login (401) and the stopped target (502) are expected.

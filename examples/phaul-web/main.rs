@@ -1,9 +1,14 @@
-//! `phaul-web`: a browser GUI for live migration, run on the SOURCE host.
+//! `phaul-web`: a browser GUI for live migration between this host and
+//! another, both ways.
 //!
 //! ```text
 //! cargo run --example phaul-web -- --listen 127.0.0.1:8080 \
-//!     --target 10.200.0.2:7070 --key-file key [--lxcpath DIR] [--token-file FILE] [--work-dir DIR]
+//!     --target 10.200.0.2:7070 --this-host 10.200.0.1:7070 --key-file key \
+//!     [--lxcpath DIR] [--token-file FILE] [--work-dir DIR]
 //! ```
+//!
+//! Both hosts run `phaul-service`; `--this-host` names this host's, as the
+//! other host reaches it (without it the page moves trees one way only).
 //!
 //! The server, its security rules and the page are the `phaul-web` library
 //! ([`phaul_web`]); checkpoint archives are `phaul-archive`'s. This binary
@@ -18,13 +23,20 @@ use clap::Parser;
 use phaul_cli::{CriuArgs, HostArgs, LinkArgs, TARGET_HELP};
 
 #[derive(Parser)]
-#[command(about = "A web GUI that live-migrates this host's processes and containers")]
+#[command(
+    about = "A web GUI that live-migrates processes and containers between this host and another, both ways"
+)]
 struct Args {
     /// Address to serve the page on (HOST:PORT; port 0 picks one).
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
     #[arg(long, help = TARGET_HELP)]
     target: String,
+    /// This host's phaul-service as the other host reaches it (HOST:PORT).
+    /// With it, the page also moves the other host's trees here: it orders
+    /// the other host's service (same key) to migrate them to this one.
+    #[arg(long, value_name = "HOST:PORT")]
+    this_host: Option<String>,
     #[command(flatten)]
     link: LinkArgs,
     #[command(flatten)]
@@ -61,6 +73,7 @@ async fn main() -> anyhow::Result<()> {
     let app = phaul_web::App::new(phaul_web::Config {
         addr,
         target: args.target.clone(),
+        this_host: args.this_host.clone(),
         link,
         criu: args.criu.rpc(),
         criu_log_level: args.criu.criu_log_level,
@@ -75,7 +88,10 @@ async fn main() -> anyhow::Result<()> {
     } else {
         println!("phaul-web: http://{addr}/#token={}", app.token());
     }
-    println!("phaul-web: migrating to {}", args.target);
+    match &args.this_host {
+        Some(here) => println!("phaul-web: migrating between {} and {here}", args.target),
+        None => println!("phaul-web: migrating to {}", args.target),
+    }
     app.serve(listener, phaul_cli::shutdown_signal()).await?;
     Ok(())
 }

@@ -29,7 +29,7 @@ use tokio::sync::{broadcast, watch};
 use tracing::{info, warn};
 
 use crate::memory::ProcTable;
-use crate::migrations::{CancelRefused, Feed, StartError, Subject};
+use crate::migrations::{CancelRefused, Feed, Pull, StartError, Subject};
 use crate::server::Shared;
 
 /// The API's routes, relative to `/api`.
@@ -89,6 +89,9 @@ fn not_stopping(app: &Shared) -> Result<(), ApiError> {
 async fn info(State(app): State<Arc<Shared>>) -> Response {
     axum::Json(json!({
         "target": app.cfg.target,
+        "this_host": app.cfg.this_host,
+        // Whether trees of the other host can be moved here.
+        "pull": app.cfg.this_host.is_some(),
         "modes": Mode::ALL.iter().map(|m| m.as_str()).collect::<Vec<_>>(),
         "default_mode": Mode::Auto.as_str(),
         "fs_drivers": FS_DRIVERS,
@@ -288,11 +291,117 @@ async fn subject(n: &Named) -> Result<Subject, ApiError> {
     })
 }
 
+/// Which host's tree a request names: `"from"` absent or `"here"` for this
+/// host's, `"remote"` for the other host's.
+fn from_remote(body: &serde_json::Map<String, Value>) -> Result<bool, ApiError> {
+    match body.get("from") {
+        None | Some(Value::Null) => Ok(false),
+        Some(Value::String(s)) if s == "here" => Ok(false),
+        Some(Value::String(s)) if s == "remote" => Ok(true),
+        Some(_) => Err(bad("from must be \"here\" or \"remote\"")),
+    }
+}
+
+/// A positive decimal PID, as the page sends it for the other host (its
+/// registry checks it again there).
+fn remote_pid(v: &Value) -> Result<i32, ApiError> {
+    let text = pid_text(v)?;
+    if text.is_empty() || text.len() > 10 || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad(format!(
+            "pid {text:?} is not a positive decimal number"
+        )));
+    }
+    match text.parse::<i32>() {
+        Ok(p) if p > 1 => Ok(p),
+        Ok(_) => Err(bad("PID 1 is the other host's init: it does not move")),
+        Err(_) => Err(bad(format!("pid {text:?} is out of range"))),
+    }
+}
+
+/// Validates `{"pid": ...}` or `{"container": ...}` of the other host:
+/// the form here, then against the other host's own list (its service
+/// checks the order as strictly as `phaul migrate` does its arguments).
+async fn remote_named(
+    app: &Shared,
+    body: &serde_json::Map<String, Value>,
+) -> Result<(Pull, Subject, String), ApiError> {
+    if app.cfg.this_host.is_none() {
+        return Err(bad(
+            "moving trees to this host needs phaul-web's --this-host (this host's phaul-service)",
+        ));
+    }
+    let pull = match (body.get("pid"), body.get("container")) {
+        (Some(p), None) => {
+            let pid = remote_pid(p)?;
+            Pull {
+                kind: "pid",
+                id: pid.to_string(),
+                pid,
+            }
+        }
+        (None, Some(Value::String(name))) => {
+            phaul_htypes::lxc::validate_name(name).map_err(|e| bad(e.to_string()))?;
+            Pull {
+                kind: "lxc",
+                id: name.clone(),
+                pid: 0,
+            }
+        }
+        (None, Some(_)) => return Err(bad("container must be a string")),
+        _ => return Err(bad("name exactly one of \"pid\" and \"container\"")),
+    };
+    let list = app
+        .remote
+        .list()
+        .await
+        .map_err(|e| api_error(StatusCode::BAD_GATEWAY, e))?;
+    let there = &app.cfg.target;
+    let (pull, title) = if pull.kind == "lxc" {
+        let ct = list
+            .containers
+            .iter()
+            .find(|c| c.name == pull.id && c.state == "RUNNING")
+            .ok_or_else(|| bad(format!("no running container {} on {there}", pull.id)))?;
+        let title = format!("container {}", pull.id);
+        (
+            Pull {
+                pid: ct.init_pid,
+                ..pull
+            },
+            title,
+        )
+    } else {
+        let p = list
+            .processes
+            .iter()
+            .find(|p| p.pid == pull.pid)
+            .ok_or_else(|| bad(format!("PID {} does not run on {there}", pull.pid)))?;
+        let title = format!("{} (PID {} on {there})", p.name, p.pid);
+        (pull, title)
+    };
+    let key = format!("remote-{}:{}", pull.kind, pull.id);
+    // Its memory is the other host's to count: its service reports it as
+    // the migration starts.
+    let subject = Subject {
+        title,
+        expected_bytes: 0,
+    };
+    Ok((pull, subject, key))
+}
+
 /// What `auto` (or the mode asked) would come to, and why: a dry run
 /// against the target, nothing frozen. 502 when the target cannot say.
+///
+/// Only for this host's trees: a tree of the other host is checked by its
+/// own service when the order arrives, and the control API has no dry run.
 async fn plan(State(app): State<Arc<Shared>>, body: Bytes) -> ApiResult {
     not_stopping(&app)?;
     let body = parse_body(&body)?;
+    if from_remote(&body)? {
+        return Err(bad(
+            "a dry run is for this host's trees: the other host's service checks its own when the order arrives",
+        ));
+    }
     let mode = parse_mode(&body)?;
     let fs = parse_fs(&body)?;
     let n = named(&app, &body).await?;
@@ -307,18 +416,45 @@ async fn plan(State(app): State<Arc<Shared>>, body: Bytes) -> ApiResult {
     }
 }
 
+fn start_error(e: StartError) -> ApiError {
+    match e {
+        StartError::Busy(m) => api_error(StatusCode::CONFLICT, m),
+        StartError::Refused(m) => bad(m),
+        StartError::Unreachable(m) => api_error(StatusCode::BAD_GATEWAY, m),
+    }
+}
+
 async fn migrate(State(app): State<Arc<Shared>>, body: Bytes) -> ApiResult {
     not_stopping(&app)?;
     let body = parse_body(&body)?;
     let mode = parse_mode(&body)?;
+    if from_remote(&body)? {
+        return move_here(&app, &body, mode).await;
+    }
     let fs = parse_fs(&body)?;
     let n = named(&app, &body).await?;
     let subject = subject(&n).await?;
-    let guard = app
-        .migrations
-        .claim(&n.key)
-        .map_err(|StartError::Busy(m)| api_error(StatusCode::CONFLICT, m))?;
+    let guard = app.migrations.claim(&n.key).map_err(start_error)?;
     let id = app.migrations.start(n.htype, subject, mode, fs, guard);
+    Ok((StatusCode::ACCEPTED, axum::Json(json!({ "id": id }))).into_response())
+}
+
+/// Moves a tree of the other host here: an order to its service, whose
+/// file-system driver is its own (`fs` is refused rather than ignored).
+async fn move_here(app: &Shared, body: &serde_json::Map<String, Value>, mode: Mode) -> ApiResult {
+    if !matches!(body.get("fs"), None | Some(Value::Null)) {
+        return Err(bad(
+            "fs is for this host's trees: the other host's service picks its own driver",
+        ));
+    }
+    let (pull, subject, key) = remote_named(app, body).await?;
+    let guard = app.migrations.claim(&key).map_err(start_error)?;
+    info!(kind = pull.kind, id = %pull.id, from = %app.cfg.target, "ordering a migration here");
+    let id = app
+        .migrations
+        .order(pull, subject, mode, guard)
+        .await
+        .map_err(start_error)?;
     Ok((StatusCode::ACCEPTED, axum::Json(json!({ "id": id }))).into_response())
 }
 
@@ -426,10 +562,7 @@ async fn checkpoint(State(app): State<Arc<Shared>>, body: Bytes) -> ApiResult {
     };
     let n = named(&app, &body).await?;
     let options = n.htype.dump_options();
-    let _guard = app
-        .migrations
-        .claim(&n.key)
-        .map_err(|StartError::Busy(m)| api_error(StatusCode::CONFLICT, m))?;
+    let _guard = app.migrations.claim(&n.key).map_err(start_error)?;
     info!(pid = n.pid, stop, "checkpoint");
     let c = app
         .store

@@ -38,6 +38,9 @@ pub enum Error {
         "listening on every address needs --allow-origin http://HOST:PORT naming how browsers reach this server"
     )]
     EveryAddress,
+    /// A `--this-host` that the other host could not dial.
+    #[error("--this-host {0:?}: this host's phaul-service as the other host reaches it, HOST:PORT")]
+    ThisHost(String),
     /// The listening socket.
     #[error("listening on {addr}")]
     Listen {

@@ -1,23 +1,42 @@
-//! phaul-web: a browser GUI for live migration, served on the SOURCE host.
+//! phaul-web: a browser GUI for live migration between two hosts, both
+//! ways, from one page.
 //!
-//! phaul-web is one process on the source host and needs nothing else there;
-//! the target host runs `phaul-service` as for `phaul migrate`. The page
-//! shows two trees side by side:
+//! Both hosts run `phaul-service`, as for `phaul migrate`; phaul-web runs
+//! on one of them ("this host") and reaches the other host's service
+//! ([`Config::target`]). The page shows both hosts as trees side by side:
 //!
 //! - this host's processes and LXC containers, from
 //!   [`phaul_core::hostinfo::list`] (read in this process);
-//! - the target's, from a `ListProcesses` request to its `phaul-service`
-//!   over the authenticated link (the same key and TLS as a migration), on
-//!   one control session kept open and reopened when it breaks.
+//! - the other host's, from a `ListProcesses` request to its
+//!   `phaul-service` over the authenticated link (the same key and TLS as a
+//!   migration), on one control session kept open and reopened when it
+//!   breaks.
 //!
-//! Dragging a process or a container from the local tree onto the target
-//! tree asks `POST /api/migrate`, which runs a real [`phaul_core::Migration`]
-//! in this process (mode `auto` unless the page picks another). Its
-//! [`phaul_core::Progress`] events become the migration's state (phase,
-//! iteration, bytes, downtime so far), pushed to every open page over
-//! server-sent events; the end carries the engine's [`phaul_core::Report`]
-//! or its error text, which holds CRIU's message. Nothing is offered the
-//! other way: to move things back, run phaul-web on the other host.
+//! A migration goes through the host that owns the tree, as the seed's GUI
+//! did:
+//!
+//! - dragging a tree of this host onto the other host asks `POST
+//!   /api/migrate`, which starts a real [`phaul_core::Migration`] in this
+//!   process ([`Migration::start`](phaul_core::Migration::start), mode
+//!   `auto` unless the page picks another);
+//! - dragging a tree of the other host onto this host asks `POST
+//!   /api/migrate` with `"from": "remote"`, which sends an
+//!   [`phaul_core::Order`] over the control API to the other host's
+//!   service: that service becomes the source and migrates the tree to
+//!   this host's `phaul-service`, named by [`Config::this_host`] (HOST:PORT
+//!   as the other host reaches it; without it the page moves trees one
+//!   way only). The other service must take orders
+//!   ([`phaul_core::Service::controllable`], as `phaul-service` does).
+//!
+//! Either way the [`phaul_core::Progress`] events become the migration's
+//! state (phase, iteration, bytes, downtime so far), pushed to every open
+//! page over server-sent events, and cancel is the run's own (for an order,
+//! the control API's cancel, which the other service obeys). The end
+//! carries the engine's [`phaul_core::Report`] or its error text, which
+//! holds CRIU's message. The confirmation's dry run ("what `auto` picks
+//! here, and why") is offered for this host's trees only: the control API
+//! has no dry run, so a tree of the other host is checked by its own
+//! service when the order arrives, and a refusal comes back at once.
 //!
 //! Checkpoint and restore through an archive (what the original P.Haul
 //! GUI's demo endpoints tried, done safely) are [`phaul_archive`]'s: a dump
@@ -46,8 +65,10 @@
 //!   Content-Security-Policy allows only this server's own scripts;
 //! - every input is validated before use: PIDs through
 //!   [`phaul_htypes::registry::source_in`] and against this host's process
-//!   list, container names with [`phaul_htypes::lxc::validate_name`], modes
-//!   by name, archive ids as hex; no shell is ever run;
+//!   list (a PID of the other host as a positive decimal and against its
+//!   list; its service checks the order again as `phaul migrate` checks its
+//!   arguments), container names with [`phaul_htypes::lxc::validate_name`],
+//!   modes by name, archive ids as hex; no shell is ever run;
 //! - uploads are capped ([`Config::max_upload`]) and archives accept only
 //!   regular files with plain names, extracted with `O_EXCL | O_NOFOLLOW`
 //!   into a directory made for them.
@@ -58,8 +79,8 @@
 //! - [`guard`]: the login token and the same-origin check every request
 //!   passes.
 //! - [`api`]: the `/api` handlers and their JSON errors.
-//! - [`migrations`]: running migrations and their live state.
-//! - [`remote`]: the target's process list over the link.
+//! - [`migrations`]: migrations both ways and their live state.
+//! - [`remote`]: the other host's process list over the link.
 //! - [`error`]: [`Error`], this crate's one error type.
 //! - `static/`: the page (HTML, CSS, vanilla JS), embedded in the library.
 

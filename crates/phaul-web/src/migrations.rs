@@ -1,6 +1,15 @@
-//! Migrations run from the page: each is a real [`Migration`] in this
-//! process, whose [`Progress`] events become a state that every open page
-//! receives over server-sent events.
+//! Migrations run from the page, both ways, and their live state, which
+//! every open page receives over server-sent events.
+//!
+//! - Out (this host to the other): a real [`Migration`] started in this
+//!   process ([`Migration::start`], a [`MigrationRun`]).
+//! - In (the other host to this one): an [`Order`] sent to the other host's
+//!   `phaul-service`, which becomes the source and migrates the tree to
+//!   this host's `phaul-service`; the [`RemoteRun`] it gives streams the
+//!   same events back and carries the cancel.
+//!
+//! Both kinds feed one state from the same [`Progress`] events, so the page
+//! draws them alike.
 //!
 //! The state says what a person needs and no more: a title naming the tree
 //! (its command or its container), the phase in plain words, bytes sent
@@ -16,13 +25,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use phaul_core::control::{Order, RemoteRun};
 use phaul_core::criu::Criu;
 use phaul_core::fs::FsChoice;
-use phaul_core::{CancelHandle, Failure, Migration, Mode, ModeChoice, Phase, Progress, Report};
+use phaul_core::{
+    CancelHandle, Event, Failure, Migration, MigrationRun, Mode, ModeChoice, Outcome, Phase,
+    Progress, Report,
+};
 use phaul_htypes::Htype;
 use phaul_transport::LinkConfig;
 use serde_json::{Value, json};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::broadcast;
 use tracing::{info, warn};
 
 /// Finished migrations kept for the page.
@@ -31,6 +44,26 @@ const KEEP_FINISHED: usize = 50;
 const LOG_LINES: usize = 40;
 /// How long a plan (a dry run against the target) may take.
 const PLAN_LIMIT: Duration = Duration::from_secs(20);
+/// How long the other host's service may take to accept or refuse an order.
+const ORDER_LIMIT: Duration = Duration::from_secs(30);
+
+/// Which way a migration goes, seen from this host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// From this host to the other, run in this process.
+    Out,
+    /// From the other host to this one, run by the other host's service.
+    In,
+}
+
+impl Direction {
+    fn as_str(self) -> &'static str {
+        match self {
+            Direction::Out => "out",
+            Direction::In => "in",
+        }
+    }
+}
 
 /// Where a migration stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,6 +141,9 @@ pub enum CancelRefused {
 /// One migration's live state.
 struct State {
     id: u64,
+    direction: Direction,
+    /// The migration's id, as both services' logs carry it.
+    migration_id: String,
     /// `pid 4242` or `lxc web1`.
     what: String,
     title: String,
@@ -150,6 +186,8 @@ impl State {
     ) -> Self {
         Self {
             id,
+            direction: Direction::Out,
+            migration_id: String::new(),
             what,
             title: subject.title,
             expected_bytes: subject.expected_bytes,
@@ -196,6 +234,8 @@ impl State {
         let running = self.status == Status::Running;
         json!({
             "id": self.id,
+            "direction": self.direction.as_str(),
+            "migration_id": self.migration_id,
             "what": self.what,
             "title": self.title,
             "requested_mode": self.requested_mode.to_string(),
@@ -237,6 +277,59 @@ fn ms(d: Duration) -> f64 {
 pub enum StartError {
     /// The same thing is being migrated or checkpointed.
     Busy(String),
+    /// The other host's service refused the order (nothing started), with
+    /// its reason.
+    Refused(String),
+    /// The other host's service could not be asked.
+    Unreachable(String),
+}
+
+/// A tree of the other host to move here, as the page named it and the
+/// other host's list confirmed it.
+#[derive(Debug, Clone)]
+pub struct Pull {
+    /// The htype's kind, as the service's registry names it (`pid`, `lxc`).
+    pub kind: &'static str,
+    /// Its id there (a PID or a container name).
+    pub id: String,
+    /// Its root PID on the other host.
+    pub pid: i32,
+}
+
+/// A migration as it runs: here, or on the other host's service.
+enum Run {
+    Here(MigrationRun),
+    There(RemoteRun),
+}
+
+impl Run {
+    fn id(&self) -> String {
+        match self {
+            Run::Here(r) => r.id().to_string(),
+            Run::There(r) => r.id().to_string(),
+        }
+    }
+
+    fn cancel_handle(&self) -> CancelHandle {
+        match self {
+            Run::Here(r) => r.cancel_handle(),
+            Run::There(r) => r.cancel_handle(),
+        }
+    }
+
+    async fn next_event(&mut self) -> Option<Event> {
+        match self {
+            Run::Here(r) => r.next_event().await,
+            Run::There(r) => r.next_event().await,
+        }
+    }
+
+    async fn end(self) -> Result<Report, Failure> {
+        match self {
+            Run::Here(r) => r.await,
+            Run::There(r) => r.finish().await,
+        }
+    }
 }
 
 /// Marks a process or container as taken by a job until dropped.
@@ -260,14 +353,24 @@ pub struct Migrations {
     /// Bumped when a migration ends, for [`Migrations::wait_idle`].
     ended: tokio::sync::Notify,
     target: String,
+    /// This host's service, as the other host reaches it: where pulled
+    /// trees go. `None`: nothing is moved here.
+    this_host: Option<String>,
     link: LinkConfig,
     work_dir: PathBuf,
     criu: Criu,
 }
 
 impl Migrations {
-    /// Migrations to the service at `target`, working in `work_dir`.
-    pub fn new(target: String, link: LinkConfig, work_dir: PathBuf, criu: Criu) -> Self {
+    /// Migrations to and from the service at `target`, working in
+    /// `work_dir`; trees come here to the service at `this_host`.
+    pub fn new(
+        target: String,
+        this_host: Option<String>,
+        link: LinkConfig,
+        work_dir: PathBuf,
+        criu: Criu,
+    ) -> Self {
         let (events, _) = broadcast::channel(256);
         Self {
             next: AtomicU64::new(1),
@@ -276,6 +379,7 @@ impl Migrations {
             events,
             ended: tokio::sync::Notify::new(),
             target,
+            this_host,
             link,
             work_dir,
             criu,
@@ -425,7 +529,7 @@ impl Migrations {
     }
 
     /// Starts migrating `htype` (already validated) in `mode`, its files
-    /// by `fs`; returns its id.
+    /// by `fs`, to the other host; returns its id.
     pub fn start(
         self: &Arc<Self>,
         htype: Box<dyn Htype>,
@@ -434,20 +538,75 @@ impl Migrations {
         fs: FsChoice,
         guard: BusyGuard,
     ) -> u64 {
-        let id = self.next.fetch_add(1, Ordering::Relaxed);
         let params = htype.params();
         let name = params.get("name").or_else(|| params.get("pid"));
         let what = format!("{} {}", htype.kind(), name.map_or("", String::as_str));
         let source_pid = htype.root_pid().ok();
         let fs_name = fs.name().to_string();
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        let mig = self.migration(htype, mode, fs).progress(tx);
-        let cancel = mig.cancel_handle();
+        let run = Run::Here(self.migration(htype, mode, fs).start());
+        let mut s = State::new(0, what, subject, mode, source_pid, None);
+        s.fs = fs_name;
+        s.note(format!(
+            "migrating {} to {} (mode {mode})",
+            s.what, self.target
+        ));
+        info!(what = %s.what, %mode, target = %self.target, "migration starts");
+        self.track(s, run, guard)
+    }
+
+    /// Orders the other host's service to migrate `pull` to this host's
+    /// service in `mode`; returns its id once that service accepted.
+    pub async fn order(
+        self: &Arc<Self>,
+        pull: Pull,
+        subject: Subject,
+        mode: Mode,
+        guard: BusyGuard,
+    ) -> Result<u64, StartError> {
+        let Some(here) = self.this_host.clone() else {
+            return Err(StartError::Refused(
+                "moving trees to this host needs phaul-web's --this-host (this host's phaul-service)"
+                    .into(),
+            ));
+        };
+        let order = Order::new(here.clone(), pull.kind, pull.id.clone()).mode(mode);
+        let sent = tokio::time::timeout(ORDER_LIMIT, order.send(&self.target, &self.link)).await;
+        let run = match sent {
+            Ok(Ok(run)) => run,
+            // A refusal: the service checked the order and started nothing.
+            Ok(Err(e @ phaul_core::Error::Link(phaul_transport::Error::Remote { .. }))) => {
+                return Err(StartError::Refused(phaul_transport::error_chain(&e)));
+            }
+            Ok(Err(e)) => {
+                return Err(StartError::Unreachable(phaul_transport::error_chain(&e)));
+            }
+            Err(_) => {
+                return Err(StartError::Unreachable(format!(
+                    "{} did not answer the order within {} s",
+                    self.target,
+                    ORDER_LIMIT.as_secs()
+                )));
+            }
+        };
+        let what = format!("{} {}", pull.kind, pull.id);
+        let mut s = State::new(0, what, subject, mode, Some(pull.pid), None);
+        s.direction = Direction::In;
+        s.note(format!(
+            "{} migrates {} to this host ({here}, mode {mode})",
+            self.target, s.what
+        ));
+        info!(what = %s.what, %mode, from = %self.target, "ordered migration starts");
+        Ok(self.track(s, Run::There(run), guard))
+    }
+
+    /// Keeps `s` as the state of `run`, fed by its events until it ends.
+    fn track(self: &Arc<Self>, mut s: State, mut run: Run, guard: BusyGuard) -> u64 {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        s.id = id;
+        s.migration_id = run.id();
+        s.cancel = Some(run.cancel_handle());
         {
             let mut states = self.states.lock().expect("states");
-            let mut s = State::new(id, what.clone(), subject, mode, source_pid, Some(cancel));
-            s.fs = fs_name;
-            s.note(format!("migrating {what} to {} (mode {mode})", self.target));
             self.publish(&s);
             states.insert(id, s);
             // Forget the oldest finished ones.
@@ -462,17 +621,15 @@ impl Migrations {
                 states.remove(&old);
             }
         }
-        info!(id, %what, %mode, target = %self.target, "migration starts");
-        let run = tokio::spawn(mig.run_typed());
         let this = self.clone();
         tokio::spawn(async move {
-            // Ends when the migration drops its sender, i.e. when it ends.
-            while let Some(p) = rx.recv().await {
-                this.update(id, |s| apply(s, p));
+            // Ends when the migration has ended and every event was read.
+            while let Some(e) = run.next_event().await {
+                this.update(id, |s| apply(s, e.progress));
             }
-            let report = run.await;
+            let end = run.end().await;
             drop(guard);
-            this.update(id, |s| finish(s, report));
+            this.update(id, |s| finish(s, end));
             this.ended.notify_waiters();
         });
         id
@@ -513,22 +670,29 @@ fn apply(s: &mut State, p: Progress) {
     }
 }
 
-fn finish(s: &mut State, end: Result<Result<Report, Failure>, tokio::task::JoinError>) {
+/// Whether a failure is the cancel that was asked. Only an asked cancel
+/// counts: the engine also stops with `Cancelled` when phaul-web itself is
+/// stopping. The other host's service reports its error as text, so there
+/// an asked cancel is one that ended with the tree back at home.
+fn was_cancelled(asked: bool, f: &Failure) -> bool {
+    asked
+        && match f.error {
+            phaul_core::Error::Cancelled => true,
+            phaul_core::Error::SourceService(_) => {
+                matches!(f.outcome, Outcome::RolledBack | Outcome::NotStarted)
+            }
+            _ => false,
+        }
+}
+
+fn finish(s: &mut State, end: Result<Report, Failure>) {
     s.finished = Some(Instant::now());
     s.cancel = None;
     let (r, cancelled) = match end {
-        Ok(Ok(r)) => (r, false),
-        Ok(Err(f)) => {
-            // Only a cancel that was asked counts as one: the engine also
-            // stops with `Cancelled` when phaul-web itself is stopping.
-            let cancelled = s.cancel_asked && matches!(f.error, phaul_core::Error::Cancelled);
+        Ok(r) => (r, false),
+        Err(f) => {
+            let cancelled = was_cancelled(s.cancel_asked, &f);
             (*f.report, cancelled)
-        }
-        Err(e) => {
-            s.status = Status::Failed;
-            s.error = Some(format!("the migration task ended abnormally: {e}"));
-            s.note(s.error.clone().unwrap_or_default());
-            return;
         }
     };
     s.status = match (r.success, cancelled) {
@@ -544,16 +708,20 @@ fn finish(s: &mut State, end: Result<Result<Report, Failure>, tokio::task::JoinE
     s.error = r.error.clone();
     s.logs = r.logs.clone();
     s.outcome = serde_json::to_value(r.outcome).ok();
+    let (there, home) = match s.direction {
+        Direction::Out => ("the target", "this host"),
+        Direction::In => ("this host", "the other host"),
+    };
     match s.status {
         Status::Succeeded => {
             s.note(format!(
-                "succeeded: PID {} runs on the target",
+                "succeeded: PID {} runs on {there}",
                 r.target_pid.unwrap_or(0)
             ));
             info!(id = s.id, what = %s.what, target_pid = r.target_pid, "migration succeeded");
         }
         Status::Cancelled => {
-            s.note("cancelled: the tree runs on this host".into());
+            s.note(format!("cancelled: the tree runs on {home}"));
             info!(id = s.id, what = %s.what, "migration cancelled");
         }
         _ => {
@@ -632,7 +800,7 @@ mod tests {
     #[test]
     fn a_failed_report_ends_the_state_with_its_error() {
         let mut s = state();
-        finish(&mut s, Ok(Ok(failed_report("CRIU dump failed"))));
+        finish(&mut s, Ok(failed_report("CRIU dump failed")));
         let v = s.to_json();
         assert_eq!(v["status"], "failed");
         assert_eq!(v["title"], "sleeper (PID 42)");
@@ -676,7 +844,7 @@ mod tests {
         apply(&mut s, Progress::Phase(Phase::Done));
         finish(
             &mut s,
-            Ok(Ok(failed_report("CRIU on the target: restore failed"))),
+            Ok(failed_report("CRIU on the target: restore failed")),
         );
         let v = s.to_json();
         assert_eq!(v["status"], "failed");
@@ -706,12 +874,39 @@ mod tests {
                 error: phaul_core::Error::Cancelled,
                 report: Box::new(failed_report("cancelled")),
             };
-            finish(&mut s, Ok(Err(failure)));
+            finish(&mut s, Err(failure));
             s.to_json()
         };
         let v = cancelled(true);
         assert_eq!(v["status"], "cancelled");
         assert!(v["failure"].is_null(), "{v}");
         assert_eq!(cancelled(false)["status"], "failed");
+    }
+
+    #[test]
+    fn an_ordered_migration_ends_in_words_of_this_host() {
+        // The other host's service reports its error as text: an asked
+        // cancel is one that left the tree at home.
+        let ordered = |asked: bool, outcome: Outcome| {
+            let mut s = state();
+            s.direction = Direction::In;
+            s.cancel_asked = asked;
+            let failure = Failure {
+                outcome,
+                error: phaul_core::Error::SourceService("cancelled".into()),
+                report: Box::new(failed_report("cancelled")),
+            };
+            finish(&mut s, Err(failure));
+            s.to_json()
+        };
+        let v = ordered(true, Outcome::RolledBack);
+        assert_eq!(v["status"], "cancelled");
+        assert_eq!(v["direction"], "in");
+        assert_eq!(
+            v["log"].as_array().unwrap().last().unwrap(),
+            "cancelled: the tree runs on the other host"
+        );
+        assert_eq!(ordered(true, Outcome::Diverged)["status"], "failed");
+        assert_eq!(ordered(false, Outcome::RolledBack)["status"], "failed");
     }
 }

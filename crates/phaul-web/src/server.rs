@@ -2,11 +2,13 @@
 //!
 //! ```text
 //! GET  /  /app.js  /style.css           the page (no token needed: no data)
-//! GET  /api/info                        target, modes, limits
+//! GET  /api/info                        both hosts, modes, limits
 //! GET  /api/local                       this host's processes and containers, with memory
-//! GET  /api/remote                      the target's, over the link (502 if unreachable)
+//! GET  /api/remote                      the other host's, over the link (502 if unreachable)
 //! POST /api/plan {pid|container, mode, fs}  what the mode comes to here, and why (a dry run)
-//! POST /api/migrate {pid|container, mode, fs}  starts a migration: 202 {id}
+//! POST /api/migrate {pid|container, mode, fs}  moves a tree of this host there: 202 {id}
+//! POST /api/migrate {pid|container, mode, from: "remote"}
+//!                                       moves a tree of the other host here: 202 {id}
 //! GET  /api/migrations[/{id}]           their state
 //! DELETE /api/migrations                forgets the ended ones
 //! POST /api/migrations/{id}/cancel      rolls it back; 409 once committed
@@ -49,8 +51,13 @@ const STYLE_CSS: &str = include_str!("../static/style.css");
 pub struct Config {
     /// The address it serves on.
     pub addr: SocketAddr,
-    /// The target's phaul-service.
+    /// The other host's phaul-service (the target of this host's trees).
     pub target: String,
+    /// This host's phaul-service, as the other host reaches it
+    /// (`HOST:PORT`): where the other host's trees are moved to, by an
+    /// order to the other host's service. `None`: the page moves trees one
+    /// way only, from this host.
+    pub this_host: Option<String>,
     /// The link to it.
     pub link: LinkConfig,
     /// CRIU, for migrations, checkpoints and restores.
@@ -127,9 +134,13 @@ impl App {
                 source,
             })?;
         let (origins, hosts) = guard::origins(cfg.addr, &cfg.allow_origins)?;
+        if let Some(here) = &cfg.this_host {
+            check_this_host(here)?;
+        }
         let criu = phaul_core::criu::Criu::new(cfg.criu.clone()).log_level(cfg.criu_log_level);
         let migrations = Arc::new(Migrations::new(
             cfg.target.clone(),
+            cfg.this_host.clone(),
             cfg.link.clone(),
             mig_dir,
             criu,
@@ -207,6 +218,46 @@ impl App {
     }
 }
 
+/// The other host's service dials `--this-host`: only an address it can
+/// reach (`HOST:PORT`), never a local socket or a descriptor of this host
+/// (checked by hand: `Endpoint::parse` would take over an `fd:N`).
+fn check_this_host(here: &str) -> Result<()> {
+    let port = here.rsplit_once(':').map(|(h, p)| (h, p.parse::<u16>()));
+    let tcp = matches!(port, Some((h, Ok(p))) if !h.is_empty() && p > 0)
+        && !here.starts_with("unix:")
+        && !here.starts_with("fd:");
+    if tcp {
+        Ok(())
+    } else {
+        Err(Error::ThisHost(here.to_string()))
+    }
+}
+
 fn page(content_type: &'static str, body: &'static str) -> Response {
     ([(header::CONTENT_TYPE, content_type)], body).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn this_host_is_an_address_the_other_host_can_dial() {
+        for ok in ["10.0.0.1:7070", "host.example:7070", "[::1]:7070"] {
+            assert!(check_this_host(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "10.0.0.1",
+            ":7070",
+            "10.0.0.1:0",
+            "unix:/run/x.sock",
+            "fd:3",
+            "h:70000",
+        ] {
+            assert!(
+                matches!(check_this_host(bad), Err(Error::ThisHost(_))),
+                "{bad}"
+            );
+        }
+    }
 }

@@ -16,6 +16,7 @@ const state = {
   received: new Map(), // id -> time the last state arrived (for live clocks)
   defaultMode: 'auto',
   defaultFs: 'native',
+  pull: false, // whether the other host's trees can be moved here
 };
 
 const $ = (id) => document.getElementById(id);
@@ -193,10 +194,12 @@ function makeRow(which, pid) {
     el('span', { class: 'pid' }),
     el('span', { class: 'cmd' }),
     el('span', { class: 'mem' }));
-  if (local) {
+  // Rows of the other host move here only when phaul-web knows this
+  // host's service (--this-host).
+  if (local || state.pull) {
     const go = el('button', {
-      class: 'go small', type: 'button', tabindex: '-1', text: 'Migrate…',
-      title: 'Migrate this tree to the target',
+      class: 'go small', type: 'button', tabindex: '-1', text: local ? 'Migrate…' : 'Move here…',
+      title: local ? 'Migrate this tree to the other host' : 'Move this tree to this host',
     });
     go.addEventListener('click', (e) => {
       e.stopPropagation();
@@ -217,13 +220,17 @@ function makeRow(which, pid) {
 function whatOf(which, pid) {
   const p = trees[which].data.get(pid);
   if (!p) return null;
-  return p.container ? { container: p.container } : { pid: p.pid };
+  const what = p.container ? { container: p.container } : { pid: p.pid };
+  if (which === 'remote') what.from = 'remote';
+  return what;
 }
 
 function fillRow(which, m, r, p) {
   const local = which === 'local';
   const own = local && (m.own.has(p.pid) || p.pid === 1);
-  const movable = local && !own;
+  // The other host's service refuses its own lineage itself; its init is
+  // never offered.
+  const movable = local ? !own : (state.pull && p.pid !== 1);
   const n = m.count.get(p.pid);
   const kids = (m.kids.get(p.pid) || []).length;
   const memText = m.hasMem
@@ -403,7 +410,7 @@ function treeKey(e, which, pid) {
     }
     case 'Enter':
     case ' ': {
-      if (which !== 'local') break;
+      if (which !== 'local' && !state.pull) break;
       e.preventDefault();
       const row = r && r.row;
       if (row && row.getAttribute('draggable') === 'true') openConfirm(whatOf(which, pid));
@@ -487,7 +494,7 @@ function renderContainers(which, list) {
   }
   const items = cts.map((c) => {
     const running = c.state === 'RUNNING';
-    const movable = local && running;
+    const movable = running && (local || state.pull);
     const init = inits.get(c.name);
     const mem = init && init.ct_mem !== undefined
       ? size(init.ct_mem) + ' in ' + procs(init.ct_procs || 1) : '';
@@ -498,14 +505,15 @@ function renderContainers(which, list) {
       tabindex: movable ? '0' : null,
       role: movable ? 'button' : null,
       'aria-label': movable ? 'container ' + c.name + ', ' + c.state.toLowerCase() + (mem ? ', ' + mem : '') : null,
-      title: movable ? 'Drag onto the target, or press Enter, to migrate' : null,
+      title: movable ? (local ? 'Drag onto the other host, or press Enter, to migrate'
+        : 'Drag onto this host, or press Enter, to move it here') : null,
     },
     el('span', { class: 'ctname', text: c.name }),
     el('span', { class: 'state', text: c.state.toLowerCase() }),
     c.init_pid > 0 ? el('span', { class: 'pid', text: 'PID ' + c.init_pid }) : null,
     mem ? el('span', { class: 'mem', text: mem }) : null);
     if (movable) {
-      const what = { container: c.name };
+      const what = local ? { container: c.name } : { container: c.name, from: 'remote' };
       ct.addEventListener('dragstart', (e) => dragStart(e, ct, what));
       ct.addEventListener('dragend', () => dragEnd(ct));
       ct.addEventListener('keydown', (e) => {
@@ -525,11 +533,16 @@ function renderContainers(which, list) {
 
 // --- drag and drop ------------------------------------------------------------
 
+// Which panel a drag may be dropped on is known from its data's types
+// alone (a drop zone cannot read the data before the drop).
+const DRAG_OUT = 'application/x-phaul-out';
+const DRAG_IN = 'application/x-phaul-in';
+
 function dragStart(e, n, what) {
   if (!what) return;
   state.dragging = true;
   n.classList.add('dragging');
-  e.dataTransfer.setData('application/x-phaul', JSON.stringify(what));
+  e.dataTransfer.setData(what.from === 'remote' ? DRAG_IN : DRAG_OUT, JSON.stringify(what));
   e.dataTransfer.setData('text/plain', what.container ? 'container ' + what.container : 'pid ' + what.pid);
   e.dataTransfer.effectAllowed = 'move';
 }
@@ -539,9 +552,15 @@ function dragEnd(n) {
   n.classList.remove('dragging');
 }
 
+// Each panel takes what comes from the other one: the other host's panel
+// this host's trees, this host's panel the other host's.
 function wireDrop() {
-  const zone = $('remote-panel');
-  const ours = (e) => Array.from(e.dataTransfer.types || []).includes('application/x-phaul');
+  dropZone($('remote-panel'), DRAG_OUT);
+  dropZone($('local-panel'), DRAG_IN);
+}
+
+function dropZone(zone, type) {
+  const ours = (e) => Array.from(e.dataTransfer.types || []).includes(type);
   zone.addEventListener('dragenter', (e) => {
     if (ours(e)) { e.preventDefault(); zone.classList.add('over'); }
   });
@@ -558,7 +577,7 @@ function wireDrop() {
   zone.addEventListener('drop', (e) => {
     zone.classList.remove('over');
     state.dragging = false;
-    const raw = e.dataTransfer.getData('application/x-phaul');
+    const raw = e.dataTransfer.getData(type);
     if (!raw) return;
     e.preventDefault();
     let what;
@@ -597,7 +616,7 @@ async function poll(which, gen) {
     try {
       const r = await apiJson('/api/' + which);
       if (r.ok) showList(which, r.body);
-      else showListError(which, (which === 'remote' ? 'target unreachable: ' : '') + r.body.error);
+      else showListError(which, (which === 'remote' ? 'other host unreachable: ' : '') + r.body.error);
     } catch (e) {
       if (e instanceof Unauthorized) return;
       showListError(which, 'phaul-web unreachable: ' + e.message);
@@ -612,15 +631,17 @@ const confirmState = { what: null, seq: 0 };
 
 // What moves: the root, its processes and memory, its container.
 function facts(what) {
-  const t = trees.local;
+  const t = what.from === 'remote' ? trees.remote : trees.local;
   const m = t.model;
+  // The other host's list carries no memory: its service counts it.
+  const mem = (v) => (m && m.hasMem ? v : null);
   if (what.container) {
     const init = m && Array.from(m.byPid.values()).find((p) => p.container === what.container);
     return {
       title: 'container ' + what.container,
       root: init ? 'init, PID ' + init.pid : 'its init',
-      count: init ? (init.ct_procs || 1) : null,
-      rss: init ? (init.ct_mem || init.mem || 0) : null,
+      count: init && m.hasMem ? (init.ct_procs || 1) : null,
+      rss: init ? mem(init.ct_mem || init.mem || 0) : null,
       container: what.container,
       fs: true,
     };
@@ -630,7 +651,7 @@ function facts(what) {
     title: p ? p.name + ' (PID ' + p.pid + ')' : 'PID ' + what.pid,
     root: p ? p.name + ', PID ' + p.pid + (p.cmdline ? ': ' + p.cmdline : '') : 'PID ' + what.pid,
     count: p ? m.count.get(p.pid) : null,
-    rss: p ? m.rss.get(p.pid) : null,
+    rss: p ? mem(m.rss.get(p.pid)) : null,
     container: p && p.container ? p.container : '',
     fs: false,
   };
@@ -641,23 +662,29 @@ function openConfirm(what) {
   const d = $('confirm');
   const f = facts(what);
   confirmState.what = what;
-  setText($('confirm-title'), 'Migrate ' + f.title + ' to ' + ($('target-addr').textContent || 'the target') + '?');
+  const pull = what.from === 'remote';
+  const other = $('target-addr').textContent || 'the other host';
+  setText($('confirm-title'), pull
+    ? 'Move ' + f.title + ' from ' + other + ' to this host?'
+    : 'Migrate ' + f.title + ' to ' + other + '?');
   const dl = $('confirm-facts');
   const row = (k, v) => [el('dt', { text: k }), el('dd', { text: v })];
   dl.replaceChildren(
     ...row('Root', f.root),
     ...row('Processes', f.count === null ? 'unknown' : procs(f.count)),
-    ...row('Memory', f.rss === null ? 'unknown' : size(f.rss) + ' to copy'),
+    ...row('Memory', f.rss === null ? 'counted by the other host as it starts' : size(f.rss) + ' to copy'),
     ...row('Container', f.container ? f.container : 'none (a plain process tree)'));
   setText($('confirm-scope'), f.count > 1
     ? 'The whole tree moves: ' + f.title + ' and ' + plural(f.count - 1, 'process', 'processes') +
       ' below it, paused together for the switch-over.'
     : f.title + ' moves alone; it is paused for the switch-over.');
   const fsSel = $('confirm-fs');
-  fsSel.disabled = !f.fs;
-  setText($('confirm-fs-note'), f.fs
-    ? 'native: phaul copies the container\'s files over its own link. shared: both hosts see the same storage, nothing is copied.'
-    : 'A process tree has no file system of its own: nothing but memory and state moves.');
+  fsSel.disabled = !f.fs || pull;
+  setText($('confirm-fs-note'), pull && f.fs
+    ? 'The other host\'s service moves the container\'s files with its own driver (native).'
+    : f.fs
+      ? 'native: phaul copies the container\'s files over its own link. shared: both hosts see the same storage, nothing is copied.'
+      : 'A process tree has no file system of its own: nothing but memory and state moves.');
   $('confirm-mode').value = state.defaultMode || 'auto';
   fsSel.value = state.defaultFs || 'native';
   d.returnValue = '';
@@ -673,6 +700,15 @@ async function askPlan() {
   const seq = ++confirmState.seq;
   const out = $('confirm-plan');
   const mode = $('confirm-mode').value;
+  if (what && what.from === 'remote') {
+    // The control API orders migrations but has no dry run: the other
+    // host's service checks the tree when the order arrives, and a
+    // refusal comes back at once with its reason.
+    out.className = 'plan ok remote';
+    setText(out, 'The other host\'s service checks the tree and picks what ' + mode +
+      ' means there when the order arrives (no dry run across hosts); the card shows its choice and why.');
+    return;
+  }
   out.className = 'plan';
   setText(out, 'asking both hosts what ' + mode + ' means here…');
   try {
@@ -737,7 +773,8 @@ async function startMigration(what, mode, fs) {
 function refusedCard(what, message) {
   const box = $('migrations');
   box.querySelector('.none')?.remove();
-  const label = what.container ? 'container ' + what.container : 'PID ' + what.pid;
+  const label = (what.container ? 'container ' + what.container : 'PID ' + what.pid) +
+    (what.from === 'remote' ? ' of the other host' : '');
   box.prepend(el('article', { class: 'migration refused', 'data-status': 'refused' },
     el('div', { class: 'head' },
       el('h3', { class: 'title', text: label + ': not started' }),
@@ -821,17 +858,25 @@ function cardSkeleton(m) {
       el('pre', { class: 'report' })));
 }
 
+// Where a migration's tree goes and where it came from, in words.
+function ends(m) {
+  return m.direction === 'in'
+    ? { there: 'this host', home: 'the other host' }
+    : { there: 'the target', home: 'this host' };
+}
+
 function outcomeText(m) {
   const who = m.title || m.what;
+  const { there, home } = ends(m);
   if (m.status === 'succeeded') {
-    return 'Migration succeeded: ' + who + ' now runs on the target as PID ' + m.target_pid +
+    return 'Migration succeeded: ' + who + ' now runs on ' + there + ' as PID ' + m.target_pid +
       ' (downtime ' + fmtMs(m.downtime_ms) + ', ' + mib(m.bytes) + ' sent).';
   }
-  if (m.status === 'cancelled') return 'Cancelled: ' + who + ' still runs on this host, as before.';
+  if (m.status === 'cancelled') return 'Cancelled: ' + who + ' still runs on ' + home + ', as before.';
   if (m.status === 'failed') {
     const where = m.outcome === 'diverged'
-      ? ' It may run on both hosts or only partly on the target: look before going on.'
-      : ' ' + who + ' still runs on this host.';
+      ? ' It may run on both hosts or only partly on ' + there + ': look before going on.'
+      : ' ' + who + ' still runs on ' + home + '.';
     return 'Migration failed: ' + (m.failure || 'the migration failed') + '.' + where;
   }
   return '';
@@ -848,12 +893,14 @@ function renderMigration(m) {
   const q = (sel) => card.querySelector(sel);
   card.className = 'migration ' + m.status;
   card.setAttribute('data-status', m.status);
+  card.setAttribute('data-direction', m.direction || 'out');
   card.setAttribute('data-phase', m.phase);
   if (m.target_pid) card.setAttribute('data-target-pid', m.target_pid);
   const who = m.title || m.what;
+  const pull = m.direction === 'in';
   const titles = {
-    running: 'Moving ' + who + ' to the target',
-    succeeded: 'Moved ' + who + ' to the target',
+    running: pull ? 'Moving ' + who + ' here' : 'Moving ' + who + ' to the target',
+    succeeded: pull ? 'Moved ' + who + ' here' : 'Moved ' + who + ' to the target',
     failed: 'Could not move ' + who,
     cancelled: 'Cancelled moving ' + who,
   };
@@ -869,7 +916,7 @@ function renderMigration(m) {
   const detail = [];
   if (m.status === 'failed') {
     if (m.error) detail.push('Cause: ' + m.error);
-    if (m.logs) detail.push('This host kept its CRIU logs in ' + m.logs);
+    if (m.logs) detail.push((pull ? 'The other host' : 'This host') + ' kept its CRIU logs in ' + m.logs);
   }
   setText(q('.detail'), detail.join('\n'));
   q('.actions').hidden = !m.cancellable;
@@ -1090,6 +1137,13 @@ async function start() {
     const r = await apiJson('/api/info');
     if (!r.ok) return;
     $('target-addr').textContent = r.body.target;
+    state.pull = !!r.body.pull;
+    $('this-addr').textContent = r.body.this_host || 'this host';
+    document.body.classList.toggle('both-ways', state.pull);
+    setText($('remote-hint'), state.pull
+      ? 'Drop a tree of this host here to migrate it; drag one from here onto this host to move it back.'
+      : 'Drop here to migrate. Moving trees back needs phaul-web\'s --this-host (this host\'s phaul-service).');
+    setText($('local-hint-drop'), state.pull ? ' Trees of the other host dropped here move to this host.' : '');
     const sel = $('confirm-mode');
     sel.replaceChildren(...r.body.modes.map((m) => el('option', { value: m, text: m })));
     state.defaultMode = r.body.default_mode;

@@ -338,18 +338,39 @@ impl<C: SourceCriu> Migration<C> {
     }
 
     fn emit(&self, p: Progress) {
-        if let Some(tx) = &self.events {
-            let started = *self.started.get_or_init(std::time::Instant::now);
-            let _ = tx.send(Event {
-                schema: Event::SCHEMA,
-                migration: self.id.clone(),
-                elapsed_ms: started.elapsed().as_secs_f64() * 1000.0,
-                progress: p.clone(),
-            });
+        if let Some(emit) = self.emitter() {
+            emit(p);
         }
-        if let Some(tx) = &self.progress {
-            let _ = tx.send(p);
+    }
+
+    /// What sends an event to every listener (the [`Event`] stream of
+    /// [`Migration::start`] and the [`Progress`] channel), usable from a
+    /// task of its own; it says whether one is still there. `None` when
+    /// there are none.
+    fn emitter(&self) -> Option<impl Fn(Progress) -> bool + Send + 'static> {
+        if self.events.is_none() && self.progress.is_none() {
+            return None;
         }
+        let (events, progress) = (self.events.clone(), self.progress.clone());
+        let id = self.id.clone();
+        let started = *self.started.get_or_init(std::time::Instant::now);
+        Some(move |p: Progress| {
+            let mut heard = false;
+            if let Some(tx) = &events {
+                heard |= tx
+                    .send(Event {
+                        schema: Event::SCHEMA,
+                        migration: id.clone(),
+                        elapsed_ms: started.elapsed().as_secs_f64() * 1000.0,
+                        progress: p.clone(),
+                    })
+                    .is_ok();
+            }
+            if let Some(tx) = &progress {
+                heard |= tx.send(p).is_ok();
+            }
+            heard
+        })
     }
 
     /// Enters the next phase. The record refuses a phase out of order, and
@@ -908,13 +929,10 @@ impl<C: SourceCriu> Migration<C> {
         Ok(())
     }
 
-    /// Reports `relay`'s bytes as they go, on top of what was sent before.
+    /// Reports `relay`'s bytes as they go, on top of what was sent before,
+    /// to every listener (a started migration's event stream too).
     fn ticker(&self, run: &Run<'_>, relay: &PageRelay) -> BytesTicker {
-        BytesTicker::start(
-            self.progress.clone(),
-            run.stats.bytes(),
-            relay.sent_counter(),
-        )
+        BytesTicker::start(self.emitter(), run.stats.bytes(), relay.sent_counter())
     }
 
     /// An iteration ended: into the stats and out as an event.

@@ -4,7 +4,6 @@
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc;
 
 use crate::mode::ModeChoice;
 use crate::policy::Decision;
@@ -162,16 +161,20 @@ pub(crate) fn tree_memory(root: i32) -> u64 {
 }
 
 /// Emits [`Progress::Bytes`] every [`BYTES_TICK`] while a page relay runs:
-/// `base` plus what the relay has sent. Stops when dropped.
+/// `base` plus what the relay has sent. Stops when dropped, or when `emit`
+/// says no one listens any more.
 pub(super) struct BytesTicker(Option<tokio::task::JoinHandle<()>>);
 
 impl BytesTicker {
+    /// `emit` sends an event to every listener of the migration (its
+    /// [`Progress`] channel and its [`Event`] stream) and says whether one
+    /// is still there; `None` when there are none.
     pub(super) fn start(
-        progress: Option<mpsc::UnboundedSender<Progress>>,
+        emit: Option<impl Fn(Progress) -> bool + Send + 'static>,
         base: u64,
         sent: impl Fn() -> u64 + Send + 'static,
     ) -> Self {
-        let Some(tx) = progress else {
+        let Some(emit) = emit else {
             return Self(None);
         };
         Self(Some(tokio::spawn(async move {
@@ -179,7 +182,7 @@ impl BytesTicker {
             loop {
                 tokio::time::sleep(BYTES_TICK).await;
                 let now = base + sent();
-                if last != Some(now) && tx.send(Progress::Bytes(now)).is_err() {
+                if last != Some(now) && !emit(Progress::Bytes(now)) {
                     return;
                 }
                 last = Some(now);
