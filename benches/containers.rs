@@ -380,20 +380,25 @@ impl Scene {
             state.as_deref() == Some("RUNNING"),
             "on the target LXC says {state:?}"
         );
-        let s = self
-            .client
-            .answers_after(100, Duration::from_secs(60))
-            .ok_or_else(|| anyhow!("the client's requests stopped: {:?}", self.client.stats()))?;
-        ensure!(
-            s.errors == 0,
-            "the client saw {} error(s): {:?}",
-            s.errors,
-            s.last_error
-        );
-        let v = redis_cli(self.hosts.lan(), &self.ip, &["GET", "bench:k99"]);
-        ensure!(v == "v99", "the server's data: bench:k99 = {v:?}");
-        Ok(s.longest_stall_ms)
+        client_went_on(&self.client, self.hosts.lan(), &self.ip)
     }
+}
+
+/// The client goes on with no error and the server kept its data; the
+/// client's longest stall.
+fn client_went_on(client: &LanClient, lan: &phaul_testkit::lan::Lan, ip: &str) -> Result<f64> {
+    let s = client
+        .answers_after(100, Duration::from_secs(60))
+        .ok_or_else(|| anyhow!("the client's requests stopped: {:?}", client.stats()))?;
+    ensure!(
+        s.errors == 0,
+        "the client saw {} error(s): {:?}",
+        s.errors,
+        s.last_error
+    );
+    let v = redis_cli(lan, ip, &["GET", "bench:k99"]);
+    ensure!(v == "v99", "the server's data: bench:k99 = {v:?}");
+    Ok(s.longest_stall_ms)
 }
 
 fn run_case(bin: &Path, case: Case, mib: u32, keep: bool) -> Result<Sample> {

@@ -22,7 +22,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use phaul::{Failure, Outcome, Report};
+use phaul::{Failure, GroupFailure, GroupReport, Outcome, Report};
 use phaul_cli::{MigrateArgs, ProgressDisplay};
 
 #[derive(Parser)]
@@ -45,32 +45,52 @@ async fn main() -> ExitCode {
     phaul_cli::init_tracing("warn");
     let Cmd::Migrate(m) = Cli::parse().cmd;
     if m.is_group() {
-        return group(&m).await;
+        let end = group(&m).await.map(|end| match end {
+            Ok(report) => (0, report),
+            Err(f) => (exit_status(f.outcome), *f.report),
+        });
+        return finish(
+            &m,
+            end,
+            |why| m.group_refusal(why).to_json(),
+            GroupReport::to_json,
+        );
     }
     let started = match &m.from {
         Some(from) => control(&m, from).await,
         None => migrate(&m).await,
     };
-    let end = match started {
-        Ok(end) => end,
+    let end = started.map(|end| match end {
+        Ok(report) => (0, report),
+        Err(f) => (exit_status(f.outcome), *f.report),
+    });
+    finish(&m, end, |why| m.refusal(why).to_json(), Report::to_json)
+}
+
+/// Prints the report and writes `--json`: the refusal's (exit 2) when
+/// nothing started, else the run's, with the status its outcome gave.
+fn finish<R: std::fmt::Display>(
+    m: &MigrateArgs,
+    end: phaul_cli::Result<(u8, R)>,
+    refusal: impl FnOnce(String) -> String,
+    json: fn(&R) -> String,
+) -> ExitCode {
+    let (status, report) = match end {
+        Ok(x) => x,
         Err(e) => {
             let why = phaul::transport::error_chain(&e);
             eprintln!("phaul: {why}");
             if let Some(p) = &m.json {
-                write_json(p, &m.refusal(why).to_json());
+                write_json(p, &refusal(why));
             }
             return ExitCode::from(2);
         }
     };
     // Past this point the migration ran: its outcome decides the exit
     // status, never a failure to report it.
-    let (status, report) = match end {
-        Ok(report) => (0, report),
-        Err(f) => (exit_status(f.outcome), *f.report),
-    };
     println!("{report}");
     if let Some(p) = &m.json {
-        write_json(p, &report.to_json());
+        write_json(p, &json(&report));
     }
     ExitCode::from(status)
 }
@@ -83,24 +103,10 @@ fn exit_status(o: Outcome) -> u8 {
     }
 }
 
-/// Several KIND ID pairs: one group, all or none; the exit status as for
-/// one migration, from the group's outcome.
-async fn group(m: &MigrateArgs) -> ExitCode {
-    let group = match m
-        .group()
-        .and_then(|g| Ok((g, ProgressDisplay::start(m.events.as_deref())?)))
-    {
-        Ok(x) => x,
-        Err(e) => {
-            let why = phaul::transport::error_chain(&e);
-            eprintln!("phaul: {why}");
-            if let Some(p) = &m.json {
-                write_json(p, &m.group_refusal(why).to_json());
-            }
-            return ExitCode::from(2);
-        }
-    };
-    let (group, (display, tx)) = group;
+/// Several KIND ID pairs: one group, all or none, cancelled at ctrl-c.
+async fn group(m: &MigrateArgs) -> phaul_cli::Result<Result<GroupReport, GroupFailure>> {
+    let group = m.group()?;
+    let (display, tx) = ProgressDisplay::start(m.events.as_deref())?;
     let mut run = group.start();
     let cancel = run.cancel_handle();
     let ctrl_c = tokio::spawn(async move {
@@ -116,15 +122,7 @@ async fn group(m: &MigrateArgs) -> ExitCode {
     let end = run.await;
     ctrl_c.abort();
     display.finish().await;
-    let (status, report) = match end {
-        Ok(report) => (0, report),
-        Err(f) => (exit_status(f.outcome), *f.report),
-    };
-    println!("{report}");
-    if let Some(p) = &m.json {
-        write_json(p, &report.to_json());
-    }
-    ExitCode::from(status)
+    Ok(end)
 }
 
 /// Runs the migration to its typed end, cancelled at ctrl-c.

@@ -10,11 +10,12 @@
 //! error. Needs root, CRIU, runc and redis-server; under `CI` their absence
 //! fails.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use phaul_testkit::lan::{LanClient, redis_cli, redis_ready_with, require_redis};
+use phaul_testkit::runc::{NamedNetns, redis_bundle};
 use phaul_testkit::{Hosts, require_criu};
 
 mod common;
@@ -35,95 +36,6 @@ fn ip(args: &[&str]) {
     run(Command::new("ip").args(args));
 }
 
-/// The container's namespace in `host`: `/run/netns/NAME`, `eth0` with
-/// the container's address and MAC; the host end `dev` is on the host's
-/// bridge only when `online`.
-struct Netns(String);
-
-impl Netns {
-    fn new(name: &str, host: &str, dev: &str, bridge: &str, addr: &str, online: bool) -> Self {
-        ip(&["netns", "add", name]);
-        let me = Self(name.to_string());
-        ip(&[
-            "-n", host, "link", "add", dev, "type", "veth", "peer", "name", "eth0", "netns", name,
-        ]);
-        ip(&["-n", name, "link", "set", "lo", "up"]);
-        ip(&["-n", name, "link", "set", "eth0", "address", MAC]);
-        ip(&[
-            "-n",
-            name,
-            "addr",
-            "add",
-            &format!("{addr}/24"),
-            "dev",
-            "eth0",
-        ]);
-        ip(&["-n", name, "link", "set", "eth0", "up"]);
-        if online {
-            ip(&["-n", host, "link", "set", dev, "master", bridge, "up"]);
-        }
-        me
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
-    }
-}
-
-/// A busybox bundle running Debian's redis-server (the host's libraries
-/// and `/usr/bin` bound in), in the network namespace at `netns`.
-fn bundle(dir: &Path, netns: &str) {
-    let rootfs = dir.join("rootfs");
-    for d in [
-        "bin",
-        "tmp",
-        "proc",
-        "sys",
-        "dev",
-        "usr/lib",
-        "lib",
-        "lib64",
-        "opt/host-bin",
-    ] {
-        std::fs::create_dir_all(rootfs.join(d)).unwrap();
-    }
-    std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).unwrap();
-    run(Command::new("chroot")
-        .arg(&rootfs)
-        .args(["/bin/busybox", "--install", "-s", "/bin"]));
-    run(Command::new("runc").arg("spec").current_dir(dir));
-    let path = dir.join("config.json");
-    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-    v["process"]["terminal"] = false.into();
-    v["root"]["readonly"] = false.into();
-    // Its stdio inside the container (CRIU cannot dump a host file's mount).
-    v["process"]["args"] = serde_json::json!([
-        "/bin/sh",
-        "-c",
-        "exec </dev/null >/dev/null 2>&1; exec /opt/host-bin/redis-server --port 6379 \
-         --protected-mode no --save '' --appendonly no"
-    ]);
-    let mounts = v["mounts"].as_array_mut().unwrap();
-    for (dst, src) in [
-        ("/usr/lib", "/usr/lib"),
-        ("/lib", "/usr/lib"),
-        ("/lib64", "/usr/lib64"),
-        ("/opt/host-bin", "/usr/bin"),
-    ] {
-        mounts.push(serde_json::json!({
-            "destination": dst, "type": "bind", "source": src, "options": ["rbind", "ro"]
-        }));
-    }
-    for n in v["linux"]["namespaces"].as_array_mut().unwrap() {
-        if n["type"] == "network" {
-            n["path"] = netns.into();
-        }
-    }
-    std::fs::write(&path, serde_json::to_vec_pretty(&v).unwrap()).unwrap();
-}
-
 #[test]
 fn a_runc_container_in_a_named_network_namespace_keeps_its_client() {
     let test = "a_runc_container_in_a_named_network_namespace_keeps_its_client";
@@ -139,10 +51,11 @@ fn a_runc_container_in_a_named_network_namespace_keeps_its_client() {
     let tag = std::process::id() % 100_000;
     let (name, spare) = (format!("phrn{tag}"), format!("phrm{tag}"));
     let (src_dev, tgt_dev) = (format!("phrs{tag}"), format!("phrt{tag}"));
-    let src_ns = Netns::new(&name, &hosts.src, &src_dev, &lan.bridge, &addr, true);
+    let ct = (addr.as_str(), MAC);
+    let src_ns = NamedNetns::new(&name, &hosts.src, &src_dev, &lan.bridge, ct, true).unwrap();
     // The target's namespace, off the LAN until the move; bound over the
     // same path in the target service's mount namespace.
-    let _tgt_ns = Netns::new(&spare, &hosts.tgt, &tgt_dev, &lan.bridge, &addr, false);
+    let _tgt_ns = NamedNetns::new(&spare, &hosts.tgt, &tgt_dev, &lan.bridge, ct, false).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let base = dir.path();
     let (root_a, root_b, bundles) = (
@@ -155,7 +68,7 @@ fn a_runc_container_in_a_named_network_namespace_keeps_its_client() {
     }
     let src_bundle = base.join("bundle");
     let path = format!("/run/netns/{name}");
-    bundle(&src_bundle, &path);
+    redis_bundle(&src_bundle, &path, &[]).unwrap();
     let id = format!("phrn{tag}");
     struct Container(String, Vec<PathBuf>);
     impl Drop for Container {

@@ -34,6 +34,7 @@ use anyhow::{Context, Result, anyhow, ensure};
 use phaul_core::{Migration, Mode, Progress, Service};
 use phaul_htypes::registry::{Paths, source_in};
 use phaul_testkit::lan::{LanClient, redis_cli, redis_ready_with};
+use phaul_testkit::runc::{NamedNetns, redis_bundle};
 use phaul_testkit::{Hosts, in_netns};
 use phaul_transport::Listener;
 
@@ -86,50 +87,6 @@ fn ip(args: &[&str]) -> Result<()> {
     run(c)
 }
 
-/// A network namespace at `/run/netns/NAME`, removed on drop.
-struct Netns(String);
-
-impl Netns {
-    /// `eth0` with the container's address and MAC, its host end `dev` in
-    /// host `host`, on `bridge` only when `online`.
-    fn new(
-        name: &str,
-        host: &str,
-        dev: &str,
-        bridge: &str,
-        addr: &str,
-        online: bool,
-    ) -> Result<Self> {
-        ip(&["netns", "add", name])?;
-        let me = Self(name.to_string());
-        ip(&[
-            "-n", host, "link", "add", dev, "type", "veth", "peer", "name", "eth0", "netns", name,
-        ])?;
-        ip(&["-n", name, "link", "set", "lo", "up"])?;
-        ip(&["-n", name, "link", "set", "eth0", "address", MAC])?;
-        ip(&[
-            "-n",
-            name,
-            "addr",
-            "add",
-            &format!("{addr}/24"),
-            "dev",
-            "eth0",
-        ])?;
-        ip(&["-n", name, "link", "set", "eth0", "up"])?;
-        if online {
-            ip(&["-n", host, "link", "set", dev, "master", bridge, "up"])?;
-        }
-        Ok(me)
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
-    }
-}
-
 /// Kills and deletes the container in both runc roots, and its service.
 struct Container {
     id: String,
@@ -175,8 +132,8 @@ pub struct RuncScene {
     root_b: PathBuf,
     bundles: PathBuf,
     bundle: PathBuf,
-    _src_ns: Netns,
-    _tgt_ns: Netns,
+    _src_ns: NamedNetns,
+    _tgt_ns: NamedNetns,
     base: tempfile::TempDir,
     pub hosts: Hosts,
 }
@@ -189,8 +146,9 @@ impl RuncScene {
         let tag = std::process::id() % 100_000;
         let (name, spare) = (format!("phbn{tag}"), format!("phbm{tag}"));
         let (src_dev, tgt_dev) = (format!("phbs{tag}"), format!("phbt{tag}"));
-        let src_ns = Netns::new(&name, &hosts.src, &src_dev, &lan.bridge, &ip, true)?;
-        let tgt_ns = Netns::new(&spare, &hosts.tgt, &tgt_dev, &lan.bridge, &ip, false)?;
+        let ct = (ip.as_str(), MAC);
+        let src_ns = NamedNetns::new(&name, &hosts.src, &src_dev, &lan.bridge, ct, true)?;
+        let tgt_ns = NamedNetns::new(&spare, &hosts.tgt, &tgt_dev, &lan.bridge, ct, false)?;
         let base = tempfile::Builder::new()
             .prefix("phaul-bench-runc-")
             .tempdir()?;
@@ -202,7 +160,7 @@ impl RuncScene {
         let (root_a, root_b, bundles) = (sub("root-a")?, sub("root-b")?, sub("bundles")?);
         let path = format!("/run/netns/{name}");
         let bundle = base.path().join("bundle");
-        make_bundle(&bundle, &path)?;
+        redis_bundle(&bundle, &path, &["--enable-debug-command", "yes"])?;
         let id = format!("phbn{tag}");
         let container = Container {
             id: id.clone(),
@@ -292,19 +250,7 @@ impl RuncScene {
             "on the target runc says {}",
             v["status"]
         );
-        let s = self
-            .client
-            .answers_after(100, Duration::from_secs(60))
-            .ok_or_else(|| anyhow!("the client's requests stopped: {:?}", self.client.stats()))?;
-        ensure!(
-            s.errors == 0,
-            "the client saw {} error(s): {:?}",
-            s.errors,
-            s.last_error
-        );
-        let v = redis_cli(self.hosts.lan(), &self.ip, &["GET", "bench:k99"]);
-        ensure!(v == "v99", "the server's data: bench:k99 = {v:?}");
-        Ok(s.longest_stall_ms)
+        super::client_went_on(&self.client, self.hosts.lan(), &self.ip)
     }
 
     /// Starts phaul's service on the target (this binary, see [`serve`]);
@@ -334,68 +280,6 @@ impl RuncScene {
         }
         Err(anyhow!("the target's service did not start"))
     }
-}
-
-/// A busybox bundle running Debian's redis-server (the host's libraries
-/// and `/usr/bin` bound in, read-only) in the network namespace at
-/// `netns`.
-fn make_bundle(dir: &Path, netns: &str) -> Result<()> {
-    let rootfs = dir.join("rootfs");
-    for d in [
-        "bin",
-        "tmp",
-        "proc",
-        "sys",
-        "dev",
-        "usr/lib",
-        "lib",
-        "lib64",
-        "opt/host-bin",
-    ] {
-        std::fs::create_dir_all(rootfs.join(d))?;
-    }
-    std::fs::copy("/bin/busybox", rootfs.join("bin/busybox"))?;
-    let mut c = Command::new("chroot");
-    c.arg(&rootfs)
-        .args(["/bin/busybox", "--install", "-s", "/bin"]);
-    run(c)?;
-    let mut c = Command::new("runc");
-    c.arg("spec").current_dir(dir);
-    run(c)?;
-    let path = dir.join("config.json");
-    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&path)?)?;
-    v["process"]["terminal"] = false.into();
-    v["root"]["readonly"] = false.into();
-    // Its stdio inside the container (CRIU cannot dump a host file's mount).
-    v["process"]["args"] = serde_json::json!([
-        "/bin/sh",
-        "-c",
-        "exec </dev/null >/dev/null 2>&1; exec /opt/host-bin/redis-server --port 6379 \
-         --protected-mode no --save '' --appendonly no --enable-debug-command yes"
-    ]);
-    let mounts = v["mounts"]
-        .as_array_mut()
-        .ok_or_else(|| anyhow!("runc spec wrote no mounts"))?;
-    for (dst, src) in [
-        ("/usr/lib", "/usr/lib"),
-        ("/lib", "/usr/lib"),
-        ("/lib64", "/usr/lib64"),
-        ("/opt/host-bin", "/usr/bin"),
-    ] {
-        mounts.push(serde_json::json!({
-            "destination": dst, "type": "bind", "source": src, "options": ["rbind", "ro"]
-        }));
-    }
-    for n in v["linux"]["namespaces"]
-        .as_array_mut()
-        .ok_or_else(|| anyhow!("runc spec wrote no namespaces"))?
-    {
-        if n["type"] == "network" {
-            n["path"] = netns.into();
-        }
-    }
-    std::fs::write(&path, serde_json::to_vec_pretty(&v)?)?;
-    Ok(())
 }
 
 /// phaul moves the container (kind `runc`) to its service on the target;

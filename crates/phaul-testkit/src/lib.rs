@@ -16,6 +16,8 @@
 //! - [`lan`]: that LAN, a [`lan::ServiceTree`] (a server with a network
 //!   namespace and address of its own) and a [`lan::LanClient`] that keeps
 //!   one connection to it and measures its stalls.
+//! - [`runc`]: a runc container's bundle running redis, in a network
+//!   namespace named by path as an orchestrator makes one.
 //! - [`link`]: a connected pair of links and incompressible bytes, for
 //!   tests of what travels on a link.
 //! - [`process_state`], [`kill_tree`], [`wait_until`], [`last_number_in`]:
@@ -23,6 +25,7 @@
 
 pub mod lan;
 pub mod link;
+pub mod runc;
 
 pub use link::{link_config, link_pair, noise};
 
