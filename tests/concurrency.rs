@@ -3,18 +3,27 @@
 //! with real CRIU between network-namespace hosts, stop-copy and post-copy
 //! mixed. None fails halfway: each either moved with its memory intact, or
 //! was refused as busy before anything froze and runs on at home, intact.
-//! The service's own events show that no more than two ran at once. Needs
-//! root and CRIU 4 (skipped locally without them, a failure under CI).
+//! The service's own events show that no more than two ran at once. And
+//! `phaul migrate` to a `phaul-service --max-migrations 1 --max-queued 0`
+//! whose slot is taken is refused as busy: exit 2, not started. Needs root
+//! and CRIU 4 (skipped locally without them, a failure under CI).
 
 #![allow(clippy::print_stdout)]
 
+use std::path::Path;
+use std::process::Stdio;
 use std::time::Duration;
 
 use phaul::core::criu::Criu;
 use phaul::core::target::metrics::Metrics;
 use phaul::core::{Error, Migration, Mode, Outcome, Report, Service, ServiceEvent};
+use phaul::transport::proto::{self, request, response};
+use phaul::transport::{Channel, ControlClient, Endpoint, Link};
 use phaul::{LinkConfig, Listener, SharedKey};
 use phaul_testkit::{Hosts, Workload, alive, in_netns, require_criu, wait_until};
+
+mod common;
+use common::{example, key_file, service as phaul_service};
 
 /// Migrations asked for at once, and how many the service takes.
 const ASKED: usize = 16;
@@ -204,4 +213,141 @@ fn sixteen_migrations_at_once_to_a_service_of_two_never_run_more_than_two_or_fai
         "{ASKED} asked, limit {LIMIT}, queue {QUEUED}: {} moved ({waited} waited), {busy} refused as busy, at most {most} at once",
         moved.len()
     );
+}
+
+/// `phaul migrate --mode stop-copy pid PID` in the source host: its exit
+/// status, stderr and JSON report.
+fn migrate(
+    hosts: &Hosts,
+    dir: &Path,
+    addr: &str,
+    key: &Path,
+    pid: i32,
+) -> (i32, String, serde_json::Value) {
+    let json = dir.join(format!("report-{pid}.json"));
+    let _ = std::fs::remove_file(&json);
+    let out = Hosts::command(&hosts.src, example("phaul"))
+        .arg("migrate")
+        .arg("--json")
+        .arg(&json)
+        .arg("--work-dir")
+        .arg(dir.join("source"))
+        .args(["--to", addr, "--key-file"])
+        .arg(key)
+        .args(["--mode", "stop-copy", "pid", &pid.to_string()])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let report = std::fs::read_to_string(&json)
+        .map(|s| serde_json::from_str(&s).unwrap())
+        .unwrap_or(serde_json::Value::Null);
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        report,
+    )
+}
+
+/// A session that has begun a migration on the service at `addr` and holds
+/// its slot, doing nothing more, until `release` is sent (then it goes
+/// away, and the service undoes the session).
+fn hold_a_slot(
+    ns: &str,
+    addr: String,
+    key: &Path,
+    pid: i32,
+) -> (
+    std::thread::JoinHandle<()>,
+    tokio::sync::oneshot::Sender<()>,
+) {
+    let cfg = LinkConfig::new(SharedKey::from_file(key).unwrap());
+    let (begun_tx, begun_rx) = std::sync::mpsc::channel();
+    let (release, released) = tokio::sync::oneshot::channel::<()>();
+    let holder = in_netns(ns, move || async move {
+        let ep = Endpoint::parse(&addr).unwrap();
+        let link = Link::connect(ep, &cfg, Channel::Control, None)
+            .await
+            .unwrap();
+        let mut ctl = ControlClient::new(link);
+        let begin = proto::Begin {
+            htype: "pid".into(),
+            // As a source would name it; nothing of it is touched.
+            params: phaul::htypes::registry::source("pid", &pid.to_string())
+                .unwrap()
+                .params()
+                .into_iter()
+                .collect(),
+            mode: proto::Mode::StopCopy as i32,
+            fs_driver: proto::FsDriver::NoFs as i32,
+            restore_by: proto::RestoreBy::Criu as i32,
+            migration_id: "slot-holder".into(),
+        };
+        let answer = ctl.call(request::Body::Begin(begin)).await.unwrap();
+        assert!(matches!(answer, response::Body::Begun(_)), "{answer:?}");
+        begun_tx.send(()).unwrap();
+        let _ = released.await;
+        ctl.close().await;
+    });
+    begun_rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the holder's migration began");
+    (holder, release)
+}
+
+#[test]
+fn phaul_migrate_to_a_full_service_is_refused_as_busy_and_exits_2_with_the_tree_at_home() {
+    let test =
+        "phaul_migrate_to_a_full_service_is_refused_as_busy_and_exits_2_with_the_tree_at_home";
+    let Some(_) = require_criu(test) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let hosts = Hosts::new().unwrap();
+    let key = key_file(dir.path(), "the busy service's key, long enough", 0o600);
+    let (mut svc, addr) = phaul_service(
+        &hosts,
+        &key,
+        dir.path(),
+        &[
+            "--max-migrations".as_ref(),
+            "1".as_ref(),
+            "--max-queued".as_ref(),
+            "0".as_ref(),
+        ],
+    );
+    let mut w = Workload::start_in(Some(&hosts.src), 16).unwrap();
+
+    // The service's one slot is taken: refused at once, nothing started.
+    let (holder, release) = hold_a_slot(&hosts.src, addr.clone(), &key, w.pid);
+    let (status, stderr, report) = migrate(&hosts, dir.path(), &addr, &key, w.pid);
+    assert_eq!(status, 2, "{stderr}");
+    assert_eq!(report["outcome"], "not-started", "{report}");
+    let error = report["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("the target is busy: busy: 1 migrations are running"),
+        "{error}"
+    );
+    assert!(report["downtime_ms"].is_null(), "{report}");
+    assert!(alive(w.pid) && Hosts::runs_in(&hosts.src, w.pid));
+    let c = w.counter().unwrap();
+    assert!(w.counter_passes(c, Duration::from_secs(10)).is_some());
+    assert_eq!(w.memory_intact(w.pid), Some(true));
+
+    // The holder goes away: its slot comes back, and the tree moves.
+    release.send(()).unwrap();
+    holder.join().unwrap();
+    let moved = wait_until(Duration::from_secs(30), || {
+        let (status, stderr, report) = migrate(&hosts, dir.path(), &addr, &key, w.pid);
+        match status {
+            0 => Some(report),
+            2 if stderr.contains("busy") => None,
+            _ => panic!("{status}: {stderr}"),
+        }
+    })
+    .expect("the slot came back");
+    let new = i32::try_from(moved["target_pid"].as_i64().unwrap()).unwrap();
+    w.adopt(new);
+    assert!(Hosts::runs_in(&hosts.tgt, new));
+    assert_eq!(w.memory_intact(new), Some(true));
+    svc.stop();
 }
