@@ -7,6 +7,9 @@
 //! move a tree of this host to another service, checked as the CLI checks
 //! its arguments. `--metrics ADDR` serves its metrics (Prometheus' text
 //! format) at `GET /metrics` over plain HTTP, loopback for a bare port.
+//! `--max-migrations N` bounds the migrations it receives at once; the next
+//! ones wait in a queue (`--max-queued`, `--queue-wait`) or are refused as
+//! busy before their sources freeze anything.
 //!
 //! ```text
 //! head -c 32 /dev/urandom | base64 > key && chmod 600 key
@@ -47,6 +50,17 @@ struct Args {
     /// HTTP on this address: PORT (loopback) or HOST:PORT.
     #[arg(long, value_name = "ADDR")]
     metrics: Option<String>,
+    /// Migrations received at once [default: two per CPU, at least 4].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    max_migrations: Option<u32>,
+    /// Migrations beyond that which may wait for their turn; the next ones
+    /// are refused as busy.
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    max_queued: u32,
+    /// The longest a migration waits in the queue before it is refused as
+    /// busy (seconds; keep it under the sources' request timeout, 30 s).
+    #[arg(long, value_name = "SECS", default_value_t = 20.0)]
+    queue_wait: f64,
 }
 
 #[tokio::main]
@@ -71,7 +85,16 @@ async fn main() -> anyhow::Result<()> {
     let service = Service::new(criu.clone(), cfg, &args.work_dir)
         .controllable(criu)
         .keep_images(args.keep_images)
-        .htype_paths(paths);
+        .htype_paths(paths)
+        .queue(
+            args.max_queued as usize,
+            std::time::Duration::try_from_secs_f64(args.queue_wait)
+                .context("--queue-wait: a number of seconds")?,
+        );
+    let service = match args.max_migrations {
+        Some(n) => service.max_migrations(n as usize),
+        None => service,
+    };
     if let Some(addr) = &args.metrics {
         let addr = phaul_cli::metrics_addr(addr)?;
         let (bound, server) =

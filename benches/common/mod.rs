@@ -30,6 +30,8 @@ pub fn engine_criu(bin: &std::path::Path) -> Criu {
 /// events each with the moment it came, and when the run returned.
 pub struct Ran {
     pub report: Report,
+    /// The concurrent bench reads only the reports.
+    #[allow(dead_code)]
     pub events: Vec<(Instant, Progress)>,
     /// Each bench compiles this module alone; the containers bench does
     /// not time post-copy's background pull, so it never reads this.

@@ -56,6 +56,12 @@ pub enum Error {
     #[error("the target: {0}")]
     Target(String),
 
+    /// The target runs as many migrations as it takes and could not queue
+    /// this one (its answer says which limit). Nothing was started: the
+    /// source ran on throughout, and may try again later.
+    #[error("the target is busy: {0}")]
+    Busy(String),
+
     /// The service a controller ordered to migrate reported a failure
     /// (its error, with its causes, as text).
     #[error("the source's service: {0}")]

@@ -1177,6 +1177,10 @@ struct Run<'a> {
 
 fn remote(e: phaul_transport::Error) -> Error {
     match e {
+        phaul_transport::Error::Remote {
+            code: phaul_transport::ErrorCode::Busy,
+            message,
+        } => Error::Busy(message),
         phaul_transport::Error::Remote { message, .. } => Error::Target(message),
         other => Error::Link(other),
     }

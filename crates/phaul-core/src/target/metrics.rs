@@ -50,6 +50,25 @@ impl Outcome {
     }
 }
 
+/// Why a migration was refused as busy (see `admission.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Refusal {
+    /// The limit was reached and the queue was full.
+    QueueFull,
+    /// It waited in the queue for as long as it may.
+    QueueWait,
+}
+
+impl Refusal {
+    /// The `reason` label's value.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::QueueFull => "queue_full",
+            Self::QueueWait => "queue_wait",
+        }
+    }
+}
+
 /// A cumulative histogram: per-bucket counts, their sum and count.
 #[derive(Debug, Clone)]
 struct Histogram {
@@ -97,6 +116,12 @@ struct Inner {
     /// Ended migrations by (kind, mode, outcome).
     ended: BTreeMap<(String, String, Outcome), u64>,
     running: u64,
+    /// The service's limit on migrations received at once.
+    limit: u64,
+    /// Migrations waiting for a slot now, and all that ever waited.
+    queued: u64,
+    waited: u64,
+    refused: BTreeMap<Refusal, u64>,
     downtime: Histogram,
     total: Histogram,
     bytes_images: u64,
@@ -115,6 +140,10 @@ impl Default for Metrics {
         Self(Arc::new(Mutex::new(Inner {
             ended: BTreeMap::new(),
             running: 0,
+            limit: 0,
+            queued: 0,
+            waited: 0,
+            refused: BTreeMap::new(),
             downtime: Histogram::new(&DOWNTIME_BUCKETS),
             total: Histogram::new(&TOTAL_BUCKETS),
             bytes_images: 0,
@@ -161,6 +190,25 @@ impl Metrics {
         });
     }
 
+    /// The limit on migrations received at once.
+    pub(crate) fn set_limit(&self, limit: usize) {
+        self.with(|m| m.limit = u64::try_from(limit).unwrap_or(u64::MAX));
+    }
+
+    /// A migration waits for a slot until the guard is dropped.
+    pub(crate) fn waiting(&self) -> Waiting {
+        self.with(|m| {
+            m.queued += 1;
+            m.waited += 1;
+        });
+        Waiting(self.clone())
+    }
+
+    /// A migration was refused as busy.
+    pub(crate) fn refused(&self, why: Refusal) {
+        self.with(|m| *m.refused.entry(why).or_default() += 1);
+    }
+
     /// Bytes of images received (CRIU's image batches).
     pub(crate) fn images_received(&self, bytes: u64) {
         self.with(|m| m.bytes_images += bytes);
@@ -188,9 +236,15 @@ impl Metrics {
         self.with(|m| m.running)
     }
 
+    /// Migrations waiting for a slot now.
+    pub fn queued(&self) -> u64 {
+        self.with(|m| m.queued)
+    }
+
     /// The metrics in Prometheus' text format, version 0.0.4
     /// ([`CONTENT_TYPE`]).
     pub fn render(&self) -> String {
+        let admission = self.with(|m| (m.limit, m.queued, m.waited, m.refused.clone()));
         let m = self.with(|m| {
             (
                 m.ended.clone(),
@@ -223,6 +277,7 @@ impl Metrics {
              # TYPE phaul_migrations_running gauge\n",
         );
         let _ = writeln!(out, "phaul_migrations_running {running}");
+        render_admission(&mut out, admission);
         downtime.render(
             &mut out,
             "phaul_migration_downtime_seconds",
@@ -252,6 +307,50 @@ impl Metrics {
     }
 }
 
+/// The limit, the queue and the refusals (see `admission.rs`).
+fn render_admission(
+    out: &mut String,
+    (limit, queued, waited, refused): (u64, u64, u64, BTreeMap<Refusal, u64>),
+) {
+    out.push_str(
+        "# HELP phaul_migrations_limit How many migrations this service receives at once; the next ones wait in its queue or are refused as busy.\n\
+         # TYPE phaul_migrations_limit gauge\n",
+    );
+    let _ = writeln!(out, "phaul_migrations_limit {limit}");
+    out.push_str(
+        "# HELP phaul_migrations_queued Migrations waiting now for one of the limit's slots (their sources not frozen yet).\n\
+         # TYPE phaul_migrations_queued gauge\n",
+    );
+    let _ = writeln!(out, "phaul_migrations_queued {queued}");
+    out.push_str(
+        "# HELP phaul_migrations_waited_total Migrations that had to wait in the queue, whether a slot came or not.\n\
+         # TYPE phaul_migrations_waited_total counter\n",
+    );
+    let _ = writeln!(out, "phaul_migrations_waited_total {waited}");
+    out.push_str(
+        "# HELP phaul_migrations_refused_total Migrations refused as busy before anything started, by reason (queue_full: the limit reached and the queue full; queue_wait: no slot came free in the queue's wait).\n\
+         # TYPE phaul_migrations_refused_total counter\n",
+    );
+    for why in [Refusal::QueueFull, Refusal::QueueWait] {
+        let n = refused.get(&why).copied().unwrap_or(0);
+        let _ = writeln!(
+            out,
+            "phaul_migrations_refused_total{{reason=\"{}\"}} {n}",
+            why.as_str()
+        );
+    }
+}
+
+/// Counts a migration as waiting in the queue until dropped.
+#[derive(Debug)]
+pub(crate) struct Waiting(Metrics);
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.0.with(|m| m.queued = m.queued.saturating_sub(1));
+    }
+}
+
 /// A label value as the text format wants it: backslash, quote and newline
 /// escaped.
 fn escape(v: &str) -> String {
@@ -276,6 +375,10 @@ mod tests {
         for (name, ty) in [
             ("phaul_migrations_total", "counter"),
             ("phaul_migrations_running", "gauge"),
+            ("phaul_migrations_limit", "gauge"),
+            ("phaul_migrations_queued", "gauge"),
+            ("phaul_migrations_waited_total", "counter"),
+            ("phaul_migrations_refused_total", "counter"),
             ("phaul_migration_downtime_seconds", "histogram"),
             ("phaul_migration_duration_seconds", "histogram"),
             ("phaul_received_bytes_total", "counter"),

@@ -10,12 +10,15 @@
 //! # Layout
 //! - this file: [`Service`], which accepts links and routes each to its
 //!   session;
+//! - [`admission`]: how many migrations it receives at once, and the queue
+//!   and `BUSY` refusal beyond that, decided before the source freezes;
 //! - `session.rs`: one migration, a typed state machine that follows the
 //!   plan the source sent;
 //! - [`metrics`]: what the service counts, in Prometheus' text format;
 //! - `orders.rs`: a controller's orders (`MANAGE` channel): this service
 //!   as the source of a migration to another.
 
+pub mod admission;
 pub mod metrics;
 mod orders;
 mod session;
@@ -67,6 +70,7 @@ pub struct Service<T: TargetCriu = crate::criu::Criu> {
     /// Starts what controllers order; `None`: orders are refused.
     launcher: Option<orders::Launcher>,
     metrics: metrics::Metrics,
+    admission: admission::Admission,
 }
 
 /// What happens on a target, for an embedder that runs the service
@@ -124,6 +128,7 @@ impl<T: TargetCriu> Service<T> {
     /// (its key, TLS identity), keeping each migration's images under
     /// `work_dir`.
     pub fn new(criu: T, cfg: LinkConfig, work_dir: impl AsRef<Path>) -> Self {
+        let metrics = metrics::Metrics::default();
         Self {
             criu: Arc::new(criu),
             cfg,
@@ -140,8 +145,38 @@ impl<T: TargetCriu> Service<T> {
             events: None,
             fs_limits: phaul_fs::FsLimits::default(),
             launcher: None,
-            metrics: metrics::Metrics::default(),
+            metrics: metrics.clone(),
+            admission: admission::Admission::new(admission::Limits::default(), metrics),
         }
+    }
+
+    /// Receives at most `n` migrations at once (at least 1; by default
+    /// [`admission::default_max_running`]: two per CPU, at least 4). The
+    /// next ones wait in the queue ([`Service::queue`]) or are refused as
+    /// busy, before their sources freeze anything. A controller's orders,
+    /// where this service is the source, are not counted.
+    pub fn max_migrations(mut self, n: usize) -> Self {
+        let limits = admission::Limits {
+            max_running: n,
+            ..self.admission.limits()
+        };
+        self.admission = admission::Admission::new(limits, self.metrics.clone());
+        self
+    }
+
+    /// Beyond [`Service::max_migrations`], up to `max_queued` migrations
+    /// wait for a slot, each for at most `wait` (by default 64, for 20 s,
+    /// under a source's 30 s request timeout); the next ones, and those
+    /// whose wait runs out, are refused as busy. A queued source is not
+    /// frozen: its tree runs on where it is.
+    pub fn queue(mut self, max_queued: usize, wait: Duration) -> Self {
+        let limits = admission::Limits {
+            max_queued,
+            queue_wait: wait,
+            ..self.admission.limits()
+        };
+        self.admission = admission::Admission::new(limits, self.metrics.clone());
+        self
     }
 
     /// Takes controllers' orders: a peer that proves the key may ask this
@@ -213,7 +248,14 @@ impl<T: TargetCriu> Service<T> {
         let (stop, stopping) = watch::channel(false);
         let mut tasks = tokio::task::JoinSet::new();
         tokio::pin!(shutdown);
-        info!(addr = %listener.local_addr().unwrap_or_default(), "phaul service listening");
+        let limits = this.admission.limits();
+        info!(
+            addr = %listener.local_addr().unwrap_or_default(),
+            max_migrations = limits.max_running,
+            max_queued = limits.max_queued,
+            queue_wait_s = limits.queue_wait.as_secs_f64(),
+            "phaul service listening"
+        );
         loop {
             tokio::select! {
                 () = &mut shutdown => break,

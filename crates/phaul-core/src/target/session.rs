@@ -13,6 +13,10 @@
 //! own htype and then follows it: the restore it makes is the one the plan
 //! names, and a request out of order or out of plan is refused
 //! (`BAD_REQUEST`), changing nothing.
+//!
+//! Before `Begin` is served, the session takes one of the service's slots
+//! (see [`super::admission`]): it may wait for one in the queue, or answer
+//! `BUSY`, while the source has not frozen anything yet.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -26,6 +30,7 @@ use phaul_transport::{ControlServer, ErrorCode, Link, SessionId};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
+use super::admission::Slot;
 use super::metrics::Outcome;
 use super::{JOIN_TIMEOUT, Service, ServiceEvent, error_chain, keep_failed_logs, mkdir};
 use crate::criu::{HeldRestore, LazyDaemon, RestoreSpec, TargetCriu};
@@ -66,6 +71,9 @@ struct Begun {
     fs_task: Option<tokio::task::JoinHandle<()>>,
     /// When `Begin` came: the metrics' total time counts from here.
     at: Instant,
+    /// Its place among the service's running migrations, given back when
+    /// this is dropped: after its end is counted and told.
+    _slot: Slot,
 }
 
 struct Restored {
@@ -105,6 +113,8 @@ pub(super) struct Session<T: TargetCriu> {
     request_failed: bool,
     /// A committed session's directory, removed once the answer is out.
     after_reply: Option<PathBuf>,
+    /// The slot `Begin` was let in with, until it begins.
+    slot: Option<Slot>,
 }
 
 impl<T: TargetCriu> Session<T> {
@@ -126,6 +136,7 @@ impl<T: TargetCriu> Session<T> {
             state: State::Idle,
             request_failed: false,
             after_reply: None,
+            slot: None,
         }
     }
 
@@ -150,6 +161,23 @@ impl<T: TargetCriu> Session<T> {
                     break;
                 }
             };
+            if matches!(body, request::Body::Begin(_)) && matches!(self.state, State::Idle) {
+                match self.admit(&mut ctl, &mut stopping).await {
+                    Some(Ok(slot)) => self.slot = Some(slot),
+                    Some(Err(busy)) => {
+                        info!(session = %hex(&self.sid), reason = %busy, "refused a migration: busy");
+                        if ctl
+                            .error(id, ErrorCode::Busy, &busy.to_string())
+                            .await
+                            .is_err()
+                        {
+                            break;
+                        }
+                        continue;
+                    }
+                    None => break,
+                }
+            }
             let abort = matches!(body, request::Body::Abort(_));
             // A step under way (a restore) is given up too when the service
             // stops: what it left is undone below, like any failure.
@@ -189,6 +217,26 @@ impl<T: TargetCriu> Session<T> {
             r.abort();
         }
         debug!(session = %hex(&self.sid), "session closed");
+    }
+
+    /// A slot for the migration the source asks to begin, maybe after a
+    /// wait in the queue; `None` when the source went away meanwhile or
+    /// the service stops. The source sends nothing while it waits for the
+    /// answer, so anything on the control channel (its end, mostly) means
+    /// it has given up; what it sent is not read as a request.
+    async fn admit(
+        &self,
+        ctl: &mut ControlServer,
+        stopping: &mut tokio::sync::watch::Receiver<bool>,
+    ) -> Option<std::result::Result<Slot, super::admission::Busy>> {
+        tokio::select! {
+            r = self.svc.admission.admit() => Some(r),
+            _ = ctl.next() => {
+                info!(session = %hex(&self.sid), "the source left the queue");
+                None
+            }
+            _ = stopping.wait_for(|s| *s) => None,
+        }
     }
 
     /// Answers one request of the source: each has its own method below,
@@ -317,6 +365,11 @@ impl<T: TargetCriu> Session<T> {
         if !matches!(self.state, State::Idle) {
             return Err(bad("a migration has already begun on this session"));
         }
+        // Taken first: a Begin refused below gives its slot back at once.
+        let slot = self
+            .slot
+            .take()
+            .ok_or_else(|| failed(Error::Protocol("a Begin let in without a slot".into())))?;
         let plan = Plan::from_wire(&b).map_err(|e| (ErrorCode::BadRequest, e))?;
         let migration = b.migration_id.clone();
         if migration.len() > 64 || migration.chars().any(char::is_control) {
@@ -351,6 +404,7 @@ impl<T: TargetCriu> Session<T> {
             dir: dir.clone(),
             fs_task,
             at: Instant::now(),
+            _slot: slot,
         });
         self.svc.metrics.began();
         self.emit(|session| ServiceEvent::Began {
