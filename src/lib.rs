@@ -108,6 +108,13 @@
 //! [`Service::with_link`], it also takes controllers' orders
 //! ([`Service::controllable`]). [`Service::metrics`] is a handle to its
 //! counts ([`ServiceMetrics`]), rendered in Prometheus' text format.
+//! [`Service::max_migrations`] bounds how many it receives at once (two per
+//! CPU, at least 4, unless set); the next ones wait in a bounded queue
+//! ([`Service::queue`]) or are refused as busy ([`Error::Busy`], outcome
+//! [`Outcome::NotStarted`]) before their sources freeze anything. A
+//! [`Group`] larger than what a target lets in at once is refused that way
+//! once its queue wait runs out: its members hold places while they wait
+//! for each other.
 //!
 //! ```no_run
 //! use phaul::{Identity, LinkConfig, Listener, Service, SharedKey};
@@ -124,6 +131,7 @@
 //! });
 //! let listener = Listener::bind("10.0.0.2:7070").await?;
 //! Service::with_link(link, "/var/tmp/phaul-service")
+//!     .max_migrations(8)
 //!     .events(tx)
 //!     .serve(listener, async { tokio::signal::ctrl_c().await.unwrap_or(()) })
 //!     .await?; // returns once every unfinished session is undone
