@@ -351,4 +351,36 @@ fn several_pairs_move_as_one_group_or_not_at_all() {
         assert!(wait_until(Duration::from_secs(10), || (!alive(old)).then_some(())).is_some());
     }
     svc.stop();
+
+    // A target that lets one migration in at a time: the member that got
+    // in waits for the other, which waits for its place; the queue's wait
+    // ends it as busy, and nothing froze.
+    let limited = dir.path().join("limited");
+    std::fs::create_dir_all(&limited).unwrap();
+    let flags = [
+        "--max-migrations",
+        "1",
+        "--max-queued",
+        "1",
+        "--queue-wait",
+        "1",
+    ];
+    let flags: Vec<&std::ffi::OsStr> = flags.iter().map(std::ffi::OsStr::new).collect();
+    let (mut svc, addr) = service(&hosts, Path::new(key), &limited, &flags);
+    let c = Workload::start_in(Some(&hosts.src), 8).unwrap();
+    let d = Workload::start_in(Some(&hosts.src), 8).unwrap();
+    let (pc, pd) = (c.pid.to_string(), d.pid.to_string());
+    let r = phaul(
+        dir.path(),
+        Some(&hosts.src),
+        &["--to", &addr, "--key-file", key, "pid", &pc, "pid", &pd],
+    );
+    assert_eq!(r.status, 2, "{}\n{}", r.stderr, r.json);
+    assert_eq!(r.json["outcome"], "not-started", "{}", r.json);
+    assert!(r.stderr.contains("busy"), "{}", r.stderr);
+    for w in [&c, &d] {
+        let n = w.counter().unwrap();
+        assert!(w.counter_passes(n, Duration::from_secs(10)).is_some());
+    }
+    svc.stop();
 }
