@@ -24,10 +24,11 @@ use std::time::Duration;
 use phaul_core::criu::Criu;
 use phaul_core::{Event, Group, GroupFailure, GroupReport, Migration, Mode, Outcome, Progress};
 use phaul_htypes::pid::PidOptions;
+use phaul_htypes::registry::{Paths, source_in};
 use phaul_testkit::lan::{
     LanClient, ServiceTree, redis_cli, redis_ready_with, require_criu_and_redis,
 };
-use phaul_testkit::{Hosts, Workload, alive, in_netns, wait_until};
+use phaul_testkit::{Hosts, LxcContainer, Workload, alive, in_netns, wait_until};
 
 mod common;
 use common::{Setup, Target, cfg, criu};
@@ -355,4 +356,100 @@ fn a_member_refused_before_the_freeze_keeps_every_member_unfrozen() {
         let c = w.counter().unwrap();
         assert!(w.counter_passes(c, Duration::from_secs(10)).is_some());
     }
+}
+
+/// An LXC container (restored by LXC, so it runs on its target as soon as
+/// it is restored) and a process tree, as one group: with a target that
+/// restores both, both move; with the tree's restore failing on another
+/// target, the container's copy is stopped there and it runs on the
+/// source again, its counter going on from where it was.
+#[test]
+fn a_container_and_a_tree_move_as_one_or_both_stay() {
+    let test = "a_container_and_a_tree_move_as_one_or_both_stay";
+    let Some(bin) = phaul_testkit::require_criu(test) else {
+        return;
+    };
+    let hosts = Hosts::new().unwrap();
+    let dir = |tag: &str| {
+        tempfile::Builder::new()
+            .prefix(&format!("phaul-group-lxc-{tag}-"))
+            .tempdir()
+            .unwrap()
+    };
+    let (src, tgt) = (dir("src"), dir("tgt"));
+    let name = format!("phgr{}", std::process::id() % 100_000);
+    let mut ct = LxcContainer::start(Some(&hosts.src), src.path(), &name).unwrap();
+    ct.also
+        .push((tgt.path().to_path_buf(), Some(hosts.tgt.clone())));
+    let lxc_paths = |p: &Path| Paths {
+        lxcpath: p.to_path_buf(),
+        ..Paths::default()
+    };
+    let setup = Setup {
+        paths: Some(lxc_paths(tgt.path())),
+        ..Setup::default()
+    };
+    let lxc_target = Target::start_on(&hosts.tgt, &hosts.tgt_ip, criu(&bin), setup);
+    let (_standin, failing) = common::criu_failing_restores(&bin);
+    let bad = Target::start_on(&hosts.tgt, &hosts.tgt_ip, criu(&failing), Setup::default());
+    let group_of = |tree: i32, tree_to: &str| {
+        let (b, n, to, t) = (
+            bin.clone(),
+            name.clone(),
+            lxc_target.addr.clone(),
+            tree_to.to_string(),
+        );
+        let paths = lxc_paths(src.path());
+        move || {
+            let container = source_in("lxc", &n, &paths).expect("the container");
+            let m = Migration::new(criu(&b), to, cfg(), container).mode(Mode::StopCopy);
+            Group::new()
+                .member(m)
+                .member(member(&b, &t, tree, None, Mode::StopCopy))
+        }
+    };
+
+    // The tree's restore fails: the container, already running on its
+    // target, stops there and runs on the source again.
+    let w = Workload::start_in(Some(&hosts.src), 16).unwrap();
+    let before = LxcContainer::counter_in(src.path(), &name).unwrap();
+    let (tx, _rx) = std_mpsc::channel();
+    let end = run_group(&hosts.src, group_of(w.pid, &bad.addr), tx);
+    let f = end.expect_err("the tree's restore fails, so the group must");
+    assert_eq!(f.outcome, Outcome::RolledBack, "{f}\n{}", f.report);
+    let state = |p: &Path, ns: &str| LxcContainer::state_in(Some(ns), p, &name);
+    assert_eq!(state(src.path(), &hosts.src).as_deref(), Some("RUNNING"));
+    assert_ne!(state(tgt.path(), &hosts.tgt).as_deref(), Some("RUNNING"));
+    let went_on = wait_until(Duration::from_secs(10), || {
+        LxcContainer::counter_in(src.path(), &name).filter(|c| *c > before)
+    });
+    assert!(
+        went_on.is_some(),
+        "the container's counter stopped on the source"
+    );
+    assert_eq!(w.memory_intact(w.pid), Some(true));
+
+    // Both to targets that restore them: both move.
+    let mut w2 = Workload::start_in(Some(&hosts.src), 16).unwrap();
+    let before = LxcContainer::counter_in(src.path(), &name).unwrap();
+    let (tx, _rx) = std_mpsc::channel();
+    let plain = Target::start_on(&hosts.tgt, &hosts.tgt_ip, criu(&bin), Setup::default());
+    let end = run_group(&hosts.src, group_of(w2.pid, &plain.addr), tx);
+    let report = end.unwrap_or_else(|f| panic!("{f}\n{}", f.report));
+    assert_eq!(
+        state(tgt.path(), &hosts.tgt).as_deref(),
+        Some("RUNNING"),
+        "{report}"
+    );
+    let c = wait_until(Duration::from_secs(10), || {
+        LxcContainer::counter_in(tgt.path(), &name).filter(|c| *c > before)
+    });
+    assert!(
+        c.is_some(),
+        "the container's counter does not go on on the target"
+    );
+    let new = report.members[1].target_pid.expect("the tree's target pid");
+    w2.adopt(new);
+    assert_eq!(w2.memory_intact(new), Some(true));
+    eprintln!("{test}: {report}");
 }

@@ -256,7 +256,7 @@ impl std::fmt::Display for GroupReport {
         }
         for (i, m) in self.members.iter().enumerate() {
             writeln!(f, "--- member {} ({})", i + 1, m.migration_id)?;
-            write!(f, "{m}")?;
+            writeln!(f, "{}", m.to_string().trim_end())?;
         }
         Ok(())
     }
