@@ -13,7 +13,8 @@
 //!    restored do they all commit; one failure before that point (a dump,
 //!    a transfer, a restore, the freeze limit, a target that dies) rolls
 //!    every member back: each source resumes and each target drops its
-//!    copy.
+//!    copy. A member that reaches its freeze after another failed (one
+//!    still pre-copying, say) gives up there, unfrozen.
 //!
 //! So every member's source copy is frozen at once between the last freeze
 //! and the first commit, and no member runs on the target unless all are
@@ -85,6 +86,15 @@ impl Gate {
             .await
             .map_err(|_| Error::Protocol("the group's gate was dropped".into()))?;
         match &seen.failed {
+            Some(why) => Err(Error::Group(why.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// `Err` once a member has failed: a member about to freeze (after its
+    /// pre-copy, say) gives up instead of freezing for nothing.
+    pub(crate) fn check(&self) -> Result<()> {
+        match &self.state.borrow().failed {
             Some(why) => Err(Error::Group(why.clone())),
             None => Ok(()),
         }
