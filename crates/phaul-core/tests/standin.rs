@@ -661,3 +661,71 @@ async fn a_started_migration_streams_events_and_ends_typed() {
     );
     target.finish().await;
 }
+
+/// Keeps pre-copying for `limit` iterations: a member that is still busy
+/// when another member of its group fails.
+#[derive(Debug)]
+struct Keeps(usize);
+
+impl phaul_core::policy::ConvergencePolicy for Keeps {
+    fn decide(
+        &self,
+        history: &[phaul_core::policy::IterationSample],
+    ) -> phaul_core::policy::Decision {
+        match history.len() >= self.0 {
+            true => phaul_core::policy::Decision::NotConverging("enough".into()),
+            false => phaul_core::policy::Decision::Continue,
+        }
+    }
+}
+
+/// A group of a member still pre-copying and one whose restore fails: the
+/// failure reaches the first before it freezes, so it gives up unfrozen
+/// (`NotStarted`, no final dump), while the second rolls back.
+#[tokio::test]
+async fn a_group_member_still_pre_copying_gives_up_unfrozen_when_another_fails() {
+    let good = TestTarget::start(StandIn::new(ALL)).await;
+    let bad = TestTarget::start(StandIn::new(ALL).failing_restore()).await;
+    let (s1, s2) = (Sleeper::new(), Sleeper::new());
+    let (src1, src2) = (StandIn::new(ALL), StandIn::new(ALL));
+    let htype = |s: &Sleeper| phaul_htypes::registry::source("pid", &s.pid()).unwrap();
+    let work = good.work.path().join("source");
+    let busy = Migration::new(src1.clone(), good.addr.clone(), cfg(), htype(&s1))
+        .mode(Mode::PreCopy)
+        .policy(Box::new(Keeps(2000)))
+        .work_dir(&work);
+    let failing = Migration::new(src2.clone(), bad.addr.clone(), cfg(), htype(&s2))
+        .mode(Mode::StopCopy)
+        .work_dir(&work);
+    let run = phaul_core::Group::new()
+        .member(busy)
+        .member(failing)
+        .start();
+    let end = tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .expect("the group hung");
+    let f = end.expect_err("a member's restore fails");
+    assert_eq!(f.outcome, phaul_core::Outcome::RolledBack, "{f}");
+    let [first, second] = &f.report.members[..] else {
+        panic!("two members: {}", f.report)
+    };
+    assert_eq!(second.outcome, phaul_core::Outcome::RolledBack, "{second}");
+    assert_eq!(first.outcome, phaul_core::Outcome::NotStarted, "{first}");
+    assert!(
+        first
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("another member of the group failed"),
+        "{first}"
+    );
+    let calls = src1.calls();
+    assert!(calls.iter().any(|c| c.starts_with("pre-dump")), "{calls:?}");
+    assert!(
+        !calls.iter().any(|c| c.starts_with("dump")),
+        "the busy member froze for its final dump: {calls:?}"
+    );
+    assert!(first.per_iteration.len() < 2000, "it pre-copied to the end");
+    good.finish().await;
+    bad.finish().await;
+}

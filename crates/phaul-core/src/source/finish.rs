@@ -101,11 +101,9 @@ impl<C: SourceCriu> Migration<C> {
         pre_copied: bool,
     ) -> Result<()> {
         self.enter(run.stats, Phase::FinalDump)?;
-        if let Some(g) = &self.group {
-            if let Err(e) = g.check() {
-                self.abort_target(&mut run.ctl, &e).await;
-                return Err(e);
-            }
+        if let Err(e) = self.group_ok() {
+            self.abort_target(&mut run.ctl, &e).await;
+            return Err(e);
         }
         let (stopped, dir, t0) = match self.stop_source(run, how, i, pre_copied).await {
             Ok(x) => x,

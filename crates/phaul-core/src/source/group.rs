@@ -13,8 +13,8 @@
 //!    restored do they all commit; one failure before that point (a dump,
 //!    a transfer, a restore, the freeze limit, a target that dies) rolls
 //!    every member back: each source resumes and each target drops its
-//!    copy. A member that reaches its freeze after another failed (one
-//!    still pre-copying, say) gives up there, unfrozen.
+//!    copy. A member still pre-copying when another fails gives up at its
+//!    next pre-dump or its freeze, unfrozen.
 //!
 //! So every member's source copy is frozen at once between the last freeze
 //! and the first commit, and no member runs on the target unless all are

@@ -875,6 +875,8 @@ impl<C: SourceCriu> Migration<C> {
         self.enter(run.stats, Phase::PreCopy)?;
         let mut history: Vec<IterationSample> = Vec::new();
         for i in 0u32.. {
+            // A group that has failed needs no more pre-dumps from this member.
+            self.group_ok()?;
             let (criu_end, relay) = self.page_server(run, i, i > 0).await?;
             let _ticker = self.ticker(run, &relay);
             let spec = self.spec(run, i, true, true)?;
@@ -1139,6 +1141,11 @@ impl<C: SourceCriu> Migration<C> {
             g.pass(stage, &self.id),
         )
         .await
+    }
+
+    /// `Err` once another member of this one's group has failed.
+    fn group_ok(&self) -> Result<()> {
+        self.group.as_ref().map_or(Ok(()), group::Gate::check)
     }
 
     /// Tells the group, if any, that this member failed: the others give
