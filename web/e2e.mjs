@@ -481,14 +481,26 @@ async function bothWays() {
   check(await out.card.getAttribute('data-direction') === 'out', 'its card says it went out');
   const there = await checkSucceeded(out.card, out.outcome, pid);
 
-  // In: drag the other host's workload onto this host.
+  // In: drag the other host's workload onto this host. The page keeps
+  // updating (the cards above, both trees every second), so a row can move
+  // between the pointer's move and its press, and the drag then picks up
+  // the row that took its place: the confirmation names the tree, and a
+  // wrong one is declined and the drag made again, as a user would.
   await watchCard();
-  await remoteRow.scrollIntoViewIfNeeded();
-  await remoteRow.dragTo(page.locator('#local-panel'));
-  log('dragged the other host\'s workload onto this host');
   const d = page.locator('#confirm');
-  await d.waitFor({ state: 'visible', timeout: 10000 });
-  const title = await page.locator('#confirm-title').textContent();
+  let title = '';
+  for (let attempt = 1; attempt <= 3; attempt++) {
+    await remoteRow.scrollIntoViewIfNeeded();
+    await remoteRow.dragTo(page.locator('#local-panel'));
+    log('dragged the other host\'s workload onto this host');
+    await d.waitFor({ state: 'visible', timeout: 10000 });
+    title = await page.locator('#confirm-title').textContent();
+    if (title.includes(`PID ${remotePid})`)) break;
+    log(`attempt ${attempt}: the drag picked up another row (${title}); declined`);
+    await page.click('#confirm-no');
+    await d.waitFor({ state: 'hidden', timeout: 10000 });
+  }
+  check(title.includes(`PID ${remotePid})`), `the confirmation names PID ${remotePid}: ${title}`);
   check(/^Move .*PID [0-9]+.* to this host\?$/.test(title), 'the confirmation says it moves here: ' + title);
   check(await page.locator('#confirm-fs').isDisabled(), 'no file-system choice for a tree of the other host');
   await snap('confirm-in');
