@@ -141,7 +141,7 @@ fn main() -> Result<()> {
     let Some(bin) = require_criu("concurrent bench") else {
         return Ok(());
     };
-    raise_pipe_max_size()?;
+    common::raise_pipe_max_size()?;
     let cfg = Config::from_env()?;
     println!(
         "concurrent bench: {} vCPUs, {} migrations of {} MiB per case (stop-copy and post-copy alternating); default limit {}",
@@ -162,17 +162,6 @@ fn main() -> Result<()> {
     }
     if !failures.is_empty() {
         bail!("{} case(s) failed: {failures:?}", failures.len());
-    }
-    Ok(())
-}
-
-/// CRIU's lazy pages need a larger pipe than the default allows (see the
-/// migration bench).
-fn raise_pipe_max_size() -> Result<()> {
-    let path = "/proc/sys/fs/pipe-max-size";
-    let now: u64 = std::fs::read_to_string(path)?.trim().parse()?;
-    if now < 4 << 20 {
-        std::fs::write(path, (4u64 << 20).to_string())?;
     }
     Ok(())
 }

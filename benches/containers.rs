@@ -276,7 +276,7 @@ fn ready() -> Result<Option<PathBuf>> {
             return skip(&format!("{tool} is missing"));
         }
     }
-    raise_pipe_max_size()?;
+    common::raise_pipe_max_size()?;
     Ok(Some(bin))
 }
 
@@ -298,16 +298,6 @@ fn criu_version(bin: &Path) -> Result<String> {
         .ok_or_else(|| anyhow!("no version in {text:?}"))?;
     ensure!(!v.starts_with(['1', '2', '3']), "CRIU {v}; 4 is needed");
     Ok(v.to_string())
-}
-
-/// Lazy pages need 4 MiB pipes.
-fn raise_pipe_max_size() -> Result<()> {
-    let path = "/proc/sys/fs/pipe-max-size";
-    let now: u64 = std::fs::read_to_string(path)?.trim().parse()?;
-    if now < 4 << 20 {
-        std::fs::write(path, (4u64 << 20).to_string())?;
-    }
-    Ok(())
 }
 
 // ---------------------------------------------------------------- one case
@@ -547,6 +537,15 @@ fn run(mut cmd: Command) -> Result<()> {
     Ok(())
 }
 
+/// `rsync -a FROM/ TO/`: a directory's contents, as a user copies them.
+fn rsync(from: &Path, to: &Path) -> Command {
+    let mut c = Command::new("rsync");
+    c.arg("-a")
+        .arg(format!("{}/", from.display()))
+        .arg(format!("{}/", to.display()));
+    c
+}
+
 /// The seed's method: checkpoint and stop, rsync the container and its
 /// images, restore; its downtime and total (the same here), in ms.
 fn seed_by_hand(bin: &Path, scene: &Scene) -> Result<(f64, f64)> {
@@ -569,13 +568,6 @@ fn seed_by_hand(bin: &Path, scene: &Scene) -> Result<(f64, f64)> {
             .args(["-n", &scene.name, "-D"])
             .arg(dir)
             .arg(op);
-        c
-    };
-    let rsync = |from: &Path, to: &Path| {
-        let mut c = Command::new("rsync");
-        c.arg("-a")
-            .arg(format!("{}/", from.display()))
-            .arg(format!("{}/", to.display()));
         c
     };
     let start = Instant::now();

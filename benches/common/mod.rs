@@ -11,6 +11,17 @@ use phaul_core::{Migration, Progress, Report, Service};
 use phaul_testkit::in_netns;
 use phaul_transport::{LinkConfig, Listener, SharedKey};
 
+/// Raises `fs.pipe-max-size` to the 4 MiB CRIU's lazy pages need.
+#[allow(dead_code)] // each bench compiles this module alone
+pub fn raise_pipe_max_size() -> Result<()> {
+    let path = "/proc/sys/fs/pipe-max-size";
+    let now: u64 = std::fs::read_to_string(path)?.trim().parse()?;
+    if now < 4 << 20 {
+        std::fs::write(path, (4u64 << 20).to_string())?;
+    }
+    Ok(())
+}
+
 /// The link both hosts of a bench use, keyed by `key`.
 pub fn link_config(key: &[u8]) -> Result<LinkConfig> {
     Ok(LinkConfig::new(SharedKey::new(key)?))

@@ -39,7 +39,7 @@ use phaul_testkit::{Hosts, in_netns};
 use phaul_transport::Listener;
 
 use super::common::engine_criu;
-use super::{CLIENT_PERIOD, STEP_TIMEOUT, link_config, run};
+use super::{CLIENT_PERIOD, STEP_TIMEOUT, link_config, rsync, run};
 
 /// Set (to the ready file's path) in the environment of this binary run as
 /// the target's service; the rest of its set-up travels in the variables
@@ -350,13 +350,6 @@ pub fn by_hand(bin: &Path, scene: &RuncScene) -> Result<(f64, f64)> {
         std::fs::create_dir_all(d)?;
     }
     let target_bundle = scene.bundles.join(&scene.id);
-    let rsync = |from: &Path, to: &Path| {
-        let mut c = Command::new("rsync");
-        c.arg("-a")
-            .arg(format!("{}/", from.display()))
-            .arg(format!("{}/", to.display()));
-        c
-    };
     // runc does not lock a namespace it joined by path, and CRIU locks only
     // one it dumps: the source leaves the LAN first, or its kernel would
     // reset the client's connection once the container is gone.
