@@ -106,7 +106,7 @@ fn exit_status(o: Outcome) -> u8 {
 /// Several KIND ID pairs: one group, all or none, cancelled at ctrl-c.
 async fn group(m: &MigrateArgs) -> phaul_cli::Result<Result<GroupReport, GroupFailure>> {
     let group = m.group()?;
-    let (display, tx) = ProgressDisplay::start(m.events.as_deref())?;
+    let (display, tx) = ProgressDisplay::start_group(m.events.as_deref())?;
     let mut run = group.start();
     let cancel = run.cancel_handle();
     let ctrl_c = tokio::spawn(async move {
@@ -116,7 +116,7 @@ async fn group(m: &MigrateArgs) -> phaul_cli::Result<Result<GroupReport, GroupFa
         }
     });
     while let Some(event) = run.next_event().await {
-        let _ = tx.send(event.progress);
+        let _ = tx.send(event);
     }
     drop(tx);
     let end = run.await;

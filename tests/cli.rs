@@ -330,13 +330,40 @@ fn several_pairs_move_as_one_group_or_not_at_all() {
     let c = a.counter().unwrap();
     assert!(a.counter_passes(c, Duration::from_secs(10)).is_some());
 
+    let events = dir.path().join("group-events.jsonl");
+    let ev = events.to_str().unwrap();
     let r = phaul(
         dir.path(),
         Some(&hosts.src),
-        &["--to", &addr, "--key-file", key, "pid", &pa, "pid", &pb],
+        &[
+            "--to",
+            &addr,
+            "--key-file",
+            key,
+            "--events",
+            ev,
+            "pid",
+            &pa,
+            "pid",
+            &pb,
+        ],
     );
     assert_eq!(r.status, 0, "{}\n{}", r.stderr, r.json);
     assert_eq!(r.json["outcome"], "succeeded", "{}", r.json);
+    // Each event line names its member; both members froze once.
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&events)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    for m in r.json["members"].as_array().unwrap() {
+        let id = &m["migration_id"];
+        let frozen = lines
+            .iter()
+            .filter(|l| &l["migration"] == id && l["event"] == "frozen")
+            .count();
+        assert_eq!(frozen, 1, "{id}: {lines:?}");
+    }
     assert!(r.json["downtime_ms"].as_f64().unwrap() > 0.0, "{}", r.json);
     let members = r.json["members"].as_array().unwrap();
     assert_eq!(members.len(), 2, "{}", r.json);

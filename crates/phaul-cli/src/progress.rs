@@ -10,7 +10,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
-use phaul_core::Progress;
+use std::collections::BTreeMap;
+
+use phaul_core::{Event, Progress};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -28,6 +30,31 @@ impl ProgressDisplay {
     /// `events`, each event is also written to that file (see
     /// [`write_event`]).
     pub fn start(events: Option<&Path>) -> Result<(Self, mpsc::UnboundedSender<Progress>)> {
+        let (display, inner) = Self::spawn(events)?;
+        let (tx, mut rx) = mpsc::unbounded_channel::<Progress>();
+        tokio::spawn(async move {
+            while let Some(p) = rx.recv().await {
+                let _ = inner.send((None, p));
+            }
+        });
+        Ok((display, tx))
+    }
+
+    /// Starts drawing a group's events ([`phaul_core::GroupRun`]): the bar
+    /// counts every member's bytes, other events are printed with their
+    /// member's id, and each line in `events` carries it as `migration`.
+    pub fn start_group(events: Option<&Path>) -> Result<(Self, mpsc::UnboundedSender<Event>)> {
+        let (display, inner) = Self::spawn(events)?;
+        let (tx, mut rx) = mpsc::unbounded_channel::<Event>();
+        tokio::spawn(async move {
+            while let Some(e) = rx.recv().await {
+                let _ = inner.send((Some(e.migration), e.progress));
+            }
+        });
+        Ok((display, tx))
+    }
+
+    fn spawn(events: Option<&Path>) -> Result<(Self, mpsc::UnboundedSender<Member>)> {
         let events = match events {
             Some(p) => Some(BufWriter::new(File::create(p).map_err(|source| {
                 Error::Events {
@@ -63,33 +90,46 @@ fn bar_style() -> ProgressStyle {
     .progress_chars("=> ")
 }
 
+/// An event and, in a group, the id of the member it is of.
+type Member = (Option<String>, Progress);
+
 async fn draw(
     bar: ProgressBar,
-    mut rx: mpsc::UnboundedReceiver<Progress>,
+    mut rx: mpsc::UnboundedReceiver<Member>,
     mut events: Option<BufWriter<File>>,
 ) {
     let started = Instant::now();
     let mut phase = String::from("pre-flight");
+    // Each member's own count (one, unnamed, for a single migration): the
+    // bar shows their sum.
+    let mut members: BTreeMap<Option<String>, Sent> = BTreeMap::new();
     let mut sent = Sent::default();
-    while let Some(p) = rx.recv().await {
+    while let Some((member, p)) = rx.recv().await {
+        let mine = members.entry(member.clone()).or_default();
         match &p {
-            Progress::Bytes(b) => sent.bytes = *b,
-            Progress::Expected(b) => {
-                sent.expected = Some(*b);
-                bar.set_style(bar_style());
-                bar.set_length((*b).max(1));
-            }
+            Progress::Bytes(b) => mine.bytes = *b,
+            Progress::Expected(b) => mine.expected = Some(*b),
             _ => {}
         }
+        let had_total = sent.expected.is_some();
+        sent = Sent::sum(members.values());
+        if let (false, Some(total)) = (had_total, sent.expected) {
+            bar.set_style(bar_style());
+            bar.set_length(total.max(1));
+        } else if let Some(total) = sent.expected.filter(|_| matches!(p, Progress::Expected(_))) {
+            bar.set_length(total.max(1));
+        }
         if let Some(w) = events.as_mut() {
-            if let Err(e) = write_event(w, started.elapsed(), sent, &p) {
+            let line = write_event(w, started.elapsed(), sent, member.as_deref(), &p);
+            if let Err(e) = line {
                 tracing::warn!(error = %e, "could not write an event line");
             }
         }
-        match &p {
-            Progress::Phase(ph) => phase = ph.describe().to_string(),
-            Progress::Bytes(_) | Progress::Expected(_) => {}
-            other => bar.println(other.to_string()),
+        match (&p, &member) {
+            (Progress::Phase(ph), _) => phase = ph.describe().to_string(),
+            (Progress::Bytes(_) | Progress::Expected(_), _) => {}
+            (other, None) => bar.println(other.to_string()),
+            (other, Some(id)) => bar.println(format!("[{id}] {other}")),
         }
         if sent.expected.is_some() {
             // Dirtied pages and images can pass the estimate: the bar
@@ -116,17 +156,36 @@ pub struct Sent {
     pub expected: Option<u64>,
 }
 
+impl Sent {
+    /// Several members' counts added up; the total expected once any
+    /// member has said.
+    fn sum<'a>(all: impl Iterator<Item = &'a Sent>) -> Sent {
+        all.fold(Sent::default(), |acc, s| Sent {
+            bytes: acc.bytes + s.bytes,
+            expected: match (acc.expected, s.expected) {
+                (None, None) => None,
+                (a, b) => Some(a.unwrap_or(0) + b.unwrap_or(0)),
+            },
+        })
+    }
+}
+
 /// One progress event as a JSON line: the event itself (`event`, `value`),
 /// `elapsed_ms` since the start, `bytes_sent` so far and, once known,
-/// `expected_bytes`.
+/// `expected_bytes`; in a group, the member's id as `migration` (the bytes
+/// are then the whole group's).
 pub fn write_event(
     w: &mut impl Write,
     elapsed: Duration,
     sent: Sent,
+    member: Option<&str>,
     p: &Progress,
 ) -> std::io::Result<()> {
     let mut line = serde_json::to_value(p).unwrap_or_default();
     if let Some(o) = line.as_object_mut() {
+        if let Some(id) = member {
+            o.insert("migration".into(), id.into());
+        }
         o.insert("elapsed_ms".into(), (elapsed.as_secs_f64() * 1000.0).into());
         o.insert("bytes_sent".into(), sent.bytes.into());
         if let Some(e) = sent.expected {
@@ -153,6 +212,7 @@ mod tests {
             &mut out,
             Duration::from_millis(1500),
             sent,
+            None,
             &Progress::Frozen,
         )
         .unwrap();
@@ -172,7 +232,7 @@ mod tests {
             bytes: 7,
             expected: Some(1 << 30),
         };
-        write_event(&mut out, Duration::ZERO, sent, &Progress::Bytes(7)).unwrap();
+        write_event(&mut out, Duration::ZERO, sent, None, &Progress::Bytes(7)).unwrap();
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["event"], "bytes");
         assert_eq!(v["value"], 7);
@@ -209,5 +269,45 @@ mod tests {
             .map(|l| l["bytes_sent"].as_u64().unwrap())
             .collect();
         assert_eq!(sent, [0, 40, 140, 140]);
+    }
+
+    #[tokio::test]
+    async fn a_group_s_lines_name_their_member_and_its_bytes_add_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("events.jsonl");
+        let (display, tx) = ProgressDisplay::start_group(Some(&file)).unwrap();
+        let event = |m: &str, p| Event {
+            schema: Event::SCHEMA,
+            migration: m.into(),
+            elapsed_ms: 0.0,
+            progress: p,
+        };
+        for e in [
+            event("a", Progress::Expected(100)),
+            event("b", Progress::Expected(50)),
+            event("a", Progress::Bytes(60)),
+            event("b", Progress::Bytes(20)),
+            event("a", Progress::Bytes(100)),
+        ] {
+            tx.send(e).unwrap();
+        }
+        drop(tx);
+        display.finish().await;
+        let lines: Vec<serde_json::Value> = std::fs::read_to_string(&file)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let members: Vec<&str> = lines
+            .iter()
+            .map(|l| l["migration"].as_str().unwrap())
+            .collect();
+        assert_eq!(members, ["a", "b", "a", "b", "a"]);
+        let sent: Vec<u64> = lines
+            .iter()
+            .map(|l| l["bytes_sent"].as_u64().unwrap())
+            .collect();
+        assert_eq!(sent, [0, 0, 60, 80, 120]);
+        assert_eq!(lines[4]["expected_bytes"], 150);
     }
 }
