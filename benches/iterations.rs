@@ -62,6 +62,9 @@ const GUEST_UNSUPPORTED: i32 = 77;
 /// One migration's limit: the first pre-dump of 256 MiB alone takes
 /// minutes under emulation on a loaded machine.
 const MIGRATION_LIMIT: Duration = Duration::from_secs(1200);
+/// The longest the source may stay frozen: stop-copy's one dump of
+/// 256 MiB takes over a minute under emulation, past the engine's default.
+const FREEZE_LIMIT: Duration = Duration::from_secs(900);
 /// The modes compared, in the order printed.
 const MODES: [Mode; 4] = [Mode::PreCopy, Mode::Hybrid, Mode::StopCopy, Mode::PostCopy];
 
@@ -240,6 +243,7 @@ fn run_case(bin: &Path, cfg: &Config, rate: u32, mode: Mode) -> Result<Case> {
             Migration::new(engine_criu(&b), addr, link_config(KEY)?, htype)
                 .mode(mode)
                 .policy(policy)
+                .freeze_timeout(FREEZE_LIMIT)
                 .work_dir(&dir),
         )
     })?;
