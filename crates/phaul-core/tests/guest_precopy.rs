@@ -1,15 +1,17 @@
 //! Real pre-dumps, which this host's kernel cannot do (it has no soft-dirty
 //! tracking), inside the guest of `scripts/guest.sh` (Debian 12's kernel
 //! under QEMU): CRIU's pre-dump chains, and phaul's pre-copy and hybrid
-//! between two network-namespace hosts, on workloads whose dirty set is
-//! known (`guest/dirty.py`).
+//! between two network-namespace hosts, of workloads whose dirty set is
+//! known (`guest/dirty.py`) and of LXC containers.
 //!
 //! [`pre_copy_in_the_guest`] boots the guest once, on this test binary (the
 //! guest sees the host's files read-only), and runs there the tests named
-//! in [`IN_GUEST`]. Those are ignored outside the guest; each can also be
-//! run alone (`cargo test --test guest_precopy -- --ignored NAME`), which
-//! boots a guest for it. Under `CI` a machine that cannot run the guest
-//! fails; elsewhere the tests are skipped with the reason.
+//! in [`IN_GUEST`], and with `PHAUL_GUEST_ALL=1` those in [`IN_GUEST_MORE`]
+//! too (CI runs the first set only, for time). Those are ignored outside
+//! the guest; each can also be run alone (`cargo test --test guest_precopy
+//! -- --ignored NAME`), which boots a guest for it. Under `CI` a machine
+//! that cannot run the guest fails; elsewhere the tests are skipped with
+//! the reason.
 // What each iteration wrote is the point of the output, and the guest's run
 // is relayed through stdout.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
@@ -22,23 +24,31 @@ use std::time::{Duration, Instant};
 
 use criu_rpc::image::{PagemapTotals, read_dump_stats, read_pagemaps};
 use criu_rpc::proto::DumpStatsEntry;
+use phaul_core::fs::FsChoice;
 use phaul_core::policy::{ConvergencePolicy, Decision, DowntimeBudget, PhaulRules};
 use phaul_core::stats::IterationReport;
 use phaul_core::{Migration, Mode, Progress, Report};
-use phaul_testkit::{Hosts, alive, in_netns, kill_tree, require_criu, wait_until};
+use phaul_htypes::registry::Paths;
+use phaul_testkit::{Hosts, LxcContainer, alive, in_netns, kill_tree, require_criu, wait_until};
 
 mod common;
-use common::{Target, cfg, criu};
+use common::{Setup, Target, cfg, criu, migrate_from};
 
 /// The workload with a controlled dirty set (see the file).
 const DIRTY_PY: &str = include_str!("guest/dirty.py");
-/// The tests that run inside the guest, in one boot.
+/// The tests that run inside the guest, in one boot: by default (and in
+/// CI, whose time they fit) these ...
 const IN_GUEST: &[&str] = &[
     "predump_chain_writes_only_the_dirty_set",
     "pre_copy_sends_only_the_dirty_set",
+    "hybrid_moves_what_never_converges",
+    "a_container_moves_by_pre_copy",
+];
+/// ... and with `PHAUL_GUEST_ALL=1` these too.
+const IN_GUEST_MORE: &[&str] = &[
     "budget_converges_on_a_quiet_workload",
     "phaul_rules_stop_a_growing_dirty_set",
-    "hybrid_moves_what_never_converges",
+    "a_container_moves_by_hybrid",
 ];
 /// The guest's time limit per test, boot included (TCG is slow, and the
 /// host's cores are shared).
@@ -48,7 +58,13 @@ const GUEST_UNSUPPORTED: i32 = 77;
 
 #[test]
 fn pre_copy_in_the_guest() {
-    boot_guest(IN_GUEST);
+    let mut names = IN_GUEST.to_vec();
+    if std::env::var_os("PHAUL_GUEST_ALL").is_some_and(|v| v == "1") {
+        names.extend(IN_GUEST_MORE);
+    } else {
+        eprintln!("PHAUL_GUEST_ALL=1 would also run {IN_GUEST_MORE:?} in the guest");
+    }
+    boot_guest(&names);
 }
 
 /// Runs `body` when this is the guest; else boots one for this test alone.
@@ -659,5 +675,109 @@ fn hybrid_moves_what_never_converges() {
         // source's images directory, and the pre-dumps wrote theirs on the
         // target, through the page server.
         bed.assert_only_dirty_sent(pre);
+    });
+}
+
+/// An LXC container (phaul's `lxc` kind: phaul's CRIU pre-dumps and dumps
+/// it, `lxc-checkpoint -r` restores it on the target) moves in `mode`
+/// under P.Haul's rules with an iteration limit of 2, its root file system
+/// synced once per iteration. Checks that pre-copy ran at least two
+/// pre-dumps with later ones writing fewer pages than the first, one file
+/// system pass per pre-dump besides the first and the final, and that LXC
+/// runs the container on the target, its counter going on from where it
+/// was (it lives in a shell's memory) and its files there.
+fn moves_a_container(test: &str, mode: Mode, last_kind: &str) {
+    let bin = guest_criu(test);
+    let hosts = Hosts::new().unwrap();
+    let dir = |tag: &str| {
+        tempfile::Builder::new()
+            .prefix(&format!("phaul-lxc-{tag}-"))
+            .tempdir()
+            .unwrap()
+    };
+    let (src_dir, tgt_dir) = (dir("src"), dir("tgt"));
+    let (src, tgt) = (src_dir.path().to_owned(), tgt_dir.path().to_owned());
+    let name = format!("phg{}", std::process::id() % 100_000);
+    let mut ct = LxcContainer::start(Some(&hosts.src), &src, &name).unwrap();
+    ct.also.push((tgt.clone(), Some(hosts.tgt.clone())));
+    let marker = Path::new(&name).join("rootfs/etc/phaul-marker");
+    fs::write(src.join(&marker), "written before").unwrap();
+    let before = LxcContainer::counter_in(&src, &name).unwrap();
+    let setup = Setup {
+        paths: Some(Paths {
+            lxcpath: tgt.clone(),
+            ..Paths::default()
+        }),
+        ..Setup::default()
+    };
+    let target = Target::start_with(&hosts, criu(&bin), setup);
+    let (n, lxcpath) = (name.clone(), src.clone());
+    let open = move || {
+        let paths = Paths {
+            lxcpath,
+            ..Paths::default()
+        };
+        phaul_htypes::registry::source_in("lxc", &n, &paths).unwrap()
+    };
+    let (r, _work) = migrate_from(&hosts.src, &bin, &target.addr, open, move |m| {
+        m.mode(mode).policy(phaul_rules(2)).fs(FsChoice::Native)
+    });
+    print_report(&r, None);
+    println!("file system: {:?}", r.fs);
+    assert!(r.success, "{} failed: {:?}", r.mode, r.error);
+    assert_eq!(r.requested_mode, r.mode, "{}", r.mode_reason);
+    let (last, pre) = r.per_iteration.split_last().expect("iterations");
+    assert_eq!(last.kind, last_kind, "{last:?}");
+    assert!(pre.len() >= 2, "fewer than two pre-dumps: {pre:?}");
+    assert!(pre.iter().all(|i| i.kind == IterationReport::PRE_DUMP));
+    let first = pre[0].pages_written;
+    for it in &pre[1..] {
+        assert!(
+            it.pages_written < first,
+            "a later pre-dump wrote as much as the first ({first}): {it:?}"
+        );
+    }
+    // The first pass, one after each pre-dump, the final one.
+    assert_eq!(r.fs.driver, "native");
+    assert_eq!(r.fs.passes as usize, pre.len() + 2, "{:?}", r.fs);
+    assert_eq!(
+        LxcContainer::state_in(Some(&hosts.tgt), &tgt, &name).as_deref(),
+        Some("RUNNING")
+    );
+    assert!(!src.join(&name).exists(), "the source kept the container");
+    assert_eq!(
+        fs::read_to_string(tgt.join(&marker)).unwrap(),
+        "written before"
+    );
+    let c1 = LxcContainer::counter_in(&tgt, &name).unwrap();
+    assert!(c1 >= before, "the counter went back: {c1} < {before}");
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            LxcContainer::counter_in(&tgt, &name).filter(|c| *c > c1)
+        })
+        .is_some(),
+        "the counter does not move on the target"
+    );
+}
+
+/// A container moves by pre-copy (see [`moves_a_container`]).
+#[test]
+#[ignore = "runs in scripts/guest.sh's guest: pre_copy_in_the_guest runs it"]
+fn a_container_moves_by_pre_copy() {
+    let test = "a_container_moves_by_pre_copy";
+    in_guest(test, || {
+        moves_a_container(test, Mode::PreCopy, IterationReport::DUMP);
+    });
+}
+
+/// A container moves by hybrid (see [`moves_a_container`]): its second
+/// pre-dump writes under P.Haul's 64 pages, so pre-copy converges and
+/// hybrid ends as pre-copy does, with a plain dump, not a lazy one.
+#[test]
+#[ignore = "runs in scripts/guest.sh's guest: pre_copy_in_the_guest runs it"]
+fn a_container_moves_by_hybrid() {
+    let test = "a_container_moves_by_hybrid";
+    in_guest(test, || {
+        moves_a_container(test, Mode::Hybrid, IterationReport::DUMP);
     });
 }
