@@ -121,18 +121,7 @@ impl Config {
             Some(c) => c.parse().context("PHAUL_BENCH_COUNT")?,
             None => 16,
         };
-        let cases = match var("PHAUL_BENCH_CASES") {
-            Some(c) => c
-                .split(',')
-                .map(|n| {
-                    Case::ALL
-                        .into_iter()
-                        .find(|c| c.name() == n.trim())
-                        .ok_or_else(|| anyhow!("no case {n:?}"))
-                })
-                .collect::<Result<_>>()?,
-            None => Case::ALL.to_vec(),
-        };
+        let cases = common::cases_from_env(&Case::ALL, |c: Case| c.name().to_string())?;
         Ok(Self { mib, count, cases })
     }
 }

@@ -170,18 +170,7 @@ impl Config {
             None if quick => 1,
             None => 3,
         };
-        let cases = match var("PHAUL_BENCH_CASES") {
-            Some(c) => c
-                .split(',')
-                .map(|n| {
-                    Case::ALL
-                        .into_iter()
-                        .find(|c| c.name() == n.trim())
-                        .ok_or_else(|| anyhow!("no case {n:?}"))
-                })
-                .collect::<Result<_>>()?,
-            None => Case::ALL.to_vec(),
-        };
+        let cases = common::cases_from_env(&Case::ALL, |c: Case| c.name().to_string())?;
         Ok(Self {
             sizes,
             runs,
@@ -469,13 +458,7 @@ fn phaul(bin: &Path, scene: &Scene, mode: Mode, keep: bool) -> Result<(f64, f64)
         println!("  kept: {}", work.keep().display());
     }
     let common::Ran { report, events, .. } = ran?;
-    ensure!(
-        report.success,
-        "failed in phase {}: {}",
-        report.phase_reached,
-        report.error.as_deref().unwrap_or("?")
-    );
-    ensure!(report.mode == mode.as_str(), "ran as {}", report.mode);
+    common::succeeded_as(&report, mode)?;
     let downtime = report
         .downtime_ms
         .ok_or_else(|| anyhow!("the report has no downtime"))?;

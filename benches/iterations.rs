@@ -108,18 +108,7 @@ impl Config {
                 .collect::<Result<_>>()?,
             None => vec![1, 10, 50],
         };
-        let modes = match var("PHAUL_BENCH_CASES") {
-            Some(v) => v
-                .split(',')
-                .map(|m| {
-                    MODES
-                        .into_iter()
-                        .find(|x| x.as_str() == m.trim())
-                        .ok_or_else(|| anyhow!("PHAUL_BENCH_CASES: no case {m}"))
-                })
-                .collect::<Result<_>>()?,
-            None => MODES.to_vec(),
-        };
+        let modes = common::cases_from_env(&MODES, |m: Mode| m.as_str().to_string())?;
         let budget = match var("PHAUL_BENCH_BUDGET_MS") {
             Some(v) => Duration::from_millis(v.parse().context("PHAUL_BENCH_BUDGET_MS")?),
             None => Duration::from_secs(2),
@@ -247,13 +236,7 @@ fn run_case(bin: &Path, cfg: &Config, rate: u32, mode: Mode) -> Result<Case> {
                 .work_dir(&dir),
         )
     })?;
-    ensure!(
-        report.success,
-        "failed in phase {}: {}",
-        report.phase_reached,
-        report.error.as_deref().unwrap_or("?")
-    );
-    ensure!(report.mode == mode.as_str(), "ran as {}", report.mode);
+    common::succeeded_as(&report, mode)?;
     let moved = report
         .target_pid
         .ok_or_else(|| anyhow!("the report has no target pid"))?;

@@ -844,13 +844,7 @@ fn phaul(hosts: &Hosts, bin: &Path, pid: i32, mode: Mode, made: &mut Made) -> Re
         )
     })?;
     drop(target);
-    ensure!(
-        report.success,
-        "{mode} failed in phase {}: {}",
-        report.phase_reached,
-        report.error.as_deref().unwrap_or("?")
-    );
-    ensure!(report.mode == mode.as_str(), "ran as {}", report.mode);
+    common::succeeded_as(&report, mode)?;
     let pid = report
         .target_pid
         .ok_or_else(|| anyhow!("the report has no target pid"))?;

@@ -22,6 +22,39 @@ pub fn raise_pipe_max_size() -> Result<()> {
     Ok(())
 }
 
+/// `PHAUL_BENCH_CASES` (comma-separated names) picked from `all`, or all
+/// of them when it is unset or empty.
+#[allow(dead_code)] // each bench compiles this module alone
+pub fn cases_from_env<C: Copy>(all: &[C], name: impl Fn(C) -> String) -> Result<Vec<C>> {
+    let Some(v) = std::env::var("PHAUL_BENCH_CASES")
+        .ok()
+        .filter(|v| !v.is_empty())
+    else {
+        return Ok(all.to_vec());
+    };
+    v.split(',')
+        .map(|n| {
+            all.iter()
+                .copied()
+                .find(|c| name(*c) == n.trim())
+                .ok_or_else(|| anyhow!("PHAUL_BENCH_CASES: no case {n:?}"))
+        })
+        .collect()
+}
+
+/// The migration ran to success in the mode asked for; else why not.
+#[allow(dead_code)] // each bench compiles this module alone
+pub fn succeeded_as(report: &Report, mode: phaul_core::Mode) -> Result<()> {
+    anyhow::ensure!(
+        report.success,
+        "{mode} failed in phase {}: {}",
+        report.phase_reached,
+        report.error.as_deref().unwrap_or("?")
+    );
+    anyhow::ensure!(report.mode == mode.as_str(), "ran as {}", report.mode);
+    Ok(())
+}
+
 /// The link both hosts of a bench use, keyed by `key`.
 pub fn link_config(key: &[u8]) -> Result<LinkConfig> {
     Ok(LinkConfig::new(SharedKey::new(key)?))

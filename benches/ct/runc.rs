@@ -324,16 +324,10 @@ pub fn phaul(bin: &Path, scene: &mut RuncScene, mode: Mode) -> Result<(f64, f64)
     });
     let (report, switched) = switched;
     let report = report??;
-    ensure!(
-        report.success,
-        "failed in phase {}: {}",
-        report.phase_reached,
-        report.error.as_deref().unwrap_or("?")
-    );
+    super::common::succeeded_as(&report, mode)?;
     let (switched, events) = switched?;
     switched.ok_or_else(|| anyhow!("no resumed event"))??;
     super::print_phases(&report, &events);
-    ensure!(report.mode == mode.as_str(), "ran as {}", report.mode);
     let downtime = report
         .downtime_ms
         .ok_or_else(|| anyhow!("the report has no downtime"))?;
