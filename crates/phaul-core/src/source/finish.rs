@@ -180,6 +180,10 @@ impl<C: SourceCriu> Migration<C> {
                 // Not a freeze: the kind stops and starts anew, so no freeze
                 // limit applies.
                 run.stats.source_frozen(t0)?;
+                if let Some(g) = &self.group {
+                    // Down from here all the same: the group's downtime counts it.
+                    g.froze(t0);
+                }
                 self.emit(Progress::Frozen);
                 self.hook(|h| h.stop()).await?;
                 let dir = run.dir.join("0");
