@@ -36,6 +36,8 @@
 //! - [`policy`]: convergence policies.
 //! - [`stats`]: statistics as a state machine, finalized into a [`Report`].
 //! - [`pagestream`]: relaying CRIU's page-server traffic.
+//! - `pagemaps`: the pre-dumps' pagemaps copied back to the source, for
+//!   hybrid's lazy dump.
 //! - [`hostinfo`]: the processes and containers of this host, and of
 //!   another asked through its service.
 //! - [`logs`]: CRIU's logs kept after a failure, images dropped.
@@ -55,6 +57,7 @@ pub mod hostinfo;
 pub mod logs;
 pub mod mode;
 pub mod netlock;
+mod pagemaps;
 pub mod pagestream;
 pub mod plan;
 pub mod policy;

@@ -170,6 +170,17 @@ impl Plan {
         }
     }
 
+    /// Target: the pre-dump that the images of restore `iteration` build
+    /// on, which the target links as their `parent`: hybrid's lazy dump
+    /// after pre-dumps. (A final dump after pre-dumps goes through a page
+    /// server started with its parent, which links it itself; the image
+    /// batch carries no symlink.)
+    pub fn restore_parent(&self, iteration: u32, lazy: bool) -> Option<u32> {
+        (self.mode == Mode::Hybrid && lazy)
+            .then(|| iteration.checked_sub(1))
+            .flatten()
+    }
+
     /// The name of the file-system driver the target serves, if any.
     pub fn fs_driver(&self) -> Option<&'static str> {
         match self.files {
@@ -196,6 +207,16 @@ mod tests {
         let mut b = proto::Begin::default();
         p.to_wire(&mut b);
         Plan::from_wire(&b).unwrap()
+    }
+
+    #[test]
+    fn only_hybrids_lazy_restore_after_pre_dumps_has_a_parent_to_link() {
+        let plan = |mode| Plan::new(mode, Caps::PLAIN, Files::None);
+        assert_eq!(plan(Mode::Hybrid).restore_parent(3, true), Some(2));
+        assert_eq!(plan(Mode::Hybrid).restore_parent(0, true), None);
+        assert_eq!(plan(Mode::Hybrid).restore_parent(3, false), None);
+        assert_eq!(plan(Mode::PreCopy).restore_parent(3, false), None);
+        assert_eq!(plan(Mode::PostCopy).restore_parent(0, true), None);
     }
 
     #[test]

@@ -129,7 +129,11 @@
 //! ```
 //!
 //! Hybrid is pre-copy iterations followed by the post-copy final phase (or
-//! the stop-and-copy one if pre-copy converged). At any point before
+//! the stop-and-copy one if pre-copy converged). Before its lazy dump the
+//! source asks `PagemapsOf {i}` for each pre-dump (version 4) and keeps the
+//! answers (`Pagemaps`) in its own image directories: CRIU's lazy dump
+//! looks there for what its parents hold, and leaves only pages dirtied
+//! since the last pre-dump for post-copy. At any point before
 //! `Committed`, the source may send `Abort` (or simply drop the link); the
 //! target removes what it made and the source resumes its tree. After
 //! `Committed`, post-copy cannot be undone: the target runs the tree and

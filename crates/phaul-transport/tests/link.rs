@@ -495,6 +495,7 @@ async fn every_message_round_trips_through_a_link() {
             freeze_timeout_ms: 5000,
         }),
         request::Body::CancelMigration(proto::CancelMigration {}),
+        request::Body::PagemapsOf(proto::PagemapsOf { iteration: 4 }),
         // Twice, so that every answer has a request to pair with.
         request::Body::CancelMigration(proto::CancelMigration {}),
     ];
@@ -547,6 +548,13 @@ async fn every_message_round_trips_through_a_link() {
             report_json: "{}".into(),
             error: "cancelled".into(),
         }),
+        response::Body::Pagemaps(proto::Pagemaps {
+            iteration: 4,
+            files: vec![proto::ImageCopy {
+                name: "pagemap-42.img".into(),
+                data: vec![0x54, 0x56, 0x01, 0x00],
+            }],
+        }),
     ];
     // Every message once: the matches have no catch-all, so a message added
     // to link.proto fails to compile here until it is in the lists.
@@ -562,6 +570,7 @@ async fn every_message_round_trips_through_a_link() {
         request::Body::Images(_) => 8,
         request::Body::Migrate(_) => 9,
         request::Body::CancelMigration(_) => 10,
+        request::Body::PagemapsOf(_) => 11,
     };
     let answers = |r: &response::Body| match r {
         response::Body::Pong(_) => 0,
@@ -576,20 +585,21 @@ async fn every_message_round_trips_through_a_link() {
         response::Body::MigrationAccepted(_) => 9,
         response::Body::MigrationEvent(_) => 10,
         response::Body::MigrationEnded(_) => 11,
+        response::Body::Pagemaps(_) => 12,
     };
     assert_eq!(
         requests
             .iter()
             .map(kinds)
             .collect::<std::collections::BTreeSet<_>>(),
-        (0..11).collect()
+        (0..12).collect()
     );
     assert_eq!(
         responses
             .iter()
             .map(answers)
             .collect::<std::collections::BTreeSet<_>>(),
-        (0..12).collect()
+        (0..13).collect()
     );
     assert_eq!(requests.len(), responses.len());
     for (i, (rq, rs)) in requests.into_iter().zip(responses).enumerate() {

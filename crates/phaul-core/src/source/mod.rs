@@ -803,6 +803,9 @@ impl<C: SourceCriu> Migration<C> {
                     Decision::Converged(_) => Final::Dump,
                     _ => Final::Lazy,
                 };
+                if how == Final::Lazy {
+                    self.keep_pagemaps(run, n).await;
+                }
                 self.final_step(run, how, n, true).await
             }
             // The plan has checked that the kind can restart.
@@ -912,6 +915,40 @@ impl<C: SourceCriu> Migration<C> {
             }
         }
         unreachable!("the loop returns")
+    }
+
+    /// Copies the pagemaps of pre-dumps `0..n` from the target into their
+    /// image directories here, for the lazy dump on top of them (see
+    /// [`crate::pagemaps`]). Without them the lazy dump still works, and
+    /// leaves every page for post-copy: so a target too old to answer, or
+    /// any failure, is a warning.
+    async fn keep_pagemaps(&self, run: &mut Run<'_>, n: u32) {
+        let version = run.ctl.link().version();
+        if version < phaul_transport::frame::PAGEMAPS_VERSION {
+            warn!(
+                version,
+                "the target cannot send the pre-dumps' pagemaps: post-copy sends every page"
+            );
+            return;
+        }
+        for i in 0..n {
+            let asked = request::Body::PagemapsOf(proto::PagemapsOf { iteration: i });
+            let kept = match self.call(&mut run.ctl, asked).await {
+                Ok(response::Body::Pagemaps(p)) => {
+                    crate::pagemaps::keep(&run.dir.join(i.to_string()), &p.files)
+                }
+                Ok(other) => Err(unexpected("PagemapsOf", &other)),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = kept {
+                warn!(iteration = i, error = %e, "the pre-dumps' pagemaps: post-copy sends every page");
+                return;
+            }
+        }
+        info!(
+            pre_dumps = n,
+            "the pre-dumps' pagemaps are here for the lazy dump"
+        );
     }
 
     /// Restart mode's passes while the tree runs. P.Haul's rule: stop once

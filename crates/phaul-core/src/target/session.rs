@@ -5,6 +5,7 @@
 //!   Idle --Begin--> Begun --Restore--> Restored --Commit--> Committed
 //!                   |  ^                  |
 //!                   +--+ StartPageServer, |
+//!                        PagemapsOf,      |
 //!                        Images           |
 //!   any state but Committed --Abort, lost link, error--> rolled back
 //! ```
@@ -248,6 +249,7 @@ impl<T: TargetCriu> Session<T> {
             request::Body::Preflight(p) => self.on_preflight(p).await,
             request::Body::Begin(b) => self.on_begin(b).await,
             request::Body::StartPageServer(p) => self.on_start_page_server(p).await,
+            request::Body::PagemapsOf(p) => self.on_pagemaps_of(p).await,
             request::Body::Images(i) => self.on_images(i).await,
             request::Body::Restore(r) => self.on_restore(r).await,
             request::Body::Commit(c) => self.on_commit(c).await,
@@ -480,6 +482,34 @@ impl<T: TargetCriu> Session<T> {
         }))
     }
 
+    /// The pagemaps pre-dump `p.iteration`'s page server wrote (see
+    /// [`crate::pagemaps`]), once the page servers so far have ended.
+    async fn on_pagemaps_of(&mut self, p: proto::PagemapsOf) -> Reply {
+        let dir = self.iter_dir(p.iteration)?;
+        if !dir.is_dir() {
+            return Err(bad(format!("no pre-dump {}", p.iteration)));
+        }
+        // The source asks after its pre-dump ended; the page server may
+        // still be writing the pagemap it closes last.
+        while let Some(mut r) = self.relays.pop() {
+            if tokio::time::timeout(JOIN_TIMEOUT, &mut r).await.is_err() {
+                // Kept, so that the session's end still stops it.
+                self.relays.push(r);
+                return Err(failed(Error::Target(
+                    "a pre-dump's page server has not ended".into(),
+                )));
+            }
+        }
+        let files = tokio::task::spawn_blocking(move || crate::pagemaps::collect(&dir))
+            .await
+            .map_err(|e| failed(Error::Target(format!("reading pagemaps: {e}"))))?
+            .map_err(failed)?;
+        Ok(response::Body::Pagemaps(proto::Pagemaps {
+            iteration: p.iteration,
+            files,
+        }))
+    }
+
     async fn on_images(&mut self, i: proto::Images) -> Reply {
         let dir = self.iter_dir(i.iteration)?;
         mkdir(&dir).map_err(failed)?;
@@ -521,6 +551,9 @@ impl<T: TargetCriu> Session<T> {
         let dir = self.iter_dir(r.iteration)?;
         if restorer != Restorer::ColdStart && !dir.is_dir() {
             return Err(bad(format!("no images for iteration {}", r.iteration)));
+        }
+        if let Some(parent) = begun.plan.restore_parent(r.iteration, r.lazy) {
+            link_parent(&dir, parent).map_err(failed)?;
         }
         let t0 = Instant::now();
         let daemon = match r.lazy {
@@ -774,4 +807,17 @@ async fn blocking<R: Send + 'static>(
         .await
         .map_err(|e| Error::Protocol(format!("an htype task: {e}")))?
         .map_err(Error::Htype)
+}
+
+/// Links `dir/parent` to pre-dump `parent`'s images, where CRIU's restore
+/// looks for the pages its pagemaps mark as in the parent.
+fn link_parent(dir: &std::path::Path, parent: u32) -> crate::error::Result<()> {
+    match std::os::unix::fs::symlink(format!("../{parent}"), dir.join("parent")) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(source) => Err(Error::Io {
+            what: format!("linking {}/parent", dir.display()),
+            source,
+        }),
+    }
 }
