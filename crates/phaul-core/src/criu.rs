@@ -26,6 +26,7 @@ use phaul_htypes::CriuOptions;
 use tokio::sync::oneshot;
 use tracing::{debug, warn};
 
+use crate::dirty::DirtyRate;
 use crate::error::{Error, Result};
 use crate::freezer::Prefrozen;
 use crate::mode::HostCaps;
@@ -244,6 +245,17 @@ pub trait SourceCriu: Send + Sync + 'static {
     fn probe_inet_dump(&self, scratch: &Path) -> impl Future<Output = Result<()>> + Send {
         let _ = scratch;
         async { Ok(()) }
+    }
+    /// How fast the tree rooted at `pid` dirties its memory, measured over
+    /// `over` before any pre-dump (see [`crate::dirty`]); `None` where this
+    /// seam cannot tell.
+    fn dirty_rate(
+        &self,
+        pid: i32,
+        over: Duration,
+    ) -> impl Future<Output = Result<Option<DirtyRate>>> + Send {
+        let _ = (pid, over);
+        async { Ok(None) }
     }
     /// What a dump made by another hand (a container manager's CRIU) holds,
     /// read from its files: its stats-dump in `work_dir`, and after a lazy
@@ -517,6 +529,13 @@ impl Criu {
 }
 
 impl SourceCriu for Criu {
+    async fn dirty_rate(&self, pid: i32, over: Duration) -> Result<Option<DirtyRate>> {
+        tokio::task::spawn_blocking(move || crate::dirty::measure(pid, over))
+            .await
+            .map_err(|e| Error::Protocol(format!("the dirty-rate probe vanished: {e}")))?
+            .map(Some)
+    }
+
     async fn probe_inet_dump(&self, scratch: &Path) -> Result<()> {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|source| Error::Io {
             what: "a socket for the CRIU probe".into(),

@@ -34,6 +34,8 @@
 //! - [`mode`]: the modes and how `auto` chooses.
 //! - [`plan`]: the plan both sides obey, as it travels in `Begin`.
 //! - [`policy`]: convergence policies.
+//! - [`dirty`]: a tree's dirty rate, from soft-dirty bits, which decides
+//!   whether pre-dumps can help at all.
 //! - [`stats`]: statistics as a state machine, finalized into a [`Report`].
 //! - [`pagestream`]: relaying CRIU's page-server traffic.
 //! - `pagemaps`: the pre-dumps' pagemaps copied back to the source, for
@@ -50,6 +52,7 @@
 
 pub mod control;
 pub mod criu;
+pub mod dirty;
 pub mod error;
 mod freezer;
 pub mod fs;

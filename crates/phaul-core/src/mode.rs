@@ -127,8 +127,9 @@ pub struct ModeChoice {
 /// Decides the mode of a migration from the mode asked for and what each
 /// host supports.
 ///
-/// [`Mode::Auto`] takes post-copy when both hosts have lazy pages (the
-/// shortest downtime), else pre-copy when both have memory tracking, else
+/// [`Mode::Auto`] takes hybrid when both hosts have memory tracking and
+/// lazy pages, else post-copy when both have lazy pages (the shortest
+/// downtime), else pre-copy when both have memory tracking, else
 /// stop-copy. [`Mode::PreCopy`] needs memory tracking on both hosts,
 /// [`Mode::PostCopy`] lazy pages on both, [`Mode::Hybrid`] both features on
 /// both; [`Mode::StopCopy`] and [`Mode::Restart`] are always possible.
@@ -267,29 +268,33 @@ impl Limits {
         (!parts.is_empty()).then(|| parts.join(", and "))
     }
 
-    /// The [`Mode::Auto`] rules: the mode with the shortest downtime that
-    /// can be had, and a sentence saying why, blaming what really is the
+    /// The [`Mode::Auto`] rules: hybrid where it can be had (it decides
+    /// between pre-copy and post-copy from the tree's measured dirty rate,
+    /// which a plan made before the migration cannot know), else the mode
+    /// with the shortest downtime that can be had, and a sentence saying why, blaming what really is the
     /// cause (the kind or the host that lacks a feature).
     fn best(&self) -> (Mode, String) {
         match (&self.lazy, &self.mem) {
-            (None, mem) => {
-                let tracking = match mem {
-                    None => format!(
-                        "{} {} available on both hosts too, but pre-copy would keep the \
-                         process frozen longer",
-                        MEM_TRACK.short, MEM_TRACK.is
-                    ),
-                    Some(b) => format!("{}, so pre-copy is not possible", b.why(MEM_TRACK)),
-                };
-                (
-                    Mode::PostCopy,
-                    format!(
-                        "both hosts support {}: post-copy resumes the process on the target \
-                         at once, the shortest downtime; {tracking}",
-                        LAZY_PAGES.short
-                    ),
-                )
-            }
+            (None, None) => (
+                Mode::Hybrid,
+                format!(
+                    "both hosts support {} and {}: hybrid pre-copies while the process \
+                     runs, as long as that shrinks what is left (it measures the dirty rate \
+                     first and skips pre-copy when no pre-dump could keep up), then \
+                     post-copies the rest, or ends with a short final dump if pre-copy \
+                     converged",
+                    MEM_TRACK.short, LAZY_PAGES.short
+                ),
+            ),
+            (None, Some(mem)) => (
+                Mode::PostCopy,
+                format!(
+                    "both hosts support {}: post-copy resumes the process on the target \
+                     at once, the shortest downtime; {}, so pre-copy is not possible",
+                    LAZY_PAGES.short,
+                    mem.why(MEM_TRACK)
+                ),
+            ),
             (Some(lazy), None) => (
                 Mode::PreCopy,
                 format!(
@@ -317,8 +322,8 @@ impl Limits {
 /// the mode asked for, both hosts' features and what the kind can do.
 /// Pure: the same inputs always give the same plan, and both hosts obey it.
 ///
-/// [`Mode::Auto`] never fails: it takes post-copy when it can be had (the
-/// shortest downtime), else pre-copy, else stop-copy, and its reason blames
+/// [`Mode::Auto`] never fails: it takes hybrid when it can be had, else
+/// post-copy (the shortest downtime), else pre-copy, else stop-copy, and its reason blames
 /// the kind or the host that rules the others out. A mode asked for that
 /// cannot be had is an [`Error::UnsupportedMode`] naming why, or with
 /// `fallback` the mode `auto` would pick, with a reason saying so.
@@ -515,15 +520,18 @@ mod tests {
     }
 
     #[test]
-    fn auto_prefers_post_copy_when_both_hosts_have_lazy_pages() {
+    fn auto_takes_hybrid_where_both_hosts_track_memory_and_have_lazy_pages() {
         let c = pick(Mode::Auto, BOTH, BOTH, false);
-        assert_eq!((c.mode, c.requested), (Mode::PostCopy, Mode::Auto));
+        assert_eq!((c.mode, c.requested), (Mode::Hybrid, Mode::Auto));
         assert!(
-            c.reason.contains("available on both hosts too"),
+            c.reason.contains("measures the dirty rate first"),
             "{}",
             c.reason
         );
+    }
 
+    #[test]
+    fn auto_prefers_post_copy_when_only_lazy_pages_are_shared() {
         let c = pick(Mode::Auto, LAZY, BOTH, false);
         assert_eq!(c.mode, Mode::PostCopy);
         assert!(

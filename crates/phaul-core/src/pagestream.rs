@@ -177,3 +177,57 @@ pub(crate) fn socketpair() -> Result<(std::os::fd::OwnedFd, tokio::net::UnixStre
     })?;
     Ok((a.into(), b))
 }
+
+/// The most a link probe may carry (see the wire's `ProbeLink`).
+pub(crate) const PROBE_MAX: u64 = 64 << 20;
+
+fn probe_io(e: std::io::Error) -> Error {
+    Error::Io {
+        what: "probing the link".into(),
+        source: e,
+    }
+}
+
+/// A link probe's sending end: `bytes` bytes of zeros out on `link`, then
+/// the end of the stream; returns once the peer has ended its side too
+/// (it read them all).
+pub(crate) async fn probe_send(link: Link, bytes: u64) -> Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut ours, theirs) = tokio::io::duplex(1 << 16);
+    let relay = PageRelay::spawn(link, theirs);
+    let chunk = vec![0u8; 1 << 16];
+    let mut left = bytes;
+    while left > 0 {
+        let n = usize::try_from(left).unwrap_or(usize::MAX).min(chunk.len());
+        ours.write_all(&chunk[..n]).await.map_err(probe_io)?;
+        left -= n as u64;
+    }
+    ours.shutdown().await.map_err(probe_io)?;
+    let mut rest = Vec::new();
+    ours.read_to_end(&mut rest).await.map_err(probe_io)?;
+    relay.finish(std::time::Duration::from_secs(30)).await?;
+    Ok(())
+}
+
+/// A link probe's receiving end: reads `link` to the end of the stream,
+/// discarding at most `limit` bytes (more is an error); returns how many
+/// came.
+pub(crate) async fn probe_sink(link: Link, limit: u64) -> Result<u64> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (ours, theirs) = tokio::io::duplex(1 << 16);
+    let relay = PageRelay::spawn(link, theirs);
+    let (mut rx, mut tx) = tokio::io::split(ours);
+    // One byte past the limit tells a stream that is too long.
+    let n = tokio::io::copy(&mut (&mut rx).take(limit + 1), &mut tokio::io::sink())
+        .await
+        .map_err(probe_io)?;
+    tx.shutdown().await.map_err(probe_io)?;
+    if n > limit {
+        relay.stop();
+        return Err(Error::Protocol(format!(
+            "a link probe carried more than the {limit} bytes announced"
+        )));
+    }
+    relay.finish(std::time::Duration::from_secs(30)).await?;
+    Ok(n)
+}

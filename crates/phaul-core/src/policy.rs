@@ -105,6 +105,55 @@ pub trait ConvergencePolicy: Send + Sync + std::fmt::Debug {
         let _ = history;
         None
     }
+
+    /// Before the first pre-dump, from what the engine measured: whether
+    /// to pre-dump at all. [`Decision::NotConverging`] skips pre-copy (a
+    /// pre-copy does its final dump at once, a hybrid post-copies at once);
+    /// [`Decision::Continue`] begins iterating. The default is
+    /// [`outrun`]'s rule.
+    fn before_first(&self, probe: &Probe) -> Decision {
+        outrun(probe)
+    }
+}
+
+/// What the engine measures before the first pre-dump, where memory
+/// tracking works: the tree's dirty rate and the link's speed.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct Probe {
+    /// The tree's dirty rate (see [`crate::dirty`]).
+    pub dirty: crate::dirty::DirtyRate,
+    /// What the link to the target carried, both ways, in bytes per
+    /// second: an upper bound on what a pre-dump sends, which CRIU also
+    /// has to read and the target to write.
+    pub link_bytes_per_sec: f64,
+}
+
+/// The rule that skips pre-copy when it cannot help: a pre-dump leaves
+/// dirty behind it the tree's hot set plus what its dirty set grew while
+/// the pre-dump ran, the growth rate over its bandwidth times what it
+/// sent, and its bandwidth is at most the link's. When the dirty set grows
+/// at least half as fast as the link carries, no pre-dump can halve what
+/// is left: [`Decision::NotConverging`]. Otherwise (a hot set, however
+/// large, converges to itself) [`Decision::Continue`].
+pub fn outrun(probe: &Probe) -> Decision {
+    let growth = probe.dirty.growth_bytes_per_sec();
+    let link = probe.link_bytes_per_sec;
+    if growth > 0.0 && growth * 2.0 >= link {
+        let d = &probe.dirty;
+        return Decision::NotConverging(format!(
+            "before the first pre-dump: the tree's dirty set grew {:.1} MiB/s ({} of its {} \
+             pages written in {:.0} ms, {} in {:.0} ms), at least half of the {:.1} MiB/s \
+             the link carries, so no pre-dump could halve what is left",
+            mib_s(growth),
+            d.first_dirtied,
+            d.pages,
+            d.first_us as f64 / 1000.0,
+            d.dirtied,
+            d.over_us as f64 / 1000.0,
+            mib_s(link)
+        ));
+    }
+    Decision::Continue
 }
 
 /// The effective bandwidth of the pre-dumps so far, in bytes per second.
@@ -279,7 +328,13 @@ impl ConvergencePolicy for PhaulRules {
 ///    of the last two wrote at least as many as the one before): the
 ///    process dirties memory at least as fast as it is sent, so the
 ///    prediction will never fit: [`Decision::NotConverging`];
-/// 4. otherwise [`Decision::Continue`].
+/// 4. the last pre-dump shrank by less than a tenth, and at its ratio to
+///    the one before the pages written would fit the budget only after
+///    more pre-dumps than the limit leaves (a dirty set falling by a few
+///    pages a round): [`Decision::NotConverging`] at once, not at the
+///    limit (a dirty set shrinking faster is worth its pre-dumps: each
+///    makes the final dump smaller, fitting or not);
+/// 5. otherwise [`Decision::Continue`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct DowntimeBudget {
     /// The downtime allowed. Default 300 ms.
@@ -354,11 +409,56 @@ impl ConvergencePolicy for DowntimeBudget {
                 ));
             }
         }
+        if let Some(why) = self.too_slow(history) {
+            return Decision::NotConverging(format!("{why}; {predicted} ({bandwidth})"));
+        }
         Decision::Continue
     }
 
     fn predicted_downtime(&self, history: &[IterationSample]) -> Option<Duration> {
         transfer_time(history, self.page_size).map(|t| self.fixed.saturating_add(t))
+    }
+}
+
+impl DowntimeBudget {
+    /// Rule 4: the last pre-dump shrank, by less than a tenth, and at that
+    /// ratio the pages written would reach what fits the budget only after
+    /// more pre-dumps than the limit leaves. Says why, or `None`.
+    fn too_slow(&self, history: &[IterationSample]) -> Option<String> {
+        let [.., prev, last] = history else {
+            return None;
+        };
+        // Shrinking by a tenth or more, pre-dumps still pay for themselves
+        // in a smaller final dump, even if it will not fit.
+        if prev.pages_written == 0
+            || last.pages_written >= prev.pages_written
+            || last.pages_written * 10 < prev.pages_written * 9
+        {
+            return None;
+        }
+        let bandwidth = measured_bandwidth(history)?;
+        let room = self.budget.saturating_sub(self.fixed).as_secs_f64();
+        let fits = room * bandwidth / self.page_size as f64;
+        let ratio = last.pages_written as f64 / prev.pages_written as f64;
+        let left = (self.max_iterations as usize).saturating_sub(history.len() - 1);
+        // ratio < 1 here, so ln(ratio) < 0; fits < 1 page never fits.
+        let needed = if fits < 1.0 {
+            f64::INFINITY
+        } else {
+            ((fits / last.pages_written as f64).ln() / ratio.ln()).ceil()
+        };
+        (needed > left as f64).then(|| {
+            format!(
+                "pages written shrink to {:.0}% a pre-dump ({} -> {}): reaching the {:.0} \
+                 pages that fit the budget {:.1} ms would take {needed} more pre-dumps, \
+                 and the limit leaves {left}",
+                ratio * 100.0,
+                prev.pages_written,
+                last.pages_written,
+                fits,
+                ms(self.budget)
+            )
+        })
     }
 }
 
@@ -586,18 +686,78 @@ mod tests {
     }
 
     #[test]
-    fn budget_that_never_fits_stops_at_index_8() {
+    fn budget_that_never_fits_gives_up_once_it_barely_shrinks() {
         let b = DowntimeBudget {
             fixed: Duration::from_millis(400),
             ..DowntimeBudget::default()
         };
         let shrinking: Vec<u64> = (0..10).map(|i| 10_000 - i * 100).collect();
         let (n, d) = run(&b, &shrinking, 100 * MIB);
-        assert_eq!(n, 9);
+        assert_eq!(n, 2);
         assert!(
-            matches!(&d, Decision::NotConverging(r) if r.contains("iteration index 8") && r.contains("exceeds the budget 300.0 ms")),
+            matches!(&d, Decision::NotConverging(r) if r.contains("shrink to 99% a pre-dump (10000 -> 9900)") && r.contains("would take inf more")),
             "{d:?}"
         );
+    }
+
+    #[test]
+    fn budget_stops_a_dirty_set_falling_by_a_few_pages_a_round() {
+        // The iterations bench's 50% case: the whole buffer is dirty again
+        // after each pre-dump, give or take a few dozen pages.
+        let b = DowntimeBudget {
+            budget: Duration::from_secs(2),
+            max_iterations: 4,
+            ..DowntimeBudget::default()
+        };
+        let (n, d) = run(&b, &[67_337, 65_674, 65_645, 65_645], 4 * MIB);
+        assert_eq!(n, 2, "{d:?}");
+        assert!(
+            matches!(&d, Decision::NotConverging(r) if r.contains("(67337 -> 65674)") && r.contains("the limit leaves 3")),
+            "{d:?}"
+        );
+        // Its 1% case halves each round: every pre-dump is worth it.
+        let (n, d) = run(&b, &[67_339, 21_724, 9_302, 4_716, 2_618], 4 * MIB);
+        assert_eq!(n, 5, "{d:?}");
+        assert!(
+            matches!(&d, Decision::NotConverging(r) if r.contains("iteration index 4")),
+            "{d:?}"
+        );
+    }
+
+    #[test]
+    fn a_tree_dirtying_half_the_links_speed_skips_pre_copy() {
+        // `first` pages dirty after 0.5 s, `then` after 1 s.
+        let probe = |first: u64, then: u64, link: f64| Probe {
+            dirty: crate::dirty::DirtyRate {
+                pages: 65_536,
+                first_dirtied: first,
+                first_us: 500_000,
+                dirtied: then,
+                over_us: 1_000_000,
+                processes: 1,
+            },
+            link_bytes_per_sec: link,
+        };
+        // 8192 more pages in half a second: 64 MiB/s.
+        let d = outrun(&probe(8_192, 16_384, 128.0 * MIB as f64));
+        assert!(
+            matches!(&d, Decision::NotConverging(r) if r.contains("grew 64.0 MiB/s (8192 of its 65536 pages written in 500 ms, 16384 in 1000 ms)") && r.contains("128.0 MiB/s the link")),
+            "{d:?}"
+        );
+        assert_eq!(
+            outrun(&probe(8_192, 16_383, 128.0 * MIB as f64)),
+            Decision::Continue
+        );
+        // A hot set, however large, stays the same: it converges to itself.
+        assert_eq!(
+            outrun(&probe(30_000, 30_000, MIB as f64)),
+            Decision::Continue
+        );
+        assert_eq!(outrun(&probe(0, 0, 0.0)), Decision::Continue);
+        // Every policy here asks the same, P.Haul's too.
+        let p = probe(0, 60_000, MIB as f64);
+        assert!(PhaulRules::default().before_first(&p).is_final());
+        assert!(DowntimeBudget::default().before_first(&p).is_final());
     }
 
     #[test]

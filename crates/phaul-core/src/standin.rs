@@ -23,6 +23,7 @@ use crate::criu::{
     DumpSpec, HeldDump, HeldRestore, LazyDaemon, LazyDump, PageServing, RestoreSpec, SourceCriu,
     TargetCriu,
 };
+use crate::dirty::DirtyRate;
 use crate::error::{Error, Result};
 use crate::mode::HostCaps;
 
@@ -48,6 +49,8 @@ pub struct StandIn {
     /// Set when a restore is committed: the lazy "daemon" starts pulling
     /// then, as CRIU's does once the restored tasks run.
     running: Arc<tokio::sync::Notify>,
+    /// The dirty rate the "kernel" reports before pre-copy, if any.
+    dirty: Option<DirtyRate>,
 }
 
 impl StandIn {
@@ -63,6 +66,13 @@ impl StandIn {
     /// once the script runs out, dumps write 10 pages.
     pub fn dirty_pages(self, script: impl IntoIterator<Item = u64>) -> Self {
         *self.pages.lock().expect("not poisoned") = script.into_iter().collect();
+        self
+    }
+
+    /// Report this dirty rate when the engine measures one before
+    /// pre-copy (without it, the stand-in cannot tell, as a seam may).
+    pub fn dirty_rate(mut self, rate: DirtyRate) -> Self {
+        self.dirty = Some(rate);
         self
     }
 
@@ -195,6 +205,13 @@ impl SourceCriu for StandIn {
 
     async fn cpuinfo(&self, _scratch: &Path) -> Result<Vec<u8>> {
         Ok(self.cpu_bytes())
+    }
+
+    async fn dirty_rate(&self, pid: i32, over: std::time::Duration) -> Result<Option<DirtyRate>> {
+        if self.dirty.is_some() {
+            self.note(format!("dirty-rate {pid} over {} ms", over.as_millis()));
+        }
+        Ok(self.dirty)
     }
 
     async fn pre_dump(&self, spec: DumpSpec, pages: OwnedFd) -> Result<DumpStatsEntry> {

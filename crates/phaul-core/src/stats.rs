@@ -177,6 +177,8 @@ pub struct Ongoing {
     restore: Option<Duration>,
     image_transfer: Duration,
     predicted_downtime: Option<Duration>,
+    /// Before pre-copy: the dirty rate and the link's speed, bytes/s.
+    probe: Option<(f64, f64)>,
     source_pid: Option<i32>,
     target_pid: Option<i32>,
     fs: FsReport,
@@ -239,6 +241,7 @@ impl Ongoing {
             restore: None,
             image_transfer: Duration::ZERO,
             predicted_downtime: None,
+            probe: None,
             source_pid: None,
             target_pid: None,
             fs: FsReport::default(),
@@ -411,6 +414,12 @@ impl Ongoing {
         self.predicted_downtime = d;
     }
 
+    /// Records what was measured before pre-copy: how fast the tree's
+    /// dirty set grew and the link's speed, in bytes per second.
+    pub fn set_probe(&mut self, dirty_bytes_per_sec: f64, link_bytes_per_sec: f64) {
+        self.probe = Some((dirty_bytes_per_sec, link_bytes_per_sec));
+    }
+
     /// Records the PID of the restored process on the target.
     pub fn set_target_pid(&mut self, pid: i32) {
         self.target_pid = Some(pid);
@@ -477,6 +486,8 @@ impl Ongoing {
             restore_ms: self.restore.map(ms),
             image_transfer_ms: ms(self.image_transfer),
             predicted_downtime_ms: self.predicted_downtime.map(ms),
+            dirty_rate_mib_s: self.probe.map(|(d, _)| d / MIB),
+            link_mib_s: self.probe.map(|(_, l)| l / MIB),
             source_pid: self.source_pid,
             target_pid: self.target_pid,
             per_iteration: self.iterations,
@@ -489,6 +500,9 @@ impl Ongoing {
 }
 
 /// Milliseconds as a float, the unit of every time in a [`Report`].
+/// Bytes in a MiB, for rates.
+const MIB: f64 = 1024.0 * 1024.0;
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
@@ -533,6 +547,13 @@ pub struct Report {
     pub image_transfer_ms: f64,
     /// The downtime the convergence policy predicted, in milliseconds.
     pub predicted_downtime_ms: Option<f64>,
+    /// Before pre-copy, where memory tracking works: how fast the tree's
+    /// dirty set grew, in MiB/s (see `phaul_core::dirty`).
+    #[serde(default)]
+    pub dirty_rate_mib_s: Option<f64>,
+    /// Measured with it: what the link carried, in MiB/s.
+    #[serde(default)]
+    pub link_mib_s: Option<f64>,
     /// The process's PID on the source.
     pub source_pid: Option<i32>,
     /// The process's PID on the target.

@@ -238,6 +238,53 @@ async fn hybrid_switches_to_post_copy_when_pre_copy_does_not_converge() {
     assert_eq!(r.per_iteration.last().unwrap().kind, "lazy-dump");
 }
 
+/// A dirty rate the stand-in "kernel" reports: `dirtied` of 65536 pages
+/// in `over_us`, half of them in the first half.
+fn dirtying(dirtied: u64, over_us: u64) -> phaul_core::dirty::DirtyRate {
+    phaul_core::dirty::DirtyRate {
+        pages: 65_536,
+        first_dirtied: dirtied / 2,
+        first_us: over_us / 2,
+        dirtied,
+        over_us,
+        processes: 1,
+    }
+}
+
+#[tokio::test]
+async fn a_tree_dirtying_faster_than_the_link_is_not_pre_dumped() {
+    // 64 Ki pages in a millisecond: 256 GiB/s, beyond any loopback.
+    let fast = dirtying(65_536, 1_000);
+    let src = StandIn::new(ALL).dirty_rate(fast);
+    let (r, events) = migrate(src.clone(), StandIn::new(ALL), Mode::Hybrid, false, None).await;
+    assert!(r.success, "{:?}", r.error);
+    let calls = src.calls();
+    assert!(calls[0].starts_with("dirty-rate "), "{calls:?}");
+    assert_eq!(calls[1], "lazy-dump 0 parent=-", "{calls:?}");
+    assert!(events.iter().any(|e| matches!(e,
+        Progress::Decision(phaul_core::policy::Decision::NotConverging(why))
+            if why.starts_with("before the first pre-dump: the tree's dirty set grew 256") && why.contains("MiB/s the link carries"))));
+    // Pre-copy asked for: the final dump at once, with all there is.
+    let src = StandIn::new(ALL).dirty_rate(fast);
+    let (r, _) = migrate(src.clone(), StandIn::new(ALL), Mode::PreCopy, false, None).await;
+    assert!(r.success, "{:?}", r.error);
+    assert_eq!(src.calls()[1], "dump 0 parent=-", "{:?}", src.calls());
+    assert_eq!(kinds(&r).len(), 1);
+}
+
+#[tokio::test]
+async fn a_quiet_tree_is_pre_dumped_after_its_probe() {
+    let src = StandIn::new(ALL)
+        .dirty_rate(dirtying(3, 1_000_000))
+        .dirty_pages([500, 40, 20]);
+    let (r, _) = migrate(src.clone(), StandIn::new(ALL), Mode::Hybrid, false, None).await;
+    assert!(r.success, "{:?}", r.error);
+    let calls = src.calls();
+    assert!(calls[0].starts_with("dirty-rate "), "{calls:?}");
+    assert_eq!(calls[1], "pre-dump 0 parent=- track_mem", "{calls:?}");
+    assert_eq!(calls[3], "dump 2 parent=../1 track_mem", "{calls:?}");
+}
+
 #[tokio::test]
 async fn hybrid_finishes_with_a_plain_dump_when_pre_copy_converges() {
     let src = StandIn::new(ALL).dirty_pages([500, 40, 20]);
@@ -321,7 +368,7 @@ async fn pre_copy_without_soft_dirty_is_refused_or_falls_back() {
 }
 
 #[tokio::test]
-async fn auto_picks_post_copy_with_lazy_pages_and_stop_copy_without() {
+async fn auto_picks_hybrid_with_both_features_post_copy_with_lazy_pages_and_stop_copy_without() {
     let here = HostCaps {
         mem_track: false,
         lazy_pages: true,
@@ -344,6 +391,15 @@ async fn auto_picks_post_copy_with_lazy_pages_and_stop_copy_without() {
     assert!(r.success);
     assert_eq!(r.mode, "stop-copy");
     assert_eq!(src.calls(), ["dump 0 parent=-", "source ended"]);
+    // Both features on both hosts: hybrid, which asks the dirty rate first.
+    let src = StandIn::new(ALL)
+        .dirty_rate(dirtying(65_536, 1_000))
+        .dirty_pages([500]);
+    let (r, _) = migrate(src.clone(), StandIn::new(ALL), Mode::Auto, false, None).await;
+    assert!(r.success, "{:?}", r.error);
+    assert_eq!(r.mode, "hybrid");
+    assert!(r.mode_reason.contains("dirty rate"), "{}", r.mode_reason);
+    assert_eq!(src.calls()[1], "lazy-dump 0 parent=-", "{:?}", src.calls());
 }
 
 #[tokio::test]
@@ -632,7 +688,7 @@ async fn a_started_migration_streams_events_and_ends_typed() {
     let m = Migration::new(src.clone(), target.addr.clone(), cfg(), htype)
         .work_dir(target.work.path().join("source"));
     let plan = m.dry_run().await.unwrap();
-    assert_eq!(plan.mode, Mode::PostCopy, "{}", plan.reason);
+    assert_eq!(plan.mode, Mode::Hybrid, "{}", plan.reason);
     assert!(
         src.calls().iter().all(|c| !c.contains("dump")),
         "{:?}",

@@ -40,13 +40,14 @@ pub const HELLO_VERSION: u16 = 1;
 /// invalid plan. Version 3 is version 2 plus the `MANAGE` channel (a
 /// controller's requests, see [`crate::manage`]), which a link negotiated
 /// at version 2 may not open. Version 4 is version 3 plus the `PagemapsOf`
-/// request, which a source asks only on a link of version 4.
+/// and `ProbeLink` requests, which a source asks only on a link of version
+/// 4.
 pub const MIN_VERSION: u16 = 2;
 /// See [`MIN_VERSION`].
 pub const MAX_VERSION: u16 = 4;
 /// The first version with the `MANAGE` channel.
 pub const MANAGE_VERSION: u16 = 3;
-/// The first version with the `PagemapsOf` request.
+/// The first version with the `PagemapsOf` and `ProbeLink` requests.
 pub const PAGEMAPS_VERSION: u16 = 4;
 
 /// What a frame's payload is.

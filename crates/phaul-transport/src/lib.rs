@@ -106,7 +106,11 @@
 //! of order or out of plan (`BAD_REQUEST`): a lazy restore in a stop-copy,
 //! a commit before a restore, a second `Begin`.
 //!
-//! Pre-copy: iterations `0..n-1` are pre-dumps while the tree runs, each
+//! Pre-copy: first (version 4) the source times `ProbeLink {bytes}` over a
+//! PAGES channel the target drains (`LinkProbed`), while it measures the
+//! tree's dirty rate; if the tree dirties memory faster than half that, no
+//! pre-dump is made. Then iterations `0..n-1` are pre-dumps while the tree
+//! runs, each
 //! with its own PAGES channel and `StartPageServer {i, has_parent}`; the
 //! final iteration is the stop-and-copy above with `has_parent` set, so
 //! only pages dirtied since the last pre-dump travel while frozen.

@@ -496,6 +496,7 @@ async fn every_message_round_trips_through_a_link() {
         }),
         request::Body::CancelMigration(proto::CancelMigration {}),
         request::Body::PagemapsOf(proto::PagemapsOf { iteration: 4 }),
+        request::Body::ProbeLink(proto::ProbeLink { bytes: 8 << 20 }),
         // Twice, so that every answer has a request to pair with.
         request::Body::CancelMigration(proto::CancelMigration {}),
     ];
@@ -555,6 +556,7 @@ async fn every_message_round_trips_through_a_link() {
                 data: vec![0x54, 0x56, 0x01, 0x00],
             }],
         }),
+        response::Body::LinkProbed(proto::LinkProbed { bytes: 8 << 20 }),
     ];
     // Every message once: the matches have no catch-all, so a message added
     // to link.proto fails to compile here until it is in the lists.
@@ -571,6 +573,7 @@ async fn every_message_round_trips_through_a_link() {
         request::Body::Migrate(_) => 9,
         request::Body::CancelMigration(_) => 10,
         request::Body::PagemapsOf(_) => 11,
+        request::Body::ProbeLink(_) => 12,
     };
     let answers = |r: &response::Body| match r {
         response::Body::Pong(_) => 0,
@@ -586,20 +589,21 @@ async fn every_message_round_trips_through_a_link() {
         response::Body::MigrationEvent(_) => 10,
         response::Body::MigrationEnded(_) => 11,
         response::Body::Pagemaps(_) => 12,
+        response::Body::LinkProbed(_) => 13,
     };
     assert_eq!(
         requests
             .iter()
             .map(kinds)
             .collect::<std::collections::BTreeSet<_>>(),
-        (0..12).collect()
+        (0..13).collect()
     );
     assert_eq!(
         responses
             .iter()
             .map(answers)
             .collect::<std::collections::BTreeSet<_>>(),
-        (0..13).collect()
+        (0..14).collect()
     );
     assert_eq!(requests.len(), responses.len());
     for (i, (rq, rs)) in requests.into_iter().zip(responses).enumerate() {

@@ -61,7 +61,7 @@ use crate::fs::{FsChoice, Pass, SourceFs};
 use crate::mode::{self, HostCaps, Mode, ModeChoice};
 use crate::pagestream::{PageRelay, socketpair};
 use crate::plan::{Files, Plan};
-use crate::policy::{ConvergencePolicy, Decision, IterationSample, PhaulRules};
+use crate::policy::{ConvergencePolicy, Decision, IterationSample, PhaulRules, Probe};
 use crate::stats::{IterationReport, Ongoing, Phase, Report};
 use phaul_fs::FsDriver;
 /// Cancels a running [`Migration`] from elsewhere.
@@ -104,6 +104,13 @@ impl Default for Timeouts {
 /// than a healthy migration of a few GiB takes here, far shorter than a
 /// production service should hang because a peer is stuck.
 pub const DEFAULT_FREEZE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long the dirty rate is measured before the first pre-dump: long
+/// enough to see a workload's rhythm, short beside a pre-dump of any size.
+const DIRTY_PROBE: Duration = Duration::from_secs(1);
+/// What the link's probe sends, while the dirty rate is measured: enough
+/// to time at any speed it has here, a fraction of a second's worth.
+const LINK_PROBE_BYTES: u64 = 8 << 20;
 
 /// A migration of one htype to one target. `C` is how it reaches CRIU:
 /// the real one unless a test puts a stand-in there ([`Migration::criu`]),
@@ -793,9 +800,11 @@ impl<C: SourceCriu> Migration<C> {
         match plan.mode {
             Mode::StopCopy => self.final_step(run, stop_copy, 0, false).await,
             Mode::PostCopy => self.final_step(run, post_copy, 0, false).await,
+            // With no pre-dump done (the probe said none would help), the
+            // final step has no parent.
             Mode::PreCopy => {
                 let (n, _) = self.pre_copy(run).await?;
-                self.final_step(run, Final::Dump, n, true).await
+                self.final_step(run, Final::Dump, n, n > 0).await
             }
             Mode::Hybrid => {
                 let (n, decision) = self.pre_copy(run).await?;
@@ -806,7 +815,7 @@ impl<C: SourceCriu> Migration<C> {
                 if how == Final::Lazy {
                     self.keep_pagemaps(run, n).await;
                 }
-                self.final_step(run, how, n, true).await
+                self.final_step(run, how, n, n > 0).await
             }
             // The plan has checked that the kind can restart.
             Mode::Restart => {
@@ -876,6 +885,11 @@ impl<C: SourceCriu> Migration<C> {
     /// number and the last decision.
     async fn pre_copy(&self, run: &mut Run<'_>) -> Result<(u32, Decision)> {
         self.enter(run.stats, Phase::PreCopy)?;
+        if let Some(decision) = self.probe(run).await.filter(Decision::is_final) {
+            info!(?decision, "no pre-dump");
+            self.emit(Progress::Decision(decision.clone()));
+            return Ok((0, decision));
+        }
         let mut history: Vec<IterationSample> = Vec::new();
         for i in 0u32.. {
             // A group that has failed needs no more pre-dumps from this member.
@@ -917,12 +931,74 @@ impl<C: SourceCriu> Migration<C> {
         unreachable!("the loop returns")
     }
 
+    /// Before the first pre-dump: the tree's dirty rate against the link's
+    /// speed, put to the policy ([`ConvergencePolicy::before_first`]);
+    /// `None` when the seam cannot measure it or the measure failed (then
+    /// pre-copy goes on as if it could help).
+    async fn probe(&self, run: &mut Run<'_>) -> Option<Decision> {
+        let pid = run.pid;
+        let (dirty, link) =
+            tokio::join!(self.criu.dirty_rate(pid, DIRTY_PROBE), self.link_rate(run));
+        let probe = match (dirty, link) {
+            (Ok(Some(dirty)), Ok(Some(link_bytes_per_sec))) => Probe {
+                dirty,
+                link_bytes_per_sec,
+            },
+            (Ok(None), _) | (_, Ok(None)) => return None,
+            (Err(e), _) | (_, Err(e)) => {
+                warn!(error = %e, "the dirty-rate probe failed: pre-copy goes on regardless");
+                return None;
+            }
+        };
+        info!(
+            pages = probe.dirty.pages,
+            dirtied = probe.dirty.dirtied,
+            dirty_mib_s = probe.dirty.growth_bytes_per_sec() / f64::from(1 << 20),
+            link_mib_s = probe.link_bytes_per_sec / f64::from(1 << 20),
+            "dirty rate before pre-copy"
+        );
+        run.stats
+            .set_probe(probe.dirty.growth_bytes_per_sec(), probe.link_bytes_per_sec);
+        Some(self.policy.before_first(&probe))
+    }
+
+    /// How fast the link carries a pre-dump's pages at best, in bytes per
+    /// second: [`LINK_PROBE_BYTES`] timed through a page channel the target
+    /// drains (protocol version 4; an older target cannot say, `None`).
+    async fn link_rate(&self, run: &mut Run<'_>) -> Result<Option<f64>> {
+        if run.ctl.link().version() < phaul_transport::frame::PAGEMAPS_VERSION {
+            return Ok(None);
+        }
+        let pages = self.connect(Channel::Pages, Some(run.sid)).await?;
+        let t0 = Instant::now();
+        let sending = tokio::spawn(crate::pagestream::probe_send(pages, LINK_PROBE_BYTES));
+        let asked = request::Body::ProbeLink(proto::ProbeLink {
+            bytes: LINK_PROBE_BYTES,
+        });
+        let answer = self.call(&mut run.ctl, asked).await;
+        let elapsed = t0.elapsed();
+        let sent = sending
+            .await
+            .map_err(|e| Error::Protocol(format!("the link probe vanished: {e}")));
+        match answer? {
+            response::Body::LinkProbed(p) if p.bytes == LINK_PROBE_BYTES => {}
+            other => return Err(unexpected("ProbeLink", &other)),
+        }
+        sent??;
+        Ok(Some(
+            LINK_PROBE_BYTES as f64 / elapsed.as_secs_f64().max(1e-6),
+        ))
+    }
+
     /// Copies the pagemaps of pre-dumps `0..n` from the target into their
     /// image directories here, for the lazy dump on top of them (see
     /// [`crate::pagemaps`]). Without them the lazy dump still works, and
     /// leaves every page for post-copy: so a target too old to answer, or
     /// any failure, is a warning.
     async fn keep_pagemaps(&self, run: &mut Run<'_>, n: u32) {
+        if n == 0 {
+            return;
+        }
         let version = run.ctl.link().version();
         if version < phaul_transport::frame::PAGEMAPS_VERSION {
             warn!(

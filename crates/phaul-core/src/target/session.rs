@@ -6,6 +6,7 @@
 //!                   |  ^                  |
 //!                   +--+ StartPageServer, |
 //!                        PagemapsOf,      |
+//!                        ProbeLink,       |
 //!                        Images           |
 //!   any state but Committed --Abort, lost link, error--> rolled back
 //! ```
@@ -250,6 +251,7 @@ impl<T: TargetCriu> Session<T> {
             request::Body::Begin(b) => self.on_begin(b).await,
             request::Body::StartPageServer(p) => self.on_start_page_server(p).await,
             request::Body::PagemapsOf(p) => self.on_pagemaps_of(p).await,
+            request::Body::ProbeLink(p) => self.on_probe_link(p).await,
             request::Body::Images(i) => self.on_images(i).await,
             request::Body::Restore(r) => self.on_restore(r).await,
             request::Body::Commit(c) => self.on_commit(c).await,
@@ -480,6 +482,27 @@ impl<T: TargetCriu> Session<T> {
         Ok(response::Body::PageServerReady(proto::PageServerReady {
             iteration: p.iteration,
         }))
+    }
+
+    /// Drains the next page channel of the probe's bytes (see the wire's
+    /// `ProbeLink`): the source times it.
+    async fn on_probe_link(&mut self, p: proto::ProbeLink) -> Reply {
+        self.begun()?;
+        if p.bytes > crate::pagestream::PROBE_MAX {
+            return Err(bad(format!(
+                "a link probe of {} bytes (at most {})",
+                p.bytes,
+                crate::pagestream::PROBE_MAX
+            )));
+        }
+        let link = self
+            .next_pages()
+            .await
+            .map_err(|e| (ErrorCode::Protocol, e))?;
+        let bytes = crate::pagestream::probe_sink(link, p.bytes)
+            .await
+            .map_err(failed)?;
+        Ok(response::Body::LinkProbed(proto::LinkProbed { bytes }))
     }
 
     /// The pagemaps pre-dump `p.iteration`'s page server wrote (see
