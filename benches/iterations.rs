@@ -396,6 +396,9 @@ fn print_case(c: &Case) {
             .as_ref()
             .map_or_else(String::new, |d| format!("{d:?}"))
     );
+    if let (Some(d), Some(l)) = (r.dirty_rate_mib_s, r.link_mib_s) {
+        println!("    before pre-copy: dirty set grew {d:.1} MiB/s, link {l:.1} MiB/s");
+    }
     for it in &r.per_iteration {
         println!(
             "    {:>2} {:<9} {:>8} pages written {:>8} lazy {:>8.0} ms",

@@ -21,16 +21,20 @@ use std::sync::atomic::Ordering;
 
 use phaul_transport::{Guard, Link, RelayCounters, RelayOptions, relay_with};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::debug;
 
 use crate::error::{Error, Result};
 
-/// A `page_server_iov` header (u32 cmd, u32 nr_pages, u64 vaddr, u64
-/// dst_id, host-endian) with a command CRIU does not know.
-pub(crate) const POISON: [u8; 24] = {
-    let mut b = [0u8; 24];
+/// The size of CRIU's `page_server_iov`, every command a page-server
+/// client sends: a u32 command, 4 bytes of padding, then u64 page count,
+/// address and image id, host-endian (CRIU's `page-xfer.c`).
+pub(crate) const IOV_LEN: usize = 32;
+
+/// A `page_server_iov` with a command CRIU does not know.
+pub(crate) const POISON: [u8; IOV_LEN] = {
+    let mut b = [0u8; IOV_LEN];
     let cmd = 0xbeef_u32.to_ne_bytes();
     b[0] = cmd[0];
     b[1] = cmd[1];
@@ -76,20 +80,30 @@ impl PageRelay {
     {
         let counters = Arc::new(RelayCounters::default());
         let (abort_tx, abort_rx) = oneshot::channel();
-        let guard = committed.map(|released| Guard {
-            released,
-            abort: abort_rx,
-            bytes: POISON.to_vec(),
-        });
-        let opts = RelayOptions {
+        let mut opts = RelayOptions {
             counters: Some(counters.clone()),
-            guard,
             ..RelayOptions::default()
         };
-        let task = tokio::spawn(async move {
-            let st = relay_with(link, local, opts).await?;
-            Ok((st.sent, st.received))
-        });
+        let task = match committed {
+            None => tokio::spawn(async move {
+                let st = relay_with(link, local, opts).await?;
+                Ok((st.sent, st.received))
+            }),
+            Some(released) => {
+                let (relay_end, gate_end) = tokio::io::duplex(GATE_BUFFER);
+                tokio::spawn(close_gate(gate_end, local, released.clone()));
+                opts.guard = Some(Guard {
+                    released,
+                    abort: abort_rx,
+                    bytes: POISON.to_vec(),
+                });
+                // The gate ends once the relay drops its end.
+                tokio::spawn(async move {
+                    let st = relay_with(link, relay_end, opts).await?;
+                    Ok((st.sent, st.received))
+                })
+            }
+        };
         Self {
             task,
             counters,
@@ -142,6 +156,105 @@ impl PageRelay {
         self.task.abort();
         (self.sent(), self.received())
     }
+}
+
+/// What a guarded relay and its gate buffer between them, each way.
+const GATE_BUFFER: usize = 256 * 1024;
+/// The daemon's commands that end a lazy transfer (the low 16 bits of the
+/// command word; the rest are flags): after either, CRIU's lazy dump ends
+/// the dumped tree.
+const PS_IOV_CLOSE: u32 = 0x1023;
+const PS_IOV_FORCE_CLOSE: u32 = 0x1024;
+
+/// Between a guarded relay and CRIU's lazy page server, on the source.
+///
+/// It passes everything, but holds the lazy-pages daemon's closing command
+/// until the migration commits. Once the daemon has every page (a small
+/// tree, or a manager that runs the restored tree at once, as LXC does) it
+/// closes, and CRIU, seeing the close, ends the dumped tree: before the
+/// commit that would leave nothing to roll back to. Held, the close waits
+/// for the commit; a rollback's poison, arriving meanwhile, goes first and
+/// the close never does. Unless the migration committed, the gate ends by
+/// dropping CRIU's socket, which resets it (see [`reset_on_close`]), never
+/// by a clean close.
+async fn close_gate<S>(relay: tokio::io::DuplexStream, criu: S, committed: watch::Receiver<bool>)
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    use tokio::io::AsyncWriteExt;
+    let (gr, mut gw) = tokio::io::split(relay);
+    let (mut cr, cw) = tokio::io::split(criu);
+    let up = tokio::spawn(async move {
+        let _ = tokio::io::copy(&mut cr, &mut gw).await;
+        let _ = gw.shutdown().await;
+        cr
+    });
+    match gate_down(gr, cw, committed).await {
+        // CRIU answers the close and ends its side; wait for that to pass.
+        Some(cw) => {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(30), up).await;
+            drop(cw);
+        }
+        None => up.abort(),
+    }
+}
+
+/// The gate's relay-to-CRIU direction, command by command; returns CRIU's
+/// write half after a clean end (committed), or `None` when CRIU's socket
+/// must be reset.
+async fn gate_down<R, W>(mut from: R, mut to: W, mut committed: watch::Receiver<bool>) -> Option<W>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut unit = [0u8; IOV_LEN];
+    loop {
+        let n = read_full(&mut from, &mut unit).await;
+        if n < IOV_LEN {
+            to.write_all(&unit[..n]).await.ok()?;
+            break;
+        }
+        let cmd = u32::from_ne_bytes([unit[0], unit[1], unit[2], unit[3]]) & 0xffff;
+        if matches!(cmd, PS_IOV_CLOSE | PS_IOV_FORCE_CLOSE) && !*committed.borrow() {
+            debug!("holding the lazy-pages daemon's close until the commit");
+            let mut more = [0u8; 256];
+            tokio::select! {
+                came = async { committed.wait_for(|c| *c).await.is_ok() } => if !came {
+                    // Gone without a commit: the migration rolls back.
+                    return None;
+                },
+                r = from.read(&mut more) => {
+                    // Anything before the commit is a rollback's poison:
+                    // it goes, the close does not.
+                    if let Ok(n @ 1..) = r {
+                        let _ = to.write_all(&more[..n]).await;
+                        let _ = tokio::io::copy(&mut from, &mut to).await;
+                    }
+                    return None;
+                }
+            }
+        }
+        to.write_all(&unit).await.ok()?;
+    }
+    if !*committed.borrow() {
+        return None;
+    }
+    to.shutdown().await.ok()?;
+    Some(to)
+}
+
+/// Reads until `buf` is full or the stream ends; returns how much came.
+async fn read_full<R: AsyncRead + Unpin>(r: &mut R, buf: &mut [u8]) -> usize {
+    use tokio::io::AsyncReadExt;
+    let mut got = 0;
+    while got < buf.len() {
+        match r.read(&mut buf[got..]).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got += n,
+        }
+    }
+    got
 }
 
 /// Makes closing `sock` send a reset instead of a clean end (SO_LINGER 0):
@@ -230,4 +343,124 @@ pub(crate) async fn probe_sink(link: Link, limit: u64) -> Result<u64> {
     }
     relay.finish(std::time::Duration::from_secs(30)).await?;
     Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn iov(cmd: u32) -> [u8; IOV_LEN] {
+        let mut b = [0u8; IOV_LEN];
+        b[..4].copy_from_slice(&cmd.to_ne_bytes());
+        b[8] = 0x42;
+        b
+    }
+
+    /// A gate between two in-memory streams: (relay's end, CRIU's end,
+    /// the commit, the gate's outcome).
+    fn gate() -> (
+        tokio::io::DuplexStream,
+        tokio::io::DuplexStream,
+        watch::Sender<bool>,
+        tokio::task::JoinHandle<bool>,
+    ) {
+        let (relay, from) = tokio::io::duplex(4096);
+        let (to, criu) = tokio::io::duplex(4096);
+        let (tx, rx) = watch::channel(false);
+        let task = tokio::spawn(async move { gate_down(from, to, rx).await.is_some() });
+        (relay, criu, tx, task)
+    }
+
+    async fn nothing_within(criu: &mut tokio::io::DuplexStream, ms: u64) -> bool {
+        let mut b = [0u8; 1];
+        let wait = std::time::Duration::from_millis(ms);
+        tokio::time::timeout(wait, criu.read(&mut b)).await.is_err()
+    }
+
+    #[tokio::test]
+    async fn the_close_waits_for_the_commit() {
+        let (mut relay, mut criu, commit, task) = gate();
+        relay.write_all(&iov(7)).await.unwrap();
+        relay.write_all(&iov(PS_IOV_CLOSE)).await.unwrap();
+        let mut got = [0u8; IOV_LEN];
+        criu.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, iov(7), "a page request passes at once");
+        assert!(
+            nothing_within(&mut criu, 200).await,
+            "the close passed before the commit"
+        );
+        commit.send(true).unwrap();
+        criu.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, iov(PS_IOV_CLOSE));
+        drop(relay);
+        assert!(task.await.unwrap(), "a committed end is clean");
+        assert_eq!(criu.read(&mut got).await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_rollbacks_poison_goes_and_the_held_close_never_does() {
+        let (mut relay, mut criu, commit, task) = gate();
+        relay
+            .write_all(&iov(PS_IOV_FORCE_CLOSE | 0x3_0000))
+            .await
+            .unwrap();
+        assert!(nothing_within(&mut criu, 200).await);
+        relay.write_all(&POISON).await.unwrap();
+        drop(relay);
+        let mut all = Vec::new();
+        criu.read_to_end(&mut all).await.unwrap();
+        assert_eq!(all, POISON, "only the poison reached CRIU");
+        assert!(!task.await.unwrap(), "not a clean end");
+        drop(commit);
+    }
+
+    #[tokio::test]
+    async fn an_end_before_the_commit_is_not_clean() {
+        let (mut relay, _criu, commit, task) = gate();
+        relay.write_all(&iov(7)).await.unwrap();
+        drop(relay);
+        assert!(!task.await.unwrap());
+        // Nor when the engine is gone while the close waits.
+        let (mut relay, _criu, commit2, task) = gate();
+        relay.write_all(&iov(PS_IOV_CLOSE)).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        drop(commit2);
+        assert!(!task.await.unwrap());
+        drop(commit);
+    }
+}
+
+#[cfg(test)]
+mod gate_over_tcp {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn requests_and_pages_pass_both_ways() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let local = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (mut criu, _) = l.accept().await.unwrap();
+        let (mut relay, gate_end) = tokio::io::duplex(GATE_BUFFER);
+        let (_tx, rx) = watch::channel(false);
+        tokio::spawn(close_gate(gate_end, local, rx));
+        let mut get = [0u8; IOV_LEN];
+        get[0] = 7;
+        relay.write_all(&get).await.unwrap();
+        let mut got = [0u8; IOV_LEN];
+        tokio::time::timeout(std::time::Duration::from_secs(2), criu.read_exact(&mut got))
+            .await
+            .expect("the request did not reach CRIU")
+            .unwrap();
+        criu.write_all(&[9u8; 4096]).await.unwrap();
+        let mut page = [0u8; 4096];
+        tokio::time::timeout(
+            std::time::Duration::from_secs(2),
+            relay.read_exact(&mut page),
+        )
+        .await
+        .expect("the page did not come back")
+        .unwrap();
+    }
 }

@@ -26,6 +26,7 @@ use crate::criu::{
 use crate::dirty::DirtyRate;
 use crate::error::{Error, Result};
 use crate::mode::HostCaps;
+use crate::pagestream::IOV_LEN;
 
 /// Bytes the stand-in sends per "page": enough to measure, small enough to
 /// keep tests fast.
@@ -256,7 +257,7 @@ impl SourceCriu for StandIn {
                 // (which is why the engine must never hang up cleanly
                 // before its commit); an unknown command fails it, and the
                 // tree resumes.
-                let mut buf = [0u8; 24];
+                let mut buf = [0u8; IOV_LEN];
                 loop {
                     match s.read_exact(&mut buf).await {
                         Ok(_) => match u32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]) {
@@ -350,12 +351,12 @@ impl TargetCriu for StandIn {
             // Ask for "pages" once, then close the transfer, as CRIU's
             // daemon does once it has every page.
             if let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
-                let mut get = [0u8; 24];
+                let mut get = [0u8; IOV_LEN];
                 get[..4].copy_from_slice(&PS_IOV_GET.to_ne_bytes());
                 let _ = s.write_all(&get).await;
                 let mut buf = [0u8; BYTES_PER_PAGE];
                 let _ = s.read_exact(&mut buf).await;
-                let mut close = [0u8; 24];
+                let mut close = [0u8; IOV_LEN];
                 close[..4].copy_from_slice(&PS_IOV_CLOSE.to_ne_bytes());
                 let _ = s.write_all(&close).await;
                 let mut status = [0u8; 4];

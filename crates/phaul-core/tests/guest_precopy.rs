@@ -761,12 +761,12 @@ fn hybrid_post_copies_at_once_what_outruns_the_link() {
 /// An LXC container (phaul's `lxc` kind: phaul's CRIU pre-dumps and dumps
 /// it, `lxc-checkpoint -r` restores it on the target) moves in `mode`
 /// under P.Haul's rules with an iteration limit of 2, its root file system
-/// synced once per iteration. Checks that pre-copy ran at least two
-/// pre-dumps with later ones writing fewer pages than the first, one file
-/// system pass per pre-dump besides the first and the final, and that LXC
-/// runs the container on the target, its counter going on from where it
-/// was (it lives in a shell's memory) and its files there.
-fn moves_a_container(test: &str, mode: Mode, last_kind: &str) {
+/// synced once per iteration. Checks that pre-copy ran at least
+/// `pre_dumps` pre-dumps with later ones writing fewer pages than the
+/// first, one file system pass per pre-dump besides the first and the
+/// final, and that LXC runs the container on the target, its counter going
+/// on from where it was (it lives in a shell's memory) and its files there.
+fn moves_a_container(test: &str, mode: Mode, pre_dumps: usize, last_kind: &str) {
     let bin = guest_criu(test);
     let hosts = Hosts::new().unwrap();
     let dir = |tag: &str| {
@@ -808,10 +808,13 @@ fn moves_a_container(test: &str, mode: Mode, last_kind: &str) {
     assert_eq!(r.requested_mode, r.mode, "{}", r.mode_reason);
     let (last, pre) = r.per_iteration.split_last().expect("iterations");
     assert_eq!(last.kind, last_kind, "{last:?}");
-    assert!(pre.len() >= 2, "fewer than two pre-dumps: {pre:?}");
+    assert!(
+        pre.len() >= pre_dumps,
+        "fewer than {pre_dumps} pre-dumps: {pre:?}"
+    );
     assert!(pre.iter().all(|i| i.kind == IterationReport::PRE_DUMP));
-    let first = pre[0].pages_written;
-    for it in &pre[1..] {
+    let first = pre.first().map_or(0, |p| p.pages_written);
+    for it in pre.iter().skip(1) {
         assert!(
             it.pages_written < first,
             "a later pre-dump wrote as much as the first ({first}): {it:?}"
@@ -846,7 +849,20 @@ fn moves_a_container(test: &str, mode: Mode, last_kind: &str) {
 fn a_container_moves_by_pre_copy() {
     let test = "a_container_moves_by_pre_copy";
     in_guest(test, || {
-        moves_a_container(test, Mode::PreCopy, IterationReport::DUMP);
+        moves_a_container(test, Mode::PreCopy, 2, IterationReport::DUMP);
+    });
+}
+
+/// A container moves by post-copy on the guest's kernel too (see
+/// [`moves_a_container`]): LXC runs the restored container at once, so its
+/// lazy-pages daemon may have every page before the commit; its close waits
+/// for the commit (it used to reach CRIU first, and the lazy dump failed).
+#[test]
+#[ignore = "runs in scripts/guest.sh's guest: pre_copy_in_the_guest runs it"]
+fn a_container_moves_by_post_copy() {
+    let test = "a_container_moves_by_post_copy";
+    in_guest(test, || {
+        moves_a_container(test, Mode::PostCopy, 0, IterationReport::LAZY_DUMP);
     });
 }
 
@@ -858,6 +874,6 @@ fn a_container_moves_by_pre_copy() {
 fn a_container_moves_by_hybrid() {
     let test = "a_container_moves_by_hybrid";
     in_guest(test, || {
-        moves_a_container(test, Mode::Hybrid, IterationReport::DUMP);
+        moves_a_container(test, Mode::Hybrid, 2, IterationReport::DUMP);
     });
 }
