@@ -51,6 +51,7 @@ const IN_GUEST_MORE: &[&str] = &[
     "phaul_rules_stop_a_growing_dirty_set",
     "a_container_moves_by_hybrid",
     "auto_takes_hybrid_and_pre_copies_a_quiet_tree",
+    "a_container_moves_by_post_copy",
 ];
 /// The guest's time limit per test, boot included (TCG is slow, and the
 /// host's cores are shared).

@@ -43,11 +43,14 @@
 //! every later frame carries that version. A change that an older peer would
 //! misread gets a new version number; adding an optional field or a new
 //! request type that the peer can refuse with `BAD_REQUEST` does not. This
-//! build speaks versions 2 and 3 (version 1's `Begin` carried the plan as
+//! build speaks versions 2 to 4 (version 1's `Begin` carried the plan as
 //! strings). Version 3 adds the `MANAGE` channel, whose one request gets a
 //! stream of answers; a server refuses a `MANAGE` hello negotiated at
 //! version 2 with `Error{VERSION}`, so a controller never meets a service
-//! that would misread it.
+//! that would misread it. Version 4 adds `PagemapsOf` and `ProbeLink`: a
+//! source asks them only on a link of version 4, and without them does
+//! what it did before (no probe before pre-copy; a lazy dump after
+//! pre-dumps that sends every page).
 //!
 //! # A controller's requests (`MANAGE` channel, version 3)
 //!
