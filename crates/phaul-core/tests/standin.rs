@@ -549,9 +549,13 @@ async fn the_target_refuses_requests_out_of_order_or_out_of_plan() {
     };
     let restore = |lazy| request::Body::Restore(proto::Restore { iteration: 0, lazy });
     let commit = request::Body::Commit(proto::Commit { valid_for_ms: 0 });
+    let pagemaps_of = |iteration| request::Body::PagemapsOf(proto::PagemapsOf { iteration });
+    let probe = |bytes| request::Body::ProbeLink(proto::ProbeLink { bytes });
     // Nothing has begun.
     refused(ctl.call(restore(false)).await, "no migration has begun");
     refused(ctl.call(commit.clone()).await, "nothing restored");
+    refused(ctl.call(pagemaps_of(0)).await, "no migration has begun");
+    refused(ctl.call(probe(1)).await, "no migration has begun");
     // A Begin whose plan is invalid (version 1's strings leave it 0).
     let sleeper = Sleeper::new();
     let mut begin = proto::Begin {
@@ -590,6 +594,10 @@ async fn the_target_refuses_requests_out_of_order_or_out_of_plan() {
     // A lazy restore in a stop-copy, and a commit before any restore.
     refused(ctl.call(restore(true)).await, "does not belong");
     refused(ctl.call(commit).await, "nothing restored");
+    // Pagemaps of a pre-dump that never was; a link probe beyond its limit
+    // (refused before any page channel is waited for).
+    refused(ctl.call(pagemaps_of(3)).await, "no pre-dump 3");
+    refused(ctl.call(probe(1 << 40)).await, "a link probe of 1099511627776 bytes");
     // The service stops while the source is still there: it returns only
     // once the session is undone.
     let _ = stop_tx.send(());
