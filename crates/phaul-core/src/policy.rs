@@ -10,7 +10,10 @@
 //! compared with it, and [`DowntimeBudget`], QEMU's rule of switching over
 //! when the predicted downtime (dirty bytes / measured bandwidth) fits a
 //! limit. Both look only at the [`IterationSample`]s of the pre-dumps done
-//! so far, which makes them easy to test with synthetic histories.
+//! so far, which makes them easy to test with synthetic histories; before
+//! the first pre-dump, every policy is asked whether to pre-dump at all,
+//! from the tree's measured dirty rate and the link's speed ([`Probe`],
+//! [`ConvergencePolicy::before_first`], by default [`outrun`]).
 
 use std::time::Duration;
 

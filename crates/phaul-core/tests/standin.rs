@@ -597,7 +597,10 @@ async fn the_target_refuses_requests_out_of_order_or_out_of_plan() {
     // Pagemaps of a pre-dump that never was; a link probe beyond its limit
     // (refused before any page channel is waited for).
     refused(ctl.call(pagemaps_of(3)).await, "no pre-dump 3");
-    refused(ctl.call(probe(1 << 40)).await, "a link probe of 1099511627776 bytes");
+    refused(
+        ctl.call(probe(1 << 40)).await,
+        "a link probe of 1099511627776 bytes",
+    );
     // The service stops while the source is still there: it returns only
     // once the session is undone.
     let _ = stop_tx.send(());
