@@ -536,7 +536,7 @@ async fn the_target_refuses_requests_out_of_order_or_out_of_plan() {
     let server = tokio::spawn(svc.serve(listener, async {
         let _ = stop_rx.await;
     }));
-    let link = Link::connect(Endpoint::Tcp(addr), &cfg(), Channel::Control, None)
+    let link = Link::connect(Endpoint::Tcp(addr.clone()), &cfg(), Channel::Control, None)
         .await
         .unwrap();
     let mut ctl = ControlClient::new(link);
@@ -596,6 +596,26 @@ async fn the_target_refuses_requests_out_of_order_or_out_of_plan() {
     refused(ctl.call(commit).await, "nothing restored");
     // Pagemaps of a pre-dump that never was; a link probe beyond its limit
     // (refused before any page channel is waited for).
+    refused(ctl.call(pagemaps_of(3)).await, "no pre-dump 3");
+    // A probe whose stream carries more than it announced fails, and the
+    // session goes on.
+    let sid = ctl.link().session();
+    let pages = Link::connect(Endpoint::Tcp(addr), &cfg(), Channel::Pages, Some(sid))
+        .await
+        .unwrap();
+    let (_rd, mut wr) = pages.into_split();
+    wr.send_data(&[0u8; 4096]).await.unwrap();
+    wr.send_end().await.unwrap();
+    match ctl.call(probe(1024)).await {
+        Err(phaul_transport::Error::Remote { code, message }) => {
+            assert_eq!(code, ErrorCode::Failed, "{message}");
+            assert!(
+                message.contains("more than the 1024 bytes announced"),
+                "{message}"
+            );
+        }
+        other => panic!("a probe too long was not refused: {other:?}"),
+    }
     refused(ctl.call(pagemaps_of(3)).await, "no pre-dump 3");
     refused(
         ctl.call(probe(1 << 40)).await,
