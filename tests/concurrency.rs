@@ -11,7 +11,6 @@
 #![allow(clippy::print_stdout)]
 
 use std::path::Path;
-use std::process::Stdio;
 use std::time::Duration;
 
 use phaul::core::criu::Criu;
@@ -23,7 +22,7 @@ use phaul::{LinkConfig, Listener, SharedKey};
 use phaul_testkit::{Hosts, Workload, alive, in_netns, require_criu, wait_until};
 
 mod common;
-use common::{example, key_file, service as phaul_service};
+use common::{cli_stop_copy as migrate, key_file, sample, service as phaul_service};
 
 /// Migrations asked for at once, and how many the service takes.
 const ASKED: usize = 16;
@@ -38,15 +37,6 @@ fn link() -> LinkConfig {
 
 fn criu(bin: &std::path::Path) -> Criu {
     Criu::new(phaul::criu_rpc::Criu::with_binary(bin).quiet(true))
-}
-
-/// The value of the sample named exactly `name` (with its labels).
-fn sample(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-        .unwrap_or_else(|| panic!("no sample {name} in\n{text}"))
-        .parse()
-        .unwrap()
 }
 
 /// Replays the service's events in the order it sent them: the most
@@ -213,39 +203,6 @@ fn sixteen_migrations_at_once_to_a_service_of_two_never_run_more_than_two_or_fai
         "{ASKED} asked, limit {LIMIT}, queue {QUEUED}: {} moved ({waited} waited), {busy} refused as busy, at most {most} at once",
         moved.len()
     );
-}
-
-/// `phaul migrate --mode stop-copy pid PID` in the source host: its exit
-/// status, stderr and JSON report.
-fn migrate(
-    hosts: &Hosts,
-    dir: &Path,
-    addr: &str,
-    key: &Path,
-    pid: i32,
-) -> (i32, String, serde_json::Value) {
-    let json = dir.join(format!("report-{pid}.json"));
-    let _ = std::fs::remove_file(&json);
-    let out = Hosts::command(&hosts.src, example("phaul"))
-        .arg("migrate")
-        .arg("--json")
-        .arg(&json)
-        .arg("--work-dir")
-        .arg(dir.join("source"))
-        .args(["--to", addr, "--key-file"])
-        .arg(key)
-        .args(["--mode", "stop-copy", "pid", &pid.to_string()])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let report = std::fs::read_to_string(&json)
-        .map(|s| serde_json::from_str(&s).unwrap())
-        .unwrap_or(serde_json::Value::Null);
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-        report,
-    )
 }
 
 /// A session that has begun a migration on the service at `addr` and holds

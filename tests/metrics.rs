@@ -11,7 +11,7 @@ use std::time::Duration;
 use phaul_testkit::{Hosts, Workload, alive, require_criu, require_program, wait_until};
 
 mod common;
-use common::{example, key_file, service, service_on};
+use common::{cli_stop_copy as migrate, example, key_file, sample, service, service_on};
 
 /// A stand-in in front of the real CRIU whose restores fail while `flag`
 /// exists: it then runs CRIU with a configuration naming an LSM profile
@@ -33,39 +33,6 @@ fn criu_failing_while(dir: &Path, bin: &Path, flag: &Path) -> PathBuf {
     .unwrap();
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
     path
-}
-
-/// `phaul migrate --mode stop-copy` of `pid` in the source host; its exit
-/// status, stderr and JSON report.
-fn migrate(
-    hosts: &Hosts,
-    dir: &Path,
-    addr: &str,
-    key: &Path,
-    pid: i32,
-) -> (i32, String, serde_json::Value) {
-    let json = dir.join(format!("report-{}.json", std::process::id()));
-    let _ = std::fs::remove_file(&json);
-    let out = Hosts::command(&hosts.src, example("phaul"))
-        .arg("migrate")
-        .arg("--json")
-        .arg(&json)
-        .arg("--work-dir")
-        .arg(dir.join("source"))
-        .args(["--to", addr, "--key-file"])
-        .arg(key)
-        .args(["--mode", "stop-copy", "pid", &pid.to_string()])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let report = std::fs::read_to_string(&json)
-        .map(|s| serde_json::from_str(&s).unwrap())
-        .unwrap_or(serde_json::Value::Null);
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-        report,
-    )
 }
 
 /// `GET /metrics` from inside host `ns`: the status line's code, the
@@ -91,15 +58,6 @@ fn scrape(ns: &str, url: &str) -> (String, String, String) {
     let (body, tail) = text.rsplit_once('\n').unwrap();
     let (code, ctype) = tail.split_once(' ').unwrap();
     (code.into(), ctype.into(), format!("{body}\n"))
-}
-
-/// The value of the sample named exactly `name` (with its labels).
-fn sample(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-        .unwrap_or_else(|| panic!("no sample {name} in\n{text}"))
-        .parse()
-        .unwrap()
 }
 
 #[test]

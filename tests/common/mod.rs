@@ -109,3 +109,46 @@ pub fn wait_listening(log: &Path) {
     })
     .expect("phaul-service did not start");
 }
+
+/// `phaul migrate --mode stop-copy` of `pid` in the source host, to the
+/// service at `addr`: its exit status, stderr and JSON report.
+pub fn cli_stop_copy(
+    hosts: &Hosts,
+    dir: &Path,
+    addr: &str,
+    key: &Path,
+    pid: i32,
+) -> (i32, String, serde_json::Value) {
+    let json = dir.join(format!("report-{pid}.json"));
+    let _ = std::fs::remove_file(&json);
+    let out = Hosts::command(&hosts.src, example("phaul"))
+        .arg("migrate")
+        .arg("--json")
+        .arg(&json)
+        .arg("--work-dir")
+        .arg(dir.join("source"))
+        .args(["--to", addr, "--key-file"])
+        .arg(key)
+        .args(["--mode", "stop-copy", "pid", &pid.to_string()])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let report = std::fs::read_to_string(&json)
+        .map(|s| serde_json::from_str(&s).unwrap())
+        .unwrap_or(serde_json::Value::Null);
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        report,
+    )
+}
+
+/// The value of the metrics sample named exactly `name` (with its labels)
+/// in a Prometheus scrape.
+pub fn sample(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no sample {name} in\n{text}"))
+        .parse()
+        .unwrap()
+}
