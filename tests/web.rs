@@ -758,6 +758,20 @@ struct E2e {
     log: String,
 }
 
+impl E2e {
+    /// Fails the test unless the script passed, with its result, its log
+    /// and phaul-web's.
+    fn assert_ok(&self, web: &Web) {
+        assert!(
+            self.ok,
+            "the browser test failed: {}\n{}\nphaul-web:\n{}",
+            self.result,
+            self.log,
+            web.log()
+        );
+    }
+}
+
 /// What every browser test starts with. Fields drop in order: the lock
 /// last, once the hosts and files are gone.
 struct Stage {
@@ -987,13 +1001,7 @@ fn on_a_busy_host_the_console_filters_confirms_and_migrates_by_keyboard() {
         None,
         &[("PHAUL_WEB_TREE", &tree), ("PHAUL_WEB_MIN_PROCS", &min)],
     );
-    assert!(
-        run.ok,
-        "the browser test failed: {}\n{}\nphaul-web:\n{}",
-        run.result,
-        run.log,
-        web.log()
-    );
+    run.assert_ok(&web);
     assert!(run.result["processes"].as_u64().unwrap() >= BUSY as u64);
     assert!(
         run.result["confirm"]["facts"]
@@ -1031,13 +1039,7 @@ fn a_one_gib_stop_copy_is_cancelled_then_moves_with_a_moving_bar() {
         None,
         &[("PHAUL_WEB_MIN_PROCS", &min)],
     );
-    assert!(
-        run.ok,
-        "the browser test failed: {}\n{}\nphaul-web:\n{}",
-        run.result,
-        run.log,
-        web.log()
-    );
+    run.assert_ok(&web);
     assert!(
         run.result["bar"].as_array().unwrap().len() >= 5,
         "{}",
@@ -1069,13 +1071,7 @@ fn a_restore_failing_on_the_target_is_named_as_such_in_the_page() {
     let w = Workload::start_in(Some(&hosts.src), 32).unwrap();
     let web = Web::start(Some(&hosts.src), &addr, &key, &dir.path().join("web"), &[]);
     let run = e2e(&hosts.src, &web, w.pid, "restore-failure", None);
-    assert!(
-        run.ok,
-        "the browser test failed: {}\n{}\nphaul-web:\n{}",
-        run.result,
-        run.log,
-        web.log()
-    );
+    run.assert_ok(&web);
     // The source runs on, untouched; the API names the restore.
     assert!(alive(w.pid) && Hosts::runs_in(&hosts.src, w.pid));
     let c = w.counter().unwrap();
@@ -1152,13 +1148,7 @@ fn dragging_an_lxc_container_onto_the_target_migrates_it_for_real() {
         None,
         &[("PHAUL_WEB_CONTAINER", &name)],
     );
-    assert!(
-        run.ok,
-        "the browser test failed: {}\n{}\nphaul-web:\n{}",
-        run.result,
-        run.log,
-        web.log()
-    );
+    run.assert_ok(&web);
     // auto: both hosts have lazy pages, and LXC restores lazily (42cae12).
     assert_eq!(run.result["mode"], "post-copy", "{}", run.result);
     // LXC runs it on the target, with its files, counting on from where it
@@ -1198,13 +1188,7 @@ fn a_migration_to_a_stopped_service_fails_in_the_page_and_the_source_keeps_runni
 
     let mut stop = || svc.stop();
     let run = e2e(&hosts.src, &web, w.pid, "failure", Some(&mut stop));
-    assert!(
-        run.ok,
-        "the browser test failed: {}\n{}\nphaul-web:\n{}",
-        run.result,
-        run.log,
-        web.log()
-    );
+    run.assert_ok(&web);
     assert_eq!(run.result["status"], "failed");
     // The workload still runs on the source, untouched.
     assert!(alive(w.pid));
@@ -1241,13 +1225,7 @@ fn the_page_checkpoints_downloads_and_restores_an_archive() {
     );
     let before = w.counter().unwrap();
     let run = e2e(&hosts.src, &web, w.pid, "checkpoint", None);
-    assert!(
-        run.ok,
-        "the browser test failed: {}\n{}\nphaul-web:\n{}",
-        run.result,
-        run.log,
-        web.log()
-    );
+    run.assert_ok(&web);
     let new = i32::try_from(run.result["target_pid"].as_i64().unwrap()).unwrap();
     w.adopt(new);
     assert!(alive(new), "the restored PID {new} runs");
@@ -1474,13 +1452,7 @@ fn the_page_drags_one_tree_there_and_another_back() {
         None,
         &[("PHAUL_WEB_REMOTE_PID", &remote)],
     );
-    assert!(
-        run.ok,
-        "the browser test failed: {}\n{}\nphaul-web:\n{}",
-        run.result,
-        run.log,
-        web.log()
-    );
+    run.assert_ok(web);
     let there = i32::try_from(run.result["target_pid"].as_i64().unwrap()).unwrap();
     let here = i32::try_from(run.result["pulled_pid"].as_i64().unwrap()).unwrap();
     assert_moved_to(&mut on_a, &hosts.tgt, there, before_a);

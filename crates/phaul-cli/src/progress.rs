@@ -201,6 +201,15 @@ pub fn write_event(
 mod tests {
     use super::*;
 
+    /// The `--events` file, a JSON value per line.
+    fn json_lines(file: &std::path::Path) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(file)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
     #[test]
     fn an_event_line_is_the_event_with_time_and_bytes() {
         let mut out = Vec::new();
@@ -254,11 +263,7 @@ mod tests {
         }
         drop(tx);
         display.finish().await;
-        let lines: Vec<serde_json::Value> = std::fs::read_to_string(&file)
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
+        let lines = json_lines(&file);
         assert_eq!(lines.len(), 4);
         assert!(
             lines.iter().all(|l| l["expected_bytes"] == 100),
@@ -293,11 +298,7 @@ mod tests {
         }
         drop(tx);
         display.finish().await;
-        let lines: Vec<serde_json::Value> = std::fs::read_to_string(&file)
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
+        let lines = json_lines(&file);
         let members: Vec<&str> = lines
             .iter()
             .map(|l| l["migration"].as_str().unwrap())
