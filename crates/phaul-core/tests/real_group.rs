@@ -26,7 +26,7 @@ use phaul_core::{Event, Group, GroupFailure, GroupReport, Migration, Mode, Outco
 use phaul_htypes::pid::PidOptions;
 use phaul_htypes::registry::{Paths, source_in};
 use phaul_testkit::lan::{
-    LanClient, ServiceTree, redis_cli, redis_ready_with, require_criu_and_redis,
+    LanClient, ServiceTree, redis_argv, redis_cli, redis_ready_with, require_criu_and_redis,
 };
 use phaul_testkit::{Hosts, LxcContainer, Workload, alive, in_netns, wait_until};
 
@@ -82,19 +82,7 @@ fn has_device(ns: &str, dev: &str) -> bool {
 
 fn redis_tree(hosts: &Hosts, redis: &str, ip: &str) -> ServiceTree {
     let lan = hosts.lan();
-    let argv = [
-        redis,
-        "--port",
-        "6379",
-        "--bind",
-        "0.0.0.0",
-        "--protected-mode",
-        "no",
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-    ];
+    let argv = redis_argv(redis);
     let tree = ServiceTree::start(&hosts.src, &lan.bridge, ip, &argv).unwrap();
     redis_ready_with(lan, ip, &format!("phaul:{ip}:"), 500).unwrap();
     tree

@@ -16,7 +16,8 @@ use std::time::Duration;
 use phaul_core::{Mode, Report};
 use phaul_htypes::pid::PidOptions;
 use phaul_testkit::lan::{
-    LanClient, ServiceTree, redis_cli, redis_ready_with, require_criu_and_redis, require_redis,
+    LanClient, ServiceTree, redis_argv, redis_cli, redis_ready_with, require_criu_and_redis,
+    require_redis,
 };
 use phaul_testkit::{Hosts, alive, require_criu, wait_until};
 
@@ -54,25 +55,7 @@ fn redis_moves_there_and_back_with_its_client_connected() {
     let hosts = Hosts::with_lan().unwrap();
     let lan = hosts.lan();
     let ip = lan.ip(50);
-    let mut tree = ServiceTree::start(
-        &hosts.src,
-        &lan.bridge,
-        &ip,
-        &[
-            redis,
-            "--port",
-            "6379",
-            "--bind",
-            "0.0.0.0",
-            "--protected-mode",
-            "no",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ],
-    )
-    .unwrap();
+    let mut tree = ServiceTree::start(&hosts.src, &lan.bridge, &ip, &redis_argv(redis)).unwrap();
     // Data the server holds: 1000 keys, checked after every move.
     redis_ready_with(lan, &ip, "phaul:k", 1000).unwrap();
     let client = LanClient::start(lan, &ip, 6379, Duration::from_millis(5)).unwrap();
@@ -206,21 +189,7 @@ fn a_failed_restore_leaves_the_server_and_its_client_connection_on_the_source() 
     let hosts = Hosts::with_lan().unwrap();
     let lan = hosts.lan();
     let ip = lan.ip(50);
-    let tree = ServiceTree::start(
-        &hosts.src,
-        &lan.bridge,
-        &ip,
-        &[
-            redis,
-            "--port",
-            "6379",
-            "--protected-mode",
-            "no",
-            "--save",
-            "",
-        ],
-    )
-    .unwrap();
+    let tree = ServiceTree::start(&hosts.src, &lan.bridge, &ip, &redis_argv(redis)).unwrap();
     redis_ready_with(lan, &ip, "", 0).unwrap();
     assert_eq!(redis_cli(lan, &ip, &["SET", "phaul:kept", "yes"]), "OK");
     let client = LanClient::start(lan, &ip, 6379, Duration::from_millis(5)).unwrap();

@@ -264,6 +264,25 @@ pub fn require_criu_and_redis(test: &str) -> Option<(std::path::PathBuf, &'stati
     Some((criu, require_redis(test)?))
 }
 
+/// `redis` (the server binary) with what every test server takes: port
+/// 6379 on every address, no protected mode (its clients are on other
+/// hosts), no persistence (the memory is what moves).
+pub fn redis_argv(redis: &str) -> Vec<&str> {
+    vec![
+        redis,
+        "--port",
+        "6379",
+        "--bind",
+        "0.0.0.0",
+        "--protected-mode",
+        "no",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+    ]
+}
+
 /// `redis-cli -h IP ARGS...` run on the LAN's client host; its output,
 /// trimmed (empty when it could not run).
 pub fn redis_cli(lan: &Lan, ip: &str, args: &[&str]) -> String {

@@ -96,17 +96,7 @@ pub fn redis_bundle(dir: &Path, netns: &str, extra: &[&str]) -> std::io::Result<
         serde_json::from_slice(&std::fs::read(&path)?).map_err(std::io::Error::other)?;
     v["process"]["terminal"] = false.into();
     v["root"]["readonly"] = false.into();
-    let mut args = vec![
-        "/opt/host-bin/redis-server",
-        "--port",
-        "6379",
-        "--protected-mode",
-        "no",
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-    ];
+    let mut args = crate::lan::redis_argv("/opt/host-bin/redis-server");
     args.extend_from_slice(extra);
     // `sh` only to move stdio inside; the words come as its arguments.
     let mut argv = vec![
