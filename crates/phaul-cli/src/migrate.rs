@@ -46,7 +46,8 @@ pub struct MigrateArgs {
     #[arg(long)]
     pub events: Option<PathBuf>,
     /// Pre-copy stops when the predicted downtime fits this many ms
-    /// (default: P.Haul's rules).
+    /// (default: P.Haul's rules). The prediction includes what the
+    /// target's service learned switch-overs to it cost beyond their pages.
     #[arg(long)]
     pub downtime_ms: Option<u64>,
     /// The longest the source may stay frozen, in seconds: past it phaul

@@ -42,6 +42,19 @@ pub struct IterationSample {
     /// How long the process was frozen during the pre-dump, in
     /// microseconds.
     pub frozen_us: u64,
+    /// What a switch-over of this kind to this target cost beyond the
+    /// transfer of its last dirty set, in microseconds, as the target
+    /// learned from earlier migrations (the final dump's other state, the
+    /// images, the restore, the commit); 0 when it has learned nothing yet.
+    /// The same in every sample of a migration; predictions add it.
+    pub overhead_us: u64,
+}
+
+impl IterationSample {
+    /// [`overhead_us`](Self::overhead_us) as a duration, `None` for 0.
+    pub fn overhead(&self) -> Option<Duration> {
+        (self.overhead_us > 0).then(|| Duration::from_micros(self.overhead_us))
+    }
 }
 
 /// What to do after a pre-dump.
@@ -191,7 +204,7 @@ pub fn measured_bandwidth(history: &[IterationSample]) -> Option<f64> {
 /// `pages * page_size` bytes sent at `bandwidth` bytes per second, or
 /// nothing to send; `None` when there are pages to send and no bandwidth
 /// was measured.
-fn transfer_time(history: &[IterationSample], page_size: u64) -> Option<Duration> {
+pub(crate) fn transfer_time(history: &[IterationSample], page_size: u64) -> Option<Duration> {
     let last = history.last()?;
     if last.pages_written == 0 {
         // The final dump will have next to nothing to send, whatever the
@@ -306,15 +319,19 @@ impl ConvergencePolicy for PhaulRules {
         Decision::Continue
     }
 
+    /// The transfer of the last dirty set, plus what the target learned a
+    /// switch-over costs beyond it ([`IterationSample::overhead_us`]).
     fn predicted_downtime(&self, history: &[IterationSample]) -> Option<Duration> {
-        transfer_time(history, PAGE_SIZE)
+        let learned = history.last()?.overhead().unwrap_or(Duration::ZERO);
+        transfer_time(history, PAGE_SIZE).map(|t| t.saturating_add(learned))
     }
 }
 
 /// QEMU's rule: switch over once the predicted downtime fits a budget.
 ///
 /// The predicted downtime of a final dump right after the last pre-dump is
-/// `fixed + last.pages_written * page_size / bandwidth`, where the
+/// `fixed + last.pages_written * page_size / bandwidth` (`fixed` being the
+/// target's learned overhead once it has one), where the
 /// bandwidth is [`measured_bandwidth`] and the last pre-dump's page count
 /// stands for what will be dirty at the final dump (the same time passes
 /// between two dumps, at the same dirty rate). No bandwidth measured means
@@ -343,7 +360,9 @@ pub struct DowntimeBudget {
     /// The downtime allowed. Default 300 ms.
     pub budget: Duration,
     /// The part of the downtime that does not depend on memory: freezing,
-    /// dumping the other state, restoring, resuming. Default 50 ms.
+    /// dumping the other state, restoring, resuming. Default 50 ms. Used
+    /// until the target has learned it from earlier migrations of the
+    /// kind ([`IterationSample::overhead_us`]), which then takes its place.
     pub fixed: Duration,
     /// Bytes per page. Default 4096 ([`PAGE_SIZE`]).
     pub page_size: u64,
@@ -419,11 +438,21 @@ impl ConvergencePolicy for DowntimeBudget {
     }
 
     fn predicted_downtime(&self, history: &[IterationSample]) -> Option<Duration> {
-        transfer_time(history, self.page_size).map(|t| self.fixed.saturating_add(t))
+        transfer_time(history, self.page_size).map(|t| self.fixed_part(history).saturating_add(t))
     }
 }
 
 impl DowntimeBudget {
+    /// The part of the downtime that does not depend on the last dirty
+    /// set: what the target learned ([`IterationSample::overhead_us`]),
+    /// else [`fixed`](Self::fixed).
+    fn fixed_part(&self, history: &[IterationSample]) -> Duration {
+        history
+            .last()
+            .and_then(IterationSample::overhead)
+            .unwrap_or(self.fixed)
+    }
+
     /// Rule 4: the last pre-dump shrank, by less than a tenth, and at that
     /// ratio the pages written would reach what fits the budget only after
     /// more pre-dumps than the limit leaves. Says why, or `None`.
@@ -440,7 +469,10 @@ impl DowntimeBudget {
             return None;
         }
         let bandwidth = measured_bandwidth(history)?;
-        let room = self.budget.saturating_sub(self.fixed).as_secs_f64();
+        let room = self
+            .budget
+            .saturating_sub(self.fixed_part(history))
+            .as_secs_f64();
         let fits = room * bandwidth / self.page_size as f64;
         let ratio = last.pages_written as f64 / prev.pages_written as f64;
         let left = (self.max_iterations as usize).saturating_sub(history.len() - 1);
@@ -482,6 +514,7 @@ mod tests {
             // 0 bandwidth: not measured.
             duration_us: (bytes_sent * 1_000_000).checked_div(bandwidth).unwrap_or(0),
             frozen_us: 1_000,
+            overhead_us: 0,
         }
     }
 
@@ -774,6 +807,36 @@ mod tests {
             b.decide(&history(&shrinking, 0)),
             Decision::NotConverging(r) if r.contains("no downtime predicted") && r.contains("no bandwidth measured")
         ));
+    }
+
+    /// `history`, with the target's learned overhead in every sample.
+    fn learned(pages: &[u64], bandwidth: u64, overhead: Duration) -> Vec<IterationSample> {
+        let us = u64::try_from(overhead.as_micros()).unwrap();
+        let mut h = history(pages, bandwidth);
+        h.iter_mut().for_each(|s| s.overhead_us = us);
+        h
+    }
+
+    #[test]
+    fn a_learned_overhead_is_added_to_both_predictions() {
+        let second = Duration::from_secs(1);
+        // 64 pages of 4 KiB at 1 MiB/s: a quarter of a second.
+        let h = learned(&[10_000, 64], MIB, second);
+        let quarter = Duration::from_millis(250);
+        assert_eq!(
+            PhaulRules::default().predicted_downtime(&h),
+            Some(quarter + second)
+        );
+        // The learned overhead takes the budget's fixed part's place.
+        let b = DowntimeBudget {
+            budget: Duration::from_millis(1_200),
+            ..DowntimeBudget::default()
+        };
+        assert_eq!(b.predicted_downtime(&h), Some(quarter + second));
+        assert!(matches!(b.decide(&h), Decision::Continue), "1.25 s > 1.2 s");
+        let unlearned = history(&[10_000, 64], MIB);
+        assert_eq!(b.predicted_downtime(&unlearned), Some(quarter + b.fixed));
+        assert!(matches!(b.decide(&unlearned), Decision::Converged(_)));
     }
 
     #[test]

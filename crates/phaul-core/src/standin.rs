@@ -52,6 +52,8 @@ pub struct StandIn {
     running: Arc<tokio::sync::Notify>,
     /// The dirty rate the "kernel" reports before pre-copy, if any.
     dirty: Option<DirtyRate>,
+    /// How long each restore takes.
+    restore_takes: std::time::Duration,
 }
 
 impl StandIn {
@@ -74,6 +76,13 @@ impl StandIn {
     /// pre-copy (without it, the stand-in cannot tell, as a seam may).
     pub fn dirty_rate(mut self, rate: DirtyRate) -> Self {
         self.dirty = Some(rate);
+        self
+    }
+
+    /// Make every restore take this long (a switch-over's cost beyond
+    /// memory, as a real restore's is).
+    pub fn restore_takes(mut self, d: std::time::Duration) -> Self {
+        self.restore_takes = d;
         self
     }
 
@@ -374,6 +383,7 @@ impl TargetCriu for StandIn {
         if !spec.images_dir.join("core-1.img").exists() {
             return Err(Error::Target("stand-in: no images".into()));
         }
+        tokio::time::sleep(self.restore_takes).await;
         let (decide_tx, done_rx) = self.hold("target runs", "target killed", |this| {
             this.running.notify_one();
             RestoreStatsEntry::default()

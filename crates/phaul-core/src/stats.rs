@@ -154,6 +154,7 @@ impl From<&IterationReport> for IterationSample {
             bytes_sent: r.bytes_sent,
             duration_us: r.duration_us,
             frozen_us: r.frozen_us,
+            overhead_us: 0,
         }
     }
 }

@@ -66,6 +66,20 @@ async fn migrate_with(
     tweak: impl FnOnce(Migration<StandIn>) -> Migration<StandIn>,
 ) -> (Report, Vec<Progress>) {
     let target = TestTarget::start(target).await;
+    let done = migrate_to(&target, source, mode, fallback, policy, tweak).await;
+    target.finish().await;
+    done
+}
+
+/// [`migrate_with`] to a target that is already running (and stays).
+async fn migrate_to(
+    target: &TestTarget,
+    source: StandIn,
+    mode: Mode,
+    fallback: bool,
+    policy: Option<Box<dyn phaul_core::policy::ConvergencePolicy>>,
+    tweak: impl FnOnce(Migration<StandIn>) -> Migration<StandIn>,
+) -> (Report, Vec<Progress>) {
     let sleeper = Sleeper::new();
     let htype = phaul_htypes::registry::source("pid", &sleeper.pid()).unwrap();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
@@ -85,7 +99,6 @@ async fn migrate_with(
     while let Ok(e) = rx.try_recv() {
         events.push(e);
     }
-    target.finish().await;
     (report, events)
 }
 
@@ -337,6 +350,37 @@ async fn a_downtime_budget_switches_over_when_the_prediction_fits() {
     assert_eq!(k, ["pre-dump", "pre-dump", "pre-dump", "dump"], "{k:?}");
 }
 
+/// A target learns what its switch-overs cost beyond their pages (here a
+/// restore of 400 ms): the first pre-copy to it predicts the pages'
+/// transfer alone, the next ones add what it learned, and come within a
+/// quarter of the downtime measured.
+#[tokio::test]
+async fn the_next_pre_copy_predicts_the_switch_over_the_target_learned() {
+    let restore = Duration::from_millis(400);
+    let target = TestTarget::start(StandIn::new(ALL).restore_takes(restore)).await;
+    let mut predicted = Vec::new();
+    for _ in 0..3 {
+        let src = StandIn::new(ALL).dirty_pages([5_000, 200, 100]);
+        let (r, _) = migrate_to(&target, src, Mode::PreCopy, false, None, |m| m).await;
+        assert!(r.success, "{:?}", r.error);
+        let (p, d) = (r.predicted_downtime_ms.unwrap(), r.downtime_ms.unwrap());
+        assert!(d >= 400.0, "the restore alone takes 400 ms: {d}");
+        predicted.push((p, d));
+    }
+    let (p, d) = predicted[0];
+    assert!(
+        p < 200.0,
+        "nothing learned yet: {p} ms predicted, {d} measured"
+    );
+    for &(p, d) in &predicted[1..] {
+        assert!(
+            (p - d).abs() <= d / 4.0,
+            "learned: {p} ms predicted, {d} measured ({predicted:?})"
+        );
+    }
+    target.finish().await;
+}
+
 #[tokio::test]
 async fn pre_copy_without_soft_dirty_is_refused_or_falls_back() {
     let here = HostCaps {
@@ -548,7 +592,10 @@ async fn the_target_refuses_requests_out_of_order_or_out_of_plan() {
         other => panic!("expected a refusal naming {what:?}, got {other:?}"),
     };
     let restore = |lazy| request::Body::Restore(proto::Restore { iteration: 0, lazy });
-    let commit = request::Body::Commit(proto::Commit { valid_for_ms: 0 });
+    let commit = request::Body::Commit(proto::Commit {
+        valid_for_ms: 0,
+        overhead_us: 0,
+    });
     let pagemaps_of = |iteration| request::Body::PagemapsOf(proto::PagemapsOf { iteration });
     let probe = |bytes| request::Body::ProbeLink(proto::ProbeLink { bytes });
     // Nothing has begun.

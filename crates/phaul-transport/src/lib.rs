@@ -116,7 +116,11 @@
 //! runs, each
 //! with its own PAGES channel and `StartPageServer {i, has_parent}`; the
 //! final iteration is the stop-and-copy above with `has_parent` set, so
-//! only pages dirtied since the last pre-dump travel while frozen.
+//! only pages dirtied since the last pre-dump travel while frozen. Its
+//! `Commit {overhead_us}` says what the switch-over cost beyond the
+//! predicted transfer of those pages; the target learns it per kind and
+//! tells the next source in `Begun {overhead_us}`, for its prediction
+//! (both optional: 0 = not measured, nothing learned).
 //!
 //! Post-copy (lazy pages): the source dumps everything but memory and
 //! serves pages on demand; the target resumes at once.

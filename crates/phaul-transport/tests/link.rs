@@ -478,6 +478,7 @@ async fn every_message_round_trips_through_a_link() {
         }),
         request::Body::Commit(proto::Commit {
             valid_for_ms: 30_000,
+            overhead_us: 1_234_567,
         }),
         request::Body::Abort(proto::Abort {
             reason: "cancelled".into(),
@@ -512,6 +513,7 @@ async fn every_message_round_trips_through_a_link() {
         }),
         response::Body::Begun(proto::Begun {
             work_dir: "/x".into(),
+            overhead_us: 2_500_000,
         }),
         response::Body::PageServerReady(proto::PageServerReady { iteration: 3 }),
         response::Body::Restored(proto::Restored {

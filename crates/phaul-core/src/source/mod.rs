@@ -738,7 +738,10 @@ impl<C: SourceCriu> Migration<C> {
             ..Default::default()
         };
         plan.to_wire(&mut begin);
-        self.call(&mut ctl, request::Body::Begin(begin)).await?;
+        let overhead_us = match self.call(&mut ctl, request::Body::Begin(begin)).await? {
+            response::Body::Begun(b) => b.overhead_us,
+            other => return Err(unexpected("Begin", &other)),
+        };
         if let Err(e) = self.group_pass(group::Stage::Checked).await {
             ctl.close().await;
             return Err(e);
@@ -762,6 +765,8 @@ impl<C: SourceCriu> Migration<C> {
             force_irmap: !fs.as_ref().is_none_or(FsDriver::inodes_survive),
             nftables_lock,
             fs,
+            overhead_us,
+            transfer: None,
         };
         // The first pass, while the tree runs: the bulk of the files.
         let mut res = self.fs_pass(&mut run, Pass::First).await.map(|_| ());
@@ -813,6 +818,8 @@ impl<C: SourceCriu> Migration<C> {
                     _ => Final::Lazy,
                 };
                 if how == Final::Lazy {
+                    // A lazy dump's downtime is not the last dirty set's.
+                    run.transfer = None;
                     self.keep_pagemaps(run, n).await;
                 }
                 self.final_step(run, how, n, n > 0).await
@@ -913,10 +920,14 @@ impl<C: SourceCriu> Migration<C> {
             self.emit(Progress::Bytes(run.stats.bytes()));
             // The file system follows memory, iteration by iteration.
             self.fs_pass(run, Pass::Iteration).await?;
-            history.push(IterationSample::from(&report));
+            history.push(IterationSample {
+                overhead_us: run.overhead_us,
+                ..IterationSample::from(&report)
+            });
             let decision = self.policy.decide(&history);
             run.stats
                 .set_predicted_downtime(self.policy.predicted_downtime(&history));
+            run.transfer = crate::policy::transfer_time(&history, crate::policy::PAGE_SIZE);
             info!(
                 iteration = i,
                 pages = st.pages_written,
@@ -1213,11 +1224,18 @@ impl<C: SourceCriu> Migration<C> {
         self.group_pass(group::Stage::Restored).await?;
         self.enter(run.stats, Phase::Commit)?;
         let valid_for_ms = self.commit_lease()?;
+        let overhead_us = match (run.transfer, run.stats.downtime_so_far()) {
+            (Some(t), Some(d)) => u64::try_from(d.saturating_sub(t).as_micros()).unwrap_or(0),
+            _ => 0,
+        };
         run.stats.commit_sent(true);
         let answer = self
             .call(
                 &mut run.ctl,
-                request::Body::Commit(proto::Commit { valid_for_ms }),
+                request::Body::Commit(proto::Commit {
+                    valid_for_ms,
+                    overhead_us,
+                }),
             )
             .await;
         if let Err(Error::Target(_)) = &answer {
@@ -1293,6 +1311,12 @@ struct Run<'a> {
     nftables_lock: bool,
     /// `None` when the kind has no file system of its own.
     fs: Option<SourceFs>,
+    /// What the target learned a switch-over costs beyond its pages, µs
+    /// (0: nothing yet), for the policy's predictions.
+    overhead_us: u64,
+    /// The predicted transfer of the final dump's pages, when a final dump
+    /// follows pre-dumps: what the commit reports the downtime beyond.
+    transfer: Option<Duration>,
 }
 
 fn remote(e: phaul_transport::Error) -> Error {

@@ -15,12 +15,16 @@
 //! - `session.rs`: one migration, a typed state machine that follows the
 //!   plan the source sent;
 //! - [`metrics`]: what the service counts, in Prometheus' text format;
+//! - `overheads.rs`: what switch-overs to this host cost beyond their
+//!   memory, learned per kind from the sources' commits, for the next
+//!   source's downtime prediction;
 //! - `orders.rs`: a controller's orders (`MANAGE` channel): this service
 //!   as the source of a migration to another.
 
 pub mod admission;
 pub mod metrics;
 mod orders;
+mod overheads;
 mod session;
 
 use session::Session;
@@ -71,6 +75,8 @@ pub struct Service<T: TargetCriu = crate::criu::Criu> {
     launcher: Option<orders::Launcher>,
     metrics: metrics::Metrics,
     admission: admission::Admission,
+    /// What switch-overs to this host cost beyond their memory, learned.
+    overheads: overheads::Overheads,
 }
 
 /// What happens on a target, for an embedder that runs the service
@@ -147,6 +153,7 @@ impl<T: TargetCriu> Service<T> {
             launcher: None,
             metrics: metrics.clone(),
             admission: admission::Admission::new(admission::Limits::default(), metrics),
+            overheads: overheads::Overheads::default(),
         }
     }
 

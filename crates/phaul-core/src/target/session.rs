@@ -402,6 +402,7 @@ impl<T: TargetCriu> Session<T> {
             _ => None,
         };
         let kind = h.kind().to_owned();
+        let overhead = self.svc.overheads.estimate(&kind);
         self.state = State::Begun(Begun {
             plan,
             htype: h,
@@ -419,6 +420,9 @@ impl<T: TargetCriu> Session<T> {
         });
         Ok(response::Body::Begun(proto::Begun {
             work_dir: dir.display().to_string(),
+            overhead_us: overhead.map_or(0, |d| {
+                u64::try_from(d.as_micros()).unwrap_or(u64::MAX).max(1)
+            }),
         }))
     }
 
@@ -676,6 +680,7 @@ impl<T: TargetCriu> Session<T> {
     }
 
     async fn on_commit(&mut self, c: proto::Commit) -> Reply {
+        let received = Instant::now();
         let r = match &self.state {
             State::Restored(_, r) => r,
             State::Committed => return Err(bad("already committed")),
@@ -734,6 +739,10 @@ impl<T: TargetCriu> Session<T> {
         }
         self.state = State::Committed;
         info!(session = %hex(&self.sid), pid, "committed: the tree runs here");
+        if c.overhead_us > 0 {
+            let overhead = Duration::from_micros(c.overhead_us) + received.elapsed();
+            self.svc.overheads.record(b.htype.kind(), overhead);
+        }
         self.emit(|session| ServiceEvent::Committed { session, pid });
         let times = (asked.elapsed(), b.at.elapsed());
         self.svc.metrics.ended(
