@@ -220,19 +220,18 @@ impl RuncScene {
     /// The orchestrator's part once the target runs the container: the
     /// source's namespace off the LAN, the target's on it.
     fn switch_lan(&self) -> Result<()> {
-        let (src, tgt) = (&self.hosts.src, &self.hosts.tgt);
-        ip(&["-n", src, "link", "set", &self.src_dev, "nomaster", "down"])?;
-        let bridge = &self.hosts.lan().bridge;
-        ip(&[
-            "-n",
-            tgt,
-            "link",
-            "set",
-            &self.tgt_dev,
-            "master",
-            bridge,
-            "up",
-        ])
+        self.lan_switch().run()
+    }
+
+    /// What [`RuncScene::switch_lan`] does, as a value a hook can own.
+    fn lan_switch(&self) -> LanSwitch {
+        LanSwitch {
+            src: self.hosts.src.clone(),
+            tgt: self.hosts.tgt.clone(),
+            src_dev: self.src_dev.clone(),
+            tgt_dev: self.tgt_dev.clone(),
+            bridge: self.hosts.lan().bridge.clone(),
+        }
     }
 
     /// The container runs on the target, known to runc there, with its
@@ -282,23 +281,68 @@ impl RuncScene {
     }
 }
 
+/// The LAN switch: the source's namespace off the bridge, the target's on.
+#[derive(Debug, Clone)]
+struct LanSwitch {
+    src: String,
+    tgt: String,
+    src_dev: String,
+    tgt_dev: String,
+    bridge: String,
+}
+
+impl LanSwitch {
+    fn run(&self) -> Result<()> {
+        ip(&[
+            "-n",
+            &self.src,
+            "link",
+            "set",
+            &self.src_dev,
+            "nomaster",
+            "down",
+        ])?;
+        ip(&[
+            "-n",
+            &self.tgt,
+            "link",
+            "set",
+            &self.tgt_dev,
+            "master",
+            &self.bridge,
+            "up",
+        ])
+    }
+}
+
 /// phaul moves the container (kind `runc`) to its service on the target;
-/// the LAN switches at the commit. Its downtime and total, in ms.
+/// the LAN switches in phaul's switch-over hook, while the target holds
+/// the restored container (both namespaces locked), before the commit lets
+/// it run. Its downtime and total, in ms.
 pub fn phaul(bin: &Path, scene: &mut RuncScene, mode: Mode) -> Result<(f64, f64)> {
     let addr = scene.start_service(bin)?;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Progress>();
-    // The orchestrator's part, as soon as the target runs the container.
-    let switched = std::thread::scope(|s| {
+    let lan = scene.lan_switch();
+    let switched = std::sync::Arc::new(std::sync::Mutex::new(None::<Result<(), String>>));
+    let said = switched.clone();
+    // The orchestrator's part, while the target holds the container.
+    let hook = move || {
+        let (lan, said) = (lan.clone(), said.clone());
+        async move {
+            let r = tokio::task::spawn_blocking(move || lan.run().map_err(|e| format!("{e:#}")))
+                .await
+                .map_err(|e| e.to_string())?;
+            *said.lock().unwrap() = Some(r.clone());
+            r
+        }
+    };
+    let events = std::thread::scope(|s| {
         let watcher = s.spawn(|| {
             let mut events = Vec::new();
-            let mut switched = None;
             while let Some(p) = rx.blocking_recv() {
-                if matches!(p, Progress::Resumed(_)) && switched.is_none() {
-                    switched = Some(scene.switch_lan());
-                }
                 events.push((Instant::now(), p));
             }
-            (switched, events)
+            events
         });
         let (b, id, src) = (bin.to_path_buf(), scene.id.clone(), scene.root_a.clone());
         let work = scene.base.path().join("source");
@@ -312,6 +356,7 @@ pub fn phaul(bin: &Path, scene: &mut RuncScene, mode: Mode) -> Result<(f64, f64)
             let m = Migration::new(engine_criu(&b), addr, link_config()?, htype)
                 .mode(mode)
                 .work_dir(work)
+                .switchover(hook)
                 .progress(tx);
             tokio::time::timeout(STEP_TIMEOUT, m.run())
                 .await
@@ -319,14 +364,17 @@ pub fn phaul(bin: &Path, scene: &mut RuncScene, mode: Mode) -> Result<(f64, f64)
         })
         .join()
         .map_err(|_| anyhow!("the source thread panicked"));
-        let switched = watcher.join().map_err(|_| anyhow!("the watcher panicked"));
-        (report, switched)
+        let events = watcher.join().map_err(|_| anyhow!("the watcher panicked"));
+        (report, events)
     });
-    let (report, switched) = switched;
+    let (report, events) = events;
     let report = report??;
     super::common::succeeded_as(&report, mode)?;
-    let (switched, events) = switched?;
-    switched.ok_or_else(|| anyhow!("no resumed event"))??;
+    let events = events?;
+    let switched = switched.lock().unwrap().take();
+    switched
+        .ok_or_else(|| anyhow!("the switch-over hook did not run"))?
+        .map_err(|e| anyhow!(e))?;
     super::print_phases(&report, &events);
     let downtime = report
         .downtime_ms

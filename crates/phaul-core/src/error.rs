@@ -113,6 +113,11 @@ pub enum Error {
     /// its error.
     #[error("another member of the group failed: {0}")]
     Group(String),
+
+    /// The embedder's switch-over hook ([`crate::Migration::switchover`])
+    /// failed, with its reason; the migration rolled back.
+    #[error("the switch-over hook failed: {0}")]
+    Switchover(String),
 }
 
 /// Shorthand for results of this crate.

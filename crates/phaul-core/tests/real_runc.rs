@@ -158,6 +158,31 @@ fn migrate_with(
     mode: Mode,
     freeze: Duration,
 ) -> Report {
+    migrate_held(hosts, bin, id, src, tgt, mode, freeze, None)
+}
+
+/// What the switch-over hook does, while the target holds its copy.
+#[derive(Clone)]
+enum Switchover {
+    /// Checks that the copy does not run: its counter in this (target)
+    /// bundle stays put for a second.
+    StaysPut(PathBuf),
+    /// Fails, as an orchestrator that cannot move the address would.
+    Refuses,
+}
+
+/// [`migrate_with`], with a switch-over hook if `held` says which.
+#[allow(clippy::too_many_arguments)]
+fn migrate_held(
+    hosts: &Hosts,
+    bin: &Path,
+    id: &str,
+    src: &Paths,
+    tgt: &Paths,
+    mode: Mode,
+    freeze: Duration,
+    held: Option<Switchover>,
+) -> Report {
     let target = Target::start_with(
         hosts,
         criu(bin),
@@ -169,10 +194,37 @@ fn migrate_with(
     let (id, p) = (id.to_string(), src.clone());
     let open = move || source_in("runc", &id, &p).unwrap();
     let (report, _work) = migrate_from(&hosts.src, bin, &target.addr, open, move |m| {
-        m.mode(mode).freeze_timeout(freeze)
+        let m = m.mode(mode).freeze_timeout(freeze);
+        match held {
+            None => m,
+            Some(check) => m.switchover(move || {
+                let check = check.clone();
+                async move {
+                    match check {
+                        Switchover::StaysPut(bundle) => {
+                            tokio::task::spawn_blocking(move || stays_put(&bundle))
+                                .await
+                                .map_err(|e| e.to_string())?
+                        }
+                        Switchover::Refuses => Err("the address cannot move".to_string()),
+                    }
+                }
+            }),
+        }
     });
     drop(target);
     report
+}
+
+/// The counter in `bundle` stays put for a second (it counts five times a
+/// second when its container runs).
+fn stays_put(bundle: &Path) -> Result<(), String> {
+    let before = counter(bundle);
+    std::thread::sleep(Duration::from_secs(1));
+    match counter(bundle) {
+        now if now == before && now.is_some() => Ok(()),
+        now => Err(format!("the held copy counted: {before:?} -> {now:?}")),
+    }
 }
 
 fn setup(tag: &str, bin: &Path) -> (tempfile::TempDir, String, Paths, Paths, PathBuf) {
@@ -243,7 +295,10 @@ fn moves_a_container(tag: &str, mode: Mode, expected: &str) {
     })
     .expect("the container's loopback connection carries data");
     let freeze = phaul_core::source::DEFAULT_FREEZE_TIMEOUT;
-    let r = migrate_with(&hosts, &bin, &id, &src, &tgt, mode, freeze);
+    // The target's copy does not run before the commit (see stays_put).
+    let tb = tgt.runc_bundles.join(&id);
+    let held = Some(Switchover::StaysPut(tb));
+    let r = migrate_held(&hosts, &bin, &id, &src, &tgt, mode, freeze, held);
     assert!(r.success, "{:?}", r.error);
     assert_eq!(r.mode, expected, "{}", r.mode_reason);
     if mode == Mode::Auto {
@@ -289,6 +344,39 @@ fn moves_a_container(tag: &str, mode: Mode, expected: &str) {
             .args(["-o", "pid,stat,args", "--ppid", &pid.to_string()])
             .output()
             .map(|o| String::from_utf8_lossy(&o.stdout).into_owned()),
+    );
+}
+
+/// A switch-over hook that fails while the target holds its restored copy
+/// rolls back: CRIU kills the copy it held (it never ran), runc on the
+/// target has no container, and the source's counts on.
+#[test]
+fn a_held_runc_copy_is_dropped_when_the_switchover_fails() {
+    let Some(bin) = require_criu("a_held_runc_copy_is_dropped_when_the_switchover_fails") else {
+        return;
+    };
+    let hosts = Hosts::new().unwrap();
+    let (_base, id, src, tgt, src_bundle) = setup("w", &bin);
+    let _cleanup = Cleanup(
+        id.clone(),
+        vec![src.runc_root.clone(), tgt.runc_root.clone()],
+    );
+    let freeze = phaul_core::source::DEFAULT_FREEZE_TIMEOUT;
+    let held = Some(Switchover::Refuses);
+    let r = migrate_held(&hosts, &bin, &id, &src, &tgt, Mode::PostCopy, freeze, held);
+    assert!(!r.success, "the hook was expected to fail the migration");
+    let error = r.error.clone().unwrap_or_default();
+    assert!(error.contains("the address cannot move"), "{error}");
+    assert_eq!(r.outcome, phaul_core::Outcome::RolledBack, "{error}");
+    assert_runs_on_source(&src, &id, &src_bundle);
+    assert_eq!(
+        status(&tgt.runc_root, &id),
+        None,
+        "runc on the target kept it"
+    );
+    assert!(
+        !tgt.runc_bundles.join(&id).exists(),
+        "the target kept the bundle"
     );
 }
 

@@ -24,11 +24,14 @@
 //! - [`lxc`]: the LXC container htype.
 //! - [`vz`]: the Virtuozzo container htype.
 //! - [`runc`]: the runc container htype.
+//! - `hold.rs`: a manager's restore held at CRIU's `post-restore` (by an
+//!   action script) until the commit.
 //! - [`Error`]: the crate's error type.
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 
+mod hold;
 pub mod lxc;
 pub mod pid;
 pub mod registry;
@@ -372,6 +375,14 @@ pub trait TargetHooks {
     /// ends on their bridges, so a copy that never runs never shows its MAC
     /// and address on the network.
     fn before_commit(&self) -> Result<()> {
+        Ok(())
+    }
+
+    /// The commit, for a copy the kind's manager restored
+    /// ([`RestoreBy::Manager`]): a kind that holds it until now (runc, at
+    /// CRIU's `post-restore`) lets it run here. Its error fails the commit,
+    /// and [`TargetHooks::abort`] follows.
+    fn commit(&self) -> Result<()> {
         Ok(())
     }
 

@@ -5,9 +5,14 @@
 //! --leave-running` dumps it and leaves it alive and paused, which holds
 //! the source as a held `post-dump` would; the bundle travels with
 //! `phaul-fs`; the target gives the bundle a cgroup path of its own and
-//! `runc restore -d` brings the container up there, known to runc. After
-//! the commit the source's container is killed and deleted; before it, a
-//! failure resumes it (`runc resume`), and nothing has diverged.
+//! `runc restore -d` brings the container up there, known to runc, but
+//! held: the CRIU configuration the bundle's `org.criu.config` annotation
+//! names has an action script that stops the restore at `post-restore`
+//! (see `hold.rs`), so the copy runs only at the commit
+//! ([`TargetHooks::commit`]) and a rollback's `abort` has CRIU kill a copy
+//! that never ran. After the commit the source's container is killed and
+//! deleted; before it, a failure resumes it (`runc resume`), and nothing
+//! has diverged.
 //!
 //! Container ids are checked (letters, digits, `.`, `_`, `-`) and every
 //! command is an argument vector. CRIU is named to runc explicitly
@@ -50,6 +55,32 @@ pub struct Runc {
     criu: PathBuf,
     /// The network namespace its config joins by path, if any.
     netns_path: Option<String>,
+    /// On the target, between the restore and the commit: the restore,
+    /// held before the container runs (see `hold.rs`).
+    held: HeldSlot,
+}
+
+/// Where a target keeps its held restore; shared by clones, and no part
+/// of a kind's identity (equal whatever it holds).
+#[derive(Debug, Clone, Default)]
+struct HeldSlot(std::sync::Arc<std::sync::Mutex<Option<crate::hold::Held>>>);
+
+impl PartialEq for HeldSlot {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for HeldSlot {}
+
+impl HeldSlot {
+    fn put(&self, h: crate::hold::Held) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(h);
+    }
+
+    fn take(&self) -> Option<crate::hold::Held> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
 }
 
 /// Where a container's network comes from (see the module docs).
@@ -173,6 +204,7 @@ impl Runc {
             runc: paths.runc.clone(),
             criu: paths.criu.clone(),
             netns_path: None,
+            held: HeldSlot::default(),
         };
         let (status, _, bundle) = me.state().map_err(|_| Error::BadParam {
             name: "container",
@@ -236,6 +268,7 @@ impl Runc {
             runc: paths.runc.clone(),
             criu: paths.criu.clone(),
             netns_path,
+            held: HeldSlot::default(),
         })
     }
 
@@ -424,6 +457,11 @@ impl TargetHooks for Runc {
         if network_of(&v) == Network::Own {
             add_loopback_hook(&mut v);
         }
+        // runc passes the CRIU configuration this annotation names on to
+        // its CRIU: ours holds the restored container until the commit.
+        let hold = crate::hold::Hold::prepare(&images_dir.join("hold"))?;
+        v["annotations"]["org.criu.config"] =
+            serde_json::Value::String(hold.criu_config().display().to_string());
         std::fs::write(&config, serde_json::to_vec_pretty(&v).unwrap_or_default()).map_err(
             |source| Error::Io {
                 what: format!("writing {}", config.display()),
@@ -453,11 +491,49 @@ impl TargetHooks for Runc {
             self.bundle.as_os_str(),
             OsStr::new(&self.id),
         ]);
-        self.run(&args)?;
-        Ok(self.state()?.1)
+        let mut all: Vec<&OsStr> = vec![OsStr::new("--root"), self.root.as_os_str()];
+        all.extend_from_slice(&args);
+        // A namespace of the orchestrator's is locked here as on the source
+        // until the commit: it may join the LAN while the copy is held (see
+        // `Migration::switchover`), and its kernel must not answer the
+        // clients for sockets still in repair mode.
+        if let Some(p) = &self.netns_path {
+            lock_netns(p, true)?;
+        }
+        let held = match hold.start(&self.runc, &all, crate::tool::TOOL_TIMEOUT) {
+            Ok(h) => h,
+            Err(e) => {
+                self.unlock();
+                return Err(e);
+            }
+        };
+        let pid = held.pid();
+        self.held.put(held);
+        Ok(pid)
+    }
+
+    /// Lets the held restore go on: the namespace unlocked first (as CRIU
+    /// unlocks before it takes sockets out of repair mode), then CRIU
+    /// resumes the container and `runc restore` ends.
+    fn commit(&self) -> Result<()> {
+        let Some(h) = self.held.take() else {
+            return Ok(());
+        };
+        if let Some(p) = &self.netns_path {
+            if let Err(e) = lock_netns(p, false) {
+                h.cancel();
+                return Err(e);
+            }
+        }
+        h.release()
     }
 
     fn abort(&self) -> Result<()> {
+        if let Some(h) = self.held.take() {
+            // CRIU kills what it holds; runc then has no container.
+            h.cancel();
+            self.unlock();
+        }
         self.kill_and_delete();
         if self.bundle.exists() {
             std::fs::remove_dir_all(&self.bundle).map_err(|source| Error::Io {

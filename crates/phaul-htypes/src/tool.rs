@@ -262,6 +262,34 @@ pub(crate) fn spawn_ready(
     args: &[&std::ffi::OsStr],
     limit: Duration,
 ) -> Result<Running> {
+    // Without close-on-exec, so that the tool inherits the write end at the
+    // same number.
+    let (rd, wr) = nix::unistd::pipe().map_err(|e| Error::Io {
+        what: format!("a status pipe for {}", tool.display()),
+        source: e.into(),
+    })?;
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&wr).to_string();
+    let args: Vec<&std::ffi::OsStr> = args
+        .iter()
+        .map(|a| if *a == STATUS_FD { fd.as_ref() } else { *a })
+        .collect();
+    // Our copy of the write end goes once the tool has its own: the read
+    // then ends when the tool does.
+    spawn_until(tool, &args, std::fs::File::from(rd), limit, move || {
+        drop(wr)
+    })
+}
+
+/// Starts `tool` with `args` and returns once one byte came on `ready`
+/// (or fails when it ends first, or after `limit`); `spawned` runs once it
+/// has started. What writes that byte is for the caller to arrange.
+pub(crate) fn spawn_until(
+    tool: &Path,
+    args: &[&std::ffi::OsStr],
+    ready: std::fs::File,
+    limit: Duration,
+    spawned: impl FnOnce(),
+) -> Result<Running> {
     let command = std::iter::once(tool.display().to_string())
         .chain(args.iter().map(|a| a.to_string_lossy().into_owned()))
         .collect::<Vec<_>>()
@@ -271,34 +299,26 @@ pub(crate) fn spawn_ready(
         what: format!("{what} for {name}"),
         source,
     };
-    // Without close-on-exec, so that the tool inherits the write end at the
-    // same number.
-    let (rd, wr) = nix::unistd::pipe().map_err(|e| io("a status pipe", e.into()))?;
-    let fd = std::os::fd::AsRawFd::as_raw_fd(&wr).to_string();
-    let args: Vec<&std::ffi::OsStr> = args
-        .iter()
-        .map(|a| if *a == STATUS_FD { fd.as_ref() } else { *a })
-        .collect();
     let err = tempfile::tempfile().map_err(|e| io("a temporary file", e))?;
     let mut child = Command::new(tool)
-        .args(&args)
+        .args(args)
         .process_group(0)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(err.try_clone().map_err(|e| io("a temporary file", e))?)
         .spawn()
         .map_err(|e| io("running it (scripts/setup.sh installs it)", e))?;
-    drop(wr);
+    spawned();
     let group = i32::try_from(child.id()).unwrap_or(0);
     Interrupt::running(group, true);
-    let ready = wait_ready(&mut child, std::fs::File::from(rd), limit);
+    let waited = wait_ready(&mut child, ready, limit);
     Interrupt::running(group, false);
     let mut running = Running {
         child,
         command,
         err,
     };
-    match ready {
+    match waited {
         Ok(true) => Ok(running),
         Ok(false) => {
             let status = running

@@ -145,7 +145,18 @@ pub struct Migration<C: SourceCriu = crate::criu::Criu> {
     cancel_rx: watch::Receiver<bool>,
     /// The group this migration is a member of, if any.
     group: Option<group::Gate>,
+    /// Run between the target's restore and the commit.
+    switchover: Option<SwitchoverHook>,
 }
+
+/// What [`Migration::switchover`] runs: a future that moves what must move
+/// before the restored tree runs, or says why it could not.
+pub type SwitchoverHook = Arc<
+    dyn Fn() -> std::pin::Pin<
+            Box<dyn std::future::Future<Output = std::result::Result<(), String>> + Send>,
+        > + Send
+        + Sync,
+>;
 
 impl<C: SourceCriu> std::fmt::Debug for Migration<C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -194,6 +205,7 @@ impl<C: SourceCriu> Migration<C> {
             cancel_tx: self.cancel_tx,
             cancel_rx: self.cancel_rx,
             group: self.group,
+            switchover: self.switchover,
         }
     }
 
@@ -232,6 +244,7 @@ impl<C: SourceCriu> Migration<C> {
             cancel_tx: Arc::new(tx),
             cancel_rx: rx,
             group: None,
+            switchover: None,
         }
     }
 
@@ -242,6 +255,24 @@ impl<C: SourceCriu> Migration<C> {
     /// that wakes up later does not run a second copy.
     pub fn freeze_timeout(mut self, limit: Duration) -> Self {
         self.freeze_timeout = limit;
+        self
+    }
+
+    /// Runs `hook` once the target has restored the tree and holds it,
+    /// before the commit lets it run: where an orchestrator moves the
+    /// tree's address or network over (QEMU's pre-switchover pause), so
+    /// that nothing the restored tree sends at once is lost. Every kind's
+    /// copy is held there (a `pid` tree by CRIU for the engine, a runc
+    /// container by its CRIU's action script), except LXC's, which LXC
+    /// runs as it restores. The hook's time is part of the downtime and of
+    /// the freeze limit; its error rolls the migration back (the hook's
+    /// caller then undoes what it moved).
+    pub fn switchover<F, Fut>(mut self, hook: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = std::result::Result<(), String>> + Send + 'static,
+    {
+        self.switchover = Some(Arc::new(move || Box::pin(hook())));
         self
     }
 
@@ -927,7 +958,7 @@ impl<C: SourceCriu> Migration<C> {
             let decision = self.policy.decide(&history);
             run.stats
                 .set_predicted_downtime(self.policy.predicted_downtime(&history));
-            run.transfer = crate::policy::transfer_time(&history, crate::policy::PAGE_SIZE);
+            run.transfer = self.policy.predicted_transfer(&history);
             info!(
                 iteration = i,
                 pages = st.pages_written,
@@ -1222,6 +1253,12 @@ impl<C: SourceCriu> Migration<C> {
             other => return Err(unexpected("Restore", &other)),
         }
         self.group_pass(group::Stage::Restored).await?;
+        if let Some(hook) = &self.switchover {
+            self.step(self.timeouts.request, "the switch-over hook", async {
+                hook().await.map_err(Error::Switchover)
+            })
+            .await?;
+        }
         self.enter(run.stats, Phase::Commit)?;
         let valid_for_ms = self.commit_lease()?;
         let overhead_us = match (run.transfer, run.stats.downtime_so_far()) {

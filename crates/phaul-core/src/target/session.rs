@@ -724,6 +724,14 @@ impl<T: TargetCriu> Session<T> {
                 self.state = State::Begun(b);
                 return Err(failed(e));
             }
+        } else if let Err(e) = blocking(&b.htype, |h| h.commit()).await {
+            // The kind's manager held its copy (runc) and could not let it
+            // run: the kind's abort (the session's end) removes it.
+            if let Some(d) = daemon {
+                d.kill().await;
+            }
+            self.state = State::Begun(b);
+            return Err(failed(e));
         }
         if let Some(e) = late_commit(&c, at) {
             // Stopped between the last check and the commit: the source

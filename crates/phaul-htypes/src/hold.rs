@@ -1,0 +1,193 @@
+//! A restore by a container manager, held until the commit.
+//!
+//! When phaul's engine runs CRIU itself, it holds the restored tree at
+//! CRIU's `post-restore` notification until the source commits; the tree
+//! never runs before then. A manager (runc) runs CRIU on its own, and
+//! would let the restored container run at once: before the commit, so
+//! that a rollback then ends a copy that has already answered its clients,
+//! and before an orchestrator could move the container's address over to
+//! this host. CRIU also runs action scripts from a configuration file the
+//! manager passes on; one at `post-restore` holds the restore the same way.
+//!
+//! The script is a fixed file (nothing of a request is in it): at
+//! `post-restore` it writes the restored root's PID beside itself, says so
+//! through a FIFO (`held`), then waits for a line on another (`verdict`).
+//! `go` lets CRIU go on: it unlocks the network, takes the sockets out of
+//! repair mode and resumes the tree. Anything else, or the end of the
+//! FIFO because this process died, makes the script fail, and CRIU then
+//! kills the restored tree ("Aborting restore due to post-restore script")
+//! before it ever ran.
+
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::tool::Running;
+use crate::{Error, Result};
+
+/// The script CRIU runs at each action; only `post-restore` does anything.
+const SCRIPT: &str = r#"#!/bin/sh
+# Written by phaul: holds a restored tree at CRIU's post-restore until the
+# migration's commit (see phaul-htypes' hold module).
+[ "$CRTOOLS_SCRIPT_ACTION" = post-restore ] || exit 0
+d=$(dirname "$0")
+echo "$CRTOOLS_INIT_PID" > "$d/pid"
+printf 1 > "$d/held"
+read verdict < "$d/verdict"
+[ "$verdict" = go ]
+"#;
+
+/// A hold, prepared in its directory: the script, its FIFOs, and the CRIU
+/// configuration that names the script.
+#[derive(Debug)]
+pub(crate) struct Hold {
+    dir: PathBuf,
+    held: std::fs::File,
+    verdict: std::fs::File,
+}
+
+/// A restore that CRIU holds at `post-restore`: the manager's tool still
+/// runs, waiting for the verdict.
+#[derive(Debug)]
+pub(crate) struct Held {
+    running: Running,
+    verdict: std::fs::File,
+    pid: i32,
+}
+
+impl Hold {
+    /// Makes `dir` (it must not exist) with the script, its FIFOs and
+    /// `criu.conf`. Both FIFOs are opened here, read and write, so that
+    /// neither side's open blocks, and so that the script's wait ends when
+    /// this process does.
+    pub(crate) fn prepare(dir: &Path) -> Result<Self> {
+        let io = |what: &str, source: std::io::Error| Error::Io {
+            what: format!("{what} in {}", dir.display()),
+            source,
+        };
+        let script = dir.join("hold.sh");
+        // CRIU's configuration splits on white space and knows quotes and
+        // comments: a path with any of those could name another file.
+        let plain = |c: char| c.is_ascii_graphic() && !matches!(c, '"' | '\'' | '#' | '\\');
+        let Some(path) = script.to_str().filter(|p| p.chars().all(plain)) else {
+            return Err(Error::BadParam {
+                name: "work directory",
+                value: dir.display().to_string(),
+                reason: "CRIU's configuration file cannot name a script there \
+                         (white space, quotes or a comment sign in the path)"
+                    .into(),
+            });
+        };
+        std::fs::create_dir(dir).map_err(|e| io("creating the hold", e))?;
+        for fifo in ["held", "verdict"] {
+            nix::unistd::mkfifo(&dir.join(fifo), nix::sys::stat::Mode::S_IRWXU)
+                .map_err(|e| io("a FIFO", e.into()))?;
+        }
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o700)
+            .open(&script)
+            .map_err(|e| io("the hold script", e))?;
+        f.write_all(SCRIPT.as_bytes())
+            .map_err(|e| io("the hold script", e))?;
+        drop(f);
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| io("the hold script", e))?;
+        std::fs::write(dir.join("criu.conf"), format!("action-script {path}\n"))
+            .map_err(|e| io("CRIU's configuration", e))?;
+        let open = |name: &str| {
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(dir.join(name))
+                .map_err(|e| io("opening a FIFO", e))
+        };
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            held: open("held")?,
+            verdict: open("verdict")?,
+        })
+    }
+
+    /// The CRIU configuration file to pass on to the manager.
+    pub(crate) fn criu_config(&self) -> PathBuf {
+        self.dir.join("criu.conf")
+    }
+
+    /// Runs `tool args` (the manager's restore), and returns once CRIU
+    /// holds the restored tree, or fails when the tool ended first or after
+    /// `limit`.
+    pub(crate) fn start(
+        self,
+        tool: &Path,
+        args: &[&std::ffi::OsStr],
+        limit: Duration,
+    ) -> Result<Held> {
+        let started = crate::tool::spawn_until(tool, args, self.held, limit, || {});
+        let running = match started {
+            Ok(r) => r,
+            Err(e) => {
+                // The waiting read holds the FIFO open and never ends by
+                // itself: one byte ends it.
+                let _ = std::fs::OpenOptions::new()
+                    .write(true)
+                    .custom_flags(nix::libc::O_NONBLOCK)
+                    .open(self.dir.join("held"))
+                    .and_then(|mut f| f.write_all(b"x"));
+                return Err(e);
+            }
+        };
+        let text = std::fs::read_to_string(self.dir.join("pid")).unwrap_or_default();
+        let pid = text.trim().parse::<i32>().ok().filter(|p| *p > 0);
+        let Some(pid) = pid else {
+            let held = Held {
+                running,
+                verdict: self.verdict,
+                pid: 0,
+            };
+            held.cancel();
+            return Err(Error::Io {
+                what: "reading the held tree's PID".into(),
+                source: std::io::Error::new(std::io::ErrorKind::InvalidData, text),
+            });
+        };
+        Ok(Held {
+            running,
+            verdict: self.verdict,
+            pid,
+        })
+    }
+}
+
+impl Held {
+    /// The restored root's PID (in this host's PID namespace).
+    pub(crate) fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// The commit: the tree runs; the manager's tool ends (its failure is
+    /// an error).
+    pub(crate) fn release(mut self) -> Result<()> {
+        self.say("go")?;
+        self.running.wait()
+    }
+
+    /// A rollback: CRIU kills the tree it holds, and the tool ends.
+    pub(crate) fn cancel(mut self) {
+        if self.say("stop").is_err() {
+            self.running.kill();
+        }
+        let _ = self.running.wait();
+    }
+
+    fn say(&mut self, verdict: &str) -> Result<()> {
+        self.verdict
+            .write_all(format!("{verdict}\n").as_bytes())
+            .map_err(|source| Error::Io {
+                what: "telling the held restore its verdict".into(),
+                source,
+            })
+    }
+}
