@@ -8,19 +8,21 @@
 //! restore` by hand) runs in a mount namespace of its own in which the
 //! target's namespace is bound over the path. When the container runs on
 //! the target, the bench does the orchestrator's part: the source's
-//! namespace leaves the LAN and the target's joins it — for phaul at its
-//! `Resumed` event (the commit), by hand as soon as `runc restore` returns
-//! (by hand the source leaves the LAN before the checkpoint: nothing else
-//! would keep its kernel from resetting the client's connection once the
-//! container is gone; phaul's `runc` kind locks the namespace instead).
+//! namespace leaves the LAN and the target's joins it — for phaul in its
+//! switch-over hook, while the target holds the restored container with its
+//! namespace locked (before the commit lets it run), by hand as soon as
+//! `runc restore` returns (by hand the source leaves the LAN before the
+//! checkpoint: nothing else would keep its kernel from resetting the
+//! client's connection once the container is gone; phaul's `runc` kind
+//! locks the namespace instead).
 //!
-//! The client's stall is longer than the downtime here by about a second:
-//! runc runs the restored container at once, whose answer to the request
-//! it held goes out before the target's namespace is on the LAN and is
-//! lost, and TCP sends it again only at its retransmission timeout.
-//! Switching earlier is no cure: a namespace on the LAN before its sockets
-//! are restored answers the client with a reset (tried: the post-copy case
-//! lost its client).
+//! By hand the client's stall is longer than the downtime by about a
+//! second: runc runs the restored container at once, whose answer to the
+//! request it held goes out before the target's namespace is on the LAN
+//! and is lost, and TCP sends it again only at its retransmission timeout.
+//! Switching before the restore is no cure (a namespace on the LAN before
+//! its sockets are restored answers the client with a reset); switching
+//! while the restored copy is held is, and phaul's stall is its downtime.
 //!
 //! phaul's target service runs as a second process of this bench binary
 //! ([`SERVE_ENV`]): a process can enter a mount namespace only while it has

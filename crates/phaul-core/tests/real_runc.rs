@@ -280,6 +280,10 @@ fn a_runc_container_moves_by_stop_copy() {
 }
 
 fn moves_a_container(tag: &str, mode: Mode, expected: &str) {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_env("PHAUL_TEST_LOG"))
+        .with_test_writer()
+        .try_init();
     let Some(bin) = require_criu("a_runc_container_moves_with_its_bundle_and_memory") else {
         return;
     };

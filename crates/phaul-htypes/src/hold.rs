@@ -125,7 +125,13 @@ impl Hold {
         args: &[&std::ffi::OsStr],
         limit: Duration,
     ) -> Result<Held> {
+        let t0 = std::time::Instant::now();
         let started = crate::tool::spawn_until(tool, args, self.held, limit, || {});
+        tracing::debug!(
+            ms = t0.elapsed().as_secs_f64() * 1000.0,
+            held = started.is_ok(),
+            "the manager's restore reached post-restore"
+        );
         let running = match started {
             Ok(r) => r,
             Err(e) => {
@@ -170,8 +176,15 @@ impl Held {
     /// The commit: the tree runs; the manager's tool ends (its failure is
     /// an error).
     pub(crate) fn release(mut self) -> Result<()> {
+        let t0 = std::time::Instant::now();
         self.say("go")?;
-        self.running.wait()
+        let r = self.running.wait();
+        tracing::debug!(
+            ms = t0.elapsed().as_secs_f64() * 1000.0,
+            ok = r.is_ok(),
+            "held restore released: the manager's tool ended"
+        );
+        r
     }
 
     /// A rollback: CRIU kills the tree it holds, and the tool ends.
