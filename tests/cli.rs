@@ -292,6 +292,91 @@ fn the_cli_migrates_for_real_and_refuses_a_wrong_key_or_a_missing_service() {
     svc.stop();
 }
 
+/// `--switchover PROGRAM` runs the program while the target holds the
+/// restored tree, with the migration named in its environment; a program
+/// that fails rolls the migration back (exit 1), its last error line in
+/// the report, and the tree runs on at home.
+#[test]
+fn a_switchover_program_runs_before_the_commit_and_its_failure_rolls_back() {
+    let Some(_) =
+        require_criu("a_switchover_program_runs_before_the_commit_and_its_failure_rolls_back")
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let hosts = Hosts::new().unwrap();
+    let key = key_file(dir.path(), "the demo key, which is long enough", 0o600);
+    let (mut svc, addr) = service(&hosts, &key, dir.path(), &[]);
+    let mut w = Workload::start_in(Some(&hosts.src), 16).unwrap();
+    let pid = w.pid.to_string();
+    let script = |name: &str, body: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        p
+    };
+    let seen = dir.path().join("seen");
+    let refuse = script(
+        "refuse.sh",
+        &format!(
+            "echo \"$PHAUL_KIND $PHAUL_ID $PHAUL_TARGET\" > {}\necho 'cannot move 10.0.0.5' >&2\nexit 3",
+            seen.display()
+        ),
+    );
+    let args = |program: &Path| {
+        vec![
+            "--to".to_string(),
+            addr.clone(),
+            "--key-file".into(),
+            key.to_str().unwrap().into(),
+            "--mode".into(),
+            "stop-copy".into(),
+            "--switchover".into(),
+            program.to_str().unwrap().into(),
+            "pid".into(),
+            pid.clone(),
+        ]
+    };
+    let before = w.counter().unwrap();
+    let a = args(&refuse);
+    let r = phaul(
+        dir.path(),
+        Some(&hosts.src),
+        &a.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    assert_eq!(r.status, 1, "{}\n{}", r.stderr, r.json);
+    assert_eq!(r.json["outcome"], "rolled-back", "{}", r.json);
+    let error = r.json["error"].as_str().unwrap();
+    assert!(
+        error.contains("switch-over hook failed") && error.contains("cannot move 10.0.0.5"),
+        "{error}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&seen).unwrap().trim(),
+        format!("pid {pid} {addr}")
+    );
+    assert!(
+        w.counter_passes(before, Duration::from_secs(10)).is_some(),
+        "the tree does not run at home"
+    );
+    assert_eq!(w.memory_intact(w.pid), Some(true));
+
+    let accept = script("accept.sh", &format!("echo ok > {}", seen.display()));
+    let a = args(&accept);
+    let r = phaul(
+        dir.path(),
+        Some(&hosts.src),
+        &a.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    assert_eq!(r.status, 0, "{}\n{}", r.stderr, r.json);
+    assert_eq!(std::fs::read_to_string(&seen).unwrap().trim(), "ok");
+    let new = i32::try_from(r.json["target_pid"].as_i64().unwrap()).unwrap();
+    w.adopt(new);
+    assert!(Hosts::runs_in(&hosts.tgt, new));
+    assert_eq!(w.memory_intact(new), Some(true));
+    svc.stop();
+}
+
 /// Several KIND ID pairs are one group: a pair that names no process
 /// refuses the whole group before anything freezes (exit 2, the other tree
 /// untouched); two real trees move together (exit 0, a group report with

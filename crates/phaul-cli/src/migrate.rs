@@ -55,6 +55,13 @@ pub struct MigrateArgs {
     /// later refuses to run its copy).
     #[arg(long, default_value_t = phaul_core::source::DEFAULT_FREEZE_TIMEOUT.as_secs_f64())]
     pub freeze_timeout: f64,
+    /// Run PROGRAM (no shell, no arguments) once the target has restored
+    /// the tree and holds it, before the commit lets it run: where an
+    /// orchestrator moves the tree's address or network over. It gets
+    /// PHAUL_KIND, PHAUL_ID and PHAUL_TARGET in its environment; a failure
+    /// (or running past the request timeout) rolls the migration back.
+    #[arg(long, value_name = "PROGRAM")]
+    pub switchover: Option<PathBuf>,
     /// Cap the bytes per second this side sends.
     #[arg(long)]
     pub bandwidth: Option<u64>,
@@ -164,6 +171,10 @@ impl MigrateArgs {
             .force(self.force)
             .freeze_timeout(freeze_timeout)
             .fs(fs_choice(&self.fs)?);
+        let mig = match &self.switchover {
+            Some(program) => mig.switchover(run_switchover(program, kind, id, &self.to)),
+            None => mig,
+        };
         Ok(match self.downtime_ms {
             Some(ms) => mig.policy(Box::new(DowntimeBudget {
                 budget: Duration::from_millis(ms),
@@ -181,6 +192,7 @@ impl MigrateArgs {
         let not_carried = [
             ("several KIND ID pairs (a group)", self.is_group()),
             ("--downtime-ms", self.downtime_ms.is_some()),
+            ("--switchover", self.switchover.is_some()),
             ("--bandwidth", self.bandwidth.is_some()),
             ("--compress", self.compress),
             ("--keep-images", self.keep_images),
@@ -234,6 +246,48 @@ impl MigrateArgs {
             downtime_ms: None,
             members: vec![self.refusal(error)],
         }
+    }
+}
+
+/// The switch-over hook of `--switchover`: `program` with the migration
+/// named in its environment; its failure says how it ended, with the last
+/// line of its standard error.
+fn run_switchover(
+    program: &std::path::Path,
+    kind: &str,
+    id: &str,
+    to: &str,
+) -> impl Fn() -> std::pin::Pin<
+    Box<dyn std::future::Future<Output = std::result::Result<(), String>> + Send>,
+> + Send
++ Sync
++ 'static {
+    let env = [
+        ("PHAUL_KIND", kind.to_owned()),
+        ("PHAUL_ID", id.to_owned()),
+        ("PHAUL_TARGET", to.to_owned()),
+    ];
+    let program = program.to_path_buf();
+    move || {
+        let mut cmd = tokio::process::Command::new(&program);
+        cmd.envs(env.clone())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .kill_on_drop(true);
+        let name = program.display().to_string();
+        Box::pin(async move {
+            let out = cmd.output().await.map_err(|e| format!("{name}: {e}"))?;
+            if out.status.success() {
+                return Ok(());
+            }
+            let err = String::from_utf8_lossy(&out.stderr);
+            let last = err
+                .lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("");
+            Err(format!("{name} ended with {}: {last}", out.status))
+        })
     }
 }
 
