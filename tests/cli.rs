@@ -49,6 +49,26 @@ fn phaul(dir: &Path, ns: Option<&str>, args: &[&str]) -> Run {
     }
 }
 
+/// A real test's directory and hosts, the demo key, and a service on the
+/// target holding it, with its address.
+type Bed = (
+    tempfile::TempDir,
+    Hosts,
+    std::path::PathBuf,
+    common::Killed,
+    String,
+);
+
+/// [`Bed`], or `None` (the test skips, said why) without root and CRIU.
+fn bed(test: &str) -> Option<Bed> {
+    require_criu(test)?;
+    let dir = tempfile::tempdir().unwrap();
+    let hosts = Hosts::new().unwrap();
+    let key = key_file(dir.path(), "the demo key, which is long enough", 0o600);
+    let (svc, addr) = service(&hosts, &key, dir.path(), &[]);
+    Some((dir, hosts, key, svc, addr))
+}
+
 fn assert_report_keys(v: &serde_json::Value) {
     for k in [
         "success",
@@ -140,15 +160,11 @@ fn bad_pids_and_bad_keys_are_refused_before_anything_starts() {
 
 #[test]
 fn the_cli_migrates_for_real_and_refuses_a_wrong_key_or_a_missing_service() {
-    let Some(_) =
-        require_criu("the_cli_migrates_for_real_and_refuses_a_wrong_key_or_a_missing_service")
+    let Some((dir, hosts, key, mut svc, addr)) =
+        bed("the_cli_migrates_for_real_and_refuses_a_wrong_key_or_a_missing_service")
     else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let hosts = Hosts::new().unwrap();
-    let key = key_file(dir.path(), "the demo key, which is long enough", 0o600);
-    let (mut svc, addr) = service(&hosts, &key, dir.path(), &[]);
     let mut w = Workload::start_in(Some(&hosts.src), 32).unwrap();
     let pid = w.pid.to_string();
 
@@ -298,15 +314,11 @@ fn the_cli_migrates_for_real_and_refuses_a_wrong_key_or_a_missing_service() {
 /// the report, and the tree runs on at home.
 #[test]
 fn a_switchover_program_runs_before_the_commit_and_its_failure_rolls_back() {
-    let Some(_) =
-        require_criu("a_switchover_program_runs_before_the_commit_and_its_failure_rolls_back")
+    let Some((dir, hosts, key, mut svc, addr)) =
+        bed("a_switchover_program_runs_before_the_commit_and_its_failure_rolls_back")
     else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let hosts = Hosts::new().unwrap();
-    let key = key_file(dir.path(), "the demo key, which is long enough", 0o600);
-    let (mut svc, addr) = service(&hosts, &key, dir.path(), &[]);
     let mut w = Workload::start_in(Some(&hosts.src), 16).unwrap();
     let pid = w.pid.to_string();
     let script = |name: &str, body: &str| {
@@ -383,13 +395,11 @@ fn a_switchover_program_runs_before_the_commit_and_its_failure_rolls_back() {
 /// an entry per member and the group's downtime).
 #[test]
 fn several_pairs_move_as_one_group_or_not_at_all() {
-    let Some(_) = require_criu("several_pairs_move_as_one_group_or_not_at_all") else {
+    let Some((dir, hosts, key, mut svc, addr)) =
+        bed("several_pairs_move_as_one_group_or_not_at_all")
+    else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let hosts = Hosts::new().unwrap();
-    let key = key_file(dir.path(), "the demo key, which is long enough", 0o600);
-    let (mut svc, addr) = service(&hosts, &key, dir.path(), &[]);
     let mut a = Workload::start_in(Some(&hosts.src), 16).unwrap();
     let mut b = Workload::start_in(Some(&hosts.src), 16).unwrap();
     let (pa, pb) = (a.pid.to_string(), b.pid.to_string());

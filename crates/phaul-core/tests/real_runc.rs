@@ -146,19 +146,7 @@ fn assert_runs_on_source(src: &Paths, id: &str, bundle: &Path) {
 
 fn migrate(hosts: &Hosts, bin: &Path, id: &str, src: &Paths, tgt: &Paths) -> Report {
     let freeze = phaul_core::source::DEFAULT_FREEZE_TIMEOUT;
-    migrate_with(hosts, bin, id, src, tgt, Mode::Auto, freeze)
-}
-
-fn migrate_with(
-    hosts: &Hosts,
-    bin: &Path,
-    id: &str,
-    src: &Paths,
-    tgt: &Paths,
-    mode: Mode,
-    freeze: Duration,
-) -> Report {
-    migrate_held(hosts, bin, id, src, tgt, mode, freeze, None)
+    migrate_with(hosts, bin, id, src, tgt, Mode::Auto, freeze, None)
 }
 
 /// What the switch-over hook does, while the target holds its copy.
@@ -171,9 +159,10 @@ enum Switchover {
     Refuses,
 }
 
-/// [`migrate_with`], with a switch-over hook if `held` says which.
+/// Moves the container in `mode` under a freeze limit, with a switch-over
+/// hook if `held` says which.
 #[allow(clippy::too_many_arguments)]
-fn migrate_held(
+fn migrate_with(
     hosts: &Hosts,
     bin: &Path,
     id: &str,
@@ -227,7 +216,11 @@ fn stays_put(bundle: &Path) -> Result<(), String> {
     }
 }
 
-fn setup(tag: &str, bin: &Path) -> (tempfile::TempDir, String, Paths, Paths, PathBuf) {
+/// A counting container `phrcPIDtag` run by runc on the source, and the
+/// hosts' runc paths: the test's directory, the id, the source's and the
+/// target's paths, the source's bundle, and what kills and deletes the
+/// container in both (last, so that it is dropped first).
+fn setup(tag: &str, bin: &Path) -> (tempfile::TempDir, String, Paths, Paths, PathBuf, Cleanup) {
     let base = tempfile::Builder::new()
         .prefix("phaul-runc-")
         .tempdir()
@@ -263,7 +256,11 @@ fn setup(tag: &str, bin: &Path) -> (tempfile::TempDir, String, Paths, Paths, Pat
         .is_some(),
         "the container does not count"
     );
-    (base, id, src, tgt, src_bundle)
+    let cleanup = Cleanup(
+        id.clone(),
+        vec![src.runc_root.clone(), tgt.runc_root.clone()],
+    );
+    (base, id, src, tgt, src_bundle, cleanup)
 }
 
 /// `auto` moves it by post-copy: runc checkpoints lazily and its CRIU
@@ -288,11 +285,7 @@ fn moves_a_container(tag: &str, mode: Mode, expected: &str) {
         return;
     };
     let hosts = Hosts::new().unwrap();
-    let (_base, id, src, tgt, src_bundle) = setup(tag, &bin);
-    let _cleanup = Cleanup(
-        id.clone(),
-        vec![src.runc_root.clone(), tgt.runc_root.clone()],
-    );
+    let (_base, id, src, tgt, src_bundle, _cleanup) = setup(tag, &bin);
     let before = counter(&src_bundle).unwrap();
     let sent = wait_until(Duration::from_secs(10), || {
         received(&src_bundle).filter(|n| *n > 3)
@@ -302,7 +295,7 @@ fn moves_a_container(tag: &str, mode: Mode, expected: &str) {
     // The target's copy does not run before the commit (see stays_put).
     let tb = tgt.runc_bundles.join(&id);
     let held = Some(Switchover::StaysPut(tb));
-    let r = migrate_held(&hosts, &bin, &id, &src, &tgt, mode, freeze, held);
+    let r = migrate_with(&hosts, &bin, &id, &src, &tgt, mode, freeze, held);
     assert!(r.success, "{:?}", r.error);
     assert_eq!(r.mode, expected, "{}", r.mode_reason);
     if mode == Mode::Auto {
@@ -360,14 +353,10 @@ fn a_held_runc_copy_is_dropped_when_the_switchover_fails() {
         return;
     };
     let hosts = Hosts::new().unwrap();
-    let (_base, id, src, tgt, src_bundle) = setup("w", &bin);
-    let _cleanup = Cleanup(
-        id.clone(),
-        vec![src.runc_root.clone(), tgt.runc_root.clone()],
-    );
+    let (_base, id, src, tgt, src_bundle, _cleanup) = setup("w", &bin);
     let freeze = phaul_core::source::DEFAULT_FREEZE_TIMEOUT;
     let held = Some(Switchover::Refuses);
-    let r = migrate_held(&hosts, &bin, &id, &src, &tgt, Mode::PostCopy, freeze, held);
+    let r = migrate_with(&hosts, &bin, &id, &src, &tgt, Mode::PostCopy, freeze, held);
     assert!(!r.success, "the hook was expected to fail the migration");
     let error = r.error.clone().unwrap_or_default();
     assert!(error.contains("the address cannot move"), "{error}");
@@ -390,11 +379,7 @@ fn a_runc_restore_failing_on_the_target_resumes_the_source() {
         return;
     };
     let hosts = Hosts::new().unwrap();
-    let (_base, id, src, tgt, src_bundle) = setup("f", &bin);
-    let _cleanup = Cleanup(
-        id.clone(),
-        vec![src.runc_root.clone(), tgt.runc_root.clone()],
-    );
+    let (_base, id, src, tgt, src_bundle, _cleanup) = setup("f", &bin);
     // runc on the target runs the CRIU the service names (`runc --criu`):
     // a stand-in in front of the real one whose restores fail for real.
     let (_standin, wrapper) = common::criu_failing_restores(&bin);
@@ -423,11 +408,7 @@ fn a_hung_runc_checkpoint_is_killed_at_the_freeze_limit_and_the_container_resume
         return;
     };
     let hosts = Hosts::new().unwrap();
-    let (base, id, src, tgt, src_bundle) = setup("h", &bin);
-    let _cleanup = Cleanup(
-        id.clone(),
-        vec![src.runc_root.clone(), tgt.runc_root.clone()],
-    );
+    let (base, id, src, tgt, src_bundle, _cleanup) = setup("h", &bin);
     // runc on the source runs this as its CRIU: it never answers.
     let hung = base.path().join("hung-criu");
     std::fs::write(&hung, "#!/bin/sh\nexec sleep 600\n").unwrap();
@@ -440,7 +421,7 @@ fn a_hung_runc_checkpoint_is_killed_at_the_freeze_limit_and_the_container_resume
     // Both ways runc dumps: whole, and lazily (post-copy).
     for mode in [Mode::StopCopy, Mode::PostCopy] {
         let t0 = std::time::Instant::now();
-        let r = migrate_with(&hosts, &bin, &id, &src, &tgt, mode, limit);
+        let r = migrate_with(&hosts, &bin, &id, &src, &tgt, mode, limit, None);
         let took = t0.elapsed();
         assert!(!r.success, "{mode}: a hung checkpoint cannot succeed");
         let error = r.error.clone().unwrap_or_default();
