@@ -748,7 +748,7 @@ impl<T: TargetCriu> Session<T> {
         self.state = State::Committed;
         info!(session = %hex(&self.sid), pid, "committed: the tree runs here");
         if c.overhead_us > 0 {
-            let overhead = Duration::from_micros(c.overhead_us) + received.elapsed();
+            let overhead = Duration::from_micros(c.overhead_us).saturating_add(received.elapsed());
             self.svc.overheads.record(b.htype.kind(), overhead);
         }
         self.emit(|session| ServiceEvent::Committed { session, pid });
