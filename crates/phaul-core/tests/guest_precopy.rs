@@ -891,9 +891,11 @@ fn a_container_moves_by_pre_copy() {
 }
 
 /// A container moves by post-copy on the guest's kernel too (see
-/// [`moves_a_container`]): LXC runs the restored container at once, so its
-/// lazy-pages daemon may have every page before the commit; its close waits
-/// for the commit (it used to reach CRIU first, and the lazy dump failed).
+/// [`moves_a_container`]): the lazy-pages daemon fetches in the background
+/// from the restore on, so it may have every page before the commit (LXC
+/// ran the container at once when this was found; now the copy is held
+/// until the commit); its close waits for the commit (it used to reach
+/// CRIU first, and the lazy dump failed).
 #[test]
 #[ignore = "runs in scripts/guest.sh's guest: pre_copy_in_the_guest runs it"]
 fn a_container_moves_by_post_copy() {

@@ -397,8 +397,8 @@ fn a_container_and_a_tree_move_as_one_or_both_stay() {
         }
     };
 
-    // The tree's restore fails: the container, already running on its
-    // target, stops there and runs on the source again.
+    // The tree's restore fails: the container, restored and held on its
+    // target, is dropped there and runs on the source again.
     let w = Workload::start_in(Some(&hosts.src), 16).unwrap();
     let before = LxcContainer::counter_in(src.path(), &name).unwrap();
     let (tx, _rx) = std_mpsc::channel();

@@ -129,8 +129,26 @@ fn moves_a_container(fs: &FsChoice, mode: Mode, expected: &str) {
         };
         source_in("lxc", &n, &paths).unwrap()
     };
+    // While the target holds its restored copy (the switch-over hook runs
+    // then), the copy does not run: its counter stays put for a second.
+    let (held_in, held_name) = (tgt.clone(), name.clone());
+    let held = move || {
+        let (dir, name) = (held_in.clone(), held_name.clone());
+        async move {
+            tokio::task::spawn_blocking(move || {
+                let before = LxcContainer::counter_in(&dir, &name);
+                std::thread::sleep(Duration::from_secs(1));
+                match LxcContainer::counter_in(&dir, &name) {
+                    now if now == before && now.is_some() => Ok(()),
+                    now => Err(format!("the held copy counted: {before:?} -> {now:?}")),
+                }
+            })
+            .await
+            .map_err(|e| e.to_string())?
+        }
+    };
     let (r, work) = migrate_from(&hosts.src, &bin, &target.addr, open, move |m| {
-        m.mode(mode).fs(f).keep_images(true)
+        m.mode(mode).fs(f).keep_images(true).switchover(held)
     });
     assert!(r.success, "{:?}", r.error);
     assert_eq!(r.mode, expected, "{}", r.mode_reason);

@@ -21,7 +21,6 @@
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use crate::tool::Running;
 use crate::{Error, Result};
@@ -116,6 +115,19 @@ impl Hold {
         self.dir.join("criu.conf")
     }
 
+    /// Adds `line` (an option CRIU's configuration knows, e.g.
+    /// `lazy-pages`) to that file.
+    pub(crate) fn also(&self, line: &str) -> Result<()> {
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(self.criu_config())
+            .and_then(|mut f| f.write_all(format!("{line}\n").as_bytes()))
+            .map_err(|source| Error::Io {
+                what: format!("adding {line} to CRIU's configuration"),
+                source,
+            })
+    }
+
     /// Runs `tool args` (the manager's restore), and returns once CRIU
     /// holds the restored tree, or fails when the tool ended first or after
     /// `limit`.
@@ -123,10 +135,10 @@ impl Hold {
         self,
         tool: &Path,
         args: &[&std::ffi::OsStr],
-        limit: Duration,
+        limits: crate::tool::Limits<'_>,
     ) -> Result<Held> {
         let t0 = std::time::Instant::now();
-        let started = crate::tool::spawn_until(tool, args, self.held, limit, || {});
+        let started = crate::tool::spawn_until(tool, args, self.held, limits, || {});
         tracing::debug!(
             ms = t0.elapsed().as_secs_f64() * 1000.0,
             held = started.is_ok(),
@@ -202,5 +214,29 @@ impl Held {
                 what: "telling the held restore its verdict".into(),
                 source,
             })
+    }
+}
+
+/// Where a target kind keeps its held restore between `restore` and the
+/// commit or `abort`; shared by clones, and no part of a kind's identity
+/// (equal whatever it holds).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Slot(std::sync::Arc<std::sync::Mutex<Option<Held>>>);
+
+impl PartialEq for Slot {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for Slot {}
+
+impl Slot {
+    pub(crate) fn put(&self, h: Held) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(h);
+    }
+
+    pub(crate) fn take(&self) -> Option<Held> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 }

@@ -7,9 +7,12 @@
 //! into its own LXC path and lets LXC restore the images
 //! (`lxc-checkpoint -r`), so the container is LXC's own there: `lxc-info`
 //! shows it RUNNING, `lxc-stop` stops it. After the commit the source's
-//! container is destroyed. LXC restores lazily too (post-copy): liblxc has
-//! no option for it, but the CRIU it runs reads `lazy-pages` from the file
-//! `CRIU_CONFIG_FILE` names.
+//! container is destroyed. The CRIU that liblxc runs reads extra options
+//! from the file `CRIU_CONFIG_FILE` names: there phaul names an action
+//! script that holds the restored container at `post-restore` until the
+//! commit (see `hold.rs`; a rollback has CRIU kill a copy that never ran,
+//! so no client ever talks to it), and asks for lazy pages (post-copy),
+//! for which liblxc has no option of its own.
 //!
 //! LXC lets two containers of the same name exist on one machine (in two
 //! LXC paths): it gives the second a fresh cgroup (`lxc.payload.NAME-1`),
@@ -31,9 +34,6 @@ pub const DEFAULT_LXCPATH: &str = "/var/lib/lxc";
 /// The images-batch file carrying the container's config.
 pub const CONFIG_FILE: &str = "lxc.config";
 
-/// The CRIU configuration file that makes LXC's restore lazy (post-copy),
-/// written beside the images.
-const LAZY_CONF: &str = "phaul-lazy.conf";
 /// The images-batch file naming the console's tty (read by `lxc-checkpoint -r`).
 pub const TTY_INFO: &str = "tty.info";
 
@@ -47,6 +47,9 @@ pub struct Lxc {
     criu_dir: Option<PathBuf>,
     /// Source only: what the dump needs, worked out when the htype is made.
     source: Option<SourceState>,
+    /// Target only, between the restore and the commit: the restore, held
+    /// before the container runs (see `hold.rs`).
+    held: crate::hold::Slot,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -121,6 +124,7 @@ impl Lxc {
             name: name.to_string(),
             lxcpath: lxcpath.to_path_buf(),
             criu_dir: None,
+            held: crate::hold::Slot::default(),
             source: None,
         };
         let config_path = me.dir().join("config");
@@ -181,6 +185,7 @@ impl Lxc {
             name: name.clone(),
             lxcpath: lxcpath.to_path_buf(),
             criu_dir: None,
+            held: crate::hold::Slot::default(),
             source: None,
         };
         if me.dir().exists() {
@@ -412,27 +417,35 @@ impl TargetHooks for Lxc {
         self.install_config(images_dir)?;
         let mut a = self.args(&["-r", "-D"]);
         a.push(images_dir.as_os_str());
-        // liblxc has no lazy-pages option of its own; CRIU reads extra
-        // options from the file this variable names, also when liblxc runs
-        // it. Its work dir is the images dir, where the engine's lazy-pages
-        // daemon put its socket.
-        let conf = images_dir.join(LAZY_CONF);
-        let env: Vec<(&str, &std::ffi::OsStr)> = if lazy {
-            std::fs::write(&conf, "lazy-pages\n").map_err(|source| Error::Io {
-                what: format!("writing {}", conf.display()),
-                source,
-            })?;
-            vec![("CRIU_CONFIG_FILE", conf.as_os_str())]
-        } else {
-            Vec::new()
+        // CRIU reads extra options from the file CRIU_CONFIG_FILE names,
+        // also when liblxc runs it: the hold's action script, so that the
+        // container runs only at the commit, and lazy pages (liblxc has no
+        // option of its own; CRIU's work dir is the images dir, where the
+        // engine's lazy-pages daemon put its socket).
+        let hold = crate::hold::Hold::prepare(&images_dir.join("hold"))?;
+        if lazy {
+            hold.also("lazy-pages")?;
+        }
+        let conf = hold.criu_config();
+        let env = [("CRIU_CONFIG_FILE", conf.as_os_str())];
+        let limits = crate::tool::Limits {
+            first_on_path: self.criu_dir.as_deref(),
+            env: &env,
+            ..crate::tool::Limits::default()
         };
-        crate::tool::run_with(
-            Path::new("lxc-checkpoint"),
-            &a,
-            self.criu_dir.as_deref(),
-            &env,
-        )?;
-        self.init_pid()
+        let held = hold.start(Path::new("lxc-checkpoint"), &a, limits)?;
+        let pid = held.pid();
+        self.held.put(held);
+        Ok(pid)
+    }
+
+    /// Lets the held restore go on: CRIU resumes the container and
+    /// `lxc-checkpoint -r` ends, the container RUNNING for LXC.
+    fn commit(&self) -> Result<()> {
+        match self.held.take() {
+            Some(h) => h.release(),
+            None => Ok(()),
+        }
     }
 
     fn start_here(&self, dir: &Path) -> Result<i32> {
@@ -442,6 +455,10 @@ impl TargetHooks for Lxc {
     }
 
     fn abort(&self) -> Result<()> {
+        if let Some(h) = self.held.take() {
+            // CRIU kills the container it holds, which never ran.
+            h.cancel();
+        }
         if !self.dir().exists() {
             return Ok(());
         }

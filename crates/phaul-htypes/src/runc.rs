@@ -57,30 +57,7 @@ pub struct Runc {
     netns_path: Option<String>,
     /// On the target, between the restore and the commit: the restore,
     /// held before the container runs (see `hold.rs`).
-    held: HeldSlot,
-}
-
-/// Where a target keeps its held restore; shared by clones, and no part
-/// of a kind's identity (equal whatever it holds).
-#[derive(Debug, Clone, Default)]
-struct HeldSlot(std::sync::Arc<std::sync::Mutex<Option<crate::hold::Held>>>);
-
-impl PartialEq for HeldSlot {
-    fn eq(&self, _: &Self) -> bool {
-        true
-    }
-}
-
-impl Eq for HeldSlot {}
-
-impl HeldSlot {
-    fn put(&self, h: crate::hold::Held) {
-        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(h);
-    }
-
-    fn take(&self) -> Option<crate::hold::Held> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).take()
-    }
+    held: crate::hold::Slot,
 }
 
 /// Where a container's network comes from (see the module docs).
@@ -204,7 +181,7 @@ impl Runc {
             runc: paths.runc.clone(),
             criu: paths.criu.clone(),
             netns_path: None,
-            held: HeldSlot::default(),
+            held: crate::hold::Slot::default(),
         };
         let (status, _, bundle) = me.state().map_err(|_| Error::BadParam {
             name: "container",
@@ -268,7 +245,7 @@ impl Runc {
             runc: paths.runc.clone(),
             criu: paths.criu.clone(),
             netns_path,
-            held: HeldSlot::default(),
+            held: crate::hold::Slot::default(),
         })
     }
 
@@ -500,7 +477,7 @@ impl TargetHooks for Runc {
         if let Some(p) = &self.netns_path {
             lock_netns(p, true)?;
         }
-        let held = match hold.start(&self.runc, &all, crate::tool::TOOL_TIMEOUT) {
+        let held = match hold.start(&self.runc, &all, crate::tool::Limits::default()) {
             Ok(h) => h,
             Err(e) => {
                 self.unlock();

@@ -102,22 +102,6 @@ pub(crate) fn run(tool: &Path, args: &[&std::ffi::OsStr]) -> Result<String> {
     exec(tool, args, Limits::default()).map(|v| String::from_utf8_lossy(&v).into_owned())
 }
 
-/// [`run`], with `first_on_path` put before the `PATH` the tool inherits
-/// and `env` added to its environment.
-pub(crate) fn run_with(
-    tool: &Path,
-    args: &[&std::ffi::OsStr],
-    first_on_path: Option<&Path>,
-    env: &[(&str, &std::ffi::OsStr)],
-) -> Result<String> {
-    let limits = Limits {
-        first_on_path,
-        env,
-        ..Limits::default()
-    };
-    exec(tool, args, limits).map(|v| String::from_utf8_lossy(&v).into_owned())
-}
-
 /// The one way a manager's tool runs: argv only, its own process group,
 /// `limits` enforced. Output goes to temporary files, not pipes:
 /// `lxc-start`, `lxc-checkpoint -r` and `runc restore -d` leave processes
@@ -148,12 +132,7 @@ pub(crate) fn exec(tool: &Path, args: &[&std::ffi::OsStr], limits: Limits<'_>) -
     };
     let mut cmd = Command::new(tool);
     if let Some(dir) = limits.first_on_path {
-        let mut path = std::ffi::OsString::from(dir);
-        if let Some(old) = std::env::var_os("PATH") {
-            path.push(":");
-            path.push(old);
-        }
-        cmd.env("PATH", path);
+        cmd.env("PATH", path_with(dir));
     }
     cmd.envs(limits.env.iter().copied());
     let mut child = cmd
@@ -275,19 +254,25 @@ pub(crate) fn spawn_ready(
         .collect();
     // Our copy of the write end goes once the tool has its own: the read
     // then ends when the tool does.
-    spawn_until(tool, &args, std::fs::File::from(rd), limit, move || {
+    let limits = Limits {
+        time: limit,
+        ..Limits::default()
+    };
+    spawn_until(tool, &args, std::fs::File::from(rd), limits, move || {
         drop(wr)
     })
 }
 
 /// Starts `tool` with `args` and returns once one byte came on `ready`
-/// (or fails when it ends first, or after `limit`); `spawned` runs once it
-/// has started. What writes that byte is for the caller to arrange.
+/// (or fails when it ends first, or after `limits.time`); `spawned` runs
+/// once it has started. What writes that byte is for the caller to
+/// arrange. Of `limits`, its `PATH` and environment apply too (not its
+/// input or output).
 pub(crate) fn spawn_until(
     tool: &Path,
     args: &[&std::ffi::OsStr],
     ready: std::fs::File,
-    limit: Duration,
+    limits: Limits<'_>,
     spawned: impl FnOnce(),
 ) -> Result<Running> {
     let command = std::iter::once(tool.display().to_string())
@@ -300,7 +285,12 @@ pub(crate) fn spawn_until(
         source,
     };
     let err = tempfile::tempfile().map_err(|e| io("a temporary file", e))?;
-    let mut child = Command::new(tool)
+    let mut cmd = Command::new(tool);
+    if let Some(dir) = limits.first_on_path {
+        cmd.env("PATH", path_with(dir));
+    }
+    let mut child = cmd
+        .envs(limits.env.iter().copied())
         .args(args)
         .process_group(0)
         .stdin(std::process::Stdio::null())
@@ -311,7 +301,7 @@ pub(crate) fn spawn_until(
     spawned();
     let group = i32::try_from(child.id()).unwrap_or(0);
     Interrupt::running(group, true);
-    let waited = wait_ready(&mut child, ready, limit);
+    let waited = wait_ready(&mut child, ready, limits.time);
     Interrupt::running(group, false);
     let mut running = Running {
         child,
@@ -333,6 +323,16 @@ pub(crate) fn spawn_until(
             Err(io("waiting for it to get ready", e))
         }
     }
+}
+
+/// `dir` first on the `PATH` this process has.
+fn path_with(dir: &Path) -> std::ffi::OsString {
+    let mut path = std::ffi::OsString::from(dir);
+    if let Some(old) = std::env::var_os("PATH") {
+        path.push(":");
+        path.push(old);
+    }
+    path
 }
 
 /// Stands for the status descriptor's number in [`spawn_ready`]'s `args`

@@ -262,9 +262,10 @@ impl<C: SourceCriu> Migration<C> {
     /// before the commit lets it run: where an orchestrator moves the
     /// tree's address or network over (QEMU's pre-switchover pause), so
     /// that nothing the restored tree sends at once is lost. Every kind's
-    /// copy is held there (a `pid` tree by CRIU for the engine, a runc
-    /// container by its CRIU's action script), except LXC's, which LXC
-    /// runs as it restores. The hook's time is part of the downtime and of
+    /// copy is held there: a `pid` tree by CRIU for the engine, an LXC or
+    /// runc container by an action script in the CRIU configuration its
+    /// manager passes on (not a restart's, started anew). The hook's time
+    /// is part of the downtime and of
     /// the freeze limit; its error rolls the migration back (the hook's
     /// caller then undoes what it moved).
     pub fn switchover<F, Fut>(mut self, hook: F) -> Self

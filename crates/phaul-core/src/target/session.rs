@@ -96,8 +96,9 @@ struct Restored {
 enum Restoration {
     /// CRIU holds it at `post-restore`.
     Held(Box<HeldRestore>),
-    /// The kind's manager restored it, or started it anew: it runs, and
-    /// only the kind's abort undoes it.
+    /// The kind's manager restored it (held by its CRIU's action script
+    /// until [`phaul_htypes::TargetHooks::commit`]), or started it anew
+    /// (it runs): only the kind's abort undoes it.
     ByKind,
 }
 
