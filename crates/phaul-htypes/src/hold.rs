@@ -130,7 +130,9 @@ impl Hold {
 
     /// Runs `tool args` (the manager's restore), and returns once CRIU
     /// holds the restored tree, or fails when the tool ended first or after
-    /// `limit`.
+    /// `limits.time`. A tool that restored without ever running the script
+    /// is an error that says so: its copy runs uncommitted, and the
+    /// caller's abort removes it.
     pub(crate) fn start(
         self,
         tool: &Path,
@@ -154,7 +156,7 @@ impl Hold {
                     .custom_flags(nix::libc::O_NONBLOCK)
                     .open(self.dir.join("held"))
                     .and_then(|mut f| f.write_all(b"x"));
-                return Err(e);
+                return Err(never_held(e));
             }
         };
         let text = std::fs::read_to_string(self.dir.join("pid")).unwrap_or_default();
@@ -176,6 +178,27 @@ impl Hold {
             verdict: self.verdict,
             pid,
         })
+    }
+}
+
+/// A tool that ended well without the script ever holding its restore has
+/// restored a copy that runs uncommitted: the error says why.
+fn never_held(e: Error) -> Error {
+    match e {
+        Error::Command {
+            command,
+            status,
+            stderr,
+        } if status == crate::tool::ENDED_UNREADY => Error::Command {
+            command,
+            status: "it restored without stopping at post-restore: the CRIU it ran did \
+                     not read phaul's configuration naming the hold script (runc passes \
+                     on the file its org.criu.config annotation names; liblxc's CRIU \
+                     reads CRIU_CONFIG_FILE)"
+                .into(),
+            stderr,
+        },
+        other => other,
     }
 }
 
@@ -238,5 +261,69 @@ impl Slot {
 
     pub(crate) fn take(&self) -> Option<Held> {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A stand-in for a manager's restore, named as one: it runs the hold
+    /// script as CRIU would at post-restore (root PID 4242), and ends as
+    /// the script does.
+    fn stand_in(dir: &Path) -> Vec<std::ffi::OsString> {
+        vec![
+            "-c".into(),
+            "CRTOOLS_SCRIPT_ACTION=post-restore CRTOOLS_INIT_PID=4242 \"$0\"".into(),
+            dir.join("hold.sh").into(),
+        ]
+    }
+
+    fn start(dir: &Path, args: &[std::ffi::OsString]) -> Result<Held> {
+        let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+        Hold::prepare(dir)?.start(Path::new("/bin/sh"), &args, crate::tool::Limits::default())
+    }
+
+    #[test]
+    fn the_verdict_lets_the_restore_end_or_fail() {
+        let base = tempfile::tempdir().unwrap();
+        let dir = base.path().join("go");
+        let held = start(&dir, &stand_in(&dir)).unwrap();
+        assert_eq!(held.pid(), 4242);
+        held.release().unwrap();
+        let dir = base.path().join("stop");
+        let held = start(&dir, &stand_in(&dir)).unwrap();
+        // The script fails: CRIU would kill the tree; the tool ends.
+        held.cancel();
+        let conf = std::fs::read_to_string(dir.join("criu.conf")).unwrap();
+        assert_eq!(
+            conf,
+            format!("action-script {}\n", dir.join("hold.sh").display())
+        );
+    }
+
+    #[test]
+    fn a_restore_that_never_stops_there_says_why() {
+        let base = tempfile::tempdir().unwrap();
+        let dir = base.path().join("h");
+        let e = start(&dir, &["-c".into(), "exit 0".into()]).unwrap_err();
+        assert!(
+            e.to_string().contains("without stopping at post-restore"),
+            "{e}"
+        );
+        let dir = base.path().join("f");
+        let e = start(&dir, &["-c".into(), "echo broken >&2; exit 3".into()]).unwrap_err();
+        assert!(
+            e.to_string().contains("exit status: 3") && e.to_string().contains("broken"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_path_criu_would_split_is_refused() {
+        let base = tempfile::tempdir().unwrap();
+        let e = Hold::prepare(&base.path().join("a b")).unwrap_err();
+        assert!(e.to_string().contains("CRIU's configuration"), "{e}");
+        assert!(!base.path().join("a b").exists());
     }
 }

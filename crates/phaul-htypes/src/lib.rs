@@ -379,8 +379,8 @@ pub trait TargetHooks {
     }
 
     /// The commit, for a copy the kind's manager restored
-    /// ([`RestoreBy::Manager`]): a kind that holds it until now (runc, at
-    /// CRIU's `post-restore`) lets it run here. Its error fails the commit,
+    /// ([`RestoreBy::Manager`]): a kind that holds it until now (runc and
+    /// LXC, at CRIU's `post-restore`) lets it run here. Its error fails the commit,
     /// and [`TargetHooks::abort`] follows.
     fn commit(&self) -> Result<()> {
         Ok(())

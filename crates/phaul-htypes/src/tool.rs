@@ -311,10 +311,11 @@ pub(crate) fn spawn_until(
     match waited {
         Ok(true) => Ok(running),
         Ok(false) => {
-            let status = running
-                .child
-                .wait()
-                .map_or_else(|e| e.to_string(), |s| s.to_string());
+            let status = match running.child.wait() {
+                Ok(s) if s.success() => ENDED_UNREADY.to_string(),
+                Ok(s) => s.to_string(),
+                Err(e) => e.to_string(),
+            };
             Err(failure(&running.command, &status, &mut running.err))
         }
         Err(e) => {
@@ -334,6 +335,10 @@ fn path_with(dir: &Path) -> std::ffi::OsString {
     }
     path
 }
+
+/// How [`spawn_until`] says the tool ended well but never got ready: a
+/// caller that knows why can say so.
+pub(crate) const ENDED_UNREADY: &str = "ended (exit status 0) without getting ready";
 
 /// Stands for the status descriptor's number in [`spawn_ready`]'s `args`
 /// (not a number, so it cannot be mistaken for a real argument).
