@@ -3,51 +3,13 @@
 //! needs root and CRIU 4 (skipped locally without them, a failure under CI).
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use phaul_testkit::{Hosts, Workload, alive, require_criu, wait_until};
 
 mod common;
-use common::{example, key_file, service};
-
-struct Run {
-    status: i32,
-    stderr: String,
-    json: serde_json::Value,
-}
-
-fn phaul(dir: &Path, ns: Option<&str>, args: &[&str]) -> Run {
-    let json = dir.join(format!(
-        "report-{}.json",
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    ));
-    let mut cmd = match ns {
-        Some(ns) => Hosts::command(ns, example("phaul")),
-        None => Command::new(example("phaul")),
-    };
-    let out = cmd
-        .arg("migrate")
-        .arg("--json")
-        .arg(&json)
-        .arg("--work-dir")
-        .arg(dir.join("source"))
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let json = std::fs::read_to_string(&json)
-        .map(|s| serde_json::from_str(&s).unwrap())
-        .unwrap_or(serde_json::Value::Null);
-    Run {
-        status: out.status.code().unwrap_or(-1),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        json,
-    }
-}
+use common::{key_file, phaul_migrate as phaul, service};
 
 /// A real test's directory and hosts, the demo key, and a service on the
 /// target holding it, with its address.

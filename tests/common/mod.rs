@@ -110,6 +110,44 @@ pub fn wait_listening(log: &Path) {
     .expect("phaul-service did not start");
 }
 
+/// What `phaul migrate` did: its exit status, stderr and JSON report
+/// (`Null` if it wrote none).
+pub struct CliRun {
+    pub status: i32,
+    pub stderr: String,
+    pub json: serde_json::Value,
+}
+
+/// `phaul migrate --json FILE --work-dir DIR/source ARGS...`, in host `ns`
+/// if given (each call its own report file in `dir`).
+pub fn phaul_migrate(dir: &Path, ns: Option<&str>, args: &[&str]) -> CliRun {
+    static RUNS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let json = dir.join(format!("report-{n}.json"));
+    let mut cmd = match ns {
+        Some(ns) => Hosts::command(ns, example("phaul")),
+        None => std::process::Command::new(example("phaul")),
+    };
+    let out = cmd
+        .arg("migrate")
+        .arg("--json")
+        .arg(&json)
+        .arg("--work-dir")
+        .arg(dir.join("source"))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let json = std::fs::read_to_string(&json)
+        .map(|s| serde_json::from_str(&s).unwrap())
+        .unwrap_or(serde_json::Value::Null);
+    CliRun {
+        status: out.status.code().unwrap_or(-1),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        json,
+    }
+}
+
 /// `phaul migrate --mode stop-copy` of `pid` in the source host, to the
 /// service at `addr`: its exit status, stderr and JSON report.
 pub fn cli_stop_copy(
@@ -119,28 +157,20 @@ pub fn cli_stop_copy(
     key: &Path,
     pid: i32,
 ) -> (i32, String, serde_json::Value) {
-    let json = dir.join(format!("report-{pid}.json"));
-    let _ = std::fs::remove_file(&json);
-    let out = Hosts::command(&hosts.src, example("phaul"))
-        .arg("migrate")
-        .arg("--json")
-        .arg(&json)
-        .arg("--work-dir")
-        .arg(dir.join("source"))
-        .args(["--to", addr, "--key-file"])
-        .arg(key)
-        .args(["--mode", "stop-copy", "pid", &pid.to_string()])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let report = std::fs::read_to_string(&json)
-        .map(|s| serde_json::from_str(&s).unwrap())
-        .unwrap_or(serde_json::Value::Null);
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-        report,
-    )
+    let key = key.to_str().unwrap();
+    let pid = pid.to_string();
+    let args = [
+        "--to",
+        addr,
+        "--key-file",
+        key,
+        "--mode",
+        "stop-copy",
+        "pid",
+        &pid,
+    ];
+    let r = phaul_migrate(dir, Some(&hosts.src), &args);
+    (r.status, r.stderr, r.json)
 }
 
 /// The value of the metrics sample named exactly `name` (with its labels)
