@@ -235,11 +235,11 @@ fn failure(command: &str, status: &str, err: &mut std::fs::File) -> Error {
 /// Starts `tool` with `args`, where `STATUS_FD` among them stands for the
 /// descriptor on which it reports readiness with one byte (`--status-fd`),
 /// and returns once it has (or fails when it ends first, or after
-/// `limit`).
+/// `limits.time`; its `PATH` and environment apply too).
 pub(crate) fn spawn_ready(
     tool: &Path,
     args: &[&std::ffi::OsStr],
-    limit: Duration,
+    limits: Limits<'_>,
 ) -> Result<Running> {
     // Without close-on-exec, so that the tool inherits the write end at the
     // same number.
@@ -254,10 +254,6 @@ pub(crate) fn spawn_ready(
         .collect();
     // Our copy of the write end goes once the tool has its own: the read
     // then ends when the tool does.
-    let limits = Limits {
-        time: limit,
-        ..Limits::default()
-    };
     spawn_until(tool, &args, std::fs::File::from(rd), limits, move || {
         drop(wr)
     })
