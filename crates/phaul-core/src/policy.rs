@@ -122,15 +122,6 @@ pub trait ConvergencePolicy: Send + Sync + std::fmt::Debug {
         None
     }
 
-    /// The part of [`predicted_downtime`](Self::predicted_downtime) that is
-    /// the final dump's pages: the engine reports the measured downtime
-    /// beyond it to the target, which learns it as the overhead of a
-    /// switch-over ([`IterationSample::overhead_us`]). The default: the
-    /// last pre-dump's pages of [`PAGE_SIZE`] at [`measured_bandwidth`].
-    fn predicted_transfer(&self, history: &[IterationSample]) -> Option<Duration> {
-        transfer_time(history, PAGE_SIZE)
-    }
-
     /// Before the first pre-dump, from what the engine measured: whether
     /// to pre-dump at all. [`Decision::NotConverging`] skips pre-copy (a
     /// pre-copy does its final dump at once, a hybrid post-copies at once);
@@ -329,8 +320,7 @@ impl ConvergencePolicy for PhaulRules {
     /// switch-over costs beyond it ([`IterationSample::overhead_us`]).
     fn predicted_downtime(&self, history: &[IterationSample]) -> Option<Duration> {
         let learned = history.last()?.overhead().unwrap_or(Duration::ZERO);
-        self.predicted_transfer(history)
-            .map(|t| t.saturating_add(learned))
+        transfer_time(history, PAGE_SIZE).map(|t| t.saturating_add(learned))
     }
 }
 
@@ -445,12 +435,7 @@ impl ConvergencePolicy for DowntimeBudget {
     }
 
     fn predicted_downtime(&self, history: &[IterationSample]) -> Option<Duration> {
-        self.predicted_transfer(history)
-            .map(|t| self.fixed_part(history).saturating_add(t))
-    }
-
-    fn predicted_transfer(&self, history: &[IterationSample]) -> Option<Duration> {
-        transfer_time(history, self.page_size)
+        transfer_time(history, self.page_size).map(|t| self.fixed_part(history).saturating_add(t))
     }
 }
 

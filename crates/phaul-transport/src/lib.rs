@@ -118,7 +118,7 @@
 //! final iteration is the stop-and-copy above with `has_parent` set, so
 //! only pages dirtied since the last pre-dump travel while frozen. Its
 //! `Commit {overhead_us}` says what the switch-over cost beyond the
-//! predicted transfer of those pages; the target learns it per kind and
+//! transfer of those pages (at the pre-dumps' bandwidth); the target learns it per kind and
 //! tells the next source in `Begun {overhead_us}`, for its prediction
 //! (both optional: 0 = not measured, nothing learned).
 //!

@@ -212,6 +212,10 @@ impl<C: SourceCriu> Migration<C> {
         drop(ticker);
         let pages_sent = relay.sent();
         run.stats.add_bytes(pages_sent);
+        run.transfer = run
+            .bandwidth
+            .filter(|_| pre_copied)
+            .and_then(|bw| Duration::try_from_secs_f64(pages_sent as f64 / bw).ok());
         let stopped = Stopped::Dump {
             held,
             relay,

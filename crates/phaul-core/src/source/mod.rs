@@ -798,6 +798,7 @@ impl<C: SourceCriu> Migration<C> {
             nftables_lock,
             fs,
             overhead_us,
+            bandwidth: None,
             transfer: None,
         };
         // The first pass, while the tree runs: the bulk of the files.
@@ -959,7 +960,7 @@ impl<C: SourceCriu> Migration<C> {
             let decision = self.policy.decide(&history);
             run.stats
                 .set_predicted_downtime(self.policy.predicted_downtime(&history));
-            run.transfer = self.policy.predicted_transfer(&history);
+            run.bandwidth = crate::policy::measured_bandwidth(&history);
             info!(
                 iteration = i,
                 pages = st.pages_written,
@@ -1352,8 +1353,15 @@ struct Run<'a> {
     /// What the target learned a switch-over costs beyond its pages, µs
     /// (0: nothing yet), for the policy's predictions.
     overhead_us: u64,
-    /// The predicted transfer of the final dump's pages, when a final dump
-    /// follows pre-dumps: what the commit reports the downtime beyond.
+    /// The pre-dumps' bandwidth ([`crate::policy::measured_bandwidth`]),
+    /// bytes per second, once one measured it.
+    bandwidth: Option<f64>,
+    /// The transfer of the final dump's pages (what it sent before
+    /// `post-dump`) at that bandwidth, when a final dump followed
+    /// pre-dumps: what the commit reports the downtime beyond. Measured,
+    /// not predicted: a prediction that was off (after the first pre-dump,
+    /// whose pages stand for a dirty set they are not) says nothing of
+    /// what the switch-over costs.
     transfer: Option<Duration>,
 }
 
