@@ -54,6 +54,8 @@ pub struct StandIn {
     dirty: Option<DirtyRate>,
     /// How long each restore takes.
     restore_takes: std::time::Duration,
+    /// How long each pre-dump takes beyond sending its pages.
+    pre_dump_takes: std::time::Duration,
 }
 
 impl StandIn {
@@ -83,6 +85,13 @@ impl StandIn {
     /// memory, as a real restore's is).
     pub fn restore_takes(mut self, d: std::time::Duration) -> Self {
         self.restore_takes = d;
+        self
+    }
+
+    /// Make every pre-dump take this long beyond its pages (a real one's
+    /// fixed costs: freezing, the parasite, the images).
+    pub fn pre_dump_takes(mut self, d: std::time::Duration) -> Self {
+        self.pre_dump_takes = d;
         self
     }
 
@@ -232,6 +241,7 @@ impl SourceCriu for StandIn {
         }
         let n = self.next_pages();
         self.note(Self::describe("pre-dump", &spec));
+        tokio::time::sleep(self.pre_dump_takes).await;
         send_bytes(pages, n as usize * BYTES_PER_PAGE).await?;
         Ok(Self::stats(n))
     }

@@ -350,6 +350,17 @@ async fn a_downtime_budget_switches_over_when_the_prediction_fits() {
     assert_eq!(k, ["pre-dump", "pre-dump", "pre-dump", "dump"], "{k:?}");
 }
 
+/// A 60 s downtime budget in the stand-in's pages: it sends
+/// BYTES_PER_PAGE a page, so predicting with that page size, the transfer
+/// predicted is what it takes.
+fn stand_in_budget() -> Option<Box<dyn phaul_core::policy::ConvergencePolicy>> {
+    Some(Box::new(DowntimeBudget {
+        budget: Duration::from_secs(60),
+        page_size: phaul_core::standin::BYTES_PER_PAGE as u64,
+        ..DowntimeBudget::default()
+    }))
+}
+
 /// A target learns what its switch-overs cost beyond their pages (here a
 /// restore of 400 ms): the first pre-copy to it predicts the pages'
 /// transfer alone, the next ones add what it learned, and come within a
@@ -361,15 +372,7 @@ async fn the_next_pre_copy_predicts_the_switch_over_the_target_learned() {
     let mut predicted = Vec::new();
     for _ in 0..3 {
         let src = StandIn::new(ALL).dirty_pages([5_000, 200, 100]);
-        // The stand-in sends BYTES_PER_PAGE a page: predicting with that
-        // page size, the transfer predicted is what it takes.
-        let policy = DowntimeBudget {
-            budget: Duration::from_secs(60),
-            page_size: phaul_core::standin::BYTES_PER_PAGE as u64,
-            ..DowntimeBudget::default()
-        };
-        let policy: Option<Box<dyn phaul_core::policy::ConvergencePolicy>> = Some(Box::new(policy));
-        let (r, _) = migrate_to(&target, src, Mode::PreCopy, false, policy, |m| m).await;
+        let (r, _) = migrate_to(&target, src, Mode::PreCopy, false, stand_in_budget(), |m| m).await;
         assert!(r.success, "{:?}", r.error);
         let (p, d) = (r.predicted_downtime_ms.unwrap(), r.downtime_ms.unwrap());
         assert!(d >= 400.0, "the restore alone takes 400 ms: {d}");
@@ -386,6 +389,34 @@ async fn the_next_pre_copy_predicts_the_switch_over_the_target_learned() {
             "learned: {p} ms predicted, {d} measured ({predicted:?})"
         );
     }
+    target.finish().await;
+}
+
+/// A budget that fits after the first pre-dump predicted all of memory as
+/// the next dirty set (here a second of pre-dump, beyond a downtime of
+/// about 400 ms); what the target learns is the downtime beyond what the
+/// final dump really sent, so it still learns the 400 ms restore, which
+/// the next prediction adds.
+#[tokio::test]
+async fn a_target_learns_even_when_the_prediction_was_all_of_memory() {
+    let restore = Duration::from_millis(400);
+    let target = TestTarget::start(StandIn::new(ALL).restore_takes(restore)).await;
+    let mut predicted = Vec::new();
+    for _ in 0..2 {
+        let src = StandIn::new(ALL)
+            .dirty_pages([5_000, 100])
+            .pre_dump_takes(Duration::from_secs(1));
+        let (r, _) = migrate_to(&target, src, Mode::PreCopy, false, stand_in_budget(), |m| m).await;
+        assert!(r.success, "{:?}", r.error);
+        assert_eq!(r.per_iteration.len(), 2, "one pre-dump, then the dump");
+        let (p, d) = (r.predicted_downtime_ms.unwrap(), r.downtime_ms.unwrap());
+        assert!(p > d, "all of memory predicted: {p} ms, {d} measured");
+        predicted.push(p);
+    }
+    assert!(
+        predicted[1] - predicted[0] >= 300.0,
+        "the 400 ms restore learned and added: {predicted:?}"
+    );
     target.finish().await;
 }
 
