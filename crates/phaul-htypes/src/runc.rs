@@ -31,7 +31,10 @@
 //!   with CNI): runc joins the namespace at that path on the target, which
 //!   must exist there with the container's addresses; its TCP connections
 //!   move with it. The target refuses a bundle whose path does not exist
-//!   before anything is frozen.
+//!   before anything is frozen. phaul locks that namespace itself on both
+//!   hosts, so runc's CRIU is told to skip its own lock (`network-lock
+//!   skip`, through `CRIU_CONFIG_FILE` on the source and the hold's
+//!   configuration on the target).
 //! - the host's network (no network namespace): connections move as for a
 //!   `pid` tree in its host's namespace.
 
@@ -117,10 +120,6 @@ fn lock_netns(path: &str, on: bool) -> Result<()> {
     Ok(())
 }
 
-/// The prestart hook that brings loopback up in a restored container's new
-/// network namespace. runc hands a hook the container's state (JSON, with
-/// its `pid`) on stdin; the script is fixed text, nothing of a user's or a
-/// peer's is in it.
 /// CRIU's configuration line that leaves the network unlocked: for a
 /// namespace phaul locks itself (see `Runc::source_config`).
 const NETWORK_LOCK_SKIP: &str = "network-lock skip";
@@ -134,6 +133,10 @@ fn config_env(conf: Option<&Path>) -> Vec<(&'static str, &OsStr)> {
         .collect()
 }
 
+/// The prestart hook that brings loopback up in a restored container's new
+/// network namespace. runc hands a hook the container's state (JSON, with
+/// its `pid`) on stdin; the script is fixed text, nothing of a user's or a
+/// peer's is in it.
 const LOOPBACK_HOOK: &str = r#"read -r state; pid=${state#*\"pid\":}; pid=${pid%%[,\}]*}; exec nsenter --net=/proc/$pid/ns/net ip link set lo up"#;
 
 /// Adds [`LOOPBACK_HOOK`] to a bundle's prestart hooks, once.
@@ -625,6 +628,35 @@ mod tests {
         let mut bare = serde_json::json!({});
         add_loopback_hook(&mut bare);
         assert_eq!(bare["hooks"]["prestart"].as_array().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn criu_skips_its_own_lock_only_in_a_namespace_phaul_locks() {
+        let paths = Paths {
+            runc_bundles: std::env::temp_dir().join("phaul-no-such-bundles"),
+            ..Paths::default()
+        };
+        let work = tempfile::tempdir().unwrap();
+        let params = |ns: Option<&str>| {
+            let mut p = BTreeMap::from([("id".to_string(), "web".to_string())]);
+            if let Some(ns) = ns {
+                p.insert("netns_path".to_string(), ns.to_string());
+            }
+            p
+        };
+        let joined = Runc::target(&params(Some("/proc/self/ns/net")), &paths).unwrap();
+        let conf = joined.source_config(work.path()).unwrap().unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&conf).unwrap(),
+            "network-lock skip\n"
+        );
+        assert_eq!(
+            config_env(Some(&conf)),
+            vec![("CRIU_CONFIG_FILE", conf.as_os_str())]
+        );
+        let own = Runc::target(&params(None), &paths).unwrap();
+        assert_eq!(own.source_config(work.path()).unwrap(), None);
+        assert!(config_env(None).is_empty());
     }
 
     #[test]
