@@ -624,7 +624,7 @@ fn pre_copy_sends_only_the_dirty_set() {
 /// comes from the largest pre-dump's rate and is some 50 ms, so a
 /// prediction is what the target learned, and what is left is how much the
 /// downtime itself varies from one migration to the next under emulation
-/// (2.1 to 3.3 s in one run).
+/// (2.1 to 3.3 s in one run; 1.3 then 2.7 s in another, which failed).
 #[test]
 #[ignore = "runs in scripts/guest.sh's guest: pre_copy_in_the_guest runs it"]
 fn budget_converges_and_predicts_the_downtime() {
