@@ -203,6 +203,13 @@ impl Opts {
         self
     }
 
+    /// Use this directory, with every cgroup hierarchy mounted in it, as
+    /// the cgroup yard instead of mounting them (`--cgroup-yard`).
+    pub fn cgroup_yard(mut self, path: impl Into<String>) -> Self {
+        self.raw.cgroup_yard = Some(path.into());
+        self
+    }
+
     /// Freeze the tree through this freezer cgroup instead of ptrace
     /// (`--freeze-cgroup`, e.g. `/sys/fs/cgroup/freezer/CTID`).
     pub fn freeze_cgroup(mut self, path: impl Into<String>) -> Self {

@@ -932,6 +932,9 @@ pub fn opts_from(options: &CriuOptions) -> Opts {
     if let Some(mode) = options.manage_cgroups.as_deref().and_then(cgroup_mode) {
         o = o.manage_cgroups_mode(mode);
     }
+    if let Some(y) = &options.cgroup_yard {
+        o = o.cgroup_yard(y.clone());
+    }
     if options.network_lock_nftables {
         o = o.network_lock(criu_rpc::opts::NetworkLock::Nftables);
     }

@@ -31,6 +31,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 
+mod cgyard;
 mod hold;
 pub mod lxc;
 pub mod pid;
@@ -165,6 +166,10 @@ pub struct CriuOptions {
     pub force_irmap: bool,
     /// How CRIU handles cgroups (`--manage-cgroups=MODE`: "soft", "full", ...).
     pub manage_cgroups: Option<String>,
+    /// A directory with every cgroup hierarchy mounted in it, which CRIU
+    /// uses instead of mounting them itself (`--cgroup-yard`; see
+    /// `cgyard.rs`).
+    pub cgroup_yard: Option<String>,
     /// Where each cgroup controller's tree is rooted (`--cgroup-root`):
     /// (controller, path).
     pub cgroup_roots: Vec<(Option<String>, String)>,

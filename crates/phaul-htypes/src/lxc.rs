@@ -12,7 +12,9 @@
 //! script that holds the restored container at `post-restore` until the
 //! commit (see `hold.rs`; a rollback has CRIU kill a copy that never ran,
 //! so no client ever talks to it), and asks for lazy pages (post-copy),
-//! for which liblxc has no option of its own.
+//! for which liblxc has no option of its own, and names the system's
+//! cgroup yard where it is one (see `cgyard.rs`), as phaul's own dump
+//! does.
 //!
 //! LXC lets two containers of the same name exist on one machine (in two
 //! LXC paths): it gives the second a fresh cgroup (`lxc.payload.NAME-1`),
@@ -317,6 +319,7 @@ fn dump_options(pid: i32, config: &str, tty: &str) -> Result<CriuOptions> {
         file_locks: true,
         link_remap: true,
         manage_cgroups: Some("full".into()),
+        cgroup_yard: crate::cgyard::system_yard().map(|y| y.display().to_string()),
         auto_ext_mnt: true,
         ext_sharing: true,
         ext_masters: true,
@@ -425,6 +428,9 @@ impl TargetHooks for Lxc {
         let hold = crate::hold::Hold::prepare(&images_dir.join("hold"))?;
         if lazy {
             hold.also("lazy-pages")?;
+        }
+        if let Some(y) = crate::cgyard::system_yard() {
+            hold.also(&crate::cgyard::config_line(&y))?;
         }
         let conf = hold.criu_config();
         let env = [("CRIU_CONFIG_FILE", conf.as_os_str())];

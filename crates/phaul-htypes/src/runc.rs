@@ -121,7 +121,7 @@ fn lock_netns(path: &str, on: bool) -> Result<()> {
 }
 
 /// CRIU's configuration line that leaves the network unlocked: for a
-/// namespace phaul locks itself (see `Runc::source_config`).
+/// namespace phaul locks itself (see `Runc::criu_lines`).
 const NETWORK_LOCK_SKIP: &str = "network-lock skip";
 
 /// The environment that has runc's CRIU read `conf` (CRIU reads the file
@@ -317,25 +317,42 @@ impl Runc {
         v
     }
 
-    /// For a namespace joined by path, which phaul locks itself (see
-    /// [`lock_netns`]): a CRIU configuration in `work_dir` that skips
-    /// CRIU's own lock. runc runs CRIU with the environment it has, and
-    /// CRIU reads the file `CRIU_CONFIG_FILE` names before runc's options
-    /// (runc sets no network lock of its own). Why skip: CRIU would lock
-    /// each connection with iptables rules as it dumps and unlock them
-    /// when `--leave-running` ends the dump; inside phaul's whole-namespace
-    /// lock both are redundant, and measured (a real test's container, one
-    /// connection) the unlock alone took 54 ms of a 303 ms dump, all of it
-    /// downtime. (runc reads a configuration of its own after that, which
-    /// wins: `/etc/criu/runc.conf`, or the one the container's
-    /// `org.criu.config` annotation names.)
-    fn source_config(&self, work_dir: &Path) -> Result<Option<PathBuf>> {
-        if self.netns_path.is_none() {
+    /// What runc's CRIU is told beyond runc's own options, as lines of a
+    /// CRIU configuration (see [`Self::source_config`]):
+    /// - for a namespace joined by path, which phaul locks itself (see
+    ///   [`lock_netns`]), to skip CRIU's own lock. CRIU would lock each
+    ///   connection with iptables rules as it dumps and unlock them when
+    ///   `--leave-running` ends the dump; inside phaul's whole-namespace
+    ///   lock both are redundant, and measured (a real test's container,
+    ///   one connection) the unlock alone took 54 ms of a 303 ms dump, all
+    ///   of it downtime.
+    /// - the system's cgroup yard, when it is one (see `cgyard.rs`), so
+    ///   that CRIU does not mount every hierarchy again.
+    fn criu_lines(&self, yard: Option<&Path>) -> Vec<String> {
+        let mut lines = Vec::new();
+        if self.netns_path.is_some() {
+            lines.push(NETWORK_LOCK_SKIP.to_owned());
+        }
+        lines.extend(yard.map(crate::cgyard::config_line));
+        lines
+    }
+
+    /// The source's CRIU configuration ([`Self::criu_lines`]) in
+    /// `work_dir`, if it has anything to say. runc runs CRIU with the
+    /// environment it has, and CRIU reads the file `CRIU_CONFIG_FILE` names
+    /// before runc's options (which set neither). (runc reads a
+    /// configuration of its own after that, which wins:
+    /// `/etc/criu/runc.conf`, or the one the container's `org.criu.config`
+    /// annotation names.)
+    fn source_config(&self, work_dir: &Path, yard: Option<&Path>) -> Result<Option<PathBuf>> {
+        let lines = self.criu_lines(yard);
+        if lines.is_empty() {
             return Ok(None);
         }
         let conf = work_dir.join("phaul-criu.conf");
+        let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
         std::fs::create_dir_all(work_dir)
-            .and_then(|()| std::fs::write(&conf, format!("{NETWORK_LOCK_SKIP}\n")))
+            .and_then(|()| std::fs::write(&conf, text))
             .map_err(|source| Error::Io {
                 what: format!("writing {}", conf.display()),
                 source,
@@ -404,7 +421,7 @@ impl SourceHooks for Runc {
     }
 
     fn dump_self(&self, images_dir: &Path, work_dir: &Path) -> Result<()> {
-        let conf = self.source_config(work_dir)?;
+        let conf = self.source_config(work_dir, crate::cgyard::system_yard().as_deref())?;
         self.pause()?;
         let mut args = vec![OsStr::new("--root"), self.root.as_os_str()];
         args.extend(self.checkpoint_args(images_dir, work_dir, &[]));
@@ -428,7 +445,7 @@ impl SourceHooks for Runc {
         work_dir: &Path,
         port: u16,
     ) -> Result<crate::Running> {
-        let conf = self.source_config(work_dir)?;
+        let conf = self.source_config(work_dir, crate::cgyard::system_yard().as_deref())?;
         self.pause()?;
         let server = format!("127.0.0.1:{port}");
         let lazy = [
@@ -492,10 +509,10 @@ impl TargetHooks for Runc {
         // runc passes the CRIU configuration this annotation names on to
         // its CRIU: ours holds the restored container until the commit.
         let hold = crate::hold::Hold::prepare(&images_dir.join("hold"))?;
-        if self.netns_path.is_some() {
-            // Locked by phaul below, as on the source: CRIU's own lock
-            // and unlock of each connection would be downtime for nothing.
-            hold.also(NETWORK_LOCK_SKIP)?;
+        // As on the source: no lock of CRIU's own where phaul locks (below),
+        // and the system's cgroup yard where it is one.
+        for line in self.criu_lines(crate::cgyard::system_yard().as_deref()) {
+            hold.also(&line)?;
         }
         v["annotations"]["org.criu.config"] =
             serde_json::Value::String(hold.criu_config().display().to_string());
@@ -644,18 +661,23 @@ mod tests {
             }
             p
         };
+        let yard = Path::new("/sys/fs/cgroup");
         let joined = Runc::target(&params(Some("/proc/self/ns/net")), &paths).unwrap();
-        let conf = joined.source_config(work.path()).unwrap().unwrap();
+        let conf = joined
+            .source_config(work.path(), Some(yard))
+            .unwrap()
+            .unwrap();
         assert_eq!(
             std::fs::read_to_string(&conf).unwrap(),
-            "network-lock skip\n"
+            "network-lock skip\ncgroup-yard /sys/fs/cgroup\n"
         );
         assert_eq!(
             config_env(Some(&conf)),
             vec![("CRIU_CONFIG_FILE", conf.as_os_str())]
         );
         let own = Runc::target(&params(None), &paths).unwrap();
-        assert_eq!(own.source_config(work.path()).unwrap(), None);
+        assert_eq!(own.criu_lines(Some(yard)), ["cgroup-yard /sys/fs/cgroup"]);
+        assert_eq!(own.source_config(work.path(), None).unwrap(), None);
         assert!(config_env(None).is_empty());
     }
 
