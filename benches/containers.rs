@@ -57,7 +57,8 @@
 //! Narrowing: `PHAUL_BENCH_SIZES=128` (MiB, comma-separated),
 //! `PHAUL_BENCH_RUNS=N`, `PHAUL_BENCH_CASES=lxc-stop,lxc-post,lxc-seed,runc-stop,runc-post,runc-hand`,
 //! `PHAUL_BENCH_KEEP=1` (keep phaul's image directories with CRIU's logs),
-//! `PHAUL_BENCH_CRIU_LOG_LEVEL=4` (the engine's CRIU logs with timestamps).
+//! `PHAUL_BENCH_CRIU_LOG_LEVEL=4` (the engine's CRIU logs with timestamps),
+//! `PHAUL_BENCH_LOG=phaul_core=debug` (phaul's own log on stderr).
 
 #![allow(clippy::print_stdout)]
 
@@ -196,6 +197,7 @@ fn main() -> Result<()> {
         return Ok(());
     };
     let cfg = Config::from_env()?;
+    common::log_from_env();
     println!(
         "containers bench: CRIU {}, {} vCPUs, sizes {:?} MiB, {} run(s) each; client INCR every {} ms",
         criu_version(&bin).unwrap_or_else(|_| "?".into()),

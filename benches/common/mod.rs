@@ -22,6 +22,19 @@ pub fn raise_pipe_max_size() -> Result<()> {
     Ok(())
 }
 
+/// With `PHAUL_BENCH_LOG` set (a `tracing` filter, e.g.
+/// `phaul_core=debug,phaul_htypes=debug`), the engine's and the service's
+/// logs go to stderr with microsecond timestamps: where a phase's time goes.
+#[allow(dead_code)] // each bench compiles this module alone
+pub fn log_from_env() {
+    if std::env::var_os("PHAUL_BENCH_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_env("PHAUL_BENCH_LOG"))
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
+}
+
 /// `PHAUL_BENCH_CASES` (comma-separated names) picked from `all`, or all
 /// of them when it is unset or empty.
 #[allow(dead_code)] // each bench compiles this module alone

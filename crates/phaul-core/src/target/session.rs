@@ -65,12 +65,17 @@ enum State {
     Committed,
 }
 
+/// Serves a migration's file-system passes; ends once the final one is
+/// durable here.
+type FsTask = tokio::task::JoinHandle<phaul_fs::Result<()>>;
+
 struct Begun {
     plan: Plan,
     htype: Arc<dyn Htype>,
     dir: PathBuf,
-    /// Serving the source's file-system passes, while the migration runs.
-    fs_task: Option<tokio::task::JoinHandle<()>>,
+    /// Serving the source's file-system passes, while the migration runs;
+    /// it ends once the final pass is durable, which the commit waits for.
+    fs_task: Option<FsTask>,
     /// When `Begin` came: the metrics' total time counts from here.
     at: Instant,
     /// Its place among the service's running migrations, given back when
@@ -434,22 +439,26 @@ impl<T: TargetCriu> Session<T> {
         driver: &'static str,
         mut rx: mpsc::Receiver<Link>,
         root: PathBuf,
-    ) -> tokio::task::JoinHandle<()> {
+    ) -> FsTask {
         let limits = self.svc.fs_limits;
         let metrics = self.svc.metrics.clone();
         let sid = hex(&self.sid);
         tokio::spawn(async move {
             let Ok(Some(link)) = tokio::time::timeout(JOIN_TIMEOUT, rx.recv()).await else {
                 warn!(session = %sid, "no file-system channel joined the session");
-                return;
+                return Err(phaul_fs::Error::Protocol(
+                    "no file-system channel joined the session".into(),
+                ));
             };
             match phaul_fs::registry::serve(driver, link, &root, &limits).await {
                 Ok(st) => {
                     metrics.fs_received(st.bytes);
-                    info!(session = %sid, files = st.files, bytes = st.bytes, "file system received")
+                    info!(session = %sid, files = st.files, bytes = st.bytes, "file system received");
+                    Ok(())
                 }
                 Err(e) => {
-                    warn!(session = %sid, error = %error_chain(&e), "file-system sync failed")
+                    warn!(session = %sid, error = %error_chain(&e), "file-system sync failed");
+                    Err(e)
                 }
             }
         })
@@ -691,9 +700,13 @@ impl<T: TargetCriu> Session<T> {
             warn!(session = %hex(&self.sid), "a commit came after its lease");
             return Err((ErrorCode::BadRequest, e));
         }
-        let State::Restored(b, r) = std::mem::replace(&mut self.state, State::Idle) else {
+        let State::Restored(mut b, r) = std::mem::replace(&mut self.state, State::Idle) else {
             unreachable!("matched above")
         };
+        if let Err(e) = durable_fs(&mut b.fs_task).await {
+            self.state = State::Restored(b, r);
+            return Err(failed(e));
+        }
         let Restored {
             how,
             daemon,
@@ -790,6 +803,23 @@ impl<T: TargetCriu> Session<T> {
     }
 }
 
+/// Waits until the file system the source synced is durable here (its
+/// final pass's syncfs, which runs while the images arrive and the tree is
+/// restored): the tree must not run on files a crash of this host could
+/// still lose, when the source's copy is gone. Taken once: a refused
+/// commit's rollback has nothing more to wait for.
+async fn durable_fs(fs_task: &mut Option<FsTask>) -> Result<()> {
+    let Some(task) = fs_task.take() else {
+        return Ok(());
+    };
+    match task.await {
+        Ok(r) => r.map_err(Error::Fs),
+        Err(e) => Err(Error::Protocol(format!(
+            "the file-system sync ended before it was durable: {e}"
+        ))),
+    }
+}
+
 /// A commit whose lease ran out: the source gave up its freeze limit
 /// before this could be read (this service was stopped, or slow), has
 /// resumed its own copy, and this one must not run.
@@ -860,5 +890,47 @@ fn link_parent(dir: &std::path::Path, parent: u32) -> crate::error::Result<()> {
             what: format!("linking {}/parent", dir.display()),
             source,
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_commit_waits_for_the_file_system_to_be_durable() {
+        // No file system: nothing to wait for.
+        assert!(durable_fs(&mut None).await.is_ok());
+        // Still syncing when the commit comes: it waits, then goes on.
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let mut task = Some(tokio::spawn(async move {
+            let _ = rx.await;
+            Ok(())
+        }));
+        {
+            let waiting = durable_fs(&mut task);
+            tokio::pin!(waiting);
+            let early = tokio::time::timeout(Duration::from_millis(50), &mut waiting).await;
+            assert!(early.is_err(), "the commit went on before the sync ended");
+            tx.send(()).unwrap();
+            assert!(waiting.await.is_ok());
+        }
+        assert!(
+            task.is_none(),
+            "taken once: a rollback has nothing to wait for"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_file_system_that_did_not_become_durable_refuses_the_commit() {
+        let mut failed = Some(tokio::spawn(async {
+            Err(phaul_fs::Error::Protocol("syncfs: EIO".into()))
+        }));
+        let e = durable_fs(&mut failed).await.unwrap_err();
+        assert!(matches!(e, Error::Fs(_)), "{e:?}");
+        let mut gone = Some(tokio::spawn(std::future::pending::<phaul_fs::Result<()>>()));
+        gone.as_ref().unwrap().abort();
+        let e = durable_fs(&mut gone).await.unwrap_err();
+        assert!(e.to_string().contains("before it was durable"), "{e}");
     }
 }

@@ -24,8 +24,11 @@
 //! ```
 //!
 //! After the pass marked `last` (the final sync, workload frozen) the
-//! target syncs its file system (`syncfs`) before `PassDone` and its service
-//! loop returns. The source diffs each entry against the manifest the way
+//! target answers `PassDone`, then syncs its file system (`syncfs`), and
+//! only then does its service loop return: `PassDone` says the tree is
+//! applied, the return that it is durable. The syncfs is off the
+//! downtime's path (the images and the restore go on meanwhile); what
+//! lets the workload run (phaul's commit) waits for the return. The source diffs each entry against the manifest the way
 //! rsync's quick check does: kind, then size and mtime (content), then
 //! mode and owner (metadata). Content is sent whole, in `Data` messages of
 //! at most 128 KiB. Hard links are kept: the first name of an inode is

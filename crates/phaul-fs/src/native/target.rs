@@ -143,16 +143,6 @@ async fn target_pass(
             applied.files, applied.bytes, applied.ops
         )));
     }
-    if last {
-        // The final pass is what the restored workload will see: make it
-        // durable before saying it is done.
-        let owned_root = root.to_path_buf();
-        blocking(tokio::task::spawn_blocking(move || {
-            let d = Dirs::open(&owned_root)?;
-            nix::unistd::syncfs(d.root()).map_err(|e| Error::io(&owned_root, e))
-        }))
-        .await?;
-    }
     let stats = SyncStats {
         files,
         bytes,
@@ -171,6 +161,24 @@ async fn target_pass(
             .to_vec(),
         )
         .await?;
+    if last {
+        // The final pass is what the restored workload will see: durable
+        // before this returns. After `PassDone`, not before it: the source
+        // sends its images and the target restores meanwhile, and the
+        // commit waits for this (a syncfs flushes the whole file system,
+        // tens of milliseconds of the downtime when it was in the way).
+        let t0 = Instant::now();
+        let owned_root = root.to_path_buf();
+        blocking(tokio::task::spawn_blocking(move || {
+            let d = Dirs::open(&owned_root)?;
+            nix::unistd::syncfs(d.root()).map_err(|e| Error::io(&owned_root, e))
+        }))
+        .await?;
+        tracing::debug!(
+            ms = t0.elapsed().as_secs_f64() * 1000.0,
+            "final pass made durable (syncfs)"
+        );
+    }
     Ok(stats)
 }
 
