@@ -64,7 +64,6 @@ use nix::errno::Errno;
 use nix::fcntl::{OFlag, openat};
 use nix::sys::stat::{Mode, fchmod};
 use nix::unistd::{UnlinkatFlags, unlinkat};
-use tokio::io::AsyncReadExt;
 use tokio::task::JoinHandle;
 use tracing::debug;
 
@@ -72,6 +71,10 @@ use crate::error::{Error, Result, error_chain};
 use crate::frame::{Kind, MAX_PAYLOAD};
 use crate::link::{DATA_CHUNK, FrameReader, FrameWriter, Link, data_of, expect_msg};
 use crate::proto::{BatchAck, BatchEnd, ErrorCode, FileBegin, FileEnd};
+
+/// Data chunks up to this size are written on the receiving task itself;
+/// larger ones in the blocking pool, overlapping the next chunk's arrival.
+const INLINE_WRITE: usize = 64 * 1024;
 
 /// The longest file name, in bytes (Linux's `NAME_MAX`).
 pub const MAX_NAME: usize = 255;
@@ -362,64 +365,154 @@ where
     }
 }
 
+/// How many pieces (a file's start, a chunk of at most [`DATA_CHUNK`]
+/// bytes, its end) the reading thread may be ahead of the sender.
+const READ_AHEAD: usize = 8;
+
+/// Up to this many bytes of small frames go out in one write.
+const COALESCE: usize = 64 * 1024;
+
+/// What the reading thread hands the sender, in order.
+enum Piece {
+    Begin(FileBegin),
+    Data(Vec<u8>),
+    End,
+}
+
 /// Sends each file, `FileBegin` to `FileEnd`; not the `BatchEnd`.
+///
+/// One blocking thread reads the files in order, a few pieces ahead, while
+/// this task sends: a batch of many small images (a container's dump has
+/// dozens) then costs one trip to the blocking pool, not three per file.
 async fn send_all(writer: &mut FrameWriter, dir: &Path, names: &[String]) -> Result<BatchStats> {
-    let mut buf = vec![0u8; DATA_CHUNK];
+    let (tx, mut rx) = tokio::sync::mpsc::channel(READ_AHEAD);
+    let (dir, names) = (dir.to_path_buf(), names.to_vec());
+    // Ends at its next piece once `rx` is gone (this task failed).
+    tokio::task::spawn_blocking(move || {
+        for name in names {
+            if read_one(&dir.join(&name), name, &tx).is_err() {
+                return;
+            }
+        }
+    });
     let mut stats = BatchStats::default();
-    for name in names {
-        let size = send_one(writer, &dir.join(name), name, &mut buf).await?;
-        stats.files += 1;
-        stats.bytes += size;
+    let mut out = Coalesced::default();
+    while let Some(piece) = rx.recv().await {
+        out.add(writer, piece?, &mut stats).await?;
+        // What the reader has ready goes out in the same write.
+        while out.bytes < COALESCE {
+            match rx.try_recv() {
+                Ok(piece) => out.add(writer, piece?, &mut stats).await?,
+                Err(_) => break,
+            }
+        }
+        out.flush(writer).await?;
     }
     Ok(stats)
 }
 
-/// Sends one file and returns its size.
-async fn send_one(
-    writer: &mut FrameWriter,
+/// Small frames gathered for one write (see [`FrameWriter::write_frames`]).
+#[derive(Default)]
+struct Coalesced {
+    frames: Vec<(Kind, Vec<u8>)>,
+    bytes: usize,
+    /// The size of the file being sent (its `FileBegin`'s).
+    size: u64,
+}
+
+impl Coalesced {
+    async fn add(&mut self, w: &mut FrameWriter, p: Piece, stats: &mut BatchStats) -> Result<()> {
+        use prost::Message;
+        let (kind, payload) = match p {
+            Piece::Begin(b) => {
+                self.size = b.size;
+                (Kind::FileBegin, b.encode_to_vec())
+            }
+            Piece::Data(d) if d.len() > COALESCE => {
+                // Large: written from its own buffer, after what came before.
+                self.flush(w).await?;
+                return w.send_data(&d).await;
+            }
+            Piece::Data(d) => {
+                let (kind, payload) = w.data_frame(&d);
+                (kind, payload.into_owned())
+            }
+            Piece::End => {
+                stats.files += 1;
+                stats.bytes += self.size;
+                (Kind::FileEnd, FileEnd {}.encode_to_vec())
+            }
+        };
+        self.bytes += payload.len();
+        self.frames.push((kind, payload));
+        Ok(())
+    }
+
+    async fn flush(&mut self, w: &mut FrameWriter) -> Result<()> {
+        if self.frames.is_empty() {
+            return Ok(());
+        }
+        let frames: Vec<(Kind, &[u8])> = self.frames.iter().map(|(k, p)| (*k, &p[..])).collect();
+        w.write_frames(&frames).await?;
+        self.frames.clear();
+        self.bytes = 0;
+        Ok(())
+    }
+}
+
+/// Reads one file into pieces for [`send_all`]; `Err` once the sender is
+/// gone or after a failure it was told of.
+fn read_one(
     path: &Path,
-    name: &str,
-    buf: &mut [u8],
-) -> Result<u64> {
-    let owned = path.to_path_buf();
-    let (file, size, mode) = blocking(move || open_regular(&owned)).await?;
-    let file_err = |source| Error::File {
-        path: path.to_path_buf(),
-        source,
+    name: String,
+    tx: &tokio::sync::mpsc::Sender<Result<Piece>>,
+) -> std::result::Result<(), ()> {
+    use std::io::Read;
+    let send = |p: Result<Piece>| {
+        let failed = p.is_err();
+        match tx.blocking_send(p) {
+            Ok(()) if !failed => Ok(()),
+            _ => Err(()),
+        }
     };
-    writer
-        .send(
-            Kind::FileBegin,
-            &FileBegin {
-                name: name.to_string(),
-                size,
-                mode,
-            },
-        )
-        .await?;
-    let mut file = tokio::fs::File::from_std(file);
+    let file_err = |source| {
+        Err(Error::File {
+            path: path.to_path_buf(),
+            source,
+        })
+    };
+    let (mut file, size, mode) = match open_regular(path) {
+        Ok(x) => x,
+        Err(e) => return send(Err(e)),
+    };
+    send(Ok(Piece::Begin(FileBegin { name, size, mode })))?;
     let mut left = size;
     while left > 0 {
-        let want = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
-        let n = file.read(&mut buf[..want]).await.map_err(file_err)?;
-        if n == 0 {
-            return Err(file_err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                format!("shrank while being sent: {} of {size} bytes", size - left),
-            )));
-        }
-        writer.send_data(&buf[..n]).await?;
+        let want = usize::try_from(left).unwrap_or(usize::MAX).min(DATA_CHUNK);
+        let mut buf = vec![0u8; want];
+        let n = match file.read(&mut buf) {
+            Ok(0) => {
+                return send(file_err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("shrank while being sent: {} of {size} bytes", size - left),
+                )));
+            }
+            Ok(n) => n,
+            Err(e) => return send(file_err(e)),
+        };
+        buf.truncate(n);
         left -= n as u64;
+        send(Ok(Piece::Data(buf)))?;
     }
     // The receiver takes exactly the announced size, so a file that grew
     // cannot be sent whole: better to fail than to restore a torn image.
-    if file.read(&mut buf[..1]).await.map_err(file_err)? != 0 {
-        return Err(file_err(io::Error::other(format!(
+    match file.read(&mut [0u8; 1]) {
+        Ok(0) => send(Ok(Piece::End)),
+        Ok(_) => send(file_err(io::Error::other(format!(
             "grew while being sent (announced {size} bytes)"
-        ))));
+        )))),
+        Err(e) => send(file_err(e)),
     }
-    writer.send(Kind::FileEnd, &FileEnd {}).await?;
-    Ok(size)
 }
 
 /// Opens a regular file without following a symlink (the name may have
@@ -691,7 +784,12 @@ async fn receive_file(
                 if let Some(p) = pending.take() {
                     joined(p).await.map_err(file_err)?;
                 }
-                if n > 0 {
+                if n > 0 && bytes.len() <= INLINE_WRITE {
+                    // A small image (most are) goes to the page cache in
+                    // microseconds, like the openat above: a trip to the
+                    // blocking pool would cost more than the write.
+                    (&*file).write_all(&bytes).map_err(file_err)?;
+                } else if n > 0 {
                     let file = Arc::clone(&file);
                     pending = Some(tokio::task::spawn_blocking(move || {
                         (&*file).write_all(&bytes)

@@ -457,6 +457,51 @@ impl FrameWriter {
         Ok(())
     }
 
+    /// Writes `frames` (each a kind and a payload) with one write and one
+    /// flush: a run of small frames costs one write (one TLS record, one
+    /// wake-up of the peer), not one each. The payloads are copied: meant
+    /// for small ones; a large payload is better sent by
+    /// [`FrameWriter::write_frame`].
+    pub async fn write_frames(&mut self, frames: &[(Kind, &[u8])]) -> Result<()> {
+        let total: usize = frames.iter().map(|(_, p)| HEADER_LEN + p.len()).sum();
+        let mut buf = BytesMut::with_capacity(total);
+        for (kind, payload) in frames {
+            let length = u32::try_from(payload.len())
+                .ok()
+                .filter(|l| *l <= MAX_PAYLOAD)
+                .ok_or(FrameError::TooLarge {
+                    length: u32::MAX,
+                    max: MAX_PAYLOAD,
+                })?;
+            Header {
+                version: self.version,
+                kind: *kind,
+                length,
+            }
+            .encode(&mut buf);
+            buf.extend_from_slice(payload);
+        }
+        self.inner.write_all(&buf).await?;
+        self.inner.flush().await?;
+        if let Some(l) = self.limiter.as_mut() {
+            l.account(total).await;
+        }
+        Ok(())
+    }
+
+    /// The frame a chunk of stream bytes (at most [`DATA_CHUNK`]) goes out
+    /// in: `DataLz4` where the link compresses and that is smaller, else
+    /// `Data`.
+    pub fn data_frame<'a>(&self, chunk: &'a [u8]) -> (Kind, std::borrow::Cow<'a, [u8]>) {
+        if self.compress {
+            let c = lz4_compress(chunk);
+            if c.len() < chunk.len() {
+                return (Kind::DataLz4, c.into());
+            }
+        }
+        (Kind::Data, chunk.into())
+    }
+
     /// Writes a message as a frame of `kind`.
     pub async fn send<M: Message>(&mut self, kind: Kind, msg: &M) -> Result<()> {
         self.write_frame(kind, &msg.encode_to_vec()).await
@@ -468,16 +513,8 @@ impl FrameWriter {
         while !data.is_empty() {
             let n = data.len().min(DATA_CHUNK);
             let (chunk, rest) = data.split_at(n);
-            if self.compress {
-                let c = lz4_compress(chunk);
-                if c.len() < chunk.len() {
-                    self.write_frame(Kind::DataLz4, &c).await?;
-                } else {
-                    self.write_frame(Kind::Data, chunk).await?;
-                }
-            } else {
-                self.write_frame(Kind::Data, chunk).await?;
-            }
+            let (kind, payload) = self.data_frame(chunk);
+            self.write_frame(kind, &payload).await?;
             data = rest;
         }
         Ok(())

@@ -684,3 +684,29 @@ async fn a_sender_that_fails_mid_file_gets_its_partial_file_removed() {
     }
     assert_eq!(snapshot(scene.root.path()), before);
 }
+
+#[tokio::test]
+async fn a_file_that_grows_while_being_sent_fails_the_batch_and_the_receiver_is_told() {
+    // A /proc file says it is empty and then has content: to the sender, a
+    // file that grew after its `FileBegin` went out.
+    let scene = Scene::new();
+    let (mut a, mut b) = pair(link_config()).await;
+    let limits = ImageLimits::default();
+    let names = ["status".to_string()];
+    let (sent, received) = tokio::join!(
+        send_files_over(&mut a, Path::new("/proc/self"), &names),
+        receive_batch_over(&mut b, &scene.target, &limits)
+    );
+    match sent {
+        Err(Error::File { source, .. }) => assert!(source.to_string().contains("grew"), "{source}"),
+        other => panic!("{other:?}"),
+    }
+    match received {
+        Err(Error::Remote { code, message }) => {
+            assert_eq!(code, ErrorCode::Failed);
+            assert!(message.contains("grew"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(names_in(&scene.target).is_empty(), "the partial file stays");
+}
