@@ -23,12 +23,15 @@
 //!    | <- PassDone {files, bytes, deleted, scanned} ---|  or an Error frame
 //! ```
 //!
-//! After the pass marked `last` (the final sync, workload frozen) the
-//! target answers `PassDone`, then syncs its file system (`syncfs`), and
-//! only then does its service loop return: `PassDone` says the tree is
-//! applied, the return that it is durable. The syncfs is off the
-//! downtime's path (the images and the restore go on meanwhile); what
-//! lets the workload run (phaul's commit) waits for the return. The source diffs each entry against the manifest the way
+//! Durability: the first pass is synced (`syncfs`) before its `PassDone`;
+//! what later passes change is recorded, and after the pass marked `last`
+//! (the final sync, workload frozen) has been answered, the target fsyncs
+//! those files and directories, and only then does its service loop
+//! return. So `PassDone` of the last pass says the tree is applied, the
+//! return that it is durable: that work is off the downtime's path (the
+//! images and the restore go on meanwhile), costs what the later passes
+//! changed rather than everything dirty on the disk, and what lets the
+//! workload run (phaul's commit) waits for the return. The source diffs each entry against the manifest the way
 //! rsync's quick check does: kind, then size and mtime (content), then
 //! mode and owner (metadata). Content is sent whole, in `Data` messages of
 //! at most 128 KiB. Hard links are kept: the first name of an inode is
@@ -81,6 +84,7 @@
 //! [`Error::Link`]: crate::Error::Link
 //! [`FsLimits`]: crate::FsLimits
 
+mod durable;
 mod plan;
 mod source;
 mod target;

@@ -22,6 +22,7 @@ use tokio::sync::mpsc;
 use tracing::debug;
 
 use super::BUFFER;
+use super::durable::{Durable, Touched, make_durable};
 use crate::error::{Error, Result};
 use crate::pass::{ServePass, serve_passes};
 use crate::path::{DIR_FLAGS, Dirs, MAX_PATH, RelPath};
@@ -44,6 +45,7 @@ pub async fn serve_native(link: Link, root: &Path, limits: &FsLimits) -> Result<
         mr: MsgReader::new(),
         root,
         limits,
+        touched: Touched::default(),
     };
     serve_passes("native", link, root, server).await
 }
@@ -53,6 +55,8 @@ struct Server<'a> {
     mr: MsgReader,
     root: &'a Path,
     limits: &'a FsLimits,
+    /// What the passes after the first changed, made durable at the end.
+    touched: Touched,
 }
 
 impl ServePass for Server<'_> {
@@ -66,19 +70,51 @@ impl ServePass for Server<'_> {
                 "pass {pass} where {expect} was due"
             )));
         }
-        let stats = target_pass(link, &mut self.mr, self.root, self.limits, last).await?;
+        // The first pass is made durable before it is answered, unless it
+        // is also the last (see `durable`).
+        let sync_first = pass == 0 && !last;
+        let (stats, touched) =
+            target_pass(link, &mut self.mr, self.root, self.limits, sync_first).await?;
+        if !sync_first {
+            // The first pass's sync covers all it touched.
+            self.touched.merge(touched);
+        }
+        if last {
+            // After `PassDone`: the source sends its images and the target
+            // restores meanwhile; the commit waits for this.
+            let what = match pass {
+                0 => Durable::SyncFs,
+                _ => Durable::Touched(std::mem::take(&mut self.touched)),
+            };
+            let t0 = Instant::now();
+            let entries = match &what {
+                Durable::Touched(t) => t.len(),
+                Durable::SyncFs => 0,
+            };
+            let root = self.root.to_path_buf();
+            blocking(tokio::task::spawn_blocking(move || {
+                make_durable(&root, what)
+            }))
+            .await?;
+            debug!(
+                ms = t0.elapsed().as_secs_f64() * 1000.0,
+                entries, "the passes' changes made durable"
+            );
+        }
         Ok((stats, last))
     }
 }
 
-/// One pass: manifest out, operations in, applied on a blocking thread.
+/// One pass: manifest out, operations in, applied on a blocking thread;
+/// the file system synced before the answer when `sync`. Returns what the
+/// pass touched.
 async fn target_pass(
     link: &mut Link,
     mr: &mut MsgReader,
     root: &Path,
     limits: &FsLimits,
-    last: bool,
-) -> Result<SyncStats> {
+    sync: bool,
+) -> Result<(SyncStats, Touched)> {
     let started = Instant::now();
     let owned_root = root.to_path_buf();
     let max = limits.max_entries;
@@ -143,6 +179,13 @@ async fn target_pass(
             applied.files, applied.bytes, applied.ops
         )));
     }
+    if sync {
+        let root = root.to_path_buf();
+        blocking(tokio::task::spawn_blocking(move || {
+            make_durable(&root, Durable::SyncFs)
+        }))
+        .await?;
+    }
     let stats = SyncStats {
         files,
         bytes,
@@ -161,25 +204,7 @@ async fn target_pass(
             .to_vec(),
         )
         .await?;
-    if last {
-        // The final pass is what the restored workload will see: durable
-        // before this returns. After `PassDone`, not before it: the source
-        // sends its images and the target restores meanwhile, and the
-        // commit waits for this (a syncfs flushes the whole file system,
-        // tens of milliseconds of the downtime when it was in the way).
-        let t0 = Instant::now();
-        let owned_root = root.to_path_buf();
-        blocking(tokio::task::spawn_blocking(move || {
-            let d = Dirs::open(&owned_root)?;
-            nix::unistd::syncfs(d.root()).map_err(|e| Error::io(&owned_root, e))
-        }))
-        .await?;
-        tracing::debug!(
-            ms = t0.elapsed().as_secs_f64() * 1000.0,
-            "final pass made durable (syncfs)"
-        );
-    }
-    Ok(stats)
+    Ok((stats, applied.touched))
 }
 
 /// Sends the tree's entries as the manifest; regular files with several
@@ -221,7 +246,7 @@ async fn send_manifest(writer: &mut FrameWriter, entries: Vec<Entry>) -> Result<
 }
 
 /// What a pass applied.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default)]
 struct Applied {
     files: u64,
     bytes: u64,
@@ -229,6 +254,8 @@ struct Applied {
     ops: u64,
     /// A file's content was still expected when the stream stopped.
     pending: bool,
+    /// What the pass changed (see `durable`).
+    touched: Touched,
 }
 
 /// A file being received: its temporary name in its parent.
@@ -358,7 +385,7 @@ impl Applier {
         while let Some(msg) = rx.blocking_recv() {
             self.apply(msg)?;
         }
-        let mut a = self.applied;
+        let mut a = std::mem::take(&mut self.applied);
         a.pending = self.pending.is_some();
         Ok(a)
     }
@@ -404,6 +431,7 @@ impl Applier {
     }
 
     fn mkdir(&mut self, p: &RelPath) -> Result<()> {
+        self.applied.touched.in_dir_of(p);
         let (parent, name) = self.dirs.parent(p)?;
         // Made private; its mode, owner and times come with its SetMeta,
         // after its children.
@@ -434,6 +462,8 @@ impl Applier {
                 self.limits.max_pass_bytes
             )));
         }
+        self.applied.touched.entry(&p);
+        self.applied.touched.in_dir_of(&p);
         let seq = &mut self.seq;
         let (parent, _) = self.dirs.parent(&p)?;
         let (fd, tmp) = at_tmp(seq, |n| {
@@ -535,6 +565,7 @@ impl Applier {
                 reason: format!("a hard link to the directory {:?}", to.lossy()),
             });
         }
+        self.applied.touched.in_dir_of(p);
         let seq = &mut self.seq;
         let (parent, name) = self.dirs.parent(p)?;
         if let Ok(st) = fstatat(parent, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
@@ -577,6 +608,7 @@ impl Applier {
         chmod: bool,
         mut make: impl FnMut(BorrowedFd<'_>, &[u8]) -> nix::Result<()>,
     ) -> Result<()> {
+        self.applied.touched.in_dir_of(p);
         let seq = &mut self.seq;
         let (parent, name) = self.dirs.parent(p)?;
         let ((), tmp) = at_tmp(seq, |n| make(parent, n)).map_err(|e| Error::io(p.to_path(), e))?;
@@ -584,6 +616,7 @@ impl Applier {
     }
 
     fn set_meta(&mut self, p: &RelPath, meta: &Meta) -> Result<()> {
+        self.applied.touched.entry(p);
         let err = |e: Errno| Error::io(p.to_path(), e);
         let (uid, gid) = owner(meta);
         if p.is_root() {
@@ -621,6 +654,7 @@ impl Applier {
                 reason: "deleting the tree's root".into(),
             });
         }
+        self.applied.touched.in_dir_of(p);
         let res = self.delete_inner(p);
         // The cached directory may be what just went.
         self.dirs.forget();
@@ -685,4 +719,65 @@ fn remove_tree(parent: BorrowedFd<'_>, name: &[u8], path: &RelPath) -> Result<u6
     drop(dir);
     unlinkat(parent, name, UnlinkatFlags::RemoveDir).map_err(err)?;
     Ok(count + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rel(s: &str) -> RelPath {
+        RelPath::parse(s.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn the_applier_records_what_a_pass_changed_for_durability() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir(root.path().join("old")).unwrap();
+        std::fs::write(root.path().join("old/x"), b"x").unwrap();
+        let me = Meta {
+            mode: 0o644,
+            uid: nix::unistd::getuid().as_raw(),
+            gid: nix::unistd::getgid().as_raw(),
+            mtime_sec: 1,
+            mtime_nsec: 0,
+        };
+        let mut a = Applier::new(root.path(), FsLimits::default()).unwrap();
+        let ops = [
+            Msg::Mkdir {
+                path: b"etc".to_vec(),
+            },
+            Msg::Write {
+                path: b"etc/hosts".to_vec(),
+                size: 2,
+                meta: me,
+            },
+            Msg::Data(bytes::Bytes::from_static(b"ok")),
+            Msg::Symlink {
+                path: b"etc/l".to_vec(),
+                target: b"hosts".to_vec(),
+                meta: me,
+            },
+            Msg::SetMeta {
+                path: b"etc".to_vec(),
+                meta: Meta { mode: 0o755, ..me },
+            },
+            Msg::Delete {
+                path: b"old/x".to_vec(),
+            },
+        ];
+        for m in ops {
+            a.apply(m).unwrap();
+        }
+        let touched = std::mem::take(&mut a.applied.touched);
+        let mut want = Touched::default();
+        want.entry(&rel("etc/hosts"));
+        want.entry(&rel("etc"));
+        for p in ["etc", "etc/hosts", "old/x"] {
+            // The root, `etc` and `old`.
+            want.in_dir_of(&rel(p));
+        }
+        assert_eq!(touched, want);
+        make_durable(root.path(), Durable::Touched(touched)).unwrap();
+        assert_eq!(std::fs::read(root.path().join("etc/hosts")).unwrap(), b"ok");
+    }
 }
