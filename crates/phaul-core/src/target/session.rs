@@ -803,10 +803,11 @@ impl<T: TargetCriu> Session<T> {
     }
 }
 
-/// Waits until the file system the source synced is durable here (its
-/// final pass's syncfs, which runs while the images arrive and the tree is
-/// restored): the tree must not run on files a crash of this host could
-/// still lose, when the source's copy is gone. Taken once: a refused
+/// Waits until the file system the source synced is durable here (what
+/// the passes after the first changed, fsynced once the final pass is
+/// answered, while the images arrive and the tree is restored): the tree
+/// must not run on files a crash of this host could still lose, when the
+/// source's copy is gone. Taken once: a refused
 /// commit's rollback has nothing more to wait for.
 async fn durable_fs(fs_task: &mut Option<FsTask>) -> Result<()> {
     let Some(task) = fs_task.take() else {
