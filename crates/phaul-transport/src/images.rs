@@ -365,8 +365,8 @@ where
     }
 }
 
-/// How many pieces (a file's start, a chunk of at most [`DATA_CHUNK`]
-/// bytes, its end) the reading thread may be ahead of the sender.
+/// How many runs of pieces (see [`Pieces`]) the reading thread may be
+/// ahead of the sender.
 const READ_AHEAD: usize = 8;
 
 /// Up to this many bytes of small frames go out in one write.
@@ -381,34 +381,92 @@ enum Piece {
 
 /// Sends each file, `FileBegin` to `FileEnd`; not the `BatchEnd`.
 ///
-/// One blocking thread reads the files in order, a few pieces ahead, while
+/// One blocking thread reads the files in order, a few runs ahead, while
 /// this task sends: a batch of many small images (a container's dump has
-/// dozens) then costs one trip to the blocking pool, not three per file.
+/// dozens) then costs one trip to the blocking pool, not three per file,
+/// and a run of small files goes out in one write.
 async fn send_all(writer: &mut FrameWriter, dir: &Path, names: &[String]) -> Result<BatchStats> {
     let (tx, mut rx) = tokio::sync::mpsc::channel(READ_AHEAD);
     let (dir, names) = (dir.to_path_buf(), names.to_vec());
-    // Ends at its next piece once `rx` is gone (this task failed).
+    // Ends at its next run once `rx` is gone (this task failed).
     tokio::task::spawn_blocking(move || {
+        let mut out = Pieces {
+            tx: &tx,
+            run: Vec::new(),
+            bytes: 0,
+        };
         for name in names {
-            if read_one(&dir.join(&name), name, &tx).is_err() {
+            if read_one(&dir.join(&name), name, &mut out).is_err() {
                 return;
             }
         }
+        let _ = out.flush();
     });
     let mut stats = BatchStats::default();
     let mut out = Coalesced::default();
-    while let Some(piece) = rx.recv().await {
-        out.add(writer, piece?, &mut stats).await?;
+    while let Some(run) = rx.recv().await {
+        for piece in run? {
+            out.add(writer, piece, &mut stats).await?;
+        }
         // What the reader has ready goes out in the same write.
         while out.bytes < COALESCE {
             match rx.try_recv() {
-                Ok(piece) => out.add(writer, piece?, &mut stats).await?,
+                Ok(run) => {
+                    for piece in run? {
+                        out.add(writer, piece, &mut stats).await?;
+                    }
+                }
                 Err(_) => break,
             }
         }
         out.flush(writer).await?;
     }
     Ok(stats)
+}
+
+/// The reading thread's pieces, handed over in runs: small ones together
+/// up to [`COALESCE`] bytes, a large chunk alone. `Err(())` once the sender
+/// is gone, or after a failure it was told of.
+struct Pieces<'a> {
+    tx: &'a tokio::sync::mpsc::Sender<Result<Vec<Piece>>>,
+    run: Vec<Piece>,
+    bytes: usize,
+}
+
+impl Pieces<'_> {
+    fn push(&mut self, p: Piece) -> std::result::Result<(), ()> {
+        let len = match &p {
+            Piece::Data(d) => d.len(),
+            _ => 0,
+        };
+        if len > COALESCE {
+            self.flush()?;
+            return self.tx.blocking_send(Ok(vec![p])).map_err(drop);
+        }
+        self.run.push(p);
+        self.bytes += len;
+        if self.bytes >= COALESCE {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> std::result::Result<(), ()> {
+        if self.run.is_empty() {
+            return Ok(());
+        }
+        self.bytes = 0;
+        let run = std::mem::take(&mut self.run);
+        self.tx.blocking_send(Ok(run)).map_err(drop)
+    }
+
+    /// Hands over what was read, then the failure; always `Err(())`.
+    fn fail(&mut self, e: Error) -> std::result::Result<(), ()> {
+        if self.flush().is_ok() {
+            let _ = self.tx.blocking_send(Err(e));
+        }
+        Err(())
+    }
 }
 
 /// Small frames gathered for one write (see [`FrameWriter::write_frames`]).
@@ -460,58 +518,44 @@ impl Coalesced {
     }
 }
 
-/// Reads one file into pieces for [`send_all`]; `Err` once the sender is
-/// gone or after a failure it was told of.
-fn read_one(
-    path: &Path,
-    name: String,
-    tx: &tokio::sync::mpsc::Sender<Result<Piece>>,
-) -> std::result::Result<(), ()> {
+/// Reads one file into pieces for [`send_all`].
+fn read_one(path: &Path, name: String, out: &mut Pieces<'_>) -> std::result::Result<(), ()> {
     use std::io::Read;
-    let send = |p: Result<Piece>| {
-        let failed = p.is_err();
-        match tx.blocking_send(p) {
-            Ok(()) if !failed => Ok(()),
-            _ => Err(()),
-        }
-    };
-    let file_err = |source| {
-        Err(Error::File {
-            path: path.to_path_buf(),
-            source,
-        })
+    let file_err = |source| Error::File {
+        path: path.to_path_buf(),
+        source,
     };
     let (mut file, size, mode) = match open_regular(path) {
         Ok(x) => x,
-        Err(e) => return send(Err(e)),
+        Err(e) => return out.fail(e),
     };
-    send(Ok(Piece::Begin(FileBegin { name, size, mode })))?;
+    out.push(Piece::Begin(FileBegin { name, size, mode }))?;
     let mut left = size;
     while left > 0 {
         let want = usize::try_from(left).unwrap_or(usize::MAX).min(DATA_CHUNK);
         let mut buf = vec![0u8; want];
         let n = match file.read(&mut buf) {
             Ok(0) => {
-                return send(file_err(io::Error::new(
+                return out.fail(file_err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
                     format!("shrank while being sent: {} of {size} bytes", size - left),
                 )));
             }
             Ok(n) => n,
-            Err(e) => return send(file_err(e)),
+            Err(e) => return out.fail(file_err(e)),
         };
         buf.truncate(n);
         left -= n as u64;
-        send(Ok(Piece::Data(buf)))?;
+        out.push(Piece::Data(buf))?;
     }
     // The receiver takes exactly the announced size, so a file that grew
     // cannot be sent whole: better to fail than to restore a torn image.
     match file.read(&mut [0u8; 1]) {
-        Ok(0) => send(Ok(Piece::End)),
-        Ok(_) => send(file_err(io::Error::other(format!(
+        Ok(0) => out.push(Piece::End),
+        Ok(_) => out.fail(file_err(io::Error::other(format!(
             "grew while being sent (announced {size} bytes)"
         )))),
-        Err(e) => send(file_err(e)),
+        Err(e) => out.fail(file_err(e)),
     }
 }
 
