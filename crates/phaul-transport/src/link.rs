@@ -421,8 +421,9 @@ impl std::fmt::Debug for FrameWriter {
 }
 
 impl FrameWriter {
-    /// Writes one frame and flushes it.
-    pub async fn write_frame(&mut self, kind: Kind, payload: &[u8]) -> Result<()> {
+    /// The header of a frame of `kind` carrying `payload`, which must fit
+    /// in one.
+    fn header(&self, kind: Kind, payload: &[u8]) -> Result<Header> {
         let length = u32::try_from(payload.len())
             .ok()
             .filter(|l| *l <= MAX_PAYLOAD)
@@ -430,13 +431,17 @@ impl FrameWriter {
                 length: u32::MAX,
                 max: MAX_PAYLOAD,
             })?;
-        let mut head = BytesMut::with_capacity(HEADER_LEN);
-        Header {
+        Ok(Header {
             version: self.version,
             kind,
             length,
-        }
-        .encode(&mut head);
+        })
+    }
+
+    /// Writes one frame and flushes it.
+    pub async fn write_frame(&mut self, kind: Kind, payload: &[u8]) -> Result<()> {
+        let mut head = BytesMut::with_capacity(HEADER_LEN);
+        self.header(kind, payload)?.encode(&mut head);
         // Header and payload in one vectored write where the stream allows,
         // so the header never goes out as a packet of its own.
         let (mut h, mut p) = (&head[..], payload);
@@ -466,19 +471,7 @@ impl FrameWriter {
         let total: usize = frames.iter().map(|(_, p)| HEADER_LEN + p.len()).sum();
         let mut buf = BytesMut::with_capacity(total);
         for (kind, payload) in frames {
-            let length = u32::try_from(payload.len())
-                .ok()
-                .filter(|l| *l <= MAX_PAYLOAD)
-                .ok_or(FrameError::TooLarge {
-                    length: u32::MAX,
-                    max: MAX_PAYLOAD,
-                })?;
-            Header {
-                version: self.version,
-                kind: *kind,
-                length,
-            }
-            .encode(&mut buf);
+            self.header(*kind, payload)?.encode(&mut buf);
             buf.extend_from_slice(payload);
         }
         self.inner.write_all(&buf).await?;

@@ -725,12 +725,9 @@ fn remove_tree(parent: BorrowedFd<'_>, name: &[u8], path: &RelPath) -> Result<u6
 mod tests {
     use super::*;
 
-    fn rel(s: &str) -> RelPath {
-        RelPath::parse(s.as_bytes()).unwrap()
-    }
-
     #[test]
     fn the_applier_records_what_a_pass_changed_for_durability() {
+        let rel = |s: &str| RelPath::parse(s.as_bytes()).unwrap();
         let root = tempfile::tempdir().unwrap();
         std::fs::create_dir(root.path().join("old")).unwrap();
         std::fs::write(root.path().join("old/x"), b"x").unwrap();
