@@ -28,7 +28,9 @@
 //! - [`FsDriver`], [`SyncStats`], [`FsLimits`], [`Shared`]: here.
 //! - [`pass`]: [`Pass`], and the order of passes both copying drivers keep.
 //! - [`registry`]: the drivers by name, for the source and the target.
-//! - [`native`]: the native driver and its protocol.
+//! - [`native`]: the native driver, its protocol, and how its target makes
+//!   what the passes wrote durable (its first pass by one sync, the later
+//!   passes' changes entry by entry, after the final pass is answered).
 //! - [`rsync`]: the rsync driver, its remote-command validation and the
 //!   remote-shell helper's body (`phaul-rsync-rsh`).
 //! - [`wire`]: the messages both copying drivers put on the link.
