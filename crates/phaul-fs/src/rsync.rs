@@ -73,6 +73,7 @@ use tokio::net::UnixListener;
 use tracing::debug;
 
 use crate::error::{Error, Result};
+use crate::native::durable::sync_tree;
 use crate::pass::{PassGate, ServePass, serve_passes};
 use crate::path::{Dirs, RelPath};
 use crate::wire::{MAX_ARGS, Msg, decode_frame};
@@ -356,17 +357,22 @@ impl ServePass for Server<'_> {
     fn serve_pass(
         &mut self,
         link: &mut Link,
-        _: u32,
+        number: u32,
     ) -> impl Future<Output = Result<(SyncStats, bool)>> + Send {
-        serve_one(link, self.root, self.target)
+        serve_one(link, self.root, self.target, number)
     }
 }
 
-/// One rsync run on the target.
+/// One rsync run on the target, pass `number`. What rsync wrote is made
+/// durable by syncing the file system: the first pass before it is
+/// answered (it carries the bulk, long before any freeze), the last one
+/// after (its copy must be durable before the commit lets the workload run,
+/// which waits for this; the images and the restore go on meanwhile).
 async fn serve_one(
     link: &mut Link,
     root: &Path,
     target: &RsyncTarget,
+    number: u32,
 ) -> Result<(SyncStats, bool)> {
     let (last, argv) = match recv_msg(link).await? {
         Msg::RsyncCommand { last, argv } => (last, argv),
@@ -403,10 +409,15 @@ async fn serve_one(
         .unwrap_or(-1);
     if code != 0 {
         debug!(code, stderr = %String::from_utf8_lossy(&stderr), "the remote rsync failed");
+    } else if number == 0 && !last {
+        sync_tree(root).await?;
     }
     link.writer
         .send_data(&Msg::RsyncExit { code, stderr }.to_vec())
         .await?;
+    if code == 0 && last {
+        sync_tree(root).await?;
+    }
     let stats = SyncStats {
         duration: started.elapsed(),
         ..SyncStats::default()

@@ -74,6 +74,17 @@ pub(super) enum Durable {
     Touched(Touched),
 }
 
+/// `syncfs` of the file system `root` is on, off the runtime's threads:
+/// how a driver that cannot say what it changed (rsync) makes its copy
+/// durable.
+pub(crate) async fn sync_tree(root: &Path) -> Result<()> {
+    let root = root.to_path_buf();
+    crate::blocking(tokio::task::spawn_blocking(move || {
+        make_durable(&root, Durable::SyncFs)
+    }))
+    .await
+}
+
 /// Makes `what` durable under `root`; blocking.
 pub(super) fn make_durable(root: &Path, what: Durable) -> Result<()> {
     let mut dirs = Dirs::open(root)?;

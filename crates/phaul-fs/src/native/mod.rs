@@ -84,7 +84,7 @@
 //! [`Error::Link`]: crate::Error::Link
 //! [`FsLimits`]: crate::FsLimits
 
-mod durable;
+pub(crate) mod durable;
 mod plan;
 mod source;
 mod target;
