@@ -350,15 +350,26 @@ async fn a_downtime_budget_switches_over_when_the_prediction_fits() {
     assert_eq!(k, ["pre-dump", "pre-dump", "pre-dump", "dump"], "{k:?}");
 }
 
-/// A 60 s downtime budget in the stand-in's pages: it sends
-/// BYTES_PER_PAGE a page, so predicting with that page size, the transfer
-/// predicted is what it takes.
-fn stand_in_budget() -> Option<Box<dyn phaul_core::policy::ConvergencePolicy>> {
-    Some(Box::new(DowntimeBudget {
+/// A pre-copy to `target` under a 60 s downtime budget in the stand-in's
+/// pages (it sends BYTES_PER_PAGE a page, so with that page size the
+/// transfer predicted is what it takes); it must succeed.
+async fn budgeted_pre_copy(target: &TestTarget, src: StandIn) -> Report {
+    let budget = DowntimeBudget {
         budget: Duration::from_secs(60),
         page_size: phaul_core::standin::BYTES_PER_PAGE as u64,
         ..DowntimeBudget::default()
-    }))
+    };
+    let (r, _) = migrate_to(
+        target,
+        src,
+        Mode::PreCopy,
+        false,
+        Some(Box::new(budget)),
+        |m| m,
+    )
+    .await;
+    assert!(r.success, "{:?}", r.error);
+    r
 }
 
 /// A target learns what its switch-overs cost beyond their pages (here a
@@ -372,8 +383,7 @@ async fn the_next_pre_copy_predicts_the_switch_over_the_target_learned() {
     let mut predicted = Vec::new();
     for _ in 0..3 {
         let src = StandIn::new(ALL).dirty_pages([5_000, 200, 100]);
-        let (r, _) = migrate_to(&target, src, Mode::PreCopy, false, stand_in_budget(), |m| m).await;
-        assert!(r.success, "{:?}", r.error);
+        let r = budgeted_pre_copy(&target, src).await;
         let (p, d) = (r.predicted_downtime_ms.unwrap(), r.downtime_ms.unwrap());
         assert!(d >= 400.0, "the restore alone takes 400 ms: {d}");
         predicted.push((p, d));
@@ -406,8 +416,7 @@ async fn a_target_learns_even_when_the_prediction_was_all_of_memory() {
         let src = StandIn::new(ALL)
             .dirty_pages([5_000, 100])
             .pre_dump_takes(Duration::from_secs(1));
-        let (r, _) = migrate_to(&target, src, Mode::PreCopy, false, stand_in_budget(), |m| m).await;
-        assert!(r.success, "{:?}", r.error);
+        let r = budgeted_pre_copy(&target, src).await;
         assert_eq!(r.per_iteration.len(), 2, "one pre-dump, then the dump");
         let (p, d) = (r.predicted_downtime_ms.unwrap(), r.downtime_ms.unwrap());
         assert!(p > d, "all of memory predicted: {p} ms, {d} measured");
