@@ -183,6 +183,9 @@ impl HeldRestore {
     }
 }
 
+/// The descriptor the lazy-pages daemon gets its page connection on.
+const LAZY_PS_FD: std::os::fd::RawFd = 3;
+
 /// A lazy-pages daemon on the target (post-copy).
 #[derive(Debug)]
 pub struct LazyDaemon {
@@ -285,12 +288,13 @@ pub trait TargetCriu: Send + Sync + 'static {
         parent: Option<String>,
         pages: OwnedFd,
     ) -> impl Future<Output = Result<PageServing>> + Send;
-    /// Starts CRIU's lazy-pages daemon for `dir`, fetching pages from
-    /// `127.0.0.1:port`; returns once it is ready for a restore.
+    /// Starts CRIU's lazy-pages daemon for `dir`, fetching pages over
+    /// `pages` (a connected stream socket, its page-server connection);
+    /// returns once it is ready for a restore.
     fn lazy_pages(
         &self,
         dir: PathBuf,
-        port: u16,
+        pages: OwnedFd,
     ) -> impl Future<Output = Result<LazyDaemon>> + Send;
     /// Restores, and holds the tree at `post-restore`.
     fn restore(&self, spec: RestoreSpec) -> impl Future<Output = Result<HeldRestore>> + Send;
@@ -798,17 +802,21 @@ impl TargetCriu for Criu {
         Ok(PageServing::new(rx))
     }
 
-    async fn lazy_pages(&self, dir: PathBuf, port: u16) -> Result<LazyDaemon> {
+    async fn lazy_pages(&self, dir: PathBuf, pages: OwnedFd) -> Result<LazyDaemon> {
         let bin = self
             .rpc
             .binary()
             .map(Path::to_path_buf)
             .unwrap_or_else(criu_rpc::default_binary);
-        let mut child = tokio::process::Command::new(&bin)
-            .arg("lazy-pages")
+        let mut cmd = tokio::process::Command::new(&bin);
+        // The connection is handed over (`--ps-socket`), not dialled: CRIU
+        // corks a TCP page-server connection and pushes only its page
+        // requests, so its closing command would sit in the cork for
+        // 200 ms. A Unix socket has no cork: CRIU logs a warning for each
+        // TCP option it cannot set on it, and sends everything at once.
+        cmd.arg("lazy-pages")
             .arg("--page-server")
-            .args(["--address", "127.0.0.1", "--port"])
-            .arg(port.to_string())
+            .args(["--ps-socket", &LAZY_PS_FD.to_string()])
             .arg("-D")
             .arg(&dir)
             .arg("-W")
@@ -819,12 +827,30 @@ impl TargetCriu for Criu {
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
-            .kill_on_drop(true)
+            .kill_on_drop(true);
+        let io = |what: String| move |source| Error::Io { what, source };
+        // Above the number it gets in the child, so the dup2 below never
+        // lands on itself (which would leave close-on-exec set).
+        let high = nix::fcntl::fcntl(&pages, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(64))
+            .map_err(|e| io("passing the page connection".into())(e.into()))?;
+        // SAFETY: F_DUPFD_CLOEXEC returned a new descriptor we own.
+        let high = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(high) };
+        let raw = std::os::fd::AsRawFd::as_raw_fd(&high);
+        // SAFETY: the closure calls only dup2, which is async-signal-safe,
+        // on a plain integer copied before the fork.
+        unsafe {
+            cmd.pre_exec(move || {
+                // dup2 clears close-on-exec on the copy: only it survives.
+                if libc::dup2(raw, LAZY_PS_FD) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut child = cmd
             .spawn()
-            .map_err(|source| Error::Io {
-                what: format!("starting {} lazy-pages", bin.display()),
-                source,
-            })?;
+            .map_err(io(format!("starting {} lazy-pages", bin.display())))?;
+        drop((high, pages));
         let sock = dir.join("lazy-pages.socket");
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         while !sock.exists() {

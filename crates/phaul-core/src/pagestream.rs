@@ -236,6 +236,16 @@ where
             }
         }
         to.write_all(&unit).await.ok()?;
+        if matches!(cmd, PS_IOV_CLOSE | PS_IOV_FORCE_CLOSE) {
+            // Nothing follows a close. Ending CRIU's input now lets it
+            // close at once: it answers the close on a corked socket and
+            // then waits for the end of its input, so without the end its
+            // answer waits for the cork's 200 ms ceiling, and the daemon
+            // waits for the answer.
+            to.shutdown().await.ok()?;
+            let _ = tokio::io::copy(&mut from, &mut tokio::io::sink()).await;
+            return Some(to);
+        }
     }
     if !*committed.borrow() {
         return None;
@@ -393,9 +403,13 @@ mod tests {
         commit.send(true).unwrap();
         criu.read_exact(&mut got).await.unwrap();
         assert_eq!(got, iov(PS_IOV_CLOSE));
+        // CRIU's input ends right after the close, while the daemon's
+        // side is still open (it waits for CRIU's answer).
+        let end = tokio::time::timeout(std::time::Duration::from_secs(2), criu.read(&mut got));
+        assert_eq!(end.await.expect("CRIU's input did not end").unwrap(), 0);
+        relay.write_all(b"late").await.unwrap();
         drop(relay);
         assert!(task.await.unwrap(), "a committed end is clean");
-        assert_eq!(criu.read(&mut got).await.unwrap(), 0);
     }
 
     #[tokio::test]

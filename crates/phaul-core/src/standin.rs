@@ -362,14 +362,18 @@ impl TargetCriu for StandIn {
         Ok(PageServing::new(rx))
     }
 
-    async fn lazy_pages(&self, dir: PathBuf, port: u16) -> Result<LazyDaemon> {
+    async fn lazy_pages(&self, dir: PathBuf, pages: OwnedFd) -> Result<LazyDaemon> {
         self.note(format!("lazy-pages {}", dir.display()));
         let running = self.running.clone();
+        let pages = std::os::unix::net::UnixStream::from(pages);
         tokio::spawn(async move {
             running.notified().await;
             // Ask for "pages" once, then close the transfer, as CRIU's
             // daemon does once it has every page.
-            if let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+            let s = pages
+                .set_nonblocking(true)
+                .and_then(|()| tokio::net::UnixStream::from_std(pages));
+            if let Ok(mut s) = s {
                 let mut get = [0u8; IOV_LEN];
                 get[..4].copy_from_slice(&PS_IOV_GET.to_ne_bytes());
                 let _ = s.write_all(&get).await;

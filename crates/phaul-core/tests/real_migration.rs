@@ -232,8 +232,12 @@ impl TargetCriu for Faulty {
     ) -> phaul_core::Result<PageServing> {
         self.0.page_server(d, p, fd).await
     }
-    async fn lazy_pages(&self, d: PathBuf, port: u16) -> phaul_core::Result<LazyDaemon> {
-        self.0.lazy_pages(d, port).await
+    async fn lazy_pages(
+        &self,
+        d: PathBuf,
+        pages: std::os::fd::OwnedFd,
+    ) -> phaul_core::Result<LazyDaemon> {
+        self.0.lazy_pages(d, pages).await
     }
     async fn restore(&self, spec: RestoreSpec) -> phaul_core::Result<HeldRestore> {
         match &self.1 {

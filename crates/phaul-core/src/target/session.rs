@@ -652,8 +652,8 @@ impl<T: TargetCriu> Session<T> {
         Ok((Restoration::Held(Box::new(held)), pid))
     }
 
-    /// Post-copy: CRIU's lazy-pages daemon for `dir`, fetching pages from a
-    /// loopback port that relays the source's page channel.
+    /// Post-copy: CRIU's lazy-pages daemon for `dir`, fetching pages over
+    /// a socket pair whose other end relays the source's page channel.
     async fn lazy_daemon(
         &mut self,
         dir: &std::path::Path,
@@ -662,29 +662,17 @@ impl<T: TargetCriu> Session<T> {
             .next_pages()
             .await
             .map_err(|e| (ErrorCode::Protocol, e))?;
-        let io = |what: &str| {
-            let what = what.to_string();
-            move |source| failed(Error::Io { what, source })
-        };
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .map_err(io("a loopback listener for lazy pages"))?;
-        let port = listener.local_addr().map_err(io("listener"))?.port();
+        let (theirs, ours) = crate::pagestream::socketpair().map_err(failed)?;
         let metrics = self.svc.metrics.clone();
         self.relays.push(tokio::spawn(async move {
-            // Only the lazy-pages daemon this session starts connects
-            // here, once.
-            if let Ok(Ok((conn, _))) = tokio::time::timeout(JOIN_TIMEOUT, listener.accept()).await {
-                let _ = conn.set_nodelay(true);
-                let relay = PageRelay::spawn(link, conn);
-                if let Ok((_, received)) = relay.finish(Duration::from_secs(24 * 3600)).await {
-                    metrics.pages_received(received);
-                }
+            let relay = PageRelay::spawn(link, ours);
+            if let Ok((_, received)) = relay.finish(Duration::from_secs(24 * 3600)).await {
+                metrics.pages_received(received);
             }
         }));
         self.svc
             .criu
-            .lazy_pages(dir.to_path_buf(), port)
+            .lazy_pages(dir.to_path_buf(), theirs)
             .await
             .map_err(failed)
     }
