@@ -46,6 +46,8 @@
 //! - [`netlock`]: CRIU's network lock released after a rolled-back lazy dump.
 //! - `freezer`: a container's freezer cgroup frozen before CRIU's dump
 //!   (CRIU checks it every 100 ms).
+//! - `schedhooks`: the kernel's perf context-switch hooks kept on while
+//!   CRIU runs, so its first breakpoint does not wait inside the freeze.
 //! - [`sockets`]: pre-flight for trees with TCP and UDP sockets.
 //! - [`fs`]: which `phaul-fs` driver carries an htype's file system.
 //! - [`error`]: the crate's [`Error`] type.
@@ -64,6 +66,7 @@ mod pagemaps;
 pub mod pagestream;
 pub mod plan;
 pub mod policy;
+mod schedhooks;
 pub mod sockets;
 pub mod source;
 pub mod standin;

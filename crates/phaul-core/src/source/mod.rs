@@ -801,6 +801,9 @@ impl<C: SourceCriu> Migration<C> {
             bandwidth: None,
             transfer: None,
         };
+        // Held until the end, so CRIU's breakpoints find the kernel's hooks
+        // on (see `schedhooks`).
+        let _hooks = crate::schedhooks::SchedHooks::hold().await;
         // The first pass, while the tree runs: the bulk of the files.
         let mut res = self.fs_pass(&mut run, Pass::First).await.map(|_| ());
         if res.is_ok() {

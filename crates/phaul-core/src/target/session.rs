@@ -78,6 +78,9 @@ struct Begun {
     fs_task: Option<FsTask>,
     /// When `Begin` came: the metrics' total time counts from here.
     at: Instant,
+    /// Held until the commit, so CRIU's restore finds the kernel's hooks
+    /// on (see `schedhooks`).
+    _hooks: crate::schedhooks::SchedHooks,
     /// Its place among the service's running migrations, given back when
     /// this is dropped: after its end is counted and told.
     _slot: Slot,
@@ -409,12 +412,14 @@ impl<T: TargetCriu> Session<T> {
         };
         let kind = h.kind().to_owned();
         let overhead = self.svc.overheads.estimate(&kind);
+        let hooks = crate::schedhooks::SchedHooks::hold().await;
         self.state = State::Begun(Begun {
             plan,
             htype: h,
             dir: dir.clone(),
             fs_task,
             at: Instant::now(),
+            _hooks: hooks,
             _slot: slot,
         });
         self.svc.metrics.began();
