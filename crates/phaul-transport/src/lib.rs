@@ -156,9 +156,9 @@
 //! server listens on every interface of the source's network namespace
 //! (CRIU ignores the address it is given). phaul never lets the network
 //! reach either:
-//! - on the target, CRIU's page server is handed one end of a socketpair
-//!   (`ps.fd`) and listens on nothing; the lazy-pages daemon connects to a
-//!   listener of phaul-service on 127.0.0.1 that accepts once;
+//! - on the target, CRIU's page server (`ps.fd`) and its lazy-pages daemon
+//!   (`--ps-socket`) are each handed one end of a socketpair and listen on
+//!   nothing;
 //! - on the source, the lazy dump listens on a port phaul picks, phaul
 //!   connects to it through loopback at once (CRIU serves one connection),
 //!   and for the time of the dump an iptables rule in that network
