@@ -105,7 +105,8 @@
 //! else `/tmp`) for every case, phaul and hand-run alike; the header says
 //! which file system that is. Both sides log at CRIU's default level (2);
 //! `PHAUL_BENCH_CRIU_LOG_LEVEL=4` makes the engine's CRIU log at debug level
-//! (with timestamps) to see where its time goes.
+//! (with timestamps) to see where its time goes; `PHAUL_BENCH_LOG` (a
+//! `tracing` filter, e.g. `phaul_core=debug`) prints phaul's own log.
 
 #![allow(clippy::print_stdout)]
 
@@ -303,6 +304,7 @@ struct Made {
 // ---------------------------------------------------------------- main
 
 fn main() -> Result<()> {
+    common::log_from_env();
     // `cargo bench` passes `--bench`; there is nothing to choose here.
     if !phaul_testkit::is_root() {
         println!(
