@@ -12,8 +12,10 @@
 //! and each restore paid it anew.)
 //!
 //! [`SchedHooks::hold`] opens one event of its own, a software "dummy"
-//! event on the calling thread that counts nothing, before the freeze, and
-//! closes it when dropped. Where perf events are unavailable (a kernel
+//! event on this process's main thread that counts nothing, before the
+//! freeze, and closes it when dropped. (The main thread, not the calling
+//! one: a pool thread may exit while the event is held; the kernel keeps
+//! the hooks on for any open event, but the main thread makes that plain.) Where perf events are unavailable (a kernel
 //! without them, a seccomp filter) nothing is held and nothing changes.
 
 use std::os::fd::{FromRawFd, OwnedFd};
@@ -70,7 +72,7 @@ impl SchedHooks {
     }
 }
 
-/// A disabled dummy software event on the calling thread, or `None`.
+/// A disabled dummy software event on the main thread, or `None`.
 fn open_dummy() -> Option<OwnedFd> {
     let attr = PerfEventAttr {
         kind: PERF_TYPE_SOFTWARE,
@@ -79,14 +81,15 @@ fn open_dummy() -> Option<OwnedFd> {
         flags: DISABLED | EXCLUDE_KERNEL | EXCLUDE_HV,
         ..PerfEventAttr::default()
     };
+    let main = libc::pid_t::try_from(std::process::id()).ok()?;
     // SAFETY: perf_event_open reads `attr` (a live, initialized struct of
-    // the size it names) and returns a new descriptor or -1; pid 0 and cpu
-    // -1 mean this thread on any CPU, -1 no group.
+    // the size it names) and returns a new descriptor or -1; a thread id
+    // with cpu -1 means that thread on any CPU, -1 no group.
     let fd = unsafe {
         libc::syscall(
             libc::SYS_perf_event_open,
             &raw const attr,
-            0 as libc::pid_t,
+            main,
             -1 as libc::c_int,
             -1 as libc::c_int,
             PERF_FLAG_FD_CLOEXEC,
