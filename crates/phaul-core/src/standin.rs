@@ -82,7 +82,7 @@ impl StandIn {
     }
 
     /// Make every restore take this long (a switch-over's cost beyond
-    /// memory, as a real restore's is).
+    /// memory, as a real restore's is), also one scripted to fail.
     pub fn restore_takes(mut self, d: std::time::Duration) -> Self {
         self.restore_takes = d;
         self
@@ -391,13 +391,15 @@ impl TargetCriu for StandIn {
 
     async fn restore(&self, spec: RestoreSpec) -> Result<HeldRestore> {
         self.note(format!("restore lazy={}", spec.lazy));
+        // A scripted failure comes after the restore's time too, as a real
+        // restore fails after working a while.
+        tokio::time::sleep(self.restore_takes).await;
         if self.fail_restore {
             return Err(Error::Target("stand-in: restore fails as scripted".into()));
         }
         if !spec.images_dir.join("core-1.img").exists() {
             return Err(Error::Target("stand-in: no images".into()));
         }
-        tokio::time::sleep(self.restore_takes).await;
         let (decide_tx, done_rx) = self.hold("target runs", "target killed", |this| {
             this.running.notify_one();
             RestoreStatsEntry::default()

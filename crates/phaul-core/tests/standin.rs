@@ -923,7 +923,12 @@ impl phaul_core::policy::ConvergencePolicy for Keeps {
 #[tokio::test]
 async fn a_group_member_still_pre_copying_gives_up_unfrozen_when_another_fails() {
     let good = TestTarget::start(StandIn::new(ALL)).await;
-    let bad = TestTarget::start(StandIn::new(ALL).failing_restore()).await;
+    // The failure comes after the busy member has begun pre-copying (its
+    // first pre-dump is milliseconds in), not in a race with it.
+    let slow_failure = StandIn::new(ALL)
+        .failing_restore()
+        .restore_takes(Duration::from_millis(300));
+    let bad = TestTarget::start(slow_failure).await;
     let (s1, s2) = (Sleeper::new(), Sleeper::new());
     let (src1, src2) = (StandIn::new(ALL), StandIn::new(ALL));
     let htype = |s: &Sleeper| phaul_htypes::registry::source("pid", &s.pid()).unwrap();
