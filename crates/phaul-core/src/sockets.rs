@@ -72,6 +72,29 @@ pub fn inet_sockets(root: i32, limit: usize) -> Vec<String> {
     found
 }
 
+/// Whether the tree rooted at `root` holds a TCP socket that is neither
+/// listening nor closed: one CRIU locks per connection when the tree
+/// shares its host's network namespace.
+pub(crate) fn has_tcp_connection(root: i32) -> bool {
+    tree(root).into_iter().any(|pid| {
+        let inodes = socket_inodes(pid);
+        !inodes.is_empty()
+            && ["tcp", "tcp6"].iter().any(|file| {
+                let table =
+                    fs::read_to_string(format!("/proc/{pid}/net/{file}")).unwrap_or_default();
+                table.lines().skip(1).any(|line| {
+                    let f: Vec<&str> = line.split_whitespace().collect();
+                    // Field 3 is the state: 0A listening, 07 closed.
+                    let connected = f.get(3).is_some_and(|st| !matches!(*st, "0A" | "07"));
+                    connected
+                        && f.get(9)
+                            .and_then(|i| i.parse::<u64>().ok())
+                            .is_some_and(|i| inodes.contains(&i))
+                })
+            })
+    })
+}
+
 /// The tree's PIDs, root first.
 pub(crate) fn tree(root: i32) -> Vec<i32> {
     let mut out = vec![root];
@@ -170,6 +193,41 @@ mod tests {
             "{found:?}"
         );
         drop(l);
+    }
+
+    /// A child that listens, and connects to itself when `connect`; it
+    /// prints a line once its sockets are there.
+    fn python_with_sockets(connect: bool) -> std::process::Child {
+        use std::io::BufRead;
+        let script = format!(
+            "import socket,time\nl=socket.socket()\nl.bind(('127.0.0.1',0))\nl.listen()\n\
+             c=socket.create_connection(l.getsockname()) if {} else None\n\
+             print('ready',flush=True)\ntime.sleep(30)\n",
+            if connect { "True" } else { "False" }
+        );
+        let mut child = std::process::Command::new("python3")
+            .args(["-c", &script])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "ready");
+        child
+    }
+
+    #[test]
+    fn a_connection_counts_and_a_listener_does_not() {
+        for (connect, want) in [(false, false), (true, true)] {
+            let mut child = python_with_sockets(connect);
+            let pid = i32::try_from(child.id()).unwrap();
+            let got = has_tcp_connection(pid);
+            let _ = child.kill();
+            let _ = child.wait();
+            assert_eq!(got, want, "connected: {connect}");
+        }
     }
 
     #[test]

@@ -755,8 +755,11 @@ impl<C: SourceCriu> Migration<C> {
         let sid = link.session();
         let mut ctl = ControlClient::new(link);
         let (choice, nftables) = self.preflight(stats, &mut ctl, pid, dir).await?;
-        // Only a tree with its own network namespace: see netlock::own_netns.
-        let nftables_lock = nftables && crate::netlock::own_netns(pid);
+        // A tree in its host's namespace is locked per connection: none
+        // costs nothing under iptables but a table under nftables, many
+        // cost a program each under iptables (see netlock::own_netns).
+        let nftables_lock =
+            nftables && (crate::netlock::own_netns(pid) || crate::sockets::has_tcp_connection(pid));
         let fs_root = self.htype.fs_root();
         let files = match fs_root {
             Some(_) => crate::fs::files(&self.fs),
