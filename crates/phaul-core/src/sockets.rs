@@ -41,34 +41,12 @@ pub fn kernel_release() -> String {
 /// `"tcp 0.0.0.0:6379 (pid 42)"`, at most `limit` of them.
 pub fn inet_sockets(root: i32, limit: usize) -> Vec<String> {
     let mut found = Vec::new();
-    for pid in tree(root) {
-        let inodes = socket_inodes(pid);
-        if inodes.is_empty() {
-            continue;
+    each_socket(root, &["tcp", "tcp6", "udp", "udp6"], |pid, proto, f| {
+        if let Some(local) = f.get(1) {
+            found.push(format!("{proto} {} (pid {pid})", addr(local)));
         }
-        for (proto, file) in [
-            ("tcp", "tcp"),
-            ("tcp6", "tcp6"),
-            ("udp", "udp"),
-            ("udp6", "udp6"),
-        ] {
-            let Ok(table) = fs::read_to_string(format!("/proc/{pid}/net/{file}")) else {
-                continue;
-            };
-            for line in table.lines().skip(1) {
-                let f: Vec<&str> = line.split_whitespace().collect();
-                let (Some(local), Some(inode)) = (f.get(1), f.get(9)) else {
-                    continue;
-                };
-                if inode.parse::<u64>().is_ok_and(|i| inodes.contains(&i)) {
-                    found.push(format!("{proto} {} (pid {pid})", addr(local)));
-                    if found.len() >= limit {
-                        return found;
-                    }
-                }
-            }
-        }
-    }
+        found.len() >= limit
+    });
     found
 }
 
@@ -76,23 +54,40 @@ pub fn inet_sockets(root: i32, limit: usize) -> Vec<String> {
 /// listening nor closed: one CRIU locks per connection when the tree
 /// shares its host's network namespace.
 pub(crate) fn has_tcp_connection(root: i32) -> bool {
-    tree(root).into_iter().any(|pid| {
+    let mut connected = false;
+    each_socket(root, &["tcp", "tcp6"], |_, _, f| {
+        // Field 3 is the state: 0A listening, 07 closed.
+        connected = f.get(3).is_some_and(|st| !matches!(*st, "0A" | "07"));
+        connected
+    });
+    connected
+}
+
+/// Calls `found(pid, table, fields)` for each line of `/proc/PID/net/TABLE`
+/// (for each of `tables`) that is a socket of the tree's process PID,
+/// until it returns true.
+fn each_socket(root: i32, tables: &[&str], mut found: impl FnMut(i32, &str, &[&str]) -> bool) {
+    for pid in tree(root) {
         let inodes = socket_inodes(pid);
-        !inodes.is_empty()
-            && ["tcp", "tcp6"].iter().any(|file| {
-                let table =
-                    fs::read_to_string(format!("/proc/{pid}/net/{file}")).unwrap_or_default();
-                table.lines().skip(1).any(|line| {
-                    let f: Vec<&str> = line.split_whitespace().collect();
-                    // Field 3 is the state: 0A listening, 07 closed.
-                    let connected = f.get(3).is_some_and(|st| !matches!(*st, "0A" | "07"));
-                    connected
-                        && f.get(9)
-                            .and_then(|i| i.parse::<u64>().ok())
-                            .is_some_and(|i| inodes.contains(&i))
-                })
-            })
-    })
+        if inodes.is_empty() {
+            continue;
+        }
+        for table in tables {
+            let Ok(text) = fs::read_to_string(format!("/proc/{pid}/net/{table}")) else {
+                continue;
+            };
+            for line in text.lines().skip(1) {
+                let f: Vec<&str> = line.split_whitespace().collect();
+                let ours = f
+                    .get(9)
+                    .and_then(|i| i.parse::<u64>().ok())
+                    .is_some_and(|i| inodes.contains(&i));
+                if ours && found(pid, table, &f) {
+                    return;
+                }
+            }
+        }
+    }
 }
 
 /// The tree's PIDs, root first.
