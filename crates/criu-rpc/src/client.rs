@@ -21,7 +21,7 @@
 
 use std::marker::PhantomData;
 use std::ops::Range;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -151,22 +151,6 @@ impl Criu {
             });
         }
         let (sock, theirs) = SeqPacket::pair().map_err(Error::Socket)?;
-        // Move every fd the child gets above the numbers it will get them
-        // at, so no dup2 below overwrites one still to be moved.
-        let mut high = Vec::with_capacity(fds.len() + 1);
-        for fd in std::iter::once(&theirs).chain(fds.iter()) {
-            let h = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(64))
-                .map_err(|e| Error::Socket(e.into()))?;
-            // SAFETY: F_DUPFD_CLOEXEC returned a new descriptor we own.
-            high.push(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(h) });
-        }
-        let passed_count = i32::try_from(fds.len()).unwrap_or(0);
-        let moves: Vec<(RawFd, RawFd)> = high
-            .iter()
-            .enumerate()
-            .map(|(i, h)| (h.as_raw_fd(), SWRK_SOCKET_FD + i as RawFd))
-            .collect();
-
         let mut cmd = tokio::process::Command::new(binary);
         // A process group of its own: a terminal's Ctrl-C, or a service
         // manager's signal to the caller's group, must not reach CRIU in
@@ -180,20 +164,11 @@ impl Criu {
         } else {
             cmd.stdout(Stdio::null());
         }
-        // SAFETY: the closure only calls dup2, which is async-signal-safe,
-        // and reads a Vec allocated before the fork.
-        unsafe {
-            cmd.pre_exec(move || {
-                for &(from, to) in &moves {
-                    // dup2 clears close-on-exec on `to`, so exactly these
-                    // descriptors survive the exec.
-                    if libc::dup2(from, to) < 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                }
-                Ok(())
-            });
-        }
+        let passed: Vec<BorrowedFd<'_>> = std::iter::once(theirs.as_fd())
+            .chain(fds.iter().map(AsFd::as_fd))
+            .collect();
+        let high = hand_over(&mut cmd, &passed, SWRK_SOCKET_FD).map_err(Error::Socket)?;
+        let passed_count = i32::try_from(fds.len()).unwrap_or(0);
         let child = cmd.spawn().map_err(|source| {
             if source.kind() == std::io::ErrorKind::NotFound {
                 Error::CriuNotFound {
@@ -958,4 +933,45 @@ fn scratch() -> Result<tempfile::TempDir> {
             path: std::env::temp_dir(),
             source,
         })
+}
+
+/// Makes `fds` the child's descriptors `first`, `first + 1`, ... when `cmd`
+/// is spawned, and no other of the caller's (they are close-on-exec):
+/// how CRIU is given the sockets it is told to use by number (`swrk N`,
+/// `--ps-socket N`). Returns copies of them, which must live until the
+/// spawn and may be dropped after it.
+pub fn hand_over(
+    cmd: &mut tokio::process::Command,
+    fds: &[BorrowedFd<'_>],
+    first: RawFd,
+) -> std::io::Result<Vec<OwnedFd>> {
+    // Every fd moves above the numbers it will get first, so no dup2 below
+    // overwrites one still to be moved, nor lands on itself (which would
+    // leave close-on-exec set).
+    let mut high = Vec::with_capacity(fds.len());
+    for fd in fds {
+        let h = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(64))?;
+        // SAFETY: F_DUPFD_CLOEXEC returned a new descriptor we own.
+        high.push(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(h) });
+    }
+    let moves: Vec<(RawFd, RawFd)> = high
+        .iter()
+        .zip(first..)
+        .map(|(h, to)| (h.as_raw_fd(), to))
+        .collect();
+    // SAFETY: the closure only calls dup2, which is async-signal-safe,
+    // and reads a Vec allocated before the fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            for &(from, to) in &moves {
+                // dup2 clears close-on-exec on `to`, so exactly these
+                // descriptors survive the exec.
+                if libc::dup2(from, to) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    Ok(high)
 }

@@ -65,7 +65,7 @@ pub mod version;
 
 pub use client::{
     Criu, Dumped, Event, Exchange, FIRST_PASSED_FD, Features, Notification, PageServer,
-    PreDumpChain, PreDumped, Restored, Session, default_binary,
+    PreDumpChain, PreDumped, Restored, Session, default_binary, hand_over,
 };
 pub use error::{Error, Result};
 pub use log::LogExcerpt;

@@ -14,7 +14,7 @@
 //! copies running, nor neither.
 
 use std::future::Future;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -829,28 +829,12 @@ impl TargetCriu for Criu {
             .stderr(std::process::Stdio::null())
             .kill_on_drop(true);
         let io = |what: String| move |source| Error::Io { what, source };
-        // Above the number it gets in the child, so the dup2 below never
-        // lands on itself (which would leave close-on-exec set).
-        let high = nix::fcntl::fcntl(&pages, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(64))
-            .map_err(|e| io("passing the page connection".into())(e.into()))?;
-        // SAFETY: F_DUPFD_CLOEXEC returned a new descriptor we own.
-        let high = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(high) };
-        let raw = std::os::fd::AsRawFd::as_raw_fd(&high);
-        // SAFETY: the closure calls only dup2, which is async-signal-safe,
-        // on a plain integer copied before the fork.
-        unsafe {
-            cmd.pre_exec(move || {
-                // dup2 clears close-on-exec on the copy: only it survives.
-                if libc::dup2(raw, LAZY_PS_FD) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        let passed = criu_rpc::hand_over(&mut cmd, &[pages.as_fd()], LAZY_PS_FD)
+            .map_err(io("passing the page connection to criu lazy-pages".into()))?;
         let mut child = cmd
             .spawn()
             .map_err(io(format!("starting {} lazy-pages", bin.display())))?;
-        drop((high, pages));
+        drop((passed, pages));
         let sock = dir.join("lazy-pages.socket");
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         while !sock.exists() {
