@@ -487,3 +487,22 @@ fn the_target_lists_the_processes_of_its_own_host() {
     );
     assert_clean(&hosts, &target.dir(), &src_dir);
 }
+
+/// A lazy-pages daemon that cannot start (no images to read) is reported
+/// with what its log says, and where the log is.
+#[test]
+fn a_lazy_pages_daemon_that_cannot_start_says_why() {
+    let Some(bin) = require_criu("a_lazy_pages_daemon_that_cannot_start_says_why") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let e = rt
+        .block_on(criu(&bin).lazy_pages(dir.path().to_path_buf(), theirs.into()))
+        .expect_err("no images: the daemon cannot start");
+    drop(ours);
+    let text = e.to_string();
+    assert!(text.contains("before it was ready: "), "no cause: {text}");
+    assert!(text.contains("lazy-pages.log"), "no log named: {text}");
+}
