@@ -65,7 +65,7 @@ use anyhow::{Context, Result, anyhow, bail, ensure};
 use nix::sys::resource::{UsageWho, getrusage};
 use phaul_core::target::admission::default_max_running;
 use phaul_core::target::metrics::Metrics;
-use phaul_core::{Migration, Mode, Outcome, Report, Service, ServiceEvent, Timeouts};
+use phaul_core::{Migration, Mode, Outcome, Report, ServiceEvent, Timeouts};
 use phaul_testkit::{Hosts, Workload, alive, require_criu, wait_until};
 
 mod common;
@@ -191,7 +191,7 @@ fn service(bin: &std::path::Path, ns: &str, ip: &str, limit: Option<usize>) -> R
     // A work directory per service: a second service on one is refused.
     let (bin, dir) = (bin.to_path_buf(), scratch(&format!("target-{ns}"))?);
     let svc = ServiceThread::start(ns, ip, move || {
-        let mut s = Service::new(engine_criu(&bin), link_config(KEY)?, dir)
+        let mut s = common::service(&bin, link_config(KEY)?, dir)
             .events(events)
             .queue(64, QUEUE_WAIT);
         if let Some(n) = limit {

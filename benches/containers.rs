@@ -68,7 +68,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
-use phaul_core::{Migration, Mode, Phase, Progress, Report, Service};
+use phaul_core::{Migration, Mode, Phase, Progress, Report};
 use phaul_htypes::registry::{Paths, source_in};
 use phaul_testkit::lan::{LanClient, redis_cli, redis_ready_with};
 use phaul_testkit::{Hosts, LxcContainer, LxcNet};
@@ -442,7 +442,7 @@ fn phaul(bin: &Path, scene: &Scene, mode: Mode, keep: bool) -> Result<(f64, f64)
     let (tgt_dir, src_dir) = (work.path().join("target"), work.path().join("source"));
     let (b, paths) = (bin.to_path_buf(), lxc_paths(&scene.tgt));
     let service = ServiceThread::start(&scene.hosts.tgt, &scene.hosts.tgt_ip, move || {
-        Ok(Service::new(engine_criu(&b), link_config()?, tgt_dir)
+        Ok(common::service(&b, link_config()?, tgt_dir)
             .htype_paths(paths)
             .keep_images(keep))
     })?;

@@ -48,7 +48,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use phaul_core::policy::{ConvergencePolicy, Decision, DowntimeBudget};
 use phaul_core::stats::IterationReport;
-use phaul_core::{Migration, Mode, Progress, Report, Service};
+use phaul_core::{Migration, Mode, Progress, Report};
 use phaul_testkit::{Hosts, kill_tree, wait_until};
 
 mod common;
@@ -186,7 +186,7 @@ fn in_guest() -> Result<bool> {
         let target_dir = tempdir("phaul-bench-target-")?;
         let (b, dir) = (bin.to_path_buf(), target_dir.path().to_path_buf());
         let service = ServiceThread::start(&hosts.tgt, &hosts.tgt_ip, move || {
-            Ok(Service::new(engine_criu(&b), link_config(KEY)?, dir))
+            Ok(common::service(&b, link_config(KEY)?, dir))
         })?;
         for &mode in &cfg.modes {
             match run_case(&bin, &cfg, (&hosts, &service.addr), rate, mode) {

@@ -119,7 +119,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
-use phaul_core::{Migration, Mode, Phase, Progress, Service};
+use phaul_core::{Migration, Mode, Phase, Progress};
 use phaul_testkit::{Hosts, Workload, alive, kill_tree, wait_until};
 use phaul_transport::LinkConfig;
 
@@ -802,7 +802,7 @@ impl Target {
         let keep = made.keep;
         let (dir, bin) = (work.path().to_path_buf(), bin.to_path_buf());
         let service = ServiceThread::start(&hosts.tgt, &hosts.tgt_ip, move || {
-            Ok(Service::new(engine_criu(&bin), link_config()?, dir).keep_images(keep))
+            Ok(common::service(&bin, link_config()?, dir).keep_images(keep))
         })?;
         Ok(Self {
             service: Some(service),

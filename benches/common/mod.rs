@@ -83,6 +83,18 @@ pub fn engine_criu(bin: &std::path::Path) -> Criu {
     Criu::new(criu_rpc::Criu::with_binary(bin).quiet(true)).log_level(level)
 }
 
+/// A target service as the benches run it, restoring with `bin`:
+/// `PHAUL_BENCH_RCU=off` leaves the kernel's RCU knob alone (see
+/// `Service::expedite_rcu`), for an A/B of it.
+pub fn service(
+    bin: &std::path::Path,
+    link: LinkConfig,
+    dir: impl AsRef<std::path::Path>,
+) -> Service {
+    let on = std::env::var("PHAUL_BENCH_RCU").as_deref() != Ok("off");
+    Service::new(engine_criu(bin), link, dir).expedite_rcu(on)
+}
+
 /// What one migration through the engine gave: its report, its progress
 /// events each with the moment it came, and when the run returned.
 pub struct Ran {

@@ -33,7 +33,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, ensure};
-use phaul_core::{Migration, Mode, Progress, Service};
+use phaul_core::{Migration, Mode, Progress};
 use phaul_htypes::registry::{Paths, source_in};
 use phaul_testkit::lan::{LanClient, redis_cli, redis_ready_with};
 use phaul_testkit::runc::{NamedNetns, redis_bundle};
@@ -74,7 +74,7 @@ pub fn serve(ready: &str) -> Result<()> {
     rt.block_on(async move {
         let listener = Listener::bind(&listen).await?;
         std::fs::write(ready, listener.local_addr()?)?;
-        Service::new(engine_criu(&criu), link_config()?, work)
+        super::common::service(&criu, link_config()?, work)
             .htype_paths(paths)
             .serve(listener, std::future::pending::<()>())
             .await?;

@@ -48,6 +48,8 @@
 //!   (CRIU checks it every 100 ms).
 //! - `schedhooks`: the kernel's perf context-switch hooks kept on while
 //!   CRIU runs, so its first breakpoint does not wait inside the freeze.
+//! - `rcu`: the kernel's RCU grace periods expedited while a target
+//!   restores and commits.
 //! - [`sockets`]: pre-flight for trees with TCP and UDP sockets.
 //! - [`fs`]: which `phaul-fs` driver carries an htype's file system.
 //! - [`error`]: the crate's [`Error`] type.
@@ -66,6 +68,7 @@ mod pagemaps;
 pub mod pagestream;
 pub mod plan;
 pub mod policy;
+mod rcu;
 mod schedhooks;
 pub mod sockets;
 pub mod source;

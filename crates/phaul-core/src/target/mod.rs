@@ -77,6 +77,8 @@ pub struct Service<T: TargetCriu = crate::criu::Criu> {
     admission: admission::Admission,
     /// What switch-overs to this host cost beyond their memory, learned.
     overheads: overheads::Overheads,
+    /// The RCU knob set for each switch-over (see `rcu`); `None`: left alone.
+    rcu: Option<crate::rcu::Knob>,
 }
 
 /// What happens on a target, for an embedder that runs the service
@@ -154,6 +156,7 @@ impl<T: TargetCriu> Service<T> {
             metrics: metrics.clone(),
             admission: admission::Admission::new(admission::Limits::default(), metrics),
             overheads: overheads::Overheads::default(),
+            rcu: Some(crate::rcu::Knob::default()),
         }
     }
 
@@ -222,6 +225,20 @@ impl<T: TargetCriu> Service<T> {
     /// Where the kinds keep their things on this host (LXC's path).
     pub fn htype_paths(mut self, paths: phaul_htypes::registry::Paths) -> Self {
         self.paths = paths;
+        self
+    }
+
+    /// Whether the kernel's RCU grace periods are expedited from each
+    /// restore's start to its commit (by default they are). Restoring and
+    /// committing a container waits for several grace periods (its network
+    /// lock, its cgroups, its mounts), about 10 ms each on an idle machine;
+    /// expedited, they take well under one, at the cost of an interrupt on
+    /// every CPU of this host per grace period while the switch-over runs.
+    /// The knob (`/sys/kernel/rcu_expedited`) is given back as it was, also
+    /// after a crash (by the next migration), and never touched where an
+    /// administrator set it.
+    pub fn expedite_rcu(mut self, on: bool) -> Self {
+        self.rcu = on.then(crate::rcu::Knob::default);
         self
     }
 

@@ -98,6 +98,9 @@ struct Restored {
     /// When the restore was asked for: the downtime this target sees
     /// counts from here.
     asked: Instant,
+    /// The kernel's RCU knob, held from the restore's start to the commit's
+    /// end (see `rcu`).
+    rcu: crate::rcu::Expedited,
 }
 
 /// How the tree came back, which says how it is committed or undone.
@@ -598,6 +601,10 @@ impl<T: TargetCriu> Session<T> {
             link_parent(&dir, parent).map_err(failed)?;
         }
         let t0 = Instant::now();
+        let rcu = match &self.svc.rcu {
+            Some(knob) => crate::rcu::Expedited::begin(knob.clone()).await,
+            None => crate::rcu::Expedited::none(),
+        };
         let daemon = match r.lazy {
             true => Some(self.lazy_daemon(&dir).await?),
             false => None,
@@ -629,6 +636,7 @@ impl<T: TargetCriu> Session<T> {
             pid,
             at: t0,
             asked: t0,
+            rcu,
         };
         self.state = State::Restored(b, Box::new(restored));
         self.emit(|session| ServiceEvent::Restored { session, pid });
@@ -706,6 +714,7 @@ impl<T: TargetCriu> Session<T> {
             pid,
             at,
             asked,
+            rcu,
         } = *r;
         if let Restoration::Held(held) = how {
             // Connected only now (see TargetHooks::before_commit); a
@@ -719,7 +728,13 @@ impl<T: TargetCriu> Session<T> {
             };
             if let Some(refusal) = refused {
                 let how = Restoration::Held(held);
-                self.state = State::Restored(b, Box::new(Restored { how, daemon, ..*r }));
+                let r = Restored {
+                    how,
+                    daemon,
+                    rcu,
+                    ..*r
+                };
+                self.state = State::Restored(b, Box::new(r));
                 return Err(refusal);
             }
             if let Err(e) = held.commit().await {
@@ -752,6 +767,9 @@ impl<T: TargetCriu> Session<T> {
             self.state = State::Begun(b);
             return Err((ErrorCode::BadRequest, e));
         }
+        // The switch-over is over: the host's grace periods go back to
+        // normal (a failure above gives them back on its return).
+        drop(rcu);
         self.state = State::Committed;
         info!(session = %hex(&self.sid), pid, "committed: the tree runs here");
         if c.overhead_us > 0 {
