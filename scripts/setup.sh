@@ -39,7 +39,7 @@ RUNTIME_PKGS=(iptables nftables rsync lxc busybox-static iproute2 util-linux pro
     redis-server redis-tools)
 BUILD_PKGS=(build-essential pkg-config python3 libprotobuf-c-dev protobuf-c-compiler
     libprotobuf-dev protobuf-compiler python3-protobuf libnl-3-dev libnet1-dev
-    libcap-dev libbsd-dev libaio-dev libgnutls28-dev uuid-dev xz-utils patch
+    libcap-dev libbsd-dev libaio-dev uuid-dev xz-utils patch
     libnftables-dev)
 # What a build must have: libnftables lets CRIU lock a tree's network in
 # process (`--network-lock nftables`) where iptables spawns a program per
@@ -53,7 +53,14 @@ BUILD_PKGS=(build-essential pkg-config python3 libprotobuf-c-dev protobuf-c-comp
 # host whose /run is a tmpfs does not pay. Ours keeps its cache in
 # CRIU_RUNDIR, a tmpfs of its own where /run is not one (step 3).
 CRIU_RUNDIR=/run/criu
-CRIU_FEATURES="nftables rundir=$CRIU_RUNDIR"
+# Built without GnuTLS (NO_GNUTLS=1): it serves only CRIU's own `--tls`
+# page server, which phaul never uses (its link is authenticated and
+# encrypted itself), and its nine libraries doubled the time every CRIU
+# took to start (5.6 against 2.9 ms for `criu --version` here, mostly the
+# dynamic loader mapping them); a container's restore starts CRIU three
+# times inside the downtime (the lazy-pages daemon, and liblxc's version
+# check and restore).
+CRIU_FEATURES="nftables no-gnutls rundir=$CRIU_RUNDIR"
 
 # The repository, found before anything changes the working directory.
 PHAUL_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -155,8 +162,8 @@ build_criu() {
     for p in $patches; do
         patch -d "$dir" -p1 --quiet <"$PHAUL_ROOT/scripts/$p"
     done
-    (cd "$dir" && make -j"$(nproc)" criu RUNDIR="$CRIU_RUNDIR" >build.log 2>&1 &&
-        make install-criu PREFIX=/usr/local RUNDIR="$CRIU_RUNDIR" >>build.log 2>&1) || {
+    (cd "$dir" && make -j"$(nproc)" criu NO_GNUTLS=1 RUNDIR="$CRIU_RUNDIR" >build.log 2>&1 &&
+        make install-criu NO_GNUTLS=1 PREFIX=/usr/local RUNDIR="$CRIU_RUNDIR" >>build.log 2>&1) || {
         tail -n 40 "$dir/build.log" >&2
         return 1
     }
