@@ -18,8 +18,9 @@
 //! while it needs the knob; the first one in saves the knob's value in the
 //! file and sets it, and the last one out (the one that can take the
 //! exclusive lock) writes the saved value back. A process that dies inside
-//! its window leaves the saved value behind, and the next one in, finding
-//! no one else holding the lock, restores from it. A knob an administrator
+//! its window leaves the knob set and the saved value behind; the next one
+//! in, finding no one else holding the lock, keeps that saved value as the
+//! one to give back at its own end. A knob an administrator
 //! already set is left alone. Where the knob or `/run` cannot be written
 //! (no privilege), nothing changes.
 //!
@@ -107,7 +108,10 @@ fn hold(knob: &Knob) -> Option<Flock<File>> {
                     return None;
                 }
                 save(&mut alone, &baseline)?;
-                write_knob(knob, "1")?;
+                if write_knob(knob, "1").is_none() {
+                    let _ = alone.set_len(0);
+                    return None;
+                }
                 debug!(was = %baseline, "RCU grace periods expedited for the switch-over");
                 // Not atomic (flock drops, then takes): one who slips in
                 // between finds the saved value and does the same again.
