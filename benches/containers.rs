@@ -58,7 +58,9 @@
 //! `PHAUL_BENCH_RUNS=N`, `PHAUL_BENCH_CASES=lxc-stop,lxc-post,lxc-seed,runc-stop,runc-post,runc-hand`,
 //! `PHAUL_BENCH_KEEP=1` (keep phaul's image directories with CRIU's logs),
 //! `PHAUL_BENCH_CRIU_LOG_LEVEL=4` (the engine's CRIU logs with timestamps),
-//! `PHAUL_BENCH_LOG=phaul_core=debug` (phaul's own log on stderr).
+//! `PHAUL_BENCH_LOG=phaul_core=debug` (phaul's own log on stderr),
+//! `PHAUL_BENCH_RCU=off` (the target leaves the kernel's RCU knob alone:
+//! `Service::expedite_rcu`, for an A/B of it).
 
 #![allow(clippy::print_stdout)]
 

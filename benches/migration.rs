@@ -106,7 +106,9 @@
 //! which file system that is. Both sides log at CRIU's default level (2);
 //! `PHAUL_BENCH_CRIU_LOG_LEVEL=4` makes the engine's CRIU log at debug level
 //! (with timestamps) to see where its time goes; `PHAUL_BENCH_LOG` (a
-//! `tracing` filter, e.g. `phaul_core=debug`) prints phaul's own log.
+//! `tracing` filter, e.g. `phaul_core=debug`) prints phaul's own log;
+//! `PHAUL_BENCH_RCU=off` makes phaul's target leave the kernel's RCU knob
+//! alone (`Service::expedite_rcu`), as the hand-run restore does.
 
 #![allow(clippy::print_stdout)]
 
