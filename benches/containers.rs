@@ -471,9 +471,9 @@ fn phaul(bin: &Path, scene: &Scene, mode: Mode, keep: bool) -> Result<(f64, f64)
 }
 
 /// Where the downtime went, from the engine's events: the dump (freeze
-/// until the images start), the images with the final file-system pass,
-/// the restore on the target, the commit; CRIU's own freeze and memory
-/// times from its stats.
+/// until the images start, so with the final file-system pass), the
+/// images, the restore on the target, the commit; CRIU's own freeze and
+/// memory times from its stats.
 fn print_phases(r: &Report, events: &[(Instant, Progress)]) {
     let at = |f: &dyn Fn(&Progress) -> bool| events.iter().find(|(_, p)| f(p)).map(|(t, _)| *t);
     let phase = |ph: Phase| at(&|p| matches!(p, Progress::Phase(x) if *x == ph));
@@ -491,7 +491,7 @@ fn print_phases(r: &Report, events: &[(Instant, Progress)]) {
     let dump = r.per_iteration.last();
     let us = |v: Option<u64>| v.map_or(f64::NAN, |v| v as f64 / 1000.0);
     println!(
-        "  phases: dump {:.1} ms (criu freezing {:.1}, memdump {:.1}), files + images {:.1} ms, restore {:.1} ms (criu {:.1}), commit {:.1} ms",
+        "  phases: dump {:.1} ms (criu freezing {:.1}, memdump {:.1}), images {:.1} ms, restore {:.1} ms (criu {:.1}), commit {:.1} ms",
         span(frozen, images),
         us(dump.map(|d| d.freezing_us)),
         us(dump.map(|d| d.memdump_us)),
