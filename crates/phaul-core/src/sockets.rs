@@ -8,7 +8,7 @@
 //! (a patched 4.1 passes), and only where the version and the kernel make
 //! it doubtful.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs;
 
 /// Whether `criu` (as `"4.1.1"`) on kernel `release` (as `uname -r`) may
@@ -63,31 +63,58 @@ pub(crate) fn has_tcp_connection(root: i32) -> bool {
     connected
 }
 
-/// Calls `found(pid, table, fields)` for each line of `/proc/PID/net/TABLE`
+/// Calls `found(pid, table, fields)` for each line of a `/proc/PID/net/TABLE`
 /// (for each of `tables`) that is a socket of the tree's process PID,
-/// until it returns true.
+/// until it returns true. Processes in one network namespace see the same
+/// tables, which can be long on a busy host, so each namespace's are read
+/// once; a socket several processes share is reported once, for the first.
 fn each_socket(root: i32, tables: &[&str], mut found: impl FnMut(i32, &str, &[&str]) -> bool) {
+    // Per namespace, in the order first met: a process to read its tables
+    // through, and which process of the tree holds each socket inode.
+    let mut namespaces: Vec<(u64, i32, HashMap<u64, i32>)> = Vec::new();
     for pid in tree(root) {
         let inodes = socket_inodes(pid);
-        if inodes.is_empty() {
+        let Some(ns) = netns_inode(pid).filter(|_| !inodes.is_empty()) else {
             continue;
+        };
+        let at = match namespaces.iter().position(|(n, ..)| *n == ns) {
+            Some(i) => i,
+            None => {
+                namespaces.push((ns, pid, HashMap::new()));
+                namespaces.len() - 1
+            }
+        };
+        for i in inodes {
+            namespaces[at].2.entry(i).or_insert(pid);
         }
+    }
+    for (_, reader, holders) in &namespaces {
         for table in tables {
-            let Ok(text) = fs::read_to_string(format!("/proc/{pid}/net/{table}")) else {
+            let Ok(text) = fs::read_to_string(format!("/proc/{reader}/net/{table}")) else {
                 continue;
             };
             for line in text.lines().skip(1) {
                 let f: Vec<&str> = line.split_whitespace().collect();
-                let ours = f
+                let holder = f
                     .get(9)
                     .and_then(|i| i.parse::<u64>().ok())
-                    .is_some_and(|i| inodes.contains(&i));
-                if ours && found(pid, table, &f) {
+                    .and_then(|i| holders.get(&i));
+                if let Some(&pid) = holder
+                    && found(pid, table, &f)
+                {
                     return;
                 }
             }
         }
     }
+}
+
+/// The inode of the process `pid`'s network namespace.
+fn netns_inode(pid: i32) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    fs::metadata(format!("/proc/{pid}/ns/net"))
+        .ok()
+        .map(|m| m.ino())
 }
 
 /// The tree's PIDs, root first.
@@ -223,6 +250,36 @@ mod tests {
             let _ = child.wait();
             assert_eq!(got, want, "connected: {connect}");
         }
+    }
+
+    /// The tables are read per namespace, not per process: a socket the
+    /// tree's two processes share is one socket.
+    #[test]
+    fn a_socket_a_parent_and_its_child_share_is_listed_once() {
+        use std::io::BufRead;
+        let script = "import os,socket,time\nl=socket.socket()\nl.bind(('127.0.0.1',0))\n\
+                      l.listen()\nif os.fork()==0:\n    time.sleep(30)\n    os._exit(0)\n\
+                      time.sleep(0.2)\nprint('ready',flush=True)\ntime.sleep(30)\n";
+        let mut child = std::process::Command::new("python3")
+            .args(["-c", script])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let pid = i32::try_from(child.id()).unwrap();
+        let (procs, found) = (tree(pid).len(), inet_sockets(pid, 10));
+        let _ = std::process::Command::new("pkill")
+            .args(["-KILL", "-P", &pid.to_string()])
+            .status();
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(line.trim(), "ready");
+        assert_eq!(procs, 2, "the parent and its child");
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].contains(&format!("(pid {pid})")), "{found:?}");
     }
 
     #[test]
