@@ -841,10 +841,8 @@ impl TargetCriu for Criu {
             if let Ok(Some(st)) = child.try_wait() {
                 // Its log says why; the exit status alone does not.
                 let log = dir.join("lazy-pages.log");
-                let cause = criu_rpc::log::LogExcerpt::read(&log, 5)
-                    .ok()
-                    .and_then(|x| x.cause())
-                    .map_or_else(String::new, |c| format!(": {c}"));
+                let cause =
+                    crate::logs::cause_in(&log).map_or_else(String::new, |c| format!(": {c}"));
                 return Err(Error::Target(format!(
                     "criu lazy-pages exited with {st} before it was ready{cause} (its log: {})",
                     log.display()

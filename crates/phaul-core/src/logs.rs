@@ -17,16 +17,22 @@ pub fn manager_error(e: phaul_htypes::Error, logs: &[std::path::PathBuf]) -> Err
     let Some(log) = logs.iter().find(|l| l.exists()) else {
         return Error::Htype(e);
     };
-    match criu_rpc::log::LogExcerpt::read(log, 5)
-        .ok()
-        .and_then(|x| x.cause())
-    {
+    match cause_in(log) {
         Some(cause) => Error::ManagerCriu {
             source: e,
             criu: format!("{cause} (CRIU log: {})", log.display()),
         },
         None => Error::Htype(e),
     }
+}
+
+/// The decisive lines of the CRIU log at `log`
+/// ([`criu_rpc::log::LogExcerpt`]), if it names a cause: what an error
+/// about a CRIU that CRIU's caller only saw fail quotes.
+pub(crate) fn cause_in(log: &Path) -> Option<String> {
+    criu_rpc::log::LogExcerpt::read(log, 5)
+        .ok()
+        .and_then(|x| x.cause())
 }
 
 /// Removes every file under `dir` that is not a CRIU log (`*.log`), and the
