@@ -15,8 +15,9 @@
 //! event on this process's main thread that counts nothing, before the
 //! freeze, and closes it when dropped. (The main thread, not the calling
 //! one: a pool thread may exit while the event is held; the kernel keeps
-//! the hooks on for any open event, but the main thread makes that plain.) Where perf events are unavailable (a kernel
-//! without them, a seccomp filter) nothing is held and nothing changes.
+//! the hooks on for any open event, but the main thread makes that plain.)
+//! Where perf events are unavailable (a kernel without them, a seccomp
+//! filter) nothing is held and nothing changes.
 
 use std::os::fd::{FromRawFd, OwnedFd};
 
