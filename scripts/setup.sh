@@ -55,9 +55,10 @@ BUILD_PKGS=(build-essential pkg-config python3 libprotobuf-c-dev protobuf-c-comp
 CRIU_RUNDIR=/run/criu
 # Built without GnuTLS (NO_GNUTLS=1): it serves only CRIU's own `--tls`
 # page server, which phaul never uses (its link is authenticated and
-# encrypted itself), and its nine libraries doubled the time every CRIU
-# took to start (5.6 against 2.9 ms for `criu --version` here, mostly the
-# dynamic loader mapping them); a container's restore starts CRIU three
+# encrypted itself), and it and the seven libraries only it pulls in
+# doubled the time every CRIU took to start (5.6 against 2.9 ms for
+# `criu --version` here, mostly the dynamic loader mapping them); a
+# container's restore starts CRIU three
 # times inside the downtime (the lazy-pages daemon, and liblxc's version
 # check and restore).
 CRIU_FEATURES="nftables no-gnutls rundir=$CRIU_RUNDIR"
