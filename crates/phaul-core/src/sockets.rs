@@ -220,15 +220,20 @@ mod tests {
     /// A child that listens, and connects to itself when `connect`; it
     /// prints a line once its sockets are there.
     fn python_with_sockets(connect: bool) -> std::process::Child {
-        use std::io::BufRead;
         let script = format!(
             "import socket,time\nl=socket.socket()\nl.bind(('127.0.0.1',0))\nl.listen()\n\
              c=socket.create_connection(l.getsockname()) if {} else None\n\
              print('ready',flush=True)\ntime.sleep(30)\n",
             if connect { "True" } else { "False" }
         );
+        python_ready(&script)
+    }
+
+    /// Python running `script`, once it has printed `ready`.
+    fn python_ready(script: &str) -> std::process::Child {
+        use std::io::BufRead;
         let mut child = std::process::Command::new("python3")
-            .args(["-c", &script])
+            .args(["-c", script])
             .stdout(std::process::Stdio::piped())
             .spawn()
             .unwrap();
@@ -256,19 +261,10 @@ mod tests {
     /// tree's two processes share is one socket.
     #[test]
     fn a_socket_a_parent_and_its_child_share_is_listed_once() {
-        use std::io::BufRead;
         let script = "import os,socket,time\nl=socket.socket()\nl.bind(('127.0.0.1',0))\n\
                       l.listen()\nif os.fork()==0:\n    time.sleep(30)\n    os._exit(0)\n\
                       time.sleep(0.2)\nprint('ready',flush=True)\ntime.sleep(30)\n";
-        let mut child = std::process::Command::new("python3")
-            .args(["-c", script])
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        std::io::BufReader::new(child.stdout.as_mut().unwrap())
-            .read_line(&mut line)
-            .unwrap();
+        let mut child = python_ready(script);
         let pid = i32::try_from(child.id()).unwrap();
         let (procs, found) = (tree(pid).len(), inet_sockets(pid, 10));
         let _ = std::process::Command::new("pkill")
@@ -276,7 +272,6 @@ mod tests {
             .status();
         let _ = child.kill();
         let _ = child.wait();
-        assert_eq!(line.trim(), "ready");
         assert_eq!(procs, 2, "the parent and its child");
         assert_eq!(found.len(), 1, "{found:?}");
         assert!(found[0].contains(&format!("(pid {pid})")), "{found:?}");
