@@ -208,8 +208,7 @@ new_run() {
 }
 
 # KVM when it is usable and a probe boot under it finished on this host
-# kernel (a KVM guest has been seen to hang at boot on these machines);
-# the probe's answer is kept in the cache.
+# kernel; the probe's answer is kept in the cache.
 pick_accel() {
     local stamp="$CACHE/accel-$(uname -r)" run answer=tcg
     case "$ACCEL" in
@@ -218,6 +217,14 @@ pick_accel() {
         *) say "PHAUL_GUEST_ACCEL must be auto, tcg or kvm, not $ACCEL"; exit 2 ;;
     esac
     if [ ! -r /dev/kvm ] || [ ! -w /dev/kvm ]; then
+        echo tcg
+        return
+    fi
+    # kvm_pvm (Pagetable-based VMs, for hosts that are guests themselves
+    # without hardware virtualization) runs only kernels built as PVM
+    # guests; Debian's is not, and hangs before its first console line.
+    if [ -d /sys/module/kvm_pvm ] && [ ! -d /sys/module/kvm_intel ] && [ ! -d /sys/module/kvm_amd ]; then
+        [ "$VERBOSE" = 1 ] && say "/dev/kvm is kvm_pvm, which runs only PVM guest kernels: using tcg"
         echo tcg
         return
     fi
