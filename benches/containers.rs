@@ -455,7 +455,8 @@ fn phaul(bin: &Path, scene: &Scene, mode: Mode, keep: bool) -> Result<(f64, f64)
         Ok(Migration::new(engine_criu(&b), addr, link_config()?, htype)
             .mode(mode)
             .work_dir(&src_dir)
-            .keep_images(keep))
+            .keep_images(keep)
+            .images_in_ram(common::images_in_ram()))
     });
     let _ = service.stop();
     if keep {

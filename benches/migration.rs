@@ -844,7 +844,8 @@ fn phaul(hosts: &Hosts, bin: &Path, pid: i32, mode: Mode, made: &mut Made) -> Re
             Migration::new(engine_criu(&bin2), addr, link_config()?, htype)
                 .mode(mode)
                 .work_dir(&dir)
-                .keep_images(keep),
+                .keep_images(keep)
+                .images_in_ram(common::images_in_ram()),
         )
     })?;
     drop(target);

@@ -68,6 +68,11 @@ struct Args {
     /// grace period meanwhile.
     #[arg(long)]
     no_expedite_rcu: bool,
+    /// Receive a post-copy's images into the work directory, not into RAM
+    /// (`/dev/shm`, the default: they hold no memory pages, and the source
+    /// waits frozen while they are written).
+    #[arg(long)]
+    no_images_in_ram: bool,
 }
 
 #[tokio::main]
@@ -93,6 +98,7 @@ async fn main() -> anyhow::Result<()> {
         .controllable(criu)
         .keep_images(args.keep_images)
         .expedite_rcu(!args.no_expedite_rcu)
+        .images_in_ram(!args.no_images_in_ram)
         .htype_paths(paths)
         .queue(
             args.max_queued as usize,

@@ -85,14 +85,23 @@ pub fn engine_criu(bin: &std::path::Path) -> Criu {
 
 /// A target service as the benches run it, restoring with `bin`:
 /// `PHAUL_BENCH_RCU=off` leaves the kernel's RCU knob alone (see
-/// `Service::expedite_rcu`), for an A/B of it.
+/// `Service::expedite_rcu`), `PHAUL_BENCH_RAM=off` keeps a post-copy's
+/// images on disk ([`images_in_ram`]), each for an A/B.
 pub fn service(
     bin: &std::path::Path,
     link: LinkConfig,
     dir: impl AsRef<std::path::Path>,
 ) -> Service {
     let on = std::env::var("PHAUL_BENCH_RCU").as_deref() != Ok("off");
-    Service::new(engine_criu(bin), link, dir).expedite_rcu(on)
+    Service::new(engine_criu(bin), link, dir)
+        .expedite_rcu(on)
+        .images_in_ram(images_in_ram())
+}
+
+/// Whether a post-copy's images go to RAM, on both sides (see
+/// `Migration::images_in_ram`): unless `PHAUL_BENCH_RAM=off`.
+pub fn images_in_ram() -> bool {
+    std::env::var("PHAUL_BENCH_RAM").as_deref() != Ok("off")
 }
 
 /// What one migration through the engine gave: its report, its progress

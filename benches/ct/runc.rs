@@ -40,7 +40,7 @@ use phaul_testkit::runc::{NamedNetns, redis_bundle};
 use phaul_testkit::{Hosts, in_netns};
 use phaul_transport::Listener;
 
-use super::common::engine_criu;
+use super::common::{self, engine_criu};
 use super::{CLIENT_PERIOD, STEP_TIMEOUT, link_config, rsync, run};
 
 /// Set (to the ready file's path) in the environment of this binary run as
@@ -74,7 +74,7 @@ pub fn serve(ready: &str) -> Result<()> {
     rt.block_on(async move {
         let listener = Listener::bind(&listen).await?;
         std::fs::write(ready, listener.local_addr()?)?;
-        super::common::service(&criu, link_config()?, work)
+        common::service(&criu, link_config()?, work)
             .htype_paths(paths)
             .serve(listener, std::future::pending::<()>())
             .await?;
@@ -358,6 +358,7 @@ pub fn phaul(bin: &Path, scene: &mut RuncScene, mode: Mode) -> Result<(f64, f64)
             let m = Migration::new(engine_criu(&b), addr, link_config()?, htype)
                 .mode(mode)
                 .work_dir(work)
+                .images_in_ram(common::images_in_ram())
                 .switchover(hook)
                 .progress(tx);
             tokio::time::timeout(STEP_TIMEOUT, m.run())

@@ -74,6 +74,11 @@ pub struct MigrateArgs {
     /// Keep the source's images afterwards.
     #[arg(long)]
     pub keep_images: bool,
+    /// Write a post-copy's images to the work directory, not to RAM
+    /// (`/dev/shm`, the default: they hold no memory pages, and the dump
+    /// writes them while the tree is frozen).
+    #[arg(long)]
+    pub no_images_in_ram: bool,
     /// Skip the CPU compatibility check.
     #[arg(long)]
     pub skip_cpu_check: bool,
@@ -166,6 +171,7 @@ impl MigrateArgs {
             .fallback(self.fallback)
             .work_dir(&self.work_dir)
             .keep_images(self.keep_images)
+            .images_in_ram(!self.no_images_in_ram)
             .skip_cpu_check(self.skip_cpu_check)
             .skip_version_check(self.skip_criu_check)
             .force(self.force)
@@ -196,6 +202,7 @@ impl MigrateArgs {
             ("--bandwidth", self.bandwidth.is_some()),
             ("--compress", self.compress),
             ("--keep-images", self.keep_images),
+            ("--no-images-in-ram", self.no_images_in_ram),
             ("--skip-cpu-check", self.skip_cpu_check),
             ("--skip-criu-check", self.skip_criu_check),
             ("--force", self.force),

@@ -50,6 +50,7 @@
 //!   CRIU runs, so its first breakpoint does not wait inside the freeze.
 //! - `rcu`: the kernel's RCU grace periods expedited while a target
 //!   restores and commits.
+//! - `ramdir`: a post-copy's images kept in RAM on both sides.
 //! - [`sockets`]: pre-flight for trees with TCP and UDP sockets.
 //! - [`fs`]: which `phaul-fs` driver carries an htype's file system.
 //! - [`error`]: the crate's [`Error`] type.
@@ -68,6 +69,7 @@ mod pagemaps;
 pub mod pagestream;
 pub mod plan;
 pub mod policy;
+mod ramdir;
 mod rcu;
 mod schedhooks;
 pub mod sockets;

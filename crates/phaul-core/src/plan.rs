@@ -181,6 +181,13 @@ impl Plan {
             .flatten()
     }
 
+    /// Whether both sides keep the images in RAM (see `ramdir`): a
+    /// post-copy's hold no memory pages, only the tree's description.
+    /// Every other mode's target receives pages into them.
+    pub fn images_in_memory(&self) -> bool {
+        self.mode == Mode::PostCopy
+    }
+
     /// The name of the file-system driver the target serves, if any.
     pub fn fs_driver(&self) -> Option<&'static str> {
         match self.files {

@@ -7,6 +7,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc as std_mpsc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use phaul_core::criu::{Criu, HeldRestore, LazyDaemon, PageServing, RestoreSpec, TargetCriu};
@@ -158,6 +159,83 @@ fn stop_copy_and_post_copy_move_a_workload_with_its_state() {
         assert!(moved >= 16_384, "{mode}: {it:?}");
         assert!(it.pages_scanned >= moved, "{mode}: {it:?}");
         assert_clean(&hosts, &target.dir(), &src_dir);
+    }
+}
+
+/// The migration's image directories under `dirs` (two levels down: a
+/// run's or session's directory, then an iteration's) that are links into
+/// RAM, with where they lead and whether the images were there.
+fn links_to_ram(dirs: &[PathBuf]) -> Vec<(PathBuf, PathBuf, bool)> {
+    let mut found = Vec::new();
+    for d in dirs {
+        for run in std::fs::read_dir(d).into_iter().flatten().flatten() {
+            for it in std::fs::read_dir(run.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                let Ok(to) = std::fs::read_link(it.path()) else {
+                    continue;
+                };
+                if to.starts_with("/dev/shm") {
+                    let images = to.join("inventory.img").is_file();
+                    found.push((it.path(), to, images));
+                }
+            }
+        }
+    }
+    found
+}
+
+/// A post-copy's images are in RAM on both hosts while it runs (each
+/// side's iteration directory links there), and gone from RAM once it has
+/// ended; a stop-copy's, which hold the tree's memory, stay on disk.
+#[test]
+fn a_post_copys_images_are_in_ram_while_it_runs() {
+    let Some(bin) = require_criu("a_post_copys_images_are_in_ram_while_it_runs") else {
+        return;
+    };
+    for mode in [Mode::PostCopy, Mode::StopCopy] {
+        let hosts = Hosts::new().unwrap();
+        let target = Target::start(&hosts, criu(&bin));
+        let mut w = Workload::start_in(Some(&hosts.src), 16).unwrap();
+        let before = w.counter_passes(2, Duration::from_secs(10)).unwrap();
+        let src = tempfile::tempdir().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let dirs = vec![src.path().to_path_buf(), target.dir()];
+        let (s, work) = (seen.clone(), src.path().to_path_buf());
+        let (r, unused) = migrate(&hosts.src, &bin, &target.addr, w.pid, mode, move |m| {
+            // Between the restore and the commit: both sides' images exist.
+            m.work_dir(work).switchover(move || {
+                s.lock().unwrap().extend(links_to_ram(&dirs));
+                std::future::ready(Ok(()))
+            })
+        });
+        let _ = std::fs::remove_dir_all(unused);
+        assert_moved(&mut w, &hosts, &r, before);
+        let seen = seen.lock().unwrap().clone();
+        match mode {
+            Mode::PostCopy => {
+                assert_eq!(seen.len(), 2, "one link on each side: {seen:?}");
+                assert!(seen[0].0.starts_with(src.path()), "{seen:?}");
+                assert!(seen[1].0.starts_with(target.dir()), "{seen:?}");
+                for (link, ram, images) in &seen {
+                    assert!(
+                        images,
+                        "{} led to {} without images",
+                        link.display(),
+                        ram.display()
+                    );
+                }
+                let gone = || seen.iter().all(|(_, ram, _)| !ram.exists()).then_some(());
+                assert!(
+                    wait_until(Duration::from_secs(30), gone).is_some(),
+                    "images left in RAM: {seen:?}"
+                );
+            }
+            _ => assert!(seen.is_empty(), "{mode}: {seen:?}"),
+        }
+        assert_clean(&hosts, &target.dir(), src.path());
     }
 }
 

@@ -293,8 +293,7 @@ impl<C: SourceCriu> Migration<C> {
     }
 
     async fn manager_lazy_dump(&self, run: &mut Run<'_>) -> Result<(Stopped, PathBuf, Instant)> {
-        let (dir, work) = (run.dir.join("0"), run.dir.join("0.work"));
-        mkdir(&dir)?;
+        let (dir, work) = (super::images_dir(run, 0)?, run.dir.join("0.work"));
         mkdir(&work)?;
         // The manager's CRIU serves on loopback only (it is told the
         // address), so no port guard is needed.

@@ -125,6 +125,7 @@ pub struct Migration<C: SourceCriu = crate::criu::Criu> {
     policy: Box<dyn ConvergencePolicy>,
     work_dir: PathBuf,
     keep_images: bool,
+    images_in_ram: bool,
     skip_cpu_check: bool,
     skip_version_check: bool,
     force: bool,
@@ -191,6 +192,7 @@ impl<C: SourceCriu> Migration<C> {
             policy: self.policy,
             work_dir: self.work_dir,
             keep_images: self.keep_images,
+            images_in_ram: self.images_in_ram,
             skip_cpu_check: self.skip_cpu_check,
             skip_version_check: self.skip_version_check,
             force: self.force,
@@ -230,6 +232,7 @@ impl<C: SourceCriu> Migration<C> {
             policy: Box::new(PhaulRules::default()),
             work_dir: std::env::temp_dir().join("phaul"),
             keep_images: false,
+            images_in_ram: true,
             skip_cpu_check: false,
             skip_version_check: false,
             force: false,
@@ -306,6 +309,15 @@ impl<C: SourceCriu> Migration<C> {
     /// Keep the source's images afterwards.
     pub fn keep_images(mut self, keep: bool) -> Self {
         self.keep_images = keep;
+        self
+    }
+
+    /// Whether a post-copy's images are written to RAM (`/dev/shm`) (by
+    /// default they are, unless kept afterwards): its dump writes them
+    /// inside the freeze, and they hold no memory pages. Off, they go to
+    /// the work directory as every other mode's do.
+    pub fn images_in_ram(mut self, on: bool) -> Self {
+        self.images_in_ram = on;
         self
     }
 
@@ -519,6 +531,7 @@ impl<C: SourceCriu> Migration<C> {
         };
         let mut stats = Ongoing::start(provisional);
         stats.set_migration_id(&self.id);
+        crate::ramdir::remove_stale(Path::new(crate::ramdir::BASE));
         let dir = self
             .work_dir
             .join(format!("{}-{}", std::process::id(), unique()));
@@ -803,6 +816,8 @@ impl<C: SourceCriu> Migration<C> {
             overhead_us,
             bandwidth: None,
             transfer: None,
+            ram_images: plan.images_in_memory() && self.images_in_ram && !self.keep_images,
+            ram: Vec::new(),
         };
         // Held until the end, so CRIU's breakpoints find the kernel's hooks
         // on (see `schedhooks`).
@@ -906,10 +921,9 @@ impl<C: SourceCriu> Migration<C> {
         Ok((criu_end, PageRelay::spawn(pages, ours)))
     }
 
-    fn spec(&self, run: &Run<'_>, i: u32, parent: bool, track_mem: bool) -> Result<DumpSpec> {
-        let images_dir = run.dir.join(i.to_string());
+    fn spec(&self, run: &mut Run<'_>, i: u32, parent: bool, track_mem: bool) -> Result<DumpSpec> {
+        let images_dir = images_dir(run, i)?;
         let work_dir = run.dir.join(format!("{i}.work"));
-        mkdir(&images_dir)?;
         mkdir(&work_dir)?;
         Ok(DumpSpec {
             pid: run.pid,
@@ -1369,6 +1383,10 @@ struct Run<'a> {
     /// whose pages stand for a dirty set they are not) says nothing of
     /// what the switch-over costs.
     transfer: Option<Duration>,
+    /// The plan keeps the images in RAM, and the user does not keep them.
+    ram_images: bool,
+    /// The RAM directories the images went to; removed with the run.
+    ram: Vec<crate::ramdir::RamDir>,
 }
 
 fn remote(e: phaul_transport::Error) -> Error {
@@ -1407,6 +1425,24 @@ fn iteration_report(
         bytes_sent: bytes,
         duration_us: u64::try_from(wall.as_micros()).unwrap_or(u64::MAX),
     }
+}
+
+/// Iteration `i`'s images directory, made: in RAM where the run keeps
+/// its images there and RAM can hold them (see `ramdir`), else on disk.
+/// Returns the real directory (the image batch's sender follows no
+/// symlink); the run's directory links to it.
+fn images_dir(run: &mut Run<'_>, i: u32) -> Result<PathBuf> {
+    let dir = run.dir.join(i.to_string());
+    if run.ram_images && !dir.exists() {
+        mkdir(&run.dir)?;
+        if let Some(ram) = crate::ramdir::RamDir::link(&dir) {
+            let real = ram.path().to_path_buf();
+            run.ram.push(ram);
+            return Ok(real);
+        }
+    }
+    mkdir(&dir)?;
+    Ok(dir)
 }
 
 fn mkdir(dir: &Path) -> Result<()> {

@@ -79,6 +79,8 @@ pub struct Service<T: TargetCriu = crate::criu::Criu> {
     overheads: overheads::Overheads,
     /// The RCU knob set for each switch-over (see `rcu`); `None`: left alone.
     rcu: Option<crate::rcu::Knob>,
+    /// A post-copy's images go to RAM (see `ramdir`).
+    images_in_ram: bool,
 }
 
 /// What happens on a target, for an embedder that runs the service
@@ -157,6 +159,7 @@ impl<T: TargetCriu> Service<T> {
             admission: admission::Admission::new(admission::Limits::default(), metrics),
             overheads: overheads::Overheads::default(),
             rcu: Some(crate::rcu::Knob::default()),
+            images_in_ram: true,
         }
     }
 
@@ -248,6 +251,16 @@ impl<T: TargetCriu> Service<T> {
         self
     }
 
+    /// Whether a post-copy's images are kept in RAM (`/dev/shm`) while it
+    /// runs (by default they are, unless kept afterwards). They hold no
+    /// memory pages, only the tree's description; on disk, their files'
+    /// allocation is inside the downtime. Off, they go to the work
+    /// directory as every other mode's do.
+    pub fn images_in_ram(mut self, on: bool) -> Self {
+        self.images_in_ram = on;
+        self
+    }
+
     /// Limits on what one image batch may hold, and whether it is fsynced
     /// (by default it is not: see the field's note in `Service::new`).
     pub fn image_limits(mut self, limits: ImageLimits) -> Self {
@@ -267,6 +280,7 @@ impl<T: TargetCriu> Service<T> {
         })?;
         let _lock = lock_work_dir(&self.work_dir)?;
         remove_stale_sessions(&self.work_dir);
+        crate::ramdir::remove_stale(Path::new(crate::ramdir::BASE));
         let this = Arc::new(self);
         let sessions: Sessions = Arc::default();
         let (stop, stopping) = watch::channel(false);

@@ -73,6 +73,8 @@ struct Begun {
     plan: Plan,
     htype: Arc<dyn Htype>,
     dir: PathBuf,
+    /// The RAM directories its images went to (see `ramdir`).
+    ram: Vec<crate::ramdir::RamDir>,
     /// Serving the source's file-system passes, while the migration runs;
     /// it ends once the final pass is durable, which the commit waits for.
     fs_task: Option<FsTask>,
@@ -126,7 +128,7 @@ pub(super) struct Session<T: TargetCriu> {
     /// A request failed: the session's CRIU logs are kept.
     request_failed: bool,
     /// A committed session's directory, removed once the answer is out.
-    after_reply: Option<PathBuf>,
+    after_reply: Option<(PathBuf, Vec<crate::ramdir::RamDir>)>,
     /// The slot `Begin` was let in with, until it begins.
     slot: Option<Slot>,
 }
@@ -219,8 +221,8 @@ impl<T: TargetCriu> Session<T> {
             if let (true, State::Restored(_, r)) = (restored, &mut self.state) {
                 r.at = answered;
             }
-            if let Some(d) = self.after_reply.take() {
-                self.remove_dir(&d);
+            if let Some((d, ram)) = self.after_reply.take() {
+                self.remove_dir(&d, ram);
             }
             if abort || sent.is_err() {
                 break;
@@ -321,7 +323,7 @@ impl<T: TargetCriu> Session<T> {
         if let Err(e) = blocking(&begun.htype, |h| h.abort()).await {
             warn!(session = %hex(&self.sid), error = %e, "undoing the htype's work");
         }
-        self.remove_dir(&begun.dir);
+        self.remove_dir(&begun.dir, begun.ram);
         self.emit(|session| ServiceEvent::RolledBack { session });
         let outcome = match self.request_failed {
             true => Outcome::Failed,
@@ -332,7 +334,13 @@ impl<T: TargetCriu> Session<T> {
             .ended(begun.htype.kind(), begun.plan.mode.as_str(), outcome, None);
     }
 
-    fn remove_dir(&self, d: &std::path::Path) {
+    fn remove_dir(&self, d: &std::path::Path, ram: Vec<crate::ramdir::RamDir>) {
+        if self.request_failed {
+            // The restore's logs are among its images: back to disk first.
+            ram.into_iter().for_each(crate::ramdir::RamDir::keep_logs);
+        } else {
+            drop(ram);
+        }
         if self.svc.keep_images {
             info!(dir = %d.display(), "keeping images");
         } else if self.request_failed && keep_failed_logs(d) {
@@ -420,6 +428,7 @@ impl<T: TargetCriu> Session<T> {
             plan,
             htype: h,
             dir: dir.clone(),
+            ram: Vec::new(),
             fs_task,
             at: Instant::now(),
             _hooks: hooks,
@@ -472,8 +481,36 @@ impl<T: TargetCriu> Session<T> {
         })
     }
 
+    /// Iteration `i`'s directory (a link to RAM where its images went
+    /// there: CRIU and the kinds' managers follow it, and name their logs
+    /// by it).
     fn iter_dir(&self, i: u32) -> std::result::Result<PathBuf, (ErrorCode, Error)> {
         Ok(self.begun()?.dir.join(i.to_string()))
+    }
+
+    /// Iteration `i`'s directory for an image batch, made: in RAM where
+    /// the plan keeps images there, this service lets it and does not keep
+    /// them, and RAM can hold them (see `ramdir`), else on disk. Returns the real
+    /// directory, which the batch is written into (its receiver follows no
+    /// symlink).
+    fn images_dir(&mut self, i: u32) -> std::result::Result<PathBuf, (ErrorCode, Error)> {
+        let dir = self.iter_dir(i)?;
+        let ram = self.svc.images_in_ram && !self.svc.keep_images;
+        let State::Begun(b) = &mut self.state else {
+            unreachable!("checked by iter_dir")
+        };
+        if let Some(r) = b.ram.iter().find(|r| r.linked_from() == dir) {
+            return Ok(r.path().to_path_buf());
+        }
+        if ram && b.plan.images_in_memory() && !dir.exists() {
+            if let Some(ram) = crate::ramdir::RamDir::link(&dir) {
+                let real = ram.path().to_path_buf();
+                b.ram.push(ram);
+                return Ok(real);
+            }
+        }
+        mkdir(&dir).map_err(failed)?;
+        Ok(dir)
     }
 
     async fn on_start_page_server(&mut self, p: proto::StartPageServer) -> Reply {
@@ -556,8 +593,7 @@ impl<T: TargetCriu> Session<T> {
     }
 
     async fn on_images(&mut self, i: proto::Images) -> Reply {
-        let dir = self.iter_dir(i.iteration)?;
-        mkdir(&dir).map_err(failed)?;
+        let dir = self.images_dir(i.iteration)?;
         if self.images.is_none() {
             let l = tokio::time::timeout(JOIN_TIMEOUT, self.images_rx.recv())
                 .await
@@ -789,18 +825,19 @@ impl<T: TargetCriu> Session<T> {
             // until the daemon has every page.
             Some(d) => {
                 let keep = self.svc.keep_images;
-                let dir = b.dir;
+                let (dir, ram) = (b.dir, b.ram);
                 tokio::spawn(async move {
                     if let Err(e) = d.wait().await {
                         warn!(error = %e, "lazy pages daemon failed after the commit");
                     }
+                    drop(ram);
                     if !keep {
                         let _ = std::fs::remove_dir_all(dir);
                     }
                 });
             }
             // After the answer: the source's copy waits for it, frozen.
-            None => self.after_reply = Some(b.dir),
+            None => self.after_reply = Some((b.dir, b.ram)),
         }
         Ok(response::Body::Committed(proto::Committed {}))
     }
