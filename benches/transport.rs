@@ -26,6 +26,14 @@
 //!    each), and written to files on the other side, each fsynced, then the
 //!    directory, then a one-byte ack; blocking `std` I/O, one thread per
 //!    side, 256 KiB at a time: the simplest copy there is.
+//! 4. **page-fault round trips**: latency, not throughput. A post-copy's
+//!    restored tree waits for each page it touches first: the lazy-pages
+//!    daemon asks for it (32 bytes) and the source's page server answers
+//!    (32 bytes, then the 4 KiB page), one at a time. 2000 such round trips
+//!    over a direct loopback TCP connection (CRIU's own page server,
+//!    unrelayed), the plain relay's path, and the page stream with TLS;
+//!    the median time per round trip, and its ratio to the direct one. No
+//!    goal: it says what phaul's hops add to each fault.
 //!
 //! Every link and connection is set up before the clock starts (the TLS and
 //! key handshakes are not timed). Each side of each case runs in its own
@@ -48,7 +56,8 @@
 //! its rate once the cores are the limit, as on a 2-vCPU machine.
 //!
 //! `PHAUL_BENCH_CASES="page stream TLS,plain TCP"` runs only the cases so
-//! named (ratios to a baseline that did not run print as NaN).
+//! named (ratios to a baseline that did not run print as NaN);
+//! `PHAUL_BENCH_CASES="round trips"` only the round trips.
 //!
 //! The image files (N for the source, N more for each received copy,
 //! removed after each run) go to a fresh directory under the default temp
@@ -214,7 +223,127 @@ async fn run(bytes: u64, quick: bool) -> Result<()> {
         }
     }
     report(&bench, &results, &cpu);
+    if only.is_empty() || only.split(',').any(|n| n.trim() == "round trips") {
+        round_trips(&bench).await?;
+    }
     Ok(())
+}
+
+/// Round trips in each run of the round-trip cases.
+const TRIPS: usize = 2000;
+/// What a lazy-pages daemon asks for one faulting page (a
+/// `page_server_iov`), and what the page server answers (the iov again and
+/// the page).
+const ASK: usize = 32;
+const ANSWER: usize = 32 + 4096;
+
+/// A page fault's round trip: after the restore, every page the tree
+/// touches first waits for one, and a restored server touches dozens before
+/// it answers its first client. The daemon's request goes out, the page
+/// comes back, one at a time: latency, not throughput. Three paths:
+/// a direct loopback TCP connection (CRIU's own page server, unrelayed),
+/// the plain relay's (socketpair, copy, TCP, copy, socketpair, each way),
+/// and phaul's page stream with TLS.
+async fn round_trips(bench: &Bench) -> Result<()> {
+    println!();
+    println!("page-fault round trips: {TRIPS} of a {ASK}-byte request and a {ANSWER}-byte answer");
+    let mut rows: Vec<(&str, Vec<f64>)> = vec![
+        ("direct TCP", Vec::new()),
+        ("plain TCP relay", Vec::new()),
+        ("page stream TLS", Vec::new()),
+    ];
+    for run in 0..=RUNS {
+        for (name, us) in rows.iter_mut() {
+            let (daemon, server) = match *name {
+                "direct TCP" => {
+                    let (a, b) = tcp_pair().await?;
+                    (boxed(a), boxed(b))
+                }
+                "plain TCP relay" => plain_relay_ends().await?,
+                _ => page_stream_ends(&bench.tls).await?,
+            };
+            let t = ping_pong(daemon, server).await?;
+            let per = t.as_secs_f64() * 1e6 / TRIPS as f64;
+            if run > 0 {
+                us.push(per);
+            }
+        }
+    }
+    println!(
+        "{:<24} {:>10} {:>17} {:>7}",
+        "path", "us/trip", "(slowest-fastest)", "ratio"
+    );
+    let base = median(&rows[0].1);
+    for (name, us) in &rows {
+        let (lo, hi) = us
+            .iter()
+            .fold((f64::MAX, f64::MIN), |(l, h), &x| (l.min(x), h.max(x)));
+        println!(
+            "{name:<24} {:>10.1} {:>8.1}-{:<8.1} {:>7.2}",
+            median(us),
+            hi,
+            lo,
+            median(us) / base
+        );
+    }
+    Ok(())
+}
+
+type Stream = Box<dyn AsyncStream>;
+trait AsyncStream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> AsyncStream for T {}
+fn boxed<T: AsyncStream + 'static>(s: T) -> Stream {
+    Box::new(s)
+}
+
+/// The daemon's and the page server's ends of a plain relay.
+async fn plain_relay_ends() -> Result<(Stream, Stream)> {
+    let (tx, rx) = tcp_pair().await?;
+    let (daemon, target_local) = UnixStream::pair()?;
+    let (server, source_local) = UnixStream::pair()?;
+    let (tr, tw) = tokio::io::split(tx);
+    let (rr, rw) = tokio::io::split(rx);
+    let (tlr, tlw) = tokio::io::split(target_local);
+    let (slr, slw) = tokio::io::split(source_local);
+    tokio::spawn(copy(tlr, tw));
+    tokio::spawn(copy(tr, tlw));
+    tokio::spawn(copy(slr, rw));
+    tokio::spawn(copy(rr, slw));
+    Ok((boxed(daemon), boxed(server)))
+}
+
+/// The daemon's and the page server's ends of phaul's page stream.
+async fn page_stream_ends(cfg: &Configs) -> Result<(Stream, Stream)> {
+    let (source_link, target_link) = link_pair(cfg, Channel::Pages).await?;
+    let (daemon, target_local) = UnixStream::pair()?;
+    let (server, source_local) = UnixStream::pair()?;
+    tokio::spawn(relay(source_link, source_local));
+    tokio::spawn(relay(target_link, target_local));
+    Ok((boxed(daemon), boxed(server)))
+}
+
+/// [`TRIPS`] requests from `daemon`, each answered by `server` before the
+/// next goes; the time they took.
+async fn ping_pong(mut daemon: Stream, mut server: Stream) -> Result<Duration> {
+    let serving = tokio::spawn(async move {
+        let (mut ask, answer) = ([0u8; ASK], vec![7u8; ANSWER]);
+        for _ in 0..TRIPS {
+            server.read_exact(&mut ask).await?;
+            // As CRIU's page server writes: the iov, then the page.
+            server.write_all(&answer[..32]).await?;
+            server.write_all(&answer[32..]).await?;
+        }
+        anyhow::Ok(())
+    });
+    let (ask, mut answer) = ([1u8; ASK], vec![0u8; ANSWER]);
+    let start = Instant::now();
+    for _ in 0..TRIPS {
+        daemon.write_all(&ask).await?;
+        daemon.read_exact(&mut answer).await?;
+    }
+    let took = start.elapsed();
+    serving.await??;
+    Ok(took)
 }
 
 /// User and system CPU time of this process so far (all its threads).
