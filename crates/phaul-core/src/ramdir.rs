@@ -193,27 +193,29 @@ fn is_tmpfs(p: &Path) -> bool {
 mod tests {
     use super::*;
 
-    /// A scratch tmpfs base: a directory of ours in `/dev/shm`, when this
-    /// machine has one (every systemd host does).
-    fn base() -> Option<tempfile::TempDir> {
-        let d = tempfile::Builder::new()
+    /// A scratch tmpfs base (a directory of ours in `/dev/shm`), a
+    /// directory on disk, and the path in it to link from; `None`, said so,
+    /// where `/dev/shm` is not a writable tmpfs (every systemd host's is).
+    fn scratch() -> Option<(tempfile::TempDir, tempfile::TempDir, PathBuf)> {
+        let base = tempfile::Builder::new()
             .prefix("phaul-ramdir-test-")
             .tempdir_in(BASE)
-            .ok()?;
-        is_tmpfs(d.path()).then_some(d)
+            .ok()
+            .filter(|d| is_tmpfs(d.path()));
+        let Some(base) = base else {
+            phaul_testkit::unavailable("ramdir", "a writable tmpfs at /dev/shm", "mount one");
+            return None;
+        };
+        let disk = tempfile::tempdir().unwrap();
+        let link = disk.path().join("0");
+        Some((base, disk, link))
     }
 
     #[test]
     fn a_link_to_ram_removed_on_drop() {
-        let Some(b) = base() else {
-            return phaul_testkit::unavailable(
-                "ramdir",
-                "a writable tmpfs at /dev/shm",
-                "mount one",
-            );
+        let Some((b, _disk, link)) = scratch() else {
+            return;
         };
-        let disk = tempfile::tempdir().unwrap();
-        let link = disk.path().join("0");
         let d = RamDir::link_in(b.path(), &link).unwrap();
         std::fs::write(link.join("inventory.img"), b"x").unwrap();
         assert!(d.path().join("inventory.img").is_file());
@@ -242,15 +244,9 @@ mod tests {
 
     #[test]
     fn an_existing_link_is_refused_and_nothing_is_left() {
-        let Some(b) = base() else {
-            return phaul_testkit::unavailable(
-                "ramdir",
-                "a writable tmpfs at /dev/shm",
-                "mount one",
-            );
+        let Some((b, _disk, link)) = scratch() else {
+            return;
         };
-        let disk = tempfile::tempdir().unwrap();
-        let link = disk.path().join("0");
         std::fs::create_dir(&link).unwrap();
         assert!(RamDir::link_in(b.path(), &link).is_none());
         assert_eq!(std::fs::read_dir(b.path()).unwrap().count(), 0);
@@ -258,15 +254,9 @@ mod tests {
 
     #[test]
     fn logs_come_back_to_disk_and_images_go() {
-        let Some(b) = base() else {
-            return phaul_testkit::unavailable(
-                "ramdir",
-                "a writable tmpfs at /dev/shm",
-                "mount one",
-            );
+        let Some((b, _disk, link)) = scratch() else {
+            return;
         };
-        let disk = tempfile::tempdir().unwrap();
-        let link = disk.path().join("0");
         let d = RamDir::link_in(b.path(), &link).unwrap();
         std::fs::write(link.join("restore.log"), b"Error (criu/cr-restore.c): boom").unwrap();
         std::fs::write(link.join("pagemap-1.img"), b"x").unwrap();
@@ -283,15 +273,10 @@ mod tests {
 
     #[test]
     fn only_directories_no_one_holds_are_stale() {
-        let Some(b) = base() else {
-            return phaul_testkit::unavailable(
-                "ramdir",
-                "a writable tmpfs at /dev/shm",
-                "mount one",
-            );
+        let Some((b, _disk, link)) = scratch() else {
+            return;
         };
-        let disk = tempfile::tempdir().unwrap();
-        let live = RamDir::link_in(b.path(), &disk.path().join("0")).unwrap();
+        let live = RamDir::link_in(b.path(), &link).unwrap();
         // A dead owner's: named as ours, locked by no one.
         let dead = b.path().join(format!("{PREFIX}1-2-3"));
         std::fs::create_dir(&dead).unwrap();
