@@ -313,10 +313,19 @@ fn a_restore_failing_on_the_target_leaves_the_container_running_on_the_source() 
         "{:?}",
         r.error
     );
+    let e = r.error.as_deref().unwrap();
+    assert!(e.contains("lxc-checkpoint"), "{e}");
+    // A post-copy's images were in RAM (see `ramdir`): the restore's log,
+    // which was among them, is back on disk where the error says.
+    assert_eq!(r.mode, "post-copy");
+    let log = e
+        .split("CRIU log: ")
+        .nth(1)
+        .and_then(|t| t.split(')').next())
+        .unwrap_or_else(|| panic!("no log path in {e}"));
     assert!(
-        r.error.as_deref().unwrap().contains("lxc-checkpoint"),
-        "{:?}",
-        r.error
+        Path::new(log).is_file(),
+        "the target's log {log} was not kept"
     );
     // Still LXC's and running on the source, counting, with its files as
     // they were; nothing of it left on the target.
