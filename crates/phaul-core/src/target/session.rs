@@ -489,10 +489,10 @@ impl<T: TargetCriu> Session<T> {
     }
 
     /// Iteration `i`'s directory for an image batch, made: in RAM where
-    /// the plan keeps images there, this service lets it and does not keep
-    /// them, and RAM can hold them (see `ramdir`), else on disk. Returns the real
-    /// directory, which the batch is written into (its receiver follows no
-    /// symlink).
+    /// the plan keeps images there, this service lets it and does not
+    /// keep them, and RAM can hold them (see `ramdir`), else on disk.
+    /// Returns the real directory, which the batch is written into (its
+    /// receiver follows no symlink).
     fn images_dir(&mut self, i: u32) -> std::result::Result<PathBuf, (ErrorCode, Error)> {
         let dir = self.iter_dir(i)?;
         let ram = self.svc.images_in_ram && !self.svc.keep_images;
