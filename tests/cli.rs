@@ -468,3 +468,64 @@ fn several_pairs_move_as_one_group_or_not_at_all() {
     }
     svc.stop();
 }
+
+/// A post-copy's images are in RAM on the target (see `ramdir`). A service
+/// killed outright (SIGKILL, between the restore and the commit: from the
+/// switch-over program) leaves them there, and the source rolls back; the
+/// next service started on the same work directory removes them.
+#[test]
+fn a_killed_services_images_in_ram_go_with_the_next_service() {
+    let Some((dir, hosts, key, mut svc, addr)) =
+        bed("a_killed_services_images_in_ram_go_with_the_next_service")
+    else {
+        return;
+    };
+    let w = Workload::start_in(Some(&hosts.src), 16).unwrap();
+    let seen = dir.path().join("ram");
+    let kill = dir.path().join("kill.sh");
+    let body = format!(
+        "#!/bin/sh\nfor l in {}/*/0; do readlink \"$l\"; done > {}\nkill -9 {}\nexit 1\n",
+        dir.path().join("target").display(),
+        seen.display(),
+        svc.0.id()
+    );
+    std::fs::write(&kill, body).unwrap();
+    std::fs::set_permissions(&kill, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let before = w.counter().unwrap();
+    let pid = w.pid.to_string();
+    let args = [
+        "--to",
+        &addr,
+        "--key-file",
+        key.to_str().unwrap(),
+        "--mode",
+        "post-copy",
+        "--switchover",
+        kill.to_str().unwrap(),
+        "pid",
+        &pid,
+    ];
+    let r = phaul(dir.path(), Some(&hosts.src), &args);
+    assert_ne!(r.status, 0, "{}\n{}", r.stderr, r.json);
+    assert!(
+        w.counter_passes(before, Duration::from_secs(20)).is_some(),
+        "the tree does not run at home: {}",
+        r.json
+    );
+    assert_eq!(w.memory_intact(w.pid), Some(true));
+    let ram = std::fs::read_to_string(&seen).unwrap();
+    let ram = Path::new(ram.trim());
+    assert!(ram.starts_with("/dev/shm"), "not in RAM: {ram:?}");
+    svc.stop();
+    assert!(
+        ram.is_dir(),
+        "a killed service's images should still be there"
+    );
+    let (mut next, _) = service(&hosts, &key, dir.path(), &[]);
+    assert!(
+        wait_until(Duration::from_secs(10), || (!ram.exists()).then_some(())).is_some(),
+        "the next service left {} in RAM",
+        ram.display()
+    );
+    next.stop();
+}
