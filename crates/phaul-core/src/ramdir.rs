@@ -13,8 +13,8 @@
 //! The images directory the engine names stays where it was, now a
 //! symlink to the RAM one, so CRIU, the kind's manager, the lazy-pages
 //! daemon and a failure's log reader all see the same paths. Where
-//! `/dev/shm` is not a tmpfs or cannot be written, the directory is an
-//! ordinary one, as before. Images a user asked to keep are never put in
+//! `/dev/shm` is not a tmpfs, cannot be written or has less than 256 MiB
+//! of room, the directory is an ordinary one, as before. Images a user asked to keep are never put in
 //! RAM.
 //!
 //! A RAM directory holds an exclusive `flock` on itself for as long as its
@@ -37,6 +37,13 @@ pub(crate) const BASE: &str = "/dev/shm";
 /// The prefix of their names, which [`remove_stale`] looks for.
 const PREFIX: &str = "phaul-images-";
 
+/// The least room RAM must have left for a migration's images to go
+/// there. A lazy dump's images are well under a MiB, plus whatever the
+/// tree keeps in its own tmpfs mounts (CRIU archives them); a container's
+/// `/dev/shm` is often 64 MiB, which this refuses, leaving the images on
+/// disk rather than failing the dump for want of room.
+const MIN_FREE: u64 = 256 << 20;
+
 /// A directory in RAM that a path on disk links to; removed on drop.
 #[derive(Debug)]
 pub(crate) struct RamDir {
@@ -55,8 +62,19 @@ impl RamDir {
     /// [`RamDir::link`] with the RAM directory under `base`, which must be
     /// a tmpfs.
     pub(crate) fn link_in(base: &Path, link: &Path) -> Option<Self> {
+        Self::link_with_room(base, link, MIN_FREE)
+    }
+
+    /// [`RamDir::link_in`] where `base` must have at least `min_free`
+    /// bytes of room.
+    fn link_with_room(base: &Path, link: &Path, min_free: u64) -> Option<Self> {
         if !is_tmpfs(base) {
             debug!(base = %base.display(), "not a tmpfs: images stay on disk");
+            return None;
+        }
+        let free = room(base);
+        if free < min_free {
+            debug!(base = %base.display(), free, "too little room: images stay on disk");
             return None;
         }
         match Self::make(base, link) {
@@ -189,6 +207,13 @@ fn is_tmpfs(p: &Path) -> bool {
     nix::sys::statfs::statfs(p).is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC)
 }
 
+/// Bytes an unprivileged writer could still put under `p` (0 if unknown).
+fn room(p: &Path) -> u64 {
+    nix::sys::statvfs::statvfs(p).map_or(0, |s| {
+        u64::from(s.blocks_available()).saturating_mul(u64::from(s.fragment_size()))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -240,6 +265,18 @@ mod tests {
         let link = disk.path().join("0");
         assert!(RamDir::link_in(Path::new("/proc"), &link).is_none());
         assert!(!link.exists(), "nothing made");
+    }
+
+    #[test]
+    fn a_tmpfs_with_too_little_room_leaves_the_directory_on_disk() {
+        let Some((b, _disk, link)) = scratch() else {
+            return;
+        };
+        let free = room(b.path());
+        assert!(free > 0, "a tmpfs with room reports it");
+        assert!(RamDir::link_with_room(b.path(), &link, free + (1 << 30)).is_none());
+        assert!(!link.exists(), "nothing made");
+        assert_eq!(std::fs::read_dir(b.path()).unwrap().count(), 0);
     }
 
     #[test]
