@@ -14,8 +14,8 @@
 //! symlink to the RAM one, so CRIU, the kind's manager, the lazy-pages
 //! daemon and a failure's log reader all see the same paths. Where
 //! `/dev/shm` is not a tmpfs, cannot be written or has less than 256 MiB
-//! of room, the directory is an ordinary one, as before. Images a user asked to keep are never put in
-//! RAM.
+//! of room, the directory is an ordinary one, as before. Images a user
+//! asked to keep are never put in RAM.
 //!
 //! A RAM directory holds an exclusive `flock` on itself for as long as its
 //! owner lives. [`remove_stale`] removes those whose owner died (a killed
@@ -210,7 +210,7 @@ fn is_tmpfs(p: &Path) -> bool {
 /// Bytes an unprivileged writer could still put under `p` (0 if unknown).
 fn room(p: &Path) -> u64 {
     nix::sys::statvfs::statvfs(p).map_or(0, |s| {
-        u64::from(s.blocks_available()).saturating_mul(u64::from(s.fragment_size()))
+        s.blocks_available().saturating_mul(s.fragment_size())
     })
 }
 
