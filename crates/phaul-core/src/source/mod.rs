@@ -1433,10 +1433,16 @@ fn iteration_report(
 /// symlink); the run's directory links to it.
 fn images_dir(run: &mut Run<'_>, i: u32) -> Result<PathBuf> {
     let dir = run.dir.join(i.to_string());
-    crate::ramdir::images_dir(&dir, run.ram_images, &mut run.ram).map_err(|source| Error::Io {
-        what: format!("creating {}", dir.display()),
-        source,
-    })
+    if run.ram_images && !dir.exists() {
+        mkdir(&run.dir)?;
+        if let Some(ram) = crate::ramdir::RamDir::link(&dir) {
+            let real = ram.path().to_path_buf();
+            run.ram.push(ram);
+            return Ok(real);
+        }
+    }
+    mkdir(&dir)?;
+    Ok(dir)
 }
 
 fn mkdir(dir: &Path) -> Result<()> {
