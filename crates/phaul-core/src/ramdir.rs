@@ -6,9 +6,10 @@
 //! again on the target before its restore. Both sides keep them in RAM, in
 //! `/dev/shm` (a tmpfs on every systemd host), so that no disk file
 //! system's inode and block allocation is inside the downtime. Measured in
-//! the containers bench (LXC post-copy, 128 MiB, 5 runs): the image batch
-//! took 6–8 ms instead of 11–42 ms, the later runs of a bench paying most
-//! (see the README on this machine's journal-less ext4).
+//! the containers bench (`PHAUL_BENCH_RAM=on|off`, 3 alternating rounds of
+//! 3 LXC post-copies at 128 MiB, medians of 9): the image batch 8 against
+//! 31 ms, the client's stall 350 against 390 ms; on disk the later runs of
+//! a bench paid most (see the README on this machine's journal-less ext4).
 //!
 //! The images directory the engine names stays where it was, now a
 //! symlink to the RAM one, so CRIU, the kind's manager, the lazy-pages
@@ -131,16 +132,6 @@ impl RamDir {
         Ok(d)
     }
 
-    /// The directory in RAM.
-    pub(crate) fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// The path on disk that links to it.
-    pub(crate) fn linked_from(&self) -> &Path {
-        &self.link
-    }
-
     /// Turns the link back into a directory on disk holding the RAM
     /// directory's CRIU logs (`*.log`, a failed session's record), then
     /// removes the RAM directory.
@@ -162,7 +153,7 @@ impl RamDir {
         match kept {
             Ok(n) => debug!(dir = %self.link.display(), logs = n, "logs moved out of RAM"),
             Err(e) => {
-                warn!(dir = %self.link.display(), error = %e, "could not keep the logs in RAM")
+                warn!(dir = %self.link.display(), error = %e, "could not move the logs out of RAM")
             }
         }
     }
@@ -174,6 +165,33 @@ impl Drop for RamDir {
             warn!(dir = %self.path.display(), error = %e, "could not remove images in RAM");
         }
     }
+}
+
+/// Iteration directory `dir`, made: a link to a fresh directory in RAM
+/// (kept in `held`) when `in_ram` and RAM can hold it, else an ordinary
+/// one. Returns the real directory, which phaul's own image reader and
+/// writer are given (they follow no symlink); a `dir` already linked to
+/// one in `held` gives that one again.
+pub(crate) fn images_dir(
+    dir: &Path,
+    in_ram: bool,
+    held: &mut Vec<RamDir>,
+) -> std::io::Result<PathBuf> {
+    if let Some(r) = held.iter().find(|r| r.link == dir) {
+        return Ok(r.path.clone());
+    }
+    if in_ram && !dir.exists() {
+        if let Some(parent) = dir.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        if let Some(ram) = RamDir::link(dir) {
+            let real = ram.path.clone();
+            held.push(ram);
+            return Ok(real);
+        }
+    }
+    std::fs::create_dir_all(dir)?;
+    Ok(dir.to_path_buf())
 }
 
 /// Removes the RAM directories under `base` whose owners died: ours (same
@@ -243,20 +261,37 @@ mod tests {
         };
         let d = RamDir::link_in(b.path(), &link).unwrap();
         std::fs::write(link.join("inventory.img"), b"x").unwrap();
-        assert!(d.path().join("inventory.img").is_file());
+        assert!(d.path.join("inventory.img").is_file());
         assert!(
             std::fs::symlink_metadata(&link)
                 .unwrap()
                 .file_type()
                 .is_symlink()
         );
-        let ram = d.path().to_path_buf();
+        let ram = d.path.clone();
         drop(d);
         assert!(!ram.exists());
         assert!(
             !link.exists(),
             "the link dangles, to be removed with its directory"
         );
+    }
+
+    #[test]
+    fn an_images_dir_in_ram_is_made_once_and_one_on_disk_when_asked() {
+        let Some((_b, disk, link)) = scratch() else {
+            return;
+        };
+        let mut held = Vec::new();
+        let real = images_dir(&link, true, &mut held).unwrap();
+        assert!(real.starts_with(BASE), "{}", real.display());
+        assert_eq!(images_dir(&link, true, &mut held).unwrap(), real);
+        assert_eq!(held.len(), 1);
+        let plain = disk.path().join("1");
+        assert_eq!(images_dir(&plain, false, &mut held).unwrap(), plain);
+        assert!(std::fs::symlink_metadata(&plain).unwrap().is_dir());
+        drop(held);
+        assert!(!real.exists());
     }
 
     #[test]
@@ -297,7 +332,7 @@ mod tests {
         let d = RamDir::link_in(b.path(), &link).unwrap();
         std::fs::write(link.join("restore.log"), b"Error (criu/cr-restore.c): boom").unwrap();
         std::fs::write(link.join("pagemap-1.img"), b"x").unwrap();
-        let ram = d.path().to_path_buf();
+        let ram = d.path.clone();
         d.keep_logs();
         assert!(!ram.exists());
         assert!(std::fs::symlink_metadata(&link).unwrap().is_dir());
@@ -323,7 +358,7 @@ mod tests {
         std::fs::create_dir(&other).unwrap();
         assert_eq!(remove_stale(b.path()), 1);
         assert!(!dead.exists());
-        assert!(live.path().is_dir());
+        assert!(live.path.is_dir());
         assert!(other.is_dir());
     }
 }

@@ -1433,16 +1433,10 @@ fn iteration_report(
 /// symlink); the run's directory links to it.
 fn images_dir(run: &mut Run<'_>, i: u32) -> Result<PathBuf> {
     let dir = run.dir.join(i.to_string());
-    if run.ram_images && !dir.exists() {
-        mkdir(&run.dir)?;
-        if let Some(ram) = crate::ramdir::RamDir::link(&dir) {
-            let real = ram.path().to_path_buf();
-            run.ram.push(ram);
-            return Ok(real);
-        }
-    }
-    mkdir(&dir)?;
-    Ok(dir)
+    crate::ramdir::images_dir(&dir, run.ram_images, &mut run.ram).map_err(|source| Error::Io {
+        what: format!("creating {}", dir.display()),
+        source,
+    })
 }
 
 fn mkdir(dir: &Path) -> Result<()> {

@@ -499,18 +499,13 @@ impl<T: TargetCriu> Session<T> {
         let State::Begun(b) = &mut self.state else {
             unreachable!("checked by iter_dir")
         };
-        if let Some(r) = b.ram.iter().find(|r| r.linked_from() == dir) {
-            return Ok(r.path().to_path_buf());
-        }
-        if ram && b.plan.images_in_memory() && !dir.exists() {
-            if let Some(ram) = crate::ramdir::RamDir::link(&dir) {
-                let real = ram.path().to_path_buf();
-                b.ram.push(ram);
-                return Ok(real);
-            }
-        }
-        mkdir(&dir).map_err(failed)?;
-        Ok(dir)
+        let in_ram = ram && b.plan.images_in_memory();
+        crate::ramdir::images_dir(&dir, in_ram, &mut b.ram).map_err(|source| {
+            failed(Error::Io {
+                what: format!("creating {}", dir.display()),
+                source,
+            })
+        })
     }
 
     async fn on_start_page_server(&mut self, p: proto::StartPageServer) -> Reply {
