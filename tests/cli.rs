@@ -31,6 +31,14 @@ fn bed(test: &str) -> Option<Bed> {
     Some((dir, hosts, key, svc, addr))
 }
 
+/// An executable `/bin/sh` script `name` in `dir` running `body`.
+fn script(dir: &Path, name: &str, body: &str) -> std::path::PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
+    std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    p
+}
+
 fn assert_report_keys(v: &serde_json::Value) {
     for k in [
         "success",
@@ -283,14 +291,9 @@ fn a_switchover_program_runs_before_the_commit_and_its_failure_rolls_back() {
     };
     let mut w = Workload::start_in(Some(&hosts.src), 16).unwrap();
     let pid = w.pid.to_string();
-    let script = |name: &str, body: &str| {
-        let p = dir.path().join(name);
-        std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
-        std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-        p
-    };
     let seen = dir.path().join("seen");
     let refuse = script(
+        dir.path(),
         "refuse.sh",
         &format!(
             "echo \"$PHAUL_KIND $PHAUL_ID $PHAUL_TARGET\" > {}\necho 'cannot move 10.0.0.5' >&2\nexit 3",
@@ -335,7 +338,11 @@ fn a_switchover_program_runs_before_the_commit_and_its_failure_rolls_back() {
     );
     assert_eq!(w.memory_intact(w.pid), Some(true));
 
-    let accept = script("accept.sh", &format!("echo ok > {}", seen.display()));
+    let accept = script(
+        dir.path(),
+        "accept.sh",
+        &format!("echo ok > {}", seen.display()),
+    );
     let a = args(&accept);
     let r = phaul(
         dir.path(),
@@ -482,15 +489,13 @@ fn a_killed_services_images_in_ram_go_with_the_next_service() {
     };
     let w = Workload::start_in(Some(&hosts.src), 16).unwrap();
     let seen = dir.path().join("ram");
-    let kill = dir.path().join("kill.sh");
     let body = format!(
-        "#!/bin/sh\nfor l in {}/*/0; do readlink \"$l\"; done > {}\nkill -9 {}\nexit 1\n",
+        "for l in {}/*/0; do readlink \"$l\"; done > {}\nkill -9 {}\nexit 1",
         dir.path().join("target").display(),
         seen.display(),
         svc.0.id()
     );
-    std::fs::write(&kill, body).unwrap();
-    std::fs::set_permissions(&kill, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let kill = script(dir.path(), "kill.sh", &body);
     let before = w.counter().unwrap();
     let pid = w.pid.to_string();
     let args = [
