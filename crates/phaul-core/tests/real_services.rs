@@ -16,8 +16,8 @@ use std::time::Duration;
 use phaul_core::{Mode, Report};
 use phaul_htypes::pid::PidOptions;
 use phaul_testkit::lan::{
-    LanClient, ServiceTree, redis_argv, redis_cli, redis_ready_with, require_criu_and_redis,
-    require_redis,
+    LanClient, ServiceTree, monotonic_s, redis_argv, redis_cli, redis_ready_with,
+    require_criu_and_redis, require_redis,
 };
 use phaul_testkit::{Hosts, alive, require_criu, wait_until};
 
@@ -36,6 +36,20 @@ fn migrate(from: &str, bin: &Path, to: &str, pid: i32, outer: &str) -> Report {
         phaul_htypes::registry::source_with("pid", &pid.to_string(), &paths, &opts).unwrap()
     };
     migrate_from(from, bin, to, open, |m| m.mode(Mode::Auto)).0
+}
+
+/// What the client saw and, if its connection broke, when: in ms after
+/// `began` (seconds of `CLOCK_MONOTONIC`, taken as the migration began), so
+/// a failure says whether the break fell before the freeze, in it or after.
+fn client_seen(client: &LanClient, began: f64) -> String {
+    let s = client.stats();
+    match s.as_ref().and_then(|s| s.broken_at) {
+        Some(at) => format!(
+            "{s:?}; the connection broke {:.0} ms after the migration began",
+            (at - began) * 1000.0
+        ),
+        None => format!("{s:?}"),
+    }
 }
 
 fn device_gone(ns: &str, dev: &str) -> bool {
@@ -76,6 +90,7 @@ fn redis_moves_there_and_back_with_its_client_connected() {
             device_gone(to, dev).then_some(())
         })
         .expect("the previous host still has the service's veth");
+        let began = monotonic_s();
         let r = migrate(from, &bin, &target.addr, pid, &tree.outer);
         assert!(r.success, "move {n} failed: {r}");
         let new = r.target_pid.expect("a target pid");
@@ -90,11 +105,16 @@ fn redis_moves_there_and_back_with_its_client_connected() {
             .answers_after(100, Duration::from_secs(30))
             .unwrap_or_else(|| {
                 panic!(
-                    "move {n}: the client's requests stopped: {:?}",
-                    client.stats()
+                    "move {n}: the client's requests stopped: {}\n{r}",
+                    client_seen(&client, began)
                 )
             });
-        assert_eq!(s.errors, 0, "move {n}: client errors: {:?}", s.last_error);
+        assert_eq!(
+            s.errors,
+            0,
+            "move {n}: client errors: {}\n{r}",
+            client_seen(&client, began)
+        );
         assert_eq!(redis_cli(lan, &ip, &["DBSIZE"]), "1001", "move {n}: keys");
         assert_eq!(redis_cli(lan, &ip, &["GET", "phaul:k999"]), "v999");
         eprintln!(
@@ -276,6 +296,7 @@ fn a_tree_talking_over_unix_sockets_and_pipes_moves_with_its_client() {
         .expect("the inner client counts over the unix socket");
     let client = LanClient::start(lan, &ip, 6379, Duration::from_millis(5)).unwrap();
     let target = Target::start_on(&hosts.tgt, &hosts.tgt_ip, criu(&bin), Setup::default());
+    let began = monotonic_s();
     let r = migrate(&hosts.src, &bin, &target.addr, tree.pid, &tree.outer);
     assert!(r.success, "{r}");
     let new = r.target_pid.unwrap();
@@ -288,8 +309,18 @@ fn a_tree_talking_over_unix_sockets_and_pipes_moves_with_its_client() {
     .expect("the inner counter goes on through the pipe after the move");
     let s = client
         .answers_after(100, Duration::from_secs(30))
-        .unwrap_or_else(|| panic!("the client's requests stopped: {:?}", client.stats()));
-    assert_eq!(s.errors, 0, "client errors: {:?}", s.last_error);
+        .unwrap_or_else(|| {
+            panic!(
+                "the client's requests stopped: {}\n{r}",
+                client_seen(&client, began)
+            )
+        });
+    assert_eq!(
+        s.errors,
+        0,
+        "client errors: {}\n{r}",
+        client_seen(&client, began)
+    );
     let inner_now: u64 = redis_cli(lan, &ip, &["GET", "phaul:inner"])
         .parse()
         .unwrap();

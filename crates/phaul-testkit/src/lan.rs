@@ -327,6 +327,16 @@ pub struct ClientStats {
     pub longest_stall_ms: f64,
     /// The last error, if any.
     pub last_error: Option<String>,
+    /// When the connection broke, in seconds of `CLOCK_MONOTONIC` (see
+    /// [`monotonic_s`]).
+    pub broken_at: Option<f64>,
+}
+
+/// Now, in seconds of `CLOCK_MONOTONIC`: the clock the client stamps its
+/// break with, so a test can say where in a migration the break fell.
+pub fn monotonic_s() -> f64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map_or(f64::NAN, |ts| Duration::from(ts).as_secs_f64())
 }
 
 /// A client on the LAN's client host that keeps one TCP connection to a
@@ -401,6 +411,7 @@ fn read_stats(path: &Path) -> Option<ClientStats> {
             "errors" => s.errors = v.parse().ok()?,
             "stall_ms" => s.longest_stall_ms = v.parse().ok()?,
             "last_error" => s.last_error = Some(v.to_string()),
+            "broken_at" => s.broken_at = v.parse().ok(),
             _ => {}
         }
     }

@@ -7,7 +7,9 @@ than the last (so a server that lost or reset its data is an error, not a
 success), timing how long each answer took. It never reconnects: a broken
 connection is counted as an error on every later tick. Every 50 ms it
 rewrites STATS_FILE: `ok N`, `errors N`, `stall_ms X` (the longest wait),
-`last_error TEXT`.
+`last_error TEXT` and `broken_at T`: when the connection broke, in seconds of
+CLOCK_MONOTONIC (the clock a test's Instant reads), so a test can place the
+break within a migration's phases.
 """
 import os
 import socket
@@ -18,6 +20,7 @@ host, port, period, stats = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), s
 ok = errors = 0
 stall = 0.0
 last_error = ""
+broken_at = None
 last = None
 
 
@@ -27,6 +30,8 @@ def write():
         f.write("ok %d\nerrors %d\nstall_ms %.1f\n" % (ok, errors, stall * 1000))
         if last_error:
             f.write("last_error %s\n" % last_error.replace("\n", " "))
+        if broken_at is not None:
+            f.write("broken_at %.6f\n" % broken_at)
     os.rename(tmp, stats)
 
 
@@ -59,6 +64,7 @@ while True:
             last = n
         except (OSError, ValueError) as e:
             broken = True
+            broken_at = time.monotonic()
             last_error = "%s: %s" % (type(e).__name__, e)
     if broken:
         errors += 1
