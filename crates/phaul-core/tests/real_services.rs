@@ -334,3 +334,96 @@ fn a_tree_talking_over_unix_sockets_and_pipes_moves_with_its_client() {
         s.longest_stall_ms
     );
 }
+
+/// Runs `argv` in the network namespace of `pid`; its stdout.
+fn in_netns(pid: i32, argv: &[&str]) -> String {
+    let out = Command::new("nsenter")
+        .arg(format!("--net=/proc/{pid}/ns/net"))
+        .args(argv)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{argv:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A server whose network namespace has firewall rules of both kinds, a
+/// legacy (x_tables) one for each family and an nftables table, moves with
+/// its client attached and keeps every rule. setup.sh's CRIU looks for the
+/// legacy tools only where a namespace has legacy tables
+/// (`scripts/criu-iptables-legacy-probe.patch`); this is the case where it
+/// must still dump and restore them. The rules only match a port nothing
+/// uses, so the client is not affected.
+#[test]
+fn a_servers_legacy_and_nftables_firewall_rules_move_with_it() {
+    let test = "a_servers_legacy_and_nftables_firewall_rules_move_with_it";
+    let Some((bin, redis)) = require_criu_and_redis(test) else {
+        return;
+    };
+    let hosts = Hosts::with_lan().unwrap();
+    let lan = hosts.lan();
+    let ip = lan.ip(50);
+    let mut tree = ServiceTree::start(&hosts.src, &lan.bridge, &ip, &redis_argv(redis)).unwrap();
+    redis_ready_with(lan, &ip, "phaul:fw", 10).unwrap();
+    let rule = ["-p", "tcp", "--dport", "7", "-j", "DROP"];
+    for tool in ["iptables-legacy", "ip6tables-legacy"] {
+        let mut argv = vec![tool, "-A", "INPUT"];
+        argv.extend(rule);
+        in_netns(tree.pid, &argv);
+    }
+    in_netns(tree.pid, &["nft", "add", "table", "inet", "phaulfw"]);
+    in_netns(
+        tree.pid,
+        &[
+            "nft",
+            "add chain inet phaulfw input { type filter hook input priority 10; }",
+        ],
+    );
+    in_netns(
+        tree.pid,
+        &["nft", "add rule inet phaulfw input tcp dport 9 drop"],
+    );
+    let client = LanClient::start(lan, &ip, 6379, Duration::from_millis(5)).unwrap();
+    let target = Target::start_on(&hosts.tgt, &hosts.tgt_ip, criu(&bin), Setup::default());
+    let began = monotonic_s();
+    let r = migrate(&hosts.src, &bin, &target.addr, tree.pid, &tree.outer);
+    assert!(r.success, "{r}");
+    let new = r.target_pid.unwrap();
+    tree.adopt(new);
+    for save in ["iptables-legacy-save", "ip6tables-legacy-save"] {
+        let rules = in_netns(new, &[save]);
+        assert!(
+            rules.contains("-A INPUT -p tcp -m tcp --dport 7 -j DROP"),
+            "{save} on the target:\n{rules}"
+        );
+    }
+    let nft = in_netns(new, &["nft", "list", "table", "inet", "phaulfw"]);
+    assert!(
+        nft.contains("tcp dport 9 drop"),
+        "nft on the target:\n{nft}"
+    );
+    let s = client
+        .answers_after(100, Duration::from_secs(30))
+        .unwrap_or_else(|| {
+            panic!(
+                "the client's requests stopped: {}\n{r}",
+                client_seen(&client, began)
+            )
+        });
+    assert_eq!(
+        s.errors,
+        0,
+        "client errors: {}\n{r}",
+        client_seen(&client, began)
+    );
+    assert_eq!(redis_cli(lan, &ip, &["GET", "phaul:fw9"]), "v9");
+    eprintln!(
+        "{test}: mode {}, downtime {:.1} ms, client longest stall {:.1} ms, rules kept",
+        r.mode,
+        r.downtime_ms.unwrap_or(f64::NAN),
+        s.longest_stall_ms
+    );
+}
