@@ -26,6 +26,19 @@ use common::{Setup, Target, criu, migrate_from};
 
 /// Moves the tree rooted at `pid` from host `from` to the service at `to`.
 fn migrate(from: &str, bin: &Path, to: &str, pid: i32, outer: &str) -> Report {
+    migrate_keeping(from, bin, to, pid, outer, false).0
+}
+
+/// [`migrate`], keeping the source's images in the returned directory
+/// when `keep` is set.
+fn migrate_keeping(
+    from: &str,
+    bin: &Path,
+    to: &str,
+    pid: i32,
+    outer: &str,
+    keep: bool,
+) -> (Report, tempfile::TempDir) {
     let outer = outer.to_string();
     let open = move || {
         let opts = PidOptions {
@@ -35,7 +48,10 @@ fn migrate(from: &str, bin: &Path, to: &str, pid: i32, outer: &str) -> Report {
         let paths = phaul_htypes::registry::Paths::default();
         phaul_htypes::registry::source_with("pid", &pid.to_string(), &paths, &opts).unwrap()
     };
-    migrate_from(from, bin, to, open, |m| m.mode(Mode::Auto)).0
+    migrate_from(from, bin, to, open, move |m| {
+        let m = m.mode(Mode::Auto);
+        if keep { m.keep_images(true) } else { m }
+    })
 }
 
 /// What the client saw and, if its connection broke, when: in ms after
@@ -426,4 +442,125 @@ fn a_servers_legacy_and_nftables_firewall_rules_move_with_it() {
         r.downtime_ms.unwrap_or(f64::NAN),
         s.longest_stall_ms
     );
+}
+
+/// Every path under `dir`, for a failure's message.
+fn files_under(dir: &Path) -> Vec<String> {
+    let mut all = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = e.path();
+        all.push(path.display().to_string());
+        if path.is_dir() && !path.is_symlink() {
+            all.extend(files_under(&path));
+        }
+    }
+    all
+}
+
+/// The sizes of the files under `dir` whose names start with `prefix`.
+fn image_sizes(dir: &Path, prefix: &str) -> Vec<u64> {
+    let mut sizes = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return sizes;
+    };
+    for e in entries.flatten() {
+        let path = e.path();
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
+        if meta.is_dir() {
+            sizes.extend(image_sizes(&path, prefix));
+        } else if e.file_name().to_string_lossy().starts_with(prefix) {
+            sizes.push(meta.len());
+        }
+    }
+    sizes
+}
+
+/// A namespace's tracked connections move with it: the guarantee that
+/// `scripts/criu-conntrack-count.patch` (a dump skips the walk of the
+/// kernel's whole conntrack table where the namespace's own count is 0)
+/// must keep. Two servers on one LAN, each with a client attached: the
+/// first's namespace has no rule that tracks connections, so it counts
+/// none and its dump writes no conntrack entry; the second's accepts `ct
+/// state established`, so its client's connection is tracked, dumped (a
+/// non-empty image) and restored into the target's namespace.
+#[test]
+fn tracked_connections_move_with_their_namespace() {
+    let test = "tracked_connections_move_with_their_namespace";
+    let Some((bin, redis)) = require_criu_and_redis(test) else {
+        return;
+    };
+    let hosts = Hosts::with_lan().unwrap();
+    let lan = hosts.lan();
+    let target = Target::start_on(&hosts.tgt, &hosts.tgt_ip, criu(&bin), Setup::default());
+    for (octet, tracked) in [(50, false), (51, true)] {
+        let ip = lan.ip(octet);
+        let mut tree =
+            ServiceTree::start(&hosts.src, &lan.bridge, &ip, &redis_argv(redis)).unwrap();
+        if tracked {
+            in_netns(tree.pid, &["nft", "add", "table", "inet", "phaulct"]);
+            in_netns(
+                tree.pid,
+                &[
+                    "nft",
+                    "add chain inet phaulct input { type filter hook input priority 10; }",
+                ],
+            );
+            in_netns(
+                tree.pid,
+                &[
+                    "nft",
+                    "add rule inet phaulct input ct state established accept",
+                ],
+            );
+        }
+        redis_ready_with(lan, &ip, "phaul:ct", 10).unwrap();
+        let client = LanClient::start(lan, &ip, 6379, Duration::from_millis(5)).unwrap();
+        let count = |pid: i32| -> u64 {
+            in_netns(pid, &["cat", "/proc/sys/net/netfilter/nf_conntrack_count"])
+                .trim()
+                .parse()
+                .unwrap_or(0)
+        };
+        let before = count(tree.pid);
+        assert_eq!(before > 0, tracked, "tracked connections at {ip}: {before}");
+        let began = monotonic_s();
+        let (r, work) =
+            migrate_keeping(&hosts.src, &bin, &target.addr, tree.pid, &tree.outer, true);
+        assert!(r.success, "{r}");
+        let new = r.target_pid.unwrap();
+        tree.adopt(new);
+        // CRIU writes no image file for what it found nothing of.
+        let ct = image_sizes(work.path(), "netns-ct-");
+        assert_eq!(
+            ct.iter().any(|n| *n > 0),
+            tracked,
+            "conntrack image sizes {ct:?} for a namespace tracking {before}; its images: {:?}",
+            files_under(work.path())
+        );
+        if tracked {
+            assert!(count(new) > 0, "the target's namespace tracks nothing");
+        }
+        let s = client
+            .answers_after(100, Duration::from_secs(30))
+            .unwrap_or_else(|| {
+                panic!(
+                    "the client's requests stopped: {}\n{r}",
+                    client_seen(&client, began)
+                )
+            });
+        assert_eq!(
+            s.errors,
+            0,
+            "client errors: {}\n{r}",
+            client_seen(&client, began)
+        );
+        assert_eq!(redis_cli(lan, &ip, &["GET", "phaul:ct9"]), "v9");
+        eprintln!(
+            "{test}: tracked {tracked}: {before} tracked, conntrack image {ct:?}, downtime {:.1} ms, stall {:.1} ms",
+            r.downtime_ms.unwrap_or(f64::NAN),
+            s.longest_stall_ms
+        );
+    }
 }
