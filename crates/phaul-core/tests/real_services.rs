@@ -9,14 +9,14 @@
 
 #![allow(clippy::print_stderr)] // the measured stalls are the point of the output
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
 use phaul_core::{Mode, Report};
 use phaul_htypes::pid::PidOptions;
 use phaul_testkit::lan::{
-    LanClient, ServiceTree, monotonic_s, redis_argv, redis_cli, redis_ready_with,
+    ClientStats, LanClient, ServiceTree, monotonic_s, redis_argv, redis_cli, redis_ready_with,
     require_criu_and_redis, require_redis,
 };
 use phaul_testkit::{Hosts, alive, require_criu, wait_until};
@@ -54,6 +54,33 @@ fn migrate_keeping(
     })
 }
 
+/// Redis in a tree of its own (its own network namespace and address, .50)
+/// on the source host of a LAN, holding `keys` keys `{prefix}{i}`.
+/// Bind the tree last where a test takes it apart, so that it is dropped
+/// (ended) before the hosts it runs in.
+struct Served {
+    tree: ServiceTree,
+    ip: String,
+    hosts: Hosts,
+    bin: PathBuf,
+}
+
+/// [`Served`], or `None` (the test skips) where CRIU or redis is missing.
+fn served(test: &str, prefix: &str, keys: usize) -> Option<Served> {
+    let (bin, redis) = require_criu_and_redis(test)?;
+    let hosts = Hosts::with_lan().unwrap();
+    let lan = hosts.lan();
+    let ip = lan.ip(50);
+    let tree = ServiceTree::start(&hosts.src, &lan.bridge, &ip, &redis_argv(redis)).unwrap();
+    redis_ready_with(lan, &ip, prefix, keys).unwrap();
+    Some(Served {
+        tree,
+        ip,
+        hosts,
+        bin,
+    })
+}
+
 /// What the client saw and, if its connection broke, when: in ms after
 /// `began` (seconds of `CLOCK_MONOTONIC`, taken as the migration began), so
 /// a failure says whether the break fell before the freeze, in it or after.
@@ -68,6 +95,39 @@ fn client_seen(client: &LanClient, began: f64) -> String {
     }
 }
 
+/// Waits for 100 more answers on the client's one connection and checks it
+/// never failed; what it saw. A failure names `what` moved, when the
+/// connection broke ([`client_seen`]) and the migration's report `r`.
+fn client_went_on(what: &str, client: &LanClient, began: f64, r: &Report) -> ClientStats {
+    let s = client
+        .answers_after(100, Duration::from_secs(30))
+        .unwrap_or_else(|| {
+            panic!(
+                "{what}: the client's requests stopped: {}\n{r}",
+                client_seen(client, began)
+            )
+        });
+    assert_eq!(
+        s.errors,
+        0,
+        "{what}: client errors: {}\n{r}",
+        client_seen(client, began)
+    );
+    s
+}
+
+/// Gives the network namespace of `pid` an nftables table `table` with an
+/// input chain holding `rule`.
+fn nft_input_rule(pid: i32, table: &str, rule: &str) {
+    in_netns(pid, &["nft", "add", "table", "inet", table]);
+    let chain = format!("add chain inet {table} input {{ type filter hook input priority 10; }}");
+    in_netns(pid, &["nft", &chain]);
+    in_netns(
+        pid,
+        &["nft", &format!("add rule inet {table} input {rule}")],
+    );
+}
+
 fn device_gone(ns: &str, dev: &str) -> bool {
     !Command::new("ip")
         .args(["-n", ns, "link", "show", dev])
@@ -79,15 +139,17 @@ fn device_gone(ns: &str, dev: &str) -> bool {
 #[test]
 fn redis_moves_there_and_back_with_its_client_connected() {
     let test = "redis_moves_there_and_back_with_its_client_connected";
-    let Some((bin, redis)) = require_criu_and_redis(test) else {
+    // Data the server holds: 1000 keys, checked after every move.
+    let Some(Served {
+        hosts,
+        bin,
+        ip,
+        mut tree,
+    }) = served(test, "phaul:k", 1000)
+    else {
         return;
     };
-    let hosts = Hosts::with_lan().unwrap();
     let lan = hosts.lan();
-    let ip = lan.ip(50);
-    let mut tree = ServiceTree::start(&hosts.src, &lan.bridge, &ip, &redis_argv(redis)).unwrap();
-    // Data the server holds: 1000 keys, checked after every move.
-    redis_ready_with(lan, &ip, "phaul:k", 1000).unwrap();
     let client = LanClient::start(lan, &ip, 6379, Duration::from_millis(5)).unwrap();
 
     let at_src = Target::start_on(&hosts.src, &hosts.src_ip, criu(&bin), Setup::default());
@@ -117,20 +179,7 @@ fn redis_moves_there_and_back_with_its_client_connected() {
             "move {n}: the source tree is still there"
         );
         pid = new;
-        let s = client
-            .answers_after(100, Duration::from_secs(30))
-            .unwrap_or_else(|| {
-                panic!(
-                    "move {n}: the client's requests stopped: {}\n{r}",
-                    client_seen(&client, began)
-                )
-            });
-        assert_eq!(
-            s.errors,
-            0,
-            "move {n}: client errors: {}\n{r}",
-            client_seen(&client, began)
-        );
+        let s = client_went_on(&format!("move {n}"), &client, began, &r);
         assert_eq!(redis_cli(lan, &ip, &["DBSIZE"]), "1001", "move {n}: keys");
         assert_eq!(redis_cli(lan, &ip, &["GET", "phaul:k999"]), "v999");
         eprintln!(
@@ -219,14 +268,16 @@ fn a_failed_restore_leaves_the_server_and_its_client_connection_on_the_source() 
         .with_env_filter(tracing_subscriber::EnvFilter::from_env("PHAUL_TEST_LOG"))
         .with_test_writer()
         .try_init();
-    let Some((bin, redis)) = require_criu_and_redis(test) else {
+    let Some(Served {
+        hosts,
+        bin,
+        ip,
+        tree,
+    }) = served(test, "", 0)
+    else {
         return;
     };
-    let hosts = Hosts::with_lan().unwrap();
     let lan = hosts.lan();
-    let ip = lan.ip(50);
-    let tree = ServiceTree::start(&hosts.src, &lan.bridge, &ip, &redis_argv(redis)).unwrap();
-    redis_ready_with(lan, &ip, "", 0).unwrap();
     assert_eq!(redis_cli(lan, &ip, &["SET", "phaul:kept", "yes"]), "OK");
     let client = LanClient::start(lan, &ip, 6379, Duration::from_millis(5)).unwrap();
     let (_standin, failing) = common::criu_failing_restores(&bin);
@@ -323,20 +374,7 @@ fn a_tree_talking_over_unix_sockets_and_pipes_moves_with_its_client() {
         last_inner().filter(|n| *n > after + 20)
     })
     .expect("the inner counter goes on through the pipe after the move");
-    let s = client
-        .answers_after(100, Duration::from_secs(30))
-        .unwrap_or_else(|| {
-            panic!(
-                "the client's requests stopped: {}\n{r}",
-                client_seen(&client, began)
-            )
-        });
-    assert_eq!(
-        s.errors,
-        0,
-        "client errors: {}\n{r}",
-        client_seen(&client, began)
-    );
+    let s = client_went_on("the tree", &client, began, &r);
     let inner_now: u64 = redis_cli(lan, &ip, &["GET", "phaul:inner"])
         .parse()
         .unwrap();
@@ -376,32 +414,23 @@ fn in_netns(pid: i32, argv: &[&str]) -> String {
 #[test]
 fn a_servers_legacy_and_nftables_firewall_rules_move_with_it() {
     let test = "a_servers_legacy_and_nftables_firewall_rules_move_with_it";
-    let Some((bin, redis)) = require_criu_and_redis(test) else {
+    let Some(Served {
+        hosts,
+        bin,
+        ip,
+        mut tree,
+    }) = served(test, "phaul:fw", 10)
+    else {
         return;
     };
-    let hosts = Hosts::with_lan().unwrap();
     let lan = hosts.lan();
-    let ip = lan.ip(50);
-    let mut tree = ServiceTree::start(&hosts.src, &lan.bridge, &ip, &redis_argv(redis)).unwrap();
-    redis_ready_with(lan, &ip, "phaul:fw", 10).unwrap();
     let rule = ["-p", "tcp", "--dport", "7", "-j", "DROP"];
     for tool in ["iptables-legacy", "ip6tables-legacy"] {
         let mut argv = vec![tool, "-A", "INPUT"];
         argv.extend(rule);
         in_netns(tree.pid, &argv);
     }
-    in_netns(tree.pid, &["nft", "add", "table", "inet", "phaulfw"]);
-    in_netns(
-        tree.pid,
-        &[
-            "nft",
-            "add chain inet phaulfw input { type filter hook input priority 10; }",
-        ],
-    );
-    in_netns(
-        tree.pid,
-        &["nft", "add rule inet phaulfw input tcp dport 9 drop"],
-    );
+    nft_input_rule(tree.pid, "phaulfw", "tcp dport 9 drop");
     let client = LanClient::start(lan, &ip, 6379, Duration::from_millis(5)).unwrap();
     let target = Target::start_on(&hosts.tgt, &hosts.tgt_ip, criu(&bin), Setup::default());
     let began = monotonic_s();
@@ -421,20 +450,7 @@ fn a_servers_legacy_and_nftables_firewall_rules_move_with_it() {
         nft.contains("tcp dport 9 drop"),
         "nft on the target:\n{nft}"
     );
-    let s = client
-        .answers_after(100, Duration::from_secs(30))
-        .unwrap_or_else(|| {
-            panic!(
-                "the client's requests stopped: {}\n{r}",
-                client_seen(&client, began)
-            )
-        });
-    assert_eq!(
-        s.errors,
-        0,
-        "client errors: {}\n{r}",
-        client_seen(&client, began)
-    );
+    let s = client_went_on("the firewalled server", &client, began, &r);
     assert_eq!(redis_cli(lan, &ip, &["GET", "phaul:fw9"]), "v9");
     eprintln!(
         "{test}: mode {}, downtime {:.1} ms, client longest stall {:.1} ms, rules kept",
@@ -499,21 +515,7 @@ fn tracked_connections_move_with_their_namespace() {
         let mut tree =
             ServiceTree::start(&hosts.src, &lan.bridge, &ip, &redis_argv(redis)).unwrap();
         if tracked {
-            in_netns(tree.pid, &["nft", "add", "table", "inet", "phaulct"]);
-            in_netns(
-                tree.pid,
-                &[
-                    "nft",
-                    "add chain inet phaulct input { type filter hook input priority 10; }",
-                ],
-            );
-            in_netns(
-                tree.pid,
-                &[
-                    "nft",
-                    "add rule inet phaulct input ct state established accept",
-                ],
-            );
+            nft_input_rule(tree.pid, "phaulct", "ct state established accept");
         }
         redis_ready_with(lan, &ip, "phaul:ct", 10).unwrap();
         let client = LanClient::start(lan, &ip, 6379, Duration::from_millis(5)).unwrap();
@@ -542,20 +544,7 @@ fn tracked_connections_move_with_their_namespace() {
         if tracked {
             assert!(count(new) > 0, "the target's namespace tracks nothing");
         }
-        let s = client
-            .answers_after(100, Duration::from_secs(30))
-            .unwrap_or_else(|| {
-                panic!(
-                    "the client's requests stopped: {}\n{r}",
-                    client_seen(&client, began)
-                )
-            });
-        assert_eq!(
-            s.errors,
-            0,
-            "client errors: {}\n{r}",
-            client_seen(&client, began)
-        );
+        let s = client_went_on(&ip, &client, began, &r);
         assert_eq!(redis_cli(lan, &ip, &["GET", "phaul:ct9"]), "v9");
         eprintln!(
             "{test}: tracked {tracked}: {before} tracked, conntrack image {ct:?}, downtime {:.1} ms, stall {:.1} ms",
