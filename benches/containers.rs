@@ -72,7 +72,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use phaul_core::{Migration, Mode, Phase, Progress, Report};
 use phaul_htypes::registry::{Paths, source_in};
-use phaul_testkit::lan::{LanClient, redis_cli, redis_ready_with};
+use phaul_testkit::lan::{ClientStats, LanClient, monotonic_s, redis_cli, redis_ready_with};
 use phaul_testkit::{Hosts, LxcContainer, LxcNet};
 use phaul_transport::LinkConfig;
 
@@ -187,8 +187,26 @@ impl Config {
 #[derive(Debug, Clone, Copy)]
 struct Sample {
     stall_ms: f64,
+    /// When the longest stall began, in ms after the migration began (NaN
+    /// when the client did not say).
+    stall_after_ms: f64,
     downtime_ms: f64,
     total_ms: f64,
+}
+
+impl Sample {
+    /// `stall_ms` and when it began, from what the client saw after a
+    /// migration that began at `began` (seconds of CLOCK_MONOTONIC).
+    fn new(seen: &ClientStats, began: f64, downtime_ms: f64, total_ms: f64) -> Self {
+        Self {
+            stall_ms: seen.longest_stall_ms,
+            stall_after_ms: seen
+                .longest_stall_at
+                .map_or(f64::NAN, |at| (at - began) * 1000.0),
+            downtime_ms,
+            total_ms,
+        }
+    }
 }
 
 fn main() -> Result<()> {
@@ -221,11 +239,12 @@ fn main() -> Result<()> {
                 match run_case(&bin, case, mib, cfg.keep) {
                     Ok(s) => {
                         println!(
-                            "[{tag}] {:<28} stall {:>8.1} ms   downtime {:>8.1} ms   total {:>8.1} ms",
+                            "[{tag}] {:<28} stall {:>8.1} ms   downtime {:>8.1} ms   total {:>8.1} ms   (stall began at +{:.0} ms)",
                             case.label(),
                             s.stall_ms,
                             s.downtime_ms,
-                            s.total_ms
+                            s.total_ms,
+                            s.stall_after_ms
                         );
                         results.entry((mib, case)).or_default().push(s);
                     }
@@ -356,8 +375,8 @@ impl Scene {
     }
 
     /// The container runs on the target, with its data, and its client
-    /// goes on with no error; the client's longest stall.
-    fn check_moved(&self) -> Result<f64> {
+    /// goes on with no error; what the client saw.
+    fn check_moved(&self) -> Result<ClientStats> {
         let state = LxcContainer::state_in(Some(&self.hosts.tgt), &self.tgt, &self.name);
         ensure!(
             state.as_deref() == Some("RUNNING"),
@@ -367,9 +386,13 @@ impl Scene {
     }
 }
 
-/// The client goes on with no error and the server kept its data; the
-/// client's longest stall.
-fn client_went_on(client: &LanClient, lan: &phaul_testkit::lan::Lan, ip: &str) -> Result<f64> {
+/// The client goes on with no error and the server kept its data; what the
+/// client saw.
+fn client_went_on(
+    client: &LanClient,
+    lan: &phaul_testkit::lan::Lan,
+    ip: &str,
+) -> Result<ClientStats> {
     let s = client
         .answers_after(100, Duration::from_secs(60))
         .ok_or_else(|| anyhow!("the client's requests stopped: {:?}", client.stats()))?;
@@ -381,18 +404,20 @@ fn client_went_on(client: &LanClient, lan: &phaul_testkit::lan::Lan, ip: &str) -
     );
     let v = redis_cli(lan, ip, &["GET", "bench:k99"]);
     ensure!(v == "v99", "the server's data: bench:k99 = {v:?}");
-    Ok(s.longest_stall_ms)
+    Ok(s)
 }
 
 fn run_case(bin: &Path, case: Case, mib: u32, keep: bool) -> Result<Sample> {
     let runc_case = |f: &dyn Fn(&mut runc::RuncScene) -> Result<(f64, f64)>| {
         let mut scene = runc::RuncScene::start(mib).context("setting up")?;
+        let began = monotonic_s();
         let (downtime_ms, total_ms) = f(&mut scene)?;
-        Ok(Sample {
-            stall_ms: scene.check_moved()?,
+        Ok(Sample::new(
+            &scene.check_moved()?,
+            began,
             downtime_ms,
             total_ms,
-        })
+        ))
     };
     match case {
         Case::RuncStop => return runc_case(&|s| runc::phaul(bin, s, Mode::StopCopy)),
@@ -401,6 +426,7 @@ fn run_case(bin: &Path, case: Case, mib: u32, keep: bool) -> Result<Sample> {
         _ => {}
     }
     let scene = Scene::start(mib).context("setting up")?;
+    let began = monotonic_s();
     let (downtime_ms, total_ms) = match case {
         Case::LxcStop => phaul(bin, &scene, Mode::StopCopy, keep)?,
         Case::LxcPost => phaul(bin, &scene, Mode::PostCopy, keep)?,
@@ -415,12 +441,7 @@ fn run_case(bin: &Path, case: Case, mib: u32, keep: bool) -> Result<Sample> {
         );
         std::thread::sleep(Duration::from_secs(120));
     }
-    let stall_ms = moved?;
-    Ok(Sample {
-        stall_ms,
-        downtime_ms,
-        total_ms,
-    })
+    Ok(Sample::new(&moved?, began, downtime_ms, total_ms))
 }
 
 // ---------------------------------------------------------------- phaul
@@ -592,6 +613,7 @@ fn med(results: &BTreeMap<(u32, Case), Vec<Sample>>, mib: u32, case: Case) -> Op
     let col = |f: fn(&Sample) -> f64| median(&v.iter().map(f).collect::<Vec<_>>());
     Some(Sample {
         stall_ms: col(|s| s.stall_ms),
+        stall_after_ms: col(|s| s.stall_after_ms),
         downtime_ms: col(|s| s.downtime_ms),
         total_ms: col(|s| s.total_ms),
     })

@@ -237,9 +237,8 @@ impl RuncScene {
     }
 
     /// The container runs on the target, known to runc there, with its
-    /// data, and its client goes on with no error; the client's longest
-    /// stall.
-    pub fn check_moved(&self) -> Result<f64> {
+    /// data, and its client goes on with no error; what the client saw.
+    pub fn check_moved(&self) -> Result<phaul_testkit::lan::ClientStats> {
         let out = Command::new("runc")
             .arg("--root")
             .arg(&self.root_b)

@@ -327,8 +327,10 @@ pub struct ClientStats {
     pub longest_stall_ms: f64,
     /// The last error, if any.
     pub last_error: Option<String>,
-    /// When the connection broke, in seconds of `CLOCK_MONOTONIC` (see
+    /// When the longest wait began, in seconds of `CLOCK_MONOTONIC` (see
     /// [`monotonic_s`]).
+    pub longest_stall_at: Option<f64>,
+    /// When the connection broke, in seconds of `CLOCK_MONOTONIC`.
     pub broken_at: Option<f64>,
 }
 
@@ -411,6 +413,7 @@ fn read_stats(path: &Path) -> Option<ClientStats> {
             "errors" => s.errors = v.parse().ok()?,
             "stall_ms" => s.longest_stall_ms = v.parse().ok()?,
             "last_error" => s.last_error = Some(v.to_string()),
+            "stall_at" => s.longest_stall_at = v.parse().ok(),
             "broken_at" => s.broken_at = v.parse().ok(),
             _ => {}
         }

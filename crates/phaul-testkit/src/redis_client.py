@@ -7,9 +7,10 @@ than the last (so a server that lost or reset its data is an error, not a
 success), timing how long each answer took. It never reconnects: a broken
 connection is counted as an error on every later tick. Every 50 ms it
 rewrites STATS_FILE: `ok N`, `errors N`, `stall_ms X` (the longest wait),
-`last_error TEXT` and `broken_at T`: when the connection broke, in seconds of
-CLOCK_MONOTONIC (the clock a test's Instant reads), so a test can place the
-break within a migration's phases.
+`last_error TEXT`, `stall_at T` (when the longest wait began) and
+`broken_at T` (when the connection broke), both in seconds of
+CLOCK_MONOTONIC (the clock a test's Instant reads), so a test can place
+them within a migration's phases.
 """
 import os
 import socket
@@ -21,6 +22,7 @@ ok = errors = 0
 stall = 0.0
 last_error = ""
 broken_at = None
+stall_at = None
 last = None
 
 
@@ -30,6 +32,8 @@ def write():
         f.write("ok %d\nerrors %d\nstall_ms %.1f\n" % (ok, errors, stall * 1000))
         if last_error:
             f.write("last_error %s\n" % last_error.replace("\n", " "))
+        if stall_at is not None:
+            f.write("stall_at %.6f\n" % stall_at)
         if broken_at is not None:
             f.write("broken_at %.6f\n" % broken_at)
     os.rename(tmp, stats)
@@ -52,7 +56,8 @@ while True:
                 buf += chunk
             line, buf = buf.split(b"\r\n", 1)
             waited = time.monotonic() - t0
-            stall = max(stall, waited)
+            if waited > stall:
+                stall, stall_at = waited, t0
             if not line.startswith(b":"):
                 raise ValueError("unexpected answer %r" % line)
             n = int(line[1:])
