@@ -119,10 +119,10 @@ fn client_went_on(what: &str, client: &LanClient, began: f64, r: &Report) -> Cli
 /// Gives the network namespace of `pid` an nftables table `table` with an
 /// input chain holding `rule`.
 fn nft_input_rule(pid: i32, table: &str, rule: &str) {
-    in_netns(pid, &["nft", "add", "table", "inet", table]);
+    in_tree_netns(pid, &["nft", "add", "table", "inet", table]);
     let chain = format!("add chain inet {table} input {{ type filter hook input priority 10; }}");
-    in_netns(pid, &["nft", &chain]);
-    in_netns(
+    in_tree_netns(pid, &["nft", &chain]);
+    in_tree_netns(
         pid,
         &["nft", &format!("add rule inet {table} input {rule}")],
     );
@@ -389,8 +389,9 @@ fn a_tree_talking_over_unix_sockets_and_pipes_moves_with_its_client() {
     );
 }
 
-/// Runs `argv` in the network namespace of `pid`; its stdout.
-fn in_netns(pid: i32, argv: &[&str]) -> String {
+/// Runs `argv` in the network namespace of process `pid` (testkit's
+/// `Hosts::command` takes a named one); its stdout.
+fn in_tree_netns(pid: i32, argv: &[&str]) -> String {
     let out = Command::new("nsenter")
         .arg(format!("--net=/proc/{pid}/ns/net"))
         .args(argv)
@@ -428,7 +429,7 @@ fn a_servers_legacy_and_nftables_firewall_rules_move_with_it() {
     for tool in ["iptables-legacy", "ip6tables-legacy"] {
         let mut argv = vec![tool, "-A", "INPUT"];
         argv.extend(rule);
-        in_netns(tree.pid, &argv);
+        in_tree_netns(tree.pid, &argv);
     }
     nft_input_rule(tree.pid, "phaulfw", "tcp dport 9 drop");
     let client = LanClient::start(lan, &ip, 6379, Duration::from_millis(5)).unwrap();
@@ -439,13 +440,13 @@ fn a_servers_legacy_and_nftables_firewall_rules_move_with_it() {
     let new = r.target_pid.unwrap();
     tree.adopt(new);
     for save in ["iptables-legacy-save", "ip6tables-legacy-save"] {
-        let rules = in_netns(new, &[save]);
+        let rules = in_tree_netns(new, &[save]);
         assert!(
             rules.contains("-A INPUT -p tcp -m tcp --dport 7 -j DROP"),
             "{save} on the target:\n{rules}"
         );
     }
-    let nft = in_netns(new, &["nft", "list", "table", "inet", "phaulfw"]);
+    let nft = in_tree_netns(new, &["nft", "list", "table", "inet", "phaulfw"]);
     assert!(
         nft.contains("tcp dport 9 drop"),
         "nft on the target:\n{nft}"
@@ -460,37 +461,21 @@ fn a_servers_legacy_and_nftables_firewall_rules_move_with_it() {
     );
 }
 
-/// Every path under `dir`, for a failure's message.
-fn files_under(dir: &Path) -> Vec<String> {
+/// Every file under `dir` with its size (directories recursed, links not
+/// followed).
+fn files_under(dir: &Path) -> Vec<(PathBuf, u64)> {
     let mut all = Vec::new();
     for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let path = e.path();
-        all.push(path.display().to_string());
-        if path.is_dir() && !path.is_symlink() {
-            all.extend(files_under(&path));
-        }
-    }
-    all
-}
-
-/// The sizes of the files under `dir` whose names start with `prefix`.
-fn image_sizes(dir: &Path, prefix: &str) -> Vec<u64> {
-    let mut sizes = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return sizes;
-    };
-    for e in entries.flatten() {
-        let path = e.path();
-        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+        let Ok(meta) = std::fs::symlink_metadata(e.path()) else {
             continue;
         };
         if meta.is_dir() {
-            sizes.extend(image_sizes(&path, prefix));
-        } else if e.file_name().to_string_lossy().starts_with(prefix) {
-            sizes.push(meta.len());
+            all.extend(files_under(&e.path()));
+        } else {
+            all.push((e.path(), meta.len()));
         }
     }
-    sizes
+    all
 }
 
 /// A namespace's tracked connections move with it: the guarantee that
@@ -520,7 +505,7 @@ fn tracked_connections_move_with_their_namespace() {
         redis_ready_with(lan, &ip, "phaul:ct", 10).unwrap();
         let client = LanClient::start(lan, &ip, 6379, Duration::from_millis(5)).unwrap();
         let count = |pid: i32| -> u64 {
-            in_netns(pid, &["cat", "/proc/sys/net/netfilter/nf_conntrack_count"])
+            in_tree_netns(pid, &["cat", "/proc/sys/net/netfilter/nf_conntrack_count"])
                 .trim()
                 .parse()
                 .unwrap_or(0)
@@ -534,12 +519,19 @@ fn tracked_connections_move_with_their_namespace() {
         let new = r.target_pid.unwrap();
         tree.adopt(new);
         // CRIU writes no image file for what it found nothing of.
-        let ct = image_sizes(work.path(), "netns-ct-");
+        let images = files_under(work.path());
+        let ct: Vec<u64> = images
+            .iter()
+            .filter(|(p, _)| {
+                p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("netns-ct-"))
+            })
+            .map(|(_, n)| *n)
+            .collect();
         assert_eq!(
             ct.iter().any(|n| *n > 0),
             tracked,
-            "conntrack image sizes {ct:?} for a namespace tracking {before}; its images: {:?}",
-            files_under(work.path())
+            "conntrack image sizes {ct:?} for a namespace tracking {before}; its images: {images:?}"
         );
         if tracked {
             assert!(count(new) > 0, "the target's namespace tracks nothing");
