@@ -27,16 +27,22 @@ set -euo pipefail
 # Both get scripts/criu-lazy-rollback-unlock.patch: a failed post-copy
 # transfer resumes the tree, and without it CRIU leaves the tree's network
 # locked and its TCP sockets in repair mode, so the resumed server loses
-# its clients. 4.2.1 also gets two patches that take fixed costs out of
-# every freeze of a tree with its own network namespace (the fallback does
-# without them): scripts/criu-iptables-legacy-probe.patch (the dump looks
-# for and runs the legacy iptables tools only when the namespace has legacy
-# tables, the restore only when the images hold some) and
+# its clients. 4.2.1 also gets four patches that cut what a freeze or a
+# post-copy costs (the fallback does without them). Two take fixed costs out
+# of every freeze of a tree with its own network namespace:
+# scripts/criu-iptables-legacy-probe.patch (the dump looks for and runs the
+# legacy iptables tools only when the namespace has legacy tables, the
+# restore only when the images hold some) and
 # scripts/criu-conntrack-count.patch (the dump skips the conntrack walk of
 # the kernel's whole table where the namespace counts no tracked
-# connection). (VERSION SHA256 "PATCH...")
+# connection). scripts/criu-lazy-fault-around.patch: a lazily restored
+# task's page fault fetches the 64 KiB around the page, not the page alone.
+# scripts/criu-pagemap-scan-anon.patch: the dump's page scan of a private
+# anonymous mapping skips a per-page lookup that cannot change its answer
+# there.
+# (VERSION SHA256 "PATCH...")
 CRIU_PRIMARY=(4.2.1 29ec0ee09e296479fe7048c80980e8ef1d0684d0b0204c2b101dfea19f6725b9
-    "criu-lazy-rollback-unlock.patch criu-iptables-legacy-probe.patch criu-conntrack-count.patch")
+    "criu-lazy-rollback-unlock.patch criu-iptables-legacy-probe.patch criu-conntrack-count.patch criu-lazy-fault-around.patch criu-pagemap-scan-anon.patch")
 CRIU_FALLBACK=(4.1.1 f80a66cb3726bb2116266d4759ce3bcbfab7abdb6b6d430bf20dd41911717afe
     "criu-4.1.1-inet-sockopts.patch criu-lazy-rollback-unlock.patch")
 CRIU_SRC_DIR=/usr/local/src/criu
