@@ -1,15 +1,19 @@
 #!/usr/bin/env bash
 # Runs CRIU's own zdtm static tests through phaul: each test is started in
 # a network-namespace "host", migrated with `phaul migrate ... pid` to
-# another one (stop-copy), then judged as zdtm.py judges it (SIGTERM, then
-# PASS in its .out file). With --plain, plain `criu dump` + `criu restore`
-# on this machine replace phaul, with the same set-up, for comparison.
+# another one (stop-copy, or --mode post-copy: restored lazily, its memory
+# served from the frozen source as it faults), then judged as zdtm.py judges
+# it (SIGTERM, then PASS in its .out file). With --plain, plain `criu dump`
+# + `criu restore` on this machine replace phaul, with the same set-up, for
+# comparison.
 #
-#   ./scripts/zdtm.sh [--plain] [--ci] [--timeout SECS] [--logs DIR] [TEST...]
+#   ./scripts/zdtm.sh [--plain] [--ci | --ci-post-copy] [--mode MODE]
+#                     [--timeout SECS] [--logs DIR] [TEST...]
 #
 # TEST is a static test's name (socket-tcp, pipe00, ...). Without TEST:
 # every static test CRIU's runner (test/zdtm.py -a -f ns) would run here;
-# with --ci: the list in scripts/zdtm-ci.list. Prints `PASS name` or
+# with --ci: the list in scripts/zdtm-ci.list; with --ci-post-copy: the
+# list in scripts/zdtm-post-copy.list, by post-copy. Prints `PASS name` or
 # `FAIL name: reason` per test and `N passed, M failed` last; exit status 0
 # only when every test passed. CRIU's and phaul's logs of failed tests are
 # kept under --logs (default /tmp/phaul-zdtm-logs.PID); everything else a
@@ -58,14 +62,19 @@ SELF=$(cd "$(dirname "$0")" && pwd)/$(basename "$0")
 cd "$(dirname "$0")/.."
 REPO=$PWD
 
-usage() { echo "usage: $0 [--plain] [--ci] [--timeout SECS] [--logs DIR] [TEST...]" >&2; exit 2; }
+usage() { echo "usage: $0 [--plain] [--ci | --ci-post-copy] [--mode stop-copy|post-copy] [--timeout SECS] [--logs DIR] [TEST...]" >&2; exit 2; }
 
-PLAIN=0 CI_LIST=0 TIMEOUT=60 LOGS= ONE= DIR=
+PLAIN=0 CI_LIST=0 TIMEOUT=60 LOGS= ONE= DIR= MODE=stop-copy LIST=zdtm-ci.list
 TESTS=()
 while [ $# -gt 0 ]; do
     case "$1" in
         --plain) PLAIN=1; shift ;;
         --ci) CI_LIST=1; shift ;;
+        --ci-post-copy) CI_LIST=1 LIST=zdtm-post-copy.list MODE=post-copy; shift ;;
+        --mode)
+            [ $# -ge 2 ] || usage
+            case "$2" in stop-copy | post-copy) MODE=$2 ;; *) usage ;; esac
+            shift 2 ;;
         --timeout) [ $# -ge 2 ] || usage; TIMEOUT=$2; shift 2 ;;
         --logs) [ $# -ge 2 ] || usage; LOGS=$2; shift 2 ;;
         # Internal: run one test, numbered N, in this process (see the end).
@@ -87,6 +96,9 @@ while [ $# -gt 0 ]; do
 done
 [[ "$TIMEOUT" =~ ^[0-9]+$ ]] && [ "$TIMEOUT" -gt 0 ] || { echo "--timeout: a number of seconds" >&2; exit 2; }
 [ "$(id -u)" -eq 0 ] || { echo "zdtm.sh: run as root (CRIU and namespaces need it)" >&2; exit 2; }
+if [ "$PLAIN" -eq 1 ] && [ "$MODE" != stop-copy ]; then
+    echo "zdtm.sh: --plain runs criu dump and restore; --mode is phaul's" >&2; exit 2
+fi
 if [ "$CI_LIST" -eq 1 ] && [ ${#TESTS[@]} -gt 0 ]; then
     echo "zdtm.sh: --ci or TEST names, not both" >&2; exit 2
 fi
@@ -153,7 +165,7 @@ if [ "$CI_LIST" -eq 1 ]; then
         line=${line%%#*}
         read -r name _ <<<"$line" || true
         [ -n "${name:-}" ] && TESTS+=("$name")
-    done < "$REPO/scripts/zdtm-ci.list"
+    done < "$REPO/scripts/$LIST"
 elif [ ${#TESTS[@]} -eq 0 ]; then
     nskip=0
     while read -r verdict rest; do
@@ -526,7 +538,7 @@ run_one() {
         done
         rc=0
         timeout -k 5 "$(left)" nsenter --net="/run/netns/$SRC_NS" "$BIN/phaul" migrate --to "$TGT_IP:7070" \
-            --key-file "$T/key" --mode stop-copy --work-dir "$T/src-work" --criu "$CRIU" \
+            --key-file "$T/key" --mode "$MODE" --work-dir "$T/src-work" --criu "$CRIU" \
             --json "$T/report.json" "${PHAUL_FLAGS[@]}" pid "$pid" >"$T/phaul.log" 2>&1 || rc=$?
         if [ $rc -ne 0 ]; then
             if [ $crfail -eq 1 ] && [ $rc -eq 1 ]; then
@@ -547,6 +559,12 @@ print(" | ".join(l.strip() for l in str(e).splitlines() if l.strip())[:400])' "$
         fi
         [ $crfail -eq 1 ] && { echo "FAIL $NAME: unexpected success of the migration (crfail)"; keep_logs "$NAME"; return 1; }
         new=$("$PY" -c 'import json,sys; print(json.load(open(sys.argv[1]))["target_pid"])' "$T/report.json")
+        # The report says how it moved: a post-copy run that fell back to
+        # stop-copy proved nothing about lazy restores.
+        ran=$("$PY" -c 'import json,sys; print(json.load(open(sys.argv[1]))["mode"])' "$T/report.json")
+        if [ "$ran" != "$MODE" ]; then
+            echo "FAIL $NAME: moved by $ran, not $MODE"; keep_logs "$NAME"; return 1
+        fi
     fi
 
     if ! [[ "$new" =~ ^[0-9]+$ ]]; then
@@ -577,7 +595,7 @@ if [ -n "$ONE" ]; then
     if run_one "${TESTS[0]}"; then exit 0; else exit 1; fi
 fi
 
-child=(--timeout "$TIMEOUT" --logs "$LOGS")
+child=(--timeout "$TIMEOUT" --logs "$LOGS" --mode "$MODE")
 [ "$PLAIN" -eq 1 ] && child+=(--plain)
 PASSED=0 FAILED=0 COUNT=0 STOP=0
 # SIGINT/SIGTERM: the test under way finishes (and cleans up), then the
