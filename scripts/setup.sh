@@ -27,7 +27,7 @@ set -euo pipefail
 # Both get scripts/criu-lazy-rollback-unlock.patch: a failed post-copy
 # transfer resumes the tree, and without it CRIU leaves the tree's network
 # locked and its TCP sockets in repair mode, so the resumed server loses
-# its clients. 4.2.1 also gets four patches that cut what a freeze or a
+# its clients. 4.2.1 also gets five patches that cut what a freeze or a
 # post-copy costs (the fallback does without them). Two take fixed costs out
 # of every freeze of a tree with its own network namespace:
 # scripts/criu-iptables-legacy-probe.patch (the dump looks for and runs the
@@ -39,10 +39,11 @@ set -euo pipefail
 # task's page fault fetches the 64 KiB around the page, not the page alone.
 # scripts/criu-pagemap-scan-anon.patch: the dump's page scan of a private
 # anonymous mapping skips a per-page lookup that cannot change its answer
-# there.
+# there. scripts/criu-lazy-iov-copy.patch: a lazy dump hands the parasite
+# the page list in use, not an array sized for one entry per page.
 # (VERSION SHA256 "PATCH...")
 CRIU_PRIMARY=(4.2.1 29ec0ee09e296479fe7048c80980e8ef1d0684d0b0204c2b101dfea19f6725b9
-    "criu-lazy-rollback-unlock.patch criu-iptables-legacy-probe.patch criu-conntrack-count.patch criu-lazy-fault-around.patch criu-pagemap-scan-anon.patch")
+    "criu-lazy-rollback-unlock.patch criu-iptables-legacy-probe.patch criu-conntrack-count.patch criu-lazy-fault-around.patch criu-pagemap-scan-anon.patch criu-lazy-iov-copy.patch")
 CRIU_FALLBACK=(4.1.1 f80a66cb3726bb2116266d4759ce3bcbfab7abdb6b6d430bf20dd41911717afe
     "criu-4.1.1-inet-sockopts.patch criu-lazy-rollback-unlock.patch")
 CRIU_SRC_DIR=/usr/local/src/criu
