@@ -44,6 +44,8 @@
 //!   another asked through its service.
 //! - [`logs`]: CRIU's logs kept after a failure, images dropped.
 //! - [`netlock`]: CRIU's network lock released after a rolled-back lazy dump.
+//! - `replay`: the client packets the lock dropped, kept on the source and
+//!   delivered to the restored copy.
 //! - `freezer`: a container's freezer cgroup frozen before CRIU's dump
 //!   (CRIU checks it every 100 ms).
 //! - `schedhooks`: the kernel's perf context-switch hooks kept on while
@@ -71,6 +73,7 @@ pub mod plan;
 pub mod policy;
 mod ramdir;
 mod rcu;
+mod replay;
 mod schedhooks;
 pub mod sockets;
 pub mod source;

@@ -545,3 +545,153 @@ fn tracked_connections_move_with_their_namespace() {
         );
     }
 }
+
+/// A client connection kept open in the LAN's client host that sends one
+/// `INCR` when told to (a line on its stdin) and reports when it sent and
+/// when the answer came (seconds of `CLOCK_MONOTONIC`) and the answer.
+struct OneRequest {
+    child: std::process::Child,
+}
+
+impl OneRequest {
+    const SCRIPT: &'static str = r#"
+import socket, sys, time
+s = socket.create_connection((sys.argv[1], 6379))
+s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+s.sendall(b"PING\r\n"); s.recv(64)
+print("ready", flush=True)
+sys.stdin.readline()
+sent = time.clock_gettime(time.CLOCK_MONOTONIC)
+s.sendall(b"*2\r\n$4\r\nINCR\r\n$5\r\nprobe\r\n")
+answer = s.recv(64)
+print(sent, time.clock_gettime(time.CLOCK_MONOTONIC), answer.decode().strip(), flush=True)
+"#;
+
+    fn connect(client_ns: &str, ip: &str) -> Self {
+        use std::io::BufRead;
+        use std::process::Stdio;
+        let mut child = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                client_ns,
+                "python3",
+                "-c",
+                Self::SCRIPT,
+                ip,
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(
+            line.trim(),
+            "ready",
+            "the one-request client did not connect"
+        );
+        Self { child }
+    }
+
+    fn send(&mut self) {
+        use std::io::Write;
+        let stdin = self.child.stdin.as_mut().unwrap();
+        stdin.write_all(b"go\n").unwrap();
+        stdin.flush().unwrap();
+    }
+
+    /// When it sent, when the answer came, and the answer.
+    fn answered(self) -> (f64, f64, String) {
+        let out = self.child.wait_with_output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let mut w = text.split_whitespace();
+        let mut num = || w.next().and_then(|v| v.parse::<f64>().ok());
+        let (sent, at) = (num(), num());
+        let answer = text
+            .split_whitespace()
+            .nth(2)
+            .unwrap_or_default()
+            .to_string();
+        (
+            sent.unwrap_or_else(|| panic!("the one-request client said {text:?}")),
+            at.unwrap_or(f64::NAN),
+            answer,
+        )
+    }
+}
+
+/// A request sent while the tree is frozen is dropped by CRIU's network
+/// lock, and the client's kernel sends it again only on its own timers:
+/// about 205 ms after sending, then about 410, then 820. Here the switch-over
+/// hook holds the frozen tree 450 ms after a second client connection sent
+/// one `INCR`, so its first two retransmissions fall in the freeze too. The
+/// source keeps the segments the lock dropped and the target delivers them
+/// once its copy runs: the answer must come within 200 ms of the hook's end,
+/// not at the third retransmission (about 370 ms after it). The first
+/// client's connection goes on as usual.
+#[test]
+fn a_request_the_lock_dropped_is_answered_as_soon_as_the_copy_runs() {
+    let test = "a_request_the_lock_dropped_is_answered_as_soon_as_the_copy_runs";
+    let Some(Served {
+        hosts,
+        bin,
+        ip,
+        mut tree,
+    }) = served(test, "phaul:r", 10)
+    else {
+        return;
+    };
+    let lan = hosts.lan();
+    let client = LanClient::start(lan, &ip, 6379, Duration::from_millis(5)).unwrap();
+    let probe = std::sync::Arc::new(std::sync::Mutex::new(Some(OneRequest::connect(
+        &lan.client,
+        &ip,
+    ))));
+    let hook_end = std::sync::Arc::new(std::sync::Mutex::new(f64::NAN));
+    let at_tgt = Target::start_on(&hosts.tgt, &hosts.tgt_ip, criu(&bin), Setup::default());
+    let (pid, outer) = (tree.pid, tree.outer.clone());
+    let open = move || {
+        let opts = PidOptions {
+            veths: vec![("eth0".into(), outer)],
+            ..PidOptions::default()
+        };
+        let paths = phaul_htypes::registry::Paths::default();
+        phaul_htypes::registry::source_with("pid", &pid.to_string(), &paths, &opts).unwrap()
+    };
+    let (p, end) = (probe.clone(), hook_end.clone());
+    let began = monotonic_s();
+    let (r, _work) = migrate_from(&hosts.src, &bin, &at_tgt.addr, open, move |m| {
+        m.mode(Mode::StopCopy).switchover(move || {
+            let (p, end) = (p.clone(), end.clone());
+            async move {
+                if let Some(one) = p.lock().unwrap().as_mut() {
+                    one.send();
+                }
+                tokio::time::sleep(Duration::from_millis(450)).await;
+                *end.lock().unwrap() = monotonic_s();
+                Ok(())
+            }
+        })
+    });
+    assert!(r.success, "the move failed: {r}");
+    tree.adopt(r.target_pid.expect("a target pid"));
+    let one = probe.lock().unwrap().take().unwrap();
+    let (sent, answered, answer) = one.answered();
+    let end = *hook_end.lock().unwrap();
+    assert_eq!(answer, ":1", "the frozen-time request's answer");
+    let after_hook_ms = (answered - end) * 1000.0;
+    eprintln!(
+        "{test}: sent {:.0} ms into the hook's 450, answered {after_hook_ms:.0} ms after it ended ({:.0} ms after sending); downtime {:.0} ms",
+        (sent - (end - 0.45)) * 1000.0,
+        (answered - sent) * 1000.0,
+        r.downtime_ms.unwrap_or(f64::NAN)
+    );
+    assert!(
+        after_hook_ms < 200.0,
+        "the request dropped by the lock was answered {after_hook_ms:.0} ms after the copy could run: not replayed\n{r}"
+    );
+    client_went_on("the move", &client, began, &r);
+}

@@ -699,6 +699,7 @@ async fn the_target_refuses_requests_out_of_order_or_out_of_plan() {
     let commit = request::Body::Commit(proto::Commit {
         valid_for_ms: 0,
         overhead_us: 0,
+        replay: Vec::new(),
     });
     let pagemaps_of = |iteration| request::Body::PagemapsOf(proto::PagemapsOf { iteration });
     let probe = |bytes| request::Body::ProbeLink(proto::ProbeLink { bytes });

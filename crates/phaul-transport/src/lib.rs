@@ -122,6 +122,11 @@
 //! tells the next source in `Begun {overhead_us}`, for its prediction
 //! (both optional: 0 = not measured, nothing learned).
 //!
+//! `Commit {replay}` may carry the TCP segments that reached the tree's own
+//! network namespace while CRIU's lock dropped them (IP packets, oldest
+//! first); the target delivers them to its copy once it runs. An optional
+//! field: an older target ignores it, and an empty one means none.
+//!
 //! Post-copy (lazy pages): the source dumps everything but memory and
 //! serves pages on demand; the target resumes at once.
 //!

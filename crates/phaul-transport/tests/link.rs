@@ -479,6 +479,7 @@ async fn every_message_round_trips_through_a_link() {
         request::Body::Commit(proto::Commit {
             valid_for_ms: 30_000,
             overhead_us: 1_234_567,
+            replay: vec![vec![0x45, 0, 0, 20], vec![0x60; 40]],
         }),
         request::Body::Abort(proto::Abort {
             reason: "cancelled".into(),

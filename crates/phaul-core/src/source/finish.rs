@@ -105,6 +105,13 @@ impl<C: SourceCriu> Migration<C> {
             self.abort_target(&mut run.ctl, &e).await;
             return Err(e);
         }
+        // Before the freeze, so nothing the lock drops is missed; what the
+        // tree received before the lock is a duplicate TCP discards.
+        if crate::netlock::own_netns(run.pid) {
+            run.replay = crate::replay::Capture::start(run.pid)
+                .inspect_err(|e| warn!(error = %e, "no replay of what the lock drops"))
+                .ok();
+        }
         let (stopped, dir, t0) = match self.stop_source(run, how, i, pre_copied).await {
             Ok(x) => x,
             Err(e) => {

@@ -53,7 +53,7 @@ use phaul_transport::images::send_dir_over;
 use phaul_transport::proto::{self, request, response};
 use phaul_transport::{Channel, ControlClient, Endpoint, Link, LinkConfig, SessionId};
 use tokio::sync::{mpsc, watch};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::criu::{DumpSpec, SourceCriu};
 use crate::error::{Error, Result};
@@ -818,6 +818,7 @@ impl<C: SourceCriu> Migration<C> {
             transfer: None,
             ram_images: plan.images_in_memory() && self.images_in_ram && !self.keep_images,
             ram: Vec::new(),
+            replay: None,
         };
         // Held until the end, so CRIU's breakpoints find the kernel's hooks
         // on (see `schedhooks`).
@@ -1287,6 +1288,17 @@ impl<C: SourceCriu> Migration<C> {
             (Some(t), Some(d)) => u64::try_from(d.saturating_sub(t).as_micros()).unwrap_or(0),
             _ => 0,
         };
+        let replay = run
+            .replay
+            .take()
+            .map(crate::replay::Capture::finish)
+            .unwrap_or_default();
+        if !replay.is_empty() {
+            debug!(
+                packets = replay.len(),
+                "the lock dropped packets: they go with the commit"
+            );
+        }
         run.stats.commit_sent(true);
         let answer = self
             .call(
@@ -1294,6 +1306,7 @@ impl<C: SourceCriu> Migration<C> {
                 request::Body::Commit(proto::Commit {
                     valid_for_ms,
                     overhead_us,
+                    replay,
                 }),
             )
             .await;
@@ -1387,6 +1400,9 @@ struct Run<'a> {
     ram_images: bool,
     /// The RAM directories the images went to; removed with the run.
     ram: Vec<crate::ramdir::RamDir>,
+    /// The client packets reaching the tree's own network namespace from
+    /// just before the final freeze, for the commit (see `replay`).
+    replay: Option<crate::replay::Capture>,
 }
 
 fn remote(e: phaul_transport::Error) -> Error {

@@ -798,6 +798,14 @@ impl<T: TargetCriu> Session<T> {
             self.state = State::Begun(b);
             return Err((ErrorCode::BadRequest, e));
         }
+        // The copy runs, its namespace unlocked: what reached the source's
+        // while it was locked is delivered now, not at the client's next
+        // retransmission (see `replay`).
+        if !c.replay.is_empty() {
+            let packets = c.replay;
+            let _ =
+                tokio::task::spawn_blocking(move || crate::replay::deliver(pid, &packets)).await;
+        }
         // The switch-over is over: the host's grace periods go back to
         // normal (a failure above gives them back on its return).
         drop(rcu);
