@@ -312,30 +312,12 @@ fn fix_tcp_checksum(p: &mut [u8]) {
     p[start + 16..start + 18].copy_from_slice(&csum.to_be_bytes());
 }
 
-fn sent(r: isize, what: &str) -> Result<()> {
-    if r < 0 {
-        return Err(io(what, std::io::Error::last_os_error()));
-    }
-    Ok(())
-}
-
 fn send_v4(sock: &OwnedFd, p: &[u8]) -> Result<()> {
     // SAFETY: an all-zero sockaddr_in is valid.
     let mut to: libc::sockaddr_in = unsafe { std::mem::zeroed() };
     to.sin_family = libc::sa_family_t::try_from(libc::AF_INET).unwrap_or(2);
     to.sin_addr.s_addr = u32::from_ne_bytes([p[16], p[17], p[18], p[19]]);
-    // SAFETY: p and to are valid for the lengths passed.
-    let r = unsafe {
-        libc::sendto(
-            sock.as_raw_fd(),
-            p.as_ptr().cast(),
-            p.len(),
-            0,
-            std::ptr::from_ref(&to).cast(),
-            socklen::<libc::sockaddr_in>(),
-        )
-    };
-    sent(r, "replaying an IPv4 segment")
+    send_to(sock, p, &to, "replaying an IPv4 segment")
 }
 
 fn send_v6(sock: &OwnedFd, p: &[u8]) -> Result<()> {
@@ -343,18 +325,27 @@ fn send_v6(sock: &OwnedFd, p: &[u8]) -> Result<()> {
     let mut to: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
     to.sin6_family = libc::sa_family_t::try_from(libc::AF_INET6).unwrap_or(10);
     to.sin6_addr.s6_addr.copy_from_slice(&p[24..40]);
-    // SAFETY: p and to are valid for the lengths passed.
+    send_to(sock, p, &to, "replaying an IPv6 segment")
+}
+
+/// `sendto` of the packet `p` to `to`, a `sockaddr_in` or `sockaddr_in6`.
+fn send_to<A>(sock: &OwnedFd, p: &[u8], to: &A, what: &str) -> Result<()> {
+    // SAFETY: p and to are valid for the lengths passed, and `to` is one of
+    // the socket addresses its family's raw socket takes.
     let r = unsafe {
         libc::sendto(
             sock.as_raw_fd(),
             p.as_ptr().cast(),
             p.len(),
             0,
-            std::ptr::from_ref(&to).cast(),
-            socklen::<libc::sockaddr_in6>(),
+            std::ptr::from_ref(to).cast(),
+            socklen::<A>(),
         )
     };
-    sent(r, "replaying an IPv6 segment")
+    if r < 0 {
+        return Err(io(what, std::io::Error::last_os_error()));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -39,19 +39,27 @@ fn migrate_keeping(
     outer: &str,
     keep: bool,
 ) -> (Report, tempfile::TempDir) {
+    migrate_from(from, bin, to, pid_source(pid, outer), move |m| {
+        let m = m.mode(Mode::Auto);
+        if keep { m.keep_images(true) } else { m }
+    })
+}
+
+/// The `pid` kind's source for the tree rooted at `pid`, its veth's outer
+/// end `outer` (`HOSTEND@BRIDGE`).
+fn pid_source(
+    pid: i32,
+    outer: &str,
+) -> impl FnOnce() -> Box<dyn phaul_htypes::Htype> + Send + 'static {
     let outer = outer.to_string();
-    let open = move || {
+    move || {
         let opts = PidOptions {
             veths: vec![("eth0".into(), outer)],
             ..PidOptions::default()
         };
         let paths = phaul_htypes::registry::Paths::default();
         phaul_htypes::registry::source_with("pid", &pid.to_string(), &paths, &opts).unwrap()
-    };
-    migrate_from(from, bin, to, open, move |m| {
-        let m = m.mode(Mode::Auto);
-        if keep { m.keep_images(true) } else { m }
-    })
+    }
 }
 
 /// Redis in a tree of its own (its own network namespace and address, .50)
@@ -652,15 +660,7 @@ fn a_request_the_lock_dropped_is_answered_as_soon_as_the_copy_runs() {
     ))));
     let hook_end = std::sync::Arc::new(std::sync::Mutex::new(f64::NAN));
     let at_tgt = Target::start_on(&hosts.tgt, &hosts.tgt_ip, criu(&bin), Setup::default());
-    let (pid, outer) = (tree.pid, tree.outer.clone());
-    let open = move || {
-        let opts = PidOptions {
-            veths: vec![("eth0".into(), outer)],
-            ..PidOptions::default()
-        };
-        let paths = phaul_htypes::registry::Paths::default();
-        phaul_htypes::registry::source_with("pid", &pid.to_string(), &paths, &opts).unwrap()
-    };
+    let open = pid_source(tree.pid, &tree.outer);
     let (p, end) = (probe.clone(), hook_end.clone());
     let began = monotonic_s();
     let (r, _work) = migrate_from(&hosts.src, &bin, &at_tgt.addr, open, move |m| {
