@@ -115,9 +115,10 @@ pub fn inject(pid: i32, packets: &[Vec<u8>]) -> Result<usize> {
     })?;
     let mut sent = 0;
     for p in packets {
-        let Some(mut p) = tcp_packet(p) else {
+        let Some(len) = tcp_len(p) else {
             continue;
         };
+        let mut p = p[..len].to_vec();
         fix_tcp_checksum(&mut p);
         let r = match p[0] >> 4 {
             4 => send_v4(&v4, &p),
@@ -145,15 +146,13 @@ fn in_netns<T: Send>(pid: i32, f: impl FnOnce() -> Result<T> + Send) -> Result<T
         .map_err(|source| io(&format!("opening the network namespace of {pid}"), source))?;
     std::thread::scope(|s| {
         s.spawn(|| {
-            // SAFETY: setns takes an fd we own for the call and a flag; it
-            // only changes this thread's namespace, and the thread ends
-            // with the scope.
-            if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                return Err(io(
+            // Only this thread's namespace changes, and it ends with the scope.
+            nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| {
+                io(
                     &format!("entering the network namespace of {pid}"),
-                    std::io::Error::last_os_error(),
-                ));
-            }
+                    e.into(),
+                )
+            })?;
             f()
         })
         .join()
@@ -236,16 +235,15 @@ fn read_until(sock: &OwnedFd, kept: &Mutex<Kept>) {
         let Ok(n) = usize::try_from(n) else {
             continue; // the poll's timeout, or an interruption
         };
-        let packet = &buf[..n];
-        if !arrived(&from) || tcp_packet(packet).is_none() {
+        let Some(len) = tcp_len(&buf[..n]).filter(|_| arrived(&from)) else {
             continue;
-        }
+        };
         let mut k = lock(kept);
-        if k.stopped || k.packets.len() >= MAX_PACKETS || k.bytes + n > MAX_BYTES {
+        if k.stopped || k.packets.len() >= MAX_PACKETS || k.bytes + len > MAX_BYTES {
             continue;
         }
-        k.bytes += n;
-        k.packets.push(packet.to_vec());
+        k.bytes += len;
+        k.packets.push(buf[..len].to_vec());
     }
 }
 
@@ -257,20 +255,20 @@ fn arrived(from: &libc::sockaddr_ll) -> bool {
         && (proto == ETH_P_IP || proto == ETH_P_IPV6)
 }
 
-/// `p` cut to its IP length when it is a whole IPv4 or IPv6 TCP segment
-/// (no IPv6 extension headers), else `None`.
-fn tcp_packet(p: &[u8]) -> Option<Vec<u8>> {
+/// The IP length of `p` when it is a whole IPv4 or IPv6 TCP segment (no
+/// IPv6 extension headers; a frame may carry padding past it), else `None`.
+fn tcp_len(p: &[u8]) -> Option<usize> {
     match p.first()? >> 4 {
         4 => {
             let ihl = usize::from(p[0] & 0x0f) * 4;
             let total = usize::from(u16::from_be_bytes([*p.get(2)?, *p.get(3)?]));
             (ihl >= 20 && total >= ihl + 20 && total <= p.len() && p[9] == IPPROTO_TCP)
-                .then(|| p[..total].to_vec())
+                .then_some(total)
         }
         6 => {
             let payload = usize::from(u16::from_be_bytes([*p.get(4)?, *p.get(5)?]));
             let total = 40 + payload;
-            (payload >= 20 && total <= p.len() && p[6] == IPPROTO_TCP).then(|| p[..total].to_vec())
+            (payload >= 20 && total <= p.len() && p[6] == IPPROTO_TCP).then_some(total)
         }
         _ => None,
     }
@@ -291,9 +289,9 @@ fn ones_sum(mut sum: u32, data: &[u8]) -> u32 {
     sum
 }
 
-/// Writes the TCP checksum of a segment from [`tcp_packet`]: a frame taken
-/// off a veth may not carry one (the kernel leaves it to the receiver's
-/// "hardware").
+/// Writes the TCP checksum of a segment [`tcp_len`] accepted, cut to its
+/// length: a frame taken off a veth may not carry one (the kernel leaves it
+/// to the receiver's "hardware").
 fn fix_tcp_checksum(p: &mut [u8]) {
     let (start, pseudo) = if p[0] >> 4 == 4 {
         let ihl = usize::from(p[0] & 0x0f) * 4;
@@ -374,18 +372,14 @@ mod tests {
     #[test]
     fn only_whole_tcp_segments_are_kept() {
         let p = syn_v4();
-        assert_eq!(tcp_packet(&p).as_deref(), Some(&p[..]));
+        assert_eq!(tcp_len(&p), Some(40));
         let mut padded = p.clone();
         padded.extend_from_slice(&[0; 6]);
-        assert_eq!(
-            tcp_packet(&padded).as_deref(),
-            Some(&p[..]),
-            "cut to the IP length"
-        );
+        assert_eq!(tcp_len(&padded), Some(40), "the IP length, not the frame's");
         let mut udp = p.clone();
         udp[9] = 17;
-        assert_eq!(tcp_packet(&udp), None);
-        assert_eq!(tcp_packet(&p[..30]), None, "truncated");
-        assert_eq!(tcp_packet(&[]), None);
+        assert_eq!(tcp_len(&udp), None);
+        assert_eq!(tcp_len(&p[..30]), None, "truncated");
+        assert_eq!(tcp_len(&[]), None);
     }
 }
