@@ -99,6 +99,14 @@ fn counter(bundle: &Path) -> Option<u64> {
         .ok()
 }
 
+/// The counter, waiting out the moment the shell has truncated the file
+/// and not yet written the next number (`echo $i > /tmp/count`), when a
+/// read finds it empty.
+fn counter_now(bundle: &Path) -> u64 {
+    wait_until(Duration::from_secs(2), || counter(bundle))
+        .unwrap_or_else(|| panic!("no counter in {}", bundle.display()))
+}
+
 /// Kills and deletes the container in both state dirs, and removes the
 /// cgroups runc leaves behind.
 struct Cleanup(String, Vec<PathBuf>);
@@ -135,7 +143,7 @@ fn assert_runs_on_source(src: &Paths, id: &str, bundle: &Path) {
         Some("running"),
         "not resumed on the source"
     );
-    let c = counter(bundle).unwrap();
+    let c = counter_now(bundle);
     assert!(
         wait_until(Duration::from_secs(10), || counter(bundle)
             .filter(|x| *x > c))
@@ -286,7 +294,7 @@ fn moves_a_container(tag: &str, mode: Mode, expected: &str) {
     };
     let hosts = Hosts::new().unwrap();
     let (_base, id, src, tgt, src_bundle, _cleanup) = setup(tag, &bin);
-    let before = counter(&src_bundle).unwrap();
+    let before = counter_now(&src_bundle);
     let sent = wait_until(Duration::from_secs(10), || {
         received(&src_bundle).filter(|n| *n > 3)
     })
@@ -307,7 +315,7 @@ fn moves_a_container(tag: &str, mode: Mode, expected: &str) {
     assert_eq!(status(&src.runc_root, &id), None);
     // It counts on from its memory in the migrated bundle.
     let tb = tgt.runc_bundles.join(&id);
-    let c1 = counter(&tb).unwrap();
+    let c1 = counter_now(&tb);
     assert!(c1 >= before, "{c1} < {before}");
     assert!(
         wait_until(Duration::from_secs(10), || counter(&tb).filter(|c| *c > c1)).is_some(),
