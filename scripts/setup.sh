@@ -27,7 +27,7 @@ set -euo pipefail
 # Both get scripts/criu-lazy-rollback-unlock.patch: a failed post-copy
 # transfer resumes the tree, and without it CRIU leaves the tree's network
 # locked and its TCP sockets in repair mode, so the resumed server loses
-# its clients. 4.2.1 also gets five patches that cut what a freeze or a
+# its clients. 4.2.1 also gets seven patches that cut what a freeze or a
 # post-copy costs (the fallback does without them). Two take fixed costs out
 # of every freeze of a tree with its own network namespace:
 # scripts/criu-iptables-legacy-probe.patch (the dump looks for and runs the
@@ -41,9 +41,14 @@ set -euo pipefail
 # anonymous mapping skips a per-page lookup that cannot change its answer
 # there. scripts/criu-lazy-iov-copy.patch: a lazy dump hands the parasite
 # the page list in use, not an array sized for one entry per page.
+# scripts/criu-dump-page-ranges.patch: the dump adds each run of present
+# pages to its page pipe at once, not page by page, and sizes each pipe
+# once. scripts/criu-smaps-read-ahead.patch: the tasks' /proc/PID/smaps
+# (a walk of every page table entry) is read on a second thread from the
+# moment the tree is seized, beside the dump's namespace and socket work.
 # (VERSION SHA256 "PATCH...")
 CRIU_PRIMARY=(4.2.1 29ec0ee09e296479fe7048c80980e8ef1d0684d0b0204c2b101dfea19f6725b9
-    "criu-lazy-rollback-unlock.patch criu-iptables-legacy-probe.patch criu-conntrack-count.patch criu-lazy-fault-around.patch criu-pagemap-scan-anon.patch criu-lazy-iov-copy.patch")
+    "criu-lazy-rollback-unlock.patch criu-iptables-legacy-probe.patch criu-conntrack-count.patch criu-lazy-fault-around.patch criu-pagemap-scan-anon.patch criu-lazy-iov-copy.patch criu-dump-page-ranges.patch criu-smaps-read-ahead.patch")
 CRIU_FALLBACK=(4.1.1 f80a66cb3726bb2116266d4759ce3bcbfab7abdb6b6d430bf20dd41911717afe
     "criu-4.1.1-inet-sockopts.patch criu-lazy-rollback-unlock.patch")
 CRIU_SRC_DIR=/usr/local/src/criu
