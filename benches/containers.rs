@@ -56,7 +56,8 @@
 //!
 //! Narrowing: `PHAUL_BENCH_SIZES=128` (MiB, comma-separated),
 //! `PHAUL_BENCH_RUNS=N`, `PHAUL_BENCH_CASES=lxc-stop,lxc-post,lxc-seed,runc-stop,runc-post,runc-hand`,
-//! `PHAUL_BENCH_KEEP=1` (keep phaul's image directories with CRIU's logs),
+//! `PHAUL_BENCH_KEEP=1` (keep phaul's image directories with CRIU's logs,
+//! on disk rather than in RAM; runc's scene directory too, its path printed),
 //! `PHAUL_BENCH_CRIU_LOG_LEVEL=4` (the engine's CRIU logs with timestamps),
 //! `PHAUL_BENCH_LOG=phaul_core=debug` (phaul's own log on stderr),
 //! `PHAUL_BENCH_RCU=off` (the target leaves the kernel's RCU knob alone:

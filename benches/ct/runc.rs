@@ -76,6 +76,7 @@ pub fn serve(ready: &str) -> Result<()> {
         std::fs::write(ready, listener.local_addr()?)?;
         common::service(&criu, link_config()?, work)
             .htype_paths(paths)
+            .keep_images(std::env::var_os("PHAUL_BENCH_KEEP").is_some())
             .serve(listener, std::future::pending::<()>())
             .await?;
         Ok(())
@@ -151,9 +152,15 @@ impl RuncScene {
         let ct = (ip.as_str(), MAC);
         let src_ns = NamedNetns::new(&name, &hosts.src, &src_dev, &lan.bridge, ct, true)?;
         let tgt_ns = NamedNetns::new(&spare, &hosts.tgt, &tgt_dev, &lan.bridge, ct, false)?;
+        // `PHAUL_BENCH_KEEP`: the scene's directory stays, with CRIU's logs.
+        let keep = std::env::var_os("PHAUL_BENCH_KEEP").is_some();
         let base = tempfile::Builder::new()
             .prefix("phaul-bench-runc-")
+            .disable_cleanup(keep)
             .tempdir()?;
+        if keep {
+            println!("  kept: {}", base.path().display());
+        }
         let sub = |d: &str| -> Result<PathBuf> {
             let p = base.path().join(d);
             std::fs::create_dir_all(&p)?;
@@ -358,6 +365,7 @@ pub fn phaul(bin: &Path, scene: &mut RuncScene, mode: Mode) -> Result<(f64, f64)
                 .mode(mode)
                 .work_dir(work)
                 .images_in_ram(common::images_in_ram())
+                .keep_images(std::env::var_os("PHAUL_BENCH_KEEP").is_some())
                 .switchover(hook)
                 .progress(tx);
             tokio::time::timeout(STEP_TIMEOUT, m.run())
