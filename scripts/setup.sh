@@ -167,6 +167,13 @@ fetch_criu() {
     return 1
 }
 
+# The sha256 of the patches' contents, in order: a patch edited under the
+# same name makes the build stale too.
+patches_sha() {
+    local p
+    for p in $1; do cat "$PHAUL_ROOT/scripts/$p"; done | sha256sum | cut -d' ' -f1
+}
+
 # build_criu VERSION SHA256 "PATCH...": builds and installs
 # /usr/local/sbin/criu.
 build_criu() {
@@ -194,14 +201,15 @@ build_criu() {
     if ! /usr/local/sbin/criu check --feature network_lock_nftables >/dev/null 2>&1; then
         log "CRIU $version was built without a working nftables lock (libnftables-dev, set concatenations); phaul falls back to iptables"
     fi
-    printf 'version=%s\nsource=%s\npatch=%s\nfeatures=%s\nbinary_sha256=%s\n' "$version" \
-        "$CRIU_SRC_DIR/$dir" "${patches:-none}" "$CRIU_FEATURES" "$(file_sha /usr/local/sbin/criu)" >"$CRIU_STATE/criu-build"
+    printf 'version=%s\nsource=%s\npatch=%s\npatch_sha256=%s\nfeatures=%s\nbinary_sha256=%s\n' "$version" \
+        "$CRIU_SRC_DIR/$dir" "${patches:-none}" "$(patches_sha "$patches")" "$CRIU_FEATURES" \
+        "$(file_sha /usr/local/sbin/criu)" >"$CRIU_STATE/criu-build"
     cd "$PHAUL_ROOT"
 }
 
 # The criu on PATH is ours when its checksum is the one we recorded and it
-# was built with the patches this version wants now (a build from before a
-# patch was added is replaced).
+# was built with the patches this version wants now, as they read now (a
+# build from before a patch was added or edited is replaced).
 criu_is_ours() {
     local sum stamp="$CRIU_STATE/criu-build" version want
     sum=$(file_sha "$(command -v criu 2>/dev/null || echo /nonexistent)")
@@ -212,7 +220,8 @@ criu_is_ours() {
         "${CRIU_FALLBACK[0]}") want=${CRIU_FALLBACK[2]} ;;
         *) return 1 ;;
     esac
-    grep -qxF "patch=${want:-none}" "$stamp" && grep -qxF "features=$CRIU_FEATURES" "$stamp"
+    grep -qxF "patch=${want:-none}" "$stamp" && grep -qxF "features=$CRIU_FEATURES" "$stamp" &&
+        grep -qxF "patch_sha256=$(patches_sha "$want")" "$stamp"
 }
 
 # The self-test workload in DIR counts on, with its sockets working.
