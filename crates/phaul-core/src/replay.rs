@@ -104,20 +104,32 @@ pub fn deliver(pid: i32, packets: &[Vec<u8>]) {
 }
 
 /// Sends `packets` (IPv4 or IPv6 TCP segments, as [`Capture`] kept them)
-/// into the network namespace of `pid`, each to its own destination;
-/// returns how many were sent.
+/// into the network namespace of `pid`, each to its own destination, which
+/// must be an address of that namespace; returns how many were sent.
 pub fn inject(pid: i32, packets: &[Vec<u8>]) -> Result<usize> {
     if packets.is_empty() {
         return Ok(0);
     }
-    let (v4, v6) = in_netns(pid, || {
-        Ok((raw_socket(libc::AF_INET)?, raw_socket(libc::AF_INET6)?))
+    let (v4, v6, local) = in_netns(pid, || {
+        let local = local_destinations(packets);
+        Ok((
+            raw_socket(libc::AF_INET)?,
+            raw_socket(libc::AF_INET6)?,
+            local,
+        ))
     })?;
     let mut sent = 0;
-    for p in packets {
+    for (p, local) in packets.iter().zip(local) {
         let Some(len) = tcp_len(p) else {
             continue;
         };
+        if !local {
+            // A raw socket would route it out of the namespace with the
+            // client's source address: a peer's garbage, or a copy whose
+            // address changed.
+            debug!("a replayed segment is not for this namespace: not sent");
+            continue;
+        }
         let mut p = p[..len].to_vec();
         fix_tcp_checksum(&mut p);
         let r = match p[0] >> 4 {
@@ -130,6 +142,35 @@ pub fn inject(pid: i32, packets: &[Vec<u8>]) -> Result<usize> {
         }
     }
     Ok(sent)
+}
+
+/// For each of `packets`, whether it is a segment [`tcp_len`] accepts for
+/// an address of this thread's network namespace: one a socket can bind.
+fn local_destinations(packets: &[Vec<u8>]) -> Vec<bool> {
+    let mut known = std::collections::HashMap::new();
+    packets
+        .iter()
+        .map(|p| {
+            let Some(dst) = tcp_len(p).and_then(|_| destination(p)) else {
+                return false;
+            };
+            *known.entry(dst).or_insert_with(|| {
+                std::net::UdpSocket::bind(std::net::SocketAddr::new(dst, 0)).is_ok()
+            })
+        })
+        .collect()
+}
+
+/// The destination address of an IPv4 or IPv6 packet [`tcp_len`] accepted.
+fn destination(p: &[u8]) -> Option<std::net::IpAddr> {
+    match p[0] >> 4 {
+        4 => <[u8; 4]>::try_from(&p[16..20])
+            .ok()
+            .map(std::net::IpAddr::from),
+        _ => <[u8; 16]>::try_from(&p[24..40])
+            .ok()
+            .map(std::net::IpAddr::from),
+    }
 }
 
 fn io(what: &str, source: std::io::Error) -> Error {
@@ -367,6 +408,35 @@ mod tests {
         let pseudo = ones_sum(0, &p[12..20]) + 6 + 20;
         assert_eq!(ones_sum(pseudo, &p[20..]), 0xffff);
         assert_ne!(&p[36..38], &[0, 0]);
+    }
+
+    #[test]
+    #[allow(clippy::print_stderr)]
+    fn a_segment_goes_only_to_an_address_of_the_namespace() {
+        if !nix::unistd::geteuid().is_root() {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "this test needs root in CI"
+            );
+            eprintln!("skipped: needs root (raw sockets)");
+            return;
+        }
+        let to = |dst: [u8; 4]| {
+            let mut p = syn_v4();
+            p[12..16].copy_from_slice(&[127, 0, 0, 1]);
+            p[16..20].copy_from_slice(&dst);
+            p
+        };
+        let me = i32::try_from(std::process::id()).unwrap();
+        // To this namespace's own loopback address: delivered (its closed
+        // port answers with a reset, which is harmless).
+        assert_eq!(inject(me, &[to([127, 0, 0, 1])]).unwrap(), 1);
+        // To an address elsewhere (TEST-NET-1): never sent.
+        assert_eq!(inject(me, &[to([192, 0, 2, 1])]).unwrap(), 0);
+        assert_eq!(
+            local_destinations(&[to([127, 0, 0, 1]), to([192, 0, 2, 1]), vec![0x45]]),
+            [true, false, false]
+        );
     }
 
     #[test]
