@@ -615,18 +615,12 @@ print(sent, time.clock_gettime(time.CLOCK_MONOTONIC), answer.decode().strip(), f
     fn answered(self) -> (f64, f64, String) {
         let out = self.child.wait_with_output().unwrap();
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let mut w = text.split_whitespace();
-        let mut num = || w.next().and_then(|v| v.parse::<f64>().ok());
-        let (sent, at) = (num(), num());
-        let answer = text
-            .split_whitespace()
-            .nth(2)
-            .unwrap_or_default()
-            .to_string();
+        let words: Vec<&str> = text.split_whitespace().collect();
+        let num = |i: usize| words.get(i).and_then(|v| v.parse::<f64>().ok());
         (
-            sent.unwrap_or_else(|| panic!("the one-request client said {text:?}")),
-            at.unwrap_or(f64::NAN),
-            answer,
+            num(0).unwrap_or_else(|| panic!("the one-request client said {text:?}")),
+            num(1).unwrap_or(f64::NAN),
+            words.get(2).copied().unwrap_or_default().to_string(),
         )
     }
 }
