@@ -27,7 +27,7 @@ set -euo pipefail
 # Both get scripts/criu-lazy-rollback-unlock.patch: a failed post-copy
 # transfer resumes the tree, and without it CRIU leaves the tree's network
 # locked and its TCP sockets in repair mode, so the resumed server loses
-# its clients. 4.2.1 also gets eight patches that cut what a freeze or a
+# its clients. 4.2.1 also gets nine patches that cut what a freeze or a
 # post-copy costs (the fallback does without them). Two take fixed costs out
 # of every freeze of a tree with its own network namespace:
 # scripts/criu-iptables-legacy-probe.patch (the dump looks for and runs the
@@ -50,9 +50,13 @@ set -euo pipefail
 # of readable mappings in the tasks, which stay frozen until the lazy
 # transfer ends, and the page server reads them there when asked, instead
 # of the parasite pinning every page into pipes inside the freeze.
+# scripts/criu-lazy-pull-pipelined.patch: the lazy-pages daemon keeps up to
+# four background requests in flight (one in the first 250 ms after the
+# restore) and sleeps in epoll while they are, where it had one at a time
+# and polled with a zero timeout.
 # (VERSION SHA256 "PATCH...")
 CRIU_PRIMARY=(4.2.1 29ec0ee09e296479fe7048c80980e8ef1d0684d0b0204c2b101dfea19f6725b9
-    "criu-lazy-rollback-unlock.patch criu-iptables-legacy-probe.patch criu-conntrack-count.patch criu-lazy-fault-around.patch criu-pagemap-scan-anon.patch criu-lazy-iov-copy.patch criu-dump-page-ranges.patch criu-smaps-read-ahead.patch criu-lazy-pages-in-task.patch")
+    "criu-lazy-rollback-unlock.patch criu-iptables-legacy-probe.patch criu-conntrack-count.patch criu-lazy-fault-around.patch criu-pagemap-scan-anon.patch criu-lazy-iov-copy.patch criu-dump-page-ranges.patch criu-smaps-read-ahead.patch criu-lazy-pages-in-task.patch criu-lazy-pull-pipelined.patch")
 CRIU_FALLBACK=(4.1.1 f80a66cb3726bb2116266d4759ce3bcbfab7abdb6b6d430bf20dd41911717afe
     "criu-4.1.1-inet-sockopts.patch criu-lazy-rollback-unlock.patch")
 CRIU_SRC_DIR=/usr/local/src/criu
