@@ -474,6 +474,74 @@ fn cancelling_during_the_final_phase_leaves_the_source_running() {
     }
 }
 
+/// A post-copy's source tasks hold the pages not yet sent (CRIU's page
+/// server reads them there, see scripts/criu-lazy-pages-in-task.patch).
+/// Killed during the pull, they fail the migration, which says why, and
+/// the target ends its copy, whose memory would otherwise have holes.
+#[test]
+fn a_source_killed_during_the_pull_fails_it_and_the_target_ends_its_copy() {
+    let Some(bin) =
+        require_criu("a_source_killed_during_the_pull_fails_it_and_the_target_ends_its_copy")
+    else {
+        return;
+    };
+    let hosts = Hosts::new().unwrap();
+    let (ev_tx, mut ev_rx) = tokio::sync::mpsc::unbounded_channel();
+    let setup = Setup {
+        events: Some(ev_tx),
+        ..Setup::default()
+    };
+    let target = Target::start_with(&hosts, criu(&bin), setup);
+    // Large enough that the pull is still running when the kill lands.
+    let w = Workload::start_in(Some(&hosts.src), 512).unwrap();
+    w.counter_passes(2, Duration::from_secs(10)).unwrap();
+    let pid = w.pid;
+    let (r, _src_dir) = migrate(
+        &hosts.src,
+        &bin,
+        &target.addr,
+        pid,
+        Mode::PostCopy,
+        move |m| {
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+            tokio::spawn(async move {
+                while let Some(p) = rx.recv().await {
+                    if p == Progress::Phase(Phase::LazyTransfer) {
+                        phaul_testkit::kill_tree(pid);
+                    }
+                }
+            });
+            m.progress(tx)
+        },
+    );
+    assert!(!r.success, "the pull cannot have finished");
+    assert_eq!(r.phase_reached, Phase::LazyTransfer);
+    let e = r.error.as_deref().unwrap();
+    assert!(e.contains("the rest of the tree's memory failed"), "{e}");
+    // CRIU's own reason: the page server could not read the task.
+    assert!(e.contains("from task"), "CRIU's reason is missing: {e}");
+    let copy = loop {
+        match ev_rx.try_recv() {
+            Ok(phaul_core::ServiceEvent::PullFailed { pid, .. }) => break pid,
+            Ok(_) => {}
+            Err(tokio::sync::mpsc::error::TryRecvError::Empty) => {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => panic!("no PullFailed event: {e}"),
+        }
+    };
+    assert_eq!(Some(copy), r.target_pid);
+    assert!(
+        wait_until(Duration::from_secs(10), || (!alive(copy)).then_some(())).is_some(),
+        "the target's copy {copy} still runs"
+    );
+    // PID 1 of its namespace: it ends once the namespace's others have.
+    assert!(
+        wait_until(Duration::from_secs(10), || (!alive(pid)).then_some(())).is_some(),
+        "the killed source still runs"
+    );
+}
+
 #[test]
 fn four_migrations_at_once_to_one_service() {
     let Some(bin) = require_criu("four_migrations_at_once_to_one_service") else {

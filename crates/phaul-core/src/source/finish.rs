@@ -499,11 +499,12 @@ impl<C: SourceCriu> Migration<C> {
     }
 }
 
-/// The target runs the tree, but the rest of its memory did not get there.
+/// The target ran the tree, but the rest of its memory did not get there.
 fn lazy_failed(e: &Error) -> Error {
     Error::Target(format!(
-        "the target runs the tree, but sending it the rest of its memory failed ({}); CRIU \
-         resumed the source copy",
+        "after the commit, sending the target the rest of the tree's memory failed ({}); the \
+         target ends its copy, whose memory has holes, and CRIU resumes the source's copy if it \
+         is still there",
         crate::target::error_chain(e)
     ))
 }

@@ -120,6 +120,16 @@ pub enum ServiceEvent {
         /// The session.
         session: String,
     },
+    /// After the commit, the rest of the tree's memory stopped coming
+    /// (the source or the link failed during a post-copy's pull). The
+    /// pages not received are lost, so the tree's processes here were
+    /// ended; its files stay.
+    PullFailed {
+        /// The session.
+        session: String,
+        /// Its root's PID here, now ended.
+        pid: i32,
+    },
 }
 
 impl Service {

@@ -30,7 +30,7 @@ use phaul_transport::proto::{self, request, response};
 use phaul_transport::tls::hex;
 use phaul_transport::{ControlServer, ErrorCode, Link, SessionId};
 use tokio::sync::mpsc;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::admission::Slot;
 use super::metrics::Outcome;
@@ -829,9 +829,20 @@ impl<T: TargetCriu> Session<T> {
             Some(d) => {
                 let keep = self.svc.keep_images;
                 let (dir, ram) = (b.dir, b.ram);
+                let (events, session) = (self.svc.events.clone(), hex(&self.sid));
                 tokio::spawn(async move {
                     if let Err(e) = d.wait().await {
-                        warn!(error = %e, "lazy pages daemon failed after the commit");
+                        // Once the daemon's userfaultfd is closed, a page
+                        // it never received reads as zeros: a copy with
+                        // holes in its memory must not run on. (The
+                        // source's CRIU resumes its own copy, if it is
+                        // still there.)
+                        error!(session = %session, pid, error = %e,
+                            "the pull failed after the commit: ending the copy");
+                        kill_tree(pid);
+                        if let Some(tx) = events {
+                            let _ = tx.send(ServiceEvent::PullFailed { session, pid });
+                        }
                     }
                     drop(ram);
                     if !keep {

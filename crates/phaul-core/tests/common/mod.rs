@@ -70,6 +70,8 @@ pub struct Setup {
     pub cut: Option<(usize, usize)>,
     /// The service's work dir (by default a fresh one).
     pub work: Option<tempfile::TempDir>,
+    /// Where the service sends its events.
+    pub events: Option<tokio::sync::mpsc::UnboundedSender<phaul_core::ServiceEvent>>,
 }
 
 /// A target service running on its own thread inside the target host.
@@ -101,7 +103,7 @@ impl Target {
         });
         let dir = work.path().to_path_buf();
         let ip = ip.to_string();
-        let (paths, cut) = (setup.paths, setup.cut);
+        let (paths, cut, events) = (setup.paths, setup.cut, setup.events);
         let (addr_tx, addr_rx) = std_mpsc::channel();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let thread = in_netns(ns, move || async move {
@@ -115,6 +117,9 @@ impl Target {
             let mut svc = Service::new(criu, cfg(), dir);
             if let Some(p) = paths {
                 svc = svc.htype_paths(p);
+            }
+            if let Some(tx) = events {
+                svc = svc.events(tx);
             }
             svc.serve(listener, async {
                 let _ = stop_rx.await;
