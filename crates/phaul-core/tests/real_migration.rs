@@ -516,6 +516,8 @@ fn a_source_killed_during_the_pull_fails_it_and_the_target_ends_its_copy() {
     );
     assert!(!r.success, "the pull cannot have finished");
     assert_eq!(r.phase_reached, Phase::LazyTransfer);
+    // It failed after the commit: both hosts must be looked at.
+    assert_eq!(r.outcome, phaul_core::Outcome::Diverged);
     let e = r.error.as_deref().unwrap();
     assert!(e.contains("the rest of the tree's memory failed"), "{e}");
     // CRIU's own reason: the page server could not read the task.
