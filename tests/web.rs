@@ -85,14 +85,11 @@ fn require_browser(test: &str) -> bool {
     if missing.is_empty() {
         return true;
     }
-    let why = format!("missing {}", missing.join(", "));
-    if std::env::var_os("CI").is_some() {
-        panic!("{test}: CI requires the browser test's tools ({why}); run scripts/setup.sh");
-    }
-    #[allow(clippy::print_stderr)]
-    {
-        eprintln!("SKIPPED {test}: {why} (run scripts/setup.sh as root)");
-    }
+    phaul_testkit::unavailable(
+        test,
+        &format!("the browser test's tools (missing {})", missing.join(", ")),
+        "run scripts/setup.sh as root",
+    );
     false
 }
 

@@ -411,14 +411,9 @@ mod tests {
     }
 
     #[test]
-    #[allow(clippy::print_stderr)]
     fn a_segment_goes_only_to_an_address_of_the_namespace() {
-        if !nix::unistd::geteuid().is_root() {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "this test needs root in CI"
-            );
-            eprintln!("skipped: needs root (raw sockets)");
+        // Raw sockets need root.
+        if !phaul_testkit::require_root("a_segment_goes_only_to_an_address_of_the_namespace") {
             return;
         }
         let to = |dst: [u8; 4]| {
