@@ -522,16 +522,11 @@ fn a_source_killed_during_the_pull_fails_it_and_the_target_ends_its_copy() {
     assert!(e.contains("the rest of the tree's memory failed"), "{e}");
     // CRIU's own reason: the page server could not read the task.
     assert!(e.contains("from task"), "CRIU's reason is missing: {e}");
-    let copy = loop {
-        match ev_rx.try_recv() {
-            Ok(phaul_core::ServiceEvent::PullFailed { pid, .. }) => break pid,
-            Ok(_) => {}
-            Err(tokio::sync::mpsc::error::TryRecvError::Empty) => {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            Err(e) => panic!("no PullFailed event: {e}"),
-        }
-    };
+    let copy = wait_until(Duration::from_secs(30), || match ev_rx.try_recv() {
+        Ok(phaul_core::ServiceEvent::PullFailed { pid, .. }) => Some(pid),
+        _ => None,
+    })
+    .expect("no PullFailed event from the target");
     assert_eq!(Some(copy), r.target_pid);
     assert!(
         wait_until(Duration::from_secs(10), || (!alive(copy)).then_some(())).is_some(),
