@@ -219,6 +219,9 @@ struct Case {
     /// What the workload did rewrite, in percent of its pages a second.
     measured_rate: f64,
     felt_ms: f64,
+    /// When each phase began, in ms from the call, and when the run
+    /// returned: where a case's total went.
+    timeline: String,
 }
 
 /// One migration from `on.0`'s source host to the service at `on.1`.
@@ -235,7 +238,12 @@ fn run_case(bin: &Path, cfg: &Config, on: (&Hosts, &str), rate: u32, mode: Mode)
         w.pid,
     );
     let policy = cfg.policy();
-    let Ran { report, events, .. } = migrate_in(&hosts.src, MIGRATION_LIMIT, move || {
+    let t0 = Instant::now();
+    let Ran {
+        report,
+        events,
+        ended,
+    } = migrate_in(&hosts.src, MIGRATION_LIMIT, move || {
         let htype = phaul_htypes::registry::source("pid", &pid.to_string())?;
         Ok(
             Migration::new(engine_criu(&b), addr, link_config(KEY)?, htype)
@@ -256,6 +264,7 @@ fn run_case(bin: &Path, cfg: &Config, on: (&Hosts, &str), rate: u32, mode: Mode)
     );
     // A second of ticks on the target: post-copy's faults are felt there.
     let felt_ms = w.felt_after(20)?;
+    let timeline = timeline(t0, &events, ended);
     let decision = events.into_iter().find_map(|(_, p)| match p {
         Progress::Decision(d) if d.is_final() => Some(d),
         _ => None,
@@ -267,7 +276,28 @@ fn run_case(bin: &Path, cfg: &Config, on: (&Hosts, &str), rate: u32, mode: Mode)
         decision,
         measured_rate,
         felt_ms,
+        timeline,
     })
+}
+
+/// `phase ms, ...` from `t0`, with the freeze, the resume and the return.
+fn timeline(t0: Instant, events: &[(Instant, Progress)], ended: Instant) -> String {
+    let at = |t: Instant| t.duration_since(t0).as_millis();
+    let mut out: Vec<String> = events
+        .iter()
+        .filter_map(|(t, p)| {
+            let what = match p {
+                Progress::Phase(ph) => ph.as_str().to_string(),
+                Progress::Frozen => "frozen".into(),
+                Progress::Resumed(_) => "resumed".into(),
+                Progress::Decision(d) if d.is_final() => "decided".into(),
+                _ => return None,
+            };
+            Some(format!("{what} {}", at(*t)))
+        })
+        .collect();
+    out.push(format!("returned {}", at(ended)));
+    out.join(", ")
 }
 
 fn tempdir(prefix: &str) -> Result<tempfile::TempDir> {
@@ -404,6 +434,7 @@ fn print_case(c: &Case) {
             .as_ref()
             .map_or_else(String::new, |d| format!("{d:?}"))
     );
+    println!("    timeline (ms): {}", c.timeline);
     if let (Some(d), Some(l)) = (r.dirty_rate_mib_s, r.link_mib_s) {
         println!("    before pre-copy: dirty set grew {d:.1} MiB/s, link {l:.1} MiB/s");
     }
