@@ -251,12 +251,13 @@ pub trait SourceCriu: Send + Sync + 'static {
     }
     /// How fast the tree rooted at `pid` dirties its memory, measured over
     /// `over` before any pre-dump (see [`crate::dirty`]); `None` where this
-    /// seam cannot tell.
+    /// seam cannot tell. The measure owns what it needs (`'static`): it is
+    /// started during the pre-flight and awaited before the first pre-dump.
     fn dirty_rate(
         &self,
         pid: i32,
         over: Duration,
-    ) -> impl Future<Output = Result<Option<DirtyRate>>> + Send {
+    ) -> impl Future<Output = Result<Option<DirtyRate>>> + Send + 'static {
         let _ = (pid, over);
         async { Ok(None) }
     }
@@ -533,11 +534,19 @@ impl Criu {
 }
 
 impl SourceCriu for Criu {
-    async fn dirty_rate(&self, pid: i32, over: Duration) -> Result<Option<DirtyRate>> {
-        tokio::task::spawn_blocking(move || crate::dirty::measure(pid, over))
-            .await
-            .map_err(|e| Error::Protocol(format!("the dirty-rate probe vanished: {e}")))?
-            .map(Some)
+    fn dirty_rate(
+        &self,
+        pid: i32,
+        over: Duration,
+    ) -> impl Future<Output = Result<Option<DirtyRate>>> + Send + 'static {
+        // Under way from the call: the clear is not put off to a first poll.
+        let measuring = tokio::task::spawn_blocking(move || crate::dirty::measure(pid, over));
+        async move {
+            measuring
+                .await
+                .map_err(|e| Error::Protocol(format!("the dirty-rate probe vanished: {e}")))?
+                .map(Some)
+        }
     }
 
     async fn probe_inet_dump(&self, scratch: &Path) -> Result<()> {

@@ -72,6 +72,30 @@ fn io(what: String) -> impl FnOnce(std::io::Error) -> Error {
     move |source| Error::Io { what, source }
 }
 
+/// Whether this kernel keeps soft-dirty bits at all: a page we have just
+/// written reads as soft-dirty in our own pagemap where it does (the
+/// kernel marks every page written since the last clear, and nobody
+/// clears ours), and never where `CONFIG_MEM_SOFT_DIRTY` is off. A cheap
+/// guess, for whether to start the probe early; CRIU's feature check is
+/// what decides whether pre-copy may run.
+pub fn tracked_here() -> bool {
+    let mut page = vec![0u8; 2 * PAGE_SIZE as usize];
+    let addr = page.as_mut_ptr() as u64;
+    // The first whole page of the buffer, written now.
+    let first = addr.div_ceil(PAGE_SIZE) * PAGE_SIZE;
+    let offset = usize::try_from(first - addr).unwrap_or(0);
+    page[offset] = 1;
+    std::hint::black_box(&mut page);
+    let entry = (|| {
+        let mut pagemap = std::fs::File::open("/proc/self/pagemap").ok()?;
+        pagemap.seek(SeekFrom::Start(first / PAGE_SIZE * 8)).ok()?;
+        let mut e = [0u8; 8];
+        pagemap.read_exact(&mut e).ok()?;
+        Some(u64::from_ne_bytes(e))
+    })();
+    entry.is_some_and(|e| e & PRESENT != 0 && e & SOFT_DIRTY != 0)
+}
+
 /// The tree rooted at `root`: the root, then its descendants, read from
 /// each thread's `children` file.
 pub fn tree(root: i32) -> Result<Vec<i32>> {

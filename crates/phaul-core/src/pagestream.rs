@@ -311,25 +311,29 @@ fn probe_io(e: std::io::Error) -> Error {
     }
 }
 
-/// A link probe's sending end: `bytes` bytes of zeros out on `link`, then
-/// the end of the stream; returns once the peer has ended its side too
-/// (it read them all).
-pub(crate) async fn probe_send(link: Link, bytes: u64) -> Result<()> {
+/// A link probe's sending end: zeros out on `link`, `bytes` of them or as
+/// many as go out `within` (a slow link is timed on less, not waited
+/// for), then the end of the stream; returns how many were sent, once the
+/// peer has ended its side too (it read them all).
+pub(crate) async fn probe_send(link: Link, bytes: u64, within: std::time::Duration) -> Result<u64> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let t0 = std::time::Instant::now();
     let (mut ours, theirs) = tokio::io::duplex(1 << 16);
     let relay = PageRelay::spawn(link, theirs);
     let chunk = vec![0u8; 1 << 16];
-    let mut left = bytes;
-    while left > 0 {
-        let n = usize::try_from(left).unwrap_or(usize::MAX).min(chunk.len());
+    let mut sent = 0;
+    while sent < bytes && t0.elapsed() < within {
+        let n = usize::try_from(bytes - sent)
+            .unwrap_or(usize::MAX)
+            .min(chunk.len());
         ours.write_all(&chunk[..n]).await.map_err(probe_io)?;
-        left -= n as u64;
+        sent += n as u64;
     }
     ours.shutdown().await.map_err(probe_io)?;
     let mut rest = Vec::new();
     ours.read_to_end(&mut rest).await.map_err(probe_io)?;
     relay.finish(std::time::Duration::from_secs(30)).await?;
-    Ok(())
+    Ok(sent)
 }
 
 /// A link probe's receiving end: reads `link` to the end of the stream,
@@ -476,5 +480,53 @@ mod gate_over_tcp {
         .await
         .expect("the page did not come back")
         .unwrap();
+    }
+}
+
+#[cfg(test)]
+mod probe_over_tcp {
+    use super::*;
+
+    /// A slow link is timed on what went out within the probe's time, not
+    /// waited for: at 1 MiB/s, 300 ms send a fraction of the 8 MiB asked,
+    /// and the receiving end counts exactly what was sent.
+    #[tokio::test]
+    async fn a_link_probe_stops_short_on_a_slow_link() {
+        use phaul_transport::{Channel, Endpoint, Link, LinkConfig, Listener, SharedKey};
+        let key = SharedKey::new(&[7u8; 32]).unwrap();
+        let slow = LinkConfig::new(key.clone())
+            .plaintext()
+            .bandwidth(Some(1 << 20));
+        let server_cfg = LinkConfig::new(key).plaintext();
+        let listener = Listener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepting = async {
+            let (raw, peer) = listener.accept().await.unwrap();
+            Link::accept(raw, peer, &server_cfg).await.unwrap()
+        };
+        let connecting = Link::connect(
+            Endpoint::parse(&addr).unwrap(),
+            &slow,
+            Channel::Control,
+            None,
+        );
+        let (theirs, ours) = tokio::join!(accepting, connecting);
+        let t0 = std::time::Instant::now();
+        let (sent, got) = tokio::join!(
+            probe_send(
+                ours.unwrap(),
+                8 << 20,
+                std::time::Duration::from_millis(300)
+            ),
+            probe_sink(theirs, 8 << 20)
+        );
+        let (sent, got) = (sent.unwrap(), got.unwrap());
+        assert_eq!(sent, got);
+        assert!(sent > 0 && sent < 4 << 20, "{sent} bytes sent");
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(5),
+            "{:?}",
+            t0.elapsed()
+        );
     }
 }

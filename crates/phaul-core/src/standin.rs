@@ -226,11 +226,16 @@ impl SourceCriu for StandIn {
         Ok(self.cpu_bytes())
     }
 
-    async fn dirty_rate(&self, pid: i32, over: std::time::Duration) -> Result<Option<DirtyRate>> {
+    fn dirty_rate(
+        &self,
+        pid: i32,
+        over: std::time::Duration,
+    ) -> impl std::future::Future<Output = Result<Option<DirtyRate>>> + Send + 'static {
         if self.dirty.is_some() {
             self.note(format!("dirty-rate {pid} over {} ms", over.as_millis()));
         }
-        Ok(self.dirty)
+        let dirty = self.dirty;
+        async move { Ok(dirty) }
     }
 
     async fn pre_dump(&self, spec: DumpSpec, pages: OwnedFd) -> Result<DumpStatsEntry> {

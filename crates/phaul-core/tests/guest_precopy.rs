@@ -323,6 +323,8 @@ fn predump_chain_writes_only_the_dirty_set() {
             "no soft-dirty tracking in the guest: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        // The engine's own guess (whether `auto` probes early) agrees.
+        assert!(phaul_core::dirty::tracked_here());
         let mut w = Dirtier::start(None, 64, 5, 0);
         let images = tempfile::tempdir().unwrap();
         let d: Vec<PathBuf> = ["pre1", "pre2", "dump"]

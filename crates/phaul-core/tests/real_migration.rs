@@ -252,6 +252,8 @@ fn auto_chooses_post_copy_here_and_says_why() {
     assert_eq!(r.mode, "post-copy", "{}", r.mode_reason);
     assert!(r.mode_reason.contains("lazy pages"), "{}", r.mode_reason);
     assert!(r.mode_reason.contains("soft-dirty"), "{}", r.mode_reason);
+    // The engine's own guess agrees with CRIU, so auto starts no probe.
+    assert!(!phaul_core::dirty::tracked_here());
     assert_moved(&mut w, &hosts, &r, 0);
     assert_clean(&hosts, &target.dir(), &src_dir);
 }

@@ -707,7 +707,23 @@ async fn the_target_refuses_requests_out_of_order_or_out_of_plan() {
     refused(ctl.call(restore(false)).await, "no migration has begun");
     refused(ctl.call(commit.clone()).await, "nothing restored");
     refused(ctl.call(pagemaps_of(0)).await, "no migration has begun");
-    refused(ctl.call(probe(1)).await, "no migration has begun");
+    // A link probe is served before Begin (version 5): the source times
+    // the link while its own pre-flight checks run.
+    let early = Link::connect(
+        Endpoint::Tcp(addr.clone()),
+        &cfg(),
+        Channel::Pages,
+        Some(ctl.link().session()),
+    )
+    .await
+    .unwrap();
+    let (_early_rd, mut early_wr) = early.into_split();
+    early_wr.send_data(&[7u8; 8192]).await.unwrap();
+    early_wr.send_end().await.unwrap();
+    match ctl.call(probe(8192)).await {
+        Ok(response::Body::LinkProbed(p)) => assert_eq!(p.bytes, 8192),
+        other => panic!("a probe before Begin was not served: {other:?}"),
+    }
     // A Begin whose plan is invalid (version 1's strings leave it 0).
     let sleeper = Sleeper::new();
     let mut begin = proto::Begin {

@@ -35,20 +35,23 @@ pub const MAX_PAYLOAD: u32 = 16 << 20;
 /// The version field of `Hello` and `HelloReply` frames, fixed forever so
 /// any two phaul versions can negotiate.
 pub const HELLO_VERSION: u16 = 1;
-/// The protocol versions this build speaks: 2 to 4. Version 1's `Begin`
+/// The protocol versions this build speaks: 2 to 5. Version 1's `Begin`
 /// carried the plan as strings, which a version-2 peer would read as an
 /// invalid plan. Version 3 is version 2 plus the `MANAGE` channel (a
 /// controller's requests, see [`crate::manage`]), which a link negotiated
 /// at version 2 may not open. Version 4 is version 3 plus the `PagemapsOf`
 /// and `ProbeLink` requests, which a source asks only on a link of version
-/// 4.
+/// 4. Version 5 is version 4 with `ProbeLink` served before `Begin` too,
+/// where a version-4 target refuses it.
 pub const MIN_VERSION: u16 = 2;
 /// See [`MIN_VERSION`].
-pub const MAX_VERSION: u16 = 4;
+pub const MAX_VERSION: u16 = 5;
 /// The first version with the `MANAGE` channel.
 pub const MANAGE_VERSION: u16 = 3;
 /// The first version with the `PagemapsOf` and `ProbeLink` requests.
 pub const PAGEMAPS_VERSION: u16 = 4;
+/// The first version whose target serves `ProbeLink` before `Begin`.
+pub const EARLY_PROBE_VERSION: u16 = 5;
 
 /// What a frame's payload is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -43,14 +43,17 @@
 //! every later frame carries that version. A change that an older peer would
 //! misread gets a new version number; adding an optional field or a new
 //! request type that the peer can refuse with `BAD_REQUEST` does not. This
-//! build speaks versions 2 to 4 (version 1's `Begin` carried the plan as
+//! build speaks versions 2 to 5 (version 1's `Begin` carried the plan as
 //! strings). Version 3 adds the `MANAGE` channel, whose one request gets a
 //! stream of answers; a server refuses a `MANAGE` hello negotiated at
 //! version 2 with `Error{VERSION}`, so a controller never meets a service
 //! that would misread it. Version 4 adds `PagemapsOf` and `ProbeLink`: a
 //! source asks them only on a link of version 4, and without them does
 //! what it did before (no probe before pre-copy; a lazy dump after
-//! pre-dumps that sends every page).
+//! pre-dumps that sends every page). Version 5 serves `ProbeLink` before
+//! `Begin` too, where a version-4 target refuses it: a source times the
+//! link while its own pre-flight checks run, and on an older link after
+//! `Begin`, as before.
 //!
 //! # A controller's requests (`MANAGE` channel, version 3)
 //!
@@ -111,7 +114,8 @@
 //!
 //! Pre-copy: first (version 4) the source times `ProbeLink {bytes}` over a
 //! PAGES channel the target drains (`LinkProbed`), while it measures the
-//! tree's dirty rate; if the tree dirties memory faster than half that, no
+//! tree's dirty rate (from version 5 both happen during the pre-flight,
+//! before `Begin`); if the tree dirties memory faster than half that, no
 //! pre-dump is made. Then iterations `0..n-1` are pre-dumps while the tree
 //! runs, each
 //! with its own PAGES channel and `StartPageServer {i, has_parent}`; the

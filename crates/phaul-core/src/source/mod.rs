@@ -108,9 +108,13 @@ pub const DEFAULT_FREEZE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long the dirty rate is measured before the first pre-dump: long
 /// enough to see a workload's rhythm, short beside a pre-dump of any size.
 const DIRTY_PROBE: Duration = Duration::from_secs(1);
-/// What the link's probe sends, while the dirty rate is measured: enough
-/// to time at any speed it has here, a fraction of a second's worth.
+/// What the link's probe sends at most, while the dirty rate is measured:
+/// enough to time a fast link.
 const LINK_PROBE_BYTES: u64 = 8 << 20;
+/// How long the link's probe sends at most: a slow link is timed on what
+/// went out meanwhile. At 8 MiB (a second and more on an emulated guest's
+/// link) the probe outlasted the pre-flight checks it runs beside.
+const LINK_PROBE_TIME: Duration = Duration::from_millis(300);
 
 /// A migration of one htype to one target. `C` is how it reaches CRIU:
 /// the real one unless a test puts a stand-in there ([`Migration::criu`]),
@@ -576,9 +580,12 @@ impl<C: SourceCriu> Migration<C> {
         let checked = async {
             let link = self.connect(Channel::Control, None).await?;
             let mut ctl = ControlClient::new(link);
-            let plan = self.preflight(&mut stats, &mut ctl, pid, &dir).await;
+            // A dry run dumps nothing: no probe.
+            let plan = self
+                .preflight(&mut stats, &mut ctl, (pid, false), &dir)
+                .await;
             ctl.close().await;
-            plan.map(|(choice, _)| choice)
+            plan.map(|(choice, ..)| choice)
         }
         .await;
         let _ = std::fs::remove_dir_all(&dir);
@@ -661,23 +668,36 @@ impl<C: SourceCriu> Migration<C> {
     /// Pre-flight: both hosts' CRIU versions, features and CPUs, checked
     /// before anything is frozen; then the plan (the mode and why), and
     /// whether the dumps lock the network with nftables (both hosts can).
+    ///
+    /// With `probing` (see [`Self::probes`]), the probe before the first
+    /// pre-dump starts here and runs alongside the checks: the tree's
+    /// dirty rate from the start, the link's speed while this host's CRIU
+    /// is asked (a target of link version 5 serves it before `Begin`).
+    /// Measured after `Begin`, it added a second or more to every hybrid.
     async fn preflight(
         &self,
         stats: &mut Ongoing,
         ctl: &mut ControlClient,
-        pid: i32,
+        (pid, probing): (i32, bool),
         dir: &Path,
-    ) -> Result<(ModeChoice, bool)> {
-        let version = self.criu.version().await?;
-        self.check_inet_sockets(&version, pid, dir).await?;
-        let caps = self.criu.features().await?;
-        let scratch = dir.join("cpuinfo");
-        mkdir(&scratch)?;
-        let cpuinfo = if self.skip_cpu_check {
-            Vec::new()
-        } else {
-            self.criu.cpuinfo(&scratch).await?
+    ) -> Result<(ModeChoice, bool, EarlyProbe)> {
+        let mut early = EarlyProbe::default();
+        if probing {
+            early.dirty = Some(tokio::spawn(self.criu.dirty_rate(pid, DIRTY_PROBE)));
+        }
+        let sid = ctl.link().session();
+        let timing_link =
+            probing && ctl.link().version() >= phaul_transport::frame::EARLY_PROBE_VERSION;
+        let link = async {
+            if timing_link {
+                Some(self.link_rate(ctl, sid).await)
+            } else {
+                None
+            }
         };
+        let (checks, link) = tokio::join!(self.local_checks(pid, dir), link);
+        early.link = link;
+        let (version, caps, cpuinfo) = checks?;
         let reply = match self
             .call(
                 ctl,
@@ -738,7 +758,35 @@ impl<C: SourceCriu> Migration<C> {
             nftables,
             "network lock chosen (nftables when both hosts' CRIU can, else iptables)"
         );
-        Ok((choice, nftables))
+        Ok((choice, nftables, early))
+    }
+
+    /// Whether this migration may pre-dump, and so probes first: pre-copy
+    /// and hybrid do; `auto` may choose them where this kernel tracks
+    /// dirty pages.
+    fn probes(&self) -> bool {
+        match self.mode {
+            Mode::PreCopy | Mode::Hybrid => true,
+            Mode::Auto => crate::dirty::tracked_here(),
+            Mode::StopCopy | Mode::PostCopy | Mode::Restart => false,
+        }
+    }
+
+    /// This host's side of the pre-flight: CRIU's version (and whether it
+    /// can dump the tree's sockets), its features, and the CPU the tree
+    /// runs on.
+    async fn local_checks(&self, pid: i32, dir: &Path) -> Result<(String, HostCaps, Vec<u8>)> {
+        let version = self.criu.version().await?;
+        self.check_inet_sockets(&version, pid, dir).await?;
+        let caps = self.criu.features().await?;
+        let scratch = dir.join("cpuinfo");
+        mkdir(&scratch)?;
+        let cpuinfo = if self.skip_cpu_check {
+            Vec::new()
+        } else {
+            self.criu.cpuinfo(&scratch).await?
+        };
+        Ok((version, caps, cpuinfo))
     }
 
     async fn drive(&self, stats: &mut Ongoing, dir: &Path) -> Result<()> {
@@ -767,7 +815,9 @@ impl<C: SourceCriu> Migration<C> {
         let link = self.connect(Channel::Control, None).await?;
         let sid = link.session();
         let mut ctl = ControlClient::new(link);
-        let (choice, nftables) = self.preflight(stats, &mut ctl, pid, dir).await?;
+        let (choice, nftables, early) = self
+            .preflight(stats, &mut ctl, (pid, self.probes()), dir)
+            .await?;
         // A tree in its host's namespace is locked per connection: none
         // costs nothing under iptables but a table under nftables, many
         // cost a program each under iptables (see netlock::own_netns).
@@ -819,6 +869,7 @@ impl<C: SourceCriu> Migration<C> {
             ram_images: plan.images_in_memory() && self.images_in_ram && !self.keep_images,
             ram: Vec::new(),
             replay: None,
+            early,
         };
         // Held until the end, so CRIU's breakpoints find the kernel's hooks
         // on (see `schedhooks`).
@@ -1002,8 +1053,22 @@ impl<C: SourceCriu> Migration<C> {
     /// pre-copy goes on as if it could help).
     async fn probe(&self, run: &mut Run<'_>) -> Option<Decision> {
         let pid = run.pid;
-        let (dirty, link) =
-            tokio::join!(self.criu.dirty_rate(pid, DIRTY_PROBE), self.link_rate(run));
+        let early = std::mem::take(&mut run.early);
+        let dirty = async {
+            match early.dirty {
+                Some(measuring) => measuring
+                    .await
+                    .map_err(|e| Error::Protocol(format!("the dirty-rate probe vanished: {e}")))?,
+                None => self.criu.dirty_rate(pid, DIRTY_PROBE).await,
+            }
+        };
+        let link = async {
+            match early.link {
+                Some(timed) => timed,
+                None => self.link_rate(&mut run.ctl, run.sid).await,
+            }
+        };
+        let (dirty, link) = tokio::join!(dirty, link);
         let probe = match (dirty, link) {
             (Ok(Some(dirty)), Ok(Some(link_bytes_per_sec))) => Probe {
                 dirty,
@@ -1028,31 +1093,38 @@ impl<C: SourceCriu> Migration<C> {
     }
 
     /// How fast the link carries a pre-dump's pages at best, in bytes per
-    /// second: [`LINK_PROBE_BYTES`] timed through a page channel the target
-    /// drains (protocol version 4; an older target cannot say, `None`).
-    async fn link_rate(&self, run: &mut Run<'_>) -> Result<Option<f64>> {
-        if run.ctl.link().version() < phaul_transport::frame::PAGEMAPS_VERSION {
+    /// second: at most [`LINK_PROBE_BYTES`], sent for at most
+    /// [`LINK_PROBE_TIME`], timed through a page channel the target drains
+    /// (protocol version 4; an older target cannot say, `None`).
+    async fn link_rate(&self, ctl: &mut ControlClient, sid: SessionId) -> Result<Option<f64>> {
+        if ctl.link().version() < phaul_transport::frame::PAGEMAPS_VERSION {
             return Ok(None);
         }
-        let pages = self.connect(Channel::Pages, Some(run.sid)).await?;
+        let pages = self.connect(Channel::Pages, Some(sid)).await?;
         let t0 = Instant::now();
-        let sending = tokio::spawn(crate::pagestream::probe_send(pages, LINK_PROBE_BYTES));
+        let sending = tokio::spawn(crate::pagestream::probe_send(
+            pages,
+            LINK_PROBE_BYTES,
+            LINK_PROBE_TIME,
+        ));
         let asked = request::Body::ProbeLink(proto::ProbeLink {
             bytes: LINK_PROBE_BYTES,
         });
-        let answer = self.call(&mut run.ctl, asked).await;
+        let answer = self.call(ctl, asked).await;
         let elapsed = t0.elapsed();
         let sent = sending
             .await
             .map_err(|e| Error::Protocol(format!("the link probe vanished: {e}")));
-        match answer? {
-            response::Body::LinkProbed(p) if p.bytes == LINK_PROBE_BYTES => {}
+        // The target's refusal, if any, says more than the broken stream.
+        let answer = answer?;
+        let sent = sent??;
+        match answer {
+            // The sender may stop short of what it announced (the stream
+            // ends early); the target says what arrived.
+            response::Body::LinkProbed(p) if p.bytes == sent => {}
             other => return Err(unexpected("ProbeLink", &other)),
         }
-        sent??;
-        Ok(Some(
-            LINK_PROBE_BYTES as f64 / elapsed.as_secs_f64().max(1e-6),
-        ))
+        Ok(Some(sent as f64 / elapsed.as_secs_f64().max(1e-6)))
     }
 
     /// Copies the pagemaps of pre-dumps `0..n` from the target into their
@@ -1403,6 +1475,19 @@ struct Run<'a> {
     /// The client packets reaching the tree's own network namespace from
     /// just before the final freeze, for the commit (see `replay`).
     replay: Option<crate::replay::Capture>,
+    /// The probe before pre-copy, as far as the pre-flight took it.
+    early: EarlyProbe,
+}
+
+/// The probe before the first pre-dump, started in the pre-flight (see
+/// `Migration::preflight`); what it did not start, `Migration::probe`
+/// measures itself.
+#[derive(Default)]
+struct EarlyProbe {
+    /// The tree's dirty rate, being measured.
+    dirty: Option<tokio::task::JoinHandle<Result<Option<crate::dirty::DirtyRate>>>>,
+    /// The link's speed, timed (`None` inside: the target cannot say).
+    link: Option<Result<Option<f64>>>,
 }
 
 fn remote(e: phaul_transport::Error) -> Error {

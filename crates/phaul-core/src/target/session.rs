@@ -3,9 +3,9 @@
 //!
 //! ```text
 //!   Idle --Begin--> Begun --Restore--> Restored --Commit--> Committed
-//!                   |  ^                  |
-//!                   +--+ StartPageServer, |
-//!                        PagemapsOf,      |
+//!   |  ^            |  ^                  |
+//!   +--+ Preflight, +--+ StartPageServer, |
+//!        ProbeLink       PagemapsOf,      |
 //!                        ProbeLink,       |
 //!                        Images           |
 //!   any state but Committed --Abort, lost link, error--> rolled back
@@ -539,9 +539,13 @@ impl<T: TargetCriu> Session<T> {
     }
 
     /// Drains the next page channel of the probe's bytes (see the wire's
-    /// `ProbeLink`): the source times it.
+    /// `ProbeLink`): the source times it. Served before `Begin` too (link
+    /// version 5), while the source's own pre-flight checks run; after a
+    /// restore there is nothing left to weigh it against.
     async fn on_probe_link(&mut self, p: proto::ProbeLink) -> Reply {
-        self.begun()?;
+        if !matches!(self.state, State::Idle) {
+            self.begun()?;
+        }
         if p.bytes > crate::pagestream::PROBE_MAX {
             return Err(bad(format!(
                 "a link probe of {} bytes (at most {})",
