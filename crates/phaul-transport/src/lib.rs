@@ -48,7 +48,7 @@
 //! stream of answers; a server refuses a `MANAGE` hello negotiated at
 //! version 2 with `Error{VERSION}`, so a controller never meets a service
 //! that would misread it. Version 4 adds `PagemapsOf` and `ProbeLink`: a
-//! source asks them only on a link of version 4, and without them does
+//! source asks them only on a link of version 4 or later, and without them does
 //! what it did before (no probe before pre-copy; a lazy dump after
 //! pre-dumps that sends every page). Version 5 serves `ProbeLink` before
 //! `Begin` too, where a version-4 target refuses it: a source times the
