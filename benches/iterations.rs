@@ -186,12 +186,7 @@ fn in_guest() -> Result<bool> {
         // One target per rate, as a host that receives one migration after
         // another: it learns what its switch-overs cost beyond their pages
         // (see MODES).
-        let hosts = Hosts::new()?;
-        let target_dir = tempdir("phaul-bench-target-")?;
-        let (b, dir) = (bin.to_path_buf(), target_dir.path().to_path_buf());
-        let service = ServiceThread::start(&hosts.tgt, &hosts.tgt_ip, move || {
-            Ok(common::service(&b, link_config(KEY)?, dir))
-        })?;
+        let (hosts, service, _target_dir) = fresh_hosts(&bin)?;
         for &mode in &cfg.modes {
             match run_case(&bin, &cfg, (&hosts, &service.addr), rate, mode) {
                 Ok(c) => {
@@ -220,12 +215,7 @@ fn in_guest() -> Result<bool> {
 /// freeze began half a second later (session 18's timelines), which went
 /// to whichever case ran first.
 fn warm_up(bin: &Path, cfg: &Config) -> Result<()> {
-    let hosts = Hosts::new()?;
-    let target_dir = tempdir("phaul-bench-warm-up-")?;
-    let (b, dir) = (bin.to_path_buf(), target_dir.path().to_path_buf());
-    let service = ServiceThread::start(&hosts.tgt, &hosts.tgt_ip, move || {
-        Ok(common::service(&b, link_config(KEY)?, dir))
-    })?;
+    let (hosts, service, _target_dir) = fresh_hosts(bin)?;
     let small = Config {
         mib: 8,
         ..cfg.clone()
@@ -238,6 +228,17 @@ fn warm_up(bin: &Path, cfg: &Config) -> Result<()> {
         c.report.total_ms
     );
     Ok(())
+}
+
+/// New hosts, and a target service in theirs with its own directory.
+fn fresh_hosts(bin: &Path) -> Result<(Hosts, ServiceThread, tempfile::TempDir)> {
+    let hosts = Hosts::new()?;
+    let target_dir = tempdir("phaul-bench-target-")?;
+    let (b, dir) = (bin.to_path_buf(), target_dir.path().to_path_buf());
+    let service = ServiceThread::start(&hosts.tgt, &hosts.tgt_ip, move || {
+        Ok(common::service(&b, link_config(KEY)?, dir))
+    })?;
+    Ok((hosts, service, target_dir))
 }
 
 /// One migration of one workload, as measured.

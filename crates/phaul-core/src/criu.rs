@@ -249,6 +249,12 @@ pub trait SourceCriu: Send + Sync + 'static {
         let _ = scratch;
         async { Ok(()) }
     }
+    /// Whether this host's kernel keeps soft-dirty bits, by a cheap look
+    /// (no CRIU run): where it does not, no probe starts beside the
+    /// pre-flight. CRIU's feature check still decides the mode.
+    fn tracks_dirty_pages(&self) -> bool {
+        false
+    }
     /// How fast the tree rooted at `pid` dirties its memory, measured over
     /// `over` before any pre-dump (see [`crate::dirty`]); `None` where this
     /// seam cannot tell. The measure owns what it needs (`'static`): it is
@@ -534,6 +540,10 @@ impl Criu {
 }
 
 impl SourceCriu for Criu {
+    fn tracks_dirty_pages(&self) -> bool {
+        crate::dirty::tracked_here()
+    }
+
     fn dirty_rate(
         &self,
         pid: i32,

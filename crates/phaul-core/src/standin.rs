@@ -226,6 +226,10 @@ impl SourceCriu for StandIn {
         Ok(self.cpu_bytes())
     }
 
+    fn tracks_dirty_pages(&self) -> bool {
+        self.caps.mem_track
+    }
+
     fn dirty_rate(
         &self,
         pid: i32,

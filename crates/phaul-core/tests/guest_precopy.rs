@@ -774,9 +774,9 @@ fn auto_takes_hybrid_and_pre_copies_a_quiet_tree() {
 
 /// Hybrid on a workload whose dirty set grows faster than the link
 /// carries pages (its hot part grows by 40% of its memory a second from
-/// when pre-copy begins): the probe before the first pre-dump says no
-/// pre-dump can keep up, and hybrid post-copies at once, with no pre-dump
-/// paid for.
+/// when the migration begins, as the probe does, beside the pre-flight
+/// checks): the probe says no pre-dump can keep up, and hybrid post-copies
+/// at once, with no pre-dump paid for.
 #[test]
 #[ignore = "runs in scripts/guest.sh's guest: pre_copy_in_the_guest runs it"]
 fn hybrid_post_copies_at_once_what_outruns_the_link() {
@@ -789,8 +789,8 @@ fn hybrid_post_copies_at_once_what_outruns_the_link() {
             let grow = move || {
                 let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGUSR2);
             };
-            let pre_copy = |p: &Progress| matches!(p, Progress::Phase(phaul_core::Phase::PreCopy));
-            let m = bed.migrate_hooked(Mode::Hybrid, phaul_rules(2), pre_copy, grow);
+            let begins = |p: &Progress| matches!(p, Progress::Phase(phaul_core::Phase::Preflight));
+            let m = bed.migrate_hooked(Mode::Hybrid, phaul_rules(2), begins, grow);
             let r = &m.report;
             let (dirty, link) = (r.dirty_rate_mib_s.unwrap(), r.link_mib_s.unwrap());
             assert!(dirty * 2.0 >= link, "{dirty} MiB/s vs {link}");

@@ -709,17 +709,21 @@ async fn the_target_refuses_requests_out_of_order_or_out_of_plan() {
     refused(ctl.call(pagemaps_of(0)).await, "no migration has begun");
     // A link probe is served before Begin (version 5): the source times
     // the link while its own pre-flight checks run.
-    let early = Link::connect(
-        Endpoint::Tcp(addr.clone()),
-        &cfg(),
-        Channel::Pages,
-        Some(ctl.link().session()),
-    )
-    .await
-    .unwrap();
-    let (_early_rd, mut early_wr) = early.into_split();
-    early_wr.send_data(&[7u8; 8192]).await.unwrap();
-    early_wr.send_end().await.unwrap();
+    // A probe's stream: `n` bytes on a page channel of the session.
+    let sid = ctl.link().session();
+    let stream = |n: usize| {
+        let addr = addr.clone();
+        async move {
+            let pages = Link::connect(Endpoint::Tcp(addr), &cfg(), Channel::Pages, Some(sid))
+                .await
+                .unwrap();
+            let (rd, mut wr) = pages.into_split();
+            wr.send_data(&vec![7u8; n]).await.unwrap();
+            wr.send_end().await.unwrap();
+            rd
+        }
+    };
+    let _early = stream(8192).await;
     match ctl.call(probe(8192)).await {
         Ok(response::Body::LinkProbed(p)) => assert_eq!(p.bytes, 8192),
         other => panic!("a probe before Begin was not served: {other:?}"),
@@ -767,13 +771,7 @@ async fn the_target_refuses_requests_out_of_order_or_out_of_plan() {
     refused(ctl.call(pagemaps_of(3)).await, "no pre-dump 3");
     // A probe whose stream carries more than it announced fails, and the
     // session goes on.
-    let sid = ctl.link().session();
-    let pages = Link::connect(Endpoint::Tcp(addr), &cfg(), Channel::Pages, Some(sid))
-        .await
-        .unwrap();
-    let (_rd, mut wr) = pages.into_split();
-    wr.send_data(&[0u8; 4096]).await.unwrap();
-    wr.send_end().await.unwrap();
+    let _long = stream(4096).await;
     match ctl.call(probe(1024)).await {
         Err(phaul_transport::Error::Remote { code, message }) => {
             assert_eq!(code, ErrorCode::Failed, "{message}");

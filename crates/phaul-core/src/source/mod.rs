@@ -762,12 +762,12 @@ impl<C: SourceCriu> Migration<C> {
     }
 
     /// Whether this migration may pre-dump, and so probes first: pre-copy
-    /// and hybrid do; `auto` may choose them where this kernel tracks
-    /// dirty pages.
+    /// and hybrid, and `auto`, which may choose them, where this kernel
+    /// tracks dirty pages (elsewhere the pre-flight refuses them or falls
+    /// back to another mode).
     fn probes(&self) -> bool {
         match self.mode {
-            Mode::PreCopy | Mode::Hybrid => true,
-            Mode::Auto => crate::dirty::tracked_here(),
+            Mode::PreCopy | Mode::Hybrid | Mode::Auto => self.criu.tracks_dirty_pages(),
             Mode::StopCopy | Mode::PostCopy | Mode::Restart => false,
         }
     }
