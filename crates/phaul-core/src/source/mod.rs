@@ -581,9 +581,7 @@ impl<C: SourceCriu> Migration<C> {
             let link = self.connect(Channel::Control, None).await?;
             let mut ctl = ControlClient::new(link);
             // A dry run dumps nothing: no probe.
-            let plan = self
-                .preflight(&mut stats, &mut ctl, (pid, false), &dir)
-                .await;
+            let plan = self.preflight(&mut stats, &mut ctl, pid, &dir, false).await;
             ctl.close().await;
             plan.map(|(choice, ..)| choice)
         }
@@ -678,8 +676,9 @@ impl<C: SourceCriu> Migration<C> {
         &self,
         stats: &mut Ongoing,
         ctl: &mut ControlClient,
-        (pid, probing): (i32, bool),
+        pid: i32,
         dir: &Path,
+        probing: bool,
     ) -> Result<(ModeChoice, bool, EarlyProbe)> {
         let mut early = EarlyProbe::default();
         if probing {
@@ -816,7 +815,7 @@ impl<C: SourceCriu> Migration<C> {
         let sid = link.session();
         let mut ctl = ControlClient::new(link);
         let (choice, nftables, early) = self
-            .preflight(stats, &mut ctl, (pid, self.probes()), dir)
+            .preflight(stats, &mut ctl, pid, dir, self.probes())
             .await?;
         // A tree in its host's namespace is locked per connection: none
         // costs nothing under iptables but a table under nftables, many
