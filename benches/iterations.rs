@@ -466,17 +466,23 @@ fn print_case(c: &Case) {
             .map_or_else(String::new, |d| format!("{d:?}"))
     );
     println!("    timeline (ms): {}", c.timeline);
+    println!(
+        "    downtime's parts: restore {}, images {:.0} ms",
+        ms(r.restore_ms),
+        r.image_transfer_ms
+    );
     if let (Some(d), Some(l)) = (r.dirty_rate_mib_s, r.link_mib_s) {
         println!("    before pre-copy: dirty set grew {d:.1} MiB/s, link {l:.1} MiB/s");
     }
     for it in &r.per_iteration {
         println!(
-            "    {:>2} {:<9} {:>8} pages written {:>8} lazy {:>8.0} ms",
+            "    {:>2} {:<9} {:>8} pages written {:>8} lazy {:>8.0} ms, frozen {:.0} ms",
             it.iteration,
             it.kind,
             it.pages_written,
             it.pages_lazy,
-            it.duration_us as f64 / 1000.0
+            it.duration_us as f64 / 1000.0,
+            it.frozen_us as f64 / 1000.0
         );
     }
 }

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use phaul_core::mode::HostCaps;
-use phaul_core::policy::{DowntimeBudget, PhaulRules};
+use phaul_core::policy::{Decision, DowntimeBudget, PhaulRules};
 use phaul_core::standin::StandIn;
 use phaul_core::{Migration, Mode, Progress, Report, Service};
 use phaul_transport::{LinkConfig, Listener, SharedKey};
@@ -296,6 +296,94 @@ async fn a_quiet_tree_is_pre_dumped_after_its_probe() {
     assert!(calls[0].starts_with("dirty-rate "), "{calls:?}");
     assert_eq!(calls[1], "pre-dump 0 parent=- track_mem", "{calls:?}");
     assert_eq!(calls[3], "dump 2 parent=../1 track_mem", "{calls:?}");
+}
+
+/// A policy that pre-copies only over a link at least 1.5 times as fast
+/// as the first it was told of, and records every link rate it is asked
+/// about.
+#[derive(Debug, Clone)]
+struct LinkJudge {
+    seen: std::sync::Arc<std::sync::Mutex<Vec<f64>>>,
+    /// Whether any link is good enough (else none is).
+    lenient: bool,
+}
+
+impl LinkJudge {
+    fn new(lenient: bool) -> Self {
+        Self {
+            seen: Default::default(),
+            lenient,
+        }
+    }
+    fn seen(&self) -> Vec<f64> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+impl phaul_core::policy::ConvergencePolicy for LinkJudge {
+    fn decide(&self, h: &[phaul_core::policy::IterationSample]) -> Decision {
+        PhaulRules::default().decide(h)
+    }
+    fn before_first(&self, probe: &phaul_core::policy::Probe) -> Decision {
+        let mut seen = self.seen.lock().unwrap();
+        seen.push(probe.link_bytes_per_sec);
+        if self.lenient && probe.link_bytes_per_sec >= seen[0] * 1.5 {
+            Decision::Continue
+        } else {
+            Decision::NotConverging("the link is too slow".into())
+        }
+    }
+}
+
+/// The link timed beside the pre-flight's checks (which here share the
+/// test's CPUs with it) skips pre-copy, but one twice as fast would not:
+/// the engine times it again, alone, and the policy decides from that.
+/// Where no faster link changes the answer, it is not timed again.
+#[tokio::test]
+async fn a_link_timed_beside_the_checks_is_timed_again_when_it_decides() {
+    use phaul_core::policy::CONTENDED_LINK_FACTOR;
+    let judge = LinkJudge::new(true);
+    let src = StandIn::new(ALL).dirty_rate(dirtying(3, 1_000_000));
+    let (r, _) = migrate(
+        src,
+        StandIn::new(ALL),
+        Mode::Hybrid,
+        false,
+        Some(Box::new(judge.clone())),
+    )
+    .await;
+    assert!(r.success, "{:?}", r.error);
+    // The first figure; the same at the factor (would it decide?); the
+    // higher of the first and the one timed alone, which decides.
+    let seen = judge.seen();
+    assert_eq!(seen.len(), 3, "{seen:?}");
+    assert_eq!(seen[1], seen[0] * CONTENDED_LINK_FACTOR);
+    assert!(seen[2] >= seen[0], "{seen:?}");
+    let reported = r.link_mib_s.expect("the link's rate in the report") * f64::from(1 << 20);
+    assert!(
+        (reported - seen[2]).abs() < 1.0,
+        "{reported} against {seen:?}"
+    );
+
+    let judge = LinkJudge::new(false);
+    let src = StandIn::new(ALL).dirty_rate(dirtying(3, 1_000_000));
+    let (r, _) = migrate(
+        src.clone(),
+        StandIn::new(ALL),
+        Mode::Hybrid,
+        false,
+        Some(Box::new(judge.clone())),
+    )
+    .await;
+    assert!(r.success, "{:?}", r.error);
+    let seen = judge.seen();
+    assert_eq!(
+        seen.len(),
+        3,
+        "asked at the figure, at the factor, to decide: {seen:?}"
+    );
+    assert_eq!(seen[0], seen[2], "not timed again: {seen:?}");
+    assert_eq!(src.calls()[1], "lazy-dump 0 parent=-", "{:?}", src.calls());
 }
 
 #[tokio::test]
