@@ -48,12 +48,25 @@ pub struct IterationSample {
     /// images, the restore, the commit); 0 when it has learned nothing yet.
     /// The same in every sample of a migration; predictions add it.
     pub overhead_us: u64,
+    /// What restoring the tree's memory on the target should take, in
+    /// microseconds: the pages scanned at the rate the target measured
+    /// writing image pages into fresh memory (`Begun`'s
+    /// `page_in_bytes_per_s`); 0 when it did not say. Predictions add it
+    /// only while nothing is learned ([`overhead_us`](Self::overhead_us)
+    /// is 0): what is learned already holds a restore.
+    pub restore_estimate_us: u64,
 }
 
 impl IterationSample {
     /// [`overhead_us`](Self::overhead_us) as a duration, `None` for 0.
     pub fn overhead(&self) -> Option<Duration> {
         (self.overhead_us > 0).then(|| Duration::from_micros(self.overhead_us))
+    }
+
+    /// [`restore_estimate_us`](Self::restore_estimate_us) as a duration
+    /// (zero when the target did not say).
+    pub fn restore_estimate(&self) -> Duration {
+        Duration::from_micros(self.restore_estimate_us)
     }
 }
 
@@ -265,7 +278,9 @@ fn mib_s(bandwidth: f64) -> f64 {
 /// this policy reports (the last pre-dump's pages, of [`PAGE_SIZE`] bytes,
 /// over [`measured_bandwidth`], plus what the target learned a switch-over
 /// costs beyond them) is for the report only; before the target has
-/// learned anything it counts the transfer alone, like QEMU's
+/// learned anything it counts the transfer and the target's estimate of
+/// restoring the tree's memory ([`IterationSample::restore_estimate_us`]),
+/// or, where the target gave none, the transfer alone, like QEMU's
 /// `expected-downtime`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct PhaulRules {
@@ -341,8 +356,9 @@ impl ConvergencePolicy for PhaulRules {
     /// The transfer of the last dirty set, plus what the target learned a
     /// switch-over costs beyond it ([`IterationSample::overhead_us`]).
     fn predicted_downtime(&self, history: &[IterationSample]) -> Option<Duration> {
-        let learned = history.last()?.overhead().unwrap_or(Duration::ZERO);
-        transfer_time(history, PAGE_SIZE).map(|t| t.saturating_add(learned))
+        let last = history.last()?;
+        let beyond = last.overhead().unwrap_or_else(|| last.restore_estimate());
+        transfer_time(history, PAGE_SIZE).map(|t| t.saturating_add(beyond))
     }
 }
 
@@ -350,7 +366,9 @@ impl ConvergencePolicy for PhaulRules {
 ///
 /// The predicted downtime of a final dump right after the last pre-dump is
 /// `fixed + last.pages_written * page_size / bandwidth` (`fixed` being the
-/// target's learned overhead once it has one), where the
+/// target's learned overhead once it has one, and before that
+/// [`fixed`](Self::fixed) plus the target's estimate of restoring the
+/// tree's memory, [`IterationSample::restore_estimate_us`]), where the
 /// bandwidth is [`measured_bandwidth`] and the last pre-dump's page count
 /// stands for what will be dirty at the final dump (the same time passes
 /// between two dumps, at the same dirty rate). No bandwidth measured means
@@ -464,12 +482,14 @@ impl ConvergencePolicy for DowntimeBudget {
 impl DowntimeBudget {
     /// The part of the downtime that does not depend on the last dirty
     /// set: what the target learned ([`IterationSample::overhead_us`]),
-    /// else [`fixed`](Self::fixed).
+    /// else [`fixed`](Self::fixed) plus the restore of the tree's memory
+    /// as the target estimates it ([`IterationSample::restore_estimate_us`]).
     fn fixed_part(&self, history: &[IterationSample]) -> Duration {
-        history
-            .last()
-            .and_then(IterationSample::overhead)
-            .unwrap_or(self.fixed)
+        let Some(last) = history.last() else {
+            return self.fixed;
+        };
+        last.overhead()
+            .unwrap_or_else(|| self.fixed.saturating_add(last.restore_estimate()))
     }
 
     /// Rule 4: the last pre-dump shrank, by less than a tenth, and at that
@@ -534,6 +554,7 @@ mod tests {
             duration_us: (bytes_sent * 1_000_000).checked_div(bandwidth).unwrap_or(0),
             frozen_us: 1_000,
             overhead_us: 0,
+            restore_estimate_us: 0,
         }
     }
 
@@ -891,6 +912,30 @@ mod tests {
         let unlearned = history(&[10_000, 64], MIB);
         assert_eq!(b.predicted_downtime(&unlearned), Some(quarter + b.fixed));
         assert!(matches!(b.decide(&unlearned), Decision::Converged(_)));
+    }
+
+    #[test]
+    fn before_anything_is_learned_the_targets_restore_estimate_is_added() {
+        let quarter = Duration::from_millis(250);
+        let four = Duration::from_secs(4);
+        let mut h = history(&[10_000, 64], MIB);
+        h.iter_mut().for_each(|s| s.restore_estimate_us = 4_000_000);
+        assert_eq!(
+            PhaulRules::default().predicted_downtime(&h),
+            Some(quarter + four)
+        );
+        let b = DowntimeBudget {
+            budget: Duration::from_secs(2),
+            ..DowntimeBudget::default()
+        };
+        assert_eq!(b.predicted_downtime(&h), Some(quarter + b.fixed + four));
+        assert!(!matches!(b.decide(&h), Decision::Converged(_)));
+        // What is learned holds a restore already: it replaces the estimate.
+        h.iter_mut().for_each(|s| s.overhead_us = 1_000_000);
+        assert_eq!(
+            b.predicted_downtime(&h),
+            Some(quarter + Duration::from_secs(1))
+        );
     }
 
     #[test]

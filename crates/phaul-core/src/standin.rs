@@ -56,6 +56,8 @@ pub struct StandIn {
     restore_takes: std::time::Duration,
     /// How long each pre-dump takes beyond sending its pages.
     pre_dump_takes: std::time::Duration,
+    /// The pages each dump reports scanned, if not its own or 1000.
+    resident: Option<u64>,
 }
 
 impl StandIn {
@@ -92,6 +94,13 @@ impl StandIn {
     /// fixed costs: freezing, the parasite, the images).
     pub fn pre_dump_takes(mut self, d: std::time::Duration) -> Self {
         self.pre_dump_takes = d;
+        self
+    }
+
+    /// Report this many pages scanned by every dump: the tree's size, which
+    /// a target restores whatever the dump wrote.
+    pub fn resident(mut self, pages: u64) -> Self {
+        self.resident = Some(pages);
         self
     }
 
@@ -159,9 +168,9 @@ impl StandIn {
             .unwrap_or(10)
     }
 
-    fn stats(pages: u64) -> DumpStatsEntry {
+    fn stats(&self, pages: u64) -> DumpStatsEntry {
         DumpStatsEntry {
-            pages_scanned: pages.max(1000),
+            pages_scanned: self.resident.unwrap_or(pages.max(1000)),
             pages_written: pages,
             frozen_time: 1000,
             ..Default::default()
@@ -252,7 +261,7 @@ impl SourceCriu for StandIn {
         self.note(Self::describe("pre-dump", &spec));
         tokio::time::sleep(self.pre_dump_takes).await;
         send_bytes(pages, n as usize * BYTES_PER_PAGE).await?;
-        Ok(Self::stats(n))
+        Ok(self.stats(n))
     }
 
     async fn dump(&self, spec: DumpSpec, pages: OwnedFd) -> Result<HeldDump> {
@@ -261,7 +270,7 @@ impl SourceCriu for StandIn {
         write_images(&spec.images_dir, spec.pid)?;
         send_bytes(pages, n as usize * BYTES_PER_PAGE).await?;
         let (decide_tx, done_rx) =
-            self.hold("source ended", "source resumed", move |_| Self::stats(n));
+            self.hold("source ended", "source resumed", move |this| this.stats(n));
         Ok(HeldDump::new(decide_tx, done_rx))
     }
 
@@ -306,7 +315,7 @@ impl SourceCriu for StandIn {
             let r = match outcome {
                 Ok(true) => {
                     this.note("source ended".into());
-                    Ok(Some(Self::stats(n)))
+                    Ok(Some(this.stats(n)))
                 }
                 Ok(false) => {
                     this.note("source resumed".into());

@@ -155,6 +155,7 @@ impl From<&IterationReport> for IterationSample {
             duration_us: r.duration_us,
             frozen_us: r.frozen_us,
             overhead_us: 0,
+            restore_estimate_us: 0,
         }
     }
 }

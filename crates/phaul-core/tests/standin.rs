@@ -490,6 +490,67 @@ async fn the_next_pre_copy_predicts_the_switch_over_the_target_learned() {
     target.finish().await;
 }
 
+/// Before a target has learned anything, it says how fast it writes image
+/// pages into fresh memory, and the first prediction adds the tree's
+/// restore at that rate: 100 GiB of resident pages (as the stand-in
+/// reports them) take far longer than any transfer here, and longer than a
+/// second on any host, so a 1 s budget does not fit them until the
+/// target has learned what its switch-overs really cost.
+#[tokio::test]
+async fn the_first_pre_copy_predicts_the_restore_of_the_whole_tree() {
+    let target = TestTarget::start(StandIn::new(ALL)).await;
+    let src = StandIn::new(ALL)
+        .dirty_pages([5_000, 200, 100])
+        .resident(25 << 20);
+    let budget = DowntimeBudget {
+        budget: Duration::from_secs(1),
+        page_size: phaul_core::standin::BYTES_PER_PAGE as u64,
+        max_iterations: 2,
+        ..DowntimeBudget::default()
+    };
+    let (r, events) = migrate_to(
+        &target,
+        src,
+        Mode::PreCopy,
+        false,
+        Some(Box::new(budget)),
+        |m| m,
+    )
+    .await;
+    assert!(r.success, "{:?}", r.error);
+    let p = r.predicted_downtime_ms.unwrap();
+    assert!(p > 1_000.0, "predicted {p} ms");
+    assert!(
+        events.iter().any(|e| matches!(e,
+            Progress::Decision(Decision::NotConverging(why)) if why.contains("exceeds the budget"))),
+        "{events:?}"
+    );
+    // The target learned from that switch-over what one costs (the
+    // stand-in's, milliseconds), and the next source adds that in the
+    // estimate's place: the same tree now fits the same budget.
+    let src = StandIn::new(ALL)
+        .dirty_pages([5_000, 200, 100])
+        .resident(25 << 20);
+    let (r, events) = migrate_to(
+        &target,
+        src,
+        Mode::PreCopy,
+        false,
+        Some(Box::new(budget)),
+        |m| m,
+    )
+    .await;
+    assert!(r.success, "{:?}", r.error);
+    assert!(r.predicted_downtime_ms.unwrap() < 1_000.0, "{r:?}");
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, Progress::Decision(Decision::Converged(_)))),
+        "{events:?}"
+    );
+    target.finish().await;
+}
+
 /// A budget that fits after the first pre-dump predicted all of memory as
 /// the next dirty set (here a second of pre-dump, beyond a downtime of
 /// about 400 ms); what the target learns is the downtime beyond what the

@@ -124,7 +124,10 @@
 //! `Commit {overhead_us}` says what the switch-over cost beyond the
 //! transfer of those pages (at the pre-dumps' bandwidth); the target learns it per kind and
 //! tells the next source in `Begun {overhead_us}`, for its prediction
-//! (both optional: 0 = not measured, nothing learned).
+//! (both optional: 0 = not measured, nothing learned). Until it has learned
+//! something, `Begun {page_in_bytes_per_s}` says how fast it writes image
+//! pages into fresh memory (0 = not measured), and the source adds its
+//! tree's size at that rate.
 //!
 //! `Commit {replay}` may carry the TCP segments that reached the tree's own
 //! network namespace while CRIU's lock dropped them (IP packets, oldest

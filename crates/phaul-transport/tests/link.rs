@@ -515,6 +515,7 @@ async fn every_message_round_trips_through_a_link() {
         response::Body::Begun(proto::Begun {
             work_dir: "/x".into(),
             overhead_us: 2_500_000,
+            page_in_bytes_per_s: 60 << 20,
         }),
         response::Body::PageServerReady(proto::PageServerReady { iteration: 3 }),
         response::Body::Restored(proto::Restored {

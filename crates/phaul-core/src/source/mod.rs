@@ -835,8 +835,8 @@ impl<C: SourceCriu> Migration<C> {
             ..Default::default()
         };
         plan.to_wire(&mut begin);
-        let overhead_us = match self.call(&mut ctl, request::Body::Begin(begin)).await? {
-            response::Body::Begun(b) => b.overhead_us,
+        let (overhead_us, page_in) = match self.call(&mut ctl, request::Body::Begin(begin)).await? {
+            response::Body::Begun(b) => (b.overhead_us, b.page_in_bytes_per_s),
             other => return Err(unexpected("Begin", &other)),
         };
         if let Err(e) = self.group_pass(group::Stage::Checked).await {
@@ -863,6 +863,7 @@ impl<C: SourceCriu> Migration<C> {
             nftables_lock,
             fs,
             overhead_us,
+            page_in,
             bandwidth: None,
             transfer: None,
             ram_images: plan.images_in_memory() && self.images_in_ram && !self.keep_images,
@@ -1026,6 +1027,7 @@ impl<C: SourceCriu> Migration<C> {
             self.fs_pass(run, Pass::Iteration).await?;
             history.push(IterationSample {
                 overhead_us: run.overhead_us,
+                restore_estimate_us: restore_estimate_us(report.pages_scanned, run.page_in),
                 ..IterationSample::from(&report)
             });
             let decision = self.policy.decide(&history);
@@ -1464,6 +1466,15 @@ impl<C: SourceCriu> Migration<C> {
     }
 }
 
+/// How long the target should take to write `pages` pages into fresh
+/// memory at `page_in` bytes a second, in µs (0: it did not say).
+fn restore_estimate_us(pages: u64, page_in: u64) -> u64 {
+    let bytes = u128::from(pages) * u128::from(crate::policy::PAGE_SIZE);
+    (bytes * 1_000_000)
+        .checked_div(u128::from(page_in))
+        .map_or(0, |us| u64::try_from(us).unwrap_or(u64::MAX))
+}
+
 /// One connected migration: what every step after the handshake works on.
 struct Run<'a> {
     stats: &'a mut Ongoing,
@@ -1482,6 +1493,9 @@ struct Run<'a> {
     /// What the target learned a switch-over costs beyond its pages, µs
     /// (0: nothing yet), for the policy's predictions.
     overhead_us: u64,
+    /// How fast the target writes image pages into fresh memory, bytes per
+    /// second (0: it did not say), for predictions before it has learned.
+    page_in: u64,
     /// The pre-dumps' bandwidth ([`crate::policy::measured_bandwidth`]),
     /// bytes per second, once one measured it.
     bandwidth: Option<f64>,

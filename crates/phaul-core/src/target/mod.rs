@@ -18,6 +18,8 @@
 //! - `overheads.rs`: what switch-overs to this host cost beyond their
 //!   memory, learned per kind from the sources' commits, for the next
 //!   source's downtime prediction;
+//! - `pagein.rs`: how fast this host writes image pages into fresh
+//!   memory, measured once, for a prediction before anything is learned;
 //! - `orders.rs`: a controller's orders (`MANAGE` channel): this service
 //!   as the source of a migration to another.
 
@@ -25,6 +27,7 @@ pub mod admission;
 pub mod metrics;
 mod orders;
 mod overheads;
+mod pagein;
 mod session;
 
 use session::Session;
@@ -77,6 +80,10 @@ pub struct Service<T: TargetCriu = crate::criu::Criu> {
     admission: admission::Admission,
     /// What switch-overs to this host cost beyond their memory, learned.
     overheads: overheads::Overheads,
+    /// How fast this host writes image pages into fresh memory, bytes per
+    /// second; measured at the first migration that pre-dumps (`None`: the
+    /// measure failed).
+    page_in: tokio::sync::OnceCell<Option<f64>>,
     /// The RCU knob set for each switch-over (see `rcu`); `None`: left alone.
     rcu: Option<crate::rcu::Knob>,
     /// A post-copy's images go to RAM (see `ramdir`).
@@ -168,6 +175,7 @@ impl<T: TargetCriu> Service<T> {
             metrics: metrics.clone(),
             admission: admission::Admission::new(admission::Limits::default(), metrics),
             overheads: overheads::Overheads::default(),
+            page_in: tokio::sync::OnceCell::new(),
             rcu: Some(crate::rcu::Knob::default()),
             images_in_ram: true,
         }

@@ -37,6 +37,7 @@ use super::metrics::Outcome;
 use super::{JOIN_TIMEOUT, Service, ServiceEvent, error_chain, keep_failed_logs, mkdir};
 use crate::criu::{HeldRestore, LazyDaemon, RestoreSpec, TargetCriu};
 use crate::error::{Error, Result};
+use crate::mode::Mode;
 use crate::pagestream::{PageRelay, socketpair};
 use crate::plan::{Plan, Restorer};
 
@@ -423,6 +424,10 @@ impl<T: TargetCriu> Session<T> {
         };
         let kind = h.kind().to_owned();
         let overhead = self.svc.overheads.estimate(&kind);
+        let page_in = match plan.mode {
+            Mode::PreCopy | Mode::Hybrid => self.page_in_rate().await,
+            _ => None,
+        };
         let hooks = crate::schedhooks::SchedHooks::hold().await;
         self.state = State::Begun(Begun {
             plan,
@@ -446,7 +451,36 @@ impl<T: TargetCriu> Session<T> {
             overhead_us: overhead.map_or(0, |d| {
                 u64::try_from(d.as_micros()).unwrap_or(u64::MAX).max(1)
             }),
+            // At least 1: 0 says "not measured".
+            page_in_bytes_per_s: page_in.map_or(0, |r| (r as u64).max(1)),
         }))
+    }
+
+    /// This host's page-in rate (see `pagein`), measured by the first
+    /// session that asks; a failure is logged, and every later session
+    /// goes without.
+    async fn page_in_rate(&self) -> Option<f64> {
+        let dir = self.svc.work_dir.clone();
+        *self
+            .svc
+            .page_in
+            .get_or_init(|| async move {
+                let measured = tokio::task::spawn_blocking(move || super::pagein::measure(&dir))
+                    .await
+                    .map_err(|e| Error::Protocol(format!("the page-in probe vanished: {e}")))
+                    .and_then(|r| r);
+                match measured {
+                    Ok(rate) => {
+                        info!(mib_s = rate / f64::from(1 << 20), "page-in rate measured");
+                        Some(rate)
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "the page-in rate could not be measured: first predictions leave the restore out");
+                        None
+                    }
+                }
+            })
+            .await
     }
 
     /// Serves the source's file-system passes into `root`, in the
