@@ -81,7 +81,8 @@ pub struct Service<T: TargetCriu = crate::criu::Criu> {
     /// What switch-overs to this host cost beyond their memory, learned.
     overheads: overheads::Overheads,
     /// How fast this host writes image pages into fresh memory, bytes per
-    /// second; measured at the first migration that pre-dumps (`None`: the
+    /// second; measured once, from the first pre-flight on a host with
+    /// memory tracking or the first `Begin` that pre-dumps (`None`: the
     /// measure failed).
     page_in: tokio::sync::OnceCell<Option<f64>>,
     /// The RCU knob set for each switch-over (see `rcu`); `None`: left alone.
@@ -179,6 +180,32 @@ impl<T: TargetCriu> Service<T> {
             rcu: Some(crate::rcu::Knob::default()),
             images_in_ram: true,
         }
+    }
+
+    /// This host's page-in rate (see `pagein`), measured by the first
+    /// caller (the others wait for it); a failure is logged once, and
+    /// every later migration goes without.
+    async fn page_in_rate(&self) -> Option<f64> {
+        let dir = self.work_dir.clone();
+        *self
+            .page_in
+            .get_or_init(|| async move {
+                let measured = tokio::task::spawn_blocking(move || pagein::measure(&dir))
+                    .await
+                    .map_err(|e| Error::Protocol(format!("the page-in probe vanished: {e}")))
+                    .and_then(|r| r);
+                match measured {
+                    Ok(rate) => {
+                        info!(mib_s = rate / f64::from(1 << 20), "page-in rate measured");
+                        Some(rate)
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "no page-in rate: first predictions leave the restore out");
+                        None
+                    }
+                }
+            })
+            .await
     }
 
     /// Receives at most `n` migrations at once (at least 1; by default

@@ -361,6 +361,12 @@ impl<T: TargetCriu> Session<T> {
     async fn on_preflight(&mut self, p: proto::Preflight) -> Reply {
         let version = self.svc.criu.version().await.map_err(failed)?;
         let caps = self.svc.criu.features().await.map_err(failed)?;
+        if caps.mem_track {
+            // Pre-dumps are possible here, and their predictions want the
+            // page-in rate at `Begin`: the first pre-flight starts it.
+            let svc = Arc::clone(&self.svc);
+            tokio::spawn(async move { svc.page_in_rate().await });
+        }
         let (cpu_compatible, cpu_error) = if p.cpuinfo.is_empty() {
             (true, String::new())
         } else {
@@ -425,7 +431,7 @@ impl<T: TargetCriu> Session<T> {
         let kind = h.kind().to_owned();
         let overhead = self.svc.overheads.estimate(&kind);
         let page_in = match plan.mode {
-            Mode::PreCopy | Mode::Hybrid => self.page_in_rate().await,
+            Mode::PreCopy | Mode::Hybrid => self.svc.page_in_rate().await,
             _ => None,
         };
         let hooks = crate::schedhooks::SchedHooks::hold().await;
@@ -454,33 +460,6 @@ impl<T: TargetCriu> Session<T> {
             // At least 1: 0 says "not measured".
             page_in_bytes_per_s: page_in.map_or(0, |r| (r as u64).max(1)),
         }))
-    }
-
-    /// This host's page-in rate (see `pagein`), measured by the first
-    /// session that asks; a failure is logged, and every later session
-    /// goes without.
-    async fn page_in_rate(&self) -> Option<f64> {
-        let dir = self.svc.work_dir.clone();
-        *self
-            .svc
-            .page_in
-            .get_or_init(|| async move {
-                let measured = tokio::task::spawn_blocking(move || super::pagein::measure(&dir))
-                    .await
-                    .map_err(|e| Error::Protocol(format!("the page-in probe vanished: {e}")))
-                    .and_then(|r| r);
-                match measured {
-                    Ok(rate) => {
-                        info!(mib_s = rate / f64::from(1 << 20), "page-in rate measured");
-                        Some(rate)
-                    }
-                    Err(e) => {
-                        warn!(error = %e, "the page-in rate could not be measured: first predictions leave the restore out");
-                        None
-                    }
-                }
-            })
-            .await
     }
 
     /// Serves the source's file-system passes into `root`, in the
