@@ -386,6 +386,52 @@ async fn a_link_timed_beside_the_checks_is_timed_again_when_it_decides() {
     assert_eq!(src.calls()[1], "lazy-dump 0 parent=-", "{:?}", src.calls());
 }
 
+/// The probe taken in the pre-flight is measured again when it has grown
+/// old before the first pre-dump (a busy target's queue, a group's gate, a
+/// long first file-system pass): here, with no validity at all, always.
+#[tokio::test]
+async fn an_old_probe_is_measured_again_before_the_first_pre_dump() {
+    let quiet = || {
+        StandIn::new(ALL)
+            .dirty_rate(dirtying(3, 1_000_000))
+            .dirty_pages([500, 40, 20])
+    };
+    let measures = |src: &StandIn| {
+        src.calls()
+            .iter()
+            .filter(|c| c.starts_with("dirty-rate "))
+            .count()
+    };
+    let src = quiet();
+    let (r, _) = migrate(src.clone(), StandIn::new(ALL), Mode::Hybrid, false, None).await;
+    assert!(r.success, "{:?}", r.error);
+    assert_eq!(measures(&src), 1, "{:?}", src.calls());
+    let src = quiet();
+    let (r, _) = migrate_with(
+        src.clone(),
+        StandIn::new(ALL),
+        Mode::Hybrid,
+        false,
+        None,
+        |m| {
+            m.timeouts(phaul_core::Timeouts {
+                probe_valid: Duration::ZERO,
+                ..Default::default()
+            })
+        },
+    )
+    .await;
+    assert!(r.success, "{:?}", r.error);
+    assert_eq!(measures(&src), 2, "{:?}", src.calls());
+    assert!(r.link_mib_s.is_some_and(|l| l > 0.0), "{:?}", r.link_mib_s);
+    assert_eq!(
+        src.calls()[2],
+        "pre-dump 0 parent=- track_mem",
+        "{:?}",
+        src.calls()
+    );
+}
+
 #[tokio::test]
 async fn hybrid_finishes_with_a_plain_dump_when_pre_copy_converges() {
     let src = StandIn::new(ALL).dirty_pages([500, 40, 20]);

@@ -89,6 +89,13 @@ pub struct Timeouts {
     pub request: Duration,
     /// A dump, an image transfer or a restore (these scale with memory).
     pub transfer: Duration,
+    /// How long the probe before pre-copy (the tree's dirty rate, the
+    /// link's speed, taken during the pre-flight) stays good: when more
+    /// than this passes before the first pre-dump (a wait in a busy
+    /// target's queue, at a group's gate, a long first file-system pass),
+    /// both are measured again. Default 5 s, five times the dirty rate's
+    /// own window.
+    pub probe_valid: Duration,
 }
 
 impl Default for Timeouts {
@@ -96,6 +103,7 @@ impl Default for Timeouts {
         Self {
             request: Duration::from_secs(30),
             transfer: Duration::from_secs(600),
+            probe_valid: Duration::from_secs(5),
         }
     }
 }
@@ -757,6 +765,9 @@ impl<C: SourceCriu> Migration<C> {
             nftables,
             "network lock chosen (nftables when both hosts' CRIU can, else iptables)"
         );
+        if probing {
+            early.at = Some(Instant::now());
+        }
         Ok((choice, nftables, early))
     }
 
@@ -1054,7 +1065,9 @@ impl<C: SourceCriu> Migration<C> {
     /// pre-copy goes on as if it could help).
     async fn probe(&self, run: &mut Run<'_>) -> Option<Decision> {
         let pid = run.pid;
-        let early = std::mem::take(&mut run.early);
+        let early = std::mem::take(&mut run.early)
+            .fresh(self.timeouts.probe_valid)
+            .await;
         let contended = early.link.is_some();
         let dirty = async {
             match early.dirty {
@@ -1526,6 +1539,29 @@ struct EarlyProbe {
     dirty: Option<tokio::task::JoinHandle<Result<Option<crate::dirty::DirtyRate>>>>,
     /// The link's speed, timed (`None` inside: the target cannot say).
     link: Option<Result<Option<f64>>>,
+    /// When the pre-flight that took them ended.
+    at: Option<Instant>,
+}
+
+impl EarlyProbe {
+    /// Itself, or nothing when taken more than `valid` ago (see
+    /// [`Timeouts::probe_valid`]): then the engine measures again. A dirty
+    /// measure still running is waited for first, so that two never clear
+    /// the tree's soft-dirty bits at once.
+    async fn fresh(self, valid: Duration) -> Self {
+        let Some(at) = self.at.filter(|at| at.elapsed() > valid) else {
+            return self;
+        };
+        info!(
+            age_ms = at.elapsed().as_millis() as u64,
+            valid_ms = valid.as_millis() as u64,
+            "the probe from the pre-flight is old: measuring again"
+        );
+        if let Some(measuring) = self.dirty {
+            let _ = measuring.await;
+        }
+        Self::default()
+    }
 }
 
 fn remote(e: phaul_transport::Error) -> Error {
