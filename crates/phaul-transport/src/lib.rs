@@ -124,10 +124,13 @@
 //! `Commit {overhead_us}` says what the switch-over cost beyond the
 //! transfer of those pages (at the pre-dumps' bandwidth); the target learns it per kind and
 //! tells the next source in `Begun {overhead_us}`, for its prediction
-//! (both optional: 0 = not measured, nothing learned). Until it has learned
-//! something, `Begun {page_in_bytes_per_s}` says how fast it writes image
-//! pages into fresh memory (0 = not measured), and the source adds its
-//! tree's size at that rate.
+//! (both optional: 0 = not measured, nothing learned). `Begun
+//! {page_in_bytes_per_s}` says how fast the target writes image pages into
+//! fresh memory (0 = not measured): until it has learned something, the
+//! source adds its tree's restore at that rate. `Commit {tree_pages}` says
+//! how large the tree was, so the target also learns what is left without
+//! its restore, `Begun {overhead_beyond_restore_us}`, to which the next
+//! source adds its own tree's restore: a prediction that follows the size.
 //!
 //! `Commit {replay}` may carry the TCP segments that reached the tree's own
 //! network namespace while CRIU's lock dropped them (IP packets, oldest

@@ -480,6 +480,7 @@ async fn every_message_round_trips_through_a_link() {
             valid_for_ms: 30_000,
             overhead_us: 1_234_567,
             replay: vec![vec![0x45, 0, 0, 20], vec![0x60; 40]],
+            tree_pages: 67_339,
         }),
         request::Body::Abort(proto::Abort {
             reason: "cancelled".into(),
@@ -516,6 +517,7 @@ async fn every_message_round_trips_through_a_link() {
             work_dir: "/x".into(),
             overhead_us: 2_500_000,
             page_in_bytes_per_s: 60 << 20,
+            overhead_beyond_restore_us: 900_000,
         }),
         response::Body::PageServerReady(proto::PageServerReady { iteration: 3 }),
         response::Body::Restored(proto::Restored {

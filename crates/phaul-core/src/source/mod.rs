@@ -846,8 +846,12 @@ impl<C: SourceCriu> Migration<C> {
             ..Default::default()
         };
         plan.to_wire(&mut begin);
-        let (overhead_us, page_in) = match self.call(&mut ctl, request::Body::Begin(begin)).await? {
-            response::Body::Begun(b) => (b.overhead_us, b.page_in_bytes_per_s),
+        let learned = match self.call(&mut ctl, request::Body::Begin(begin)).await? {
+            response::Body::Begun(b) => Learned {
+                overhead_us: b.overhead_us,
+                page_in: b.page_in_bytes_per_s,
+                beyond_restore_us: b.overhead_beyond_restore_us,
+            },
             other => return Err(unexpected("Begin", &other)),
         };
         if let Err(e) = self.group_pass(group::Stage::Checked).await {
@@ -873,8 +877,8 @@ impl<C: SourceCriu> Migration<C> {
             force_irmap: !fs.as_ref().is_none_or(FsDriver::inodes_survive),
             nftables_lock,
             fs,
-            overhead_us,
-            page_in,
+            learned,
+            tree_pages: 0,
             bandwidth: None,
             transfer: None,
             ram_images: plan.images_in_memory() && self.images_in_ram && !self.keep_images,
@@ -1036,9 +1040,10 @@ impl<C: SourceCriu> Migration<C> {
             self.emit(Progress::Bytes(run.stats.bytes()));
             // The file system follows memory, iteration by iteration.
             self.fs_pass(run, Pass::Iteration).await?;
+            run.tree_pages = report.pages_scanned;
             history.push(IterationSample {
-                overhead_us: run.overhead_us,
-                restore_estimate_us: restore_estimate_us(report.pages_scanned, run.page_in),
+                overhead_us: run.learned.overhead_us(report.pages_scanned),
+                restore_estimate_us: run.learned.restore_us(report.pages_scanned),
                 ..IterationSample::from(&report)
             });
             let decision = self.policy.decide(&history);
@@ -1418,6 +1423,7 @@ impl<C: SourceCriu> Migration<C> {
                     valid_for_ms,
                     overhead_us,
                     replay,
+                    tree_pages: if overhead_us > 0 { run.tree_pages } else { 0 },
                 }),
             )
             .await;
@@ -1479,13 +1485,41 @@ impl<C: SourceCriu> Migration<C> {
     }
 }
 
-/// How long the target should take to write `pages` pages into fresh
-/// memory at `page_in` bytes a second, in µs (0: it did not say).
-fn restore_estimate_us(pages: u64, page_in: u64) -> u64 {
-    let bytes = u128::from(pages) * u128::from(crate::policy::PAGE_SIZE);
-    (bytes * 1_000_000)
-        .checked_div(u128::from(page_in))
-        .map_or(0, |us| u64::try_from(us).unwrap_or(u64::MAX))
+/// What a target says in `Begun` of the switch-overs it received, for the
+/// policy's predictions (every field 0: nothing).
+#[derive(Debug, Clone, Copy, Default)]
+struct Learned {
+    /// What one cost beyond its pages' transfer, µs (the median).
+    overhead_us: u64,
+    /// How fast it writes image pages into fresh memory, bytes a second.
+    page_in: u64,
+    /// What one cost beyond its transfer and its memory's restore, µs.
+    beyond_restore_us: u64,
+}
+
+impl Learned {
+    /// How long the target should take to write `pages` pages into fresh
+    /// memory, in µs (0: it did not say how fast it does).
+    fn restore_us(&self, pages: u64) -> u64 {
+        let bytes = u128::from(pages) * u128::from(crate::policy::PAGE_SIZE);
+        (bytes * 1_000_000)
+            .checked_div(u128::from(self.page_in))
+            .map_or(0, |us| u64::try_from(us).unwrap_or(u64::MAX))
+    }
+
+    /// What a switch-over of a tree of `pages` pages should cost beyond
+    /// its transfer, µs (0: nothing learned): what is learned beyond the
+    /// restore plus this tree's own restore, where the target could tell
+    /// both, else the plain median, which follows the size of the trees
+    /// it came from, not this one's.
+    fn overhead_us(&self, pages: u64) -> u64 {
+        match self.restore_us(pages) {
+            restore if restore > 0 && self.beyond_restore_us > 0 => {
+                self.beyond_restore_us.saturating_add(restore)
+            }
+            _ => self.overhead_us,
+        }
+    }
 }
 
 /// One connected migration: what every step after the handshake works on.
@@ -1503,12 +1537,10 @@ struct Run<'a> {
     nftables_lock: bool,
     /// `None` when the kind has no file system of its own.
     fs: Option<SourceFs>,
-    /// What the target learned a switch-over costs beyond its pages, µs
-    /// (0: nothing yet), for the policy's predictions.
-    overhead_us: u64,
-    /// How fast the target writes image pages into fresh memory, bytes per
-    /// second (0: it did not say), for predictions before it has learned.
-    page_in: u64,
+    /// What the target said of its switch-overs in `Begun`.
+    learned: Learned,
+    /// The tree's pages, as the last pre-dump scanned them (0: none yet).
+    tree_pages: u64,
     /// The pre-dumps' bandwidth ([`crate::policy::measured_bandwidth`]),
     /// bytes per second, once one measured it.
     bandwidth: Option<f64>,

@@ -208,6 +208,14 @@ impl<T: TargetCriu> Service<T> {
             .await
     }
 
+    /// How long restoring `pages` pages' memory takes here, by the page-in
+    /// rate measured (if it was, and `pages` is not 0).
+    fn restore_of(&self, pages: u64) -> Option<std::time::Duration> {
+        let rate = self.page_in.get().copied().flatten()?;
+        let bytes = pages as f64 * crate::policy::PAGE_SIZE as f64;
+        (pages > 0).then(|| std::time::Duration::from_secs_f64(bytes / rate))
+    }
+
     /// Receives at most `n` migrations at once (at least 1; by default
     /// [`admission::default_max_running`]: two per CPU, at least 4). The
     /// next ones wait in the queue ([`Service::queue`]) or are refused as

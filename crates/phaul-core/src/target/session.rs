@@ -430,6 +430,7 @@ impl<T: TargetCriu> Session<T> {
         };
         let kind = h.kind().to_owned();
         let overhead = self.svc.overheads.estimate(&kind);
+        let beyond_restore = self.svc.overheads.beyond_restore(&kind);
         let page_in = match plan.mode {
             Mode::PreCopy | Mode::Hybrid => self.svc.page_in_rate().await,
             _ => None,
@@ -454,11 +455,10 @@ impl<T: TargetCriu> Session<T> {
         });
         Ok(response::Body::Begun(proto::Begun {
             work_dir: dir.display().to_string(),
-            overhead_us: overhead.map_or(0, |d| {
-                u64::try_from(d.as_micros()).unwrap_or(u64::MAX).max(1)
-            }),
+            overhead_us: overhead.map_or(0, micros),
             // At least 1: 0 says "not measured".
             page_in_bytes_per_s: page_in.map_or(0, |r| (r as u64).max(1)),
+            overhead_beyond_restore_us: beyond_restore.map_or(0, micros),
         }))
     }
 
@@ -830,7 +830,8 @@ impl<T: TargetCriu> Session<T> {
         info!(session = %hex(&self.sid), pid, "committed: the tree runs here");
         if c.overhead_us > 0 {
             let overhead = Duration::from_micros(c.overhead_us).saturating_add(received.elapsed());
-            self.svc.overheads.record(b.htype.kind(), overhead);
+            let restore = self.svc.restore_of(c.tree_pages);
+            self.svc.overheads.record(b.htype.kind(), overhead, restore);
         }
         self.emit(|session| ServiceEvent::Committed { session, pid });
         let times = (asked.elapsed(), b.at.elapsed());
@@ -971,6 +972,11 @@ fn link_parent(dir: &std::path::Path, parent: u32) -> crate::error::Result<()> {
             source,
         }),
     }
+}
+
+/// A learned duration on the wire: µs, at least 1 (0 says "nothing").
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX).max(1)
 }
 
 #[cfg(test)]
