@@ -335,6 +335,24 @@ impl phaul_core::policy::ConvergencePolicy for LinkJudge {
     }
 }
 
+/// A hybrid of a quiet tree under a [`LinkJudge`]: its report, the link
+/// rates the judge was asked about, and the source's stand-in.
+async fn judged_hybrid(lenient: bool) -> (Report, Vec<f64>, StandIn) {
+    let judge = LinkJudge::new(lenient);
+    let src = StandIn::new(ALL).dirty_rate(dirtying(3, 1_000_000));
+    let policy = Box::new(judge.clone());
+    let (r, _) = migrate(
+        src.clone(),
+        StandIn::new(ALL),
+        Mode::Hybrid,
+        false,
+        Some(policy),
+    )
+    .await;
+    assert!(r.success, "{:?}", r.error);
+    (r, judge.seen(), src)
+}
+
 /// The link timed beside the pre-flight's checks (which here share the
 /// test's CPUs with it) skips pre-copy, but one twice as fast would not:
 /// the engine times it again, alone, and the policy decides from that.
@@ -342,20 +360,9 @@ impl phaul_core::policy::ConvergencePolicy for LinkJudge {
 #[tokio::test]
 async fn a_link_timed_beside_the_checks_is_timed_again_when_it_decides() {
     use phaul_core::policy::CONTENDED_LINK_FACTOR;
-    let judge = LinkJudge::new(true);
-    let src = StandIn::new(ALL).dirty_rate(dirtying(3, 1_000_000));
-    let (r, _) = migrate(
-        src,
-        StandIn::new(ALL),
-        Mode::Hybrid,
-        false,
-        Some(Box::new(judge.clone())),
-    )
-    .await;
-    assert!(r.success, "{:?}", r.error);
+    let (r, seen, _) = judged_hybrid(true).await;
     // The first figure; the same at the factor (would it decide?); the
     // higher of the first and the one timed alone, which decides.
-    let seen = judge.seen();
     assert_eq!(seen.len(), 3, "{seen:?}");
     assert_eq!(seen[1], seen[0] * CONTENDED_LINK_FACTOR);
     assert!(seen[2] >= seen[0], "{seen:?}");
@@ -365,18 +372,7 @@ async fn a_link_timed_beside_the_checks_is_timed_again_when_it_decides() {
         "{reported} against {seen:?}"
     );
 
-    let judge = LinkJudge::new(false);
-    let src = StandIn::new(ALL).dirty_rate(dirtying(3, 1_000_000));
-    let (r, _) = migrate(
-        src.clone(),
-        StandIn::new(ALL),
-        Mode::Hybrid,
-        false,
-        Some(Box::new(judge.clone())),
-    )
-    .await;
-    assert!(r.success, "{:?}", r.error);
-    let seen = judge.seen();
+    let (_, seen, src) = judged_hybrid(false).await;
     assert_eq!(
         seen.len(),
         3,
@@ -484,26 +480,39 @@ async fn a_downtime_budget_switches_over_when_the_prediction_fits() {
     assert_eq!(k, ["pre-dump", "pre-dump", "pre-dump", "dump"], "{k:?}");
 }
 
+/// A target whose restores take 400 ms: a switch-over's cost beyond its
+/// pages, for it to learn.
+async fn slow_restoring_target() -> TestTarget {
+    TestTarget::start(StandIn::new(ALL).restore_takes(Duration::from_millis(400))).await
+}
+
 /// A pre-copy to `target` under a 60 s downtime budget in the stand-in's
 /// pages (it sends BYTES_PER_PAGE a page, so with that page size the
 /// transfer predicted is what it takes); it must succeed.
 async fn budgeted_pre_copy(target: &TestTarget, src: StandIn) -> Report {
+    under_budget(target, src, Duration::from_secs(60), 8)
+        .await
+        .0
+}
+
+/// A pre-copy to `target` under `budget` (in the stand-in's pages) and at
+/// most `max_iterations`; it must succeed.
+async fn under_budget(
+    target: &TestTarget,
+    src: StandIn,
+    budget: Duration,
+    max_iterations: u32,
+) -> (Report, Vec<Progress>) {
     let budget = DowntimeBudget {
-        budget: Duration::from_secs(60),
+        budget,
         page_size: phaul_core::standin::BYTES_PER_PAGE as u64,
+        max_iterations,
         ..DowntimeBudget::default()
     };
-    let (r, _) = migrate_to(
-        target,
-        src,
-        Mode::PreCopy,
-        false,
-        Some(Box::new(budget)),
-        |m| m,
-    )
-    .await;
+    let policy = Some(Box::new(budget) as Box<dyn phaul_core::policy::ConvergencePolicy>);
+    let (r, events) = migrate_to(target, src, Mode::PreCopy, false, policy, |m| m).await;
     assert!(r.success, "{:?}", r.error);
-    r
+    (r, events)
 }
 
 /// A target learns what its switch-overs cost beyond their pages (here a
@@ -512,8 +521,7 @@ async fn budgeted_pre_copy(target: &TestTarget, src: StandIn) -> Report {
 /// quarter of the downtime measured.
 #[tokio::test]
 async fn the_next_pre_copy_predicts_the_switch_over_the_target_learned() {
-    let restore = Duration::from_millis(400);
-    let target = TestTarget::start(StandIn::new(ALL).restore_takes(restore)).await;
+    let target = slow_restoring_target().await;
     let mut predicted = Vec::new();
     for _ in 0..3 {
         let src = StandIn::new(ALL).dirty_pages([5_000, 200, 100]);
@@ -547,22 +555,7 @@ async fn the_first_pre_copy_predicts_the_restore_of_the_whole_tree() {
     let src = StandIn::new(ALL)
         .dirty_pages([5_000, 200, 100])
         .resident(25 << 20);
-    let budget = DowntimeBudget {
-        budget: Duration::from_secs(1),
-        page_size: phaul_core::standin::BYTES_PER_PAGE as u64,
-        max_iterations: 2,
-        ..DowntimeBudget::default()
-    };
-    let (r, events) = migrate_to(
-        &target,
-        src,
-        Mode::PreCopy,
-        false,
-        Some(Box::new(budget)),
-        |m| m,
-    )
-    .await;
-    assert!(r.success, "{:?}", r.error);
+    let (r, events) = under_budget(&target, src, Duration::from_secs(1), 2).await;
     let p = r.predicted_downtime_ms.unwrap();
     assert!(p > 1_000.0, "predicted {p} ms");
     assert!(
@@ -580,8 +573,7 @@ async fn the_first_pre_copy_predicts_the_restore_of_the_whole_tree() {
 /// of 100 GiB is predicted at least a second more than a small one.
 #[tokio::test]
 async fn what_a_target_learned_follows_the_next_trees_size() {
-    let restore = Duration::from_millis(400);
-    let target = TestTarget::start(StandIn::new(ALL).restore_takes(restore)).await;
+    let target = slow_restoring_target().await;
     let small = || StandIn::new(ALL).dirty_pages([5_000, 200, 100]);
     budgeted_pre_copy(&target, small()).await;
     let r = budgeted_pre_copy(&target, small()).await;
@@ -603,8 +595,7 @@ async fn what_a_target_learned_follows_the_next_trees_size() {
 /// the next prediction adds.
 #[tokio::test]
 async fn a_target_learns_even_when_the_prediction_was_all_of_memory() {
-    let restore = Duration::from_millis(400);
-    let target = TestTarget::start(StandIn::new(ALL).restore_takes(restore)).await;
+    let target = slow_restoring_target().await;
     let mut predicted = Vec::new();
     for _ in 0..2 {
         let src = StandIn::new(ALL)
