@@ -46,7 +46,10 @@ pub struct IterationSample {
     /// transfer of its last dirty set, in microseconds, as the target
     /// learned from earlier migrations (the final dump's other state, the
     /// images, the restore, the commit); 0 when it has learned nothing yet.
-    /// The same in every sample of a migration; predictions add it.
+    /// Where the target also learned it without each tree's restore, this
+    /// is that plus this tree's own restore
+    /// ([`restore_estimate_us`](Self::restore_estimate_us)), so that it
+    /// follows the tree's size. Predictions add it.
     pub overhead_us: u64,
     /// What restoring the tree's memory on the target should take, in
     /// microseconds: the pages scanned at the rate the target measured

@@ -80,10 +80,23 @@ async fn migrate_to(
     policy: Option<Box<dyn phaul_core::policy::ConvergencePolicy>>,
     tweak: impl FnOnce(Migration<StandIn>) -> Migration<StandIn>,
 ) -> (Report, Vec<Progress>) {
+    migrate_over(cfg(), target, source, mode, fallback, policy, tweak).await
+}
+
+/// [`migrate_to`] over a link configured by `link`.
+async fn migrate_over(
+    link: LinkConfig,
+    target: &TestTarget,
+    source: StandIn,
+    mode: Mode,
+    fallback: bool,
+    policy: Option<Box<dyn phaul_core::policy::ConvergencePolicy>>,
+    tweak: impl FnOnce(Migration<StandIn>) -> Migration<StandIn>,
+) -> (Report, Vec<Progress>) {
     let sleeper = Sleeper::new();
     let htype = phaul_htypes::registry::source("pid", &sleeper.pid()).unwrap();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let mut m = Migration::new(source, target.addr.clone(), cfg(), htype)
+    let mut m = Migration::new(source, target.addr.clone(), link, htype)
         .mode(mode)
         .fallback(fallback)
         .work_dir(target.work.path().join("source"))
@@ -380,6 +393,45 @@ async fn a_link_timed_beside_the_checks_is_timed_again_when_it_decides() {
     );
     assert_eq!(seen[0], seen[2], "not timed again: {seen:?}");
     assert_eq!(src.calls()[1], "lazy-dump 0 parent=-", "{:?}", src.calls());
+}
+
+/// Over a link of version 4 (an older peer), no link probe goes before
+/// `Begin`: the target refuses one there, as a version-4 target would, and
+/// the source times the link after `Begin` instead.
+#[tokio::test]
+async fn over_a_version_4_link_the_link_is_probed_after_begin() {
+    use phaul_transport::proto::{self, request};
+    use phaul_transport::{Channel, ControlClient, Endpoint, ErrorCode, Link};
+    let target = TestTarget::start(StandIn::new(ALL)).await;
+    let v4 = cfg().max_version(4);
+    let endpoint = Endpoint::parse(&target.addr).unwrap();
+    let link = Link::connect(endpoint, &v4, Channel::Control, None)
+        .await
+        .unwrap();
+    assert_eq!(link.version(), 4);
+    let mut ctl = ControlClient::new(link);
+    let probe = request::Body::ProbeLink(proto::ProbeLink { bytes: 8192 });
+    match ctl.call(probe).await {
+        Err(phaul_transport::Error::Remote { code, message }) => {
+            assert_eq!(code, ErrorCode::BadRequest, "{message}");
+            assert!(message.contains("needs protocol version 5"), "{message}");
+        }
+        other => panic!("a probe before Begin on a version-4 link: {other:?}"),
+    }
+    ctl.close().await;
+    let src = StandIn::new(ALL)
+        .dirty_rate(dirtying(3, 1_000_000))
+        .dirty_pages([500, 40, 20]);
+    let (r, _) = migrate_over(v4, &target, src.clone(), Mode::Hybrid, false, None, |m| m).await;
+    assert!(r.success, "{:?}", r.error);
+    assert!(r.link_mib_s.is_some_and(|l| l > 0.0), "{:?}", r.link_mib_s);
+    assert_eq!(
+        src.calls()[1],
+        "pre-dump 0 parent=- track_mem",
+        "{:?}",
+        src.calls()
+    );
+    target.finish().await;
 }
 
 /// The probe taken in the pre-flight is measured again when it has grown

@@ -42,7 +42,8 @@ pub const HELLO_VERSION: u16 = 1;
 /// at version 2 may not open. Version 4 is version 3 plus the `PagemapsOf`
 /// and `ProbeLink` requests, which a source asks only on a link of version
 /// 4. Version 5 is version 4 with `ProbeLink` served before `Begin` too,
-/// where a version-4 target refuses it.
+/// where a version-4 target refuses it. A side can hold itself to an older
+/// version with [`crate::LinkConfig::max_version`].
 pub const MIN_VERSION: u16 = 2;
 /// See [`MIN_VERSION`].
 pub const MAX_VERSION: u16 = 5;

@@ -181,6 +181,8 @@ pub struct LinkConfig {
     compress: bool,
     handshake_timeout: Duration,
     max_payload: u32,
+    /// The newest protocol version this side offers or accepts.
+    max_version: u16,
 }
 
 impl LinkConfig {
@@ -195,7 +197,17 @@ impl LinkConfig {
             compress: false,
             handshake_timeout: Duration::from_secs(10),
             max_payload: MAX_PAYLOAD,
+            max_version: MAX_VERSION,
         }
+    }
+
+    /// Offers and accepts protocol versions up to `version` only (clamped
+    /// to what this build speaks, [`MIN_VERSION`] to [`MAX_VERSION`]): to
+    /// behave as an older peer would, toward a peer that mishandles a newer
+    /// version, or in a test of the older path.
+    pub fn max_version(mut self, version: u16) -> Self {
+        self.max_version = version.clamp(MIN_VERSION, MAX_VERSION);
+        self
     }
 
     /// Turns TLS off. Only for links that are already private (a pipe set
@@ -730,7 +742,7 @@ async fn client_handshake(
 
     let hello = Hello {
         min_version: u32::from(MIN_VERSION),
-        max_version: u32::from(MAX_VERSION),
+        max_version: u32::from(cfg.max_version),
         channel: channel as i32,
         nonce: random(32),
         session: session.map(|s| s.to_vec()).unwrap_or_default(),
@@ -745,10 +757,10 @@ async fn client_handshake(
     let reply: HelloReply = expect_msg(&f, Kind::HelloReply)?;
     let version = u16::try_from(reply.version)
         .ok()
-        .filter(|v| (MIN_VERSION..=MAX_VERSION).contains(v))
+        .filter(|v| (MIN_VERSION..=cfg.max_version).contains(v))
         .ok_or(Error::Version {
             ours_min: MIN_VERSION,
-            ours_max: MAX_VERSION,
+            ours_max: cfg.max_version,
             theirs_min: reply.version,
             theirs_max: reply.version,
         })?;
@@ -870,19 +882,19 @@ async fn server_steps(
     let proto = |m: String| (ErrorCode::Protocol, Error::Protocol(m));
     let (f, hello): (_, Hello) = handshake_msg(rd, Kind::Hello, "the hello").await?;
     let lo = hello.min_version.max(u32::from(MIN_VERSION));
-    let hi = hello.max_version.min(u32::from(MAX_VERSION));
+    let hi = hello.max_version.min(u32::from(cfg.max_version));
     if lo > hi {
         return Err((
             ErrorCode::Version,
             Error::Version {
                 ours_min: MIN_VERSION,
-                ours_max: MAX_VERSION,
+                ours_max: cfg.max_version,
                 theirs_min: hello.min_version,
                 theirs_max: hello.max_version,
             },
         ));
     }
-    let version = u16::try_from(hi).unwrap_or(MAX_VERSION);
+    let version = u16::try_from(hi).unwrap_or(cfg.max_version);
     let channel = Channel::try_from(hello.channel)
         .ok()
         .filter(|c| *c != Channel::Invalid)

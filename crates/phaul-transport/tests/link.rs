@@ -74,6 +74,30 @@ async fn the_right_key_works_over_tcp_with_tls() {
 }
 
 #[tokio::test]
+async fn either_side_can_hold_the_version_down() {
+    let (s, c) = pair(cfg(), &cfg().max_version(4), Channel::Control, None).await;
+    assert_eq!((s.version(), c.version()), (4, 4));
+    ping(&mut ControlClient::new(c), &mut ControlServer::new(s)).await;
+    let (s, c) = pair(cfg().max_version(3), &cfg(), Channel::Control, None).await;
+    assert_eq!((s.version(), c.version()), (3, 3));
+    // Clamped to what this build speaks.
+    let (s, c) = pair(
+        cfg().max_version(0),
+        &cfg().max_version(99),
+        Channel::Control,
+        None,
+    )
+    .await;
+    assert_eq!(
+        (s.version(), c.version()),
+        (
+            phaul_transport::frame::MIN_VERSION,
+            phaul_transport::frame::MIN_VERSION
+        )
+    );
+}
+
+#[tokio::test]
 async fn the_right_key_works_over_a_unix_socket_and_data_channels_join_the_session() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("phaul.sock");

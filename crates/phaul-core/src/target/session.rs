@@ -132,6 +132,8 @@ pub(super) struct Session<T: TargetCriu> {
     after_reply: Option<(PathBuf, Vec<crate::ramdir::RamDir>)>,
     /// The slot `Begin` was let in with, until it begins.
     slot: Option<Slot>,
+    /// The protocol version the control channel negotiated.
+    version: u16,
 }
 
 impl<T: TargetCriu> Session<T> {
@@ -154,6 +156,7 @@ impl<T: TargetCriu> Session<T> {
             request_failed: false,
             after_reply: None,
             slot: None,
+            version: phaul_transport::frame::MAX_VERSION,
         }
     }
 
@@ -162,6 +165,7 @@ impl<T: TargetCriu> Session<T> {
         mut ctl: ControlServer,
         mut stopping: tokio::sync::watch::Receiver<bool>,
     ) {
+        self.version = ctl.link().version();
         loop {
             let next = tokio::select! {
                 n = ctl.next() => n,
@@ -558,6 +562,14 @@ impl<T: TargetCriu> Session<T> {
     async fn on_probe_link(&mut self, p: proto::ProbeLink) -> Reply {
         if !matches!(self.state, State::Idle) {
             self.begun()?;
+        } else if self.version < phaul_transport::frame::EARLY_PROBE_VERSION {
+            // As a version-4 target would: a source that offered no more
+            // probes after `Begin`.
+            return Err(bad(format!(
+                "a link probe before Begin needs protocol version {} (this link: {})",
+                phaul_transport::frame::EARLY_PROBE_VERSION,
+                self.version
+            )));
         }
         if p.bytes > crate::pagestream::PROBE_MAX {
             return Err(bad(format!(
