@@ -40,6 +40,8 @@
 //! Narrowing: `PHAUL_BENCH_MIB=64`, `PHAUL_BENCH_RATES=1,50` (percent a
 //! second), `PHAUL_BENCH_CASES=pre-copy,hybrid,stop-copy,post-copy`,
 //! `PHAUL_BENCH_BUDGET_MS=2000` (pre-copy's downtime budget).
+//! `PHAUL_BENCH_LOG=phaul_core=debug` (a `tracing` filter) prints the
+//! engine's and the service's log, with timestamps, from the guest.
 
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
@@ -75,6 +77,7 @@ const MODES: [Mode; 4] = [Mode::Hybrid, Mode::PreCopy, Mode::StopCopy, Mode::Pos
 
 fn main() -> ExitCode {
     let run = if std::env::var_os("PHAUL_IN_GUEST").is_some() {
+        common::log_from_env();
         in_guest()
     } else {
         boot_guest()
@@ -179,7 +182,6 @@ fn in_guest() -> Result<bool> {
         cfg.modes.iter().map(|m| m.as_str()).collect::<Vec<_>>(),
         cfg.budget.as_millis()
     );
-    warm_up(&bin, &cfg)?;
     let mut done: Vec<Case> = Vec::new();
     let mut failed = Vec::new();
     for &rate in &cfg.rates {
@@ -187,6 +189,7 @@ fn in_guest() -> Result<bool> {
         // another: it learns what its switch-overs cost beyond their pages
         // (see MODES).
         let (hosts, service, _target_dir) = fresh_hosts(&bin)?;
+        warm_up(&bin, &cfg, (&hosts, &service.addr))?;
         for &mode in &cfg.modes {
             match run_case(&bin, &cfg, (&hosts, &service.addr), rate, mode) {
                 Ok(c) => {
@@ -209,20 +212,22 @@ fn in_guest() -> Result<bool> {
     Ok(failed.is_empty())
 }
 
-/// One small post-copy before the cases, not counted. The guest's first
-/// migration reads CRIU, Python and their libraries over 9p: its
-/// pre-flight took 3.2–3.5 s against the next ones' 1.2–1.6, and its
-/// freeze began half a second later (session 18's timelines), which went
-/// to whichever case ran first.
-fn warm_up(bin: &Path, cfg: &Config) -> Result<()> {
-    let (hosts, service, _target_dir) = fresh_hosts(bin)?;
+/// One small post-copy to each rate's target before its cases, not
+/// counted (a post-copy teaches a target nothing of its switch-overs).
+/// The guest's first migration reads CRIU, Python and their libraries over
+/// 9p: its pre-flight took 3.2–3.5 s against the next ones' 1.2–1.6, and
+/// its freeze began half a second later (session 18's timelines). And a
+/// target's first migration waited for its CRIU's nftables probe (0.7 s
+/// here; session 19's trace), which the service now makes as it starts,
+/// but which a case would still share the CPUs with. Both went to
+/// whichever case ran first.
+fn warm_up(bin: &Path, cfg: &Config, (hosts, addr): (&Hosts, &str)) -> Result<()> {
     let small = Config {
         mib: 8,
         ..cfg.clone()
     };
-    let warmed = run_case(bin, &small, (&hosts, &service.addr), 1, Mode::PostCopy);
-    let _ = service.stop();
-    let c = warmed.context("the warm-up migration")?;
+    let c =
+        run_case(bin, &small, (hosts, addr), 1, Mode::PostCopy).context("the warm-up migration")?;
     println!(
         "warm-up (not counted): 8 MiB post-copy, total {:.0} ms",
         c.report.total_ms

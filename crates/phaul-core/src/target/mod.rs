@@ -41,7 +41,7 @@ use phaul_transport::images::ImageLimits;
 use phaul_transport::tls::hex;
 use phaul_transport::{Channel, ControlServer, ErrorCode, Link, LinkConfig, Listener, SessionId};
 use tokio::sync::{mpsc, watch};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::criu::TargetCriu;
 use crate::error::{Error, Result};
@@ -81,8 +81,8 @@ pub struct Service<T: TargetCriu = crate::criu::Criu> {
     /// What switch-overs to this host cost beyond their memory, learned.
     overheads: overheads::Overheads,
     /// How fast this host writes image pages into fresh memory, bytes per
-    /// second; measured once, from the first pre-flight on a host with
-    /// memory tracking or the first `Begin` that pre-dumps (`None`: the
+    /// second; measured once, as the service starts on a host with memory
+    /// tracking, or at the first `Begin` that pre-dumps (`None`: the
     /// measure failed).
     page_in: tokio::sync::OnceCell<Option<f64>>,
     /// The RCU knob set for each switch-over (see `rcu`); `None`: left alone.
@@ -179,6 +179,21 @@ impl<T: TargetCriu> Service<T> {
             page_in: tokio::sync::OnceCell::new(),
             rcu: Some(crate::rcu::Knob::default()),
             images_in_ram: true,
+        }
+    }
+
+    /// What the first migration would otherwise wait for, done as the
+    /// service starts: CRIU's feature check, whose slow part (the nftables
+    /// probe, 0.7 s in the emulated guest) is kept, and where memory
+    /// tracking works, the page-in rate. A failure here is only logged:
+    /// the pre-flight asks again, and says why.
+    async fn warm_up(self: Arc<Self>) {
+        match self.criu.features().await {
+            Ok(caps) if caps.mem_track => {
+                self.page_in_rate().await;
+            }
+            Ok(_) => {}
+            Err(e) => debug!(error = %e, "warming up: CRIU's feature check failed"),
         }
     }
 
@@ -335,6 +350,7 @@ impl<T: TargetCriu> Service<T> {
         remove_stale_sessions(&self.work_dir);
         crate::ramdir::remove_stale(Path::new(crate::ramdir::BASE));
         let this = Arc::new(self);
+        tokio::spawn(Arc::clone(&this).warm_up());
         let sessions: Sessions = Arc::default();
         let (stop, stopping) = watch::channel(false);
         let mut tasks = tokio::task::JoinSet::new();

@@ -365,12 +365,6 @@ impl<T: TargetCriu> Session<T> {
     async fn on_preflight(&mut self, p: proto::Preflight) -> Reply {
         let version = self.svc.criu.version().await.map_err(failed)?;
         let caps = self.svc.criu.features().await.map_err(failed)?;
-        if caps.mem_track {
-            // Pre-dumps are possible here, and their predictions want the
-            // page-in rate at `Begin`: the first pre-flight starts it.
-            let svc = Arc::clone(&self.svc);
-            tokio::spawn(async move { svc.page_in_rate().await });
-        }
         let (cpu_compatible, cpu_error) = if p.cpuinfo.is_empty() {
             (true, String::new())
         } else {
