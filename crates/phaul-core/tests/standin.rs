@@ -455,20 +455,14 @@ async fn an_old_probe_is_measured_again_before_the_first_pre_dump() {
     assert!(r.success, "{:?}", r.error);
     assert_eq!(measures(&src), 1, "{:?}", src.calls());
     let src = quiet();
-    let (r, _) = migrate_with(
-        src.clone(),
-        StandIn::new(ALL),
-        Mode::Hybrid,
-        false,
-        None,
-        |m| {
-            m.timeouts(phaul_core::Timeouts {
-                probe_valid: Duration::ZERO,
-                ..Default::default()
-            })
-        },
-    )
-    .await;
+    let stale_at_once = phaul_core::Timeouts {
+        probe_valid: Duration::ZERO,
+        ..Default::default()
+    };
+    let target = TestTarget::start(StandIn::new(ALL)).await;
+    let tweak = |m: Migration<StandIn>| m.timeouts(stale_at_once);
+    let (r, _) = migrate_to(&target, src.clone(), Mode::Hybrid, false, None, tweak).await;
+    target.finish().await;
     assert!(r.success, "{:?}", r.error);
     assert_eq!(measures(&src), 2, "{:?}", src.calls());
     assert!(r.link_mib_s.is_some_and(|l| l > 0.0), "{:?}", r.link_mib_s);

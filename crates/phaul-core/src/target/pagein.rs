@@ -81,6 +81,9 @@ pub(crate) fn measure(dir: &Path) -> Result<f64> {
     };
     // Not zeroes, which a file system might keep as holes.
     let chunk: Vec<u8> = (0..1 << 20).map(|i: u32| (i % 251) as u8 + 1).collect();
+    // Left by a measure that died between creating and removing it (the
+    // service holds the directory's lock, so no other measure runs).
+    let _ = std::fs::remove_file(&path);
     let file = {
         let mut f = File::options()
             .read(true)
@@ -112,6 +115,14 @@ mod tests {
         // Any host copies at least 10 MiB/s (the guest under emulation:
         // 57), and none a terabyte a second.
         assert!(rate > 10.0 * f64::from(1 << 20) && rate < 1e12, "{rate}");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_file_left_by_a_dead_measure_is_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(".page-in-probe"), b"stale").unwrap();
+        assert!(measure(dir.path()).unwrap() > 0.0);
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }
 
