@@ -22,6 +22,14 @@ use std::time::Duration;
 /// kernels. Only predictions use it; decisions count pages.
 pub const PAGE_SIZE: u64 = 4096;
 
+/// How long writing `pages` pages of [`PAGE_SIZE`] bytes into fresh
+/// memory takes at `bytes_per_sec` (a target's page-in rate): the
+/// restore of a tree's memory, as both sides of a migration estimate it.
+pub fn page_in_time(pages: u64, bytes_per_sec: f64) -> Duration {
+    let secs = pages as f64 * PAGE_SIZE as f64 / bytes_per_sec;
+    Duration::try_from_secs_f64(secs).unwrap_or(Duration::MAX)
+}
+
 /// One pre-dump's numbers: CRIU's `stats-dump` for it, plus the bytes we
 /// sent and the wall time it took.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]

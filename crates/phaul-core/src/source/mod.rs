@@ -1501,10 +1501,11 @@ impl Learned {
     /// How long the target should take to write `pages` pages into fresh
     /// memory, in µs (0: it did not say how fast it does).
     fn restore_us(&self, pages: u64) -> u64 {
-        let bytes = u128::from(pages) * u128::from(crate::policy::PAGE_SIZE);
-        (bytes * 1_000_000)
-            .checked_div(u128::from(self.page_in))
-            .map_or(0, |us| u64::try_from(us).unwrap_or(u64::MAX))
+        if self.page_in == 0 {
+            return 0;
+        }
+        let t = crate::policy::page_in_time(pages, self.page_in as f64);
+        u64::try_from(t.as_micros()).unwrap_or(u64::MAX)
     }
 
     /// What a switch-over of a tree of `pages` pages should cost beyond

@@ -227,8 +227,7 @@ impl<T: TargetCriu> Service<T> {
     /// rate measured (if it was, and `pages` is not 0).
     fn restore_of(&self, pages: u64) -> Option<std::time::Duration> {
         let rate = self.page_in.get().copied().flatten()?;
-        let bytes = pages as f64 * crate::policy::PAGE_SIZE as f64;
-        (pages > 0).then(|| std::time::Duration::from_secs_f64(bytes / rate))
+        (pages > 0).then(|| crate::policy::page_in_time(pages, rate))
     }
 
     /// Receives at most `n` migrations at once (at least 1; by default
@@ -430,7 +429,8 @@ impl<T: TargetCriu> Service<T> {
                     },
                 );
                 info!(session = %hex(&sid), peer = %link.peer(), "migration session opened");
-                let mut s = Session::new(self.clone(), sid, irx, prx, frx);
+                let version = link.version();
+                let mut s = Session::new(self.clone(), sid, version, irx, prx, frx);
                 s.run(ControlServer::new(link), stopping).await;
                 sessions.lock().expect("not poisoned").remove(&sid);
             }

@@ -140,6 +140,7 @@ impl<T: TargetCriu> Session<T> {
     pub(super) fn new(
         svc: Arc<Service<T>>,
         sid: SessionId,
+        version: u16,
         images_rx: mpsc::Receiver<Link>,
         pages_rx: mpsc::Receiver<Link>,
         fs_rx: mpsc::Receiver<Link>,
@@ -156,7 +157,7 @@ impl<T: TargetCriu> Session<T> {
             request_failed: false,
             after_reply: None,
             slot: None,
-            version: phaul_transport::frame::MAX_VERSION,
+            version,
         }
     }
 
@@ -165,7 +166,6 @@ impl<T: TargetCriu> Session<T> {
         mut ctl: ControlServer,
         mut stopping: tokio::sync::watch::Receiver<bool>,
     ) {
-        self.version = ctl.link().version();
         loop {
             let next = tokio::select! {
                 n = ctl.next() => n,
