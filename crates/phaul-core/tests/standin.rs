@@ -311,47 +311,49 @@ async fn a_quiet_tree_is_pre_dumped_after_its_probe() {
     assert_eq!(calls[3], "dump 2 parent=../1 track_mem", "{calls:?}");
 }
 
-/// A policy that pre-copies only over a link at least 1.5 times as fast
-/// as the first it was told of, and records every link rate it is asked
-/// about.
+/// A policy that answers before the first pre-dump by its rule (given the
+/// probe asked about and the first it was asked about: whether to
+/// pre-copy), and records every probe it is asked about.
 #[derive(Debug, Clone)]
-struct LinkJudge {
-    seen: std::sync::Arc<std::sync::Mutex<Vec<f64>>>,
-    /// Whether any link is good enough (else none is).
-    lenient: bool,
+struct Judge {
+    seen: std::sync::Arc<std::sync::Mutex<Vec<phaul_core::policy::Probe>>>,
+    pre_copies: fn(&phaul_core::policy::Probe, &phaul_core::policy::Probe) -> bool,
 }
 
-impl LinkJudge {
-    fn new(lenient: bool) -> Self {
+impl Judge {
+    fn new(pre_copies: fn(&phaul_core::policy::Probe, &phaul_core::policy::Probe) -> bool) -> Self {
         Self {
             seen: Default::default(),
-            lenient,
+            pre_copies,
         }
     }
-    fn seen(&self) -> Vec<f64> {
+    fn seen(&self) -> Vec<phaul_core::policy::Probe> {
         self.seen.lock().unwrap().clone()
     }
 }
 
-impl phaul_core::policy::ConvergencePolicy for LinkJudge {
+impl phaul_core::policy::ConvergencePolicy for Judge {
     fn decide(&self, h: &[phaul_core::policy::IterationSample]) -> Decision {
         PhaulRules::default().decide(h)
     }
     fn before_first(&self, probe: &phaul_core::policy::Probe) -> Decision {
         let mut seen = self.seen.lock().unwrap();
-        seen.push(probe.link_bytes_per_sec);
-        if self.lenient && probe.link_bytes_per_sec >= seen[0] * 1.5 {
+        seen.push(*probe);
+        if (self.pre_copies)(probe, &seen[0]) {
             Decision::Continue
         } else {
-            Decision::NotConverging("the link is too slow".into())
+            Decision::NotConverging("the judge says no".into())
         }
     }
 }
 
-/// A hybrid of a quiet tree under a [`LinkJudge`]: its report, the link
-/// rates the judge was asked about, and the source's stand-in.
-async fn judged_hybrid(lenient: bool) -> (Report, Vec<f64>, StandIn) {
-    let judge = LinkJudge::new(lenient);
+/// A hybrid of a quiet tree (its dirty set grows 16 KiB/s) under a
+/// [`Judge`] with `pre_copies`: its report, the probes the judge was asked
+/// about, and the source's stand-in.
+async fn judged_hybrid(
+    pre_copies: fn(&phaul_core::policy::Probe, &phaul_core::policy::Probe) -> bool,
+) -> (Report, Vec<phaul_core::policy::Probe>, StandIn) {
+    let judge = Judge::new(pre_copies);
     let src = StandIn::new(ALL).dirty_rate(dirtying(3, 1_000_000));
     let policy = Box::new(judge.clone());
     let (r, _) = migrate(
@@ -373,26 +375,83 @@ async fn judged_hybrid(lenient: bool) -> (Report, Vec<f64>, StandIn) {
 #[tokio::test]
 async fn a_link_timed_beside_the_checks_is_timed_again_when_it_decides() {
     use phaul_core::policy::CONTENDED_LINK_FACTOR;
-    let (r, seen, _) = judged_hybrid(true).await;
-    // The first figure; the same at the factor (would it decide?); the
-    // higher of the first and the one timed alone, which decides.
-    assert_eq!(seen.len(), 3, "{seen:?}");
-    assert_eq!(seen[1], seen[0] * CONTENDED_LINK_FACTOR);
-    assert!(seen[2] >= seen[0], "{seen:?}");
+    let faster = |p: &phaul_core::policy::Probe, first: &phaul_core::policy::Probe| {
+        p.link_bytes_per_sec >= first.link_bytes_per_sec * 1.5
+    };
+    let (r, seen, _) = judged_hybrid(faster).await;
+    let links: Vec<f64> = seen.iter().map(|p| p.link_bytes_per_sec).collect();
+    // The first figure; the same at the factor (would it decide?); last,
+    // the higher of the first and the one timed alone, which decides.
+    assert!(links.len() >= 3, "{links:?}");
+    assert_eq!(links[1], links[0] * CONTENDED_LINK_FACTOR);
+    let decided = *links.last().unwrap();
+    assert!(decided >= links[0], "{links:?}");
     let reported = r.link_mib_s.expect("the link's rate in the report") * f64::from(1 << 20);
     assert!(
-        (reported - seen[2]).abs() < 1.0,
-        "{reported} against {seen:?}"
+        (reported - decided).abs() < 1.0,
+        "{reported} against {links:?}"
     );
 
-    let (_, seen, src) = judged_hybrid(false).await;
-    assert_eq!(
-        seen.len(),
-        3,
-        "asked at the figure, at the factor, to decide: {seen:?}"
+    let (_, seen, src) = judged_hybrid(|_, _| false).await;
+    let links: Vec<f64> = seen.iter().map(|p| p.link_bytes_per_sec).collect();
+    assert!(
+        links
+            .iter()
+            .all(|&l| l == links[0] || l == links[0] * CONTENDED_LINK_FACTOR)
     );
-    assert_eq!(seen[0], seen[2], "not timed again: {seen:?}");
+    assert_eq!(
+        *links.last().unwrap(),
+        links[0],
+        "not timed again: {links:?}"
+    );
     assert_eq!(src.calls()[1], "lazy-dump 0 parent=-", "{:?}", src.calls());
+}
+
+/// The dirty rate is read first at a glance (a quarter of a second), and
+/// again for a second only where twice or half the growth it read would
+/// change the policy's answer; the longer reading decides.
+#[tokio::test]
+async fn a_glance_at_the_dirty_rate_is_read_again_only_near_the_border() {
+    let windows = |src: &StandIn| -> Vec<String> {
+        src.calls()
+            .into_iter()
+            .filter(|c| c.starts_with("dirty-rate "))
+            .map(|c| c.rsplit(" over ").next().unwrap_or_default().to_owned())
+            .collect()
+    };
+    let growths_of = |seen: &[phaul_core::policy::Probe]| -> Vec<f64> {
+        seen.iter()
+            .map(|p| p.dirty.growth_bytes_per_sec())
+            .collect()
+    };
+    // 16 KiB/s of growth against a border at 20 KiB/s: twice it crosses.
+    let (r, seen, src) = judged_hybrid(|p, _| p.dirty.growth_bytes_per_sec() < 20_000.0).await;
+    assert!(r.success, "{:?}", r.error);
+    assert_eq!(windows(&src), ["250 ms", "1000 ms"], "{:?}", src.calls());
+    let growths = growths_of(&seen);
+    assert!(
+        growths.iter().any(|&g| g > 30_000.0),
+        "asked at twice: {growths:?}"
+    );
+    assert_eq!(growths.last(), Some(&16_384.0), "{growths:?}");
+    assert_eq!(
+        src.calls()[2],
+        "pre-dump 0 parent=- track_mem",
+        "{:?}",
+        src.calls()
+    );
+    // A border at 10 KiB/s: the glance skips pre-copy, half of it would not.
+    let (_, seen, src) = judged_hybrid(|p, _| p.dirty.growth_bytes_per_sec() < 10_000.0).await;
+    assert_eq!(windows(&src), ["250 ms", "1000 ms"], "{:?}", src.calls());
+    let growths = growths_of(&seen);
+    assert!(
+        growths.iter().any(|&g| g < 10_000.0),
+        "asked at half: {growths:?}"
+    );
+    assert_eq!(src.calls()[2], "lazy-dump 0 parent=-", "{:?}", src.calls());
+    // A border far away: the glance decides.
+    let (_, _, src) = judged_hybrid(|p, _| p.dirty.growth_bytes_per_sec() < 1e9).await;
+    assert_eq!(windows(&src), ["250 ms"], "{:?}", src.calls());
 }
 
 /// Over a link of version 4 (an older peer), no link probe goes before

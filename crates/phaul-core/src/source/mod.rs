@@ -113,7 +113,13 @@ impl Default for Timeouts {
 /// production service should hang because a peer is stuck.
 pub const DEFAULT_FREEZE_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// How long the dirty rate is measured before the first pre-dump: long
+/// How long the dirty rate is first read before the first pre-dump: short
+/// enough to end before the pre-flight's checks do, so that it never holds
+/// up a hybrid's decision; read again over [`DIRTY_PROBE`] where a rate so
+/// read could be off enough to change that decision
+/// ([`crate::policy::remeasure_dirty`]).
+const DIRTY_GLANCE: Duration = Duration::from_millis(250);
+/// How long the dirty rate is read when the glance could not decide: long
 /// enough to see a workload's rhythm, short beside a pre-dump of any size.
 const DIRTY_PROBE: Duration = Duration::from_secs(1);
 /// What the link's probe sends at most, while the dirty rate is measured:
@@ -690,7 +696,7 @@ impl<C: SourceCriu> Migration<C> {
     ) -> Result<(ModeChoice, bool, EarlyProbe)> {
         let mut early = EarlyProbe::default();
         if probing {
-            early.dirty = Some(tokio::spawn(self.criu.dirty_rate(pid, DIRTY_PROBE)));
+            early.dirty = Some(tokio::spawn(self.criu.dirty_rate(pid, DIRTY_GLANCE)));
         }
         let sid = ctl.link().session();
         let timing_link =
@@ -1079,7 +1085,7 @@ impl<C: SourceCriu> Migration<C> {
                 Some(measuring) => measuring
                     .await
                     .map_err(|e| Error::Protocol(format!("the dirty-rate probe vanished: {e}")))?,
-                None => self.criu.dirty_rate(pid, DIRTY_PROBE).await,
+                None => self.criu.dirty_rate(pid, DIRTY_GLANCE).await,
             }
         };
         let link = async {
@@ -1102,6 +1108,9 @@ impl<C: SourceCriu> Migration<C> {
         };
         if contended && crate::policy::retime_link(self.policy.as_ref(), &probe) {
             self.retime_link(run, &mut probe).await;
+        }
+        if crate::policy::remeasure_dirty(self.policy.as_ref(), &probe) {
+            self.look_longer(pid, &mut probe).await;
         }
         info!(
             pages = probe.dirty.pages,
@@ -1133,6 +1142,26 @@ impl<C: SourceCriu> Migration<C> {
             }
             Ok(None) => {}
             Err(e) => warn!(error = %e, "timing the link again failed: the first figure stands"),
+        }
+    }
+
+    /// Reads the tree's dirty rate again, over [`DIRTY_PROBE`], into
+    /// `probe` (see [`crate::policy::remeasure_dirty`]); a failure keeps
+    /// the glance.
+    async fn look_longer(&self, pid: i32, probe: &mut Probe) {
+        let glance = probe.dirty.growth_bytes_per_sec();
+        match self.criu.dirty_rate(pid, DIRTY_PROBE).await {
+            Ok(Some(longer)) => {
+                info!(
+                    glance_mib_s = glance / f64::from(1 << 20),
+                    longer_mib_s = longer.growth_bytes_per_sec() / f64::from(1 << 20),
+                    "the dirty rate, read at a glance, was near the decision's border: read \
+                     again for longer"
+                );
+                probe.dirty = longer;
+            }
+            Ok(None) => {}
+            Err(e) => warn!(error = %e, "reading the dirty rate again failed: the glance stands"),
         }
     }
 
