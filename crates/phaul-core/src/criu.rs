@@ -29,6 +29,7 @@ use tracing::{debug, warn};
 use crate::dirty::DirtyRate;
 use crate::error::{Error, Result};
 use crate::freezer::Prefrozen;
+use crate::kept::Kept;
 use crate::mode::HostCaps;
 
 /// One dump (or pre-dump) to make.
@@ -315,7 +316,27 @@ pub struct Criu {
     /// Whether this CRIU locks networks with nftables: asked once, shared
     /// by clones.
     nftables: Arc<OnceLock<bool>>,
+    /// What it said of itself, shared by clones (see [`crate::kept`]).
+    known: Known,
+    /// How long those answers are believed.
+    checks_valid: Duration,
 }
+
+/// What a [`Criu`] said of itself, each kept for [`Criu::checks_valid`].
+#[derive(Debug, Clone, Default)]
+struct Known {
+    version: Kept<String>,
+    caps: Kept<HostCaps>,
+    /// This host's CPU, as its CRIU writes it for a target to check.
+    cpuinfo: Kept<Vec<u8>>,
+    /// The last source CPU this host's CRIU could run trees from.
+    cpu_accepted: Kept<Vec<u8>>,
+}
+
+/// How long a [`Criu`]'s answers about itself are believed unless told
+/// otherwise: a daemon's migrations a minute apart ask once, and a CRIU
+/// upgraded under a running daemon is seen within minutes.
+pub const DEFAULT_CHECKS_VALID: Duration = Duration::from_secs(300);
 
 /// `criu` on `PATH` at log level 2, its own output kept off the caller's
 /// terminal (its log files say what it did): what [`crate::Migration::to`]
@@ -335,7 +356,18 @@ impl Criu {
             rpc,
             log_level: 2,
             nftables: Arc::default(),
+            known: Known::default(),
+            checks_valid: DEFAULT_CHECKS_VALID,
         }
+    }
+
+    /// How long this handle and its clones believe what this CRIU said
+    /// about itself (its version, features and CPU, and a source CPU it
+    /// accepted) before asking again: [`DEFAULT_CHECKS_VALID`] unless
+    /// told; zero asks before every migration.
+    pub fn checks_valid(mut self, valid: Duration) -> Self {
+        self.checks_valid = valid;
+        self
     }
 
     /// CRIU's log level, 0 (none) to 4 (debug).
@@ -499,19 +531,48 @@ impl Criu {
     /// CRIU's version, if it is one phaul works with; errors as `side`
     /// (the source's CRIU or the target's) names them.
     async fn checked_version(&self, side: fn(criu_rpc::Error) -> Error) -> Result<String> {
-        self.rpc
-            .ensure_version(&criu_rpc::Version::MINIMUM)
+        let ask = || async {
+            self.rpc
+                .ensure_version(&criu_rpc::Version::MINIMUM)
+                .await
+                .map(|v| v.to_string())
+                .map_err(side)
+        };
+        self.known
+            .version
+            .get(self.checks_valid, |_| true, ask)
             .await
-            .map(|v| v.to_string())
-            .map_err(side)
     }
 
     /// What CRIU's feature check says this host can do.
     async fn host_caps(&self, side: fn(criu_rpc::Error) -> Error) -> Result<HostCaps> {
-        let mut s = self.rpc.connect().await.map_err(side)?;
-        let mut caps = s.feature_check().await.map(caps).map_err(side)?;
-        caps.nftables_lock = self.nftables_lock().await;
-        Ok(caps)
+        let ask = || async {
+            let mut s = self.rpc.connect().await.map_err(side)?;
+            let mut caps = s.feature_check().await.map(caps).map_err(side)?;
+            caps.nftables_lock = self.nftables_lock().await;
+            Ok(caps)
+        };
+        self.known.caps.get(self.checks_valid, |_| true, ask).await
+    }
+
+    /// This host's CPU as CRIU writes it (`cpuinfo.img`, made in
+    /// `scratch`); empty where this CRIU cannot write one.
+    async fn dump_cpuinfo(&self, scratch: &Path) -> Result<Vec<u8>> {
+        let mut s = self.rpc.connect().await.map_err(src)?;
+        match s
+            .cpuinfo_dump(Opts::new().images_dir(scratch).log_file("cpuinfo-dump.log"))
+            .await
+        {
+            Ok(()) => std::fs::read(scratch.join("cpuinfo.img")).map_err(|source| Error::Io {
+                what: "reading cpuinfo.img".into(),
+                source,
+            }),
+            Err(criu_rpc::Error::Criu {
+                errno: Some(nix::errno::Errno::ENOTSUP),
+                ..
+            }) => Ok(Vec::new()),
+            Err(e) => Err(src(e)),
+        }
     }
 
     /// Whether this CRIU can lock a network with nftables. RPC's feature
@@ -619,21 +680,11 @@ impl SourceCriu for Criu {
     }
 
     async fn cpuinfo(&self, scratch: &Path) -> Result<Vec<u8>> {
-        let mut s = self.rpc.connect().await.map_err(src)?;
-        match s
-            .cpuinfo_dump(Opts::new().images_dir(scratch).log_file("cpuinfo-dump.log"))
+        let ask = || self.dump_cpuinfo(scratch);
+        self.known
+            .cpuinfo
+            .get(self.checks_valid, |_| true, ask)
             .await
-        {
-            Ok(()) => std::fs::read(scratch.join("cpuinfo.img")).map_err(|source| Error::Io {
-                what: "reading cpuinfo.img".into(),
-                source,
-            }),
-            Err(criu_rpc::Error::Criu {
-                errno: Some(nix::errno::Errno::ENOTSUP),
-                ..
-            }) => Ok(Vec::new()),
-            Err(e) => Err(src(e)),
-        }
     }
 
     async fn pre_dump(&self, spec: DumpSpec, pages: OwnedFd) -> Result<DumpStatsEntry> {
@@ -775,18 +826,26 @@ impl TargetCriu for Criu {
     }
 
     async fn cpuinfo_check(&self, cpuinfo: Vec<u8>, scratch: &Path) -> Result<()> {
-        std::fs::write(scratch.join("cpuinfo.img"), cpuinfo).map_err(|source| Error::Io {
-            what: "writing cpuinfo.img".into(),
-            source,
-        })?;
-        let mut s = self.rpc.connect().await.map_err(tgt)?;
-        s.cpuinfo_check(
-            Opts::new()
-                .images_dir(scratch)
-                .log_file("cpuinfo-check.log"),
-        )
-        .await
-        .map_err(tgt)
+        let ask = || async {
+            std::fs::write(scratch.join("cpuinfo.img"), &cpuinfo).map_err(|source| Error::Io {
+                what: "writing cpuinfo.img".into(),
+                source,
+            })?;
+            let mut s = self.rpc.connect().await.map_err(tgt)?;
+            s.cpuinfo_check(
+                Opts::new()
+                    .images_dir(scratch)
+                    .log_file("cpuinfo-check.log"),
+            )
+            .await
+            .map_err(tgt)?;
+            Ok(cpuinfo.clone())
+        };
+        self.known
+            .cpu_accepted
+            .get(self.checks_valid, |cpu| *cpu == cpuinfo, ask)
+            .await
+            .map(drop)
     }
 
     async fn page_server(

@@ -30,6 +30,7 @@
 //! - [`control`]: a controller's [`Order`] to a source's service, and its
 //!   [`RemoteRun`].
 //! - [`criu`]: the CRIU seam and the real implementation.
+//! - `kept`: what a host's CRIU said about itself, kept for a while.
 //! - [`standin`]: a scripted stand-in for CRIU, for tests.
 //! - [`mode`]: the modes and how `auto` chooses.
 //! - [`plan`]: the plan both sides obey, as it travels in `Begin`.
@@ -64,6 +65,7 @@ pub mod error;
 mod freezer;
 pub mod fs;
 pub mod hostinfo;
+mod kept;
 pub mod logs;
 pub mod mode;
 pub mod netlock;

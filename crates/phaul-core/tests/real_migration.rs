@@ -651,3 +651,102 @@ fn a_lazy_pages_daemon_that_cannot_start_says_why() {
     assert!(text.contains("before it was ready: "), "no cause: {text}");
     assert!(text.contains("lazy-pages.log"), "no log named: {text}");
 }
+
+/// A CRIU in `dir` that runs `bin` and notes the first argument of each
+/// run; and what it noted so far.
+fn counting_criu(bin: &Path, dir: &Path) -> (PathBuf, impl Fn() -> Vec<String> + use<>) {
+    let (runs, wrapper) = (dir.join("runs"), dir.join("criu"));
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\necho \"$1\" >> '{}'\nexec '{}' \"$@\"\n",
+            runs.display(),
+            bin.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let noted = move || {
+        std::fs::read_to_string(&runs)
+            .map(|s| s.lines().map(str::to_owned).collect())
+            .unwrap_or_default()
+    };
+    (wrapper, noted)
+}
+
+/// A service asks its CRIU what it can do as it starts, before any source
+/// comes: the first migration's pre-flight finds the answer kept (its
+/// nftables probe alone took 0.7 s in the guest).
+#[test]
+fn a_service_asks_its_criu_before_the_first_migration() {
+    let Some(bin) = require_criu("a_service_asks_its_criu_before_the_first_migration") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (wrapper, runs) = counting_criu(&bin, dir.path());
+    let hosts = Hosts::new().unwrap();
+    let target = Target::start(&hosts, criu(&wrapper));
+    let asked = wait_until(Duration::from_secs(30), || {
+        let r = runs();
+        (r.iter().any(|a| a == "swrk") && r.iter().any(|a| a == "check")).then_some(r)
+    });
+    drop(target);
+    assert!(
+        asked.is_some(),
+        "no feature check (RPC) and nftables probe (`criu check`) without a migration: {:?}",
+        runs()
+    );
+}
+
+/// What a host's CRIU says of itself (version, features, CPU; a source CPU
+/// it accepts) is asked once and believed by the handle's clones for
+/// `checks_valid`: a daemon's second migration runs no CRIU before its
+/// freeze for them. A handle told to believe nothing asks every time.
+#[tokio::test]
+async fn a_handles_clones_ask_criu_about_itself_once_in_a_while() {
+    use phaul_core::criu::SourceCriu;
+    let Some(bin) = require_criu("a_handles_clones_ask_criu_about_itself_once_in_a_while") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (wrapper, runs) = counting_criu(&bin, dir.path());
+    let counted = || runs().len();
+    let scratch = dir.path().join("scratch");
+    std::fs::create_dir(&scratch).unwrap();
+    let ask = |c: Criu| {
+        let scratch = scratch.clone();
+        async move {
+            (
+                SourceCriu::version(&c).await.unwrap(),
+                SourceCriu::features(&c).await.unwrap(),
+                SourceCriu::cpuinfo(&c, &scratch).await.unwrap(),
+            )
+        }
+    };
+    let criu = criu(&wrapper);
+    let first = ask(criu.clone()).await;
+    let asked = counted();
+    assert!(asked >= 3, "version, features, cpuinfo: {asked} runs");
+    assert!(!first.2.is_empty(), "this CRIU writes cpuinfo.img");
+    assert_eq!(ask(criu.clone()).await, first);
+    assert_eq!(counted(), asked, "a clone asked again");
+    // A target accepts the same source CPU once.
+    for _ in 0..2 {
+        TargetCriu::cpuinfo_check(&criu, first.2.clone(), &scratch)
+            .await
+            .unwrap();
+    }
+    assert_eq!(counted(), asked + 1, "the same CPU checked twice");
+    let sceptic = criu.clone().checks_valid(Duration::ZERO);
+    assert_eq!(ask(sceptic.clone()).await, first);
+    assert_eq!(ask(sceptic).await, first);
+    assert!(
+        counted() >= asked + 1 + 2 * 3,
+        "a handle believing nothing asked only {} times",
+        counted()
+    );
+}
