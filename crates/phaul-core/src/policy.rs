@@ -151,8 +151,9 @@ pub trait ConvergencePolicy: Send + Sync + std::fmt::Debug {
     /// pre-copy does its final dump at once, a hybrid post-copies at once);
     /// [`Decision::Continue`] begins iterating. The default is
     /// [`outrun`]'s rule. The engine may also ask it about a faster link
-    /// than the one timed ([`retime_link`]), so it should only answer,
-    /// not count on being asked once.
+    /// than the one timed ([`retime_link`]) and about a tree dirtying
+    /// faster or slower than the one glanced at ([`remeasure_dirty`]), so
+    /// it should only answer, not count on being asked once.
     fn before_first(&self, probe: &Probe) -> Decision {
         outrun(probe)
     }
