@@ -45,6 +45,8 @@
 //! Narrowing: `PHAUL_BENCH_MIB=64`, `PHAUL_BENCH_RATES=1,50` (percent a
 //! second), `PHAUL_BENCH_CASES=pre-copy,hybrid,stop-copy,post-copy`,
 //! `PHAUL_BENCH_BUDGET_MS=2000` (pre-copy's downtime budget).
+//! `PHAUL_BENCH_RAM=off` keeps a post-copy's images on disk on both hosts,
+//! as hybrid's are (an A/B).
 //! `PHAUL_BENCH_LOG=phaul_core=debug` (a `tracing` filter) prints the
 //! engine's and the service's log, with timestamps, from the guest.
 
@@ -297,6 +299,7 @@ fn run_case(criu: &Criu, cfg: &Config, on: (&Hosts, &str), rate: u32, mode: Mode
             .mode(mode)
             .policy(policy)
             .freeze_timeout(FREEZE_LIMIT)
+            .images_in_ram(common::images_in_ram())
             .work_dir(&dir))
     })?;
     common::succeeded_as(&report, mode)?;
