@@ -16,7 +16,6 @@
 use std::future::Future;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use criu_rpc::image::{read_dump_stats, read_restore_stats};
@@ -313,9 +312,6 @@ pub trait TargetCriu: Send + Sync + 'static {
 pub struct Criu {
     rpc: criu_rpc::Criu,
     log_level: i32,
-    /// Whether this CRIU locks networks with nftables: asked once, shared
-    /// by clones.
-    nftables: Arc<OnceLock<bool>>,
     /// What it said of itself, shared by clones (see [`crate::kept`]).
     known: Known,
     /// How long those answers are believed.
@@ -355,7 +351,6 @@ impl Criu {
         Self {
             rpc,
             log_level: 2,
-            nftables: Arc::default(),
             known: Known::default(),
             checks_valid: DEFAULT_CHECKS_VALID,
         }
@@ -577,12 +572,10 @@ impl Criu {
 
     /// Whether this CRIU can lock a network with nftables. RPC's feature
     /// check does not say, so its binary is asked (`criu check --feature
-    /// network_lock_nftables`), once: a CRIU reached through a service
-    /// socket has no binary here and keeps iptables.
+    /// network_lock_nftables`), as part of the features kept for
+    /// [`Criu::checks_valid`]: a CRIU reached through a service socket has
+    /// no binary here and keeps iptables.
     async fn nftables_lock(&self) -> bool {
-        if let Some(&known) = self.nftables.get() {
-            return known;
-        }
         let Some(bin) = self.rpc.binary().map(Path::to_path_buf) else {
             return false;
         };
@@ -596,7 +589,7 @@ impl Criu {
             .await
             .is_ok_and(|s| s.success());
         debug!(criu = %bin.display(), nftables = asked, "network lock method probed");
-        *self.nftables.get_or_init(|| asked)
+        asked
     }
 }
 

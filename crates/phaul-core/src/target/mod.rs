@@ -183,8 +183,8 @@ impl<T: TargetCriu> Service<T> {
     }
 
     /// What the first migration would otherwise wait for, done as the
-    /// service starts: CRIU's feature check, whose slow part (the nftables
-    /// probe, 0.7 s in the emulated guest) is kept, and where memory
+    /// service starts: CRIU's feature check with its nftables probe (0.7 s
+    /// in the emulated guest), kept for `Criu::checks_valid`, and where memory
     /// tracking works, the page-in rate. A failure here is only logged:
     /// the pre-flight asks again, and says why.
     async fn warm_up(self: Arc<Self>) {
